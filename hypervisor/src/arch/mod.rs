@@ -1,0 +1,222 @@
+//! The aarch64 layer: every `asm!`, system-register access, barrier and
+//! cache-maintenance operation of the hypervisor sits here behind safe
+//! functions, so the rest of the code reads as ordinary Rust.
+
+pub mod entry;
+pub mod vectors;
+
+use core::arch::asm;
+
+use aarch64_cpu::registers::{
+    CNTFRQ_EL0, CurrentEL, DAIF, HCR_EL2, ID_AA64MMFR0_EL1, MPIDR_EL1, ReadWriteable, Readable,
+    TPIDR_EL2, Writeable,
+};
+use tessera_hypervisor::page_table::MAIR_EL2_VALUE;
+
+/// The exception level the CPU is executing at.
+pub fn current_exception_level() -> u64 {
+    CurrentEL.read(CurrentEL::EL)
+}
+
+/// The raw MPIDR_EL1, for reports.
+pub fn current_mpidr() -> u64 {
+    MPIDR_EL1.get()
+}
+
+/// Records this CPU's logical index where `cpu_index` can find it.
+pub fn set_cpu_index(index: usize) {
+    TPIDR_EL2.set(index as u64);
+}
+
+/// The logical index of the CPU this runs on (0 is the boot CPU).
+pub fn cpu_index() -> usize {
+    TPIDR_EL2.get() as usize
+}
+
+/// The generic timer frequency in Hz.
+pub fn counter_frequency() -> u64 {
+    CNTFRQ_EL0.get()
+}
+
+/// Routes physical IRQs, FIQs and SErrors to EL2 and makes EL1 AArch64.
+/// Without IMO/FMO the GIC's interrupts would target EL1 and never be taken
+/// while the CPU runs at EL2.
+pub fn configure_hypervisor_traps() {
+    HCR_EL2.write(
+        HCR_EL2::RW::EL1IsAarch64
+            + HCR_EL2::IMO::EnableVirtualIRQ
+            + HCR_EL2::FMO::EnableVirtualFIQ
+            + HCR_EL2::AMO::SET,
+    );
+}
+
+/// Unmasks IRQs at EL2.
+pub fn enable_interrupts() {
+    DAIF.modify(DAIF::I::Unmasked);
+}
+
+/// Masks IRQs at EL2 and returns whether they were unmasked before.
+pub fn disable_interrupts() -> bool {
+    let was_unmasked = !DAIF.is_set(DAIF::I);
+    DAIF.modify(DAIF::I::Masked);
+    was_unmasked
+}
+
+/// Waits for an interrupt.
+pub fn wait_for_interrupt() {
+    // SAFETY: WFI only suspends execution until an interrupt or event.
+    unsafe { asm!("wfi", options(nomem, nostack, preserves_flags)) };
+}
+
+/// Waits for an event (or interrupt).
+pub fn wait_for_event() {
+    // SAFETY: WFE only suspends execution until an event.
+    unsafe { asm!("wfe", options(nomem, nostack, preserves_flags)) };
+}
+
+/// Wakes CPUs waiting in WFE, after making earlier stores visible.
+pub fn send_event() {
+    // SAFETY: DSB and SEV have no effect on memory safety.
+    unsafe { asm!("dsb sy", "sev", options(nostack, preserves_flags)) };
+}
+
+/// Parks this CPU for good, with interrupts masked.
+pub fn halt() -> ! {
+    disable_interrupts();
+    loop {
+        wait_for_event();
+    }
+}
+
+/// Programs the EL2 physical timer (CNTHP) to fire in `ticks` counter ticks
+/// and enables it, unmasked.
+pub fn start_hypervisor_timer(ticks: u64) {
+    // SAFETY: writing the EL2 timer's compare value and control only affects
+    // when the timer interrupt fires.
+    unsafe {
+        asm!(
+            "msr cnthp_tval_el2, {ticks}",
+            "msr cnthp_ctl_el2, {enable}",
+            "isb",
+            ticks = in(reg) ticks,
+            enable = in(reg) 1u64,
+            options(nomem, nostack, preserves_flags)
+        );
+    }
+}
+
+/// Cleans and invalidates the data cache lines covering `[start, start+len)`
+/// to the point of coherency, so that a CPU running with its MMU and caches
+/// off (a secondary CPU at entry, firmware polling the spin table) sees it.
+pub fn clean_to_point_of_coherency(start: usize, length: usize) {
+    const LINE: usize = 64; // the smallest line size of any supported core; overlapping cleans are harmless
+    let mut address = start & !(LINE - 1);
+    while address < start + length {
+        // SAFETY: DC CIVAC only writes back and invalidates a cache line; it
+        // does not change memory contents as seen by this CPU.
+        unsafe { asm!("dc civac, {}", in(reg) address, options(nostack, preserves_flags)) };
+        address += LINE;
+    }
+    // SAFETY: a barrier has no memory-safety effect.
+    unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
+}
+
+/// SCTLR_EL2 with the MMU, data and instruction caches, stack alignment
+/// checks and write-implies-execute-never on; the remaining bits are the
+/// RES1 bits of the non-VHE layout.
+pub const SCTLR_EL2_VALUE: u64 = {
+    const RES1: u64 = (1 << 4)
+        | (1 << 5)
+        | (1 << 11)
+        | (1 << 16)
+        | (1 << 18)
+        | (1 << 22)
+        | (1 << 23)
+        | (1 << 28)
+        | (1 << 29);
+    const M: u64 = 1 << 0;
+    const C: u64 = 1 << 2;
+    const SA: u64 = 1 << 3;
+    const I: u64 = 1 << 12;
+    const WXN: u64 = 1 << 19;
+    RES1 | M | C | SA | I | WXN
+};
+
+/// TCR_EL2 for a 48-bit, 4 KiB-granule, write-back inner-shareable walk,
+/// with the physical address size the CPU reports (capped at 48 bits).
+pub fn tcr_el2_value() -> u64 {
+    const T0SZ_48_BIT: u64 = 16;
+    const IRGN0_WRITE_BACK: u64 = 0b01 << 8;
+    const ORGN0_WRITE_BACK: u64 = 0b01 << 10;
+    const SH0_INNER: u64 = 0b11 << 12;
+    const RES1: u64 = (1 << 23) | (1 << 31);
+    let physical_range = ID_AA64MMFR0_EL1.read(ID_AA64MMFR0_EL1::PARange).min(0b101);
+    T0SZ_48_BIT | IRGN0_WRITE_BACK | ORGN0_WRITE_BACK | SH0_INNER | (physical_range << 16) | RES1
+}
+
+/// The MAIR_EL2 value matching the page-table attribute indices.
+pub const fn mair_el2_value() -> u64 {
+    MAIR_EL2_VALUE
+}
+
+/// Turns on the EL2 MMU with the given root table.
+///
+/// # Safety
+/// `root` must be a complete identity map of everything this CPU touches
+/// from here on (code, stack, data, devices), with the attribute indices of
+/// `MAIR_EL2_VALUE`.
+pub unsafe fn enable_mmu(root: u64) {
+    let tcr = tcr_el2_value();
+    // SAFETY: the caller guarantees the tables identity-map all live memory,
+    // so execution continues at the same addresses once translation is on.
+    unsafe {
+        asm!(
+            "msr mair_el2, {mair}",
+            "msr tcr_el2, {tcr}",
+            "msr ttbr0_el2, {root}",
+            "isb",
+            "tlbi alle2",
+            "dsb nsh",
+            "isb",
+            "msr sctlr_el2, {sctlr}",
+            "isb",
+            mair = in(reg) MAIR_EL2_VALUE,
+            tcr = in(reg) tcr,
+            root = in(reg) root,
+            sctlr = in(reg) SCTLR_EL2_VALUE,
+            options(nostack, preserves_flags)
+        );
+    }
+}
+
+/// Calls firmware through SMC with the SMC Calling Convention and returns x0.
+pub fn smc_call(function: u32, arg1: u64, arg2: u64, arg3: u64) -> i64 {
+    let result: i64;
+    // SAFETY: an SMC to PSCI firmware only affects CPU power state as the
+    // function asks; it does not touch this program's memory.
+    unsafe {
+        asm!(
+            "smc #0",
+            inout("x0") u64::from(function) => result,
+            inout("x1") arg1 => _,
+            inout("x2") arg2 => _,
+            inout("x3") arg3 => _,
+            options(nostack)
+        );
+    }
+    result
+}
+
+/// Ends the QEMU run with `status` through the semihosting SYS_EXIT call.
+#[cfg(feature = "semihosting")]
+pub fn semihosting_exit(status: u32) -> ! {
+    const SYS_EXIT: u64 = 0x18;
+    const APPLICATION_EXIT: u64 = 0x2_0026;
+    let block: [u64; 2] = [APPLICATION_EXIT, u64::from(status)];
+    // SAFETY: `hlt #0xf000` is the semihosting trap; QEMU (run with
+    // -semihosting) reads the two-word block and exits. Test builds only.
+    unsafe {
+        asm!("hlt #0xf000", in("x0") SYS_EXIT, in("x1") block.as_ptr(), options(nostack));
+    }
+    halt()
+}

@@ -1,0 +1,342 @@
+//! Bring-up, in order: check where and at which EL we run, read the device
+//! tree, build the EL2 map and turn on the MMU, console, allocators, GIC,
+//! the other CPUs, the timer tick on each; then report and power off.
+
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use tessera_hypervisor::address::{PhysAddr, PhysRange};
+use tessera_hypervisor::device_tree::{self, MachineDescription};
+use tessera_hypervisor::memory_map::RangeSet;
+use tessera_hypervisor::{MAX_CPUS, VERSION};
+use tessera_platform::GicLayout;
+
+use crate::{arch, board::BOARD, console, gic, memory, power, println, smp, timer};
+
+/// Ticks each CPU waits for before it reports its timer as working.
+const TICKS_TO_PROVE: u32 = 3;
+/// How long the boot CPU waits for the others, in timer ticks of its own.
+const WAIT_FOR_CPUS_TICKS: u32 = 200;
+
+/// CPUs that have seen `TICKS_TO_PROVE` ticks.
+static TICKING: AtomicUsize = AtomicUsize::new(0);
+
+/// Writes a fixed message straight to the board UART, before (or instead
+/// of) the normal console. Uses no formatting: in the wrong-address case
+/// the image's absolute pointers are wrong and only PC-relative code works.
+fn early_message(message: &str) {
+    let uart = console::emergency_writer(BOARD.console_uart.base as usize);
+    for byte in message.bytes() {
+        if byte == b'\n' {
+            uart.write_byte(b'\r');
+        }
+        uart.write_byte(byte);
+    }
+    uart.flush();
+}
+
+/// The facts about this machine: from the device tree, or the board's
+/// fallback when there is none.
+struct Machine {
+    description: Option<MachineDescription>,
+    memory: RangeSet,
+    reserved: RangeSet,
+    cpu_affinities: [u64; MAX_CPUS],
+    cpu_count: usize,
+    gic: GicLayout,
+    device_tree: Option<PhysRange>,
+}
+
+fn gic_layout_for(version: Option<u8>) -> GicLayout {
+    match (version, BOARD.default_gic) {
+        // QEMU virt: the same board carries GICv2 or GICv3 by command line.
+        (Some(2), GicLayout::V3 { distributor, .. }) => GicLayout::V2 {
+            distributor,
+            cpu_interface: tessera_platform::PhysRange::new(0x0801_0000, 0x1_0000),
+            hypervisor_interface: tessera_platform::PhysRange::new(0x0803_0000, 0x1_0000),
+            virtual_cpu_interface: tessera_platform::PhysRange::new(0x0804_0000, 0x1_0000),
+        },
+        (_, layout) => layout,
+    }
+}
+
+fn discover_machine(device_tree_address: u64) -> Machine {
+    let mut header = [0u8; 8];
+    if device_tree_address != 0 && device_tree_address % 8 == 0 {
+        // SAFETY: the boot protocol passes the device tree's address in x0
+        // (or 0); a non-zero, aligned value points at RAM the boot loader
+        // wrote, and reading 8 bytes of it cannot fault with the MMU off.
+        header = unsafe { core::ptr::read_volatile(device_tree_address as *const [u8; 8]) };
+    }
+    if let Some(size) = device_tree::blob_size(&header) {
+        // SAFETY: the header names the blob's size; the boot loader keeps it
+        // in RAM that the memory map reserves for the whole run.
+        let blob = unsafe { core::slice::from_raw_parts(device_tree_address as *const u8, size) };
+        match device_tree::read_machine(blob) {
+            Ok(description) => {
+                let count = description.cpu_count;
+                return Machine {
+                    memory: description.memory.clone(),
+                    reserved: description.reserved.clone(),
+                    cpu_affinities: description.cpu_affinities,
+                    cpu_count: count,
+                    gic: gic_layout_for(description.gic_version),
+                    device_tree: PhysRange::from_base_size(device_tree_address, size as u64),
+                    description: Some(description),
+                };
+            }
+            Err(_) => {
+                early_message("tessera: device tree unusable, using the board's fallback layout\n")
+            }
+        }
+    }
+    let mut memory = RangeSet::new();
+    for range in BOARD.fallback_memory {
+        let _ = memory.add((*range).into());
+    }
+    let mut cpu_affinities = [0; MAX_CPUS];
+    let cpu_count = BOARD.fallback_cpu_count.min(MAX_CPUS);
+    for (index, affinity) in cpu_affinities.iter_mut().enumerate().take(cpu_count) {
+        *affinity = index as u64;
+    }
+    Machine {
+        description: None,
+        memory,
+        reserved: RangeSet::new(),
+        cpu_affinities,
+        cpu_count,
+        gic: BOARD.default_gic,
+        device_tree: None,
+    }
+}
+
+/// The boot CPU's first Rust code. MMU off; BSS zeroed; on the first stack.
+pub extern "C" fn primary_entry(device_tree_address: u64, run_address: u64) -> ! {
+    if arch::current_exception_level() != 2 {
+        early_message(
+            "tessera: refusing to start: not entered at EL2. Tessera is a hypervisor and \
+             must be started at EL2 (QEMU: -M virt,virtualization=on).\n",
+        );
+        power::fail_stop();
+    }
+    if run_address != BOARD.load_address {
+        early_message(
+            "tessera: refusing to start: loaded at the wrong address for this board image \
+             (the boot loader must honour the Image header's text_offset)\n",
+        );
+        power::fail_stop();
+    }
+    arch::set_cpu_index(0);
+    arch::configure_hypervisor_traps();
+    arch::vectors::install();
+
+    let machine = discover_machine(device_tree_address);
+    let image = memory::image_layout();
+
+    let mut free = machine.memory.clone();
+    let mut holes = RangeSet::new();
+    let _ = holes.add(image.whole());
+    for range in machine.reserved.ranges() {
+        let _ = holes.add(*range);
+    }
+    for range in BOARD.firmware_reserved {
+        let _ = holes.add((*range).into());
+    }
+    if let Some(tree) = machine.device_tree {
+        let _ = holes.add(tree);
+    }
+    if let Some(initrd) = machine.description.as_ref().and_then(|d| d.initrd) {
+        let _ = holes.add(initrd);
+    }
+    for hole in holes.ranges() {
+        if free.remove(*hole).is_err() {
+            early_message("tessera: memory map too fragmented\n");
+            power::fail_stop();
+        }
+    }
+    free.trim_to_pages();
+
+    // The EL2 map covers all RAM, including the reserved parts the
+    // hypervisor reads (device tree, firmware's spin table).
+    let mut mapped_ram = machine.memory.clone();
+    for range in BOARD.firmware_reserved {
+        let _ = mapped_ram.add((*range).into());
+    }
+    let Ok(root) = memory::build_el2_map(&mapped_ram, &image) else {
+        early_message("tessera: could not build the EL2 translation tables\n");
+        power::fail_stop();
+    };
+    // SAFETY: the map covers the image, all RAM (stacks, BSS, device tree)
+    // and the board's device windows, identity-mapped.
+    unsafe { arch::enable_mmu(root) };
+
+    console::init(BOARD.console_uart.base as usize);
+    console::init_logging();
+
+    let Some(allocators) = memory::init_allocators(&mut free) else {
+        println!("tessera: ERROR: not enough free RAM for the heap");
+        power::power_off(1);
+    };
+    print_banner(&machine, &image, &allocators);
+    if !memory::self_check() {
+        log::error!("allocator self-check failed");
+        power::power_off(1);
+    }
+
+    if let Err(error) = gic::init_boot_cpu(machine.gic, machine.cpu_count) {
+        log::error!("GIC initialisation failed: {error:?}");
+        power::power_off(1);
+    }
+
+    smp::publish_boot_parameters(&machine.cpu_affinities[..machine.cpu_count], root);
+    announce_online(0);
+    let mut start_failures = 0;
+    for index in 1..machine.cpu_count {
+        if let Err(error) = smp::start_cpu(index, machine.cpu_affinities[index]) {
+            log::error!("cpu {index} did not start: {error:?}");
+            start_failures += 1;
+        }
+    }
+
+    prove_timer_ticks(0);
+    let deadline = timer::ticks(0) + WAIT_FOR_CPUS_TICKS;
+    while TICKING.load(Ordering::Acquire) < machine.cpu_count - start_failures
+        && timer::ticks(0) < deadline
+    {
+        arch::wait_for_interrupt();
+    }
+    let online = smp::online_count();
+    let ticking = TICKING.load(Ordering::Acquire);
+    if online != machine.cpu_count || ticking != machine.cpu_count {
+        log::error!(
+            "only {online} of {} CPUs came online and {ticking} have a ticking timer",
+            machine.cpu_count
+        );
+        power::power_off(1);
+    }
+    println!("tessera: all {online} CPUs online, EL2 timer ticking on every CPU");
+
+    #[cfg(feature = "selftest-fault")]
+    selftest_fault();
+
+    power::power_off(0)
+}
+
+/// A secondary CPU's first Rust code: MMU on, on its own stack.
+pub extern "C" fn secondary_entry(index: usize) -> ! {
+    arch::set_cpu_index(index);
+    arch::configure_hypervisor_traps();
+    arch::vectors::install();
+    gic::init_secondary_cpu(index);
+    smp::mark_online();
+    announce_online(index);
+    prove_timer_ticks(index);
+    loop {
+        arch::wait_for_interrupt();
+    }
+}
+
+fn announce_online(index: usize) {
+    println!(
+        "tessera: cpu {index} online (MPIDR {:#x})",
+        arch::current_mpidr()
+    );
+}
+
+/// Starts the tick on this CPU and waits for `TICKS_TO_PROVE` of them.
+fn prove_timer_ticks(index: usize) {
+    if let Err(error) = timer::start_on_this_cpu() {
+        log::error!("cpu {index}: timer interrupt not enabled: {error:?}");
+        return;
+    }
+    arch::enable_interrupts();
+    while timer::ticks(index) < TICKS_TO_PROVE {
+        arch::wait_for_interrupt();
+    }
+    println!(
+        "tessera: cpu {index}: EL2 timer ticking ({} ticks at {} Hz)",
+        timer::ticks(index),
+        timer::TICK_HZ
+    );
+    TICKING.fetch_add(1, Ordering::AcqRel);
+}
+
+fn print_banner(
+    machine: &Machine,
+    image: &memory::ImageLayout,
+    allocators: &memory::AllocatorSummary,
+) {
+    let mib = |bytes: u64| bytes >> 20;
+    let kib = |bytes: u64| bytes >> 10;
+    println!(
+        "Tessera {VERSION} (EL2 hypervisor) on {}, GICv{}, {} CPUs",
+        BOARD.name,
+        machine.gic.version(),
+        machine.cpu_count
+    );
+    match &machine.description {
+        Some(description) => println!(
+            "tessera: device tree at {} ({}){}",
+            machine.device_tree.map_or(PhysAddr(0), |tree| tree.start),
+            description.compatible.unwrap_or("no compatible"),
+            if description.cpus_ignored > 0 {
+                " - some CPUs beyond the supported maximum stay off"
+            } else {
+                ""
+            }
+        ),
+        None => println!(
+            "tessera: no device tree; using the {} board's built-in layout",
+            BOARD.name
+        ),
+    }
+    println!("tessera: memory map:");
+    for range in machine.memory.ranges() {
+        println!(
+            "tessera:   RAM              {range} {:>6} MiB",
+            mib(range.size())
+        );
+    }
+    println!(
+        "tessera:   hypervisor image {} {:>6} KiB",
+        image.whole(),
+        kib(image.whole().size())
+    );
+    if let Some(tree) = machine.device_tree {
+        println!(
+            "tessera:   device tree      {tree} {:>6} KiB",
+            kib(tree.size())
+        );
+    }
+    for range in machine.reserved.ranges() {
+        println!(
+            "tessera:   reserved         {range} {:>6} KiB",
+            kib(range.size())
+        );
+    }
+    for range in BOARD.firmware_reserved {
+        let range = PhysRange::from(*range);
+        println!(
+            "tessera:   firmware         {range} {:>6} KiB",
+            kib(range.size())
+        );
+    }
+    println!(
+        "tessera:   heap             {} {:>6} MiB",
+        allocators.heap,
+        mib(allocators.heap.size())
+    );
+    println!(
+        "tessera:   page allocator   {} free pages ({} MiB)",
+        allocators.free_pages,
+        mib(allocators.free_pages * 4096)
+    );
+}
+
+/// Deliberately faults after boot, to prove the crash report end to end.
+#[cfg(feature = "selftest-fault")]
+fn selftest_fault() {
+    println!("tessera: selftest-fault: writing to an unmapped address");
+    // SAFETY: not safe at all, on purpose: this address is outside the EL2
+    // map, so the write takes a data abort at EL2 and never completes.
+    unsafe { core::ptr::write_volatile(0xDEAD_0000 as *mut u64, 0x5AFE) };
+}

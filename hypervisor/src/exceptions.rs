@@ -1,0 +1,48 @@
+//! What EL2 does with an exception: IRQs go to the interrupt handler;
+//! everything else taken at EL2 is a hypervisor bug and ends the run with a
+//! crash report.
+
+use tessera_hypervisor::crash_report::{TrapFrame, VectorKind, write_crash_report};
+
+use crate::{arch, board::BOARD, console, power, timer};
+
+/// Vector slots: groups of four (sync, IRQ, FIQ, SError) for current EL with
+/// SP_EL0, current EL with SP_ELx, lower EL AArch64, lower EL AArch32.
+const CURRENT_EL_SPX_IRQ: u64 = 5;
+
+/// Called by the vector stubs with the saved frame and the vector slot.
+pub extern "C" fn handle_exception(frame: &mut TrapFrame, slot: u64) {
+    if slot == CURRENT_EL_SPX_IRQ {
+        timer::handle_irq();
+        return;
+    }
+    let kind = match slot % 4 {
+        0 => VectorKind::Synchronous,
+        1 => VectorKind::Irq,
+        2 => VectorKind::Fiq,
+        _ => VectorKind::SError,
+    };
+    crash(kind, frame)
+}
+
+/// Prints the crash report and stops the machine with a failure status.
+fn crash(kind: VectorKind, frame: &TrapFrame) -> ! {
+    let mut writer = console::emergency_writer(BOARD.console_uart.base as usize);
+    let _ = write_crash_report(&mut writer, arch::cpu_index(), kind, frame);
+    writer.flush();
+    power::fail_stop()
+}
+
+/// A Rust panic in the hypervisor is a hypervisor bug: report and stop.
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    use core::fmt::Write;
+    let mut writer = console::emergency_writer(BOARD.console_uart.base as usize);
+    let _ = writeln!(
+        writer,
+        "\n==== PANIC on cpu {}: {info} ====",
+        arch::cpu_index()
+    );
+    writer.flush();
+    power::fail_stop()
+}

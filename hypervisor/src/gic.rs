@@ -1,0 +1,167 @@
+//! The physical GIC, driven through the `arm-gic` crate.
+//!
+//! GICv3 is reached through the ICC system registers (no lock needed on the
+//! interrupt path); GICv2's CPU interface is a banked MMIO frame, reached
+//! through the shared driver under a lock that is only ever taken with IRQs
+//! masked.
+
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU8, Ordering};
+
+use arm_gic::gicv2::GicV2;
+use arm_gic::gicv3::registers::{Gicd, GicrSgi};
+use arm_gic::gicv3::{GicCpuInterface, GicV3};
+use arm_gic::{IntId, InterruptGroup, UniqueMmioPointer};
+use spin::Mutex;
+use tessera_platform::GicLayout;
+
+use crate::arch;
+
+/// Priority given to the hypervisor's own interrupts: anything not masked
+/// by the priority mask of 0xFF.
+const HYPERVISOR_PRIORITY: u8 = 0x80;
+
+enum Controller {
+    V2(GicV2<'static>),
+    V3(GicV3<'static>),
+}
+
+// SAFETY: the drivers hold pointers to MMIO frames that every CPU may access;
+// the controller is only reached through `CONTROLLER`'s lock.
+unsafe impl Send for Controller {}
+
+static CONTROLLER: Mutex<Option<Controller>> = Mutex::new(None);
+static VERSION: AtomicU8 = AtomicU8::new(0);
+
+/// The errors of bringing the GIC up. All are board description faults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GicError {
+    /// The redistributor region does not describe one frame per CPU.
+    Redistributors,
+    /// An interrupt number outside what the GIC implements.
+    InvalidInterrupt(u32),
+}
+
+/// Runs `action` on the shared driver with IRQs masked on this CPU.
+fn with_controller<R>(action: impl FnOnce(&mut Controller) -> R) -> Option<R> {
+    let were_enabled = arch::disable_interrupts();
+    let result = CONTROLLER.lock().as_mut().map(action);
+    if were_enabled {
+        arch::enable_interrupts();
+    }
+    result
+}
+
+/// Brings up the distributor and the boot CPU's interface.
+pub fn init_boot_cpu(layout: GicLayout, cpu_count: usize) -> Result<(), GicError> {
+    let controller = match layout {
+        GicLayout::V3 {
+            distributor,
+            redistributors,
+        } => {
+            // ICC_SRE_EL2.SRE must be set before any ICC_*_EL1 access at EL2.
+            GicCpuInterface::enable_system_register_el2(true);
+            // SAFETY: the board description gives the distributor and
+            // redistributor frames, mapped as device memory in the EL2 map,
+            // and this is the only driver instance for them.
+            let mut gic = unsafe {
+                GicV3::new(
+                    UniqueMmioPointer::new(
+                        NonNull::new(distributor.base as *mut Gicd)
+                            .ok_or(GicError::Redistributors)?,
+                    ),
+                    NonNull::new(redistributors.base as *mut GicrSgi)
+                        .ok_or(GicError::Redistributors)?,
+                    cpu_count,
+                )
+            }
+            .map_err(|_| GicError::Redistributors)?;
+            gic.setup(0);
+            GicCpuInterface::set_priority_mask(0xFF);
+            Controller::V3(gic)
+        }
+        GicLayout::V2 {
+            distributor,
+            cpu_interface,
+            ..
+        } => {
+            // SAFETY: as above, for the GICv2 distributor and CPU interface.
+            let mut gic =
+                unsafe { GicV2::new(distributor.base as *mut _, cpu_interface.base as *mut _) };
+            gic.setup();
+            gic.set_priority_mask(0xFF);
+            Controller::V2(gic)
+        }
+    };
+    VERSION.store(layout.version(), Ordering::Release);
+    *CONTROLLER.lock() = Some(controller);
+    Ok(())
+}
+
+/// Brings up the CPU interface (and redistributor) of a secondary CPU.
+pub fn init_secondary_cpu(cpu: usize) {
+    with_controller(|controller| match controller {
+        Controller::V3(gic) => {
+            GicCpuInterface::enable_system_register_el2(true);
+            gic.init_cpu(cpu);
+            GicCpuInterface::enable_group1(true);
+            GicCpuInterface::set_priority_mask(0xFF);
+        }
+        Controller::V2(gic) => {
+            // The banked CPU interface of this CPU: same programming as the
+            // boot CPU's. Re-running the distributor part is idempotent.
+            gic.setup();
+            gic.set_priority_mask(0xFF);
+        }
+    });
+}
+
+/// Enables a private (SGI/PPI) interrupt on `cpu` at the hypervisor's
+/// priority.
+pub fn enable_private_interrupt(intid: u32, cpu: usize) -> Result<(), GicError> {
+    let id = if intid < 16 {
+        IntId::sgi(intid)
+    } else if intid < 32 {
+        IntId::ppi(intid - 16)
+    } else {
+        return Err(GicError::InvalidInterrupt(intid));
+    };
+    with_controller(|controller| match controller {
+        Controller::V3(gic) => {
+            gic.set_interrupt_priority(id, Some(cpu), HYPERVISOR_PRIORITY)
+                .map_err(|_| GicError::InvalidInterrupt(intid))?;
+            gic.enable_interrupt(id, Some(cpu), true)
+                .map_err(|_| GicError::InvalidInterrupt(intid))
+        }
+        Controller::V2(gic) => {
+            gic.set_interrupt_priority(id, HYPERVISOR_PRIORITY);
+            gic.enable_interrupt(id, true)
+                .map_err(|_| GicError::InvalidInterrupt(intid))
+        }
+    })
+    .unwrap_or(Err(GicError::InvalidInterrupt(intid)))
+}
+
+/// The GIC version in use, once initialised.
+pub fn version() -> u8 {
+    VERSION.load(Ordering::Acquire)
+}
+
+/// Acknowledges the highest-priority pending interrupt, runs `handler` on
+/// it and ends it. Returns false when nothing was pending (spurious).
+///
+/// Both drivers use their group-0 path for GICv2 (GICC_IAR/EOIR, which is
+/// what a Non-secure or security-less CPU interface serves) and group 1 for
+/// GICv3 (ICC_IAR1/EOIR1_EL1, the Non-secure group).
+pub fn dispatch(handler: impl FnOnce(u32)) -> bool {
+    match version() {
+        3 => GicCpuInterface::handle_interrupt(InterruptGroup::Group1, |id| handler(id.into())),
+        _ => with_controller(|controller| match controller {
+            Controller::V2(gic) => {
+                gic.handle_interrupt(InterruptGroup::Group0, |id| handler(id.into()))
+            }
+            Controller::V3(_) => false,
+        })
+        .unwrap_or(false),
+    }
+}

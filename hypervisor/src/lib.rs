@@ -1,0 +1,25 @@
+//! The portable core of the Tessera hypervisor.
+//!
+//! Everything in this library builds and is unit-tested on the host: address
+//! types, exception-syndrome decoding, translation-table building, the
+//! physical memory map, the device-tree reader and the crash report. The EL2
+//! glue that touches hardware (boot assembly, vectors, system registers,
+//! drivers) lives in the binary (`main.rs` and the modules under it) and calls
+//! into this library.
+#![cfg_attr(not(test), no_std)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod address;
+pub mod crash_report;
+pub mod device_tree;
+pub mod exception_syndrome;
+pub mod memory_map;
+pub mod page_table;
+
+/// The version shown in the banner.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Upper bound on physical CPUs; sizes the per-CPU arrays (stacks, MPIDR
+/// table). QEMU `virt` with GICv2 supports 8; GICv3 boards larger than this
+/// boot with the first `MAX_CPUS` CPUs.
+pub const MAX_CPUS: usize = 8;

@@ -1,0 +1,194 @@
+//! Memory bring-up on the boot CPU: the EL2 identity map (built from a
+//! static pool before the MMU is on), then the heap and the page allocator
+//! over the RAM that is left.
+
+use core::alloc::Layout;
+
+use buddy_system_allocator::{FrameAllocator, LockedHeap};
+use spin::Mutex;
+use tessera_hypervisor::address::{PAGE_SIZE, PhysAddr, PhysRange};
+use tessera_hypervisor::memory_map::RangeSet;
+use tessera_hypervisor::page_table::{
+    MapAttributes, MapError, PageTable, Regime, Table, TableStore,
+};
+
+use crate::board::BOARD;
+
+/// Tables for the EL2 map. The map uses blocks wherever it can, so a few
+/// dozen tables cover any supported board.
+const EL2_TABLE_POOL: usize = 48;
+
+/// The pool lives in the BSS, so its addresses are physical (the map is 1:1).
+struct StaticPool {
+    tables: [Table; EL2_TABLE_POOL],
+    used: usize,
+}
+
+static mut EL2_TABLES: StaticPool = StaticPool {
+    tables: [Table::EMPTY; EL2_TABLE_POOL],
+    used: 0,
+};
+
+struct PoolStore(&'static mut StaticPool);
+
+impl TableStore for PoolStore {
+    fn allocate_table(&mut self) -> Option<PhysAddr> {
+        let pool = &mut *self.0;
+        let table = pool.tables.get_mut(pool.used)?;
+        pool.used += 1;
+        Some(PhysAddr(table as *mut Table as u64))
+    }
+
+    fn table_mut(&mut self, address: PhysAddr) -> &mut Table {
+        let base = self.0.tables.as_ptr() as u64;
+        let index = ((address.0 - base) / PAGE_SIZE) as usize;
+        &mut self.0.tables[index]
+    }
+}
+
+unsafe extern "C" {
+    static __image_start: u8;
+    static __rodata_start: u8;
+    static __data_start: u8;
+    static __image_end: u8;
+}
+
+/// The hypervisor image's sections, from the linker script.
+#[derive(Clone, Copy, Debug)]
+pub struct ImageLayout {
+    pub code: PhysRange,
+    pub read_only: PhysRange,
+    pub read_write: PhysRange,
+}
+
+impl ImageLayout {
+    pub fn whole(&self) -> PhysRange {
+        PhysRange {
+            start: self.code.start,
+            end: self.read_write.end,
+        }
+    }
+}
+
+pub fn image_layout() -> ImageLayout {
+    let address = |symbol: *const u8| PhysAddr(symbol as u64);
+    let start = address(&raw const __image_start);
+    let rodata = address(&raw const __rodata_start);
+    let data = address(&raw const __data_start);
+    let end = address(&raw const __image_end);
+    ImageLayout {
+        code: PhysRange { start, end: rodata },
+        read_only: PhysRange {
+            start: rodata,
+            end: data,
+        },
+        read_write: PhysRange { start: data, end },
+    }
+}
+
+/// Builds the EL2 identity map: the image with per-section permissions, RAM
+/// read/write and never executable, the board's device windows as
+/// Device-nGnRE. Returns the root table address for TTBR0_EL2.
+///
+/// Runs with the MMU off: only aligned accesses, no atomics.
+pub fn build_el2_map(ram: &RangeSet, image: &ImageLayout) -> Result<u64, MapError> {
+    // SAFETY: called once, on the boot CPU, before any other CPU runs and
+    // before anything else refers to the pool.
+    let pool = unsafe { &mut *(&raw mut EL2_TABLES) };
+    let mut store = PoolStore(pool);
+    let mut table = PageTable::new(Regime::El2Stage1, &mut store)?;
+    let identity = |table: &mut PageTable, store: &mut PoolStore, range: PhysRange, attributes| {
+        table.map(range.start.0, range.start, range.size(), attributes, store)
+    };
+    identity(&mut table, &mut store, image.code, MapAttributes::CODE)?;
+    identity(
+        &mut table,
+        &mut store,
+        image.read_only,
+        MapAttributes::READ_ONLY,
+    )?;
+    identity(&mut table, &mut store, image.read_write, MapAttributes::RAM)?;
+    let mut data_ram = ram.clone();
+    // The image is mapped above with its own permissions. An error here
+    // (map overflow) cannot happen for a hole inside one range.
+    let _ = data_ram.remove(image.whole());
+    for range in data_ram.ranges() {
+        identity(&mut table, &mut store, *range, MapAttributes::RAM)?;
+    }
+    for window in BOARD.device_windows {
+        identity(
+            &mut table,
+            &mut store,
+            PhysRange::from(*window),
+            MapAttributes::DEVICE,
+        )?;
+    }
+    Ok(table.root().0)
+}
+
+/// How much RAM the heap gets; the rest goes to the page allocator.
+const HEAP_SIZE: u64 = 4 << 20;
+
+#[global_allocator]
+static HEAP: LockedHeap<32> = LockedHeap::empty();
+
+static PAGES: Mutex<FrameAllocator<32>> = Mutex::new(FrameAllocator::new());
+
+/// What `init_allocators` set up, for the banner.
+#[derive(Clone, Copy, Debug)]
+pub struct AllocatorSummary {
+    pub heap: PhysRange,
+    pub free_pages: u64,
+}
+
+/// Gives `HEAP_SIZE` of the free RAM to the heap and the rest, page by page,
+/// to the page allocator.
+pub fn init_allocators(free: &mut RangeSet) -> Option<AllocatorSummary> {
+    let heap = free.take(HEAP_SIZE, PAGE_SIZE)?;
+    // SAFETY: `heap` is free RAM (the memory map excludes the image, the
+    // device tree, the initrd and every reservation), mapped read/write, and
+    // `take` removed it from `free` so nothing else will use it.
+    unsafe {
+        HEAP.lock()
+            .init(heap.start.0 as usize, heap.size() as usize)
+    };
+    let mut pages = PAGES.lock();
+    let mut free_pages = 0;
+    for range in free.ranges() {
+        let first = (range.start.0 / PAGE_SIZE) as usize;
+        let end = (range.end.0 / PAGE_SIZE) as usize;
+        pages.add_frame(first, end);
+        free_pages += (end - first) as u64;
+    }
+    Some(AllocatorSummary { heap, free_pages })
+}
+
+/// Allocates `count` physically contiguous, zeroed pages.
+#[allow(dead_code)] // the first users are the guest builders
+pub fn allocate_pages(count: usize) -> Option<PhysAddr> {
+    let first = PAGES.lock().alloc(count)?;
+    let address = first as u64 * PAGE_SIZE;
+    // SAFETY: the allocator just handed out these pages, which are mapped
+    // read/write RAM that nothing else references.
+    unsafe { core::ptr::write_bytes(address as *mut u8, 0, count * PAGE_SIZE as usize) };
+    Some(PhysAddr(address))
+}
+
+/// Checks both allocators once at boot: a heap block and a page come back
+/// usable and go back.
+pub fn self_check() -> bool {
+    let layout = Layout::from_size_align(256, 16).expect("constant layout");
+    // SAFETY: the layout has a non-zero size; the block is freed below with
+    // the same layout.
+    let block = unsafe { alloc::alloc::alloc(layout) };
+    if block.is_null() {
+        return false;
+    }
+    // SAFETY: `block` was allocated above with `layout` and is not used after.
+    unsafe { alloc::alloc::dealloc(block, layout) };
+    let Some(page) = allocate_pages(1) else {
+        return false;
+    };
+    PAGES.lock().dealloc((page.0 / PAGE_SIZE) as usize, 1);
+    true
+}

@@ -1,0 +1,462 @@
+//! Translation tables: 4 KiB granule, 48-bit input addresses, four levels,
+//! 1 GiB and 2 MiB blocks wherever alignment allows.
+//!
+//! The builder is portable: it reaches table memory only through a
+//! [`TableStore`], which is a static pool of pages on the target and the
+//! host heap in unit tests. The same code serves the hypervisor's own EL2
+//! stage-1 map and (with the `Stage2` regime) the guests' stage-2 tables.
+//!
+//! Why not `aarch64-paging`: the EL2 map must be built before the MMU and
+//! heap are up, from a fixed pool, and the table-walk code is small enough
+//! that owning it keeps the descriptor encoding for both regimes in one
+//! place next to the tests that pin it down.
+
+use crate::address::{PAGE_SIZE, PhysAddr};
+
+/// Entries per table.
+pub const ENTRIES: usize = 512;
+/// Bits of input address translated (TCR_EL2.T0SZ = 16, VTCR_EL2.T0SZ = 16).
+pub const INPUT_ADDRESS_BITS: u32 = 48;
+
+/// One 4 KiB translation table.
+#[repr(C, align(4096))]
+#[derive(Clone)]
+pub struct Table(pub [u64; ENTRIES]);
+
+impl Table {
+    pub const EMPTY: Self = Self([0; ENTRIES]);
+}
+
+/// Where tables live. Implementations hand out zeroed, 4 KiB-aligned tables
+/// and give access to tables they handed out.
+pub trait TableStore {
+    /// A new zeroed table, or `None` when the store is exhausted.
+    fn allocate_table(&mut self) -> Option<PhysAddr>;
+    /// The table at `address`, which this store handed out earlier.
+    fn table_mut(&mut self, address: PhysAddr) -> &mut Table;
+}
+
+/// The translation regime whose descriptor format to write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Regime {
+    /// EL2 stage 1 (the hypervisor's own map), with MAIR_EL2 as set by
+    /// [`MAIR_EL2_VALUE`].
+    El2Stage1,
+    /// Stage 2 (guest-physical to host-physical).
+    Stage2,
+}
+
+/// Memory type of a mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryKind {
+    /// Normal memory, inner and outer write-back cacheable, inner shareable.
+    Normal,
+    /// Device-nGnRE: MMIO registers.
+    Device,
+}
+
+/// What a mapping allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapAttributes {
+    pub kind: MemoryKind,
+    pub writable: bool,
+    pub executable: bool,
+}
+
+impl MapAttributes {
+    pub const DEVICE: Self = Self {
+        kind: MemoryKind::Device,
+        writable: true,
+        executable: false,
+    };
+    pub const RAM: Self = Self {
+        kind: MemoryKind::Normal,
+        writable: true,
+        executable: false,
+    };
+    pub const CODE: Self = Self {
+        kind: MemoryKind::Normal,
+        writable: false,
+        executable: true,
+    };
+    pub const READ_ONLY: Self = Self {
+        kind: MemoryKind::Normal,
+        writable: false,
+        executable: false,
+    };
+}
+
+/// MAIR_EL2: attribute index 0 is Device-nGnRE, index 1 is Normal
+/// write-back read/write-allocate (inner and outer).
+pub const MAIR_EL2_VALUE: u64 = 0x04 | (0xFF << 8);
+const MAIR_INDEX_DEVICE: u64 = 0;
+const MAIR_INDEX_NORMAL: u64 = 1;
+
+const DESCRIPTOR_VALID: u64 = 1 << 0;
+/// At levels 0-2: next-level table; at level 3: page.
+const DESCRIPTOR_TABLE_OR_PAGE: u64 = 1 << 1;
+const ACCESS_FLAG: u64 = 1 << 10;
+const SHAREABILITY_INNER: u64 = 0b11 << 8;
+const EXECUTE_NEVER: u64 = 1 << 54;
+const OUTPUT_ADDRESS_MASK: u64 = 0x0000_FFFF_FFFF_F000;
+/// Stage 1, regime with one privilege level: AP[2] (bit 7) is read-only and
+/// AP[1] (bit 6) is RES1.
+const STAGE1_AP_READ_ONLY: u64 = 1 << 7;
+const STAGE1_AP_RES1: u64 = 1 << 6;
+/// Stage 2: S2AP bits 7:6 (read is bit 6, write is bit 7).
+const STAGE2_AP_READ: u64 = 1 << 6;
+const STAGE2_AP_WRITE: u64 = 1 << 7;
+/// Stage 2 MemAttr bits 5:2.
+const STAGE2_MEMATTR_DEVICE_NGNRE: u64 = 0b0001 << 2;
+const STAGE2_MEMATTR_NORMAL_WB: u64 = 0b1111 << 2;
+
+/// Errors from building a map. They mean a hypervisor bug or an impossible
+/// configuration, never guest behaviour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapError {
+    /// Input, output or size not page-aligned.
+    Misaligned,
+    /// The range leaves the 48-bit input space or wraps.
+    OutOfRange,
+    /// Part of the range is mapped already.
+    AlreadyMapped { input: u64 },
+    /// The table store ran out of tables.
+    OutOfTables,
+}
+
+/// The bytes covered by one entry at `level`.
+const fn entry_span(level: usize) -> u64 {
+    1 << (12 + 9 * (3 - level))
+}
+
+const fn entry_index(input: u64, level: usize) -> usize {
+    ((input >> (12 + 9 * (3 - level))) & (ENTRIES as u64 - 1)) as usize
+}
+
+impl Regime {
+    /// Lower and upper attribute bits of a block or page descriptor.
+    #[must_use]
+    pub const fn leaf_attributes(self, attributes: MapAttributes) -> u64 {
+        let mut bits = ACCESS_FLAG;
+        if !attributes.executable {
+            bits |= EXECUTE_NEVER;
+        }
+        match self {
+            Self::El2Stage1 => {
+                bits |= STAGE1_AP_RES1;
+                if !attributes.writable {
+                    bits |= STAGE1_AP_READ_ONLY;
+                }
+                match attributes.kind {
+                    MemoryKind::Normal => bits |= (MAIR_INDEX_NORMAL << 2) | SHAREABILITY_INNER,
+                    MemoryKind::Device => bits |= MAIR_INDEX_DEVICE << 2,
+                }
+            }
+            Self::Stage2 => {
+                bits |= STAGE2_AP_READ;
+                if attributes.writable {
+                    bits |= STAGE2_AP_WRITE;
+                }
+                match attributes.kind {
+                    MemoryKind::Normal => bits |= STAGE2_MEMATTR_NORMAL_WB | SHAREABILITY_INNER,
+                    MemoryKind::Device => bits |= STAGE2_MEMATTR_DEVICE_NGNRE,
+                }
+            }
+        }
+        bits
+    }
+}
+
+/// A translation table tree rooted at a level-0 table.
+#[derive(Debug)]
+pub struct PageTable {
+    root: PhysAddr,
+    regime: Regime,
+}
+
+impl PageTable {
+    /// A new, empty tree.
+    ///
+    /// # Errors
+    /// `OutOfTables` when the store cannot supply the root table.
+    pub fn new(regime: Regime, store: &mut impl TableStore) -> Result<Self, MapError> {
+        let root = store.allocate_table().ok_or(MapError::OutOfTables)?;
+        Ok(Self { root, regime })
+    }
+
+    /// The physical address of the root table (for TTBR0_EL2 / VTTBR_EL2).
+    #[must_use]
+    pub const fn root(&self) -> PhysAddr {
+        self.root
+    }
+
+    /// Maps `[input, input + size)` to `[output, output + size)`, using the
+    /// largest blocks that alignment allows. Nothing may be mapped there yet.
+    ///
+    /// # Errors
+    /// See [`MapError`]. On error, the part of the range before the failure
+    /// may already be mapped.
+    pub fn map(
+        &mut self,
+        input: u64,
+        output: PhysAddr,
+        size: u64,
+        attributes: MapAttributes,
+        store: &mut impl TableStore,
+    ) -> Result<(), MapError> {
+        if input % PAGE_SIZE != 0 || output.0 % PAGE_SIZE != 0 || size % PAGE_SIZE != 0 {
+            return Err(MapError::Misaligned);
+        }
+        let input_end = input.checked_add(size).ok_or(MapError::OutOfRange)?;
+        if input_end > 1 << INPUT_ADDRESS_BITS || output.0.checked_add(size).is_none() {
+            return Err(MapError::OutOfRange);
+        }
+        let leaf_bits = self.regime.leaf_attributes(attributes);
+        self.map_in_table(self.root, 0, input, output.0, size, leaf_bits, store)
+    }
+
+    #[allow(clippy::too_many_arguments)] // a recursive walk carries its whole state
+    fn map_in_table(
+        &mut self,
+        table: PhysAddr,
+        level: usize,
+        mut input: u64,
+        mut output: u64,
+        mut size: u64,
+        leaf_bits: u64,
+        store: &mut impl TableStore,
+    ) -> Result<(), MapError> {
+        let span = entry_span(level);
+        while size > 0 {
+            let index = entry_index(input, level);
+            let chunk = size.min(span - input % span);
+            let existing = store.table_mut(table).0[index];
+            let is_valid = existing & DESCRIPTOR_VALID != 0;
+            let is_table = level < 3 && existing & DESCRIPTOR_TABLE_OR_PAGE != 0;
+            let block_allowed = level == 1 || level == 2;
+            let whole_entry = input % span == 0 && output % span == 0 && chunk == span;
+
+            if level == 3 || (block_allowed && whole_entry && !is_valid) {
+                if is_valid {
+                    return Err(MapError::AlreadyMapped { input });
+                }
+                let type_bit = if level == 3 {
+                    DESCRIPTOR_TABLE_OR_PAGE
+                } else {
+                    0
+                };
+                store.table_mut(table).0[index] =
+                    (output & OUTPUT_ADDRESS_MASK) | leaf_bits | type_bit | DESCRIPTOR_VALID;
+            } else {
+                let next = if !is_valid {
+                    let next = store.allocate_table().ok_or(MapError::OutOfTables)?;
+                    store.table_mut(table).0[index] = (next.0 & OUTPUT_ADDRESS_MASK)
+                        | DESCRIPTOR_TABLE_OR_PAGE
+                        | DESCRIPTOR_VALID;
+                    next
+                } else if is_table {
+                    PhysAddr(existing & OUTPUT_ADDRESS_MASK)
+                } else {
+                    return Err(MapError::AlreadyMapped { input });
+                };
+                self.map_in_table(next, level + 1, input, output, chunk, leaf_bits, store)?;
+            }
+            input += chunk;
+            output += chunk;
+            size -= chunk;
+        }
+        Ok(())
+    }
+
+    /// Walks the tree for `input`; returns the output address and the leaf
+    /// descriptor, or `None` when nothing is mapped there.
+    pub fn translate(&self, input: u64, store: &mut impl TableStore) -> Option<(PhysAddr, u64)> {
+        let mut table = self.root;
+        for level in 0..4 {
+            let descriptor = store.table_mut(table).0[entry_index(input, level)];
+            if descriptor & DESCRIPTOR_VALID == 0 {
+                return None;
+            }
+            let base = descriptor & OUTPUT_ADDRESS_MASK;
+            if level < 3 && descriptor & DESCRIPTOR_TABLE_OR_PAGE != 0 {
+                table = PhysAddr(base);
+                continue;
+            }
+            let span = entry_span(level);
+            let block_base = base & !(span - 1);
+            return Some((PhysAddr(block_base + input % span), descriptor));
+        }
+        None
+    }
+}
+
+/// A host-heap table store for unit tests. Addresses are fake but unique
+/// and page-aligned.
+#[cfg(test)]
+pub mod test_store {
+    use super::{PhysAddr, Table, TableStore};
+
+    pub const FAKE_BASE: u64 = 0x7_0000_0000;
+
+    #[derive(Default)]
+    pub struct HeapStore {
+        pub tables: Vec<Box<Table>>,
+        pub limit: Option<usize>,
+    }
+
+    impl TableStore for HeapStore {
+        fn allocate_table(&mut self) -> Option<PhysAddr> {
+            if self.limit.is_some_and(|limit| self.tables.len() >= limit) {
+                return None;
+            }
+            self.tables.push(Box::new(Table::EMPTY));
+            Some(PhysAddr(FAKE_BASE + (self.tables.len() as u64 - 1) * 4096))
+        }
+
+        fn table_mut(&mut self, address: PhysAddr) -> &mut Table {
+            &mut self.tables[((address.0 - FAKE_BASE) / 4096) as usize]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_store::HeapStore;
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn one_gib_aligned_range_uses_a_single_level1_block() {
+        let mut store = HeapStore::default();
+        let mut table = PageTable::new(Regime::El2Stage1, &mut store).unwrap();
+        table
+            .map(GIB, PhysAddr(GIB), GIB, MapAttributes::RAM, &mut store)
+            .unwrap();
+        // Root plus one level-1 table: the GiB is one block.
+        assert_eq!(store.tables.len(), 2);
+        let (output, descriptor) = table.translate(GIB + 0x1234, &mut store).unwrap();
+        assert_eq!(output, PhysAddr(GIB + 0x1234));
+        assert_eq!(descriptor & 0b11, 0b01, "block descriptor");
+        assert_eq!((descriptor >> 2) & 0b111, MAIR_INDEX_NORMAL);
+        assert_eq!(descriptor & SHAREABILITY_INNER, SHAREABILITY_INNER);
+        assert_ne!(descriptor & EXECUTE_NEVER, 0);
+        assert_ne!(descriptor & ACCESS_FLAG, 0);
+    }
+
+    #[test]
+    fn unaligned_edges_fall_back_to_2mib_blocks_and_pages() {
+        let mut store = HeapStore::default();
+        let mut table = PageTable::new(Regime::El2Stage1, &mut store).unwrap();
+        // 0x4008_0000 .. 0x4060_0000: pages up to 2 MiB, then 2 MiB blocks.
+        let start = 0x4008_0000;
+        table
+            .map(
+                start,
+                PhysAddr(start),
+                0x4060_0000 - start,
+                MapAttributes::CODE,
+                &mut store,
+            )
+            .unwrap();
+        let (_, page) = table.translate(start, &mut store).unwrap();
+        assert_eq!(page & 0b11, 0b11, "page descriptor at level 3");
+        assert_eq!(page & EXECUTE_NEVER, 0, "code is executable");
+        assert_ne!(page & STAGE1_AP_READ_ONLY, 0, "code is read-only");
+        let (_, block) = table.translate(0x4040_0000, &mut store).unwrap();
+        assert_eq!(block & 0b11, 0b01, "2 MiB block");
+        assert!(table.translate(0x4060_0000, &mut store).is_none());
+        assert!(table.translate(start - 1, &mut store).is_none());
+    }
+
+    #[test]
+    fn device_memory_is_never_executable_or_cacheable() {
+        let mut store = HeapStore::default();
+        let mut table = PageTable::new(Regime::El2Stage1, &mut store).unwrap();
+        table
+            .map(
+                0x0900_0000,
+                PhysAddr(0x0900_0000),
+                0x1000,
+                MapAttributes::DEVICE,
+                &mut store,
+            )
+            .unwrap();
+        let (_, descriptor) = table.translate(0x0900_0000, &mut store).unwrap();
+        assert_eq!((descriptor >> 2) & 0b111, MAIR_INDEX_DEVICE);
+        assert_ne!(descriptor & EXECUTE_NEVER, 0);
+        assert_eq!(MAIR_EL2_VALUE & 0xFF, 0x04, "index 0 is Device-nGnRE");
+    }
+
+    #[test]
+    fn stage2_descriptors_carry_s2ap_and_memattr() {
+        let mut store = HeapStore::default();
+        let mut table = PageTable::new(Regime::Stage2, &mut store).unwrap();
+        table
+            .map(
+                0x4000_0000,
+                PhysAddr(0x8000_0000),
+                2 * MIB,
+                MapAttributes::RAM,
+                &mut store,
+            )
+            .unwrap();
+        let (output, descriptor) = table.translate(0x4000_1000, &mut store).unwrap();
+        assert_eq!(output, PhysAddr(0x8000_1000));
+        assert_eq!(descriptor & (0b11 << 6), STAGE2_AP_READ | STAGE2_AP_WRITE);
+        assert_eq!(descriptor & (0b1111 << 2), STAGE2_MEMATTR_NORMAL_WB);
+    }
+
+    #[test]
+    fn overlapping_maps_and_bad_input_are_refused() {
+        let mut store = HeapStore::default();
+        let mut table = PageTable::new(Regime::El2Stage1, &mut store).unwrap();
+        table
+            .map(
+                0x20_0000,
+                PhysAddr(0x20_0000),
+                2 * MIB,
+                MapAttributes::RAM,
+                &mut store,
+            )
+            .unwrap();
+        assert_eq!(
+            table.map(
+                0x30_0000,
+                PhysAddr(0),
+                0x1000,
+                MapAttributes::RAM,
+                &mut store
+            ),
+            Err(MapError::AlreadyMapped { input: 0x30_0000 })
+        );
+        assert_eq!(
+            table.map(0x123, PhysAddr(0), 0x1000, MapAttributes::RAM, &mut store),
+            Err(MapError::Misaligned)
+        );
+        assert_eq!(
+            table.map(1 << 48, PhysAddr(0), 0x1000, MapAttributes::RAM, &mut store),
+            Err(MapError::OutOfRange)
+        );
+    }
+
+    #[test]
+    fn exhausted_store_is_an_error_not_a_panic() {
+        let mut store = HeapStore {
+            limit: Some(2),
+            ..HeapStore::default()
+        };
+        let mut table = PageTable::new(Regime::El2Stage1, &mut store).unwrap();
+        assert_eq!(
+            table.map(
+                0x1000,
+                PhysAddr(0x1000),
+                0x1000,
+                MapAttributes::RAM,
+                &mut store
+            ),
+            Err(MapError::OutOfTables)
+        );
+    }
+}

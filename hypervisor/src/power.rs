@@ -1,0 +1,43 @@
+//! Ending the run: PSCI SYSTEM_OFF where the board has it, semihosting exit
+//! in test builds (so that the status reaches the host), parked CPUs
+//! otherwise.
+
+use tessera_platform::PowerOffMethod;
+
+use crate::{arch, board::BOARD, console};
+
+/// PSCI function identifiers used by the hypervisor itself.
+pub mod psci {
+    pub const CPU_ON: u32 = 0xC400_0003;
+    pub const SYSTEM_OFF: u32 = 0x8400_0008;
+}
+
+/// Stops the machine. `status` 0 means every part of the run succeeded.
+pub fn power_off(status: u32) -> ! {
+    crate::println!("tessera: power off, status {status}");
+    console::flush();
+    #[cfg(feature = "semihosting")]
+    arch::semihosting_exit(status);
+    #[cfg(not(feature = "semihosting"))]
+    {
+        if status == 0 && BOARD.power_off == PowerOffMethod::PsciSmc {
+            arch::smc_call(psci::SYSTEM_OFF, 0, 0, 0);
+        }
+        // No way to report a failure status to whoever runs the board, or no
+        // power-off interface at all: stop here, with the report on the console.
+        crate::println!("tessera: system halted");
+        console::flush();
+        arch::halt()
+    }
+}
+
+/// Stops the machine after a fatal hypervisor error, with status 1. Used
+/// from the crash path, so it does not take the console lock.
+pub fn fail_stop() -> ! {
+    #[cfg(feature = "semihosting")]
+    arch::semihosting_exit(1);
+    // Without semihosting there is no channel for a status: the crash report
+    // on the console is the record, and this CPU stops.
+    #[cfg(not(feature = "semihosting"))]
+    arch::halt()
+}

@@ -1,0 +1,73 @@
+//! Starting the secondary CPUs, by PSCI CPU_ON or the spin table.
+
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use tessera_platform::CpuStartMethod;
+
+use crate::arch::{self, entry};
+use crate::board::BOARD;
+use crate::power::psci;
+
+/// CPUs that have reached Rust, the boot CPU included.
+static ONLINE: AtomicUsize = AtomicUsize::new(1);
+
+/// Why a CPU could not be started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartError {
+    /// PSCI CPU_ON returned this error code.
+    Psci(i64),
+    /// The spin table has no release address for this CPU.
+    NoReleaseAddress,
+}
+
+/// Publishes what secondaries need to find their index and turn on their
+/// MMU, then cleans it to memory: they read it with caches off.
+pub fn publish_boot_parameters(affinities: &[u64], translation_table: u64) {
+    // SAFETY: only the boot CPU runs; no secondary has been started yet, so
+    // nothing else reads or writes SECONDARY_BOOT.
+    let boot = unsafe { &mut *(&raw mut entry::SECONDARY_BOOT) };
+    boot.affinities[..affinities.len()].copy_from_slice(affinities);
+    boot.cpu_count = affinities.len() as u64;
+    boot.mair = arch::mair_el2_value();
+    boot.tcr = arch::tcr_el2_value();
+    boot.translation_table = translation_table;
+    boot.sctlr = arch::SCTLR_EL2_VALUE;
+    arch::clean_to_point_of_coherency(boot as *const _ as usize, size_of::<entry::SecondaryBoot>());
+}
+
+/// Releases CPU `index` (whose MPIDR affinity is `affinity`) into
+/// `secondary_entry`.
+pub fn start_cpu(index: usize, affinity: u64) -> Result<(), StartError> {
+    let entry_point = entry::secondary_entry as *const () as u64;
+    match BOARD.cpu_start {
+        CpuStartMethod::PsciSmc => {
+            let result = arch::smc_call(psci::CPU_ON, affinity, entry_point, index as u64);
+            if result == 0 {
+                Ok(())
+            } else {
+                Err(StartError::Psci(result))
+            }
+        }
+        CpuStartMethod::SpinTable { release_addresses } => {
+            let address = *release_addresses
+                .get(index)
+                .ok_or(StartError::NoReleaseAddress)?;
+            // SAFETY: the release address is the firmware's spin-table slot
+            // for this CPU, in the board's firmware-reserved page, which the
+            // EL2 map covers as RAM; the waiting CPU only reads it.
+            unsafe { core::ptr::write_volatile(address as *mut u64, entry_point) };
+            arch::clean_to_point_of_coherency(address as usize, 8);
+            arch::send_event();
+            Ok(())
+        }
+    }
+}
+
+/// Called by each secondary CPU once it runs Rust.
+pub fn mark_online() {
+    ONLINE.fetch_add(1, Ordering::AcqRel);
+}
+
+pub fn online_count() -> usize {
+    ONLINE.load(Ordering::Acquire)
+}

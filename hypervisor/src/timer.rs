@@ -1,0 +1,43 @@
+//! The EL2 physical timer (CNTHP): a periodic tick on every CPU. For now it
+//! proves that interrupts reach EL2 on each CPU; it becomes the scheduler's
+//! and watchdog's clock later.
+
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use tessera_hypervisor::MAX_CPUS;
+
+use crate::{arch, board::BOARD, gic};
+
+/// Ticks per second.
+pub const TICK_HZ: u64 = 100;
+
+static TICKS: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
+
+fn tick_interval() -> u64 {
+    (arch::counter_frequency() / TICK_HZ).max(1)
+}
+
+/// Enables the tick on the calling CPU.
+pub fn start_on_this_cpu() -> Result<(), gic::GicError> {
+    let cpu = arch::cpu_index();
+    gic::enable_private_interrupt(BOARD.timer_interrupts.hypervisor_physical, cpu)?;
+    arch::start_hypervisor_timer(tick_interval());
+    Ok(())
+}
+
+/// Ticks seen so far on `cpu`.
+pub fn ticks(cpu: usize) -> u32 {
+    TICKS[cpu].load(Ordering::Acquire)
+}
+
+/// The IRQ path: acknowledge, count the tick and re-arm, end.
+pub fn handle_irq() {
+    gic::dispatch(|intid| {
+        if intid == BOARD.timer_interrupts.hypervisor_physical {
+            TICKS[arch::cpu_index()].fetch_add(1, Ordering::AcqRel);
+            arch::start_hypervisor_timer(tick_interval());
+        } else {
+            log::debug!("unexpected interrupt {intid}");
+        }
+    });
+}

@@ -1,0 +1,145 @@
+//! Building a variant's flat hypervisor image: cargo builds the ELF,
+//! llvm-objcopy (from the toolchain's llvm-tools) flattens it, and the
+//! result must carry an arm64 Image header.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use crate::image::check_arm64_image;
+use crate::machine::shell_words;
+use crate::variant::Variant;
+use crate::workspace;
+
+/// Builds `variant` and returns the absolute path of its checked image.
+pub fn build_image(root: &Path, variant: &Variant) -> Result<PathBuf> {
+    // Under `cargo run`, CARGO names the cargo that is running us, so the
+    // nested build uses the same toolchain.
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    let cargo_args = variant.cargo_build_args();
+    eprintln!(
+        "tessera: building {}: {}",
+        variant.name(),
+        shell_words("cargo", &cargo_args)
+    );
+    run_checked(
+        Command::new(&cargo).args(&cargo_args).current_dir(root),
+        "cargo build",
+    )?;
+
+    let elf = root.join(variant.elf_path());
+    if !elf.is_file() {
+        bail!(
+            "cargo build succeeded but left no ELF at {}",
+            workspace::display(&elf)
+        );
+    }
+    let image = root.join(variant.image_path());
+    let image_dir = image.parent().expect("image paths have a directory");
+    std::fs::create_dir_all(image_dir)
+        .with_context(|| format!("cannot create {}", image_dir.display()))?;
+
+    let objcopy = find_llvm_objcopy(root)?;
+    run_checked(
+        Command::new(&objcopy)
+            .arg("-O")
+            .arg("binary")
+            .arg(&elf)
+            .arg(&image),
+        "llvm-objcopy",
+    )?;
+
+    let bytes =
+        std::fs::read(&image).with_context(|| format!("cannot read {}", image.display()))?;
+    check_arm64_image(&bytes).map_err(|err| anyhow!("{} {err}", workspace::display(&image)))?;
+    Ok(image)
+}
+
+/// Runs a command to completion with inherited output; a failure names the
+/// step and its status.
+fn run_checked(command: &mut Command, step: &str) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("cannot start {step} ({:?})", command.get_program()))?;
+    if !status.success() {
+        bail!("{step} failed ({status})");
+    }
+    Ok(())
+}
+
+/// `<sysroot>/lib/rustlib/<host>/bin/llvm-objcopy`, as installed by the
+/// toolchain's `llvm-tools` component. Asked of rustc in the workspace
+/// root so that rust-toolchain.toml picks the toolchain.
+fn find_llvm_objcopy(root: &Path) -> Result<PathBuf> {
+    let sysroot = rustc_output(root, &["--print", "sysroot"])?;
+    let version = rustc_output(root, &["-vV"])?;
+    let host = parse_host_triple(&version)
+        .ok_or_else(|| anyhow!("`rustc -vV` printed no `host:` line:\n{version}"))?;
+    let objcopy = llvm_objcopy_path(Path::new(sysroot.trim()), host);
+    if !objcopy.is_file() {
+        bail!(
+            "llvm-objcopy not found at {}; install the llvm-tools component \
+             (`rustup component add llvm-tools`, or `make deps`)",
+            objcopy.display()
+        );
+    }
+    Ok(objcopy)
+}
+
+fn rustc_output(root: &Path, args: &[&str]) -> Result<String> {
+    let output = Command::new("rustc")
+        .args(args)
+        .current_dir(root)
+        .output()
+        .context("cannot start rustc")?;
+    if !output.status.success() {
+        bail!(
+            "`rustc {}` failed ({}): {}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    String::from_utf8(output.stdout).context("rustc printed something that is not UTF-8")
+}
+
+fn parse_host_triple(rustc_verbose_version: &str) -> Option<&str> {
+    rustc_verbose_version
+        .lines()
+        .find_map(|line| line.strip_prefix("host:"))
+        .map(str::trim)
+        .filter(|host| !host.is_empty())
+}
+
+fn llvm_objcopy_path(sysroot: &Path, host: &str) -> PathBuf {
+    sysroot
+        .join("lib/rustlib")
+        .join(host)
+        .join("bin/llvm-objcopy")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_triple_from_rustc_verbose_version() {
+        let output = "rustc 1.95.0 (59807616e 2026-04-14)\n\
+                      binary: rustc\n\
+                      host: x86_64-unknown-linux-gnu\n\
+                      release: 1.95.0\n";
+        assert_eq!(parse_host_triple(output), Some("x86_64-unknown-linux-gnu"));
+        assert_eq!(parse_host_triple("rustc 1.95.0\n"), None);
+        assert_eq!(parse_host_triple("host:\n"), None);
+    }
+
+    #[test]
+    fn objcopy_lives_in_the_host_rustlib() {
+        assert_eq!(
+            llvm_objcopy_path(Path::new("/sys/root"), "aarch64-apple-darwin"),
+            PathBuf::from("/sys/root/lib/rustlib/aarch64-apple-darwin/bin/llvm-objcopy")
+        );
+    }
+}

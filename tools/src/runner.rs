@@ -1,0 +1,500 @@
+//! `tessera test`: the end-to-end runner. Loads every scenario under
+//! `tests/<dir>/*.toml`, builds each image variant they need once, boots
+//! the scenarios one at a time (QEMU's TCG with several vCPUs already
+//! keeps a 2-core machine busy), and reports one line per scenario and a
+//! closing `N passed, N failed` line.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::builder;
+use crate::machine::{QEMU_PROGRAM, QemuRequest, qemu_args, shell_words};
+use crate::matcher::{Expectations, Mismatch};
+use crate::process::{Ending, run_logged};
+use crate::scenario::{self, Scenario, ScenarioError};
+use crate::variant::Variant;
+use crate::workspace;
+
+const TESTS_DIR: &str = "tests";
+const LOG_DIR: &str = "target/e2e-logs";
+/// A failure line shows this many reasons; the log has the rest.
+const MAX_REASONS_SHOWN: usize = 3;
+
+#[derive(Debug)]
+pub struct TestOptions {
+    pub filter: Option<String>,
+    pub list: bool,
+}
+
+/// A scenario file, loaded or not: a file that does not load still gets a
+/// line in the report, so one typo cannot hide the others' results.
+#[derive(Debug)]
+struct Entry {
+    name: String,
+    loaded: Result<Scenario, ScenarioError>,
+}
+
+pub fn run_tests(root: &Path, options: &TestOptions) -> Result<ExitCode> {
+    let files = discover(root)?;
+    let mut entries = load_all(root, &files);
+    if let Some(filter) = &options.filter {
+        entries.retain(|entry| entry.name.contains(filter.as_str()));
+    }
+
+    if options.list {
+        return Ok(list(&entries));
+    }
+    if entries.is_empty() {
+        let filter = options
+            .filter
+            .as_ref()
+            .map(|f| format!(" whose name contains `{f}`"))
+            .unwrap_or_default();
+        eprintln!("tessera: no scenario{filter} under {TESTS_DIR}/*/*.toml");
+        println!("0 passed, 0 failed");
+        return Ok(ExitCode::FAILURE);
+    }
+
+    let images = build_images(root, &entries);
+    let log_dir = root.join(LOG_DIR);
+    std::fs::create_dir_all(&log_dir)
+        .with_context(|| format!("cannot create {}", log_dir.display()))?;
+
+    let (mut passed, mut failed) = (0, 0);
+    for entry in &entries {
+        let log = log_dir.join(format!("{}.log", entry.name));
+        let verdict = match &entry.loaded {
+            Err(err) => Verdict::failed_before_boot(err.to_string()),
+            Ok(scenario) => match &images[&scenario.variant] {
+                Err(reason) => Verdict::failed_before_boot(format!(
+                    "image {} did not build: {reason}",
+                    scenario.variant.name()
+                )),
+                Ok(_) => run_scenario(root, scenario, &log),
+            },
+        };
+        if verdict.reasons.is_empty() {
+            passed += 1;
+            println!(
+                "PASS {} ({:.1}s)",
+                entry.name,
+                verdict.elapsed.as_secs_f64()
+            );
+        } else {
+            failed += 1;
+            println!(
+                "FAIL {}: {}{}",
+                entry.name,
+                summarise(&verdict.reasons),
+                if verdict.booted {
+                    format!(" (log: {})", workspace::display(&log))
+                } else {
+                    // A log from an earlier run would mislead.
+                    let _ = std::fs::remove_file(&log);
+                    String::new()
+                }
+            );
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `tests/<dir>/*.toml`, relative to the root, sorted so runs are
+/// repeatable.
+fn discover(root: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for dir in sorted_entries(root, Path::new(TESTS_DIR))? {
+        if !root.join(&dir).is_dir() {
+            if dir.extension().is_some_and(|ext| ext == "toml") {
+                eprintln!(
+                    "tessera: warning: {} is not in a subdirectory of {TESTS_DIR}/, so it is not a scenario",
+                    dir.display()
+                );
+            }
+            continue;
+        }
+        for file in sorted_entries(root, &dir)? {
+            if file.extension().is_some_and(|ext| ext == "toml") && root.join(&file).is_file() {
+                files.push(file);
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// The entries of `root/dir`, as paths relative to `root` (which keeps
+/// messages and default names independent of where the workspace is
+/// checked out), sorted by name. A missing directory is empty.
+fn sorted_entries(root: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
+    let absolute = root.join(dir);
+    let read = match std::fs::read_dir(&absolute) {
+        Ok(read) => read,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => {
+            return Err(err).with_context(|| format!("cannot read {}", absolute.display()));
+        }
+    };
+    let mut names = Vec::new();
+    for entry in read {
+        let entry = entry.with_context(|| format!("cannot read {}", absolute.display()))?;
+        names.push(entry.file_name());
+    }
+    names.sort();
+    Ok(names.into_iter().map(|name| dir.join(name)).collect())
+}
+
+fn load_all(root: &Path, files: &[PathBuf]) -> Vec<Entry> {
+    let mut entries: Vec<Entry> = files
+        .iter()
+        .map(|file| {
+            let loaded = std::fs::read_to_string(root.join(file))
+                .map_err(|err| ScenarioError {
+                    file: file.clone(),
+                    position: None,
+                    key: None,
+                    reason: format!("cannot read: {err}"),
+                })
+                .and_then(|source| scenario::parse(&source, file));
+            let name = match &loaded {
+                Ok(scenario) => scenario.name.clone(),
+                Err(_) => scenario::default_name(file),
+            };
+            Entry { name, loaded }
+        })
+        .collect();
+    reject_duplicate_names(&mut entries);
+    entries
+}
+
+/// Two scenarios with one name would overwrite each other's logs and make
+/// `--filter` ambiguous; the second and later ones fail.
+fn reject_duplicate_names(entries: &mut [Entry]) {
+    let mut first_file: HashMap<String, PathBuf> = HashMap::new();
+    for entry in entries.iter_mut() {
+        let Ok(scenario) = &entry.loaded else {
+            continue;
+        };
+        match first_file.get(&entry.name) {
+            None => {
+                first_file.insert(entry.name.clone(), scenario.file.clone());
+            }
+            Some(first) => {
+                entry.loaded = Err(ScenarioError {
+                    file: scenario.file.clone(),
+                    position: None,
+                    key: Some("name".into()),
+                    reason: format!("`{}` is also the name of {}", entry.name, first.display()),
+                });
+            }
+        }
+    }
+}
+
+fn list(entries: &[Entry]) -> ExitCode {
+    let mut invalid = false;
+    for entry in entries {
+        match &entry.loaded {
+            Ok(scenario) => println!(
+                "{}: {}, {} CPUs, image {}, {}{}",
+                entry.name,
+                scenario.machine.name(),
+                scenario.cpus,
+                scenario.variant.name(),
+                scenario.file.display(),
+                scenario
+                    .description
+                    .as_ref()
+                    .map(|d| format!(" - {d}"))
+                    .unwrap_or_default()
+            ),
+            Err(err) => {
+                invalid = true;
+                println!("{}: INVALID: {err}", entry.name);
+            }
+        }
+    }
+    if invalid {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Each distinct variant once, in a fixed order, before any scenario runs.
+fn build_images(root: &Path, entries: &[Entry]) -> BTreeMap<Variant, Result<PathBuf, String>> {
+    let mut images = BTreeMap::new();
+    for entry in entries {
+        if let Ok(scenario) = &entry.loaded {
+            images
+                .entry(scenario.variant.clone())
+                .or_insert(Ok(PathBuf::new()));
+        }
+    }
+    for (variant, image) in images.iter_mut() {
+        *image = builder::build_image(root, variant).map_err(|err| format!("{err:#}"));
+        if let Err(reason) = image {
+            eprintln!("tessera: image {} did not build: {reason}", variant.name());
+        }
+    }
+    images
+}
+
+#[derive(Debug)]
+struct Verdict {
+    /// Empty means the scenario passed.
+    reasons: Vec<String>,
+    elapsed: Duration,
+    /// Whether QEMU ran, so there is a log to point to.
+    booted: bool,
+}
+
+impl Verdict {
+    fn failed_before_boot(reason: String) -> Self {
+        Verdict {
+            reasons: vec![reason],
+            elapsed: Duration::ZERO,
+            booted: false,
+        }
+    }
+}
+
+fn run_scenario(root: &Path, scenario: &Scenario, log: &Path) -> Verdict {
+    let image = scenario.variant.image_path();
+    let request = QemuRequest {
+        machine: scenario.machine,
+        cpus: scenario.cpus,
+        memory: scenario.memory.as_deref(),
+        semihosting: true,
+        image: &image,
+        extra_args: &scenario.qemu_args,
+    };
+    let args = match qemu_args(&request) {
+        Ok(args) => args,
+        Err(reason) => return Verdict::failed_before_boot(reason),
+    };
+    // The command beside the log, so a failure can be rerun by hand from
+    // the workspace root.
+    let _ = std::fs::write(
+        log.with_extension("cmd"),
+        shell_words(QEMU_PROGRAM, &args) + "\n",
+    );
+
+    let mut command = Command::new(QEMU_PROGRAM);
+    command.args(&args).current_dir(root);
+    let finished = match run_logged(&mut command, log, scenario.timeout) {
+        Ok(finished) => finished,
+        Err(err) => {
+            return Verdict::failed_before_boot(format!(
+                "cannot start {QEMU_PROGRAM}: {err} (`make deps` installs it)"
+            ));
+        }
+    };
+    let output = match std::fs::read(log) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(err) => format!("<cannot read {}: {err}>", log.display()),
+    };
+    Verdict {
+        reasons: judge(
+            &scenario.expectations,
+            scenario.exit_status,
+            finished.ending,
+            &output,
+        ),
+        elapsed: finished.elapsed,
+        booted: true,
+    }
+}
+
+/// Every reason a run failed, most telling first: forbidden lines (a panic
+/// explains everything after it), then how QEMU ended, then the expected
+/// lines that never came. Empty means it passed.
+fn judge(
+    expectations: &Expectations,
+    expected_status: i32,
+    ending: Ending,
+    log: &str,
+) -> Vec<String> {
+    let (forbidden, missing): (Vec<Mismatch>, Vec<Mismatch>) = expectations
+        .check(log)
+        .into_iter()
+        .partition(|mismatch| matches!(mismatch, Mismatch::Forbidden { .. }));
+    let mut reasons: Vec<String> = forbidden.iter().map(ToString::to_string).collect();
+    match ending {
+        Ending::Exited(status) if status == expected_status => {}
+        Ending::Exited(status) => {
+            reasons.push(format!("exit status {status}, expected {expected_status}"))
+        }
+        Ending::Signalled(_) | Ending::TimedOut(_) => reasons.push(ending.to_string()),
+    }
+    if log.trim().is_empty() {
+        reasons.push("QEMU printed nothing".into());
+    }
+    reasons.extend(missing.iter().map(ToString::to_string));
+    reasons
+}
+
+fn summarise(reasons: &[String]) -> String {
+    let mut text = reasons
+        .iter()
+        .take(MAX_REASONS_SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if reasons.len() > MAX_REASONS_SHOWN {
+        text.push_str(&format!("; and {} more", reasons.len() - MAX_REASONS_SHOWN));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matcher::Pattern;
+
+    fn expectations() -> Expectations {
+        Expectations {
+            ordered: vec![Pattern::new("boot").unwrap(), Pattern::new("done").unwrap()],
+            unordered: vec![],
+            forbidden: vec![Pattern::new("PANIC").unwrap()],
+        }
+    }
+
+    #[test]
+    fn a_clean_run_passes() {
+        let reasons = judge(&expectations(), 0, Ending::Exited(0), "boot\ndone\n");
+        assert!(reasons.is_empty(), "{reasons:?}");
+    }
+
+    #[test]
+    fn every_expected_line_is_not_enough_without_the_exit_status() {
+        let reasons = judge(&expectations(), 0, Ending::Exited(1), "boot\ndone\n");
+        assert_eq!(reasons, ["exit status 1, expected 0"]);
+    }
+
+    #[test]
+    fn a_nonzero_exit_status_can_be_the_expected_one() {
+        let reasons = judge(&expectations(), 3, Ending::Exited(3), "boot\ndone\n");
+        assert!(reasons.is_empty());
+    }
+
+    #[test]
+    fn a_timeout_fails_even_when_every_line_was_seen() {
+        let reasons = judge(
+            &expectations(),
+            0,
+            Ending::TimedOut(Duration::from_secs(30)),
+            "boot\ndone\n",
+        );
+        assert_eq!(reasons, ["timed out after 30s"]);
+    }
+
+    #[test]
+    fn reasons_come_most_telling_first() {
+        let reasons = judge(
+            &expectations(),
+            0,
+            Ending::Exited(1),
+            "boot\nPANIC: stage-2 fault\n",
+        );
+        assert_eq!(
+            reasons,
+            [
+                "forbidden line 2 matches /PANIC/: PANIC: stage-2 fault",
+                "exit status 1, expected 0",
+                "expected line 2 /done/ never seen after line 1",
+            ]
+        );
+    }
+
+    #[test]
+    fn silence_is_called_out() {
+        let reasons = judge(&expectations(), 0, Ending::Signalled(9), "");
+        assert_eq!(reasons[0], "killed by signal 9");
+        assert_eq!(reasons[1], "QEMU printed nothing");
+    }
+
+    #[test]
+    fn summaries_are_capped() {
+        let reasons: Vec<String> = (1..=5).map(|i| format!("r{i}")).collect();
+        assert_eq!(summarise(&reasons), "r1; r2; r3; and 2 more");
+        assert_eq!(summarise(&reasons[..1]), "r1");
+    }
+
+    fn scratch_workspace(test: &str, files: &[(&str, &str)]) -> PathBuf {
+        let root =
+            std::env::temp_dir().join(format!("tessera-runner-test-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for (path, text) in files {
+            let path = root.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        root
+    }
+
+    #[test]
+    fn discovery_finds_toml_one_level_down_in_order() {
+        let root = scratch_workspace(
+            "discovery",
+            &[
+                ("tests/README.md", ""),
+                ("tests/stray.toml", ""),
+                ("tests/shmem/ping.toml", ""),
+                ("tests/boot/b.toml", ""),
+                ("tests/boot/a.toml", ""),
+                ("tests/boot/notes.txt", ""),
+                ("tests/boot/guests/config.toml", ""),
+            ],
+        );
+        let files = discover(&root).unwrap();
+        assert_eq!(
+            files,
+            [
+                PathBuf::from("tests/boot/a.toml"),
+                PathBuf::from("tests/boot/b.toml"),
+                PathBuf::from("tests/shmem/ping.toml"),
+            ]
+        );
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn invalid_and_duplicate_scenarios_become_failing_entries() {
+        let good = "machine = 'virt-gicv3'\nexpect = ['x']\n";
+        let root = scratch_workspace(
+            "invalid",
+            &[
+                ("tests/boot/a.toml", good),
+                ("tests/boot/broken.toml", "machine = 'nope'\n"),
+                (
+                    "tests/other/a.toml",
+                    "name = 'boot-a'\nmachine = 'virt-gicv2'\nexpect = ['x']\n",
+                ),
+            ],
+        );
+        let entries = load_all(&root, &discover(&root).unwrap());
+        let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["boot-a", "boot-broken", "boot-a"]);
+        assert!(entries[0].loaded.is_ok());
+        let broken = entries[1].loaded.as_ref().unwrap_err().to_string();
+        assert!(
+            broken.starts_with("tests/boot/broken.toml:1:11: unknown variant"),
+            "{broken}"
+        );
+        let duplicate = entries[2].loaded.as_ref().unwrap_err().to_string();
+        assert_eq!(
+            duplicate,
+            "tests/other/a.toml: name: `boot-a` is also the name of tests/boot/a.toml"
+        );
+        std::fs::remove_dir_all(root).unwrap();
+    }
+}

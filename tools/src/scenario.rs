@@ -1,0 +1,549 @@
+//! End-to-end scenario files (`tests/<dir>/<file>.toml`): parsing, and
+//! validation that reports every mistake with its file, key and reason
+//! before anything is built or booted. The format is documented in
+//! `tests/README.md`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::machine::Machine;
+use crate::matcher::{Expectations, Pattern};
+use crate::variant::{SEMIHOSTING_FEATURE, Variant};
+
+pub const DEFAULT_CPUS: u32 = 4;
+pub const DEFAULT_TIMEOUT_SECS: u64 = 60;
+/// Far above any sane scenario; catches a timeout given in milliseconds.
+const MAX_TIMEOUT_SECS: u64 = 3600;
+
+/// Forbidden in every scenario: a hypervisor panic is never expected.
+const ALWAYS_FORBIDDEN: &[&str] = &["PANIC", "panicked at"];
+/// Forbidden unless the scenario sets `allow_crash`, because it provokes a
+/// crash report (and the guest's `FAIL` line that may come with it) on
+/// purpose.
+const CRASH_FORBIDDEN: &[&str] = &["CRASH REPORT", r"(^|\W)FAIL(\W|$)"];
+
+/// QEMU options that the machine preset or a scenario key already sets;
+/// giving them again in `qemu_args` would quietly contradict those.
+const RESERVED_QEMU_OPTIONS: &[&str] = &["kernel", "M", "machine", "smp", "m"];
+
+/// The file as written. Integers are read as `i64` so range errors can be
+/// reported here with the key's name rather than as a bare serde message.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScenarioFile {
+    name: Option<String>,
+    description: Option<String>,
+    machine: Machine,
+    cpus: Option<i64>,
+    memory: Option<String>,
+    #[serde(default)]
+    features: Vec<String>,
+    timeout_secs: Option<i64>,
+    #[serde(default)]
+    exit_status: i64,
+    #[serde(default)]
+    expect: Vec<String>,
+    #[serde(default)]
+    expect_unordered: Vec<String>,
+    #[serde(default)]
+    forbid: Vec<String>,
+    #[serde(default)]
+    allow_crash: bool,
+    #[serde(default)]
+    qemu_args: Vec<String>,
+}
+
+/// A scenario ready to run.
+#[derive(Debug)]
+pub struct Scenario {
+    pub name: String,
+    /// As given to [`parse`]; relative to the workspace root.
+    pub file: PathBuf,
+    pub description: Option<String>,
+    pub machine: Machine,
+    pub cpus: u32,
+    pub memory: Option<String>,
+    /// Always includes semihosting, so the hypervisor's verdict reaches
+    /// QEMU's exit status.
+    pub variant: Variant,
+    pub timeout: Duration,
+    pub exit_status: i32,
+    pub expectations: Expectations,
+    pub qemu_args: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScenarioError {
+    pub file: PathBuf,
+    /// 1-based line and column, where the TOML parser knows them.
+    pub position: Option<(usize, usize)>,
+    pub key: Option<String>,
+    pub reason: String,
+}
+
+impl fmt::Display for ScenarioError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some((line, column)) = self.position {
+            write!(f, ":{line}:{column}")?;
+        }
+        write!(f, ": ")?;
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        write!(f, "{}", self.reason)
+    }
+}
+
+impl std::error::Error for ScenarioError {}
+
+/// `tests/boot/virt-gicv3.toml` is `boot-virt-gicv3`: the directory keeps
+/// names from different groups apart.
+pub fn default_name(file: &Path) -> String {
+    let stem = file
+        .file_stem()
+        .map(|stem| stem.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match file.parent().and_then(Path::file_name) {
+        Some(dir) => format!("{}-{stem}", dir.to_string_lossy()),
+        None => stem,
+    }
+}
+
+/// Parses and validates one scenario. `file` is only used for messages
+/// and the default name.
+pub fn parse(source: &str, file: &Path) -> Result<Scenario, ScenarioError> {
+    let error = |key: &str, reason: String| ScenarioError {
+        file: file.to_path_buf(),
+        position: None,
+        key: Some(key.to_string()),
+        reason,
+    };
+
+    let raw: ScenarioFile = toml::from_str(source).map_err(|err| toml_error(source, file, &err))?;
+
+    let name = raw.name.unwrap_or_else(|| default_name(file));
+    check_name(&name).map_err(|reason| error("name", reason))?;
+
+    let cpus = match raw.cpus {
+        None => DEFAULT_CPUS,
+        Some(cpus) => {
+            u32::try_from(cpus).map_err(|_| error("cpus", format!("{cpus} is not a CPU count")))?
+        }
+    };
+    raw.machine
+        .check_topology(cpus, None)
+        .map_err(|reason| error("cpus", reason))?;
+    if let Some(memory) = raw.memory.as_deref() {
+        raw.machine
+            .check_topology(cpus, Some(memory))
+            .map_err(|reason| error("memory", reason))?;
+    }
+
+    let variant = Variant::new(raw.machine.board(), &raw.features)
+        .map_err(|reason| error("features", reason))?
+        .with_feature(SEMIHOSTING_FEATURE);
+
+    let timeout_secs = raw.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS as i64);
+    if !(1..=MAX_TIMEOUT_SECS as i64).contains(&timeout_secs) {
+        return Err(error(
+            "timeout_secs",
+            format!("{timeout_secs} is outside 1 to {MAX_TIMEOUT_SECS} seconds"),
+        ));
+    }
+
+    let exit_status = i32::try_from(raw.exit_status)
+        .ok()
+        .filter(|status| (0..=255).contains(status))
+        .ok_or_else(|| {
+            error(
+                "exit_status",
+                format!(
+                    "{} is not a process exit status (0 to 255)",
+                    raw.exit_status
+                ),
+            )
+        })?;
+
+    if raw.expect.is_empty() && raw.expect_unordered.is_empty() {
+        return Err(error(
+            "expect",
+            "no expected lines; a scenario passes only on positive evidence, \
+             so give at least one line in expect or expect_unordered"
+                .into(),
+        ));
+    }
+    let mut forbidden_sources: Vec<String> =
+        ALWAYS_FORBIDDEN.iter().map(|s| s.to_string()).collect();
+    if !raw.allow_crash {
+        forbidden_sources.extend(CRASH_FORBIDDEN.iter().map(|s| s.to_string()));
+    }
+    let expectations = Expectations {
+        ordered: compile_patterns("expect", &raw.expect).map_err(|(key, r)| error(&key, r))?,
+        unordered: compile_patterns("expect_unordered", &raw.expect_unordered)
+            .map_err(|(key, r)| error(&key, r))?,
+        forbidden: {
+            let mut patterns =
+                compile_patterns("forbid", &raw.forbid).map_err(|(key, r)| error(&key, r))?;
+            let defaults = compile_patterns("default forbid", &forbidden_sources)
+                .expect("the default forbidden patterns are valid regexes");
+            patterns.extend(defaults);
+            patterns
+        },
+    };
+
+    check_qemu_args(&raw.qemu_args).map_err(|reason| error("qemu_args", reason))?;
+
+    Ok(Scenario {
+        name,
+        file: file.to_path_buf(),
+        description: raw.description,
+        machine: raw.machine,
+        cpus,
+        memory: raw.memory,
+        variant,
+        timeout: Duration::from_secs(timeout_secs as u64),
+        exit_status,
+        expectations,
+        qemu_args: raw.qemu_args,
+    })
+}
+
+/// Names become log file names, so they stay plain.
+fn check_name(name: &str) -> Result<(), String> {
+    let plain = !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if plain {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a plain name (letters, digits, `.`, `_` and `-`; not starting with `.`)"
+        ))
+    }
+}
+
+/// On failure, returns the key (with the 1-based entry number) and reason.
+fn compile_patterns(key: &str, sources: &[String]) -> Result<Vec<Pattern>, (String, String)> {
+    sources
+        .iter()
+        .enumerate()
+        .map(|(index, source)| {
+            if source.is_empty() {
+                return Err((
+                    format!("{key}, entry {}", index + 1),
+                    "empty pattern; it would match every line".into(),
+                ));
+            }
+            Pattern::new(source).map_err(|err| {
+                (
+                    format!("{key}, entry {}", index + 1),
+                    format!("invalid regex /{source}/: {}", regex_reason(&err)),
+                )
+            })
+        })
+        .collect()
+}
+
+/// The regex crate's syntax errors are a multi-line picture ending in an
+/// `error: ...` line; that last line is the part that fits in a message.
+fn regex_reason(err: &regex::Error) -> String {
+    let text = err.to_string();
+    text.lines()
+        .rev()
+        .find(|line| !line.trim().is_empty())
+        .map(|line| line.trim().trim_start_matches("error: ").to_string())
+        .unwrap_or(text)
+}
+
+fn check_qemu_args(args: &[String]) -> Result<(), String> {
+    for arg in args {
+        let option = arg.trim_start_matches('-');
+        if arg.starts_with('-') && RESERVED_QEMU_OPTIONS.contains(&option) {
+            return Err(format!(
+                "`{arg}` is set by the runner from the machine preset and the \
+                 scenario's keys (machine, cpus, memory); do not pass it here"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Turns a TOML or serde error into one line with its position. Type
+/// errors do not name their key, so it is read off the source line.
+fn toml_error(source: &str, file: &Path, err: &toml::de::Error) -> ScenarioError {
+    let position = err.span().map(|span| line_and_column(source, span.start));
+    let message = err.message().trim().to_string();
+    let key = match (err.span(), message.starts_with("invalid")) {
+        (Some(span), true) => key_before(source, span.start),
+        _ => None,
+    };
+    ScenarioError {
+        file: file.to_path_buf(),
+        position,
+        key,
+        reason: message,
+    }
+}
+
+fn line_and_column(source: &str, offset: usize) -> (usize, usize) {
+    let before = &source[..offset.min(source.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// The key of the nearest `key = ...` line at or above `offset`, which is
+/// the key whose value holds `offset` (arrays may span several lines).
+fn key_before(source: &str, offset: usize) -> Option<String> {
+    let before = &source[..offset.min(source.len())];
+    let line_end = source[before.len()..]
+        .find('\n')
+        .map_or(source.len(), |i| before.len() + i);
+    source[..line_end].lines().rev().find_map(|line| {
+        let (key, _) = line.split_once('=')?;
+        let key = key.trim();
+        let plain = !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        plain.then(|| key.to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "tests/boot/virt-gicv3.toml";
+
+    fn parse_ok(source: &str) -> Scenario {
+        parse(source, Path::new(FILE)).unwrap_or_else(|err| panic!("{err}"))
+    }
+
+    fn parse_err(source: &str) -> String {
+        parse(source, Path::new(FILE)).unwrap_err().to_string()
+    }
+
+    const FULL: &str = r#"
+name = "boot-virt-gicv3"
+description = "4 CPUs come online and the EL2 timer ticks on each"
+machine = "virt-gicv3"
+cpus = 4
+features = ["semihosting"]
+timeout_secs = 30
+exit_status = 0
+expect = [
+  'Tessera \d+\.\d+\.\d+ .* on qemu-virt',
+  'cpu 0 online',
+]
+expect_unordered = ['cpu 1 online', 'cpu 2 online']
+forbid = []
+allow_crash = false
+qemu_args = ["-dtb", "tests/boot/board.dtb"]
+"#;
+
+    #[test]
+    fn full_example_parses() {
+        let scenario = parse_ok(FULL);
+        assert_eq!(scenario.name, "boot-virt-gicv3");
+        assert_eq!(scenario.machine, Machine::VirtGicv3);
+        assert_eq!(scenario.cpus, 4);
+        assert_eq!(scenario.variant.name(), "virt-semihosting");
+        assert_eq!(scenario.timeout, Duration::from_secs(30));
+        assert_eq!(scenario.exit_status, 0);
+        assert_eq!(scenario.expectations.ordered.len(), 2);
+        assert_eq!(scenario.expectations.unordered.len(), 2);
+        assert_eq!(scenario.qemu_args, ["-dtb", "tests/boot/board.dtb"]);
+    }
+
+    #[test]
+    fn defaults() {
+        let scenario = parse_ok("machine = 'raspi4b'\nexpect = ['hello']\n");
+        assert_eq!(scenario.name, "boot-virt-gicv3");
+        assert_eq!(scenario.cpus, DEFAULT_CPUS);
+        assert_eq!(scenario.timeout, Duration::from_secs(DEFAULT_TIMEOUT_SECS));
+        assert_eq!(scenario.exit_status, 0);
+        assert_eq!(scenario.variant.name(), "rpi4-semihosting");
+        assert!(scenario.qemu_args.is_empty());
+    }
+
+    #[test]
+    fn semihosting_is_added_to_the_features() {
+        let scenario = parse_ok("machine = 'virt-gicv2'\nfeatures = ['zz']\nexpect = ['x']\n");
+        assert_eq!(scenario.variant.name(), "virt-semihosting-zz");
+    }
+
+    fn forbidden_sources(scenario: &Scenario) -> Vec<&str> {
+        scenario
+            .expectations
+            .forbidden
+            .iter()
+            .map(Pattern::source)
+            .collect()
+    }
+
+    #[test]
+    fn default_forbids_are_always_added() {
+        let scenario = parse_ok("machine = 'virt-gicv3'\nexpect = ['x']\nforbid = ['oops']\n");
+        assert_eq!(
+            forbidden_sources(&scenario),
+            [
+                "oops",
+                "PANIC",
+                "panicked at",
+                "CRASH REPORT",
+                r"(^|\W)FAIL(\W|$)"
+            ]
+        );
+    }
+
+    #[test]
+    fn allow_crash_drops_crash_report_and_fail_but_not_panics() {
+        let scenario = parse_ok("machine = 'virt-gicv3'\nexpect = ['x']\nallow_crash = true\n");
+        assert_eq!(forbidden_sources(&scenario), ["PANIC", "panicked at"]);
+    }
+
+    #[test]
+    fn unknown_key_names_file_position_and_key() {
+        let err = parse_err("machine = 'virt-gicv3'\nexpect = ['x']\nexpected = ['y']\n");
+        assert!(
+            err.starts_with("tests/boot/virt-gicv3.toml:3:1: unknown field `expected`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_machine() {
+        let err = parse_err("machine = 'virt'\nexpect = ['x']\n");
+        assert!(
+            err.starts_with("tests/boot/virt-gicv3.toml:1:11: unknown variant `virt`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_machine() {
+        let err = parse_err("expect = ['x']\n");
+        assert!(err.contains("missing field `machine`"), "{err}");
+    }
+
+    #[test]
+    fn type_errors_name_the_key_even_inside_multiline_arrays() {
+        let err = parse_err("machine = 'virt-gicv3'\ncpus = 'four'\nexpect = ['x']\n");
+        assert!(
+            err.starts_with("tests/boot/virt-gicv3.toml:2:8: cpus: invalid type"),
+            "{err}"
+        );
+        let err = parse_err("machine = 'virt-gicv3'\nexpect = [\n  'a',\n  3,\n]\n");
+        assert!(
+            err.starts_with("tests/boot/virt-gicv3.toml:4:3: expect: invalid type"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_regex_names_key_entry_and_reason() {
+        let err = parse_err("machine = 'virt-gicv3'\nexpect = ['ok', 'cpu (0 online']\n");
+        assert_eq!(
+            err,
+            "tests/boot/virt-gicv3.toml: expect, entry 2: invalid regex /cpu (0 online/: unclosed group"
+        );
+        let err = parse_err("machine = 'virt-gicv3'\nexpect = ['x']\nforbid = ['[']\n");
+        assert!(
+            err.contains(": forbid, entry 1: invalid regex /[/"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn empty_pattern_is_rejected() {
+        let err = parse_err("machine = 'virt-gicv3'\nexpect_unordered = ['']\n");
+        assert!(
+            err.contains("expect_unordered, entry 1: empty pattern"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_scenario_must_expect_something() {
+        let err = parse_err("machine = 'virt-gicv3'\n");
+        assert!(err.contains(": expect: no expected lines"), "{err}");
+    }
+
+    #[test]
+    fn raspi4b_cpus_must_be_four() {
+        let err = parse_err("machine = 'raspi4b'\ncpus = 2\nexpect = ['x']\n");
+        assert_eq!(
+            err,
+            "tests/boot/virt-gicv3.toml: cpus: raspi4b always has 4 CPUs; 2 were asked for"
+        );
+    }
+
+    #[test]
+    fn range_checks_name_their_keys() {
+        let base = "machine = 'virt-gicv3'\nexpect = ['x']\n";
+        let cases = [
+            ("cpus = -1", "cpus: -1 is not a CPU count"),
+            ("cpus = 0", "cpus: virt-gicv3 takes 1 to 512 CPUs"),
+            ("timeout_secs = 0", "timeout_secs: 0 is outside"),
+            ("timeout_secs = 30000", "timeout_secs: 30000 is outside"),
+            (
+                "exit_status = 256",
+                "exit_status: 256 is not a process exit status",
+            ),
+            ("exit_status = -1", "exit_status: -1 is not"),
+            ("memory = '1GB'", "memory: memory size `1GB`"),
+            ("name = 'a/b'", "name: `a/b` is not a plain name"),
+            (
+                "features = ['board-rpi4']",
+                "features: feature `board-rpi4` selects a board",
+            ),
+            (
+                "qemu_args = ['-smp', '2']",
+                "qemu_args: `-smp` is set by the runner",
+            ),
+            (
+                "qemu_args = ['--kernel', 'x']",
+                "qemu_args: `--kernel` is set",
+            ),
+        ];
+        for (extra, expected) in cases {
+            let err = parse_err(&format!("{base}{extra}\n"));
+            assert!(err.contains(expected), "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn qemu_arg_values_may_look_like_reserved_words() {
+        let scenario =
+            parse_ok("machine = 'virt-gicv3'\nexpect = ['x']\nqemu_args = ['-append', 'm']\n");
+        assert_eq!(scenario.qemu_args, ["-append", "m"]);
+    }
+
+    #[test]
+    fn memory_is_kept() {
+        let scenario = parse_ok("machine = 'virt-gicv3'\nexpect = ['x']\nmemory = '2G'\n");
+        assert_eq!(scenario.memory.as_deref(), Some("2G"));
+    }
+
+    #[test]
+    fn default_name_uses_the_directory() {
+        assert_eq!(
+            default_name(Path::new("tests/shmem/ping.toml")),
+            "shmem-ping"
+        );
+        assert_eq!(default_name(Path::new("ping.toml")), "ping");
+    }
+
+    #[test]
+    fn line_and_column_count_from_one() {
+        assert_eq!(line_and_column("ab\ncd", 0), (1, 1));
+        assert_eq!(line_and_column("ab\ncd", 4), (2, 2));
+    }
+}

@@ -1,0 +1,55 @@
+//! Finding the workspace root, which every path the tool uses is relative
+//! to, whichever directory it is started from.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+/// The nearest ancestor of the current directory that holds this
+/// workspace (a `Cargo.toml` with `[workspace]` next to `tools/`); failing
+/// that, the workspace this binary was built from.
+pub fn find_root() -> Result<PathBuf> {
+    let current = std::env::current_dir().context("cannot read the current directory")?;
+    if let Some(root) = current.ancestors().find(|dir| is_root(dir)) {
+        return Ok(root.to_path_buf());
+    }
+    let built_from = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tools crate sits inside the workspace");
+    if is_root(built_from) {
+        return Ok(built_from.to_path_buf());
+    }
+    bail!(
+        "cannot find the Tessera workspace above {} (looked for Cargo.toml with [workspace] beside tools/)",
+        current.display()
+    )
+}
+
+fn is_root(dir: &Path) -> bool {
+    dir.join("tools/Cargo.toml").is_file()
+        && std::fs::read_to_string(dir.join("Cargo.toml"))
+            .is_ok_and(|manifest| manifest.lines().any(|line| line.trim() == "[workspace]"))
+}
+
+/// A path as short as it can be shown unambiguously: relative to the
+/// current directory when it lies below it.
+pub fn display(path: &Path) -> String {
+    std::env::current_dir()
+        .ok()
+        .and_then(|current| path.strip_prefix(current).ok().map(Path::to_path_buf))
+        .unwrap_or_else(|| path.to_path_buf())
+        .display()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_workspace_this_crate_lives_in_is_a_root() {
+        let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        assert!(is_root(built_from));
+        assert!(!is_root(Path::new(env!("CARGO_MANIFEST_DIR"))));
+    }
+}

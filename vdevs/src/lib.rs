@@ -1,0 +1,13 @@
+//! Virtual device models for Tessera guests.
+//!
+//! Every device here is a pure state machine: it sees decoded MMIO accesses
+//! and talks to the hypervisor core only through small traits (raise an
+//! interrupt line, write console bytes). No `unsafe`, no hardware access, so
+//! each model is tested on the host with fakes for those traits.
+#![no_std]
+#![forbid(unsafe_code)]
+
+#[cfg(test)]
+extern crate std;
+
+pub mod mmio;
