@@ -61,7 +61,7 @@ fn gic_layout_for(version: Option<u8>) -> GicLayout {
 
 fn discover_machine(device_tree_address: u64) -> Machine {
     let mut header = [0u8; 8];
-    if device_tree_address != 0 && device_tree_address % 8 == 0 {
+    if device_tree_address != 0 && device_tree_address.is_multiple_of(8) {
         // SAFETY: the boot protocol passes the device tree's address in x0
         // (or 0); a non-zero, aligned value points at RAM the boot loader
         // wrote, and reading 8 bytes of it cannot fault with the MMU off.

@@ -28,7 +28,10 @@ pub struct TrapFrame {
 /// The frame size in bytes; the assembly reserves exactly this much.
 pub const TRAP_FRAME_SIZE: usize = core::mem::size_of::<TrapFrame>();
 const _: () = assert!(TRAP_FRAME_SIZE == 36 * 8);
-const _: () = assert!(TRAP_FRAME_SIZE % 16 == 0, "the stack stays 16-byte aligned");
+const _: () = assert!(
+    TRAP_FRAME_SIZE.is_multiple_of(16),
+    "the stack stays 16-byte aligned"
+);
 
 /// Which vector an exception arrived through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

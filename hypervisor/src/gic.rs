@@ -61,21 +61,19 @@ pub fn init_boot_cpu(layout: GicLayout, cpu_count: usize) -> Result<(), GicError
         } => {
             // ICC_SRE_EL2.SRE must be set before any ICC_*_EL1 access at EL2.
             GicCpuInterface::enable_system_register_el2(true);
-            // SAFETY: the board description gives the distributor and
-            // redistributor frames, mapped as device memory in the EL2 map,
-            // and this is the only driver instance for them.
-            let mut gic = unsafe {
-                GicV3::new(
-                    UniqueMmioPointer::new(
-                        NonNull::new(distributor.base as *mut Gicd)
-                            .ok_or(GicError::Redistributors)?,
-                    ),
-                    NonNull::new(redistributors.base as *mut GicrSgi)
-                        .ok_or(GicError::Redistributors)?,
-                    cpu_count,
-                )
-            }
-            .map_err(|_| GicError::Redistributors)?;
+            let distributor_frame =
+                NonNull::new(distributor.base as *mut Gicd).ok_or(GicError::Redistributors)?;
+            let redistributor_frames = NonNull::new(redistributors.base as *mut GicrSgi)
+                .ok_or(GicError::Redistributors)?;
+            // SAFETY: the board description gives the distributor frame,
+            // mapped as device memory in the EL2 map, and this is the only
+            // pointer to it.
+            let distributor_pointer = unsafe { UniqueMmioPointer::new(distributor_frame) };
+            // SAFETY: likewise for the redistributor frames; this is the only
+            // driver instance for them.
+            let mut gic =
+                unsafe { GicV3::new(distributor_pointer, redistributor_frames, cpu_count) }
+                    .map_err(|_| GicError::Redistributors)?;
             gic.setup(0);
             GicCpuInterface::set_priority_mask(0xFF);
             Controller::V3(gic)

@@ -92,9 +92,10 @@ pub fn image_layout() -> ImageLayout {
 ///
 /// Runs with the MMU off: only aligned accesses, no atomics.
 pub fn build_el2_map(ram: &RangeSet, image: &ImageLayout) -> Result<u64, MapError> {
+    let pool_pointer = &raw mut EL2_TABLES;
     // SAFETY: called once, on the boot CPU, before any other CPU runs and
     // before anything else refers to the pool.
-    let pool = unsafe { &mut *(&raw mut EL2_TABLES) };
+    let pool = unsafe { &mut *pool_pointer };
     let mut store = PoolStore(pool);
     let mut table = PageTable::new(Regime::El2Stage1, &mut store)?;
     let identity = |table: &mut PageTable, store: &mut PoolStore, range: PhysRange, attributes| {

@@ -204,7 +204,10 @@ impl PageTable {
         attributes: MapAttributes,
         store: &mut impl TableStore,
     ) -> Result<(), MapError> {
-        if input % PAGE_SIZE != 0 || output.0 % PAGE_SIZE != 0 || size % PAGE_SIZE != 0 {
+        if !input.is_multiple_of(PAGE_SIZE)
+            || !output.0.is_multiple_of(PAGE_SIZE)
+            || !size.is_multiple_of(PAGE_SIZE)
+        {
             return Err(MapError::Misaligned);
         }
         let input_end = input.checked_add(size).ok_or(MapError::OutOfRange)?;
@@ -234,7 +237,8 @@ impl PageTable {
             let is_valid = existing & DESCRIPTOR_VALID != 0;
             let is_table = level < 3 && existing & DESCRIPTOR_TABLE_OR_PAGE != 0;
             let block_allowed = level == 1 || level == 2;
-            let whole_entry = input % span == 0 && output % span == 0 && chunk == span;
+            let whole_entry =
+                input.is_multiple_of(span) && output.is_multiple_of(span) && chunk == span;
 
             if level == 3 || (block_allowed && whole_entry && !is_valid) {
                 if is_valid {

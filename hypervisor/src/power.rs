@@ -2,13 +2,12 @@
 //! in test builds (so that the status reaches the host), parked CPUs
 //! otherwise.
 
-use tessera_platform::PowerOffMethod;
-
-use crate::{arch, board::BOARD, console};
+use crate::{arch, console};
 
 /// PSCI function identifiers used by the hypervisor itself.
 pub mod psci {
     pub const CPU_ON: u32 = 0xC400_0003;
+    #[cfg(not(feature = "semihosting"))]
     pub const SYSTEM_OFF: u32 = 0x8400_0008;
 }
 
@@ -20,11 +19,13 @@ pub fn power_off(status: u32) -> ! {
     arch::semihosting_exit(status);
     #[cfg(not(feature = "semihosting"))]
     {
-        if status == 0 && BOARD.power_off == PowerOffMethod::PsciSmc {
+        use tessera_platform::PowerOffMethod;
+        if status == 0 && crate::board::BOARD.power_off == PowerOffMethod::PsciSmc {
             arch::smc_call(psci::SYSTEM_OFF, 0, 0, 0);
         }
-        // No way to report a failure status to whoever runs the board, or no
-        // power-off interface at all: stop here, with the report on the console.
+        // PSCI SYSTEM_OFF carries no status, so a failure cannot be reported
+        // that way; and some boards have no power-off at all. Stop here,
+        // with the record on the console.
         crate::println!("tessera: system halted");
         console::flush();
         arch::halt()

@@ -23,9 +23,10 @@ pub enum StartError {
 /// Publishes what secondaries need to find their index and turn on their
 /// MMU, then cleans it to memory: they read it with caches off.
 pub fn publish_boot_parameters(affinities: &[u64], translation_table: u64) {
+    let boot_pointer = &raw mut entry::SECONDARY_BOOT;
     // SAFETY: only the boot CPU runs; no secondary has been started yet, so
     // nothing else reads or writes SECONDARY_BOOT.
-    let boot = unsafe { &mut *(&raw mut entry::SECONDARY_BOOT) };
+    let boot = unsafe { &mut *boot_pointer };
     boot.affinities[..affinities.len()].copy_from_slice(affinities);
     boot.cpu_count = affinities.len() as u64;
     boot.mair = arch::mair_el2_value();

@@ -36,6 +36,9 @@ pub enum Machine {
     VirtGicv3,
     VirtGicv2,
     Raspi4b,
+    /// `virt` without the virtualization extensions: the image is entered
+    /// at EL1. Only for proving that the hypervisor refuses to start there.
+    VirtEl1,
 }
 
 /// How many CPUs and how much memory a machine can be given.
@@ -110,6 +113,18 @@ pub const PRESETS: &[MachinePreset] = &[
             memory: "2G",
         },
         extra_args: &[],
+    },
+    MachinePreset {
+        machine: Machine::VirtEl1,
+        name: "virt-el1",
+        board: Board::Virt,
+        qemu_machine: "virt,gic-version=3",
+        cpu_model: Some("cortex-a72"),
+        topology: Topology::Configurable {
+            max_cpus: 512,
+            default_memory: "1G",
+        },
+        extra_args: &["-nic", "none"],
     },
 ];
 
