@@ -34,7 +34,7 @@ e2e:
 test: deps fmt-check clippy unit e2e
 
 run: deps
-	$(TESSERA) run --machine virt-gicv3 --cpus 4
+	$(TESSERA) run --system systems/demo.toml
 
 clean:
 	$(CARGO) clean

@@ -6,11 +6,13 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 use tessera_hypervisor::address::{PhysAddr, PhysRange};
 use tessera_hypervisor::device_tree::{self, MachineDescription};
+use tessera_hypervisor::manifest;
 use tessera_hypervisor::memory_map::RangeSet;
+use tessera_hypervisor::package::Package;
 use tessera_hypervisor::{MAX_CPUS, VERSION};
 use tessera_platform::GicLayout;
 
-use crate::{arch, board::BOARD, console, gic, memory, power, println, smp, timer};
+use crate::{arch, board::BOARD, console, gic, memory, power, println, smp, timer, vm};
 
 /// Ticks each CPU waits for before it reports its timer as working.
 const TICKS_TO_PROVE: u32 = 3;
@@ -218,7 +220,71 @@ pub extern "C" fn primary_entry(device_tree_address: u64, run_address: u64) -> !
     #[cfg(feature = "selftest-fault")]
     selftest_fault();
 
-    power::power_off(0)
+    let initrd = machine
+        .description
+        .as_ref()
+        .and_then(|description| description.initrd);
+    let Some(initrd) = initrd else {
+        println!("tessera: no system package (initrd); nothing to run");
+        power::power_off(0)
+    };
+    start_system(initrd, &machine)
+}
+
+/// Checks the system package, builds its VMs and starts them; this CPU then
+/// serves whatever vCPU it is given.
+fn start_system(initrd: PhysRange, machine: &Machine) -> ! {
+    // SAFETY: the boot loader put the initrd in RAM and recorded it in the
+    // device tree; the memory map keeps it out of every allocator, and it is
+    // mapped read/write at EL2 and never written.
+    let archive =
+        unsafe { core::slice::from_raw_parts(initrd.start.0 as *const u8, initrd.size() as usize) };
+    let package = match Package::parse(archive) {
+        Ok(package) => package,
+        Err(error) => {
+            log::error!("system package at {}: {error:?}", initrd.start);
+            power::power_off(1)
+        }
+    };
+    let manifest = match package.file("tessera/manifest.dtb").map(manifest::parse) {
+        Ok(Ok(manifest)) => manifest,
+        Ok(Err(error)) => {
+            log::error!("system package: tessera/manifest.dtb: {error:?}");
+            power::power_off(1)
+        }
+        Err(error) => {
+            log::error!("system package: {error:?}");
+            power::power_off(1)
+        }
+    };
+    if let Err(error) = manifest.check_against_machine(
+        BOARD.name,
+        u32::from(machine.gic.version()),
+        machine.cpu_count,
+    ) {
+        log::error!(
+            "system package built for {} with GICv{}, this is {} with GICv{} and {} CPUs: {error:?}",
+            manifest.board,
+            manifest.gic_version,
+            BOARD.name,
+            machine.gic.version(),
+            machine.cpu_count
+        );
+        power::power_off(1)
+    }
+    match vm::build_all(
+        &package,
+        &manifest,
+        &machine.cpu_affinities[..machine.cpu_count],
+    ) {
+        Ok(count) => println!("tessera: {count} VM(s) built; starting them"),
+        Err(error) => {
+            log::error!("could not build the VMs: {error}");
+            power::power_off(1)
+        }
+    }
+    vm::start_all();
+    vm::idle_loop()
 }
 
 /// A secondary CPU's first Rust code: MMU on, on its own stack.
@@ -230,9 +296,7 @@ pub extern "C" fn secondary_entry(index: usize) -> ! {
     smp::mark_online();
     announce_online(index);
     prove_timer_ticks(index);
-    loop {
-        arch::wait_for_interrupt();
-    }
+    vm::idle_loop()
 }
 
 fn announce_online(index: usize) {

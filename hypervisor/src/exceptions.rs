@@ -1,20 +1,25 @@
-//! What EL2 does with an exception: IRQs go to the interrupt handler;
-//! everything else taken at EL2 is a hypervisor bug and ends the run with a
-//! crash report.
+//! What EL2 does with an exception: IRQs go to the interrupt handler, guest
+//! exits to the VM layer; anything else (an exception taken at EL2 itself,
+//! an SError or FIQ) is a hypervisor bug or a machine fault and ends the run
+//! with a crash report.
 
 use tessera_hypervisor::crash_report::{TrapFrame, VectorKind, write_crash_report};
 
-use crate::{arch, board::BOARD, console, power, timer};
+use crate::{arch, board::BOARD, console, power, timer, vm};
 
 /// Vector slots: groups of four (sync, IRQ, FIQ, SError) for current EL with
 /// SP_EL0, current EL with SP_ELx, lower EL AArch64, lower EL AArch32.
 const CURRENT_EL_SPX_IRQ: u64 = 5;
+const LOWER_EL_SYNCHRONOUS: u64 = 8;
+const LOWER_EL_IRQ: u64 = 9;
 
 /// Called by the vector stubs with the saved frame and the vector slot.
 pub extern "C" fn handle_exception(frame: &mut TrapFrame, slot: u64) {
-    if slot == CURRENT_EL_SPX_IRQ {
-        timer::handle_irq();
-        return;
+    match slot {
+        CURRENT_EL_SPX_IRQ => return timer::handle_irq(),
+        LOWER_EL_SYNCHRONOUS => return vm::handle_guest_exit(frame),
+        LOWER_EL_IRQ => return vm::handle_guest_interrupt(),
+        _ => {}
     }
     let kind = match slot % 4 {
         0 => VectorKind::Synchronous,

@@ -163,3 +163,43 @@ pub fn dispatch(handler: impl FnOnce(u32)) -> bool {
         .unwrap_or(false),
     }
 }
+
+/// The SGI that tells a CPU to look at its request mailbox.
+pub const REQUEST_SGI: u32 = 1;
+
+/// Sends `REQUEST_SGI` to the CPU with logical `index` and MPIDR `affinity`.
+pub fn send_request_sgi(index: usize, affinity: u64) {
+    let sgi = IntId::sgi(REQUEST_SGI);
+    // Make the mailbox write visible before the interrupt can be seen.
+    arch::send_event();
+    match version() {
+        3 => {
+            let sent = GicCpuInterface::send_sgi(
+                sgi,
+                arm_gic::gicv3::SgiTarget::List {
+                    affinity3: (affinity >> 32) as u8,
+                    affinity2: (affinity >> 16) as u8,
+                    affinity1: (affinity >> 8) as u8,
+                    target_list: 1 << (affinity & 0xF),
+                },
+                arm_gic::gicv3::SgiTargetGroup::CurrentGroup1,
+            );
+            if sent.is_err() {
+                log::error!("could not send the request SGI to cpu {index}");
+            }
+        }
+        _ => {
+            with_controller(|controller| {
+                if let Controller::V2(gic) = controller {
+                    gic.send_sgi(
+                        sgi,
+                        arm_gic::gicv2::SgiTarget::List {
+                            target_list_filter: arm_gic::gicv2::SgiTargetListFilter::CPUTargetList,
+                            target_list: 1 << index,
+                        },
+                    );
+                }
+            });
+        }
+    }
+}

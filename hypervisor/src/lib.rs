@@ -13,8 +13,14 @@ pub mod address;
 pub mod crash_report;
 pub mod device_tree;
 pub mod exception_syndrome;
+pub mod guest_exit;
+pub mod manifest;
 pub mod memory_map;
+pub mod package;
 pub mod page_table;
+pub mod psci;
+pub mod reflect;
+pub mod vcpu_state;
 
 /// The version shown in the banner.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

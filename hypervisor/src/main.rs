@@ -35,6 +35,10 @@ mod power;
 mod smp;
 #[cfg(target_os = "none")]
 mod timer;
+#[cfg(target_os = "none")]
+mod vm;
+#[cfg(target_os = "none")]
+mod vuart;
 
 /// Host builds (`cargo build --workspace`, clippy) compile this file too;
 /// the hypervisor itself only exists for the bare-metal target.

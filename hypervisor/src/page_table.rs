@@ -15,8 +15,14 @@ use crate::address::{PAGE_SIZE, PhysAddr};
 
 /// Entries per table.
 pub const ENTRIES: usize = 512;
-/// Bits of input address translated (TCR_EL2.T0SZ = 16, VTCR_EL2.T0SZ = 16).
-pub const INPUT_ADDRESS_BITS: u32 = 48;
+/// Bits of input address the EL2 stage-1 map translates (TCR_EL2.T0SZ = 16),
+/// walked from level 0.
+pub const EL2_INPUT_ADDRESS_BITS: u32 = 48;
+/// Bits of guest-physical address stage 2 translates (VTCR_EL2.T0SZ = 25),
+/// walked from a single level-1 table (VTCR_EL2.SL0 = 1). 512 GiB is far
+/// more than any guest here needs, and a 39-bit space fits every CPU's
+/// physical address range, which a 48-bit one would not (Cortex-A72: 44).
+pub const STAGE2_INPUT_ADDRESS_BITS: u32 = 39;
 
 /// One 4 KiB translation table.
 #[repr(C, align(4096))]
@@ -134,6 +140,24 @@ const fn entry_index(input: u64, level: usize) -> usize {
 }
 
 impl Regime {
+    /// The level of the root table.
+    #[must_use]
+    pub const fn root_level(self) -> usize {
+        match self {
+            Self::El2Stage1 => 0,
+            Self::Stage2 => 1,
+        }
+    }
+
+    /// Bits of input address the regime translates.
+    #[must_use]
+    pub const fn input_address_bits(self) -> u32 {
+        match self {
+            Self::El2Stage1 => EL2_INPUT_ADDRESS_BITS,
+            Self::Stage2 => STAGE2_INPUT_ADDRESS_BITS,
+        }
+    }
+
     /// Lower and upper attribute bits of a block or page descriptor.
     #[must_use]
     pub const fn leaf_attributes(self, attributes: MapAttributes) -> u64 {
@@ -167,7 +191,7 @@ impl Regime {
     }
 }
 
-/// A translation table tree rooted at a level-0 table.
+/// A translation table tree rooted at the regime's root level.
 #[derive(Debug)]
 pub struct PageTable {
     root: PhysAddr,
@@ -211,11 +235,15 @@ impl PageTable {
             return Err(MapError::Misaligned);
         }
         let input_end = input.checked_add(size).ok_or(MapError::OutOfRange)?;
-        if input_end > 1 << INPUT_ADDRESS_BITS || output.0.checked_add(size).is_none() {
+        if input_end > 1 << self.regime.input_address_bits() || output.0.checked_add(size).is_none()
+        {
             return Err(MapError::OutOfRange);
         }
         let leaf_bits = self.regime.leaf_attributes(attributes);
-        self.map_in_table(self.root, 0, input, output.0, size, leaf_bits, store)
+        let root_level = self.regime.root_level();
+        self.map_in_table(
+            self.root, root_level, input, output.0, size, leaf_bits, store,
+        )
     }
 
     #[allow(clippy::too_many_arguments)] // a recursive walk carries its whole state
@@ -275,8 +303,11 @@ impl PageTable {
     /// Walks the tree for `input`; returns the output address and the leaf
     /// descriptor, or `None` when nothing is mapped there.
     pub fn translate(&self, input: u64, store: &mut impl TableStore) -> Option<(PhysAddr, u64)> {
+        if input >= 1 << self.regime.input_address_bits() {
+            return None;
+        }
         let mut table = self.root;
-        for level in 0..4 {
+        for level in self.regime.root_level()..4 {
             let descriptor = store.table_mut(table).0[entry_index(input, level)];
             if descriptor & DESCRIPTOR_VALID == 0 {
                 return None;

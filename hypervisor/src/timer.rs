@@ -21,6 +21,7 @@ fn tick_interval() -> u64 {
 pub fn start_on_this_cpu() -> Result<(), gic::GicError> {
     let cpu = arch::cpu_index();
     gic::enable_private_interrupt(BOARD.timer_interrupts.hypervisor_physical, cpu)?;
+    gic::enable_private_interrupt(gic::REQUEST_SGI, cpu)?;
     arch::start_hypervisor_timer(tick_interval());
     Ok(())
 }
@@ -30,12 +31,15 @@ pub fn ticks(cpu: usize) -> u32 {
     TICKS[cpu].load(Ordering::Acquire)
 }
 
-/// The IRQ path: acknowledge, count the tick and re-arm, end.
+/// The IRQ path: acknowledge, count the tick and re-arm (or note a request
+/// SGI), end.
 pub fn handle_irq() {
     gic::dispatch(|intid| {
         if intid == BOARD.timer_interrupts.hypervisor_physical {
             TICKS[arch::cpu_index()].fetch_add(1, Ordering::AcqRel);
             arch::start_hypervisor_timer(tick_interval());
+        } else if intid == gic::REQUEST_SGI {
+            // A mailbox request: the caller checks the mailbox after this.
         } else {
             log::debug!("unexpected interrupt {intid}");
         }

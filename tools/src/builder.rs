@@ -15,9 +15,7 @@ use crate::workspace;
 
 /// Builds `variant` and returns the absolute path of its checked image.
 pub fn build_image(root: &Path, variant: &Variant) -> Result<PathBuf> {
-    // Under `cargo run`, CARGO names the cargo that is running us, so the
-    // nested build uses the same toolchain.
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    let cargo = cargo_program();
     let cargo_args = variant.cargo_build_args();
     eprintln!(
         "tessera: building {}: {}",
@@ -37,19 +35,7 @@ pub fn build_image(root: &Path, variant: &Variant) -> Result<PathBuf> {
         );
     }
     let image = root.join(variant.image_path());
-    let image_dir = image.parent().expect("image paths have a directory");
-    std::fs::create_dir_all(image_dir)
-        .with_context(|| format!("cannot create {}", image_dir.display()))?;
-
-    let objcopy = find_llvm_objcopy(root)?;
-    run_checked(
-        Command::new(&objcopy)
-            .arg("-O")
-            .arg("binary")
-            .arg(&elf)
-            .arg(&image),
-        "llvm-objcopy",
-    )?;
+    flatten(root, &elf, &image)?;
 
     let bytes =
         std::fs::read(&image).with_context(|| format!("cannot read {}", image.display()))?;
@@ -57,9 +43,32 @@ pub fn build_image(root: &Path, variant: &Variant) -> Result<PathBuf> {
     Ok(image)
 }
 
+/// Writes the flat binary of `elf` to `out` with llvm-objcopy, creating
+/// the directory.
+pub fn flatten(root: &Path, elf: &Path, out: &Path) -> Result<()> {
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let objcopy = find_llvm_objcopy(root)?;
+    run_checked(
+        Command::new(&objcopy)
+            .arg("-O")
+            .arg("binary")
+            .arg(elf)
+            .arg(out),
+        "llvm-objcopy",
+    )
+}
+
+/// The cargo that runs us: under `cargo run`, CARGO names it, so nested
+/// builds use the same toolchain.
+pub fn cargo_program() -> OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"))
+}
+
 /// Runs a command to completion with inherited output; a failure names the
 /// step and its status.
-fn run_checked(command: &mut Command, step: &str) -> Result<()> {
+pub fn run_checked(command: &mut Command, step: &str) -> Result<()> {
     let status = command
         .status()
         .with_context(|| format!("cannot start {step} ({:?})", command.get_program()))?;

@@ -208,6 +208,8 @@ pub struct QemuRequest<'a> {
     /// Lets the hypervisor end QEMU with an exit status of its choosing.
     pub semihosting: bool,
     pub image: &'a Path,
+    /// A system package, handed to the hypervisor as its initrd.
+    pub initrd: Option<&'a Path>,
     /// Passed through unchanged after everything else.
     pub extra_args: &'a [String],
 }
@@ -235,6 +237,9 @@ pub fn qemu_args(request: &QemuRequest<'_>) -> Result<Vec<String>, String> {
     args.extend(COMMON_ARGS.iter().map(|arg| arg.to_string()));
     args.extend(preset.extra_args.iter().map(|arg| arg.to_string()));
     args.extend(["-kernel".into(), request.image.display().to_string()]);
+    if let Some(initrd) = request.initrd {
+        args.extend(["-initrd".into(), initrd.display().to_string()]);
+    }
     if request.semihosting {
         args.push("-semihosting".into());
     }
@@ -273,6 +278,7 @@ mod tests {
             memory: None,
             semihosting: false,
             image: Path::new("target/images/virt/tessera.bin"),
+            initrd: None,
             extra_args: &[],
         }
     }
@@ -351,6 +357,21 @@ mod tests {
         assert!(
             line.ends_with("-semihosting -dtb board.dtb"),
             "extra args come last: {line}"
+        );
+    }
+
+    #[test]
+    fn a_package_follows_the_kernel() {
+        let req = QemuRequest {
+            initrd: Some(Path::new("target/packages/demo.cpio")),
+            ..request(Machine::VirtGicv3, 4)
+        };
+        let line = qemu_args(&req).unwrap().join(" ");
+        assert!(
+            line.ends_with(
+                "-kernel target/images/virt/tessera.bin -initrd target/packages/demo.cpio"
+            ),
+            "{line}"
         );
     }
 

@@ -1,19 +1,25 @@
-//! `tessera`: the host tool. Builds hypervisor images, boots them under
+//! `tessera`: the host tool. Builds hypervisor images, checks system
+//! configurations and packs them into system packages, boots them under
 //! QEMU, and runs the end-to-end scenarios.
 
 #![forbid(unsafe_code)]
 
 mod builder;
+mod guests;
 mod image;
 mod machine;
 mod matcher;
+mod package;
 mod process;
 mod runner;
 mod scenario;
+mod system;
+mod system_commands;
+mod units;
 mod variant;
 mod workspace;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, anyhow};
@@ -44,15 +50,25 @@ enum Commands {
         #[arg(long, value_delimiter = ',')]
         features: Vec<String>,
     },
-    /// Build for a machine and boot it under QEMU, serial on this terminal.
-    /// Exits with QEMU's exit status.
+    /// Build for a machine, or for a system configuration with its package,
+    /// and boot it under QEMU, serial on this terminal. Exits with QEMU's
+    /// exit status.
     Run {
-        #[arg(long, value_enum)]
-        machine: Machine,
-        #[arg(long, default_value_t = 4)]
+        #[arg(
+            long,
+            value_enum,
+            required_unless_present = "system",
+            conflicts_with = "system"
+        )]
+        machine: Option<Machine>,
+        /// A system configuration (TOML): the machine, CPUs and memory come
+        /// from its board, and its package is passed as -initrd.
+        #[arg(long)]
+        system: Option<PathBuf>,
+        #[arg(long, default_value_t = 4, conflicts_with = "system")]
         cpus: u32,
         /// Memory size for QEMU's -m, e.g. 2G (virt machines; default 1G).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "system")]
         memory: Option<String>,
         /// Extra cargo features of tessera-hypervisor, comma-separated.
         #[arg(long, value_delimiter = ',')]
@@ -70,6 +86,24 @@ enum Commands {
         #[arg(long)]
         list: bool,
     },
+    /// Check a system configuration, building the guest examples it names
+    /// so their images can be checked too. Prints `FILE: OK`, or every
+    /// mistake as `FILE: KEY: REASON`.
+    Check {
+        #[arg(long)]
+        system: PathBuf,
+    },
+    /// Check a system configuration and write its package; prints the
+    /// package's path.
+    Package {
+        #[arg(long)]
+        system: PathBuf,
+        /// Default: target/packages/<configuration stem>.cpio.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// List a package's entries and verify its checksums and layout.
+    Inspect { package: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -93,47 +127,73 @@ fn dispatch(command: Commands) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Commands::Run {
+            system: Some(system),
+            features,
+            qemu_args,
+            ..
+        } => system_commands::run_system(&root, &system, &features, &qemu_args),
+        Commands::Run {
             machine,
             cpus,
             memory,
             features,
             qemu_args,
-        } => run_interactive(
-            &root,
-            machine,
-            cpus,
-            memory.as_deref(),
-            &features,
-            &qemu_args,
-        ),
+            ..
+        } => {
+            // Without --system, clap has insisted on --machine.
+            let machine = machine.ok_or_else(|| anyhow!("give --machine or --system"))?;
+            let target = Target {
+                machine,
+                cpus,
+                memory: memory.as_deref(),
+                initrd: None,
+            };
+            run_interactive(&root, &target, &features, &qemu_args)
+        }
         Commands::Test { filter, list } => {
             runner::run_tests(&root, &runner::TestOptions { filter, list })
         }
+        Commands::Check { system } => Ok(system_commands::check(&root, &system)),
+        Commands::Package { system, out } => {
+            system_commands::package(&root, &system, out.as_deref())
+        }
+        Commands::Inspect { package } => system_commands::inspect(&package),
     }
 }
 
-fn run_interactive(
+/// What `tessera run` boots.
+#[derive(Debug)]
+pub struct Target<'a> {
+    pub machine: Machine,
+    pub cpus: u32,
+    pub memory: Option<&'a str>,
+    /// A system package, relative to the workspace root or absolute.
+    pub initrd: Option<&'a Path>,
+}
+
+pub fn run_interactive(
     root: &Path,
-    machine: Machine,
-    cpus: u32,
-    memory: Option<&str>,
+    target: &Target<'_>,
     features: &[String],
     extra_args: &[String],
 ) -> Result<ExitCode> {
     // Checked before the build so a wrong --cpus does not cost a build.
-    machine
-        .check_topology(cpus, memory)
+    target
+        .machine
+        .check_topology(target.cpus, target.memory)
         .map_err(|reason| anyhow!(reason))?;
-    let variant = Variant::new(machine.board(), features).map_err(|reason| anyhow!(reason))?;
+    let variant =
+        Variant::new(target.machine.board(), features).map_err(|reason| anyhow!(reason))?;
     builder::build_image(root, &variant)?;
 
     let image = variant.image_path();
     let args = qemu_args(&QemuRequest {
-        machine,
-        cpus,
-        memory,
+        machine: target.machine,
+        cpus: target.cpus,
+        memory: target.memory,
         semihosting: variant.has_feature(SEMIHOSTING_FEATURE),
         image: &image,
+        initrd: target.initrd,
         extra_args,
     })
     .map_err(|reason| anyhow!(reason))?;
@@ -198,9 +258,49 @@ mod tests {
         else {
             panic!("parsed as {:?}", cli.command);
         };
-        assert_eq!(machine, Machine::VirtGicv2);
+        assert_eq!(machine, Some(Machine::VirtGicv2));
         assert_eq!(cpus, 4);
         assert_eq!(qemu_args, ["-dtb", "x.dtb"]);
+    }
+
+    #[test]
+    fn run_takes_a_system_instead_of_a_machine() {
+        let cli = Cli::try_parse_from(["tessera", "run", "--system", "systems/demo.toml"]).unwrap();
+        let Commands::Run {
+            machine, system, ..
+        } = cli.command
+        else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(machine, None);
+        assert_eq!(system, Some(PathBuf::from("systems/demo.toml")));
+
+        for conflicting in [
+            &["--machine", "virt-gicv3"][..],
+            &["--cpus", "2"][..],
+            &["--memory", "2G"][..],
+        ] {
+            let mut args = vec!["tessera", "run", "--system", "s.toml"];
+            args.extend_from_slice(conflicting);
+            assert!(Cli::try_parse_from(&args).is_err(), "{conflicting:?}");
+        }
+        assert!(Cli::try_parse_from(["tessera", "run"]).is_err());
+    }
+
+    #[test]
+    fn system_subcommands() {
+        let cli = Cli::try_parse_from([
+            "tessera", "package", "--system", "s.toml", "--out", "p.cpio",
+        ])
+        .unwrap();
+        let Commands::Package { system, out } = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(system, PathBuf::from("s.toml"));
+        assert_eq!(out, Some(PathBuf::from("p.cpio")));
+        assert!(Cli::try_parse_from(["tessera", "check", "--system", "s.toml"]).is_ok());
+        assert!(Cli::try_parse_from(["tessera", "check"]).is_err());
+        assert!(Cli::try_parse_from(["tessera", "inspect", "p.cpio"]).is_ok());
     }
 
     #[test]

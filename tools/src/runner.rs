@@ -1,5 +1,6 @@
 //! `tessera test`: the end-to-end runner. Loads every scenario under
-//! `tests/<dir>/*.toml`, builds each image variant they need once, boots
+//! `tests/<dir>/*.toml`, builds each image variant and each system package
+//! they need once, boots
 //! the scenarios one at a time (QEMU's TCG with several vCPUs already
 //! keeps a 2-core machine busy), and reports one line per scenario and a
 //! closing `N passed, N failed` line.
@@ -12,10 +13,13 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::builder;
+use crate::guests::ExampleBuilder;
 use crate::machine::{QEMU_PROGRAM, QemuRequest, qemu_args, shell_words};
 use crate::matcher::{Expectations, Mismatch};
+use crate::package;
 use crate::process::{Ending, run_logged};
-use crate::scenario::{self, Scenario, ScenarioError};
+use crate::scenario::{self, Scenario, ScenarioError, SystemMachine};
+use crate::system;
 use crate::variant::Variant;
 use crate::workspace;
 
@@ -60,6 +64,7 @@ pub fn run_tests(root: &Path, options: &TestOptions) -> Result<ExitCode> {
     }
 
     let images = build_images(root, &entries);
+    let packages = build_packages(root, &entries);
     let log_dir = root.join(LOG_DIR);
     std::fs::create_dir_all(&log_dir)
         .with_context(|| format!("cannot create {}", log_dir.display()))?;
@@ -69,13 +74,25 @@ pub fn run_tests(root: &Path, options: &TestOptions) -> Result<ExitCode> {
         let log = log_dir.join(format!("{}.log", entry.name));
         let verdict = match &entry.loaded {
             Err(err) => Verdict::failed_before_boot(err.to_string()),
-            Ok(scenario) => match &images[&scenario.variant] {
-                Err(reason) => Verdict::failed_before_boot(format!(
-                    "image {} did not build: {reason}",
-                    scenario.variant.name()
-                )),
-                Ok(_) => run_scenario(root, scenario, &log),
-            },
+            Ok(scenario) => {
+                let package = scenario.system.as_ref().map(|system| &packages[system]);
+                match (&images[&scenario.variant], package) {
+                    (Err(reason), _) => Verdict::failed_before_boot(format!(
+                        "image {} did not build: {reason}",
+                        scenario.variant.name()
+                    )),
+                    (Ok(_), Some(Err(reason))) => Verdict::failed_before_boot(format!(
+                        "the package of system {} was not built: {reason}",
+                        scenario
+                            .system
+                            .as_deref()
+                            .unwrap_or(Path::new(""))
+                            .display()
+                    )),
+                    (Ok(_), Some(Ok(package))) => run_scenario(root, scenario, Some(package), &log),
+                    (Ok(_), None) => run_scenario(root, scenario, None, &log),
+                }
+            }
         };
         if verdict.reasons.is_empty() {
             passed += 1;
@@ -153,6 +170,14 @@ fn sorted_entries(root: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn load_all(root: &Path, files: &[PathBuf]) -> Vec<Entry> {
+    // Several scenarios may boot one system; it is read once.
+    let mut systems: HashMap<PathBuf, Result<SystemMachine, String>> = HashMap::new();
+    let mut resolve = |path: &Path| {
+        systems
+            .entry(path.to_path_buf())
+            .or_insert_with(|| load_system_machine(root, path))
+            .clone()
+    };
     let mut entries: Vec<Entry> = files
         .iter()
         .map(|file| {
@@ -163,7 +188,7 @@ fn load_all(root: &Path, files: &[PathBuf]) -> Vec<Entry> {
                     key: None,
                     reason: format!("cannot read: {err}"),
                 })
-                .and_then(|source| scenario::parse(&source, file));
+                .and_then(|source| scenario::parse(&source, file, &mut resolve));
             let name = match &loaded {
                 Ok(scenario) => scenario.name.clone(),
                 Err(_) => scenario::default_name(file),
@@ -173,6 +198,29 @@ fn load_all(root: &Path, files: &[PathBuf]) -> Vec<Entry> {
         .collect();
     reject_duplicate_names(&mut entries);
     entries
+}
+
+/// What a scenario takes from the system configuration at `path`
+/// (relative to `root`). Only the text is checked here; images are checked
+/// when the package is built.
+fn load_system_machine(root: &Path, path: &Path) -> Result<SystemMachine, String> {
+    let config = system::load_config(&root.join(path)).map_err(|errors| one_line(&errors))?;
+    Ok(SystemMachine {
+        machine: config.machine(),
+        cpus: config.board.cpus,
+        qemu_memory: config.qemu_memory(),
+        memory: config.board.memory,
+    })
+}
+
+/// A configuration's errors joined to fit on a scenario's result line.
+fn one_line(errors: &system::ConfigErrors) -> String {
+    errors
+        .0
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Two scenarios with one name would overwrite each other's logs and make
@@ -204,11 +252,16 @@ fn list(entries: &[Entry]) -> ExitCode {
     for entry in entries {
         match &entry.loaded {
             Ok(scenario) => println!(
-                "{}: {}, {} CPUs, image {}, {}{}",
+                "{}: {}, {} CPUs, image {}, {}{}{}",
                 entry.name,
                 scenario.machine.name(),
                 scenario.cpus,
                 scenario.variant.name(),
+                scenario
+                    .system
+                    .as_ref()
+                    .map(|system| format!("system {}, ", system.display()))
+                    .unwrap_or_default(),
                 scenario.file.display(),
                 scenario
                     .description
@@ -248,6 +301,52 @@ fn build_images(root: &Path, entries: &[Entry]) -> BTreeMap<Variant, Result<Path
     images
 }
 
+/// Each distinct system's package once, after the images: its guests are
+/// built and its images checked here. Keyed by the configuration's path
+/// relative to the root.
+fn build_packages(root: &Path, entries: &[Entry]) -> BTreeMap<PathBuf, Result<PathBuf, String>> {
+    let mut examples = ExampleBuilder::new(root);
+    let mut packages = BTreeMap::new();
+    for entry in entries {
+        let Ok(Scenario {
+            system: Some(system),
+            ..
+        }) = &entry.loaded
+        else {
+            continue;
+        };
+        if packages.contains_key(system) {
+            continue;
+        }
+        let out = root.join(package_path(system));
+        let built = system::load(&root.join(system), &mut examples)
+            .map_err(|errors| one_line(&errors))
+            .and_then(|loaded| package::write(&loaded, &out).map_err(|err| format!("{err:#}")))
+            .map(|()| out);
+        if let Err(reason) = &built {
+            eprintln!(
+                "tessera: the package of system {} was not built: {reason}",
+                system.display()
+            );
+        }
+        packages.insert(system.clone(), built);
+    }
+    packages
+}
+
+/// `tests/guests/systems/two-vms.toml` packs to
+/// `target/packages/tests-guests-systems-two-vms.cpio`: the whole path, so
+/// configurations with one file name in different directories stay apart.
+fn package_path(system: &Path) -> PathBuf {
+    let flat = system
+        .with_extension("")
+        .components()
+        .map(|part| part.as_os_str().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("-");
+    Path::new(package::PACKAGE_DIR).join(format!("{flat}.cpio"))
+}
+
 #[derive(Debug)]
 struct Verdict {
     /// Empty means the scenario passed.
@@ -267,14 +366,17 @@ impl Verdict {
     }
 }
 
-fn run_scenario(root: &Path, scenario: &Scenario, log: &Path) -> Verdict {
+fn run_scenario(root: &Path, scenario: &Scenario, package: Option<&Path>, log: &Path) -> Verdict {
     let image = scenario.variant.image_path();
+    // Relative to the root, where QEMU runs, so the .cmd file is portable.
+    let initrd = package.map(|package| package.strip_prefix(root).unwrap_or(package));
     let request = QemuRequest {
         machine: scenario.machine,
         cpus: scenario.cpus,
         memory: scenario.memory.as_deref(),
         semihosting: true,
         image: &image,
+        initrd,
         extra_args: &scenario.qemu_args,
     };
     let args = match qemu_args(&request) {
@@ -495,6 +597,107 @@ mod tests {
             duplicate,
             "tests/other/a.toml: name: `boot-a` is also the name of tests/boot/a.toml"
         );
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    const SYSTEM: &str = "\
+[board]
+name = \"qemu-virt\"
+gic-version = 2
+cpus = 2
+memory = \"512M\"
+
+[[vm]]
+name = \"alpha\"
+image = \"guest.bin\"
+ram = \"64M\"
+cpus = [1]
+";
+
+    #[test]
+    fn scenarios_take_their_machine_from_a_system() {
+        let root = scratch_workspace(
+            "system",
+            &[
+                ("tests/guests/systems/pair.toml", SYSTEM),
+                (
+                    "tests/guests/pair.toml",
+                    "system = 'tests/guests/systems/pair.toml'\nexpect = ['x']\n",
+                ),
+                (
+                    "tests/guests/broken.toml",
+                    "system = 'tests/guests/systems/broken.toml'\nexpect = ['x']\n",
+                ),
+                (
+                    "tests/guests/systems/broken.toml",
+                    &SYSTEM.replace("\"64M\"", "\"3M\"").replace("[1]", "[2]"),
+                ),
+            ],
+        );
+        let files = discover(&root).unwrap();
+        // The configurations one level deeper are not scenarios.
+        assert_eq!(
+            files,
+            [
+                PathBuf::from("tests/guests/broken.toml"),
+                PathBuf::from("tests/guests/pair.toml"),
+            ]
+        );
+        let entries = load_all(&root, &files);
+        let broken = entries[0].loaded.as_ref().unwrap_err().to_string();
+        let config = root.join("tests/guests/systems/broken.toml");
+        assert_eq!(
+            broken,
+            format!(
+                "tests/guests/broken.toml: system: {0}: vm[0].ram: \"3M\" is not a multiple of 2 MiB; \
+                 {0}: vm[0].cpus: CPU 2 does not exist; the board has CPUs 0 to 1",
+                config.display()
+            )
+        );
+        let pair = entries[1].loaded.as_ref().unwrap();
+        assert_eq!(pair.machine, crate::machine::Machine::VirtGicv2);
+        assert_eq!(pair.cpus, 2);
+        assert_eq!(pair.memory.as_deref(), Some("512M"));
+        assert_eq!(
+            pair.system.as_deref(),
+            Some(Path::new("tests/guests/systems/pair.toml"))
+        );
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn packages_are_built_once_per_system_and_named_by_their_path() {
+        let root = scratch_workspace(
+            "packages",
+            &[
+                ("tests/guests/systems/pair.toml", SYSTEM),
+                ("tests/guests/systems/guest.bin", "raw guest code"),
+                (
+                    "tests/guests/a.toml",
+                    "system = 'tests/guests/systems/pair.toml'\nexpect = ['x']\n",
+                ),
+                (
+                    "tests/guests/b.toml",
+                    "system = 'tests/guests/systems/pair.toml'\nexpect = ['y']\n",
+                ),
+            ],
+        );
+        let entries = load_all(&root, &discover(&root).unwrap());
+        let packages = build_packages(&root, &entries);
+        assert_eq!(packages.len(), 1);
+        let built = packages[Path::new("tests/guests/systems/pair.toml")]
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            built,
+            &root.join("target/packages/tests-guests-systems-pair.cpio")
+        );
+        let bytes = std::fs::read(built).unwrap();
+        let inspection = package::inspect(&bytes);
+        assert!(inspection.problems.is_empty(), "{:?}", inspection.problems);
+        let entries = package::cpio::read(&bytes).unwrap();
+        assert_eq!(entries[1].name, "vm/alpha/image");
+        assert_eq!(entries[1].data, b"raw guest code");
         std::fs::remove_dir_all(root).unwrap();
     }
 }

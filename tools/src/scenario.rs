@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::machine::Machine;
 use crate::matcher::{Expectations, Pattern};
+use crate::units::{format_size, parse_size};
 use crate::variant::{SEMIHOSTING_FEATURE, Variant};
 
 pub const DEFAULT_CPUS: u32 = 4;
@@ -36,7 +37,8 @@ const RESERVED_QEMU_OPTIONS: &[&str] = &["kernel", "M", "machine", "smp", "m"];
 struct ScenarioFile {
     name: Option<String>,
     description: Option<String>,
-    machine: Machine,
+    machine: Option<Machine>,
+    system: Option<String>,
     cpus: Option<i64>,
     memory: Option<String>,
     #[serde(default)]
@@ -63,6 +65,9 @@ pub struct Scenario {
     /// As given to [`parse`]; relative to the workspace root.
     pub file: PathBuf,
     pub description: Option<String>,
+    /// The system configuration booted, relative to the workspace root;
+    /// its package is passed as QEMU's -initrd.
+    pub system: Option<PathBuf>,
     pub machine: Machine,
     pub cpus: u32,
     pub memory: Option<String>,
@@ -113,9 +118,30 @@ pub fn default_name(file: &Path) -> String {
     }
 }
 
+/// What a system configuration fixes about the machine it runs on; a
+/// scenario that names the configuration takes these from it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SystemMachine {
+    pub machine: Machine,
+    pub cpus: u32,
+    /// QEMU's `-m`, where the machine takes one.
+    pub qemu_memory: Option<String>,
+    /// The configuration's `board.memory`, in bytes.
+    pub memory: u64,
+}
+
+/// Loads the system configuration at a path relative to the workspace
+/// root; the error is a reason for a message about the `system` key.
+pub type SystemResolver<'a> = dyn FnMut(&Path) -> Result<SystemMachine, String> + 'a;
+
 /// Parses and validates one scenario. `file` is only used for messages
-/// and the default name.
-pub fn parse(source: &str, file: &Path) -> Result<Scenario, ScenarioError> {
+/// and the default name; `systems` loads the configuration a `system` key
+/// names.
+pub fn parse(
+    source: &str,
+    file: &Path,
+    systems: &mut SystemResolver<'_>,
+) -> Result<Scenario, ScenarioError> {
     let error = |key: &str, reason: String| ScenarioError {
         file: file.to_path_buf(),
         position: None,
@@ -129,21 +155,43 @@ pub fn parse(source: &str, file: &Path) -> Result<Scenario, ScenarioError> {
     check_name(&name).map_err(|reason| error("name", reason))?;
 
     let cpus = match raw.cpus {
-        None => DEFAULT_CPUS,
-        Some(cpus) => {
-            u32::try_from(cpus).map_err(|_| error("cpus", format!("{cpus} is not a CPU count")))?
+        None => None,
+        Some(cpus) => Some(
+            u32::try_from(cpus).map_err(|_| error("cpus", format!("{cpus} is not a CPU count")))?,
+        ),
+    };
+    let system = match &raw.system {
+        None => None,
+        Some(text) => Some(check_system_path(text).map_err(|reason| error("system", reason))?),
+    };
+    let (machine, cpus, memory) = match &system {
+        None => {
+            let machine = raw.machine.ok_or_else(|| {
+                error(
+                    "machine",
+                    "missing; give machine, or system to boot a system configuration".into(),
+                )
+            })?;
+            let cpus = cpus.unwrap_or(DEFAULT_CPUS);
+            machine
+                .check_topology(cpus, None)
+                .map_err(|reason| error("cpus", reason))?;
+            if let Some(memory) = raw.memory.as_deref() {
+                machine
+                    .check_topology(cpus, Some(memory))
+                    .map_err(|reason| error("memory", reason))?;
+            }
+            (machine, cpus, raw.memory.clone())
+        }
+        Some(path) => {
+            let fixed = systems(path).map_err(|reason| error("system", reason))?;
+            check_consistent_with_system(path, &fixed, raw.machine, cpus, raw.memory.as_deref())
+                .map_err(|(key, reason)| error(key, reason))?;
+            (fixed.machine, fixed.cpus, fixed.qemu_memory)
         }
     };
-    raw.machine
-        .check_topology(cpus, None)
-        .map_err(|reason| error("cpus", reason))?;
-    if let Some(memory) = raw.memory.as_deref() {
-        raw.machine
-            .check_topology(cpus, Some(memory))
-            .map_err(|reason| error("memory", reason))?;
-    }
 
-    let variant = Variant::new(raw.machine.board(), &raw.features)
+    let variant = Variant::new(machine.board(), &raw.features)
         .map_err(|reason| error("features", reason))?
         .with_feature(SEMIHOSTING_FEATURE);
 
@@ -195,15 +243,17 @@ pub fn parse(source: &str, file: &Path) -> Result<Scenario, ScenarioError> {
         },
     };
 
-    check_qemu_args(&raw.qemu_args).map_err(|reason| error("qemu_args", reason))?;
+    check_qemu_args(&raw.qemu_args, system.is_some())
+        .map_err(|reason| error("qemu_args", reason))?;
 
     Ok(Scenario {
         name,
         file: file.to_path_buf(),
         description: raw.description,
-        machine: raw.machine,
+        system,
+        machine,
         cpus,
-        memory: raw.memory,
+        memory,
         variant,
         timeout: Duration::from_secs(timeout_secs as u64),
         exit_status,
@@ -261,13 +311,96 @@ fn regex_reason(err: &regex::Error) -> String {
         .unwrap_or(text)
 }
 
-fn check_qemu_args(args: &[String]) -> Result<(), String> {
+fn check_qemu_args(args: &[String], has_system: bool) -> Result<(), String> {
     for arg in args {
         let option = arg.trim_start_matches('-');
-        if arg.starts_with('-') && RESERVED_QEMU_OPTIONS.contains(&option) {
+        if !arg.starts_with('-') {
+            continue;
+        }
+        if RESERVED_QEMU_OPTIONS.contains(&option) {
             return Err(format!(
                 "`{arg}` is set by the runner from the machine preset and the \
                  scenario's keys (machine, cpus, memory); do not pass it here"
+            ));
+        }
+        if has_system && option == "initrd" {
+            return Err(format!(
+                "`{arg}` is set by the runner to the system's package; do not pass it here"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A system configuration's path as a scenario gives it: relative to the
+/// workspace root, and not where a scenario would be, or the runner would
+/// also take it for one.
+fn check_system_path(text: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(text);
+    let plain = path
+        .components()
+        .all(|part| matches!(part, std::path::Component::Normal(_)));
+    if text.is_empty() || !plain {
+        return Err(format!(
+            "`{text}` is not a plain path relative to the workspace root (no leading /, no ..)"
+        ));
+    }
+    if path.extension().is_none_or(|ext| ext != "toml") {
+        return Err(format!("`{text}` is not a .toml file"));
+    }
+    let parts: Vec<_> = path.components().collect();
+    if parts.len() == 3 && parts[0].as_os_str() == "tests" {
+        return Err(format!(
+            "`{text}` is where scenario files live (tests/<dir>/*.toml); put system \
+             configurations in a deeper directory, e.g. tests/<dir>/systems/"
+        ));
+    }
+    Ok(path)
+}
+
+/// With a system configuration, machine, cpus and memory come from it;
+/// the scenario may repeat them but not contradict them. On failure,
+/// returns the key and the reason.
+fn check_consistent_with_system(
+    path: &Path,
+    fixed: &SystemMachine,
+    machine: Option<Machine>,
+    cpus: Option<u32>,
+    memory: Option<&str>,
+) -> Result<(), (&'static str, String)> {
+    let shown = path.display();
+    if let Some(machine) = machine
+        && machine != fixed.machine
+    {
+        return Err((
+            "machine",
+            format!(
+                "{} conflicts with {shown}, whose board runs on {}; leave machine out",
+                machine.name(),
+                fixed.machine.name()
+            ),
+        ));
+    }
+    if let Some(cpus) = cpus
+        && cpus != fixed.cpus
+    {
+        return Err((
+            "cpus",
+            format!(
+                "{cpus} conflicts with board.cpus = {} in {shown}; leave cpus out",
+                fixed.cpus
+            ),
+        ));
+    }
+    if let Some(memory) = memory {
+        let bytes = parse_size(memory).map_err(|reason| ("memory", reason))?;
+        if bytes != fixed.memory {
+            return Err((
+                "memory",
+                format!(
+                    "{memory} conflicts with board.memory = {} in {shown}; leave memory out",
+                    format_size(fixed.memory)
+                ),
             ));
         }
     }
@@ -291,7 +424,7 @@ fn toml_error(source: &str, file: &Path, err: &toml::de::Error) -> ScenarioError
     }
 }
 
-fn line_and_column(source: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_and_column(source: &str, offset: usize) -> (usize, usize) {
     let before = &source[..offset.min(source.len())];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
@@ -322,12 +455,33 @@ mod tests {
 
     const FILE: &str = "tests/boot/virt-gicv3.toml";
 
+    /// Two known configurations; any other path cannot be read.
+    fn systems(path: &Path) -> Result<SystemMachine, String> {
+        match path.to_str() {
+            Some("tests/guests/systems/two-vms.toml") => Ok(SystemMachine {
+                machine: Machine::VirtGicv3,
+                cpus: 4,
+                qemu_memory: Some("1024M".into()),
+                memory: 1 << 30,
+            }),
+            Some("tests/guests/systems/pi.toml") => Ok(SystemMachine {
+                machine: Machine::Raspi4b,
+                cpus: 4,
+                qemu_memory: None,
+                memory: 948 << 20,
+            }),
+            _ => Err(format!("{}: cannot read: No such file", path.display())),
+        }
+    }
+
     fn parse_ok(source: &str) -> Scenario {
-        parse(source, Path::new(FILE)).unwrap_or_else(|err| panic!("{err}"))
+        parse(source, Path::new(FILE), &mut systems).unwrap_or_else(|err| panic!("{err}"))
     }
 
     fn parse_err(source: &str) -> String {
-        parse(source, Path::new(FILE)).unwrap_err().to_string()
+        parse(source, Path::new(FILE), &mut systems)
+            .unwrap_err()
+            .to_string()
     }
 
     const FULL: &str = r#"
@@ -430,7 +584,101 @@ qemu_args = ["-dtb", "tests/boot/board.dtb"]
     #[test]
     fn missing_machine() {
         let err = parse_err("expect = ['x']\n");
-        assert!(err.contains("missing field `machine`"), "{err}");
+        assert_eq!(
+            err,
+            "tests/boot/virt-gicv3.toml: machine: missing; give machine, or system to boot a system configuration"
+        );
+    }
+
+    #[test]
+    fn a_system_gives_machine_cpus_and_memory() {
+        let scenario = parse_ok("system = 'tests/guests/systems/two-vms.toml'\nexpect = ['x']\n");
+        assert_eq!(
+            scenario.system.as_deref(),
+            Some(Path::new("tests/guests/systems/two-vms.toml"))
+        );
+        assert_eq!(scenario.machine, Machine::VirtGicv3);
+        assert_eq!(scenario.cpus, 4);
+        assert_eq!(scenario.memory.as_deref(), Some("1024M"));
+        assert_eq!(scenario.variant.name(), "virt-semihosting");
+
+        let pi = parse_ok("system = 'tests/guests/systems/pi.toml'\nexpect = ['x']\n");
+        assert_eq!(pi.machine, Machine::Raspi4b);
+        assert_eq!(pi.memory, None);
+        assert_eq!(pi.variant.name(), "rpi4-semihosting");
+    }
+
+    #[test]
+    fn a_system_may_be_repeated_but_not_contradicted() {
+        let base = "system = 'tests/guests/systems/two-vms.toml'\nexpect = ['x']\n";
+        let same = parse_ok(&format!(
+            "{base}machine = 'virt-gicv3'\ncpus = 4\nmemory = '1G'\n"
+        ));
+        assert_eq!(same.memory.as_deref(), Some("1024M"));
+        let cases = [
+            (
+                "machine = 'virt-gicv2'",
+                "machine: virt-gicv2 conflicts with tests/guests/systems/two-vms.toml, \
+                 whose board runs on virt-gicv3; leave machine out",
+            ),
+            (
+                "cpus = 2",
+                "cpus: 2 conflicts with board.cpus = 4 in tests/guests/systems/two-vms.toml; \
+                 leave cpus out",
+            ),
+            (
+                "memory = '2G'",
+                "memory: 2G conflicts with board.memory = 1G in tests/guests/systems/two-vms.toml; \
+                 leave memory out",
+            ),
+            (
+                "qemu_args = ['-initrd', 'x.cpio']",
+                "qemu_args: `-initrd` is set by the runner to the system's package; do not pass it here",
+            ),
+        ];
+        for (extra, reason) in cases {
+            assert_eq!(
+                parse_err(&format!("{base}{extra}\n")),
+                format!("tests/boot/virt-gicv3.toml: {reason}")
+            );
+        }
+        // Without a system, -initrd is the scenario's own business.
+        let own =
+            parse_ok("machine = 'virt-gicv3'\nexpect = ['x']\nqemu_args = ['-initrd', 'x']\n");
+        assert_eq!(own.system, None);
+    }
+
+    #[test]
+    fn system_paths() {
+        let cases = [
+            (
+                "tests/guests/two-vms.toml",
+                "`tests/guests/two-vms.toml` is where scenario files live (tests/<dir>/*.toml); \
+                 put system configurations in a deeper directory, e.g. tests/<dir>/systems/",
+            ),
+            (
+                "/abs/x.toml",
+                "`/abs/x.toml` is not a plain path relative to the workspace root (no leading /, no ..)",
+            ),
+            (
+                "tests/../x.toml",
+                "`tests/../x.toml` is not a plain path relative to the workspace root (no leading /, no ..)",
+            ),
+            (
+                "systems/demo.yaml",
+                "`systems/demo.yaml` is not a .toml file",
+            ),
+            (
+                "systems/none.toml",
+                "systems/none.toml: cannot read: No such file",
+            ),
+        ];
+        for (path, reason) in cases {
+            assert_eq!(
+                parse_err(&format!("system = '{path}'\nexpect = ['x']\n")),
+                format!("tests/boot/virt-gicv3.toml: system: {reason}")
+            );
+        }
     }
 
     #[test]

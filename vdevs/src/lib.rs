@@ -10,4 +10,12 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod console;
+pub mod interrupt;
 pub mod mmio;
+pub mod pl011;
+
+pub use console::ConsoleSink;
+pub use interrupt::InterruptLine;
+pub use mmio::{AccessWidth, MmioDevice};
+pub use pl011::Pl011;

@@ -3,6 +3,7 @@
 //! functions, so the rest of the code reads as ordinary Rust.
 
 pub mod entry;
+pub mod guest;
 pub mod vectors;
 
 use core::arch::asm;
@@ -150,8 +151,13 @@ pub fn tcr_el2_value() -> u64 {
     const ORGN0_WRITE_BACK: u64 = 0b01 << 10;
     const SH0_INNER: u64 = 0b11 << 12;
     const RES1: u64 = (1 << 23) | (1 << 31);
-    let physical_range = ID_AA64MMFR0_EL1.read(ID_AA64MMFR0_EL1::PARange).min(0b101);
+    let physical_range = physical_address_range().min(0b101);
     T0SZ_48_BIT | IRGN0_WRITE_BACK | ORGN0_WRITE_BACK | SH0_INNER | (physical_range << 16) | RES1
+}
+
+/// ID_AA64MMFR0_EL1.PARange: the CPU's physical address size, encoded.
+pub fn physical_address_range() -> u64 {
+    ID_AA64MMFR0_EL1.read(ID_AA64MMFR0_EL1::PARange)
 }
 
 /// The MAIR_EL2 value matching the page-table attribute indices.

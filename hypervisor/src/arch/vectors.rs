@@ -4,10 +4,24 @@
 
 use core::arch::global_asm;
 
-use tessera_hypervisor::crash_report::TRAP_FRAME_SIZE;
+use tessera_hypervisor::crash_report::{TRAP_FRAME_SIZE, TrapFrame};
 
 unsafe extern "C" {
     static exception_vectors: u8;
+    fn enter_guest_asm(frame: *const TrapFrame, stack_top: u64) -> !;
+}
+
+/// Starts (or restarts) guest execution from `frame` on a fresh stack: every
+/// EL2 frame below this call is abandoned, so a CPU can enter guests any
+/// number of times without its stack growing.
+///
+/// The caller must have loaded the vCPU's EL1 context and stage 2.
+pub fn enter_guest(frame: &TrapFrame, stack_top: u64) -> ! {
+    // SAFETY: `stack_top` is this CPU's own boot stack top (so nothing else
+    // uses that memory), the frame is copied before the stack pointer moves
+    // (the source lives in a static, not on that stack), and the frame's
+    // SPSR names EL1, so the ERET leaves EL2.
+    unsafe { enter_guest_asm(frame, stack_top) }
 }
 
 /// Points VBAR_EL2 at the vector table.
@@ -80,6 +94,7 @@ exception_common:
     stp     x2, x3, [sp, #272]
     mov     x0, sp
     bl      {handler}
+exception_return:
     ldp     x2, x3, [sp, #256]
     msr     elr_el2, x2
     msr     spsr_el2, x3
@@ -101,6 +116,21 @@ exception_common:
     ldr     x30, [sp, #240]
     add     sp, sp, #{frame_size}
     eret
+
+    // enter_guest(frame, stack_top): copies `frame` to the top of this
+    // CPU's stack, drops everything below it, and returns to the guest
+    // through the normal exception-return path.
+    .global enter_guest_asm
+enter_guest_asm:
+    sub     x1, x1, #{frame_size}
+    mov     x2, #0
+1:  ldr     x3, [x0, x2]
+    str     x3, [x1, x2]
+    add     x2, x2, #8
+    cmp     x2, #{frame_size}
+    b.lo    1b
+    mov     sp, x1
+    b       exception_return
     "#,
     frame_size = const TRAP_FRAME_SIZE,
     handler = sym crate::exceptions::handle_exception,

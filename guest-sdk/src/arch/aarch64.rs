@@ -1,0 +1,195 @@
+//! The real processor interface, for guests running at EL1 with the MMU off.
+
+use core::arch::{asm, global_asm};
+use core::mem::offset_of;
+use core::ops::Range;
+
+use super::{ProbeOutcome, ProbeSites};
+
+/// The PL011 the guest interface promises at this address (and QEMU `virt`
+/// has natively). Register offsets: PL011 TRM, section 3.2.
+const UART_BASE: usize = 0x0900_0000;
+const UART_DATA: usize = 0x00;
+const UART_FLAGS: usize = 0x18;
+/// FR.TXFF: the transmit FIFO is full.
+const UART_FLAGS_TX_FULL: u32 = 1 << 5;
+
+/// Issues `hvc #0` with the SMC Calling Convention: function ID in w0,
+/// arguments in x1..x3, result in x0. x4..x17 are treated as clobbered,
+/// as SMCCC 1.0 allows.
+pub fn hvc(function: u32, arg1: u64, arg2: u64, arg3: u64) -> u64 {
+    let result: u64;
+    // SAFETY: an HVC traps to the hypervisor (or, natively, to QEMU's PSCI),
+    // which follows SMCCC: it changes only the registers declared here and
+    // does not touch this guest's memory except as the call documents (none
+    // of the calls made through this function write guest memory).
+    unsafe {
+        asm!(
+            "hvc #0",
+            inout("x0") u64::from(function) => result,
+            inout("x1") arg1 => _,
+            inout("x2") arg2 => _,
+            inout("x3") arg3 => _,
+            out("x4") _, out("x5") _, out("x6") _, out("x7") _,
+            out("x8") _, out("x9") _, out("x10") _, out("x11") _,
+            out("x12") _, out("x13") _, out("x14") _, out("x15") _,
+            out("x16") _, out("x17") _,
+            options(nostack),
+        );
+    }
+    result
+}
+
+/// Waits until the PL011's transmit FIFO has room, then writes `byte`.
+pub fn console_write_byte(byte: u8) {
+    let flags = (UART_BASE + UART_FLAGS) as *const u32;
+    let data = (UART_BASE + UART_DATA) as *mut u32;
+    // SAFETY: the PL011 is mapped at UART_BASE in every guest (guest
+    // interface) and natively on QEMU virt; FR is a read-only register
+    // without side effects.
+    while unsafe { flags.read_volatile() } & UART_FLAGS_TX_FULL != 0 {
+        core::hint::spin_loop();
+    }
+    // SAFETY: as above; writing DR queues one character.
+    unsafe { data.write_volatile(u32::from(byte)) };
+}
+
+/// MPIDR_EL1 (under Tessera, the VMPIDR the hypervisor set: Aff0 = vCPU index).
+pub fn mpidr() -> u64 {
+    let value: u64;
+    // SAFETY: reading MPIDR_EL1 at EL1 has no side effects.
+    unsafe { asm!("mrs {}, mpidr_el1", out(reg) value, options(nomem, nostack, preserves_flags)) };
+    value
+}
+
+/// CNTVCT_EL0, after an ISB so the read is not hoisted above earlier code.
+pub fn counter() -> u64 {
+    let value: u64;
+    // SAFETY: reading the virtual counter has no side effects; EL1 may always
+    // read it.
+    unsafe {
+        asm!("isb", "mrs {}, cntvct_el0", out(reg) value, options(nomem, nostack, preserves_flags));
+    }
+    value
+}
+
+/// CNTFRQ_EL0: counter ticks per second.
+pub fn counter_frequency() -> u64 {
+    let value: u64;
+    // SAFETY: reading CNTFRQ_EL0 has no side effects.
+    unsafe { asm!("mrs {}, cntfrq_el0", out(reg) value, options(nomem, nostack, preserves_flags)) };
+    value
+}
+
+/// Stops this vCPU for good (it only wakes to go back to sleep).
+pub fn park() -> ! {
+    loop {
+        // SAFETY: WFE only waits; it has no effect on memory or registers.
+        unsafe { asm!("wfe", options(nomem, nostack, preserves_flags)) };
+    }
+}
+
+/// Points VBAR_EL1 at `address`.
+///
+/// # Safety
+/// From now on every exception on this vCPU is taken at `address`: the
+/// caller must make sure that is what it wants (a valid vector table, or a
+/// test that expects the hypervisor to stop the VM).
+pub unsafe fn set_vector_base(address: u64) {
+    // SAFETY: the caller vouches for the new vector base.
+    unsafe { asm!("msr vbar_el1, {}", "isb", in(reg) address, options(nostack, preserves_flags)) };
+}
+
+unsafe extern "C" {
+    fn tessera_probe_read(address: u64, outcome: *mut ProbeOutcome);
+    fn tessera_probe_write(address: u64, outcome: *mut ProbeOutcome, value: u64);
+    /// The load in `tessera_probe_read` (only its address is used).
+    fn tessera_probe_read_access();
+    /// The store in `tessera_probe_write` (only its address is used).
+    fn tessera_probe_write_access();
+    /// The PSCI CPU_ON entry point, in `rt.rs` (only its address is used).
+    fn tessera_secondary_entry();
+    static __guest_image_start: u8;
+    static __guest_image_end: u8;
+}
+
+// The probe accessors. One load or store each, at a known address, and the
+// exception handler's promise: if exactly that instruction takes a data
+// abort, it writes ESR_EL1 to x2 and FAR_EL1 to x3 and resumes after it.
+// Every other register comes back as it was.
+global_asm!(
+    r#"
+    .section .text.tessera_probe, "ax"
+    .balign 4
+    .global tessera_probe_read
+tessera_probe_read:                 // x0 = address, x1 = outcome
+    mov     x2, #0                  // ESR: stays 0 unless the load aborts
+    mov     x3, #0                  // FAR
+    mov     x4, #0                  // the value of an aborted read
+    .global tessera_probe_read_access
+tessera_probe_read_access:
+    ldr     x4, [x0]
+    str     x4, [x1, #{value}]
+    str     x2, [x1, #{esr}]
+    str     x3, [x1, #{far}]
+    ret
+
+    .global tessera_probe_write
+tessera_probe_write:                // x0 = address, x1 = outcome, x2 = value
+    mov     x4, x2
+    mov     x2, #0
+    mov     x3, #0
+    .global tessera_probe_write_access
+tessera_probe_write_access:
+    str     x4, [x0]
+    str     xzr, [x1, #{value}]
+    str     x2, [x1, #{esr}]
+    str     x3, [x1, #{far}]
+    ret
+    "#,
+    value = const offset_of!(ProbeOutcome, value),
+    esr = const offset_of!(ProbeOutcome, esr),
+    far = const offset_of!(ProbeOutcome, far),
+);
+
+/// A 64-bit load from `address` that survives a data abort.
+pub fn probe_read(address: u64) -> ProbeOutcome {
+    let mut outcome = ProbeOutcome::default();
+    // SAFETY: the accessor loads from `address` through a raw register, which
+    // cannot invalidate any Rust reference, and writes only `outcome`. If the
+    // load aborts, the exception handler resumes it (see above).
+    unsafe { tessera_probe_read(address, &raw mut outcome) };
+    outcome
+}
+
+/// A 64-bit store of `value` to `address` that survives a data abort.
+///
+/// # Safety
+/// `address` must not be memory this program uses (or any 8 bytes the
+/// store would change must be fine to change).
+pub unsafe fn probe_write(address: u64, value: u64) -> ProbeOutcome {
+    let mut outcome = ProbeOutcome::default();
+    // SAFETY: the caller vouches for the store; the accessor writes nothing
+    // else but `outcome`, and an abort is resumed by the exception handler.
+    unsafe { tessera_probe_write(address, &raw mut outcome, value) };
+    outcome
+}
+
+pub fn probe_sites() -> ProbeSites {
+    ProbeSites {
+        read: tessera_probe_read_access as *const () as u64,
+        write: tessera_probe_write_access as *const () as u64,
+    }
+}
+
+/// Where PSCI CPU_ON should start secondary vCPUs (MMU off: the physical
+/// address is the link address).
+pub fn secondary_entry_address() -> u64 {
+    tessera_secondary_entry as *const () as u64
+}
+
+/// The memory the image occupies from its first byte to the end of its BSS
+/// (stacks included).
+pub fn image_range() -> Range<u64> {
+    (&raw const __guest_image_start) as u64..(&raw const __guest_image_end) as u64
+}

@@ -1,0 +1,43 @@
+//! Everything that touches the processor: HVC, system registers, the UART's
+//! registers, the probe accessors. The real thing on bare-metal aarch64; on
+//! any other target a stand-in that never touches hardware, so the portable
+//! code and the examples build (and the portable code tests) on the host.
+
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+mod aarch64;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub use aarch64::*;
+
+#[cfg(not(all(target_arch = "aarch64", target_os = "none")))]
+mod fake;
+#[cfg(not(all(target_arch = "aarch64", target_os = "none")))]
+pub use fake::*;
+
+/// What a probe accessor leaves behind: the value read (0 for writes and
+/// aborted reads) and, when the access aborted, the syndrome and address.
+///
+/// The layout is shared with the assembly in `aarch64.rs`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeOutcome {
+    pub value: u64,
+    /// ESR_EL1 of the abort; 0 when the access completed (a real syndrome
+    /// is never 0: its exception class is not 0).
+    pub esr: u64,
+    /// FAR_EL1 of the abort.
+    pub far: u64,
+}
+
+/// The addresses of the probe accessors' one load and one store: the
+/// exception handler recovers only from aborts of these two instructions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeSites {
+    pub read: u64,
+    pub write: u64,
+}
+
+/// In an aborted probe, the exception handler puts ESR_EL1 in this
+/// register of the interrupted context...
+pub const PROBE_ESR_REGISTER: usize = 2;
+/// ...and FAR_EL1 in this one, then resumes after the access.
+pub const PROBE_FAR_REGISTER: usize = 3;

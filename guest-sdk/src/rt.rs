@@ -1,0 +1,293 @@
+//! The bare-metal runtime: the arm64 Image header, the entry code of vCPU 0
+//! and of secondary vCPUs, the per-vCPU stacks, the EL1 vector table, the
+//! exception handler and the panic handler.
+//!
+//! Every vCPU, before any Rust runs: masks DAIF, selects SP_EL1, enables
+//! FP/SIMD at EL1 (CPACR_EL1.FPEN = 0b11: the compiler may use NEON
+//! anywhere), takes the stack of its MPIDR affinity 0, and points VBAR_EL1 at
+//! the SDK's vectors. vCPU 0 also checks it runs at its link address (it is
+//! not relocatable) and zeroes the BSS, then calls the guest's `main` via
+//! `tessera_guest_main` (see [`crate::entry!`]).
+
+use core::arch::{asm, global_asm};
+use core::mem::offset_of;
+
+use crate::exception::{
+    ExceptionOrigin, ExceptionReport, ExceptionType, Syndrome, TrapFrame, VectorKind,
+};
+use crate::{arch, console, cpu, device_tree, probe, tessera};
+
+/// The Image header's text_offset: the image is loaded 512 KiB above the
+/// start of RAM, like Linux's.
+const TEXT_OFFSET: u64 = 0x8_0000;
+/// CPACR_EL1.FPEN = 0b11: FP/SIMD instructions do not trap at EL1 or EL0.
+const CPACR_FP_ENABLED: u64 = 0b11 << 20;
+
+unsafe extern "C" {
+    /// The guest's main, defined by `entry!`.
+    fn tessera_guest_main(device_tree: usize) -> !;
+}
+
+global_asm!(
+    r#"
+    .section .text.image_header, "ax"
+    .global _start
+_start:
+    b       tessera_primary_entry       // code0
+    .word   0                           // code1
+    .quad   {text_offset}               // text_offset
+    .quad   __guest_image_size          // image_size, BSS included
+    .quad   0x2                         // flags: little-endian, 4 KiB pages, base anywhere
+    .quad   0, 0, 0                     // reserved
+    .word   0x644d5241                  // magic "ARM\x64"
+    .word   0                           // reserved
+
+    .section .text.entry, "ax"
+tessera_primary_entry:
+    msr     daifset, #0xf
+    mov     x19, x0                     // the device tree
+    adr     x1, _start                  // where the image runs...
+    ldr     x2, 9f                      // ...and where it was linked to run
+    cmp     x1, x2
+    b.ne    tessera_wrong_address
+    adrp    x1, __guest_bss_start
+    add     x1, x1, :lo12:__guest_bss_start
+    adrp    x2, __guest_bss_end
+    add     x2, x2, :lo12:__guest_bss_end
+1:  cmp     x1, x2
+    b.hs    2f
+    stp     xzr, xzr, [x1], #16
+    b       1b
+2:  bl      tessera_vcpu_setup
+    mov     x0, x19
+    bl      {primary_main}
+    b       tessera_park
+    .balign 8
+9:  .quad   _start
+
+    // PSCI CPU_ON entry point; x0 = context ID = the start record's slot.
+    .global tessera_secondary_entry
+tessera_secondary_entry:
+    msr     daifset, #0xf
+    mov     x19, x0
+    bl      tessera_vcpu_setup
+    mov     x0, x19
+    bl      {secondary_main}
+    b       tessera_park
+
+    // Per-vCPU set-up. A leaf: it uses only x0..x3 and leaves with this
+    // vCPU's stack in SP; parks a vCPU the SDK has no stack for.
+tessera_vcpu_setup:
+    msr     spsel, #1
+    mov     x0, #{cpacr}
+    msr     cpacr_el1, x0
+    mrs     x0, mpidr_el1
+    and     x0, x0, #0xff
+    cmp     x0, #{max_vcpus}
+    b.hs    tessera_park
+    adrp    x1, tessera_stacks
+    add     x1, x1, :lo12:tessera_stacks
+    add     x0, x0, #1
+    mov     x2, #{stack_size}
+    madd    x1, x0, x2, x1
+    mov     sp, x1
+    adrp    x0, tessera_vectors
+    add     x0, x0, :lo12:tessera_vectors
+    msr     vbar_el1, x0
+    isb
+    ret
+
+tessera_park:
+    wfe
+    b       tessera_park
+
+    // Loaded away from the link address, no Rust can run (absolute
+    // addresses in data would be wrong): say so on the UART, stop the VM.
+tessera_wrong_address:
+    adr     x1, 8f
+    movz    x2, #0x0900, lsl #16        // the PL011
+3:  ldrb    w3, [x1], #1
+    cbz     w3, 5f
+4:  ldr     w4, [x2, #0x18]             // FR
+    tbnz    w4, #5, 4b                  // TXFF
+    str     w3, [x2]                    // DR
+    b       3b
+5:  movz    w0, #0x0001
+    movk    w0, #0x8600, lsl #16        // TESSERA_VM_EXIT
+    mov     x1, #{wrong_address_status}
+    hvc     #0
+    movz    w0, #0x0008
+    movk    w0, #0x8400, lsl #16        // PSCI SYSTEM_OFF, where VM_EXIT is not supported
+    hvc     #0
+    b       tessera_park
+8:  .asciz  "tessera-guest-sdk: image not loaded at its link address (RAM must start at 0x40000000); stopping\r\n"
+
+    .section .bss.tessera_stacks, "aw", %nobits
+    .balign 16
+tessera_stacks:
+    .space  {stacks_size}
+
+    // The vector table: every entry saves x0/x1, puts its index in x1 and
+    // joins the common path, which saves the rest of the frame and calls
+    // the handler with (frame, index). The handler returns only to resume.
+    .macro  tessera_vector index
+    .balign 0x80
+    sub     sp, sp, #{frame_size}
+    stp     x0, x1, [sp]
+    mov     x1, #\index
+    b       tessera_exception_entry
+    .endm
+
+    .section .text.vectors, "ax"
+    .balign 0x800
+    .global tessera_vectors
+tessera_vectors:
+    tessera_vector 0
+    tessera_vector 1
+    tessera_vector 2
+    tessera_vector 3
+    tessera_vector 4
+    tessera_vector 5
+    tessera_vector 6
+    tessera_vector 7
+    tessera_vector 8
+    tessera_vector 9
+    tessera_vector 10
+    tessera_vector 11
+    tessera_vector 12
+    tessera_vector 13
+    tessera_vector 14
+    tessera_vector 15
+
+    .balign 0x80
+tessera_exception_entry:
+    stp     x2, x3, [sp, #16]
+    stp     x4, x5, [sp, #32]
+    stp     x6, x7, [sp, #48]
+    stp     x8, x9, [sp, #64]
+    stp     x10, x11, [sp, #80]
+    stp     x12, x13, [sp, #96]
+    stp     x14, x15, [sp, #112]
+    stp     x16, x17, [sp, #128]
+    stp     x18, x19, [sp, #144]
+    stp     x20, x21, [sp, #160]
+    stp     x22, x23, [sp, #176]
+    stp     x24, x25, [sp, #192]
+    stp     x26, x27, [sp, #208]
+    stp     x28, x29, [sp, #224]
+    mrs     x2, elr_el1
+    stp     x30, x2, [sp, #{elr_offset} - 8]
+    mrs     x3, spsr_el1
+    str     x3, [sp, #{elr_offset} + 8]
+    mov     x0, sp
+    bl      {handler}
+    ldr     x3, [sp, #{elr_offset} + 8]
+    msr     spsr_el1, x3
+    ldp     x30, x2, [sp, #{elr_offset} - 8]
+    msr     elr_el1, x2
+    ldp     x28, x29, [sp, #224]
+    ldp     x26, x27, [sp, #208]
+    ldp     x24, x25, [sp, #192]
+    ldp     x22, x23, [sp, #176]
+    ldp     x20, x21, [sp, #160]
+    ldp     x18, x19, [sp, #144]
+    ldp     x16, x17, [sp, #128]
+    ldp     x14, x15, [sp, #112]
+    ldp     x12, x13, [sp, #96]
+    ldp     x10, x11, [sp, #80]
+    ldp     x8, x9, [sp, #64]
+    ldp     x6, x7, [sp, #48]
+    ldp     x4, x5, [sp, #32]
+    ldp     x2, x3, [sp, #16]
+    ldp     x0, x1, [sp]
+    add     sp, sp, #{frame_size}
+    eret
+    "#,
+    text_offset = const TEXT_OFFSET,
+    cpacr = const CPACR_FP_ENABLED,
+    max_vcpus = const cpu::MAX_VCPUS,
+    stack_size = const cpu::STACK_SIZE,
+    stacks_size = const cpu::STACK_SIZE * cpu::MAX_VCPUS,
+    wrong_address_status = const tessera::exit_status::WRONG_LOAD_ADDRESS,
+    frame_size = const TrapFrame::SIZE,
+    elr_offset = const TrapFrame::ELR_OFFSET,
+    primary_main = sym primary_main,
+    secondary_main = sym secondary_main,
+    handler = sym handle_exception,
+);
+
+const _: () = assert!(offset_of!(TrapFrame, x) == 0);
+const _: () = assert!(TrapFrame::ELR_OFFSET == 31 * 8);
+
+/// vCPU 0, on its stack.
+extern "C" fn primary_main(device_tree: usize) -> ! {
+    device_tree::record_boot_address(device_tree);
+    // SAFETY: `entry!` defines `tessera_guest_main` with this signature; a
+    // guest without it does not link.
+    unsafe { tessera_guest_main(device_tree) }
+}
+
+/// A vCPU started by `psci::cpu_on`, on its stack; `slot` is PSCI's context
+/// ID, the index of its start record.
+extern "C" fn secondary_main(slot: usize) -> ! {
+    let index = cpu::index();
+    match cpu::take_start(slot) {
+        Some(start) if slot == index => (start.entry)(start.argument),
+        _ => {
+            console::print_args_emergency(format_args!(
+                "tessera-guest-sdk: vCPU {index} started without a start record (context ID {slot:#x})\n"
+            ));
+            tessera::exit(tessera::exit_status::BAD_SECONDARY_START)
+        }
+    }
+}
+
+/// Every exception lands here. Returns (and the vector resumes `frame`) only
+/// for an aborted probe; anything else is reported and stops the VM.
+extern "C" fn handle_exception(frame: &mut TrapFrame, vector: u64) {
+    let syndrome = Syndrome(esr_el1());
+    let fault_address = far_el1();
+    let kind = VectorKind::from_index(vector).unwrap_or(VectorKind {
+        origin: ExceptionOrigin::CurrentElSpx,
+        exception_type: ExceptionType::Synchronous,
+    });
+    let is_sync_at_el1h = kind.origin == ExceptionOrigin::CurrentElSpx
+        && kind.exception_type == ExceptionType::Synchronous;
+    if is_sync_at_el1h && probe::recover(frame, syndrome, fault_address, arch::probe_sites()) {
+        return;
+    }
+    let report = ExceptionReport {
+        kind,
+        syndrome,
+        fault_address,
+        return_address: frame.elr,
+    };
+    console::print_args_emergency(format_args!("{report}\n"));
+    tessera::exit(tessera::exit_status::UNEXPECTED_EXCEPTION)
+}
+
+fn esr_el1() -> u64 {
+    let value: u64;
+    // SAFETY: reading ESR_EL1 has no side effects.
+    unsafe { asm!("mrs {}, esr_el1", out(reg) value, options(nomem, nostack, preserves_flags)) };
+    value
+}
+
+fn far_el1() -> u64 {
+    let value: u64;
+    // SAFETY: reading FAR_EL1 has no side effects.
+    unsafe { asm!("mrs {}, far_el1", out(reg) value, options(nomem, nostack, preserves_flags)) };
+    value
+}
+
+/// Reports the panic and stops the VM with
+/// [`exit_status::PANIC`](tessera::exit_status::PANIC).
+#[cfg(feature = "panic-handler")]
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    console::print_args_emergency(format_args!(
+        "guest panic on vCPU {}: {info}\n",
+        cpu::index()
+    ));
+    tessera::exit(tessera::exit_status::PANIC)
+}

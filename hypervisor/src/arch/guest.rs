@@ -1,0 +1,220 @@
+//! Everything EL2 does to the hardware on behalf of a guest: stage-2 and
+//! trap configuration, the EL1 register context, and exception injection.
+
+use core::arch::asm;
+
+use tessera_hypervisor::vcpu_state::El1Context;
+
+/// HCR_EL2 while guests run. Chosen bit by bit (docs/ARCHITECTURE.md):
+/// - VM: stage-2 translation on.
+/// - SWIO: set/way invalidates act as clean+invalidate (guests cannot
+///   discard data they do not own).
+/// - FMO, IMO, AMO: physical FIQ/IRQ/SError go to EL2.
+/// - FB, BSU=inner shareable: broadcast guest TLB/cache maintenance to the
+///   inner-shareable domain, so a vCPU moving CPUs later stays coherent.
+/// - TWI, TWE: trap WFI/WFE, so an idle guest gives the CPU back to EL2.
+/// - TSC: trap SMC (guests reach firmware through the hypervisor only).
+/// - TSW: trap data cache maintenance by set/way (not meaningful under
+///   virtualization; emulated as a no-op since guest RAM is cleaned to
+///   the point of coherency when loaded).
+/// - RW: EL1 is AArch64.
+pub const HCR_EL2_GUEST: u64 = (1 << 0)
+    | (1 << 1)
+    | (1 << 3)
+    | (1 << 4)
+    | (1 << 5)
+    | (1 << 9)
+    | (1 << 10)
+    | (1 << 13)
+    | (1 << 14)
+    | (1 << 19)
+    | (1 << 22)
+    | (1 << 31);
+
+/// CPTR_EL2 (non-VHE layout): RES1 bits only; TFP = 0 so guests use FP/SIMD
+/// without trapping (the soft-float hypervisor never touches those
+/// registers, so no save/restore is needed).
+const CPTR_EL2_GUEST: u64 = 0x33FF;
+
+/// CNTHCTL_EL2: EL1PCTEN | EL1PCEN: guests may read the physical counter
+/// and use the EL1 physical timer, as they do on bare metal.
+const CNTHCTL_EL2_GUEST: u64 = 0b11;
+
+/// VTCR_EL2 for the stage-2 regime of `page_table::Regime::Stage2`: 39-bit
+/// IPA (T0SZ = 25), start at level 1 (SL0 = 1), 4 KiB granule, write-back
+/// inner-shareable walks, output size = the CPU's physical range, 8-bit VMID.
+pub fn vtcr_el2_value() -> u64 {
+    const T0SZ: u64 = 25;
+    const SL0_LEVEL1: u64 = 0b01 << 6;
+    const IRGN0_WRITE_BACK: u64 = 0b01 << 8;
+    const ORGN0_WRITE_BACK: u64 = 0b01 << 10;
+    const SH0_INNER: u64 = 0b11 << 12;
+    const RES1: u64 = 1 << 31;
+    let physical_range = super::physical_address_range().min(0b101);
+    T0SZ | SL0_LEVEL1
+        | IRGN0_WRITE_BACK
+        | ORGN0_WRITE_BACK
+        | SH0_INNER
+        | (physical_range << 16)
+        | RES1
+}
+
+/// Loads a VM's stage-2 tables and VMID, and the guest trap configuration.
+pub fn activate_vm(vmid: u8, stage2_root: u64, counter_offset: u64) {
+    let vttbr = (u64::from(vmid) << 48) | stage2_root;
+    // SAFETY: these registers configure how *guests* are translated and
+    // trapped; EL2's own translation and execution are unaffected.
+    unsafe {
+        asm!(
+            "msr vtcr_el2, {vtcr}",
+            "msr vttbr_el2, {vttbr}",
+            "msr hcr_el2, {hcr}",
+            "msr cptr_el2, {cptr}",
+            "msr cnthctl_el2, {cnthctl}",
+            "msr cntvoff_el2, {cntvoff}",
+            "mrs {scratch}, midr_el1",
+            "msr vpidr_el2, {scratch}",
+            "isb",
+            vtcr = in(reg) vtcr_el2_value(),
+            vttbr = in(reg) vttbr,
+            hcr = in(reg) HCR_EL2_GUEST,
+            cptr = in(reg) CPTR_EL2_GUEST,
+            cnthctl = in(reg) CNTHCTL_EL2_GUEST,
+            cntvoff = in(reg) counter_offset,
+            scratch = out(reg) _,
+            options(nostack, preserves_flags)
+        );
+    }
+}
+
+/// Sets the MPIDR the running vCPU reads.
+pub fn set_virtual_mpidr(mpidr: u64) {
+    // SAFETY: VMPIDR_EL2 only changes what EL1 reads from MPIDR_EL1.
+    unsafe { asm!("msr vmpidr_el2, {}", in(reg) mpidr, options(nomem, nostack, preserves_flags)) };
+}
+
+/// Drops every stage-1 and stage-2 TLB entry of the VMID currently in
+/// VTTBR_EL2, on all CPUs of the inner-shareable domain.
+pub fn invalidate_guest_tlbs() {
+    // SAFETY: TLB invalidation has no effect on memory contents.
+    unsafe {
+        asm!(
+            "dsb ishst",
+            "tlbi vmalls12e1is",
+            "dsb ish",
+            "isb",
+            options(nostack, preserves_flags)
+        )
+    };
+}
+
+/// Invalidates all instruction caches to the point of unification, so that
+/// code just copied into guest RAM is fetched fresh.
+pub fn invalidate_instruction_caches() {
+    // SAFETY: I-cache invalidation has no effect on memory contents.
+    unsafe {
+        asm!(
+            "dsb ish",
+            "ic ialluis",
+            "dsb ish",
+            "isb",
+            options(nostack, preserves_flags)
+        )
+    };
+}
+
+/// The physical counter, for the per-VM virtual counter offset.
+pub fn physical_counter() -> u64 {
+    let value: u64;
+    // SAFETY: reading the counter has no side effects.
+    unsafe {
+        asm!("isb", "mrs {}, cntpct_el0", out(reg) value, options(nomem, nostack, preserves_flags))
+    };
+    value
+}
+
+/// HPFAR_EL2: the faulting guest-physical page of a stage-2 abort.
+pub fn faulting_guest_page() -> u64 {
+    let value: u64;
+    // SAFETY: reading HPFAR_EL2 has no side effects.
+    unsafe { asm!("mrs {}, hpfar_el2", out(reg) value, options(nomem, nostack, preserves_flags)) };
+    value
+}
+
+/// VBAR_EL1 of the running vCPU.
+pub fn guest_vector_base() -> u64 {
+    let value: u64;
+    // SAFETY: reading VBAR_EL1 has no side effects.
+    unsafe { asm!("mrs {}, vbar_el1", out(reg) value, options(nomem, nostack, preserves_flags)) };
+    value
+}
+
+/// Writes the EL1 exception registers for an exception EL2 injects.
+pub fn set_guest_exception_registers(esr: u64, far: u64, elr: u64, spsr: u64) {
+    // SAFETY: these are the running vCPU's EL1 registers; writing them is
+    // what taking an exception to EL1 would do.
+    unsafe {
+        asm!(
+            "msr esr_el1, {esr}",
+            "msr far_el1, {far}",
+            "msr elr_el1, {elr}",
+            "msr spsr_el1, {spsr}",
+            esr = in(reg) esr,
+            far = in(reg) far,
+            elr = in(reg) elr,
+            spsr = in(reg) spsr,
+            options(nomem, nostack, preserves_flags)
+        );
+    }
+}
+
+macro_rules! el1_registers {
+    ($($field:ident => $register:literal),* $(,)?) => {
+        /// Copies the running vCPU's EL1 registers into `context`.
+        pub fn save_el1(context: &mut El1Context) {
+            $(
+                // SAFETY: reading an EL1 system register from EL2 has no side effects.
+                unsafe { asm!(concat!("mrs {}, ", $register), out(reg) context.$field, options(nomem, nostack, preserves_flags)) };
+            )*
+        }
+
+        /// Loads `context` into the EL1 registers, for the vCPU about to run.
+        pub fn restore_el1(context: &El1Context) {
+            $(
+                // SAFETY: EL1 registers only affect the guest, which is not running.
+                unsafe { asm!(concat!("msr ", $register, ", {}"), in(reg) context.$field, options(nomem, nostack, preserves_flags)) };
+            )*
+            // SAFETY: a barrier has no memory-safety effect.
+            unsafe { asm!("isb", options(nomem, nostack, preserves_flags)) };
+        }
+    };
+}
+
+el1_registers! {
+    sctlr => "sctlr_el1",
+    actlr => "actlr_el1",
+    cpacr => "cpacr_el1",
+    ttbr0 => "ttbr0_el1",
+    ttbr1 => "ttbr1_el1",
+    tcr => "tcr_el1",
+    mair => "mair_el1",
+    amair => "amair_el1",
+    vbar => "vbar_el1",
+    contextidr => "contextidr_el1",
+    tpidr_el0 => "tpidr_el0",
+    tpidrro_el0 => "tpidrro_el0",
+    tpidr_el1 => "tpidr_el1",
+    sp_el0 => "sp_el0",
+    sp_el1 => "sp_el1",
+    elr => "elr_el1",
+    spsr => "spsr_el1",
+    esr => "esr_el1",
+    far => "far_el1",
+    afsr0 => "afsr0_el1",
+    afsr1 => "afsr1_el1",
+    par => "par_el1",
+    csselr => "csselr_el1",
+    cntkctl => "cntkctl_el1",
+    cntv_ctl => "cntv_ctl_el0",
+    cntv_cval => "cntv_cval_el0",
+}

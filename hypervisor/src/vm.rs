@@ -1,0 +1,795 @@
+//! VMs: building them from the system package, running their vCPUs, and
+//! carrying out what their exits ask for (PSCI, MMIO, faults).
+//!
+//! Lock order (outermost first): a VM's `runtime` lock, then a CPU's
+//! `MAILBOX` lock, then the console lock. The GIC lock is never held while
+//! taking any of these.
+
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use spin::{Mutex, Once};
+use tessera_hypervisor::MAX_CPUS;
+use tessera_hypervisor::address::{GuestPhysAddr, PAGE_SIZE, PhysAddr};
+use tessera_hypervisor::crash_report::TrapFrame;
+use tessera_hypervisor::exception_syndrome::ExceptionSyndrome;
+use tessera_hypervisor::guest_exit::{self, GuestExit, MmioAccess};
+use tessera_hypervisor::manifest::{MAX_VMS, SystemManifest, VmManifest};
+use tessera_hypervisor::package::Package;
+use tessera_hypervisor::page_table::{
+    MapAttributes, MemoryKind, PageTable, Regime, Table, TableStore,
+};
+use tessera_hypervisor::psci::{self, Call, status};
+use tessera_hypervisor::reflect::{self, AbortKind, CannotReflect, GuestState};
+use tessera_hypervisor::vcpu_state::{self, El1Context};
+
+use crate::arch::{self, entry, guest, vectors};
+use crate::{gic, memory, power, println, timer, vuart};
+
+/// Guest-physical window of the virtual PL011.
+const UART_WINDOW: (u64, u64) = (0x0900_0000, 0x0900_1000);
+/// Where the guest's device tree goes: the last 2 MiB of its RAM.
+const DEVICE_TREE_RESERVE: u64 = 0x20_0000;
+
+/// How a VM ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// SYSTEM_OFF, or TESSERA_VM_EXIT with status 0.
+    Clean,
+    /// TESSERA_VM_EXIT with a non-zero status.
+    ExitStatus(u32),
+    /// Stopped by the hypervisor for a fault it could not reflect.
+    Fault,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum VmState {
+    Running,
+    Stopped(Outcome),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum VcpuPower {
+    Off,
+    On,
+    /// CPU_ON accepted, the vCPU has not run yet.
+    OnPending,
+}
+
+/// What never changes after boot.
+struct Vm {
+    name: &'static str,
+    vmid: u8,
+    stage2_root: u64,
+    ram_host: PhysAddr,
+    ram_base: GuestPhysAddr,
+    ram_size: u64,
+    image: &'static [u8],
+    image_load_offset: u64,
+    device_tree: &'static [u8],
+    physical_cpus: [u32; MAX_CPUS],
+    vcpu_count: usize,
+    counter_offset: u64,
+}
+
+/// What changes while the VM runs, under the VM's lock.
+struct Runtime {
+    state: VmState,
+    vcpus: [VcpuPower; MAX_CPUS],
+    saved_el1: [El1Context; MAX_CPUS],
+    reset_count: u64,
+    uart: vuart::VirtualUart,
+}
+
+/// A request to a physical CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Request {
+    /// Run vCPU `vcpu` of VM `vm` from `entry` with x0 = `argument`.
+    Start {
+        vm: usize,
+        vcpu: usize,
+        entry: u64,
+        argument: u64,
+    },
+    /// Stop running the current vCPU.
+    Stop,
+}
+
+static VMS: Once<[Option<Vm>; MAX_VMS]> = Once::new();
+static RUNTIMES: [Mutex<Option<Runtime>>; MAX_VMS] = [const { Mutex::new(None) }; MAX_VMS];
+static MAILBOX: [Mutex<Option<Request>>; MAX_CPUS] = [const { Mutex::new(None) }; MAX_CPUS];
+/// The VM and vCPU each physical CPU runs, set at boot: `usize::MAX` for none.
+static CPU_VM: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(usize::MAX) }; MAX_CPUS];
+static CPU_VCPU: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
+static CPU_AFFINITIES: Once<[u64; MAX_CPUS]> = Once::new();
+static RUNNING_VMS: AtomicUsize = AtomicUsize::new(0);
+static FAILED_VMS: AtomicUsize = AtomicUsize::new(0);
+/// The entry frame each CPU hands to `enter_guest`. It must not live on the
+/// stack that `enter_guest` resets, so each CPU has a slot here.
+struct EntryFrame(UnsafeCell<TrapFrame>);
+
+// SAFETY: slot `n` is only ever touched by CPU `n` (see `run_vcpu`), so no
+// two CPUs access the same frame.
+unsafe impl Sync for EntryFrame {}
+
+static ENTRY_FRAMES: [EntryFrame; MAX_CPUS] = [const {
+    EntryFrame(UnsafeCell::new(TrapFrame {
+        registers: [0; 31],
+        stack_pointer: 0,
+        exception_link: 0,
+        saved_state: 0,
+        syndrome: 0,
+        fault_address: 0,
+    }))
+}; MAX_CPUS];
+
+fn vm(index: usize) -> &'static Vm {
+    VMS.get()
+        .and_then(|vms| vms[index].as_ref())
+        .expect("VM indices come from the boot-time table")
+}
+
+/// Stage-2 tables come from the page allocator; RAM is identity-mapped at
+/// EL2, so a table's physical address is also where EL2 writes it.
+struct PageAllocatorStore;
+
+impl TableStore for PageAllocatorStore {
+    fn allocate_table(&mut self) -> Option<PhysAddr> {
+        memory::allocate_pages(1)
+    }
+
+    fn table_mut(&mut self, address: PhysAddr) -> &mut Table {
+        // SAFETY: `address` is a page this store allocated for a table; it is
+        // identity-mapped read/write at EL2 and only the table code uses it.
+        unsafe { &mut *(address.0 as *mut Table) }
+    }
+}
+
+/// Why a VM could not be built. Each is a configuration or package fault.
+#[derive(Clone, Copy, Debug)]
+pub enum BuildError {
+    Package(&'static str),
+    OutOfMemory { vm: &'static str },
+    Stage2 { vm: &'static str },
+    ImageTooLarge { vm: &'static str },
+}
+
+impl core::fmt::Display for BuildError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Package(entry) => write!(f, "the package has no valid entry {entry}"),
+            Self::OutOfMemory { vm } => write!(f, "vm {vm}: not enough free RAM"),
+            Self::Stage2 { vm } => write!(f, "vm {vm}: could not build its stage-2 tables"),
+            Self::ImageTooLarge { vm } => {
+                write!(f, "vm {vm}: image or device tree does not fit its RAM")
+            }
+        }
+    }
+}
+
+/// Builds every VM of the manifest: RAM, stage 2, image and device tree.
+pub fn build_all(
+    package: &Package<'static>,
+    manifest: &SystemManifest<'static>,
+    cpu_affinities: &[u64],
+) -> Result<usize, BuildError> {
+    let mut affinities = [0; MAX_CPUS];
+    affinities[..cpu_affinities.len()].copy_from_slice(cpu_affinities);
+    CPU_AFFINITIES.call_once(|| affinities);
+    let mut vms: [Option<Vm>; MAX_VMS] = [const { None }; MAX_VMS];
+    for (index, description) in manifest.vms().enumerate() {
+        let built = build_vm(index, description, package)?;
+        for (vcpu, &cpu) in description.physical_cpus().iter().enumerate() {
+            CPU_VM[cpu as usize].store(index, Ordering::Release);
+            CPU_VCPU[cpu as usize].store(vcpu, Ordering::Release);
+        }
+        *RUNTIMES[index].lock() = Some(Runtime {
+            state: VmState::Running,
+            vcpus: [VcpuPower::Off; MAX_CPUS],
+            saved_el1: [El1Context::reset(); MAX_CPUS],
+            reset_count: 0,
+            uart: vuart::VirtualUart::new(description.name),
+        });
+        println!(
+            "tessera: vm {}: {} MiB RAM at guest {} (host {}), {} vCPU(s) on CPU(s) {:?}",
+            built.name,
+            built.ram_size >> 20,
+            built.ram_base,
+            built.ram_host,
+            built.vcpu_count,
+            description.physical_cpus()
+        );
+        vms[index] = Some(built);
+    }
+    let count = manifest.vm_count();
+    VMS.call_once(|| vms);
+    RUNNING_VMS.store(count, Ordering::Release);
+    Ok(count)
+}
+
+fn build_vm(
+    index: usize,
+    description: &VmManifest<'static>,
+    package: &Package<'static>,
+) -> Result<Vm, BuildError> {
+    let name = description.name;
+    let image = package
+        .file(description.image)
+        .map_err(|_| BuildError::Package(description.image))?;
+    let device_tree = package
+        .file(description.device_tree)
+        .map_err(|_| BuildError::Package(description.device_tree))?;
+    let pages = (description.ram_size / PAGE_SIZE) as usize;
+    let ram_host = memory::allocate_pages(pages).ok_or(BuildError::OutOfMemory { vm: name })?;
+    let mut store = PageAllocatorStore;
+    let mut stage2 =
+        PageTable::new(Regime::Stage2, &mut store).map_err(|_| BuildError::Stage2 { vm: name })?;
+    let guest_ram = MapAttributes {
+        kind: MemoryKind::Normal,
+        writable: true,
+        executable: true,
+    };
+    stage2
+        .map(
+            description.ram_base,
+            ram_host,
+            description.ram_size,
+            guest_ram,
+            &mut store,
+        )
+        .map_err(|_| BuildError::Stage2 { vm: name })?;
+    let vm = Vm {
+        name,
+        vmid: index as u8 + 1,
+        stage2_root: stage2.root().0,
+        ram_host,
+        ram_base: GuestPhysAddr(description.ram_base),
+        ram_size: description.ram_size,
+        image,
+        image_load_offset: description.image_load_offset,
+        device_tree,
+        physical_cpus: description.physical_cpus,
+        vcpu_count: description.vcpu_count,
+        counter_offset: arch::guest::physical_counter(),
+    };
+    load_pristine_image(&vm)?;
+    Ok(vm)
+}
+
+/// (Re)writes the VM's RAM: zeroes, image at its load offset, device tree at
+/// the top; then cleans it all to the point of coherency, since the guest
+/// starts with its MMU (and so its caches) off.
+fn load_pristine_image(vm: &Vm) -> Result<(), BuildError> {
+    let device_tree_offset = vm.ram_size - DEVICE_TREE_RESERVE;
+    let image_end = vm.image_load_offset + vm.image.len() as u64;
+    if image_end > device_tree_offset || vm.device_tree.len() as u64 > DEVICE_TREE_RESERVE {
+        return Err(BuildError::ImageTooLarge { vm: vm.name });
+    }
+    let base = vm.ram_host.0 as *mut u8;
+    // SAFETY: the VM's RAM was allocated for it alone, is identity-mapped
+    // read/write at EL2, and no vCPU of the VM runs while it is rewritten;
+    // the offsets were checked against its size above.
+    unsafe {
+        core::ptr::write_bytes(base, 0, vm.ram_size as usize);
+        core::ptr::copy_nonoverlapping(
+            vm.image.as_ptr(),
+            base.add(vm.image_load_offset as usize),
+            vm.image.len(),
+        );
+        core::ptr::copy_nonoverlapping(
+            vm.device_tree.as_ptr(),
+            base.add(device_tree_offset as usize),
+            vm.device_tree.len(),
+        );
+    }
+    arch::clean_to_point_of_coherency(vm.ram_host.0 as usize, vm.ram_size as usize);
+    guest::invalidate_instruction_caches();
+    Ok(())
+}
+
+fn post(cpu: usize, request: Request) {
+    *MAILBOX[cpu].lock() = Some(request);
+    let affinity = CPU_AFFINITIES
+        .get()
+        .map_or(cpu as u64, |affinities| affinities[cpu]);
+    if cpu == arch::cpu_index() {
+        arch::send_event();
+    } else {
+        gic::send_request_sgi(cpu, affinity);
+    }
+}
+
+/// Starts vCPU 0 of every VM.
+pub fn start_all() {
+    let Some(vms) = VMS.get() else { return };
+    for (index, vm) in vms.iter().enumerate() {
+        let Some(vm) = vm else { continue };
+        if let Some(runtime) = RUNTIMES[index].lock().as_mut() {
+            runtime.vcpus[0] = VcpuPower::OnPending;
+        }
+        post(
+            vm.physical_cpus[0] as usize,
+            Request::Start {
+                vm: index,
+                vcpu: 0,
+                entry: vm.ram_base.0 + vm.image_load_offset,
+                argument: vm.ram_base.0 + vm.ram_size - DEVICE_TREE_RESERVE,
+            },
+        );
+    }
+}
+
+/// Where a CPU waits when it runs no vCPU: it sleeps until a request comes.
+pub fn idle_loop() -> ! {
+    let cpu = arch::cpu_index();
+    arch::enable_interrupts();
+    loop {
+        let request = MAILBOX[cpu].lock().take();
+        match request {
+            Some(Request::Start {
+                vm,
+                vcpu,
+                entry,
+                argument,
+            }) => run_vcpu(vm, vcpu, entry, argument),
+            Some(Request::Stop) | None => arch::wait_for_interrupt(),
+        }
+    }
+}
+
+fn stack_top(cpu: usize) -> u64 {
+    (&raw const entry::BOOT_STACKS) as u64 + ((cpu + 1) * entry::STACK_SIZE) as u64
+}
+
+/// Enters vCPU `vcpu` of VM `index` at `entry` with x0 = `argument`.
+fn run_vcpu(index: usize, vcpu: usize, entry_point: u64, argument: u64) -> ! {
+    let cpu = arch::cpu_index();
+    let vm = vm(index);
+    let runnable = RUNTIMES[index].lock().as_mut().is_some_and(|runtime| {
+        let running = runtime.state == VmState::Running;
+        if running {
+            runtime.vcpus[vcpu] = VcpuPower::On;
+        }
+        running
+    });
+    if !runnable {
+        // The VM stopped between the request and now.
+        idle_loop();
+    }
+    arch::disable_interrupts();
+    guest::activate_vm(vm.vmid, vm.stage2_root, vm.counter_offset);
+    guest::set_virtual_mpidr(vcpu_state::virtual_mpidr(vcpu));
+    guest::restore_el1(&El1Context::reset());
+    let mut entry_frame = TrapFrame {
+        exception_link: entry_point,
+        saved_state: vcpu_state::ENTRY_SAVED_STATE,
+        ..TrapFrame::default()
+    };
+    entry_frame.registers[0] = argument;
+    let slot = ENTRY_FRAMES[cpu].0.get();
+    // SAFETY: this CPU's own slot; no other CPU touches it, and the only
+    // other use is `enter_guest` below, on this CPU.
+    unsafe { slot.write(entry_frame) };
+    // SAFETY: as above; the reference ends when `enter_guest` has copied it.
+    vectors::enter_guest(unsafe { &*slot }, stack_top(cpu))
+}
+
+/// What the vector code does after a guest exit is handled.
+fn current_vm() -> Option<(usize, usize)> {
+    let cpu = arch::cpu_index();
+    let vm = CPU_VM[cpu].load(Ordering::Acquire);
+    (vm != usize::MAX).then(|| (vm, CPU_VCPU[cpu].load(Ordering::Acquire)))
+}
+
+/// If another CPU asked this one to stop its vCPU, stops here and idles.
+fn honour_stop_request() {
+    let cpu = arch::cpu_index();
+    let stop = matches!(*MAILBOX[cpu].lock(), Some(Request::Stop));
+    if stop {
+        MAILBOX[cpu].lock().take();
+        park_current_vcpu();
+    }
+}
+
+/// Saves the vCPU's EL1 state, marks it off and idles.
+fn park_current_vcpu() -> ! {
+    if let Some((index, vcpu)) = current_vm() {
+        if let Some(runtime) = RUNTIMES[index].lock().as_mut() {
+            guest::save_el1(&mut runtime.saved_el1[vcpu]);
+            runtime.vcpus[vcpu] = VcpuPower::Off;
+        }
+    }
+    idle_loop()
+}
+
+/// An IRQ taken while a guest ran.
+pub fn handle_guest_interrupt() {
+    timer::handle_irq();
+    honour_stop_request();
+}
+
+/// A synchronous exception from a guest.
+pub fn handle_guest_exit(frame: &mut TrapFrame) {
+    let Some((index, vcpu)) = current_vm() else {
+        // A CPU without a VM cannot take guest exits; treat as a bug.
+        log::error!("guest exit on a CPU that runs no VM");
+        power::fail_stop();
+    };
+    let syndrome = ExceptionSyndrome(frame.syndrome);
+    let exit = guest_exit::decode(syndrome, frame.fault_address, guest::faulting_guest_page());
+    match exit {
+        GuestExit::Mmio(access) => handle_mmio(index, frame, &access),
+        GuestExit::UndecodableDataAbort { address, is_write } => {
+            log::debug!("vm {}: undecodable access to {address}", vm(index).name);
+            inject_abort(index, frame, AbortKind::Data { is_write }, address);
+        }
+        GuestExit::OtherDataAbort { address, status } => {
+            log::debug!("vm {}: data abort at {address}: {status}", vm(index).name);
+            inject_abort(index, frame, AbortKind::Data { is_write: false }, address);
+        }
+        GuestExit::InstructionAbort { address } => {
+            inject_abort(index, frame, AbortKind::Instruction, address);
+        }
+        GuestExit::Hypercall { .. } => handle_firmware_call(index, vcpu, frame),
+        GuestExit::SecureMonitorCall => {
+            // Guests reach PSCI through HVC; SMC has nothing behind it.
+            frame.registers[0] = status::NOT_SUPPORTED as u64;
+            frame.exception_link += 4;
+        }
+        GuestExit::WaitForInterrupt => {
+            // No virtual interrupts exist yet, so the vCPU sleeps until the
+            // next physical interrupt (at the latest the EL2 tick).
+            // The interrupt that wakes the CPU is taken to EL2 as soon as
+            // the guest resumes (HCR_EL2.IMO routes it here).
+            arch::wait_for_interrupt();
+            frame.exception_link += 4;
+        }
+        GuestExit::WaitForEvent => frame.exception_link += 4,
+        GuestExit::SystemRegister {
+            is_read,
+            register,
+            encoding,
+        } => {
+            // Trapped registers (debug, set/way maintenance) are read as
+            // zero and ignore writes, as if not implemented.
+            log::debug!(
+                "vm {}: system register {encoding:?} emulated as RAZ/WI",
+                vm(index).name
+            );
+            if is_read && register < 31 {
+                frame.registers[register as usize] = 0;
+            }
+            frame.exception_link += 4;
+        }
+        GuestExit::Unhandled { class } => {
+            stop_with_fault(
+                index,
+                frame,
+                format_args!("unhandled exception: {}", class.description()),
+            );
+        }
+    }
+    honour_stop_request();
+}
+
+fn handle_mmio(index: usize, frame: &mut TrapFrame, access: &MmioAccess) {
+    let address = access.address.0;
+    if (UART_WINDOW.0..UART_WINDOW.1).contains(&address) {
+        let offset = address - UART_WINDOW.0;
+        let mut runtime = RUNTIMES[index].lock();
+        let Some(runtime) = runtime.as_mut() else {
+            return;
+        };
+        if access.is_write {
+            let value = if access.register == 31 {
+                0
+            } else {
+                frame.registers[access.register as usize]
+            };
+            runtime.uart.write(offset, access.width, value);
+        } else {
+            let value = runtime.uart.read(offset, access.width);
+            if access.register < 31 {
+                frame.registers[access.register as usize] =
+                    guest_exit::extend_loaded_value(access, value);
+            }
+        }
+        frame.exception_link += 4;
+        return;
+    }
+    log::debug!(
+        "vm {}: {} of {} bytes at {} outside RAM and devices",
+        vm(index).name,
+        if access.is_write { "write" } else { "read" },
+        access.width,
+        access.address
+    );
+    inject_abort(
+        index,
+        frame,
+        AbortKind::Data {
+            is_write: access.is_write,
+        },
+        access.address,
+    );
+}
+
+/// Gives the guest the synchronous external abort hardware would, or stops
+/// the VM when it cannot take one.
+fn inject_abort(index: usize, frame: &mut TrapFrame, kind: AbortKind, address: GuestPhysAddr) {
+    let vm = vm(index);
+    let state = GuestState {
+        program_counter: frame.exception_link,
+        saved_state: frame.saved_state,
+        vector_base: guest::guest_vector_base(),
+        fault_address: frame.fault_address,
+    };
+    let ram = (vm.ram_base, GuestPhysAddr(vm.ram_base.0 + vm.ram_size));
+    match reflect::external_abort(&state, kind, ram) {
+        Ok(reflection) => {
+            guest::set_guest_exception_registers(
+                reflection.esr_el1,
+                reflection.far_el1,
+                reflection.elr_el1,
+                reflection.spsr_el1,
+            );
+            frame.exception_link = reflection.program_counter;
+            frame.saved_state = reflection.saved_state;
+        }
+        Err(reason) => {
+            let why = match reason {
+                CannotReflect::NoVectors { .. } => "the guest has no exception vectors",
+                CannotReflect::FaultInHandler { .. } => {
+                    "the guest faulted inside its own exception handler"
+                }
+                CannotReflect::UnsupportedMode { .. } => {
+                    "the guest runs in a mode Tessera cannot reflect to"
+                }
+            };
+            stop_with_fault(
+                index,
+                frame,
+                format_args!(
+                    "{why}: abort at guest address {address} (FAR {:#x})",
+                    frame.fault_address
+                ),
+            );
+        }
+    }
+}
+
+/// Stops the VM for a fault it cannot take, with a report naming it.
+fn stop_with_fault(index: usize, frame: &TrapFrame, reason: core::fmt::Arguments<'_>) -> ! {
+    println!(
+        "tessera: vm {}: stopped: {reason}; PC {:#x}, ESR_EL2 {}",
+        vm(index).name,
+        frame.exception_link,
+        ExceptionSyndrome(frame.syndrome)
+    );
+    stop_vm(index, Outcome::Fault);
+    park_current_vcpu()
+}
+
+/// Marks the VM stopped, stops its other vCPUs, and powers off when it was
+/// the last VM running.
+fn stop_vm(index: usize, outcome: Outcome) {
+    let this_cpu = arch::cpu_index();
+    let vm = vm(index);
+    let mut others = [false; MAX_CPUS];
+    {
+        let mut runtime = RUNTIMES[index].lock();
+        let Some(runtime) = runtime.as_mut() else {
+            return;
+        };
+        if runtime.state != VmState::Running {
+            return;
+        }
+        runtime.state = VmState::Stopped(outcome);
+        runtime.uart.flush();
+        for vcpu in 0..vm.vcpu_count {
+            let cpu = vm.physical_cpus[vcpu] as usize;
+            if cpu != this_cpu && runtime.vcpus[vcpu] != VcpuPower::Off {
+                others[cpu] = true;
+            }
+        }
+    }
+    for (cpu, _) in others.iter().enumerate().filter(|(_, stop)| **stop) {
+        post(cpu, Request::Stop);
+    }
+    match outcome {
+        Outcome::Clean => println!("tessera: vm {}: stopped cleanly", vm.name),
+        Outcome::ExitStatus(status) => println!(
+            "tessera: vm {}: exited with status {status} (failure)",
+            vm.name
+        ),
+        Outcome::Fault => println!(
+            "tessera: vm {}: stopped after a fault it could not take (failure)",
+            vm.name
+        ),
+    }
+    if outcome != Outcome::Clean {
+        FAILED_VMS.fetch_add(1, Ordering::AcqRel);
+    }
+    if RUNNING_VMS.fetch_sub(1, Ordering::AcqRel) == 1 {
+        let failed = FAILED_VMS.load(Ordering::Acquire);
+        let total = VMS.get().map_or(0, |vms| vms.iter().flatten().count());
+        println!("tessera: all {total} VMs stopped, {failed} failed");
+        power::power_off(u32::from(failed > 0));
+    }
+}
+
+/// Restarts the VM from its pristine image: stops its other vCPUs, reloads
+/// RAM, and starts vCPU 0 again (on this CPU if it is vCPU 0's).
+fn reset_vm(index: usize) -> ! {
+    let this_cpu = arch::cpu_index();
+    let vm = vm(index);
+    let reset_count = {
+        let mut runtime = RUNTIMES[index].lock();
+        let Some(runtime) = runtime.as_mut() else {
+            idle_loop()
+        };
+        runtime.reset_count += 1;
+        runtime.uart.flush();
+        runtime.uart.reset();
+        for vcpu in 0..vm.vcpu_count {
+            let cpu = vm.physical_cpus[vcpu] as usize;
+            if cpu != this_cpu && runtime.vcpus[vcpu] != VcpuPower::Off {
+                post(cpu, Request::Stop);
+            }
+        }
+        runtime.reset_count
+    };
+    // Wait (bounded) for the other vCPUs to leave the guest before its RAM
+    // is rewritten under them.
+    for _ in 0..1_000_000 {
+        let busy = RUNTIMES[index].lock().as_ref().is_some_and(|runtime| {
+            (0..vm.vcpu_count).any(|vcpu| {
+                vm.physical_cpus[vcpu] as usize != this_cpu && runtime.vcpus[vcpu] != VcpuPower::Off
+            })
+        });
+        if !busy {
+            break;
+        }
+        core::hint::spin_loop();
+    }
+    if let Some(runtime) = RUNTIMES[index].lock().as_mut() {
+        for vcpu in 0..vm.vcpu_count {
+            runtime.vcpus[vcpu] = VcpuPower::Off;
+            runtime.saved_el1[vcpu] = El1Context::reset();
+        }
+        runtime.vcpus[0] = VcpuPower::OnPending;
+    }
+    if load_pristine_image(vm).is_err() {
+        // The image fitted at boot; it cannot stop fitting.
+        stop_vm(index, Outcome::Fault);
+        idle_loop();
+    }
+    guest::invalidate_guest_tlbs();
+    println!(
+        "tessera: vm {}: restarted from its pristine image (reset {reset_count})",
+        vm.name
+    );
+    let request = Request::Start {
+        vm: index,
+        vcpu: 0,
+        entry: vm.ram_base.0 + vm.image_load_offset,
+        argument: vm.ram_base.0 + vm.ram_size - DEVICE_TREE_RESERVE,
+    };
+    let vcpu0_cpu = vm.physical_cpus[0] as usize;
+    if vcpu0_cpu == this_cpu {
+        if let Request::Start {
+            vm,
+            vcpu,
+            entry,
+            argument,
+        } = request
+        {
+            run_vcpu(vm, vcpu, entry, argument);
+        }
+    }
+    post(vcpu0_cpu, request);
+    idle_loop()
+}
+
+/// PSCI, SMCCC and Tessera calls.
+fn handle_firmware_call(index: usize, vcpu: usize, frame: &mut TrapFrame) {
+    let vm = vm(index);
+    let registers = &frame.registers;
+    let call = psci::decode(registers[0], registers[1], registers[2], registers[3]);
+    frame.exception_link += 4;
+    let result = match call {
+        Call::Return(value) => value,
+        Call::CpuOn {
+            target,
+            entry,
+            context,
+        } => cpu_on(index, target, entry, context),
+        Call::AffinityInfo {
+            target,
+            lowest_level,
+        } => {
+            match (
+                lowest_level,
+                vcpu_state::vcpu_for_affinity(target, vm.vcpu_count),
+            ) {
+                (0, Some(target_vcpu)) => {
+                    let runtime = RUNTIMES[index].lock();
+                    match runtime.as_ref().map(|runtime| runtime.vcpus[target_vcpu]) {
+                        Some(VcpuPower::On) => 0,
+                        Some(VcpuPower::OnPending) => 2,
+                        _ => 1,
+                    }
+                }
+                _ => status::INVALID_PARAMETERS,
+            }
+        }
+        Call::CpuOff => {
+            let last = {
+                let mut runtime = RUNTIMES[index].lock();
+                runtime.as_mut().is_none_or(|runtime| {
+                    runtime.vcpus[vcpu] = VcpuPower::Off;
+                    runtime.vcpus[..vm.vcpu_count]
+                        .iter()
+                        .all(|power| *power == VcpuPower::Off)
+                })
+            };
+            if last {
+                // No vCPU left to run: the VM is over, as after SYSTEM_OFF.
+                stop_vm(index, Outcome::Clean);
+            }
+            park_current_vcpu();
+        }
+        Call::SystemOff => {
+            stop_vm(index, Outcome::Clean);
+            park_current_vcpu();
+        }
+        Call::VmExit { status: 0 } => {
+            stop_vm(index, Outcome::Clean);
+            park_current_vcpu();
+        }
+        Call::VmExit { status } => {
+            stop_vm(index, Outcome::ExitStatus(status));
+            park_current_vcpu();
+        }
+        Call::SystemReset => reset_vm(index),
+        Call::ResetCount => RUNTIMES[index]
+            .lock()
+            .as_ref()
+            .map_or(0, |runtime| runtime.reset_count) as i64,
+    };
+    frame.registers[0] = result as u64;
+}
+
+/// PSCI CPU_ON: checks the target and entry, then asks the target vCPU's
+/// physical CPU to start it.
+fn cpu_on(index: usize, target: u64, entry_point: u64, context: u64) -> i64 {
+    let vm = vm(index);
+    let Some(target_vcpu) = vcpu_state::vcpu_for_affinity(target, vm.vcpu_count) else {
+        return status::INVALID_PARAMETERS;
+    };
+    let ram = vm.ram_base.0..vm.ram_base.0 + vm.ram_size;
+    if !ram.contains(&entry_point) {
+        return status::INVALID_ADDRESS;
+    }
+    {
+        let mut runtime = RUNTIMES[index].lock();
+        let Some(runtime) = runtime.as_mut() else {
+            return status::INVALID_PARAMETERS;
+        };
+        match runtime.vcpus[target_vcpu] {
+            VcpuPower::On => return status::ALREADY_ON,
+            VcpuPower::OnPending => return status::ON_PENDING,
+            VcpuPower::Off => runtime.vcpus[target_vcpu] = VcpuPower::OnPending,
+        }
+    }
+    post(
+        vm.physical_cpus[target_vcpu] as usize,
+        Request::Start {
+            vm: index,
+            vcpu: target_vcpu,
+            entry: entry_point,
+            argument: context,
+        },
+    );
+    status::SUCCESS
+}

@@ -1,0 +1,76 @@
+//! Each VM's virtual PL011: the `tessera-vdevs` model, with its output lines
+//! tagged with the VM's name on the hypervisor console. The VM has no
+//! interrupt controller yet, so the UART's interrupt line goes nowhere; it
+//! is recorded so the vGIC can pick it up.
+
+use tessera_vdevs::{AccessWidth, ConsoleSink, InterruptLine, MmioDevice, Pl011};
+
+use crate::console;
+
+/// Writes a guest's lines to the console as `[name] line`. Control
+/// characters are shown as `?` so a guest cannot drive the host terminal.
+pub struct TaggedConsole {
+    name: &'static str,
+}
+
+impl ConsoleSink for TaggedConsole {
+    fn write_line(&mut self, line: &[u8]) {
+        let mut text = [0u8; tessera_vdevs::console::LINE_CAPACITY];
+        let length = line.len().min(text.len());
+        for (out, byte) in text.iter_mut().zip(&line[..length]) {
+            *out = if byte.is_ascii_graphic() || *byte == b' ' || *byte == b'\t' {
+                *byte
+            } else {
+                b'?'
+            };
+        }
+        let text = core::str::from_utf8(&text[..length]).unwrap_or("?");
+        console::print(format_args!("[{}] {text}\n", self.name));
+    }
+}
+
+/// The UART's interrupt output, kept until a virtual GIC consumes it.
+#[derive(Default)]
+pub struct PendingLevel {
+    pub asserted: bool,
+}
+
+impl InterruptLine for PendingLevel {
+    fn set_level(&mut self, asserted: bool) {
+        self.asserted = asserted;
+    }
+}
+
+pub struct VirtualUart {
+    model: Pl011<TaggedConsole, PendingLevel>,
+}
+
+impl VirtualUart {
+    pub const fn new(name: &'static str) -> Self {
+        Self {
+            model: Pl011::new(TaggedConsole { name }, PendingLevel { asserted: false }),
+        }
+    }
+
+    pub fn read(&mut self, offset: u64, width_bytes: u8) -> u64 {
+        match AccessWidth::from_bytes(width_bytes) {
+            Some(width) => self.model.read(offset, width),
+            None => 0,
+        }
+    }
+
+    pub fn write(&mut self, offset: u64, width_bytes: u8, value: u64) {
+        if let Some(width) = AccessWidth::from_bytes(width_bytes) {
+            self.model.write(offset, width, value);
+        }
+    }
+
+    /// Pushes out a partial last line (when the VM stops or resets).
+    pub fn flush(&mut self) {
+        self.model.flush();
+    }
+
+    pub fn reset(&mut self) {
+        self.model.reset();
+    }
+}

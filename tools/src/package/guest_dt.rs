@@ -1,0 +1,362 @@
+//! The device tree each guest is started with (docs/system-image.md, "The
+//! guest device tree"). Its nodes have the shapes QEMU `virt` gives its
+//! own, so a guest written for `virt` finds what it expects: the same node
+//! names, compatibles, cell sizes and interrupt specifiers, with only the
+//! VM's RAM and vCPUs in it.
+
+use vm_fdt::{Error, FdtWriter};
+
+use crate::system::VmConfig;
+
+pub const GIC_DISTRIBUTOR: u64 = 0x0800_0000;
+const GIC_DISTRIBUTOR_SIZE: u64 = 0x1_0000;
+pub const GICV2_CPU_INTERFACE: u64 = 0x0801_0000;
+const GICV2_CPU_INTERFACE_SIZE: u64 = 0x1_0000;
+pub const GICV3_REDISTRIBUTORS: u64 = 0x080A_0000;
+/// One redistributor per vCPU: an RD_base and an SGI_base frame of 64 KiB.
+const GICV3_REDISTRIBUTOR_SIZE: u64 = 0x2_0000;
+pub const UART: u64 = 0x0900_0000;
+const UART_SIZE: u64 = 0x1000;
+const UART_CLOCK_HZ: u32 = 24_000_000;
+
+const GIC_PHANDLE: u32 = 1;
+const CLOCK_PHANDLE: u32 = 2;
+
+/// Interrupt specifier cells for the GIC binding: type, number, flags.
+const GIC_SPI: u32 = 0;
+const GIC_PPI: u32 = 1;
+const IRQ_LEVEL_HIGH: u32 = 4;
+const UART_SPI: u32 = 1;
+/// Secure physical, non-secure physical, virtual, hypervisor: the order
+/// the arm,armv8-timer binding lists them.
+const TIMER_PPIS: [u32; 4] = [13, 14, 11, 10];
+
+/// PSCI 0.1 function IDs, for guests that predate PSCI 0.2's fixed ones.
+const PSCI_CPU_ON: u32 = 0xC400_0003;
+const PSCI_CPU_OFF: u32 = 0x8400_0002;
+
+/// The device tree blob for `vm` on a GIC of `gic_version`.
+pub fn guest_dtb(vm: &VmConfig, gic_version: u32) -> Result<Vec<u8>, Error> {
+    let vcpus = vm.cpus.len() as u32;
+    let mut fdt = FdtWriter::new()?;
+    let root = fdt.begin_node("")?;
+    fdt.property_string("compatible", "linux,dummy-virt")?;
+    fdt.property_u32("#address-cells", 2)?;
+    fdt.property_u32("#size-cells", 2)?;
+    fdt.property_u32("interrupt-parent", GIC_PHANDLE)?;
+
+    psci(&mut fdt)?;
+    memory(&mut fdt, vm)?;
+    cpus(&mut fdt, vcpus)?;
+    timer(&mut fdt, gic_version, vcpus)?;
+    gic(&mut fdt, gic_version, vcpus)?;
+    uart(&mut fdt)?;
+    clock(&mut fdt)?;
+    chosen(&mut fdt, vm)?;
+
+    fdt.end_node(root)?;
+    fdt.finish()
+}
+
+fn psci(fdt: &mut FdtWriter) -> Result<(), Error> {
+    let node = fdt.begin_node("psci")?;
+    fdt.property_string_list(
+        "compatible",
+        vec![
+            "arm,psci-1.0".into(),
+            "arm,psci-0.2".into(),
+            "arm,psci".into(),
+        ],
+    )?;
+    fdt.property_string("method", "hvc")?;
+    fdt.property_u32("cpu_on", PSCI_CPU_ON)?;
+    fdt.property_u32("cpu_off", PSCI_CPU_OFF)?;
+    fdt.end_node(node)
+}
+
+fn memory(fdt: &mut FdtWriter, vm: &VmConfig) -> Result<(), Error> {
+    let node = fdt.begin_node(&format!("memory@{:x}", vm.ram_base))?;
+    fdt.property_string("device_type", "memory")?;
+    fdt.property_array_u64("reg", &[vm.ram_base, vm.ram])?;
+    fdt.end_node(node)
+}
+
+fn cpus(fdt: &mut FdtWriter, vcpus: u32) -> Result<(), Error> {
+    let node = fdt.begin_node("cpus")?;
+    fdt.property_u32("#address-cells", 1)?;
+    fdt.property_u32("#size-cells", 0)?;
+    for vcpu in 0..vcpus {
+        let cpu = fdt.begin_node(&format!("cpu@{vcpu:x}"))?;
+        fdt.property_string("device_type", "cpu")?;
+        fdt.property_string("compatible", "arm,cortex-a72")?;
+        // The vCPU's MPIDR affinity, which is its index.
+        fdt.property_u32("reg", vcpu)?;
+        fdt.property_string("enable-method", "psci")?;
+        fdt.end_node(cpu)?;
+    }
+    fdt.end_node(node)
+}
+
+fn timer(fdt: &mut FdtWriter, gic_version: u32, vcpus: u32) -> Result<(), Error> {
+    // The GICv2 binding adds to PPI flags a mask of the CPUs the interrupt
+    // goes to; GICv3's has none. QEMU writes both this way.
+    let flags = if gic_version == 2 {
+        IRQ_LEVEL_HIGH | (((1 << vcpus) - 1) << 8)
+    } else {
+        IRQ_LEVEL_HIGH
+    };
+    let interrupts: Vec<u32> = TIMER_PPIS
+        .iter()
+        .flat_map(|&ppi| [GIC_PPI, ppi, flags])
+        .collect();
+    let node = fdt.begin_node("timer")?;
+    fdt.property_string_list(
+        "compatible",
+        vec!["arm,armv8-timer".into(), "arm,armv7-timer".into()],
+    )?;
+    fdt.property_array_u32("interrupts", &interrupts)?;
+    fdt.property_null("always-on")?;
+    fdt.end_node(node)
+}
+
+fn gic(fdt: &mut FdtWriter, gic_version: u32, vcpus: u32) -> Result<(), Error> {
+    let node = fdt.begin_node(&format!("intc@{GIC_DISTRIBUTOR:x}"))?;
+    if gic_version == 2 {
+        fdt.property_string("compatible", "arm,cortex-a15-gic")?;
+        fdt.property_array_u64(
+            "reg",
+            &[
+                GIC_DISTRIBUTOR,
+                GIC_DISTRIBUTOR_SIZE,
+                GICV2_CPU_INTERFACE,
+                GICV2_CPU_INTERFACE_SIZE,
+            ],
+        )?;
+    } else {
+        fdt.property_string("compatible", "arm,gic-v3")?;
+        fdt.property_u32("#redistributor-regions", 1)?;
+        fdt.property_array_u64(
+            "reg",
+            &[
+                GIC_DISTRIBUTOR,
+                GIC_DISTRIBUTOR_SIZE,
+                GICV3_REDISTRIBUTORS,
+                u64::from(vcpus) * GICV3_REDISTRIBUTOR_SIZE,
+            ],
+        )?;
+    }
+    fdt.property_null("interrupt-controller")?;
+    fdt.property_u32("#interrupt-cells", 3)?;
+    // As QEMU has them; dtc wants #address-cells in an interrupt provider.
+    fdt.property_u32("#address-cells", 2)?;
+    fdt.property_u32("#size-cells", 2)?;
+    fdt.property_null("ranges")?;
+    fdt.property_phandle(GIC_PHANDLE)?;
+    fdt.end_node(node)
+}
+
+fn uart(fdt: &mut FdtWriter) -> Result<(), Error> {
+    let node = fdt.begin_node(&format!("pl011@{UART:x}"))?;
+    fdt.property_string_list(
+        "compatible",
+        vec!["arm,pl011".into(), "arm,primecell".into()],
+    )?;
+    fdt.property_array_u64("reg", &[UART, UART_SIZE])?;
+    fdt.property_array_u32("interrupts", &[GIC_SPI, UART_SPI, IRQ_LEVEL_HIGH])?;
+    fdt.property_array_u32("clocks", &[CLOCK_PHANDLE, CLOCK_PHANDLE])?;
+    fdt.property_string_list("clock-names", vec!["uartclk".into(), "apb_pclk".into()])?;
+    fdt.end_node(node)
+}
+
+fn clock(fdt: &mut FdtWriter) -> Result<(), Error> {
+    let node = fdt.begin_node("apb-pclk")?;
+    fdt.property_string("compatible", "fixed-clock")?;
+    fdt.property_u32("#clock-cells", 0)?;
+    fdt.property_u32("clock-frequency", UART_CLOCK_HZ)?;
+    fdt.property_string("clock-output-names", "clk24mhz")?;
+    fdt.property_phandle(CLOCK_PHANDLE)?;
+    fdt.end_node(node)
+}
+
+fn chosen(fdt: &mut FdtWriter, vm: &VmConfig) -> Result<(), Error> {
+    let node = fdt.begin_node("chosen")?;
+    fdt.property_string("stdout-path", &format!("/pl011@{UART:x}"))?;
+    if let Some(bootargs) = &vm.bootargs {
+        fdt.property_string("bootargs", bootargs)?;
+    }
+    fdt.end_node(node)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::system::ImageSource;
+    use fdt::Fdt;
+    use fdt::node::FdtNode;
+
+    fn vm(cpus: &[u32], bootargs: Option<&str>) -> VmConfig {
+        VmConfig {
+            name: "alpha".into(),
+            image: ImageSource::Example("hello".into()),
+            ram: 0x400_0000,
+            ram_base: 0x4000_0000,
+            cpus: cpus.to_vec(),
+            bootargs: bootargs.map(str::to_string),
+        }
+    }
+
+    fn cells(node: FdtNode<'_, '_>, property: &str) -> Vec<u32> {
+        let value = node
+            .property(property)
+            .unwrap_or_else(|| panic!("{} has no {property}", node.name))
+            .value;
+        value
+            .chunks_exact(4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    }
+
+    fn strings<'a>(node: FdtNode<'_, 'a>, property: &str) -> Vec<&'a str> {
+        let value = node.property(property).unwrap().value;
+        value
+            .split(|byte| *byte == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| std::str::from_utf8(s).unwrap())
+            .collect()
+    }
+
+    fn string<'a>(node: FdtNode<'_, 'a>, property: &str) -> &'a str {
+        node.property(property).unwrap().as_str().unwrap()
+    }
+
+    #[test]
+    fn root_memory_and_chosen() {
+        let blob = guest_dtb(&vm(&[1], Some("console=ttyAMA0")), 3).unwrap();
+        let tree = Fdt::new(&blob).unwrap();
+        let root = tree.find_node("/").unwrap();
+        assert_eq!(strings(root, "compatible"), ["linux,dummy-virt"]);
+        assert_eq!(cells(root, "#address-cells"), [2]);
+        assert_eq!(cells(root, "#size-cells"), [2]);
+        assert_eq!(cells(root, "interrupt-parent"), [GIC_PHANDLE]);
+
+        let memory = tree.find_node("/memory@40000000").unwrap();
+        assert_eq!(string(memory, "device_type"), "memory");
+        assert_eq!(cells(memory, "reg"), [0, 0x4000_0000, 0, 0x400_0000]);
+        let regions: Vec<_> = tree.memory().regions().collect();
+        assert_eq!(regions.len(), 1);
+        assert_eq!(regions[0].starting_address as usize, 0x4000_0000);
+        assert_eq!(regions[0].size, Some(0x400_0000));
+
+        assert_eq!(tree.chosen().bootargs(), Some("console=ttyAMA0"));
+        assert_eq!(tree.chosen().stdout().unwrap().name, "pl011@9000000");
+        assert_eq!(
+            string(tree.find_node("/chosen").unwrap(), "stdout-path"),
+            "/pl011@9000000"
+        );
+    }
+
+    #[test]
+    fn bootargs_only_when_given() {
+        let blob = guest_dtb(&vm(&[1], None), 3).unwrap();
+        let tree = Fdt::new(&blob).unwrap();
+        assert_eq!(tree.chosen().bootargs(), None);
+    }
+
+    #[test]
+    fn one_cpu_node_per_vcpu() {
+        let blob = guest_dtb(&vm(&[3, 1, 2], None), 3).unwrap();
+        let tree = Fdt::new(&blob).unwrap();
+        let cpus = tree.find_node("/cpus").unwrap();
+        assert_eq!(cells(cpus, "#address-cells"), [1]);
+        assert_eq!(cells(cpus, "#size-cells"), [0]);
+        let names: Vec<&str> = cpus.children().map(|cpu| cpu.name).collect();
+        assert_eq!(names, ["cpu@0", "cpu@1", "cpu@2"]);
+        for (index, cpu) in cpus.children().enumerate() {
+            assert_eq!(string(cpu, "device_type"), "cpu");
+            assert_eq!(string(cpu, "compatible"), "arm,cortex-a72");
+            assert_eq!(cells(cpu, "reg"), [index as u32]);
+            assert_eq!(string(cpu, "enable-method"), "psci");
+        }
+        let ids: Vec<usize> = tree.cpus().map(|cpu| cpu.ids().first()).collect();
+        assert_eq!(ids, [0, 1, 2]);
+    }
+
+    #[test]
+    fn psci_over_hvc() {
+        let blob = guest_dtb(&vm(&[1], None), 3).unwrap();
+        let tree = Fdt::new(&blob).unwrap();
+        let psci = tree.find_node("/psci").unwrap();
+        assert_eq!(
+            strings(psci, "compatible"),
+            ["arm,psci-1.0", "arm,psci-0.2", "arm,psci"]
+        );
+        assert_eq!(string(psci, "method"), "hvc");
+        assert_eq!(cells(psci, "cpu_on"), [0xc400_0003]);
+        assert_eq!(cells(psci, "cpu_off"), [0x8400_0002]);
+    }
+
+    #[test]
+    fn gicv3_with_one_redistributor_per_vcpu() {
+        let blob = guest_dtb(&vm(&[1, 2], None), 3).unwrap();
+        let tree = Fdt::new(&blob).unwrap();
+        let gic = tree.find_node("/intc@8000000").unwrap();
+        assert_eq!(strings(gic, "compatible"), ["arm,gic-v3"]);
+        assert_eq!(
+            cells(gic, "reg"),
+            [0, 0x800_0000, 0, 0x1_0000, 0, 0x80a_0000, 0, 0x4_0000]
+        );
+        assert!(gic.property("interrupt-controller").is_some());
+        assert_eq!(cells(gic, "#interrupt-cells"), [3]);
+        assert_eq!(cells(gic, "#redistributor-regions"), [1]);
+        assert_eq!(cells(gic, "phandle"), [GIC_PHANDLE]);
+        assert_eq!(tree.find_phandle(GIC_PHANDLE).unwrap().name, "intc@8000000");
+
+        let timer = tree.find_node("/timer").unwrap();
+        assert_eq!(
+            strings(timer, "compatible"),
+            ["arm,armv8-timer", "arm,armv7-timer"]
+        );
+        assert_eq!(
+            cells(timer, "interrupts"),
+            [1, 13, 4, 1, 14, 4, 1, 11, 4, 1, 10, 4]
+        );
+        assert!(timer.property("always-on").is_some());
+    }
+
+    #[test]
+    fn gicv2_with_a_cpu_interface_and_cpu_masks_on_ppis() {
+        let blob = guest_dtb(&vm(&[1, 2, 3], None), 2).unwrap();
+        let tree = Fdt::new(&blob).unwrap();
+        let gic = tree.find_node("/intc@8000000").unwrap();
+        assert_eq!(strings(gic, "compatible"), ["arm,cortex-a15-gic"]);
+        assert_eq!(
+            cells(gic, "reg"),
+            [0, 0x800_0000, 0, 0x1_0000, 0, 0x801_0000, 0, 0x1_0000]
+        );
+        assert!(gic.property("#redistributor-regions").is_none());
+        let timer = tree.find_node("/timer").unwrap();
+        assert_eq!(
+            cells(timer, "interrupts"),
+            [1, 13, 0x704, 1, 14, 0x704, 1, 11, 0x704, 1, 10, 0x704]
+        );
+    }
+
+    #[test]
+    fn pl011_with_its_fixed_clock() {
+        let blob = guest_dtb(&vm(&[1], None), 3).unwrap();
+        let tree = Fdt::new(&blob).unwrap();
+        let uart = tree.find_node("/pl011@9000000").unwrap();
+        assert_eq!(strings(uart, "compatible"), ["arm,pl011", "arm,primecell"]);
+        assert_eq!(cells(uart, "reg"), [0, 0x900_0000, 0, 0x1000]);
+        assert_eq!(cells(uart, "interrupts"), [0, 1, 4]);
+        assert_eq!(cells(uart, "clocks"), [CLOCK_PHANDLE, CLOCK_PHANDLE]);
+        assert_eq!(strings(uart, "clock-names"), ["uartclk", "apb_pclk"]);
+
+        let clock = tree.find_phandle(CLOCK_PHANDLE).unwrap();
+        assert_eq!(clock.name, "apb-pclk");
+        assert_eq!(strings(clock, "compatible"), ["fixed-clock"]);
+        assert_eq!(cells(clock, "#clock-cells"), [0]);
+        assert_eq!(cells(clock, "clock-frequency"), [24_000_000]);
+        assert_eq!(string(clock, "clock-output-names"), "clk24mhz");
+    }
+}

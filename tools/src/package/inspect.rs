@@ -1,0 +1,139 @@
+//! `tessera inspect`: lists a package's entries and verifies what the
+//! hypervisor will verify (magic, checksums, the manifest) before a boot
+//! is spent finding out.
+
+use std::collections::BTreeSet;
+
+use super::cpio;
+use super::manifest::MANIFEST_ENTRY;
+
+/// What `inspect` found: a listing to print, and every problem.
+#[derive(Debug, Default)]
+pub struct Inspection {
+    pub listing: Vec<String>,
+    pub problems: Vec<String>,
+}
+
+pub fn inspect(bytes: &[u8]) -> Inspection {
+    let mut inspection = Inspection::default();
+    let entries = match cpio::read(bytes) {
+        Ok(entries) => entries,
+        Err(err) => {
+            inspection.problems.push(err.to_string());
+            return inspection;
+        }
+    };
+
+    inspection.listing.push(format!(
+        "{:>10}  {:>10}  {:>10}  name",
+        "offset", "size", "checksum"
+    ));
+    for entry in &entries {
+        inspection.listing.push(format!(
+            "{:#10x}  {:>10}  {:#010x}  {}{}",
+            entry.offset,
+            entry.data.len(),
+            entry.stored_checksum,
+            entry.name,
+            if entry.checksum_ok() {
+                ""
+            } else {
+                "  (BAD CHECKSUM)"
+            }
+        ));
+    }
+
+    let mut seen = BTreeSet::new();
+    for entry in &entries {
+        if !entry.checksum_ok() {
+            inspection.problems.push(format!(
+                "{}: checksum {:#010x} in its header, but its data sums to {:#010x}",
+                entry.name,
+                entry.stored_checksum,
+                cpio::checksum(entry.data)
+            ));
+        }
+        if !entry.is_regular_file() {
+            inspection.problems.push(format!(
+                "{}: mode {:#o} is not a regular file",
+                entry.name, entry.mode
+            ));
+        }
+        if !seen.insert(entry.name) {
+            inspection
+                .problems
+                .push(format!("{}: appears more than once", entry.name));
+        }
+    }
+    if entries.first().map(|entry| entry.name) != Some(MANIFEST_ENTRY) {
+        inspection
+            .problems
+            .push(format!("the first entry is not {MANIFEST_ENTRY}"));
+    }
+    // Each VM has an image and a device tree.
+    for name in &seen {
+        let partner = if let Some(vm) = name.strip_suffix("/image") {
+            format!("{vm}/guest.dtb")
+        } else if let Some(vm) = name.strip_suffix("/guest.dtb") {
+            format!("{vm}/image")
+        } else {
+            continue;
+        };
+        if !seen.contains(partner.as_str()) {
+            inspection
+                .problems
+                .push(format!("{name} has no {partner} beside it"));
+        }
+    }
+    inspection
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn package(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut writer = cpio::Writer::new();
+        for (name, data) in files {
+            writer.add_file(name, data).unwrap();
+        }
+        writer.finish()
+    }
+
+    #[test]
+    fn lists_every_entry() {
+        let bytes = package(&[
+            (MANIFEST_ENTRY, b"m"),
+            ("vm/a/image", b"abc"),
+            ("vm/a/guest.dtb", b"d"),
+        ]);
+        let inspection = inspect(&bytes);
+        assert!(inspection.problems.is_empty(), "{:?}", inspection.problems);
+        assert_eq!(
+            inspection.listing,
+            [
+                "    offset        size    checksum  name",
+                "       0x0           1  0x0000006d  tessera/manifest.dtb",
+                "      0x88           3  0x00000126  vm/a/image",
+                "     0x108           1  0x00000064  vm/a/guest.dtb",
+            ]
+        );
+    }
+
+    #[test]
+    fn structural_problems() {
+        let bytes = package(&[("vm/a/image", b"abc"), ("vm/a/image", b"abc")]);
+        assert_eq!(
+            inspect(&bytes).problems,
+            [
+                "vm/a/image: appears more than once",
+                "the first entry is not tessera/manifest.dtb",
+                "vm/a/image has no vm/a/guest.dtb beside it",
+            ]
+        );
+        assert_eq!(
+            inspect(b"hello").problems,
+            ["no \"070702\" cpio header at offset 0x0 (not a package, or corrupted)"]
+        );
+    }
+}

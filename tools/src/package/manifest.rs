@@ -1,0 +1,47 @@
+//! The package's `tessera/manifest.dtb`: the checked configuration as a
+//! flattened device tree, which is what the hypervisor reads to build the
+//! VMs (docs/system-image.md, "The manifest").
+
+use vm_fdt::{Error, FdtWriter};
+
+use crate::system::LoadedSystem;
+
+pub const MANIFEST_ENTRY: &str = "tessera/manifest.dtb";
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The package entry holding a VM's image.
+pub fn image_entry(vm: &str) -> String {
+    format!("vm/{vm}/image")
+}
+
+/// The package entry holding a VM's device tree.
+pub fn device_tree_entry(vm: &str) -> String {
+    format!("vm/{vm}/guest.dtb")
+}
+
+pub fn manifest_dtb(system: &LoadedSystem) -> Result<Vec<u8>, Error> {
+    let board = &system.config.board;
+    let mut fdt = FdtWriter::new()?;
+    let root = fdt.begin_node("")?;
+    fdt.property_string("compatible", "tessera,system")?;
+    fdt.property_u32("tessera,format-version", FORMAT_VERSION)?;
+    fdt.property_string("board", board.spec.name)?;
+    fdt.property_u32("gic-version", board.gic_version)?;
+
+    let vms = fdt.begin_node("vms")?;
+    for (index, (vm, image)) in system.config.vms.iter().zip(&system.images).enumerate() {
+        let node = fdt.begin_node(&format!("vm@{index}"))?;
+        fdt.property_string("name", &vm.name)?;
+        fdt.property_u64("ram-base", vm.ram_base)?;
+        fdt.property_u64("ram-size", vm.ram)?;
+        fdt.property_array_u32("cpus", &vm.cpus)?;
+        fdt.property_string("image", &image_entry(&vm.name))?;
+        fdt.property_u64("image-load-offset", image.layout.load_offset)?;
+        fdt.property_string("device-tree", &device_tree_entry(&vm.name))?;
+        fdt.end_node(node)?;
+    }
+    fdt.end_node(vms)?;
+
+    fdt.end_node(root)?;
+    fdt.finish()
+}

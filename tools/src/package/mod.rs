@@ -1,0 +1,227 @@
+//! The system package (docs/system-image.md): a `070702` cpio archive of
+//! the manifest, then each VM's image and device tree, which the
+//! hypervisor is given as its initrd.
+
+pub mod cpio;
+mod guest_dt;
+mod inspect;
+mod manifest;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+pub use inspect::inspect;
+pub use manifest::{MANIFEST_ENTRY, device_tree_entry, image_entry};
+
+use crate::system::LoadedSystem;
+use crate::system::guest_image::DEVICE_TREE_ROOM;
+
+/// Where packages go unless told otherwise, relative to the workspace root.
+pub const PACKAGE_DIR: &str = "target/packages";
+
+/// `target/packages/<stem of the configuration>.cpio` under `root`.
+pub fn default_path(root: &Path, config_file: &Path) -> PathBuf {
+    let stem = config_file
+        .file_stem()
+        .map_or_else(|| "system".into(), |stem| stem.to_string_lossy());
+    root.join(PACKAGE_DIR).join(format!("{stem}.cpio"))
+}
+
+/// The package's bytes: the manifest, then for each VM in configuration
+/// order its image and its device tree, then the trailer.
+pub fn build(system: &LoadedSystem) -> Result<Vec<u8>, String> {
+    let manifest = manifest::manifest_dtb(system)
+        .map_err(|err| format!("cannot write the manifest: {err}"))?;
+    let mut archive = cpio::Writer::new();
+    archive.add_file(MANIFEST_ENTRY, &manifest)?;
+    let gic_version = system.config.board.gic_version;
+    for (vm, image) in system.config.vms.iter().zip(&system.images) {
+        let dtb = guest_dt::guest_dtb(vm, gic_version)
+            .map_err(|err| format!("vm \"{}\": cannot write its device tree: {err}", vm.name))?;
+        // The hypervisor copies it into the last 2 MiB of the VM's RAM.
+        if dtb.len() as u64 >= DEVICE_TREE_ROOM {
+            return Err(format!(
+                "vm \"{}\": its device tree is {} bytes, more than the 2 MiB kept for it",
+                vm.name,
+                dtb.len()
+            ));
+        }
+        archive.add_file(&image_entry(&vm.name), &image.bytes)?;
+        archive.add_file(&device_tree_entry(&vm.name), &dtb)?;
+    }
+    Ok(archive.finish())
+}
+
+/// Builds the package and writes it to `out`, creating its directory. The
+/// file is written beside `out` and renamed into place, so a QEMU started
+/// meanwhile never reads half a package.
+pub fn write(system: &LoadedSystem, out: &Path) -> Result<()> {
+    let bytes = build(system).map_err(|reason| anyhow::anyhow!(reason))?;
+    if let Some(dir) = out.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let partial = out.with_extension("cpio.partial");
+    std::fs::write(&partial, &bytes)
+        .with_context(|| format!("cannot write {}", partial.display()))?;
+    std::fs::rename(&partial, out)
+        .with_context(|| format!("cannot rename {} to {}", partial.display(), out.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::system::guest_image::{ImageLayout, fake_image};
+    use crate::system::{BoardConfig, BoardSpec, GuestImage, ImageSource, SystemConfig, VmConfig};
+    use fdt::Fdt;
+
+    fn system() -> LoadedSystem {
+        let vm = |name: &str, cpus: &[u32], ram_base: u64| VmConfig {
+            name: name.into(),
+            image: ImageSource::Example("hello".into()),
+            ram: 0x400_0000,
+            ram_base,
+            cpus: cpus.to_vec(),
+            bootargs: None,
+        };
+        let image = |load_offset: u64, bytes: Vec<u8>| GuestImage {
+            path: PathBuf::from("target/guests/hello.bin"),
+            layout: ImageLayout {
+                load_offset,
+                size: bytes.len() as u64,
+            },
+            bytes,
+        };
+        LoadedSystem {
+            config: SystemConfig {
+                board: BoardConfig {
+                    spec: BoardSpec::find("qemu-virt").unwrap(),
+                    gic_version: 3,
+                    cpus: 4,
+                    memory: 1 << 30,
+                },
+                vms: vec![
+                    vm("alpha", &[1], 0x4000_0000),
+                    vm("beta", &[2, 3], 0x8000_0000),
+                ],
+            },
+            images: vec![
+                image(0x8_0000, fake_image(0x8_0000, 0, 4096)),
+                image(0, b"raw guest".to_vec()),
+            ],
+        }
+    }
+
+    fn entry<'a>(entries: &'a [cpio::Entry<'a>], name: &str) -> &'a cpio::Entry<'a> {
+        entries.iter().find(|e| e.name == name).unwrap()
+    }
+
+    #[test]
+    fn entries_come_in_the_documented_order_and_round_trip() {
+        let system = system();
+        let bytes = build(&system).unwrap();
+        let entries = cpio::read(&bytes).unwrap();
+        let names: Vec<&str> = entries.iter().map(|e| e.name).collect();
+        assert_eq!(
+            names,
+            [
+                "tessera/manifest.dtb",
+                "vm/alpha/image",
+                "vm/alpha/guest.dtb",
+                "vm/beta/image",
+                "vm/beta/guest.dtb",
+            ]
+        );
+        for entry in &entries {
+            assert!(entry.checksum_ok(), "{}", entry.name);
+            assert_eq!(entry.mode, 0o100644, "{}", entry.name);
+        }
+        assert_eq!(
+            entry(&entries, "vm/alpha/image").data,
+            system.images[0].bytes
+        );
+        assert_eq!(entry(&entries, "vm/beta/image").data, b"raw guest");
+        let beta_dt = Fdt::new(entry(&entries, "vm/beta/guest.dtb").data).unwrap();
+        assert!(beta_dt.find_node("/memory@80000000").is_some());
+        assert!(inspect(&bytes).problems.is_empty());
+    }
+
+    #[test]
+    fn the_manifest_describes_every_vm() {
+        let bytes = build(&system()).unwrap();
+        let entries = cpio::read(&bytes).unwrap();
+        let tree = Fdt::new(entry(&entries, MANIFEST_ENTRY).data).unwrap();
+        let root = tree.find_node("/").unwrap();
+        let text = |node: fdt::node::FdtNode<'_, '_>, name: &str| {
+            node.property(name).unwrap().as_str().unwrap().to_string()
+        };
+        let number = |node: fdt::node::FdtNode<'_, '_>, name: &str| {
+            node.property(name).unwrap().as_usize().unwrap() as u64
+        };
+        assert_eq!(
+            root.compatible().unwrap().all().collect::<Vec<_>>(),
+            ["tessera,system"]
+        );
+        assert_eq!(number(root, "tessera,format-version"), 1);
+        assert_eq!(text(root, "board"), "qemu-virt");
+        assert_eq!(number(root, "gic-version"), 3);
+
+        let vms: Vec<_> = tree.find_node("/vms").unwrap().children().collect();
+        assert_eq!(vms.len(), 2);
+        assert_eq!(vms[0].name, "vm@0");
+        assert_eq!(text(vms[0], "name"), "alpha");
+        assert_eq!(vms[0].property("ram-base").unwrap().value.len(), 8);
+        assert_eq!(number(vms[0], "ram-base"), 0x4000_0000);
+        assert_eq!(number(vms[0], "ram-size"), 0x400_0000);
+        assert_eq!(vms[0].property("cpus").unwrap().value, [0, 0, 0, 1]);
+        assert_eq!(text(vms[0], "image"), "vm/alpha/image");
+        assert_eq!(number(vms[0], "image-load-offset"), 0x8_0000);
+        assert_eq!(text(vms[0], "device-tree"), "vm/alpha/guest.dtb");
+
+        assert_eq!(vms[1].name, "vm@1");
+        assert_eq!(text(vms[1], "name"), "beta");
+        assert_eq!(number(vms[1], "ram-base"), 0x8000_0000);
+        assert_eq!(
+            vms[1].property("cpus").unwrap().value,
+            [0, 0, 0, 2, 0, 0, 0, 3]
+        );
+        assert_eq!(vms[1].property("image-load-offset").unwrap().value, [0; 8]);
+    }
+
+    #[test]
+    fn a_corrupted_package_is_caught_by_its_checksum() {
+        let mut bytes = build(&system()).unwrap();
+        let at = bytes.windows(9).position(|w| w == b"raw guest").unwrap();
+        bytes[at] ^= 0x20;
+        let inspection = inspect(&bytes);
+        assert_eq!(
+            inspection.problems,
+            ["vm/beta/image: checksum 0x00000392 in its header, but its data sums to 0x00000372"]
+        );
+    }
+
+    #[test]
+    fn the_same_system_gives_the_same_bytes() {
+        assert_eq!(build(&system()).unwrap(), build(&system()).unwrap());
+    }
+
+    #[test]
+    fn write_creates_the_directory_and_leaves_no_partial_file() {
+        let dir = std::env::temp_dir().join(format!("tessera-package-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = dir.join("deep/demo.cpio");
+        write(&system(), &out).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), build(&system()).unwrap());
+        assert!(!dir.join("deep/demo.cpio.partial").exists());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn default_path_uses_the_config_stem() {
+        assert_eq!(
+            default_path(Path::new("/ws"), Path::new("systems/demo.toml")),
+            PathBuf::from("/ws/target/packages/demo.cpio")
+        );
+    }
+}

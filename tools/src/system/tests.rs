@@ -1,0 +1,737 @@
+//! One test per check class of docs/system-image.md, each asserting the
+//! exact messages. Images are hand-made files in a scratch directory;
+//! `example:` images resolve through a stand-in locator, so nothing here
+//! depends on the real guest-sdk examples.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::guest_image::{ImageLayout, fake_image};
+use super::*;
+use crate::units::GIB;
+
+/// The file name the messages carry; it need not exist, because the
+/// source is passed in and only `example:` images are used.
+const FILE: &str = "systems/demo.toml";
+
+const BOARD: &str = "\
+[board]
+name = \"qemu-virt\"
+gic-version = 3
+cpus = 4
+memory = \"1G\"
+";
+
+const ALPHA: &str = "\
+[[vm]]
+name = \"alpha\"
+image = \"example:hello\"
+ram = \"64M\"
+cpus = [1]
+";
+
+/// Maps example names to image files.
+struct Examples(BTreeMap<String, PathBuf>);
+
+impl ImageLocator for Examples {
+    fn example_image(&mut self, name: &str) -> Result<PathBuf, String> {
+        self.0
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("guest-sdk has no example \"{name}\""))
+    }
+}
+
+/// A directory of its own for each test.
+fn scratch(test: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("tessera-system-test-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A locator with `hello`: an Image with text_offset 0x8_0000 needing 1 MiB.
+fn examples(test: &str) -> Examples {
+    let dir = scratch(test);
+    let hello = dir.join("hello.bin");
+    std::fs::write(&hello, fake_image(0x8_0000, MIB, 4096)).unwrap();
+    Examples(BTreeMap::from([("hello".to_string(), hello)]))
+}
+
+fn check_in(source: &str, file: &Path, test: &str) -> Result<LoadedSystem, Vec<String>> {
+    check(source, file, &mut examples(test))
+        .map_err(|errors| errors.0.iter().map(ToString::to_string).collect())
+}
+
+fn load_ok(source: &str, test: &str) -> LoadedSystem {
+    check_in(source, Path::new(FILE), test).unwrap_or_else(|errors| panic!("{errors:#?}"))
+}
+
+fn errors(source: &str, test: &str) -> Vec<String> {
+    match check_in(source, Path::new(FILE), test) {
+        Ok(system) => panic!("accepted: {system:#?}"),
+        Err(errors) => errors,
+    }
+}
+
+/// The one error of a config that is `BOARD` and `ALPHA` with `edit`
+/// applied as (from, to) replacements.
+fn only_error(edits: &[(&str, &str)], extra: &str, test: &str) -> String {
+    let mut source = format!("{BOARD}{ALPHA}");
+    for (from, to) in edits {
+        assert!(source.contains(from), "{from}");
+        source = source.replacen(from, to, 1);
+    }
+    source.push_str(extra);
+    let errors = errors(&source, test);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    errors[0].clone()
+}
+
+#[test]
+fn a_full_configuration_loads() {
+    let source = format!(
+        "{BOARD}{ALPHA}
+[[vm]]
+name = \"beta\"
+image = \"example:hello\"
+ram = \"128M\"
+ram-base = 0x8000_0000
+cpus = [3, 2]
+bootargs = \"console=ttyAMA0\"
+"
+    );
+    let system = load_ok(&source, "full");
+    let config = &system.config;
+    assert_eq!(config.board.spec.name, "qemu-virt");
+    assert_eq!(config.board.gic_version, 3);
+    assert_eq!(config.board.cpus, 4);
+    assert_eq!(config.board.memory, GIB);
+    assert_eq!(config.machine(), Machine::VirtGicv3);
+    assert_eq!(config.qemu_memory().as_deref(), Some("1024M"));
+    assert_eq!(
+        config.vms[0],
+        VmConfig {
+            name: "alpha".into(),
+            image: ImageSource::Example("hello".into()),
+            ram: 64 * MIB,
+            ram_base: 0x4000_0000,
+            cpus: vec![1],
+            bootargs: None,
+        }
+    );
+    assert_eq!(config.vms[1].ram_base, 0x8000_0000);
+    assert_eq!(config.vms[1].cpus, [3, 2]);
+    assert_eq!(config.vms[1].bootargs.as_deref(), Some("console=ttyAMA0"));
+    assert_eq!(system.images.len(), 2);
+    assert_eq!(
+        system.images[0].layout,
+        ImageLayout {
+            load_offset: 0x8_0000,
+            size: MIB
+        }
+    );
+}
+
+#[test]
+fn rpi4_runs_on_raspi4b_with_its_fixed_memory() {
+    let source = format!(
+        "{}{ALPHA}",
+        BOARD
+            .replace("qemu-virt", "rpi4")
+            .replace("= 3", "= 2")
+            .replace("1G", "948M")
+    );
+    let system = load_ok(&source, "rpi4");
+    assert_eq!(system.config.machine(), Machine::Raspi4b);
+    assert_eq!(system.config.qemu_memory(), None);
+}
+
+#[test]
+fn gic_version_2_runs_on_virt_gicv2() {
+    let source = format!("{}{ALPHA}", BOARD.replace("= 3", "= 2"));
+    assert_eq!(
+        load_ok(&source, "gicv2").config.machine(),
+        Machine::VirtGicv2
+    );
+}
+
+#[test]
+fn relative_image_paths_are_read_beside_the_configuration() {
+    let dir = scratch("relative");
+    std::fs::create_dir_all(dir.join("guests")).unwrap();
+    std::fs::write(dir.join("guests/raw.bin"), [0x14u8; 100]).unwrap();
+    let file = dir.join("sys.toml");
+    let source = format!(
+        "{BOARD}{}",
+        ALPHA.replace("example:hello", "guests/raw.bin")
+    );
+    let system = check_in(&source, &file, "relative-examples").unwrap();
+    assert_eq!(
+        system.config.vms[0].image,
+        ImageSource::File(dir.join("guests/raw.bin"))
+    );
+    assert_eq!(
+        system.images[0].layout,
+        ImageLayout {
+            load_offset: 0,
+            size: 100
+        }
+    );
+    assert_eq!(system.images[0].bytes, [0x14u8; 100]);
+}
+
+// --- syntax / types ---
+
+#[test]
+fn not_toml_is_reported_at_its_position() {
+    let errors = errors("[board]\nname = \"qemu-virt\ncpus = 4\n", "syntax");
+    assert_eq!(
+        errors,
+        ["systems/demo.toml:2:18: invalid basic string, expected `\"`"]
+    );
+}
+
+#[test]
+fn values_of_the_wrong_type() {
+    assert_eq!(
+        only_error(&[("ram = \"64M\"", "ram = 64")], "", "type-ram"),
+        "systems/demo.toml: vm[0].ram: must be a string with a unit, e.g. \"64M\", not the integer 64"
+    );
+    assert_eq!(
+        only_error(&[("cpus = 4", "cpus = \"4\"")], "", "type-board-cpus"),
+        "systems/demo.toml: board.cpus: must be an integer, not the string \"4\""
+    );
+    assert_eq!(
+        only_error(&[("memory = \"1G\"", "memory = 1")], "", "type-memory"),
+        "systems/demo.toml: board.memory: must be a string with a unit, e.g. \"1G\", not the integer 1"
+    );
+    assert_eq!(
+        only_error(&[("cpus = [1]", "cpus = 1")], "", "type-vm-cpus"),
+        "systems/demo.toml: vm[0].cpus: must be an array of CPU numbers, e.g. [1], not the integer 1"
+    );
+    assert_eq!(
+        only_error(&[("cpus = [1]", "cpus = [\"1\"]")], "", "type-cpu"),
+        "systems/demo.toml: vm[0].cpus: the string \"1\" is not a CPU number"
+    );
+    assert_eq!(
+        only_error(&[("name = \"alpha\"", "name = true")], "", "type-name"),
+        "systems/demo.toml: vm[0].name: must be a string, not the boolean true"
+    );
+    assert_eq!(
+        only_error(
+            &[("ram = \"64M\"", "ram = \"64M\"\nram-base = \"0x4000_0000\"")],
+            "",
+            "type-ram-base"
+        ),
+        "systems/demo.toml: vm[0].ram-base: must be an integer, not the string \"0x4000_0000\""
+    );
+}
+
+#[test]
+fn tables_of_the_wrong_shape() {
+    assert_eq!(
+        errors(&format!("board = \"qemu-virt\"\n{ALPHA}"), "shape-board"),
+        ["systems/demo.toml: board: must be a table ([board]), not the string \"qemu-virt\""]
+    );
+    assert_eq!(
+        errors(
+            &format!("{BOARD}{}", ALPHA.replace("[[vm]]", "[vm]")),
+            "shape-vm"
+        ),
+        ["systems/demo.toml: vm: must be an array of tables ([[vm]]), not a table"]
+    );
+    assert_eq!(
+        errors(&format!("vm = [1]\n{BOARD}"), "shape-vm-entry"),
+        ["systems/demo.toml: vm[0]: must be a table, not the integer 1"]
+    );
+}
+
+// --- unknown keys ---
+
+#[test]
+fn unknown_keys_name_the_expected_ones() {
+    assert_eq!(
+        only_error(
+            &[("ram = \"64M\"", "ram = \"64M\"\nmemory = \"64M\"")],
+            "",
+            "unknown-vm"
+        ),
+        "systems/demo.toml: vm[0].memory: unknown key (expected one of: name, image, ram, ram-base, cpus, bootargs)"
+    );
+    assert_eq!(
+        only_error(
+            &[("cpus = 4", "cpus = 4\ncolour = \"red\"")],
+            "",
+            "unknown-board"
+        ),
+        "systems/demo.toml: board.colour: unknown key (expected one of: name, gic-version, cpus, memory)"
+    );
+    let errors = errors(&format!("version = 1\n{BOARD}{ALPHA}"), "unknown-top");
+    assert_eq!(
+        errors,
+        ["systems/demo.toml: version: unknown key (expected one of: board, vm)"]
+    );
+}
+
+// --- missing keys ---
+
+#[test]
+fn missing_keys() {
+    assert_eq!(
+        only_error(&[("image = \"example:hello\"\n", "")], "", "missing-image"),
+        "systems/demo.toml: vm[0].image: missing"
+    );
+    assert_eq!(
+        only_error(&[("gic-version = 3\n", "")], "", "missing-gic"),
+        "systems/demo.toml: board.gic-version: missing"
+    );
+    assert_eq!(
+        errors(ALPHA, "missing-board"),
+        ["systems/demo.toml: board: missing"]
+    );
+    assert_eq!(
+        errors(BOARD, "missing-vm"),
+        ["systems/demo.toml: vm: missing"]
+    );
+    assert_eq!(
+        errors(&format!("vm = []\n{BOARD}"), "empty-vm"),
+        ["systems/demo.toml: vm: empty; give at least one [[vm]] table"]
+    );
+}
+
+// --- bad sizes ---
+
+#[test]
+fn bad_ram_sizes() {
+    let cases = [
+        ("\"3M\"", "\"3M\" is not a multiple of 2 MiB"),
+        ("\"0M\"", "\"0M\" is zero; a VM needs at least 2 MiB"),
+        (
+            "\"12Q\"",
+            "\"12Q\" is not a size: expected digits and a unit K, M or G, e.g. \"64M\"",
+        ),
+        ("\"1025K\"", "\"1025K\" is not a multiple of 2 MiB"),
+        ("\"99999999999999G\"", "\"99999999999999G\" is too large"),
+    ];
+    for (value, reason) in cases {
+        assert_eq!(
+            only_error(&[("\"64M\"", value)], "", "size-ram"),
+            format!("systems/demo.toml: vm[0].ram: {reason}")
+        );
+    }
+}
+
+#[test]
+fn bad_board_memory_sizes() {
+    assert_eq!(
+        only_error(&[("\"1G\"", "\"0G\"")], "", "size-memory-zero"),
+        "systems/demo.toml: board.memory: \"0G\" is zero"
+    );
+    assert_eq!(
+        only_error(&[("\"1G\"", "\"1048577K\"")], "", "size-memory-mib"),
+        "systems/demo.toml: board.memory: \"1048577K\" is not a whole number of MiB (QEMU's -m counts MiB)"
+    );
+}
+
+// --- overlapping guest-physical ranges ---
+
+#[test]
+fn guest_ram_must_avoid_the_device_window() {
+    assert_eq!(
+        only_error(
+            &[("ram = \"64M\"", "ram = \"64M\"\nram-base = 0x0600_0000")],
+            "",
+            "overlap"
+        ),
+        "systems/demo.toml: vm[0].ram-base: guest RAM 0x0600_0000..0x0a00_0000 overlaps the \
+         device window 0x0800_0000..0x0a00_0000 (GIC, UART)"
+    );
+    // Ending exactly where the window starts is fine.
+    let source = format!(
+        "{BOARD}{}",
+        ALPHA.replace("ram = \"64M\"", "ram = \"128M\"\nram-base = 0")
+    );
+    let errors = check_in(&source, Path::new(FILE), "touching").err();
+    assert_eq!(errors, None);
+}
+
+#[test]
+fn guest_ram_must_fit_in_39_bits() {
+    assert_eq!(
+        only_error(
+            &[("ram = \"64M\"", "ram = \"64M\"\nram-base = 0x7F_FE00_0000")],
+            "",
+            "39-bits"
+        ),
+        "systems/demo.toml: vm[0].ram-base: guest RAM 0x7f_fe00_0000..0x80_0200_0000 ends past \
+         the 39-bit guest-physical space (0x80_0000_0000)"
+    );
+    // With the default base, the size is to blame.
+    let source = format!(
+        "{}{}",
+        BOARD.replace("\"1G\"", "\"600G\""),
+        ALPHA.replace("\"64M\"", "\"512G\"")
+    );
+    assert_eq!(
+        errors(&source, "39-bits-ram"),
+        [
+            "systems/demo.toml: vm[0].ram: guest RAM 0x4000_0000..0x80_4000_0000 ends past \
+          the 39-bit guest-physical space (0x80_0000_0000)"
+        ]
+    );
+}
+
+#[test]
+fn ram_base_must_be_2_mib_aligned_and_positive() {
+    assert_eq!(
+        only_error(
+            &[("ram = \"64M\"", "ram = \"64M\"\nram-base = 0x4010_0000")],
+            "",
+            "aligned"
+        ),
+        "systems/demo.toml: vm[0].ram-base: 0x4010_0000 is not 2 MiB aligned"
+    );
+    assert_eq!(
+        only_error(
+            &[("ram = \"64M\"", "ram = \"64M\"\nram-base = -2")],
+            "",
+            "negative"
+        ),
+        "systems/demo.toml: vm[0].ram-base: -2 is negative"
+    );
+}
+
+// --- CPUs ---
+
+#[test]
+fn a_cpu_used_by_two_vms() {
+    let beta = ALPHA.replace("alpha", "beta").replace("[1]", "[2]");
+    let gamma = ALPHA.replace("alpha", "gamma").replace("[1]", "[3, 2]");
+    assert_eq!(
+        errors(&format!("{BOARD}{ALPHA}{beta}{gamma}"), "cpu-twice"),
+        ["systems/demo.toml: vm[2].cpus: CPU 2 is already used by vm \"beta\""]
+    );
+}
+
+#[test]
+fn a_cpu_taken_by_a_vm_without_a_valid_name_is_named_by_index() {
+    let first = ALPHA.replace("alpha", "Alpha");
+    let second = ALPHA.replace("alpha", "beta");
+    let errors = errors(&format!("{BOARD}{first}{second}"), "cpu-owner-index");
+    assert_eq!(
+        errors[1],
+        "systems/demo.toml: vm[1].cpus: CPU 1 is already used by vm[0]"
+    );
+}
+
+#[test]
+fn cpus_the_board_does_not_have_or_none_at_all() {
+    assert_eq!(
+        only_error(&[("cpus = [1]", "cpus = [4]")], "", "cpu-missing"),
+        "systems/demo.toml: vm[0].cpus: CPU 4 does not exist; the board has CPUs 0 to 3"
+    );
+    assert_eq!(
+        only_error(&[("cpus = [1]", "cpus = []")], "", "cpu-none"),
+        "systems/demo.toml: vm[0].cpus: empty; a VM needs at least one CPU"
+    );
+    assert_eq!(
+        only_error(&[("cpus = [1]", "cpus = [1, 1]")], "", "cpu-repeat"),
+        "systems/demo.toml: vm[0].cpus: CPU 1 is listed twice"
+    );
+    assert_eq!(
+        only_error(&[("cpus = [1]", "cpus = [-1]")], "", "cpu-negative"),
+        "systems/demo.toml: vm[0].cpus: -1 is not a CPU number"
+    );
+}
+
+// --- images ---
+
+#[test]
+fn image_file_missing_or_unreadable() {
+    let dir = scratch("image-missing");
+    let file = dir.join("sys.toml");
+    let source = format!("{BOARD}{}", ALPHA.replace("example:hello", "nope.bin"));
+    let errors = check_in(&source, &file, "image-missing-examples").unwrap_err();
+    assert_eq!(
+        errors,
+        [format!(
+            "{}: vm[0].image: {} does not exist",
+            file.display(),
+            dir.join("nope.bin").display()
+        )]
+    );
+}
+
+#[test]
+fn image_that_is_not_valid() {
+    let dir = scratch("image-elf");
+    std::fs::write(dir.join("guest.elf"), b"\x7fELF\x02\x01\x01\x00").unwrap();
+    std::fs::write(dir.join("empty.bin"), b"").unwrap();
+    let file = dir.join("sys.toml");
+    let second = ALPHA
+        .replace("alpha", "beta")
+        .replace("[1]", "[2]")
+        .replace("example:hello", "empty.bin");
+    let source = format!(
+        "{BOARD}{}{second}",
+        ALPHA.replace("example:hello", "guest.elf")
+    );
+    let errors = check_in(&source, &file, "image-elf-examples").unwrap_err();
+    assert_eq!(
+        errors,
+        [
+            format!(
+                "{}: vm[0].image: {} is an ELF file, not a flat image (convert it with llvm-objcopy -O binary)",
+                file.display(),
+                dir.join("guest.elf").display()
+            ),
+            format!(
+                "{}: vm[1].image: {} is empty",
+                file.display(),
+                dir.join("empty.bin").display()
+            ),
+        ]
+    );
+}
+
+#[test]
+fn image_larger_than_the_vm_ram_allows() {
+    let dir = scratch("image-large");
+    // text_offset 0x8_0000 + image_size 3.5M ends 0.5M past a 6M VM's
+    // device tree at 4M.
+    std::fs::write(
+        dir.join("big.bin"),
+        fake_image(0x8_0000, 3 * MIB + MIB / 2 + MIB / 2, 4096),
+    )
+    .unwrap();
+    let file = dir.join("sys.toml");
+    let source = format!(
+        "{BOARD}{}",
+        ALPHA
+            .replace("example:hello", "big.bin")
+            .replace("64M", "6M")
+    );
+    let errors = check_in(&source, &file, "image-large-examples").unwrap_err();
+    assert_eq!(
+        errors,
+        [format!(
+            "{}: vm[0].image: {} (4M, loaded at 0x4008_0000) ends at 0x4048_0000, past the \
+             device tree at 0x4040_0000 (the last 2 MiB of the VM's 6M of RAM); give the VM more RAM",
+            file.display(),
+            dir.join("big.bin").display()
+        )]
+    );
+}
+
+#[test]
+fn image_names() {
+    assert_eq!(
+        only_error(
+            &[("example:hello", "example:helo")],
+            "",
+            "image-unknown-example"
+        ),
+        "systems/demo.toml: vm[0].image: guest-sdk has no example \"helo\""
+    );
+    assert_eq!(
+        only_error(
+            &[("example:hello", "example:../x")],
+            "",
+            "image-bad-example"
+        ),
+        "systems/demo.toml: vm[0].image: \"example:../x\" does not name a guest-sdk example \
+         (letters, digits, _ and -, starting with a letter)"
+    );
+    assert_eq!(
+        only_error(&[("example:hello", "")], "", "image-empty"),
+        "systems/demo.toml: vm[0].image: empty; give \"example:NAME\" or a path to an image file"
+    );
+}
+
+// --- memory ---
+
+#[test]
+fn vm_ram_plus_the_reserve_must_fit_the_board() {
+    let beta = ALPHA
+        .replace("alpha", "beta")
+        .replace("[1]", "[2]")
+        .replace("64M", "32M");
+    assert_eq!(
+        errors(
+            &format!("{}{ALPHA}{beta}", BOARD.replace("\"1G\"", "\"127M\"")),
+            "budget"
+        ),
+        [
+            "systems/demo.toml: board.memory: the VMs' RAM (96M) plus the hypervisor's reserve (32M) \
+          is 128M, more than the board's 127M"
+        ]
+    );
+    // Exactly full is fine.
+    let source = format!("{}{ALPHA}{beta}", BOARD.replace("\"1G\"", "\"128M\""));
+    load_ok(&source, "budget-exact");
+}
+
+// --- names ---
+
+#[test]
+fn duplicate_and_malformed_names() {
+    let again = ALPHA.replace("[1]", "[2]");
+    assert_eq!(
+        errors(&format!("{BOARD}{ALPHA}{again}"), "name-dup"),
+        ["systems/demo.toml: vm[1].name: \"alpha\" is also the name of vm[0]"]
+    );
+    for bad in ["Alpha", "1st", "", "a_b", "sixteen-letters1", "-a"] {
+        assert_eq!(
+            only_error(&[("\"alpha\"", &format!("\"{bad}\""))], "", "name-bad"),
+            format!(
+                "systems/demo.toml: vm[0].name: \"{bad}\" is not a VM name \
+                 (1 to 15 of a-z, 0-9 and -, starting with a letter)"
+            )
+        );
+    }
+    load_ok(
+        &format!("{BOARD}{}", ALPHA.replace("alpha", "a-15-chars-long")),
+        "name-longest",
+    );
+}
+
+// --- board ---
+
+#[test]
+fn unknown_board() {
+    let errors = errors(
+        &format!("{}{ALPHA}", BOARD.replace("qemu-virt", "pi5")),
+        "board-unknown",
+    );
+    assert_eq!(
+        errors,
+        ["systems/demo.toml: board.name: unknown board \"pi5\" (expected one of: qemu-virt, rpi4)"]
+    );
+}
+
+#[test]
+fn board_facts() {
+    assert_eq!(
+        only_error(
+            &[("gic-version = 3", "gic-version = 4")],
+            "",
+            "board-gic-virt"
+        ),
+        "systems/demo.toml: board.gic-version: qemu-virt supports GIC version 2 or 3, not 4"
+    );
+    let rpi4 = |edits: &[(&str, &str)], test| {
+        let mut all = vec![
+            ("qemu-virt", "rpi4"),
+            ("= 3", "= 2"),
+            ("\"1G\"", "\"948M\""),
+        ];
+        all.extend_from_slice(edits);
+        only_error(&all, "", test)
+    };
+    assert_eq!(
+        rpi4(&[("gic-version = 2", "gic-version = 3")], "board-gic-rpi4"),
+        "systems/demo.toml: board.gic-version: rpi4 supports GIC version 2 only, not 3"
+    );
+    assert_eq!(
+        rpi4(&[("cpus = 4", "cpus = 2")], "board-cpus-rpi4"),
+        "systems/demo.toml: board.cpus: rpi4 has 4 CPUs, not 2"
+    );
+    assert_eq!(
+        rpi4(&[("\"948M\"", "\"2G\"")], "board-memory-rpi4"),
+        "systems/demo.toml: board.memory: rpi4 has at most 948M of usable memory, not 2G"
+    );
+    assert_eq!(
+        only_error(&[("cpus = 4", "cpus = 9")], "", "board-cpus-virt"),
+        "systems/demo.toml: board.cpus: qemu-virt has 1 to 8 CPUs, not 9"
+    );
+}
+
+// --- bootargs ---
+
+#[test]
+fn bootargs_must_fit_a_command_line() {
+    let long = "x".repeat(2048);
+    assert_eq!(
+        only_error(
+            &[("cpus = [1]", &format!("cpus = [1]\nbootargs = \"{long}\""))],
+            "",
+            "bootargs-long"
+        ),
+        "systems/demo.toml: vm[0].bootargs: is 2048 bytes long; a guest command line holds at most 2047"
+    );
+    assert_eq!(
+        only_error(
+            &[("cpus = [1]", "cpus = [1]\nbootargs = \"a\\u0000b\"")],
+            "",
+            "bootargs-nul"
+        ),
+        "systems/demo.toml: vm[0].bootargs: contains a NUL character, which cannot be in a device tree string"
+    );
+}
+
+// --- every mistake at once ---
+
+#[test]
+fn every_mistake_is_reported_in_one_pass() {
+    let source = "\
+colour = \"red\"
+[board]
+name = \"qemu-virt\"
+gic-version = 3
+cpus = 2
+memory = \"64M\"
+
+[[vm]]
+name = \"Alpha\"
+image = \"example:hello\"
+ram = \"64\"
+cpus = [1, 5]
+
+[[vm]]
+name = \"beta\"
+image = \"example:hello\"
+ram = \"62M\"
+ram-base = 0x0800_0000
+cpus = [1]
+memory = \"2M\"
+";
+    assert_eq!(
+        errors(source, "everything"),
+        [
+            "systems/demo.toml: colour: unknown key (expected one of: board, vm)",
+            "systems/demo.toml: vm[0].name: \"Alpha\" is not a VM name (1 to 15 of a-z, 0-9 and -, starting with a letter)",
+            "systems/demo.toml: vm[0].ram: \"64\" is not a size: expected digits and a unit K, M or G, e.g. \"64M\"",
+            "systems/demo.toml: vm[0].cpus: CPU 5 does not exist; the board has CPUs 0 to 1",
+            "systems/demo.toml: vm[1].memory: unknown key (expected one of: name, image, ram, ram-base, cpus, bootargs)",
+            "systems/demo.toml: vm[1].ram-base: guest RAM 0x0800_0000..0x0be0_0000 overlaps the device window 0x0800_0000..0x0a00_0000 (GIC, UART)",
+            "systems/demo.toml: vm[1].cpus: CPU 1 is already used by vm[0]",
+            "systems/demo.toml: board.memory: the VMs' RAM (62M) plus the hypervisor's reserve (32M) is 94M, more than the board's 64M",
+        ]
+    );
+}
+
+#[test]
+fn load_config_reads_the_file_and_skips_image_checks() {
+    let dir = scratch("load-config");
+    let file = dir.join("sys.toml");
+    std::fs::write(
+        &file,
+        format!("{BOARD}{}", ALPHA.replace("example:hello", "absent.bin")),
+    )
+    .unwrap();
+    let config = load_config(&file).unwrap();
+    assert_eq!(
+        config.vms[0].image,
+        ImageSource::File(dir.join("absent.bin"))
+    );
+    let err = load_config(&dir.join("nope.toml")).unwrap_err().to_string();
+    assert!(
+        err.starts_with(&format!(
+            "{}: cannot read: ",
+            dir.join("nope.toml").display()
+        )),
+        "{err}"
+    );
+}

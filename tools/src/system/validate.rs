@@ -1,0 +1,499 @@
+//! The checks of docs/system-image.md that need only the configuration
+//! text: keys, types, sizes, names, CPUs, guest-physical ranges and the
+//! memory budget. Each check that can still run does, so one pass reports
+//! every mistake; what a failed check leaves unknown is `None` in the draft.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use toml::{Table, Value};
+
+use super::board::BoardSpec;
+use super::fields::{Fields, Problems, describe};
+use super::{BoardConfig, ImageSource, SystemConfig, VmConfig};
+use crate::units::{MIB, address, format_size, parse_size};
+
+const TOP_KEYS: &[&str] = &["board", "vm"];
+const BOARD_KEYS: &[&str] = &["name", "gic-version", "cpus", "memory"];
+const VM_KEYS: &[&str] = &["name", "image", "ram", "ram-base", "cpus", "bootargs"];
+
+/// What the hypervisor keeps for itself out of the board's memory.
+pub const HYPERVISOR_RESERVE: u64 = 32 * MIB;
+/// Guest RAM comes in 2 MiB blocks, the stage-2 block size.
+pub const RAM_GRANULE: u64 = 2 * MIB;
+pub const DEFAULT_RAM_BASE: u64 = 0x4000_0000;
+/// The guest-physical addresses of the virtual GIC and UART; guest RAM
+/// must stay clear of them.
+pub const DEVICE_WINDOW: std::ops::Range<u64> = 0x0800_0000..0x0A00_0000;
+/// The stage-2 translation covers 39 bits of guest-physical space.
+pub const GUEST_PHYSICAL_LIMIT: u64 = 1 << 39;
+/// Linux's `COMMAND_LINE_SIZE` on arm64, NUL included.
+const MAX_BOOTARGS: usize = 2048;
+const MAX_NAME_LEN: usize = 15;
+pub const EXAMPLE_PREFIX: &str = "example:";
+
+/// The configuration as far as it could be read.
+#[derive(Debug, Default)]
+pub struct Draft {
+    pub board: BoardDraft,
+    pub vms: Vec<VmDraft>,
+}
+
+#[derive(Debug, Default)]
+pub struct BoardDraft {
+    pub spec: Option<&'static BoardSpec>,
+    pub gic_version: Option<u32>,
+    /// Only when within what the board has.
+    pub cpus: Option<u32>,
+    pub memory: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+pub struct VmDraft {
+    pub name: Option<String>,
+    pub image: Option<ImageSource>,
+    pub ram: Option<u64>,
+    pub ram_base: Option<u64>,
+    pub cpus: Option<Vec<u32>>,
+    pub bootargs: Option<String>,
+}
+
+impl Draft {
+    /// The finished configuration, when every value was read. Only called
+    /// when no problem was reported, and every missing value was.
+    pub fn finish(self) -> Option<SystemConfig> {
+        let board = BoardConfig {
+            spec: self.board.spec?,
+            gic_version: self.board.gic_version?,
+            cpus: self.board.cpus?,
+            memory: self.board.memory?,
+        };
+        let vms = self
+            .vms
+            .into_iter()
+            .map(|vm| {
+                Some(VmConfig {
+                    name: vm.name?,
+                    image: vm.image?,
+                    ram: vm.ram?,
+                    ram_base: vm.ram_base?,
+                    cpus: vm.cpus?,
+                    bootargs: vm.bootargs,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(SystemConfig { board, vms })
+    }
+}
+
+/// Checks the parsed TOML; `file` locates relative image paths.
+pub fn check_table(table: &Table, file: &Path, problems: &mut Problems) -> Draft {
+    let top = Fields::new("", table);
+    top.reject_unknown(TOP_KEYS, problems);
+
+    let board = match top.typed(
+        "board",
+        true,
+        "a table ([board])",
+        Value::as_table,
+        problems,
+    ) {
+        Some(board) => check_board(&Fields::new("board", board), problems),
+        None => BoardDraft::default(),
+    };
+
+    let mut vms = Vec::new();
+    let vm_tables = top.typed(
+        "vm",
+        true,
+        "an array of tables ([[vm]])",
+        Value::as_array,
+        problems,
+    );
+    if let Some(entries) = vm_tables {
+        if entries.is_empty() {
+            problems.add("vm", "empty; give at least one [[vm]] table");
+        }
+        let mut cross = CrossChecks::default();
+        for (index, entry) in entries.iter().enumerate() {
+            let path = format!("vm[{index}]");
+            let Some(vm) = entry.as_table() else {
+                problems.add(path, format!("must be a table, not {}", describe(entry)));
+                vms.push(VmDraft::default());
+                continue;
+            };
+            let draft = check_vm(
+                index,
+                &Fields::new(&path, vm),
+                file,
+                &board,
+                &mut cross,
+                problems,
+            );
+            vms.push(draft);
+        }
+    }
+
+    check_memory_budget(&board, &vms, problems);
+    Draft { board, vms }
+}
+
+fn check_board(fields: &Fields<'_>, problems: &mut Problems) -> BoardDraft {
+    fields.reject_unknown(BOARD_KEYS, problems);
+    let mut draft = BoardDraft::default();
+
+    if let Some(name) = fields.string("name", true, problems) {
+        draft.spec = BoardSpec::find(name);
+        if draft.spec.is_none() {
+            problems.add(
+                fields.key("name"),
+                format!(
+                    "unknown board \"{name}\" (expected one of: {})",
+                    BoardSpec::names()
+                ),
+            );
+        }
+    }
+
+    if let Some(version) = fields.integer("gic-version", true, problems) {
+        match (draft.spec, u32::try_from(version)) {
+            (Some(spec), Ok(version)) if spec.gic_versions.contains(&version) => {
+                draft.gic_version = Some(version);
+            }
+            (Some(spec), _) => problems.add(
+                fields.key("gic-version"),
+                format!(
+                    "{} supports GIC version {}, not {version}",
+                    spec.name,
+                    spec.gic_versions_text()
+                ),
+            ),
+            // Which versions are right depends on the board.
+            (None, _) => {}
+        }
+    }
+
+    if let Some(cpus) = fields.integer("cpus", true, problems) {
+        match (draft.spec, u32::try_from(cpus)) {
+            (Some(spec), Ok(cpus)) if spec.cpus.contains(&cpus) => draft.cpus = Some(cpus),
+            (Some(spec), _) => problems.add(
+                fields.key("cpus"),
+                format!("{} has {}, not {cpus}", spec.name, spec.cpus_text()),
+            ),
+            (None, _) => {}
+        }
+    }
+
+    let memory = fields.typed(
+        "memory",
+        true,
+        "a string with a unit, e.g. \"1G\"",
+        Value::as_str,
+        problems,
+    );
+    if let Some(text) = memory {
+        match check_board_memory(text, draft.spec) {
+            Ok(bytes) => draft.memory = Some(bytes),
+            Err(reason) => problems.add(fields.key("memory"), reason),
+        }
+    }
+    draft
+}
+
+fn check_board_memory(text: &str, spec: Option<&BoardSpec>) -> Result<u64, String> {
+    let bytes = parse_size(text)?;
+    if bytes == 0 {
+        return Err(format!("\"{text}\" is zero"));
+    }
+    if !bytes.is_multiple_of(MIB) {
+        return Err(format!(
+            "\"{text}\" is not a whole number of MiB (QEMU's -m counts MiB)"
+        ));
+    }
+    if let Some(spec) = spec
+        && let Some(max) = spec.max_memory
+        && bytes > max
+    {
+        return Err(format!(
+            "{} has at most {} of usable memory, not {text}",
+            spec.name,
+            format_size(max)
+        ));
+    }
+    Ok(bytes)
+}
+
+/// What one VM's checks must know about the VMs before it.
+#[derive(Debug, Default)]
+struct CrossChecks {
+    /// Each name and the index of the VM that has it.
+    names: BTreeMap<String, usize>,
+    /// Each CPU taken and how to name the VM that took it.
+    cpu_owners: BTreeMap<u32, String>,
+}
+
+fn check_vm(
+    index: usize,
+    fields: &Fields<'_>,
+    file: &Path,
+    board: &BoardDraft,
+    cross: &mut CrossChecks,
+    problems: &mut Problems,
+) -> VmDraft {
+    fields.reject_unknown(VM_KEYS, problems);
+    let mut draft = VmDraft::default();
+
+    if let Some(name) = fields.string("name", true, problems) {
+        if let Err(reason) = check_vm_name(name) {
+            problems.add(fields.key("name"), reason);
+        } else if let Some(first) = cross.names.get(name) {
+            problems.add(
+                fields.key("name"),
+                format!("\"{name}\" is also the name of vm[{first}]"),
+            );
+        } else {
+            cross.names.insert(name.to_string(), index);
+            draft.name = Some(name.to_string());
+        }
+    }
+
+    if let Some(image) = fields.string("image", true, problems) {
+        match parse_image_source(image, file) {
+            Ok(source) => draft.image = Some(source),
+            Err(reason) => problems.add(fields.key("image"), reason),
+        }
+    }
+
+    let ram = fields.typed(
+        "ram",
+        true,
+        "a string with a unit, e.g. \"64M\"",
+        Value::as_str,
+        problems,
+    );
+    if let Some(text) = ram {
+        match check_ram(text) {
+            Ok(bytes) => draft.ram = Some(bytes),
+            Err(reason) => problems.add(fields.key("ram"), reason),
+        }
+    }
+
+    let base_given = fields.integer("ram-base", false, problems);
+    draft.ram_base = match base_given {
+        None if fields.value("ram-base", false, problems).is_some() => None,
+        None => Some(DEFAULT_RAM_BASE),
+        Some(base) => match check_ram_base(base) {
+            Ok(base) => Some(base),
+            Err(reason) => {
+                problems.add(fields.key("ram-base"), reason);
+                None
+            }
+        },
+    };
+    if let (Some(base), Some(size)) = (draft.ram_base, draft.ram) {
+        // Blame the key the user wrote: the base if given, else the size.
+        let key = if base_given.is_some() {
+            "ram-base"
+        } else {
+            "ram"
+        };
+        if let Err(reason) = check_guest_ram_range(base, size) {
+            problems.add(fields.key(key), reason);
+        }
+    }
+
+    let vm_label = draft
+        .name
+        .as_ref()
+        .map_or_else(|| format!("vm[{index}]"), |name| format!("vm \"{name}\""));
+    draft.cpus = check_vm_cpus(fields, board, &vm_label, cross, problems);
+
+    if let Some(bootargs) = fields.string("bootargs", false, problems) {
+        match check_bootargs(bootargs) {
+            Ok(()) => draft.bootargs = Some(bootargs.to_string()),
+            Err(reason) => problems.add(fields.key("bootargs"), reason),
+        }
+    }
+    draft
+}
+
+/// VM names become package entry names and console tags, so they stay
+/// short and plain.
+fn check_vm_name(name: &str) -> Result<(), String> {
+    let plain = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let starts_with_letter = name.starts_with(|c: char| c.is_ascii_lowercase());
+    if plain && starts_with_letter && name.len() <= MAX_NAME_LEN {
+        Ok(())
+    } else {
+        Err(format!(
+            "\"{name}\" is not a VM name (1 to {MAX_NAME_LEN} of a-z, 0-9 and -, starting with a letter)"
+        ))
+    }
+}
+
+fn parse_image_source(text: &str, file: &Path) -> Result<ImageSource, String> {
+    if text.is_empty() {
+        return Err("empty; give \"example:NAME\" or a path to an image file".into());
+    }
+    if let Some(name) = text.strip_prefix(EXAMPLE_PREFIX) {
+        let plain = name.starts_with(|c: char| c.is_ascii_alphabetic())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        return if plain {
+            Ok(ImageSource::Example(name.to_string()))
+        } else {
+            Err(format!(
+                "\"{text}\" does not name a guest-sdk example (letters, digits, _ and -, starting with a letter)"
+            ))
+        };
+    }
+    let dir = file.parent().unwrap_or(Path::new(""));
+    Ok(ImageSource::File(dir.join(text)))
+}
+
+fn check_ram(text: &str) -> Result<u64, String> {
+    let bytes = parse_size(text)?;
+    if bytes == 0 {
+        return Err(format!("\"{text}\" is zero; a VM needs at least 2 MiB"));
+    }
+    if !bytes.is_multiple_of(RAM_GRANULE) {
+        return Err(format!("\"{text}\" is not a multiple of 2 MiB"));
+    }
+    Ok(bytes)
+}
+
+fn check_ram_base(base: i64) -> Result<u64, String> {
+    let base = u64::try_from(base).map_err(|_| format!("{base} is negative"))?;
+    if !base.is_multiple_of(RAM_GRANULE) {
+        return Err(format!("{} is not 2 MiB aligned", address(base)));
+    }
+    Ok(base)
+}
+
+fn check_guest_ram_range(base: u64, size: u64) -> Result<(), String> {
+    let end = base.saturating_add(size);
+    let range = format!("{}..{}", address(base), address(end));
+    if end > GUEST_PHYSICAL_LIMIT {
+        return Err(format!(
+            "guest RAM {range} ends past the 39-bit guest-physical space ({})",
+            address(GUEST_PHYSICAL_LIMIT)
+        ));
+    }
+    if base < DEVICE_WINDOW.end && end > DEVICE_WINDOW.start {
+        return Err(format!(
+            "guest RAM {range} overlaps the device window {}..{} (GIC, UART)",
+            address(DEVICE_WINDOW.start),
+            address(DEVICE_WINDOW.end)
+        ));
+    }
+    Ok(())
+}
+
+/// The VM's CPU list, or `None` when it is unusable. CPUs are claimed in
+/// `cross` as they are read, so a later VM that reuses one is the one
+/// blamed.
+fn check_vm_cpus(
+    fields: &Fields<'_>,
+    board: &BoardDraft,
+    vm_label: &str,
+    cross: &mut CrossChecks,
+    problems: &mut Problems,
+) -> Option<Vec<u32>> {
+    let key = fields.key("cpus");
+    let entries = fields.typed(
+        "cpus",
+        true,
+        "an array of CPU numbers, e.g. [1]",
+        Value::as_array,
+        problems,
+    )?;
+    if entries.is_empty() {
+        problems.add(&key, "empty; a VM needs at least one CPU");
+        return None;
+    }
+    let mut cpus = Vec::new();
+    let mut all_good = true;
+    for entry in entries {
+        let Some(cpu) = entry.as_integer().and_then(|cpu| u32::try_from(cpu).ok()) else {
+            problems.add(
+                &key,
+                format!("{} is not a CPU number", describe_cpu_entry(entry)),
+            );
+            all_good = false;
+            continue;
+        };
+        if let Some(count) = board.cpus
+            && cpu >= count
+        {
+            problems.add(
+                &key,
+                format!(
+                    "CPU {cpu} does not exist; the board has CPUs 0 to {}",
+                    count - 1
+                ),
+            );
+            all_good = false;
+            continue;
+        }
+        if cpus.contains(&cpu) {
+            problems.add(&key, format!("CPU {cpu} is listed twice"));
+            all_good = false;
+            continue;
+        }
+        if let Some(owner) = cross.cpu_owners.get(&cpu) {
+            problems.add(&key, format!("CPU {cpu} is already used by {owner}"));
+            all_good = false;
+            continue;
+        }
+        cross.cpu_owners.insert(cpu, vm_label.to_string());
+        cpus.push(cpu);
+    }
+    all_good.then_some(cpus)
+}
+
+/// CPU numbers are plain integers, so a wrong one is shown as written.
+fn describe_cpu_entry(entry: &Value) -> String {
+    match entry {
+        Value::Integer(number) => number.to_string(),
+        other => describe(other),
+    }
+}
+
+fn check_bootargs(bootargs: &str) -> Result<(), String> {
+    if bootargs.contains('\0') {
+        return Err("contains a NUL character, which cannot be in a device tree string".into());
+    }
+    if bootargs.len() >= MAX_BOOTARGS {
+        return Err(format!(
+            "is {} bytes long; a guest command line holds at most {}",
+            bootargs.len(),
+            MAX_BOOTARGS - 1
+        ));
+    }
+    Ok(())
+}
+
+/// The VMs whose RAM is known already show whether the board is too
+/// small; RAM not yet known could only add to it.
+fn check_memory_budget(board: &BoardDraft, vms: &[VmDraft], problems: &mut Problems) {
+    let Some(memory) = board.memory else {
+        return;
+    };
+    let vm_ram: u64 = vms.iter().filter_map(|vm| vm.ram).sum();
+    let needed = vm_ram + HYPERVISOR_RESERVE;
+    if needed > memory {
+        problems.add(
+            "board.memory",
+            format!(
+                "the VMs' RAM ({}) plus the hypervisor's reserve ({}) is {}, more than the board's {}",
+                format_size(vm_ram),
+                format_size(HYPERVISOR_RESERVE),
+                format_size(needed),
+                format_size(memory)
+            ),
+        );
+    }
+}

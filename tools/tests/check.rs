@@ -1,0 +1,159 @@
+//! `tessera check` end to end: the built binary on the configurations in
+//! `tests/fixtures/`, one per check class of docs/system-image.md, with
+//! the exact messages on stderr and the exit status. The fixtures use
+//! image files beside them, never guest-sdk examples, so nothing is built.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn check(config: &str) -> Output {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["check", "--system", config])
+        .current_dir(fixtures)
+        .output()
+        .expect("the tessera binary runs")
+}
+
+/// Asserts that checking `config` fails with exactly `expected` on stderr.
+fn assert_rejected(config: &str, expected: &[&str]) {
+    let output = check(config);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines, expected, "{config}");
+    assert_eq!(output.status.code(), Some(1), "{config}");
+    assert!(output.stdout.is_empty(), "{config}: nothing on stdout");
+}
+
+#[test]
+fn a_good_configuration_is_ok() {
+    let output = check("good.toml");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "good.toml: OK\n");
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "");
+    assert_eq!(output.status.code(), Some(0));
+}
+
+#[test]
+fn syntax() {
+    assert_rejected(
+        "syntax.toml",
+        &["syntax.toml:3:18: invalid basic string, expected `\"`"],
+    );
+}
+
+#[test]
+fn types() {
+    assert_rejected(
+        "types.toml",
+        &["types.toml: vm[0].ram: must be a string with a unit, e.g. \"64M\", not the integer 64"],
+    );
+}
+
+#[test]
+fn unknown_keys() {
+    assert_rejected(
+        "unknown-key.toml",
+        &[
+            "unknown-key.toml: vm[0].memory: unknown key (expected one of: name, image, ram, ram-base, cpus, bootargs)",
+        ],
+    );
+}
+
+#[test]
+fn missing_keys() {
+    assert_rejected(
+        "missing-key.toml",
+        &["missing-key.toml: vm[0].image: missing"],
+    );
+}
+
+#[test]
+fn bad_sizes() {
+    assert_rejected(
+        "bad-size.toml",
+        &[
+            "bad-size.toml: vm[0].ram: \"3M\" is not a multiple of 2 MiB",
+            "bad-size.toml: vm[1].ram: \"12Q\" is not a size: expected digits and a unit K, M or G, e.g. \"64M\"",
+        ],
+    );
+}
+
+#[test]
+fn overlapping_guest_physical_ranges() {
+    assert_rejected(
+        "overlap.toml",
+        &[
+            "overlap.toml: vm[0].ram-base: guest RAM 0x0800_0000..0x0c00_0000 overlaps the device window 0x0800_0000..0x0a00_0000 (GIC, UART)",
+        ],
+    );
+}
+
+#[test]
+fn cpus() {
+    assert_rejected(
+        "cpus.toml",
+        &[
+            "cpus.toml: vm[1].cpus: CPU 1 is already used by vm \"alpha\"",
+            "cpus.toml: vm[1].cpus: CPU 7 does not exist; the board has CPUs 0 to 3",
+            "cpus.toml: vm[2].cpus: empty; a VM needs at least one CPU",
+        ],
+    );
+}
+
+#[test]
+fn images() {
+    assert_rejected(
+        "images.toml",
+        &[
+            "images.toml: vm[0].image: images/absent.bin does not exist",
+            "images.toml: vm[1].image: images/elf.bin is an ELF file, not a flat image (convert it with llvm-objcopy -O binary)",
+            "images.toml: vm[2].image: images/big.bin (128M, loaded at 0x4008_0000) ends at 0x4808_0000, past the device tree at 0x43e0_0000 (the last 2 MiB of the VM's 64M of RAM); give the VM more RAM",
+        ],
+    );
+}
+
+#[test]
+fn memory() {
+    assert_rejected(
+        "memory.toml",
+        &[
+            "memory.toml: board.memory: the VMs' RAM (128M) plus the hypervisor's reserve (32M) is 160M, more than the board's 128M",
+        ],
+    );
+}
+
+#[test]
+fn names() {
+    assert_rejected(
+        "names.toml",
+        &[
+            "names.toml: vm[1].name: \"alpha\" is also the name of vm[0]",
+            "names.toml: vm[2].name: \"Gamma_1\" is not a VM name (1 to 15 of a-z, 0-9 and -, starting with a letter)",
+        ],
+    );
+}
+
+#[test]
+fn board() {
+    assert_rejected(
+        "board.toml",
+        &[
+            "board.toml: board.gic-version: rpi4 supports GIC version 2 only, not 3",
+            "board.toml: board.memory: rpi4 has at most 948M of usable memory, not 2G",
+        ],
+    );
+    assert_rejected(
+        "unknown-board.toml",
+        &[
+            "unknown-board.toml: board.name: unknown board \"pi5\" (expected one of: qemu-virt, rpi4)",
+        ],
+    );
+}
+
+#[test]
+fn an_unreadable_configuration() {
+    let output = check("absent.toml");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.starts_with("absent.toml: cannot read: "), "{stderr}");
+    assert_eq!(output.status.code(), Some(1));
+}

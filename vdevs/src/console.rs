@@ -1,0 +1,136 @@
+//! Guest console output, assembled into lines without a heap.
+
+/// Where a console device's output goes, one line at a time.
+///
+/// Lines never contain `\n` or `\r`. A line longer than
+/// [`LINE_CAPACITY`] arrives as several calls, with nothing marking the
+/// continuation. The sink adds whatever framing it wants (the hypervisor
+/// prefixes the VM's name); models know nothing of names. Bytes are passed
+/// through unfiltered otherwise, so a sink writing to a terminal may want to
+/// neutralise control characters.
+pub trait ConsoleSink {
+    fn write_line(&mut self, line: &[u8]);
+}
+
+/// Lets the hypervisor keep ownership of the sink and lend it to a model.
+impl<T: ConsoleSink + ?Sized> ConsoleSink for &mut T {
+    fn write_line(&mut self, line: &[u8]) {
+        (**self).write_line(line);
+    }
+}
+
+/// The longest line a [`LineBuffer`] hands to its sink in one call.
+pub const LINE_CAPACITY: usize = 256;
+
+/// Collects transmitted bytes until a line is complete.
+///
+/// `\n` ends a line; every `\r` is dropped, so both `\r\n` and `\n` guests
+/// give the same lines and a stray `\r` cannot overwrite the sink's prefix
+/// on a terminal. A full buffer is handed over only when one more byte
+/// arrives, so a line of exactly [`LINE_CAPACITY`] bytes followed by `\n`
+/// stays one line rather than becoming a full line plus an empty one.
+#[derive(Clone, Debug)]
+pub struct LineBuffer {
+    bytes: [u8; LINE_CAPACITY],
+    len: usize,
+}
+
+impl LineBuffer {
+    #[must_use]
+    pub const fn new() -> Self {
+        Self {
+            bytes: [0; LINE_CAPACITY],
+            len: 0,
+        }
+    }
+
+    /// Adds one transmitted byte, handing a line to `sink` when one is
+    /// complete or the buffer has no room left.
+    pub fn push(&mut self, byte: u8, sink: &mut impl ConsoleSink) {
+        match byte {
+            b'\r' => {}
+            b'\n' => {
+                sink.write_line(self.pending());
+                self.len = 0;
+            }
+            _ => {
+                if self.len == LINE_CAPACITY {
+                    self.flush(sink);
+                }
+                self.bytes[self.len] = byte;
+                self.len += 1;
+            }
+        }
+    }
+
+    /// Hands a partial line to `sink`, if there is one (for example when the
+    /// VM stops mid-line).
+    pub fn flush(&mut self, sink: &mut impl ConsoleSink) {
+        if self.len > 0 {
+            sink.write_line(self.pending());
+            self.len = 0;
+        }
+    }
+
+    /// The bytes of the line not yet handed over.
+    #[must_use]
+    pub fn pending(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl Default for LineBuffer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::vec::Vec;
+
+    #[derive(Default)]
+    struct Lines(Vec<Vec<u8>>);
+
+    impl ConsoleSink for Lines {
+        fn write_line(&mut self, line: &[u8]) {
+            self.0.push(line.to_vec());
+        }
+    }
+
+    fn feed(buffer: &mut LineBuffer, sink: &mut Lines, bytes: &[u8]) {
+        for &byte in bytes {
+            buffer.push(byte, sink);
+        }
+    }
+
+    #[test]
+    fn carriage_returns_vanish_and_empty_lines_survive() {
+        let mut buffer = LineBuffer::new();
+        let mut sink = Lines::default();
+        feed(&mut buffer, &mut sink, b"a\rb\r\n\nc\n");
+        assert_eq!(sink.0, [&b"ab"[..], b"", b"c"]);
+        assert!(buffer.pending().is_empty());
+    }
+
+    #[test]
+    fn exactly_full_line_is_one_line() {
+        let mut buffer = LineBuffer::new();
+        let mut sink = Lines::default();
+        feed(&mut buffer, &mut sink, &[b'x'; LINE_CAPACITY]);
+        assert!(sink.0.is_empty());
+        buffer.push(b'\n', &mut sink);
+        assert_eq!(sink.0, [[b'x'; LINE_CAPACITY]]);
+    }
+
+    #[test]
+    fn flush_of_empty_buffer_writes_nothing() {
+        let mut buffer = LineBuffer::new();
+        let mut sink = Lines::default();
+        buffer.flush(&mut sink);
+        feed(&mut buffer, &mut sink, b"ok\n");
+        buffer.flush(&mut sink);
+        assert_eq!(sink.0, [b"ok"]);
+    }
+}
