@@ -123,6 +123,18 @@ static ENTRY_FRAMES: [EntryFrame; MAX_CPUS] = [const {
     }))
 }; MAX_CPUS];
 
+impl Vm {
+    /// Where vCPU 0 starts: the image's load address.
+    fn entry_point(&self) -> u64 {
+        self.ram_base.0 + self.image_load_offset
+    }
+
+    /// The guest-physical address of the device tree, passed in x0.
+    fn device_tree_address(&self) -> u64 {
+        self.ram_base.0 + self.ram_size - DEVICE_TREE_RESERVE
+    }
+}
+
 fn vm(index: usize) -> &'static Vm {
     VMS.get()
         .and_then(|vms| vms[index].as_ref())
@@ -265,23 +277,15 @@ fn load_pristine_image(vm: &Vm) -> Result<(), BuildError> {
     if image_end > device_tree_offset || vm.device_tree.len() as u64 > DEVICE_TREE_RESERVE {
         return Err(BuildError::ImageTooLarge { vm: vm.name });
     }
-    let base = vm.ram_host.0 as *mut u8;
     // SAFETY: the VM's RAM was allocated for it alone, is identity-mapped
-    // read/write at EL2, and no vCPU of the VM runs while it is rewritten;
-    // the offsets were checked against its size above.
-    unsafe {
-        core::ptr::write_bytes(base, 0, vm.ram_size as usize);
-        core::ptr::copy_nonoverlapping(
-            vm.image.as_ptr(),
-            base.add(vm.image_load_offset as usize),
-            vm.image.len(),
-        );
-        core::ptr::copy_nonoverlapping(
-            vm.device_tree.as_ptr(),
-            base.add(device_tree_offset as usize),
-            vm.device_tree.len(),
-        );
-    }
+    // read/write at EL2, and no vCPU of the VM runs while it is rewritten.
+    let ram =
+        unsafe { core::slice::from_raw_parts_mut(vm.ram_host.0 as *mut u8, vm.ram_size as usize) };
+    ram.fill(0);
+    let image_start = vm.image_load_offset as usize;
+    ram[image_start..image_start + vm.image.len()].copy_from_slice(vm.image);
+    let tree_start = device_tree_offset as usize;
+    ram[tree_start..tree_start + vm.device_tree.len()].copy_from_slice(vm.device_tree);
     arch::clean_to_point_of_coherency(vm.ram_host.0 as usize, vm.ram_size as usize);
     guest::invalidate_instruction_caches();
     Ok(())
@@ -312,8 +316,8 @@ pub fn start_all() {
             Request::Start {
                 vm: index,
                 vcpu: 0,
-                entry: vm.ram_base.0 + vm.image_load_offset,
-                argument: vm.ram_base.0 + vm.ram_size - DEVICE_TREE_RESERVE,
+                entry: vm.entry_point(),
+                argument: vm.device_tree_address(),
             },
         );
     }
@@ -393,11 +397,11 @@ fn honour_stop_request() {
 
 /// Saves the vCPU's EL1 state, marks it off and idles.
 fn park_current_vcpu() -> ! {
-    if let Some((index, vcpu)) = current_vm() {
-        if let Some(runtime) = RUNTIMES[index].lock().as_mut() {
-            guest::save_el1(&mut runtime.saved_el1[vcpu]);
-            runtime.vcpus[vcpu] = VcpuPower::Off;
-        }
+    if let Some((index, vcpu)) = current_vm()
+        && let Some(runtime) = RUNTIMES[index].lock().as_mut()
+    {
+        guest::save_el1(&mut runtime.saved_el1[vcpu]);
+        runtime.vcpus[vcpu] = VcpuPower::Off;
     }
     idle_loop()
 }
@@ -669,24 +673,18 @@ fn reset_vm(index: usize) -> ! {
         "tessera: vm {}: restarted from its pristine image (reset {reset_count})",
         vm.name
     );
+    let entry_point = vm.entry_point();
+    let device_tree = vm.device_tree_address();
+    let vcpu0_cpu = vm.physical_cpus[0] as usize;
+    if vcpu0_cpu == this_cpu {
+        run_vcpu(index, 0, entry_point, device_tree);
+    }
     let request = Request::Start {
         vm: index,
         vcpu: 0,
-        entry: vm.ram_base.0 + vm.image_load_offset,
-        argument: vm.ram_base.0 + vm.ram_size - DEVICE_TREE_RESERVE,
+        entry: entry_point,
+        argument: device_tree,
     };
-    let vcpu0_cpu = vm.physical_cpus[0] as usize;
-    if vcpu0_cpu == this_cpu {
-        if let Request::Start {
-            vm,
-            vcpu,
-            entry,
-            argument,
-        } = request
-        {
-            run_vcpu(vm, vcpu, entry, argument);
-        }
-    }
     post(vcpu0_cpu, request);
     idle_loop()
 }
@@ -696,7 +694,8 @@ fn handle_firmware_call(index: usize, vcpu: usize, frame: &mut TrapFrame) {
     let vm = vm(index);
     let registers = &frame.registers;
     let call = psci::decode(registers[0], registers[1], registers[2], registers[3]);
-    frame.exception_link += 4;
+    // ELR_EL2 already points past the HVC: its preferred return address is
+    // the next instruction (unlike a trapped SMC, which points at itself).
     let result = match call {
         Call::Return(value) => value,
         Call::CpuOn {
