@@ -2,7 +2,7 @@
 //! tree, build the EL2 map and turn on the MMU, console, allocators, GIC,
 //! the other CPUs, the timer tick on each; then report and power off.
 
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tessera_hypervisor::address::{PhysAddr, PhysRange};
 use tessera_hypervisor::device_tree::{self, MachineDescription};
@@ -21,6 +21,10 @@ const WAIT_FOR_CPUS_TICKS: u32 = 200;
 
 /// CPUs that have seen `TICKS_TO_PROVE` ticks.
 static TICKING: AtomicUsize = AtomicUsize::new(0);
+/// Whether each CPU waits for `TICKS_TO_PROVE` ticks and reports them: the
+/// bring-up self-test of a boot without a system package. With a package,
+/// the VMs start as soon as every CPU's timer is armed.
+static PROVE_TICKS: AtomicBool = AtomicBool::new(true);
 
 /// Writes a fixed message straight to the board UART, before (or instead
 /// of) the normal console. Uses no formatting: in the wrong-address case
@@ -189,6 +193,11 @@ pub extern "C" fn primary_entry(device_tree_address: u64, run_address: u64) -> !
         power::power_off(1);
     }
 
+    let initrd = machine
+        .description
+        .as_ref()
+        .and_then(|description| description.initrd);
+    PROVE_TICKS.store(initrd.is_none(), Ordering::Release);
     smp::publish_boot_parameters(&machine.cpu_affinities[..machine.cpu_count], root);
     announce_online(0);
     let mut start_failures = 0;
@@ -204,7 +213,7 @@ pub extern "C" fn primary_entry(device_tree_address: u64, run_address: u64) -> !
     while TICKING.load(Ordering::Acquire) < machine.cpu_count - start_failures
         && timer::ticks(0) < deadline
     {
-        arch::wait_for_interrupt();
+        arch::wait_for_event();
     }
     let online = smp::online_count();
     let ticking = TICKING.load(Ordering::Acquire);
@@ -215,15 +224,15 @@ pub extern "C" fn primary_entry(device_tree_address: u64, run_address: u64) -> !
         );
         power::power_off(1);
     }
-    println!("tessera: all {online} CPUs online, EL2 timer ticking on every CPU");
+    if PROVE_TICKS.load(Ordering::Acquire) {
+        println!("tessera: all {online} CPUs online, EL2 timer ticking on every CPU");
+    } else {
+        println!("tessera: all {online} CPUs online, EL2 timer armed on every CPU");
+    }
 
     #[cfg(feature = "selftest-fault")]
     selftest_fault();
 
-    let initrd = machine
-        .description
-        .as_ref()
-        .and_then(|description| description.initrd);
     let Some(initrd) = initrd else {
         println!("tessera: no system package (initrd); nothing to run");
         power::power_off(0)
@@ -306,22 +315,27 @@ fn announce_online(index: usize) {
     );
 }
 
-/// Starts the tick on this CPU and waits for `TICKS_TO_PROVE` of them.
+/// Starts the tick on this CPU and, in the bring-up self-test, waits for
+/// `TICKS_TO_PROVE` of them.
 fn prove_timer_ticks(index: usize) {
     if let Err(error) = timer::start_on_this_cpu() {
         log::error!("cpu {index}: timer interrupt not enabled: {error:?}");
         return;
     }
     arch::enable_interrupts();
-    while timer::ticks(index) < TICKS_TO_PROVE {
-        arch::wait_for_interrupt();
+    if PROVE_TICKS.load(Ordering::Acquire) {
+        while timer::ticks(index) < TICKS_TO_PROVE {
+            arch::wait_for_interrupt();
+        }
+        println!(
+            "tessera: cpu {index}: EL2 timer ticking ({} ticks at {} Hz)",
+            timer::ticks(index),
+            timer::TICK_HZ
+        );
     }
-    println!(
-        "tessera: cpu {index}: EL2 timer ticking ({} ticks at {} Hz)",
-        timer::ticks(index),
-        timer::TICK_HZ
-    );
     TICKING.fetch_add(1, Ordering::AcqRel);
+    // Wakes the boot CPU, which waits for every CPU in WFE.
+    arch::send_event();
 }
 
 fn print_banner(

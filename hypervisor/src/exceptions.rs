@@ -12,6 +12,7 @@ use crate::{arch, board::BOARD, console, power, timer, vm};
 const CURRENT_EL_SPX_IRQ: u64 = 5;
 const LOWER_EL_SYNCHRONOUS: u64 = 8;
 const LOWER_EL_IRQ: u64 = 9;
+const LOWER_EL_SERROR: u64 = 11;
 
 /// Called by the vector stubs with the saved frame and the vector slot.
 pub extern "C" fn handle_exception(frame: &mut TrapFrame, slot: u64) {
@@ -19,6 +20,9 @@ pub extern "C" fn handle_exception(frame: &mut TrapFrame, slot: u64) {
         CURRENT_EL_SPX_IRQ => return timer::handle_irq(),
         LOWER_EL_SYNCHRONOUS => return vm::handle_guest_exit(frame),
         LOWER_EL_IRQ => return vm::handle_guest_interrupt(),
+        // An asynchronous abort while a guest ran, such as a bus error from
+        // one of its accesses: that guest's VM stops, the others go on.
+        LOWER_EL_SERROR => vm::handle_guest_serror(frame),
         _ => {}
     }
     let kind = match slot % 4 {

@@ -232,7 +232,8 @@ fn build_vm(
         .file(description.device_tree)
         .map_err(|_| BuildError::Package(description.device_tree))?;
     let pages = (description.ram_size / PAGE_SIZE) as usize;
-    let ram_host = memory::allocate_pages(pages).ok_or(BuildError::OutOfMemory { vm: name })?;
+    let ram_host =
+        memory::allocate_unzeroed_pages(pages).ok_or(BuildError::OutOfMemory { vm: name })?;
     let mut store = PageAllocatorStore;
     let mut stage2 =
         PageTable::new(Regime::Stage2, &mut store).map_err(|_| BuildError::Stage2 { vm: name })?;
@@ -277,16 +278,21 @@ fn load_pristine_image(vm: &Vm) -> Result<(), BuildError> {
     if image_end > device_tree_offset || vm.device_tree.len() as u64 > DEVICE_TREE_RESERVE {
         return Err(BuildError::ImageTooLarge { vm: vm.name });
     }
-    // SAFETY: the VM's RAM was allocated for it alone, is identity-mapped
-    // read/write at EL2, and no vCPU of the VM runs while it is rewritten.
+    // SAFETY: the VM's RAM was allocated for it alone (2 MiB multiples, so
+    // 256-byte aligned), is identity-mapped normal memory at EL2, and no vCPU
+    // of the VM runs while it is rewritten.
+    unsafe { arch::zero_and_clean(vm.ram_host.0 as usize, vm.ram_size as usize) };
+    // SAFETY: as above.
     let ram =
         unsafe { core::slice::from_raw_parts_mut(vm.ram_host.0 as *mut u8, vm.ram_size as usize) };
-    ram.fill(0);
     let image_start = vm.image_load_offset as usize;
     ram[image_start..image_start + vm.image.len()].copy_from_slice(vm.image);
     let tree_start = device_tree_offset as usize;
     ram[tree_start..tree_start + vm.device_tree.len()].copy_from_slice(vm.device_tree);
-    arch::clean_to_point_of_coherency(vm.ram_host.0 as usize, vm.ram_size as usize);
+    // The guest starts with its MMU and caches off: what was copied must be
+    // in memory, not only in this CPU's cache.
+    arch::clean_to_point_of_coherency(vm.ram_host.0 as usize + image_start, vm.image.len());
+    arch::clean_to_point_of_coherency(vm.ram_host.0 as usize + tree_start, vm.device_tree.len());
     guest::invalidate_instruction_caches();
     Ok(())
 }
@@ -410,6 +416,15 @@ fn park_current_vcpu() -> ! {
 pub fn handle_guest_interrupt() {
     timer::handle_irq();
     honour_stop_request();
+}
+
+/// An SError taken while a guest ran: stop its VM with a report.
+pub fn handle_guest_serror(frame: &TrapFrame) -> ! {
+    let Some((index, _)) = current_vm() else {
+        log::error!("SError from a lower EL on a CPU that runs no VM");
+        power::fail_stop();
+    };
+    stop_with_fault(index, frame, format_args!("SError (asynchronous abort)"))
 }
 
 /// A synchronous exception from a guest.
