@@ -63,6 +63,7 @@
 )]
 
 mod arch;
+pub mod bench;
 pub mod bootargs;
 pub mod console;
 pub mod cpu;

@@ -9,6 +9,14 @@ pub fn ticks() -> u64 {
     arch::counter()
 }
 
+/// The physical counter (CNTPCT_EL0) now, after an ISB. Unlike
+/// [`ticks`], no hypervisor offset applies: it counts from the machine's
+/// power-on.
+#[must_use]
+pub fn physical_ticks() -> u64 {
+    arch::physical_counter()
+}
+
 /// Counter ticks per second.
 #[must_use]
 pub fn frequency() -> u64 {

@@ -73,6 +73,66 @@ pub fn counter() -> u64 {
     value
 }
 
+/// CNTPCT_EL0, after an ISB: the physical counter, which no hypervisor
+/// offset applies to (Tessera lets EL1 read it without a trap).
+pub fn physical_counter() -> u64 {
+    let value: u64;
+    // SAFETY: reading the physical counter has no side effects; Tessera sets
+    // CNTHCTL_EL2.EL1PCTEN and natively EL1 may read it.
+    unsafe {
+        asm!("isb", "mrs {}, cntpct_el0", out(reg) value, options(nomem, nostack, preserves_flags));
+    }
+    value
+}
+
+/// Virtual-counter ticks from one read of the counter to the next, with
+/// nothing between them but the ISB that orders the second read: the
+/// overhead that [`ticks_around_read32`] includes besides its load.
+pub fn ticks_around_nothing() -> u64 {
+    let (start, end): (u64, u64);
+    // SAFETY: two counter reads; nothing else is touched.
+    unsafe {
+        asm!(
+            "isb",
+            "mrs {start}, cntvct_el0",
+            "isb",
+            "mrs {end}, cntvct_el0",
+            start = out(reg) start,
+            end = out(reg) end,
+            options(nomem, nostack, preserves_flags),
+        );
+    }
+    end.wrapping_sub(start)
+}
+
+/// Virtual-counter ticks around one 32-bit load (`ldr w`) from `address`:
+/// the same sequence as [`ticks_around_nothing`] with the load between the
+/// two reads.
+///
+/// # Safety
+/// `address` must be 4-byte aligned and safe to read: RAM, or a device
+/// register whose read has no side effects.
+pub unsafe fn ticks_around_read32(address: usize) -> u64 {
+    let (start, end): (u64, u64);
+    // SAFETY: the caller vouches for the load; the counter reads have no side
+    // effects.
+    unsafe {
+        asm!(
+            "isb",
+            "mrs {start}, cntvct_el0",
+            "ldr {value:w}, [{address}]",
+            "isb",
+            "mrs {end}, cntvct_el0",
+            start = out(reg) start,
+            end = out(reg) end,
+            value = out(reg) _,
+            address = in(reg) address,
+            options(readonly, nostack, preserves_flags),
+        );
+    }
+    end.wrapping_sub(start)
+}
+
 /// CNTFRQ_EL0: counter ticks per second.
 pub fn counter_frequency() -> u64 {
     let value: u64;
