@@ -6,7 +6,7 @@
 //! taking any of these.
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use spin::{Mutex, Once};
 use tessera_hypervisor::MAX_CPUS;
@@ -98,6 +98,9 @@ enum Request {
 static VMS: Once<[Option<Vm>; MAX_VMS]> = Once::new();
 static RUNTIMES: [Mutex<Option<Runtime>>; MAX_VMS] = [const { Mutex::new(None) }; MAX_VMS];
 static MAILBOX: [Mutex<Option<Request>>; MAX_CPUS] = [const { Mutex::new(None) }; MAX_CPUS];
+/// Set when a CPU's mailbox holds a request: lets every guest exit check
+/// for a stop request with one load instead of a lock.
+static MAILBOX_FULL: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 /// The VM and vCPU each physical CPU runs, set at boot: `usize::MAX` for none.
 static CPU_VM: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(usize::MAX) }; MAX_CPUS];
 static CPU_VCPU: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
@@ -299,6 +302,7 @@ fn load_pristine_image(vm: &Vm) -> Result<(), BuildError> {
 
 fn post(cpu: usize, request: Request) {
     *MAILBOX[cpu].lock() = Some(request);
+    MAILBOX_FULL[cpu].store(true, Ordering::Release);
     let affinity = CPU_AFFINITIES
         .get()
         .map_or(cpu as u64, |affinities| affinities[cpu]);
@@ -334,7 +338,7 @@ pub fn idle_loop() -> ! {
     let cpu = arch::cpu_index();
     arch::enable_interrupts();
     loop {
-        let request = MAILBOX[cpu].lock().take();
+        let request = take_request(cpu);
         match request {
             Some(Request::Start {
                 vm,
@@ -391,13 +395,26 @@ fn current_vm() -> Option<(usize, usize)> {
     (vm != usize::MAX).then(|| (vm, CPU_VCPU[cpu].load(Ordering::Acquire)))
 }
 
+fn take_request(cpu: usize) -> Option<Request> {
+    let mut mailbox = MAILBOX[cpu].lock();
+    MAILBOX_FULL[cpu].store(false, Ordering::Release);
+    mailbox.take()
+}
+
 /// If another CPU asked this one to stop its vCPU, stops here and idles.
+/// A start request stays in the mailbox for the idle loop.
 fn honour_stop_request() {
     let cpu = arch::cpu_index();
-    let stop = matches!(*MAILBOX[cpu].lock(), Some(Request::Stop));
-    if stop {
-        MAILBOX[cpu].lock().take();
-        park_current_vcpu();
+    if !MAILBOX_FULL[cpu].load(Ordering::Acquire) {
+        return;
+    }
+    match take_request(cpu) {
+        Some(Request::Stop) => park_current_vcpu(),
+        Some(start) => {
+            *MAILBOX[cpu].lock() = Some(start);
+            MAILBOX_FULL[cpu].store(true, Ordering::Release);
+        }
+        None => {}
     }
 }
 
