@@ -372,6 +372,9 @@ fn run_vcpu(index: usize, vcpu: usize, entry_point: u64, argument: u64) -> ! {
     }
     arch::disable_interrupts();
     guest::activate_vm(vm.vmid, vm.stage2_root, vm.counter_offset);
+    // Nothing cached for this VMID may survive from before its tables were
+    // (re)written: at first start and after a reset.
+    guest::invalidate_guest_tlbs();
     guest::set_virtual_mpidr(vcpu_state::virtual_mpidr(vcpu));
     guest::restore_el1(&El1Context::reset());
     let mut entry_frame = TrapFrame {
