@@ -6,7 +6,7 @@ HYPERVISOR_TARGET := aarch64-unknown-none-softfloat
 GUEST_TARGET := aarch64-unknown-none
 TESSERA := $(CARGO) run --release -p tessera-tools --
 
-.PHONY: deps fmt-check clippy unit e2e test run clean
+.PHONY: deps fmt-check clippy unit e2e test run bench clean
 
 # `make test` lists its steps as prerequisites; they must run in order
 # (deps first, cheap checks before slow ones) even under `make -j`.
@@ -35,6 +35,11 @@ test: deps fmt-check clippy unit e2e
 
 run: deps
 	$(TESSERA) run --system systems/demo.toml
+
+# Instruction counts under QEMU -icount (docs/benchmarks.md); not part of
+# `make test`. Writes target/bench/results.json and docs/benchmarks.md.
+bench: deps
+	$(TESSERA) bench
 
 clean:
 	$(CARGO) clean

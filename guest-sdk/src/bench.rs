@@ -102,9 +102,6 @@ mod tests {
             median: 12,
             max: 400,
         };
-        assert_eq!(
-            std::format!("{summary}"),
-            "min=10 median=12 max=400"
-        );
+        assert_eq!(std::format!("{summary}"), "min=10 median=12 max=400");
     }
 }

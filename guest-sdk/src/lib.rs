@@ -11,8 +11,9 @@
 //! - a polled PL011 console ([`print!`], [`println!`]),
 //! - PSCI and Tessera's own hypercalls over HVC ([`psci`], [`exit`]),
 //! - device-tree and bootargs helpers ([`device_tree`], [`bootargs`]), the
-//!   generic counter ([`time`]), secondary vCPU start-up ([`cpu`]) and the
-//!   guest's memory layout ([`memory`]).
+//!   generic counter ([`time`]), secondary vCPU start-up ([`cpu`]), the
+//!   guest's memory layout ([`memory`]) and timed sequences for the
+//!   benchmarks ([`bench`](mod@bench)).
 //!
 //! A guest:
 //!

@@ -37,7 +37,9 @@ pub enum Machine {
     VirtGicv2,
     Raspi4b,
     /// `virt` without the virtualization extensions: the image is entered
-    /// at EL1. Only for proving that the hypervisor refuses to start there.
+    /// at EL1. For proving that the hypervisor refuses to start there, and
+    /// for the native baselines of the benchmarks (a guest run without
+    /// Tessera).
     VirtEl1,
 }
 
@@ -199,6 +201,27 @@ fn check_memory_syntax(memory: &str) -> Result<(), String> {
     }
 }
 
+/// How time runs in the emulated machine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Clock {
+    /// QEMU's default: the counter follows the host's clock.
+    #[default]
+    Host,
+    /// For benchmarks: `-icount` with [`ICOUNT_OPTIONS`] and the generic
+    /// timer at [`BENCH_COUNTER_HZ`], so that one emulated instruction is
+    /// one counter tick and every run counts the same. Needs a machine
+    /// whose CPU model can be chosen.
+    Instructions,
+}
+
+/// The counter frequency under [`Clock::Instructions`]: 1 GHz, one tick per
+/// nanosecond of virtual time, which `shift=0` makes one instruction.
+pub const BENCH_COUNTER_HZ: u64 = 1_000_000_000;
+/// QEMU's `-icount` value under [`Clock::Instructions`]: one instruction
+/// per virtual nanosecond, virtual time not held back to host time, and
+/// idle time skipped instead of slept through.
+pub const ICOUNT_OPTIONS: &str = "shift=0,align=off,sleep=off";
+
 /// Everything that varies between QEMU runs.
 #[derive(Debug)]
 pub struct QemuRequest<'a> {
@@ -212,6 +235,7 @@ pub struct QemuRequest<'a> {
     pub initrd: Option<&'a Path>,
     /// Passed through unchanged after everything else.
     pub extra_args: &'a [String],
+    pub clock: Clock,
 }
 
 /// The arguments to [`QEMU_PROGRAM`] for a request, after checking the
@@ -222,8 +246,20 @@ pub fn qemu_args(request: &QemuRequest<'_>) -> Result<Vec<String>, String> {
     let preset = machine.preset();
 
     let mut args: Vec<String> = vec!["-M".into(), preset.qemu_machine.into()];
-    if let Some(cpu_model) = preset.cpu_model {
-        args.extend(["-cpu".into(), cpu_model.into()]);
+    match (preset.cpu_model, request.clock) {
+        (Some(cpu_model), Clock::Host) => args.extend(["-cpu".into(), cpu_model.into()]),
+        (Some(cpu_model), Clock::Instructions) => args.extend([
+            "-cpu".into(),
+            format!("{cpu_model},cntfrq={BENCH_COUNTER_HZ}"),
+        ]),
+        (None, Clock::Host) => {}
+        (None, Clock::Instructions) => {
+            return Err(format!(
+                "{} has a fixed CPU model, so its counter cannot be set to {BENCH_COUNTER_HZ} Hz \
+                 for counting instructions",
+                machine.name()
+            ));
+        }
     }
     if let Topology::Configurable { default_memory, .. } = preset.topology {
         let memory = request.memory.unwrap_or(default_memory);
@@ -233,6 +269,9 @@ pub fn qemu_args(request: &QemuRequest<'_>) -> Result<Vec<String>, String> {
             "-m".into(),
             memory.into(),
         ]);
+    }
+    if request.clock == Clock::Instructions {
+        args.extend(["-icount".into(), ICOUNT_OPTIONS.into()]);
     }
     args.extend(COMMON_ARGS.iter().map(|arg| arg.to_string()));
     args.extend(preset.extra_args.iter().map(|arg| arg.to_string()));
@@ -280,6 +319,7 @@ mod tests {
             image: Path::new("target/images/virt/tessera.bin"),
             initrd: None,
             extra_args: &[],
+            clock: Clock::Host,
         }
     }
 
@@ -373,6 +413,39 @@ mod tests {
             ),
             "{line}"
         );
+    }
+
+    #[test]
+    fn instruction_clock_sets_icount_and_a_1_ghz_counter() {
+        let native = QemuRequest {
+            clock: Clock::Instructions,
+            image: Path::new("target/guests/bench.bin"),
+            ..request(Machine::VirtEl1, 1)
+        };
+        assert_eq!(
+            qemu_args(&native).unwrap().join(" "),
+            "-M virt,gic-version=3 -cpu cortex-a72,cntfrq=1000000000 -smp 1 -m 1G \
+             -icount shift=0,align=off,sleep=off -display none -monitor none -serial stdio \
+             -nic none -kernel target/guests/bench.bin"
+        );
+        let hosted = QemuRequest {
+            clock: Clock::Instructions,
+            ..request(Machine::VirtGicv3, 1)
+        };
+        let line = qemu_args(&hosted).unwrap().join(" ");
+        assert!(
+            line.starts_with(
+                "-M virt,virtualization=on,gic-version=3 -cpu cortex-a72,cntfrq=1000000000 \
+                 -smp 1 -m 1G -icount shift=0,align=off,sleep=off "
+            ),
+            "{line}"
+        );
+        let err = qemu_args(&QemuRequest {
+            clock: Clock::Instructions,
+            ..request(Machine::Raspi4b, 4)
+        })
+        .unwrap_err();
+        assert!(err.contains("raspi4b has a fixed CPU model"), "{err}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+mod bench;
 mod builder;
 mod guests;
 mod image;
@@ -25,7 +26,7 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context, Result, anyhow};
 use clap::{Parser, Subcommand};
 
-use crate::machine::{Board, Machine, QEMU_PROGRAM, QemuRequest, qemu_args, shell_words};
+use crate::machine::{Board, Clock, Machine, QEMU_PROGRAM, QemuRequest, qemu_args, shell_words};
 use crate::process::Ending;
 use crate::variant::{SEMIHOSTING_FEATURE, Variant};
 
@@ -86,6 +87,10 @@ enum Commands {
         #[arg(long)]
         list: bool,
     },
+    /// Run the benchmarks (`make bench`): boot the bench guest natively
+    /// and under Tessera with QEMU counting instructions, and write
+    /// target/bench/results.json and docs/benchmarks.md.
+    Bench,
     /// Check a system configuration, building the guest examples it names
     /// so their images can be checked too. Prints `FILE: OK`, or every
     /// mistake as `FILE: KEY: REASON`.
@@ -153,6 +158,7 @@ fn dispatch(command: Commands) -> Result<ExitCode> {
         Commands::Test { filter, list } => {
             runner::run_tests(&root, &runner::TestOptions { filter, list })
         }
+        Commands::Bench => bench::run_bench(&root),
         Commands::Check { system } => Ok(system_commands::check(&root, &system)),
         Commands::Package { system, out } => {
             system_commands::package(&root, &system, out.as_deref())
@@ -195,6 +201,7 @@ pub fn run_interactive(
         image: &image,
         initrd: target.initrd,
         extra_args,
+        clock: Clock::Host,
     })
     .map_err(|reason| anyhow!(reason))?;
     eprintln!("tessera: {}", shell_words(QEMU_PROGRAM, &args));
@@ -301,6 +308,10 @@ mod tests {
         assert!(Cli::try_parse_from(["tessera", "check", "--system", "s.toml"]).is_ok());
         assert!(Cli::try_parse_from(["tessera", "check"]).is_err());
         assert!(Cli::try_parse_from(["tessera", "inspect", "p.cpio"]).is_ok());
+        assert!(matches!(
+            Cli::try_parse_from(["tessera", "bench"]).unwrap().command,
+            Commands::Bench
+        ));
     }
 
     #[test]

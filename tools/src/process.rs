@@ -17,6 +17,9 @@ pub enum Ending {
     Signalled(i32),
     /// Still running at the deadline, so we killed it.
     TimedOut(Duration),
+    /// Its output showed it would do nothing more (a halted machine), so
+    /// we killed it.
+    Stopped,
 }
 
 impl Ending {
@@ -35,6 +38,7 @@ impl Ending {
             Ending::Exited(code) => code,
             Ending::Signalled(signal) => 128 + signal,
             Ending::TimedOut(_) => 124,
+            Ending::Stopped => 125,
         }
     }
 }
@@ -45,6 +49,7 @@ impl fmt::Display for Ending {
             Ending::Exited(code) => write!(f, "exit status {code}"),
             Ending::Signalled(signal) => write!(f, "killed by signal {signal}"),
             Ending::TimedOut(limit) => write!(f, "timed out after {}s", limit.as_secs()),
+            Ending::Stopped => write!(f, "stopped by the tool once the output showed a halt"),
         }
     }
 }
@@ -67,6 +72,18 @@ const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// The child stays in our process group on purpose: Ctrl-C at the terminal
 /// then stops it along with us instead of leaving it running.
 pub fn run_logged(command: &mut Command, log: &Path, timeout: Duration) -> io::Result<Finished> {
+    run_logged_until(command, log, timeout, |_| false)
+}
+
+/// [`run_logged`], and the child is also killed (ending
+/// [`Ending::Stopped`]) as soon as a line of its output satisfies
+/// `halted`: for a machine that stops without ending QEMU.
+pub fn run_logged_until(
+    command: &mut Command,
+    log: &Path,
+    timeout: Duration,
+    halted: impl Fn(&str) -> bool,
+) -> io::Result<Finished> {
     let stdout = File::create(log)?;
     let stderr = stdout.try_clone()?;
     command.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
@@ -79,18 +96,36 @@ pub fn run_logged(command: &mut Command, log: &Path, timeout: Duration) -> io::R
                 elapsed: started.elapsed(),
             });
         }
-        if started.elapsed() >= timeout {
+        let ending = if started.elapsed() >= timeout {
+            Some(Ending::TimedOut(timeout))
+        } else if shows_halt(log, &halted) {
+            Some(Ending::Stopped)
+        } else {
+            None
+        };
+        if let Some(ending) = ending {
             // It may have exited just now; then kill fails harmlessly and
             // wait reaps it.
             let _ = child.kill();
             child.wait()?;
             return Ok(Finished {
-                ending: Ending::TimedOut(timeout),
+                ending,
                 elapsed: started.elapsed(),
             });
         }
         thread::sleep(POLL_INTERVAL);
     }
+}
+
+/// Whether a line written to `log` so far satisfies `halted`. Logs are
+/// small, so reading the whole file on every poll costs nothing worth
+/// saving.
+fn shows_halt(log: &Path, halted: &impl Fn(&str) -> bool) -> bool {
+    std::fs::read(log).is_ok_and(|bytes| {
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .any(|line| halted(line.trim_end_matches('\r')))
+    })
 }
 
 #[cfg(test)]
@@ -144,6 +179,24 @@ mod tests {
         );
         assert!(finished.elapsed < Duration::from_secs(5));
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "started\n");
+    }
+
+    #[test]
+    fn a_child_whose_output_shows_a_halt_is_stopped() {
+        let log = temp_log("halt.log");
+        let finished = run_logged_until(
+            Command::new("sh").args(["-c", "echo booting; echo system halted; exec sleep 30"]),
+            &log,
+            Duration::from_secs(20),
+            |line| line == "system halted",
+        )
+        .unwrap();
+        assert_eq!(finished.ending, Ending::Stopped);
+        assert!(finished.elapsed < Duration::from_secs(5));
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "booting\nsystem halted\n"
+        );
     }
 
     #[test]

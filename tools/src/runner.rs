@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 
 use crate::builder;
 use crate::guests::ExampleBuilder;
-use crate::machine::{QEMU_PROGRAM, QemuRequest, qemu_args, shell_words};
+use crate::machine::{Clock, QEMU_PROGRAM, QemuRequest, qemu_args, shell_words};
 use crate::matcher::{Expectations, Mismatch};
 use crate::package;
 use crate::process::{Ending, run_logged};
@@ -378,6 +378,7 @@ fn run_scenario(root: &Path, scenario: &Scenario, package: Option<&Path>, log: &
         image: &image,
         initrd,
         extra_args: &scenario.qemu_args,
+        clock: Clock::Host,
     };
     let args = match qemu_args(&request) {
         Ok(args) => args,
@@ -435,7 +436,9 @@ fn judge(
         Ending::Exited(status) => {
             reasons.push(format!("exit status {status}, expected {expected_status}"))
         }
-        Ending::Signalled(_) | Ending::TimedOut(_) => reasons.push(ending.to_string()),
+        Ending::Signalled(_) | Ending::TimedOut(_) | Ending::Stopped => {
+            reasons.push(ending.to_string());
+        }
     }
     if log.trim().is_empty() {
         reasons.push("QEMU printed nothing".into());

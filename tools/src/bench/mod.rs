@@ -1,0 +1,370 @@
+//! `tessera bench` (`make bench`): boots the bench guest natively and
+//! under Tessera with QEMU counting instructions, takes the figures the
+//! guest prints and the size of the production image, and writes
+//! `target/bench/results.json` and `docs/benchmarks.md`.
+//!
+//! The contract is the "Benchmarks" section of the testing design: one
+//! instruction per counter tick (`-icount shift=0` and a 1 GHz generic
+//! timer), figures named once and for good, a native baseline beside every
+//! figure that has one. Benchmarks never pass or fail on their figures:
+//! the command fails only when a figure could not be measured.
+
+mod parse;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use crate::builder;
+use crate::guests::ExampleBuilder;
+use crate::machine::{Board, Clock, Machine, QEMU_PROGRAM, QemuRequest, qemu_args, shell_words};
+use crate::package;
+use crate::process::{Ending, run_logged_until};
+use crate::system;
+use crate::variant::Variant;
+use crate::workspace;
+
+use parse::{GuestReport, parse_report};
+use report::{Figure, RunFacts};
+
+/// Everything `tessera bench` writes, relative to the workspace root.
+const BENCH_DIR: &str = "target/bench";
+const RESULTS_FILE: &str = "target/bench/results.json";
+const DOC_FILE: &str = "docs/benchmarks.md";
+/// The system the hosted run boots: one CPU, one VM running the bench
+/// guest.
+const SYSTEM_FILE: &str = "bench/systems/one-vm.toml";
+/// Each QEMU run; both take well under a second.
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+/// What the production hypervisor prints before it halts without ending
+/// QEMU (a VM failed, so there is no PSCI SYSTEM_OFF).
+const HALT_LINE: &str = "tessera: system halted";
+
+/// Targets set by issues.
+const BOOT_TARGET: u64 = 250_000;
+const VUART_READ_TARGET: u64 = 150;
+const IMAGE_TARGET: u64 = 128 * 1024;
+
+pub fn run_bench(root: &Path) -> Result<ExitCode> {
+    let logs = root.join(BENCH_DIR).join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+
+    // The production image: no features, as it ships.
+    let variant =
+        Variant::new(Board::Virt, Vec::<String>::new()).map_err(|reason| anyhow!(reason))?;
+    let image = builder::build_image(root, &variant)?;
+    let image_bytes = std::fs::metadata(&image)
+        .with_context(|| format!("cannot read {}", image.display()))?
+        .len();
+
+    let system_file = root.join(SYSTEM_FILE);
+    let system = system::load(&system_file, &mut ExampleBuilder::new(root))
+        .map_err(|errors| anyhow!("{errors}"))?;
+    let [vm] = &system.config.vms[..] else {
+        bail!("{SYSTEM_FILE} must have exactly one VM, the bench guest");
+    };
+    let package = root.join(BENCH_DIR).join("one-vm.cpio");
+    package::write(&system, &package)?;
+    let memory = system.config.qemu_memory();
+    let guest_image = relative(root, &system.images[0].path);
+    let package = relative(root, &package);
+
+    let native_request = QemuRequest {
+        machine: Machine::VirtEl1,
+        cpus: system.config.board.cpus,
+        memory: memory.as_deref(),
+        semihosting: false,
+        image: &guest_image,
+        initrd: None,
+        extra_args: &[],
+        clock: Clock::Instructions,
+    };
+    let hypervisor_image = variant.image_path();
+    let hosted_request = QemuRequest {
+        machine: system.config.machine(),
+        image: &hypervisor_image,
+        initrd: Some(&package),
+        ..native_request
+    };
+    let native = run(root, "native", &native_request, &logs)?;
+    let hosted = run(root, "tessera", &hosted_request, &logs)?;
+    let native_report = native.guest_report(None)?;
+    let hosted_report = hosted.guest_report(Some(&vm.name))?;
+
+    let figures = figures(&native_report, &hosted_report, image_bytes)?;
+    let facts = RunFacts {
+        qemu_version: qemu_version()?,
+        commands: vec![
+            ("native: the bench guest at EL1".into(), native.command),
+            (
+                format!("under Tessera: the production image, {SYSTEM_FILE}"),
+                hosted.command,
+            ),
+        ],
+    };
+    write(&root.join(RESULTS_FILE), &report::to_json(&figures))?;
+    write(&root.join(DOC_FILE), &report::markdown(&figures, &facts))?;
+
+    print!("{}", report::table(&figures));
+    println!(
+        "tessera: timing overhead taken off (calibration median): {} natively, {} under Tessera",
+        native_report.calibration.median, hosted_report.calibration.median
+    );
+    println!(
+        "tessera: wrote {} and {}",
+        workspace::display(&root.join(RESULTS_FILE)),
+        workspace::display(&root.join(DOC_FILE))
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The figures, in the order the documentation lists them.
+fn figures(native: &GuestReport, hosted: &GuestReport, image_bytes: u64) -> Result<Vec<Figure>> {
+    let boot = hosted
+        .boot_counter
+        .checked_sub(native.boot_counter)
+        .ok_or_else(|| {
+            anyhow!(
+                "the guest started earlier under Tessera (counter {}) than natively ({}): \
+                 the counters cannot both be counting instructions from power-on",
+                hosted.boot_counter,
+                native.boot_counter
+            )
+        })?;
+    Ok(vec![
+        Figure {
+            name: "boot.hypervisor_insns",
+            unit: "instructions",
+            min: boot,
+            median: boot,
+            max: boot,
+            native_median: Some(native.boot_counter),
+            target: Some(BOOT_TARGET),
+            what: "power-on to the first instruction of the guest's `main`, 1 CPU, 1 VM, \
+                   less the same natively. The guest reads the physical counter \
+                   (CNTPCT_EL0, after an ISB) first thing in `main`; under Tessera the \
+                   production image boots it from a package (`-initrd`), natively QEMU \
+                   boots it directly. Both counts include the guest's own start-up \
+                   (BSS and stacks zeroed), which cancels out. One run, so min = median = \
+                   max; native is the native count.",
+        },
+        Figure {
+            name: "mmio.vuart_read",
+            unit: "instructions",
+            min: hosted.vuart_read.min,
+            median: hosted.vuart_read.median,
+            max: hosted.vuart_read.max,
+            native_median: Some(native.vuart_read.median),
+            target: Some(VUART_READ_TARGET),
+            what: "one 32-bit load (`ldr w`) of the PL011 flag register UARTFR \
+                   (0x0900_0018), round trip: under Tessera it traps to EL2 and the \
+                   virtual UART answers; natively QEMU's PL011 does, in the one \
+                   instruction. 201 rounds of ISB, CNTVCT_EL0, the load, ISB, CNTVCT_EL0, \
+                   each less the median of 201 rounds with no load.",
+        },
+        Figure {
+            name: "image.hypervisor_bytes",
+            unit: "bytes",
+            min: image_bytes,
+            median: image_bytes,
+            max: image_bytes,
+            native_median: None,
+            target: Some(IMAGE_TARGET),
+            what: "the size of the flat production hypervisor image for `virt` without \
+                   features (`target/images/virt/tessera.bin`, from \
+                   `tessera build --board virt`). BSS, stacks and tables come on top at \
+                   run time.",
+        },
+    ])
+}
+
+/// One QEMU run: how it ended and what it printed.
+#[derive(Debug)]
+struct Run {
+    label: &'static str,
+    command: String,
+    ending: Ending,
+    output: String,
+    log: PathBuf,
+}
+
+impl Run {
+    /// The guest's report, provided QEMU also ended cleanly.
+    fn guest_report(&self, tag: Option<&str>) -> Result<GuestReport> {
+        let log = workspace::display(&self.log);
+        match (parse_report(&self.output, tag), self.ending) {
+            (Ok(report), Ending::Exited(0)) => Ok(report),
+            (Ok(_), ending) => bail!(
+                "{} run: the guest reported, but QEMU ended with {ending} instead of exit status 0 (log: {log})",
+                self.label
+            ),
+            (Err(reason), ending) => {
+                bail!("{} run: {reason}; QEMU: {ending} (log: {log})", self.label)
+            }
+        }
+    }
+}
+
+fn run(root: &Path, label: &'static str, request: &QemuRequest<'_>, logs: &Path) -> Result<Run> {
+    let args = qemu_args(request).map_err(|reason| anyhow!(reason))?;
+    let command = shell_words(QEMU_PROGRAM, &args);
+    let log = logs.join(format!("{label}.log"));
+    // Beside the log, to be rerun by hand from the workspace root.
+    write(&log.with_extension("cmd"), &format!("{command}\n"))?;
+    eprintln!("tessera: bench run {label}: {command}");
+    let mut qemu = Command::new(QEMU_PROGRAM);
+    qemu.args(&args).current_dir(root);
+    let finished = run_logged_until(&mut qemu, &log, RUN_TIMEOUT, |line| line == HALT_LINE)
+        .with_context(|| format!("cannot start {QEMU_PROGRAM} (`make deps` installs it)"))?;
+    let output = std::fs::read(&log)
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .with_context(|| format!("cannot read {}", log.display()))?;
+    Ok(Run {
+        label,
+        command,
+        ending: finished.ending,
+        output,
+        log,
+    })
+}
+
+/// The first line of `qemu-system-aarch64 --version`.
+fn qemu_version() -> Result<String> {
+    let output = Command::new(QEMU_PROGRAM)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("cannot start {QEMU_PROGRAM}"))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    match text.lines().next().map(str::trim) {
+        Some(line) if output.status.success() && !line.is_empty() => Ok(line.to_string()),
+        _ => bail!(
+            "`{QEMU_PROGRAM} --version` printed no version ({})",
+            output.status
+        ),
+    }
+}
+
+/// Relative to the root, where QEMU runs, so the commands shown work from
+/// any checkout.
+fn relative(root: &Path, path: &Path) -> PathBuf {
+    path.strip_prefix(root).unwrap_or(path).to_path_buf()
+}
+
+fn write(path: &Path, contents: &str) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(path, contents).with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse::Stats;
+    use super::*;
+
+    fn report(boot_counter: u64, read: u64) -> GuestReport {
+        let stats = |value| Stats {
+            min: value,
+            median: value,
+            max: value,
+        };
+        GuestReport {
+            boot_counter,
+            vuart_read: Stats {
+                min: read,
+                median: read + 1,
+                max: read + 50,
+            },
+            calibration: stats(2),
+        }
+    }
+
+    #[test]
+    fn figures_set_tessera_against_native() {
+        let figures = figures(&report(32_877, 1), &report(1_257_082, 358), 115_424).unwrap();
+        let names: Vec<&str> = figures.iter().map(|f| f.name).collect();
+        assert_eq!(
+            names,
+            [
+                "boot.hypervisor_insns",
+                "mmio.vuart_read",
+                "image.hypervisor_bytes"
+            ]
+        );
+        let boot = &figures[0];
+        assert_eq!(
+            (boot.min, boot.median, boot.max),
+            (1_224_205, 1_224_205, 1_224_205)
+        );
+        assert_eq!(boot.native_median, Some(32_877));
+        assert_eq!(boot.target, Some(250_000));
+        let read = &figures[1];
+        assert_eq!((read.min, read.median, read.max), (358, 359, 408));
+        assert_eq!(read.native_median, Some(2));
+        assert_eq!(read.target, Some(150));
+        let image = &figures[2];
+        assert_eq!((image.min, image.max), (115_424, 115_424));
+        assert_eq!(image.native_median, None);
+        assert_eq!(image.target, Some(131_072));
+    }
+
+    #[test]
+    fn a_hosted_boot_counter_below_the_native_one_is_an_error() {
+        let err = figures(&report(40_000, 1), &report(30_000, 358), 1).unwrap_err();
+        assert!(err.to_string().contains("earlier under Tessera"), "{err}");
+    }
+
+    #[test]
+    fn a_run_counts_only_when_the_guest_reported_and_qemu_exited_cleanly() {
+        let output = "\
+[bench] bench: boot_counter=10\n[bench] bench: cntfrq=1000000000\n\
+[bench] bench: calibration min=2 median=2 max=2\n\
+[bench] bench: mmio.vuart_read min=3 median=3 max=3\n[bench] bench: done\n";
+        let run = |ending, output: &str| Run {
+            label: "tessera",
+            command: String::new(),
+            ending,
+            output: output.into(),
+            log: PathBuf::from("target/bench/logs/tessera.log"),
+        };
+        assert!(
+            run(Ending::Exited(0), output)
+                .guest_report(Some("bench"))
+                .is_ok()
+        );
+        let err = run(Ending::Stopped, output)
+            .guest_report(Some("bench"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("tessera run: the guest reported, but QEMU ended with stopped"),
+            "{err}"
+        );
+        let err = run(Ending::TimedOut(RUN_TIMEOUT), "")
+            .guest_report(Some("bench"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "tessera run: no `bench: cntfrq=N` line; QEMU: timed out after 120s \
+             (log: target/bench/logs/tessera.log)"
+        );
+    }
+
+    #[test]
+    fn the_bench_system_is_one_cpu_one_vm_on_gicv3() {
+        let root = workspace::find_root().unwrap();
+        let config = system::load_config(&root.join(SYSTEM_FILE)).unwrap();
+        assert_eq!(config.machine(), Machine::VirtGicv3);
+        assert_eq!(config.board.cpus, 1);
+        assert_eq!(config.vms.len(), 1);
+        assert_eq!(config.vms[0].name, "bench");
+        assert_eq!(
+            config.vms[0].image,
+            system::ImageSource::Example("bench".into())
+        );
+    }
+}
