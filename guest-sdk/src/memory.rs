@@ -42,7 +42,7 @@ mod tests {
 
     #[test]
     fn the_largest_gap_wins() {
-        // Tessera: image at +0x80000, device tree in the last 2 MiB.
+        // Tessera: image at +0x80000, device tree in the last 64 KiB.
         let image = 0x4008_0000..0x400A_6000;
         let tree = 0x43E0_0000..0x43E0_1000;
         assert_eq!(

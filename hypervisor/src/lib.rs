@@ -13,6 +13,7 @@ pub mod address;
 pub mod crash_report;
 pub mod device_tree;
 pub mod exception_syndrome;
+pub mod fast_copy;
 pub mod guest_exit;
 pub mod manifest;
 pub mod memory_map;

@@ -14,9 +14,10 @@ use tessera_hypervisor::page_table::{
 
 use crate::board::BOARD;
 
-/// Tables for the EL2 map. The map uses blocks wherever it can, so a few
-/// dozen tables cover any supported board.
-const EL2_TABLE_POOL: usize = 48;
+/// Tables for the EL2 map. The map uses blocks wherever it can: the boards
+/// here need under ten (root, a level-1 table per 512 GiB, level-2/3 tables
+/// around the image and the device windows).
+const EL2_TABLE_POOL: usize = 16;
 
 /// The pool lives in the BSS, so its addresses are physical (the map is 1:1).
 struct StaticPool {

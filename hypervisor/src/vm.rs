@@ -13,6 +13,7 @@ use tessera_hypervisor::MAX_CPUS;
 use tessera_hypervisor::address::{GuestPhysAddr, PAGE_SIZE, PhysAddr};
 use tessera_hypervisor::crash_report::TrapFrame;
 use tessera_hypervisor::exception_syndrome::ExceptionSyndrome;
+use tessera_hypervisor::fast_copy;
 use tessera_hypervisor::guest_exit::{self, GuestExit, MmioAccess};
 use tessera_hypervisor::manifest::{MAX_VMS, SystemManifest, VmManifest};
 use tessera_hypervisor::package::Package;
@@ -28,8 +29,9 @@ use crate::{gic, memory, power, println, timer, vuart};
 
 /// Guest-physical window of the virtual PL011.
 const UART_WINDOW: (u64, u64) = (0x0900_0000, 0x0900_1000);
-/// Where the guest's device tree goes: the last 2 MiB of its RAM.
-const DEVICE_TREE_RESERVE: u64 = 0x20_0000;
+/// Where the guest's device tree goes: the last 64 KiB of its RAM
+/// (docs/system-image.md; the tool checks that the tree and image fit).
+const DEVICE_TREE_RESERVE: u64 = 0x1_0000;
 
 /// How a VM ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -289,9 +291,15 @@ fn load_pristine_image(vm: &Vm) -> Result<(), BuildError> {
     let ram =
         unsafe { core::slice::from_raw_parts_mut(vm.ram_host.0 as *mut u8, vm.ram_size as usize) };
     let image_start = vm.image_load_offset as usize;
-    ram[image_start..image_start + vm.image.len()].copy_from_slice(vm.image);
+    fast_copy::copy_bytes(
+        &mut ram[image_start..image_start + vm.image.len()],
+        vm.image,
+    );
     let tree_start = device_tree_offset as usize;
-    ram[tree_start..tree_start + vm.device_tree.len()].copy_from_slice(vm.device_tree);
+    fast_copy::copy_bytes(
+        &mut ram[tree_start..tree_start + vm.device_tree.len()],
+        vm.device_tree,
+    );
     // The guest starts with its MMU and caches off: what was copied must be
     // in memory, not only in this CPU's cache.
     arch::clean_to_point_of_coherency(vm.ram_host.0 as usize + image_start, vm.image.len());

@@ -107,7 +107,7 @@ fn images() {
         &[
             "images.toml: vm[0].image: images/absent.bin does not exist",
             "images.toml: vm[1].image: images/elf.bin is an ELF file, not a flat image (convert it with llvm-objcopy -O binary)",
-            "images.toml: vm[2].image: images/big.bin (128M, loaded at 0x4008_0000) ends at 0x4808_0000, past the device tree at 0x43e0_0000 (the last 2 MiB of the VM's 64M of RAM); give the VM more RAM",
+            "images.toml: vm[2].image: images/big.bin (128M, loaded at 0x4008_0000) ends at 0x4808_0000, past the device tree at 0x43ff_0000 (the last 64 KiB of the VM's 64M of RAM); give the VM more RAM",
         ],
     );
 }

@@ -18,7 +18,8 @@ use crate::board::BOARD;
 /// Bytes of stack per CPU.
 pub const STACK_SIZE: usize = 32 * 1024;
 
-/// One stack per CPU, in the BSS.
+/// One stack per CPU, in the `.stacks` section, which boot does not zero:
+/// only the assembly uses this memory, as raw stack space.
 #[repr(C, align(4096))]
 pub struct BootStacks(pub [[u8; STACK_SIZE]; MAX_CPUS]);
 

@@ -228,12 +228,12 @@ pub fn semihosting_exit(status: u32) -> ! {
 }
 
 /// Zeroes `[start, start + length)` and cleans it to the point of
-/// coherency, four 64-byte blocks per iteration with DC ZVA and DC CIVAC.
+/// coherency, eight 64-byte blocks per iteration with DC ZVA and DC CIVAC.
 /// For guest RAM, which the guest first reads with its caches off.
 ///
 /// # Safety
 /// The range must be normal, writable memory that nothing else uses, and
-/// `start` and `length` multiples of 256. DCZID_EL0 must report 64-byte
+/// `start` and `length` multiples of 512. DCZID_EL0 must report 64-byte
 /// blocks (checked: falls back to byte stores and per-line cleans otherwise).
 pub unsafe fn zero_and_clean(start: usize, length: usize) {
     let dczid: u64;
@@ -264,7 +264,19 @@ pub unsafe fn zero_and_clean(start: usize, length: usize) {
             "add {second}, {address}, #192",
             "dc zva, {second}",
             "dc civac, {second}",
-            "add {address}, {address}, #256",
+            "add {second}, {address}, #256",
+            "dc zva, {second}",
+            "dc civac, {second}",
+            "add {second}, {address}, #320",
+            "dc zva, {second}",
+            "dc civac, {second}",
+            "add {second}, {address}, #384",
+            "dc zva, {second}",
+            "dc civac, {second}",
+            "add {second}, {address}, #448",
+            "dc zva, {second}",
+            "dc civac, {second}",
+            "add {address}, {address}, #512",
             "cmp {address}, {end}",
             "b.lo 1b",
             "dsb sy",

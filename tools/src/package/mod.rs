@@ -39,10 +39,10 @@ pub fn build(system: &LoadedSystem) -> Result<Vec<u8>, String> {
     for (vm, image) in system.config.vms.iter().zip(&system.images) {
         let dtb = guest_dt::guest_dtb(vm, gic_version)
             .map_err(|err| format!("vm \"{}\": cannot write its device tree: {err}", vm.name))?;
-        // The hypervisor copies it into the last 2 MiB of the VM's RAM.
+        // The hypervisor copies it into the last 64 KiB of the VM's RAM.
         if dtb.len() as u64 >= DEVICE_TREE_ROOM {
             return Err(format!(
-                "vm \"{}\": its device tree is {} bytes, more than the 2 MiB kept for it",
+                "vm \"{}\": its device tree is {} bytes, more than the 64 KiB kept for it",
                 vm.name,
                 dtb.len()
             ));

@@ -1,7 +1,7 @@
 //! The image checks: a guest image is read, recognised as an arm64
 //! `Image` (whose header gives the load offset and the memory it needs) or
 //! taken as a raw binary, and must end below the device tree the
-//! hypervisor puts in the last 2 MiB of the VM's RAM.
+//! hypervisor puts in the last 64 KiB of the VM's RAM.
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -18,7 +18,7 @@ const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
 
 /// Room the hypervisor keeps at the top of each VM's RAM for its device
 /// tree.
-pub const DEVICE_TREE_ROOM: u64 = 2 * MIB;
+pub const DEVICE_TREE_ROOM: u64 = 64 * 1024;
 
 /// Where an image goes in its VM's RAM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,7 +93,7 @@ pub fn layout(bytes: &[u8], shown: &str) -> Result<ImageLayout, String> {
 }
 
 /// Checks that the image ends at or below the device tree's place,
-/// `ram_base + ram - 2 MiB`.
+/// `ram_base + ram - 64 KiB`.
 pub fn check_fit(layout: ImageLayout, ram_base: u64, ram: u64, shown: &str) -> Result<(), String> {
     let device_tree = (ram_base + ram).saturating_sub(DEVICE_TREE_ROOM);
     let load = ram_base.saturating_add(layout.load_offset);
@@ -101,7 +101,7 @@ pub fn check_fit(layout: ImageLayout, ram_base: u64, ram: u64, shown: &str) -> R
     if end > device_tree {
         return Err(format!(
             "{shown} ({}, loaded at {}) ends at {}, past the device tree at {} \
-             (the last 2 MiB of the VM's {} of RAM); give the VM more RAM",
+             (the last 64 KiB of the VM's {} of RAM); give the VM more RAM",
             format_size(layout.size),
             address(load),
             address(end),
@@ -194,7 +194,7 @@ mod tests {
     fn an_image_may_end_exactly_at_the_device_tree() {
         let fits = ImageLayout {
             load_offset: 0x8_0000,
-            size: 4 * MIB - 0x8_0000,
+            size: 6 * MIB - DEVICE_TREE_ROOM - 0x8_0000,
         };
         assert_eq!(check_fit(fits, 0x4000_0000, 6 * MIB, "g.bin"), Ok(()));
         let too_big = ImageLayout {
@@ -203,8 +203,8 @@ mod tests {
         };
         assert_eq!(
             check_fit(too_big, 0x4000_0000, 6 * MIB, "g.bin"),
-            Err("g.bin (3670017 bytes, loaded at 0x4008_0000) ends at 0x4040_0001, past the \
-                 device tree at 0x4040_0000 (the last 2 MiB of the VM's 6M of RAM); give the VM more RAM"
+            Err("g.bin (5701633 bytes, loaded at 0x4008_0000) ends at 0x405f_0001, past the \
+                 device tree at 0x405f_0000 (the last 64 KiB of the VM's 6M of RAM); give the VM more RAM"
                 .into())
         );
     }

@@ -501,11 +501,7 @@ fn image_larger_than_the_vm_ram_allows() {
     let dir = scratch("image-large");
     // text_offset 0x8_0000 + image_size 3.5M ends 0.5M past a 6M VM's
     // device tree at 4M.
-    std::fs::write(
-        dir.join("big.bin"),
-        fake_image(0x8_0000, 3 * MIB + MIB / 2 + MIB / 2, 4096),
-    )
-    .unwrap();
+    std::fs::write(dir.join("big.bin"), fake_image(0x8_0000, 6 * MIB, 4096)).unwrap();
     let file = dir.join("sys.toml");
     let source = format!(
         "{BOARD}{}",
@@ -517,8 +513,8 @@ fn image_larger_than_the_vm_ram_allows() {
     assert_eq!(
         errors,
         [format!(
-            "{}: vm[0].image: {} (4M, loaded at 0x4008_0000) ends at 0x4048_0000, past the \
-             device tree at 0x4040_0000 (the last 2 MiB of the VM's 6M of RAM); give the VM more RAM",
+            "{}: vm[0].image: {} (6M, loaded at 0x4008_0000) ends at 0x4068_0000, past the \
+             device tree at 0x405f_0000 (the last 64 KiB of the VM's 6M of RAM); give the VM more RAM",
             file.display(),
             dir.join("big.bin").display()
         )]
