@@ -488,8 +488,11 @@ impl<S: ConsoleSink, L: InterruptLine> MmioDevice for Pl011<S, L> {
             return 0;
         };
         let value = self.read_register(register);
-        // Popping UARTDR may have cleared the receive interrupts.
-        self.update_interrupt();
+        // Popping UARTDR may have cleared the receive interrupts; no other
+        // read changes state, and reads of UARTFR are the polling hot path.
+        if register == Register::Data {
+            self.update_interrupt();
+        }
         width.truncate(u64::from(value))
     }
 
