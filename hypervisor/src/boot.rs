@@ -174,6 +174,7 @@ pub extern "C" fn primary_entry(device_tree_address: u64, run_address: u64) -> !
     // SAFETY: the map covers the image, all RAM (stacks, BSS, device tree)
     // and the board's device windows, identity-mapped.
     unsafe { arch::enable_mmu(root) };
+    arch::enable_system_errors();
 
     console::init(BOARD.console_uart.base as usize);
     console::init_logging();
@@ -301,6 +302,7 @@ pub extern "C" fn secondary_entry(index: usize) -> ! {
     arch::set_cpu_index(index);
     arch::configure_hypervisor_traps();
     arch::vectors::install();
+    arch::enable_system_errors();
     gic::init_secondary_cpu(index);
     smp::mark_online();
     announce_online(index);

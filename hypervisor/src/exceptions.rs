@@ -12,17 +12,27 @@ use crate::{arch, board::BOARD, console, power, timer, vm};
 const CURRENT_EL_SPX_IRQ: u64 = 5;
 const LOWER_EL_SYNCHRONOUS: u64 = 8;
 const LOWER_EL_IRQ: u64 = 9;
+const LOWER_EL_FIQ: u64 = 10;
 const LOWER_EL_SERROR: u64 = 11;
+const AARCH32_LOWER_EL_SYNCHRONOUS: u64 = 12;
+const AARCH32_LOWER_EL_IRQ: u64 = 13;
+const AARCH32_LOWER_EL_FIQ: u64 = 14;
+const AARCH32_LOWER_EL_SERROR: u64 = 15;
 
 /// Called by the vector stubs with the saved frame and the vector slot.
 pub extern "C" fn handle_exception(frame: &mut TrapFrame, slot: u64) {
     match slot {
         CURRENT_EL_SPX_IRQ => return timer::handle_irq(),
         LOWER_EL_SYNCHRONOUS => return vm::handle_guest_exit(frame),
-        LOWER_EL_IRQ => return vm::handle_guest_interrupt(),
+        // Interrupts while a guest ran, whichever state it was in (EL1 is
+        // always AArch64, but a guest may run AArch32 code at EL0).
+        LOWER_EL_IRQ | LOWER_EL_FIQ | AARCH32_LOWER_EL_IRQ | AARCH32_LOWER_EL_FIQ => {
+            return vm::handle_guest_interrupt();
+        }
         // An asynchronous abort while a guest ran, such as a bus error from
         // one of its accesses: that guest's VM stops, the others go on.
-        LOWER_EL_SERROR => vm::handle_guest_serror(frame),
+        LOWER_EL_SERROR | AARCH32_LOWER_EL_SERROR => vm::handle_guest_serror(frame),
+        AARCH32_LOWER_EL_SYNCHRONOUS => vm::handle_guest_aarch32_exit(frame),
         _ => {}
     }
     let kind = match slot % 4 {

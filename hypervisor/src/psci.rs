@@ -28,6 +28,7 @@ pub mod status {
     pub const SUCCESS: i64 = 0;
     pub const NOT_SUPPORTED: i64 = -1;
     pub const INVALID_PARAMETERS: i64 = -2;
+    pub const DENIED: i64 = -3;
     pub const ALREADY_ON: i64 = -4;
     pub const ON_PENDING: i64 = -5;
     pub const INVALID_ADDRESS: i64 = -9;
@@ -53,6 +54,9 @@ pub enum Call {
     },
     /// Stop the calling vCPU.
     CpuOff,
+    /// Standby until an interrupt (CPU_SUSPEND; every power state is
+    /// treated as standby, which PSCI allows).
+    CpuSuspend,
     /// Report whether the vCPU `target` is on.
     AffinityInfo { target: u64, lowest_level: u64 },
     /// Stop the VM (status 0).
@@ -82,6 +86,12 @@ pub fn decode(x0: u64, x1: u64, x2: u64, x3: u64) -> Call {
             context: arg(x3),
         },
         CPU_OFF => Call::CpuOff,
+        CPU_SUSPEND_32 | CPU_SUSPEND_64 => Call::CpuSuspend,
+        SMCCC_ARCH_FEATURES => Call::Return(match x1 as u32 {
+            SMCCC_VERSION | SMCCC_ARCH_FEATURES => status::SUCCESS,
+            // The ARCH_WORKAROUND calls and everything else.
+            _ => status::NOT_SUPPORTED,
+        }),
         AFFINITY_INFO_32 | AFFINITY_INFO_64 => Call::AffinityInfo {
             target: arg(x1),
             lowest_level: arg(x2),
@@ -96,8 +106,7 @@ pub fn decode(x0: u64, x1: u64, x2: u64, x3: u64) -> Call {
         }),
         TESSERA_VM_EXIT => Call::VmExit { status: x1 as u32 },
         TESSERA_RESET_COUNT => Call::ResetCount,
-        // CPU_SUSPEND, SMCCC_ARCH_FEATURES (and its workaround queries) and
-        // everything else: not implemented.
+        // Everything else is not implemented.
         _ => Call::Return(status::NOT_SUPPORTED),
     }
 }
@@ -118,6 +127,8 @@ pub const fn is_implemented(id: u32) -> bool {
             | SYSTEM_OFF
             | SYSTEM_RESET
             | PSCI_FEATURES
+            | CPU_SUSPEND_32
+            | CPU_SUSPEND_64
             | SMCCC_VERSION
     )
 }
@@ -138,8 +149,11 @@ mod tests {
             Call::Return(SMCCC_VERSION_1_1)
         );
         assert_eq!(decode(0x8400_000A, 0xC400_0003, 0, 0), Call::Return(0));
-        assert_eq!(decode(0x8400_000A, 0xC400_0001, 0, 0), Call::Return(-1));
+        assert_eq!(decode(0x8400_000A, 0xC400_0001, 0, 0), Call::Return(0));
+        assert_eq!(decode(0x8400_000A, 0x8400_0005, 0, 0), Call::Return(-1));
         assert_eq!(decode(0x8000_0001, 0x8000_8000, 0, 0), Call::Return(-1));
+        assert_eq!(decode(0x8000_0001, 0x8000_0000, 0, 0), Call::Return(0));
+        assert_eq!(decode(0xC400_0001, 0, 0, 0), Call::CpuSuspend);
         assert_eq!(decode(0x8400_0006, 0, 0, 0), Call::Return(2));
     }
 

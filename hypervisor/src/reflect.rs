@@ -32,6 +32,9 @@ pub struct GuestState {
     pub vector_base: u64,
     /// FAR_EL2: the guest's virtual address of the access.
     pub fault_address: u64,
+    /// SCTLR_EL1.M: whether the guest's stage-1 translation is on, so that
+    /// VBAR_EL1 is a virtual address rather than a guest-physical one.
+    pub translation_enabled: bool,
 }
 
 /// What to do with the abort.
@@ -57,7 +60,8 @@ pub struct Reflection {
 /// Why the fault could not be given to the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CannotReflect {
-    /// VBAR_EL1 does not point into the guest's RAM.
+    /// VBAR_EL1 is unset (0), or, with the guest's MMU off, does not point
+    /// into its RAM.
     NoVectors { vector_base: u64 },
     /// The fault happened inside the guest's own vector table: a fault in
     /// its fault handler.
@@ -78,10 +82,20 @@ pub fn external_abort(
     guest_ram: (GuestPhysAddr, GuestPhysAddr),
 ) -> Result<Reflection, CannotReflect> {
     let vector_base = state.vector_base;
-    if vector_base < guest_ram.0.0 || vector_base + VECTOR_TABLE_SIZE > guest_ram.1.0 {
+    let Some(vector_end) = vector_base.checked_add(VECTOR_TABLE_SIZE) else {
+        return Err(CannotReflect::NoVectors { vector_base });
+    };
+    // With the MMU off VBAR_EL1 is guest-physical and must be in RAM; with
+    // it on, only an unset table can be told apart from here.
+    let vectors_unusable = if state.translation_enabled {
+        vector_base == 0
+    } else {
+        vector_base < guest_ram.0.0 || vector_end > guest_ram.1.0
+    };
+    if vectors_unusable {
         return Err(CannotReflect::NoVectors { vector_base });
     }
-    if (vector_base..vector_base + VECTOR_TABLE_SIZE).contains(&state.program_counter) {
+    if (vector_base..vector_end).contains(&state.program_counter) {
         return Err(CannotReflect::FaultInHandler {
             program_counter: state.program_counter,
         });
@@ -138,6 +152,7 @@ mod tests {
             saved_state,
             vector_base: 0x4008_8000,
             fault_address: 0x4800_0000,
+            translation_enabled: false,
         }
     }
 
@@ -162,6 +177,22 @@ mod tests {
         let instruction = external_abort(&state(0x4), AbortKind::Instruction, RAM).unwrap();
         assert_eq!(instruction.program_counter, 0x4008_8000);
         assert_eq!(instruction.esr_el1 >> 26, 0x21);
+    }
+
+    #[test]
+    fn with_the_mmu_on_vectors_at_a_high_virtual_address_are_used() {
+        let mut linux_like = state(0x3C5);
+        linux_like.translation_enabled = true;
+        linux_like.vector_base = 0xFFFF_8000_1001_0800;
+        linux_like.program_counter = 0xFFFF_8000_1000_2000;
+        let reflection =
+            external_abort(&linux_like, AbortKind::Data { is_write: false }, RAM).unwrap();
+        assert_eq!(reflection.program_counter, 0xFFFF_8000_1001_0A00);
+        linux_like.vector_base = 0xFFFF_FFFF_FFFF_F900;
+        assert!(matches!(
+            external_abort(&linux_like, AbortKind::Instruction, RAM),
+            Err(CannotReflect::NoVectors { .. })
+        ));
     }
 
     #[test]

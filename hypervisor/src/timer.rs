@@ -34,7 +34,9 @@ pub fn ticks(cpu: usize) -> u32 {
 /// The IRQ path: acknowledge, count the tick and re-arm (or note a request
 /// SGI), end.
 pub fn handle_irq() {
-    gic::dispatch(|intid| {
+    gic::dispatch(|raw| {
+        // GICv2 reports the sending CPU of an SGI in bits 12:10.
+        let intid = raw & 0x3FF;
         if intid == BOARD.timer_interrupts.hypervisor_physical {
             TICKS[arch::cpu_index()].fetch_add(1, Ordering::AcqRel);
             arch::start_hypervisor_timer(tick_interval());

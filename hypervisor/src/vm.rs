@@ -2,7 +2,7 @@
 //! carrying out what their exits ask for (PSCI, MMIO, faults).
 //!
 //! Lock order (outermost first): a VM's `runtime` lock, then a CPU's
-//! `MAILBOX` lock, then the console lock. The GIC lock is never held while
+//! `START_REQUESTS` lock, then the console lock. The GIC lock is never held while
 //! taking any of these.
 
 use core::cell::UnsafeCell;
@@ -47,6 +47,9 @@ pub enum Outcome {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum VmState {
     Running,
+    /// A vCPU is reloading the VM: nothing else may start, reset or
+    /// stop it until the reload is done.
+    Resetting,
     Stopped(Outcome),
 }
 
@@ -83,26 +86,22 @@ struct Runtime {
     uart: vuart::VirtualUart,
 }
 
-/// A request to a physical CPU.
+/// A request to a physical CPU to run a vCPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Request {
-    /// Run vCPU `vcpu` of VM `vm` from `entry` with x0 = `argument`.
-    Start {
-        vm: usize,
-        vcpu: usize,
-        entry: u64,
-        argument: u64,
-    },
-    /// Stop running the current vCPU.
-    Stop,
+struct StartRequest {
+    vm: usize,
+    vcpu: usize,
+    entry: u64,
+    argument: u64,
 }
 
 static VMS: Once<[Option<Vm>; MAX_VMS]> = Once::new();
 static RUNTIMES: [Mutex<Option<Runtime>>; MAX_VMS] = [const { Mutex::new(None) }; MAX_VMS];
-static MAILBOX: [Mutex<Option<Request>>; MAX_CPUS] = [const { Mutex::new(None) }; MAX_CPUS];
-/// Set when a CPU's mailbox holds a request: lets every guest exit check
-/// for a stop request with one load instead of a lock.
-static MAILBOX_FULL: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+/// Per CPU: a vCPU to start (taken by the idle loop), and a flag asking
+/// the vCPU running there to stop (checked with one load on every exit).
+static START_REQUESTS: [Mutex<Option<StartRequest>>; MAX_CPUS] =
+    [const { Mutex::new(None) }; MAX_CPUS];
+static STOP_REQUESTED: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 /// The VM and vCPU each physical CPU runs, set at boot: `usize::MAX` for none.
 static CPU_VM: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(usize::MAX) }; MAX_CPUS];
 static CPU_VCPU: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
@@ -278,10 +277,22 @@ fn build_vm(
 /// the top; then cleans it all to the point of coherency, since the guest
 /// starts with its MMU (and so its caches) off.
 fn load_pristine_image(vm: &Vm) -> Result<(), BuildError> {
-    let device_tree_offset = vm.ram_size - DEVICE_TREE_RESERVE;
-    let image_end = vm.image_load_offset + vm.image.len() as u64;
-    if image_end > device_tree_offset || vm.device_tree.len() as u64 > DEVICE_TREE_RESERVE {
-        return Err(BuildError::ImageTooLarge { vm: vm.name });
+    // The manifest was checked by the tool, but a package is data from
+    // outside: every size is checked again before it indexes RAM.
+    let too_large = BuildError::ImageTooLarge { vm: vm.name };
+    let device_tree_offset = vm
+        .ram_size
+        .checked_sub(DEVICE_TREE_RESERVE)
+        .ok_or(too_large)?;
+    let image_end = vm
+        .image_load_offset
+        .checked_add(vm.image.len() as u64)
+        .ok_or(too_large)?;
+    if image_end > device_tree_offset
+        || vm.device_tree.len() as u64 > DEVICE_TREE_RESERVE
+        || vm.ram_size % (512 * 1024) != 0
+    {
+        return Err(too_large);
     }
     // SAFETY: the VM's RAM was allocated for it alone (2 MiB multiples, so
     // 256-byte aligned), is identity-mapped normal memory at EL2, and no vCPU
@@ -308,17 +319,25 @@ fn load_pristine_image(vm: &Vm) -> Result<(), BuildError> {
     Ok(())
 }
 
-fn post(cpu: usize, request: Request) {
-    *MAILBOX[cpu].lock() = Some(request);
-    MAILBOX_FULL[cpu].store(true, Ordering::Release);
+/// Wakes `cpu` so that it looks at its requests.
+fn kick(cpu: usize) {
+    if cpu == arch::cpu_index() {
+        return;
+    }
     let affinity = CPU_AFFINITIES
         .get()
         .map_or(cpu as u64, |affinities| affinities[cpu]);
-    if cpu == arch::cpu_index() {
-        arch::send_event();
-    } else {
-        gic::send_request_sgi(cpu, affinity);
-    }
+    gic::send_request_sgi(cpu, affinity);
+}
+
+fn post_start(cpu: usize, request: StartRequest) {
+    *START_REQUESTS[cpu].lock() = Some(request);
+    kick(cpu);
+}
+
+fn post_stop(cpu: usize) {
+    STOP_REQUESTED[cpu].store(true, Ordering::Release);
+    kick(cpu);
 }
 
 /// Starts vCPU 0 of every VM.
@@ -329,9 +348,9 @@ pub fn start_all() {
         if let Some(runtime) = RUNTIMES[index].lock().as_mut() {
             runtime.vcpus[0] = VcpuPower::OnPending;
         }
-        post(
+        post_start(
             vm.physical_cpus[0] as usize,
-            Request::Start {
+            StartRequest {
                 vm: index,
                 vcpu: 0,
                 entry: vm.entry_point(),
@@ -344,18 +363,24 @@ pub fn start_all() {
 /// Where a CPU waits when it runs no vCPU: it sleeps until a request comes.
 pub fn idle_loop() -> ! {
     let cpu = arch::cpu_index();
-    arch::enable_interrupts();
     loop {
-        let request = take_request(cpu);
+        // Check and sleep with IRQs masked, so a request SGI arriving
+        // between the check and the WFI still wakes the WFI; it is taken
+        // (and acknowledged) when IRQs are unmasked below.
+        arch::disable_interrupts();
+        // A stop request for a vCPU that is no longer running is moot.
+        STOP_REQUESTED[cpu].store(false, Ordering::Release);
+        let request = START_REQUESTS[cpu].lock().take();
         match request {
-            Some(Request::Start {
+            Some(StartRequest {
                 vm,
                 vcpu,
                 entry,
                 argument,
             }) => run_vcpu(vm, vcpu, entry, argument),
-            Some(Request::Stop) | None => arch::wait_for_interrupt(),
+            None => arch::wait_for_interrupt(),
         }
+        arch::enable_interrupts();
     }
 }
 
@@ -363,20 +388,23 @@ fn stack_top(cpu: usize) -> u64 {
     (&raw const entry::BOOT_STACKS) as u64 + ((cpu + 1) * entry::STACK_SIZE) as u64
 }
 
-/// Enters vCPU `vcpu` of VM `index` at `entry` with x0 = `argument`.
-fn run_vcpu(index: usize, vcpu: usize, entry_point: u64, argument: u64) -> ! {
+/// Enters vCPU `vcpu` of VM `index` at `entry` with x0 = `argument`, or
+/// returns at once when the VM's state has overtaken the request.
+fn run_vcpu(index: usize, vcpu: usize, entry_point: u64, argument: u64) {
     let cpu = arch::cpu_index();
     let vm = vm(index);
+    // Only a vCPU that CPU_ON (or a start or reset) made pending runs: a
+    // request that the VM's state has overtaken is dropped.
     let runnable = RUNTIMES[index].lock().as_mut().is_some_and(|runtime| {
-        let running = runtime.state == VmState::Running;
-        if running {
+        let start =
+            runtime.state == VmState::Running && runtime.vcpus[vcpu] == VcpuPower::OnPending;
+        if start {
             runtime.vcpus[vcpu] = VcpuPower::On;
         }
-        running
+        start
     });
     if !runnable {
-        // The VM stopped between the request and now.
-        idle_loop();
+        return;
     }
     arch::disable_interrupts();
     guest::activate_vm(vm.vmid, vm.stage2_root, vm.counter_offset);
@@ -406,26 +434,12 @@ fn current_vm() -> Option<(usize, usize)> {
     (vm != usize::MAX).then(|| (vm, CPU_VCPU[cpu].load(Ordering::Acquire)))
 }
 
-fn take_request(cpu: usize) -> Option<Request> {
-    let mut mailbox = MAILBOX[cpu].lock();
-    MAILBOX_FULL[cpu].store(false, Ordering::Release);
-    mailbox.take()
-}
-
 /// If another CPU asked this one to stop its vCPU, stops here and idles.
-/// A start request stays in the mailbox for the idle loop.
 fn honour_stop_request() {
     let cpu = arch::cpu_index();
-    if !MAILBOX_FULL[cpu].load(Ordering::Acquire) {
-        return;
-    }
-    match take_request(cpu) {
-        Some(Request::Stop) => park_current_vcpu(),
-        Some(start) => {
-            *MAILBOX[cpu].lock() = Some(start);
-            MAILBOX_FULL[cpu].store(true, Ordering::Release);
-        }
-        None => {}
+    if STOP_REQUESTED[cpu].load(Ordering::Acquire) {
+        STOP_REQUESTED[cpu].store(false, Ordering::Release);
+        park_current_vcpu();
     }
 }
 
@@ -435,7 +449,11 @@ fn park_current_vcpu() -> ! {
         && let Some(runtime) = RUNTIMES[index].lock().as_mut()
     {
         guest::save_el1(&mut runtime.saved_el1[vcpu]);
-        runtime.vcpus[vcpu] = VcpuPower::Off;
+        // Only On becomes Off: a sibling's CPU_ON may already have made this
+        // vCPU pending again after its CPU_OFF.
+        if runtime.vcpus[vcpu] == VcpuPower::On {
+            runtime.vcpus[vcpu] = VcpuPower::Off;
+        }
     }
     idle_loop()
 }
@@ -453,6 +471,20 @@ pub fn handle_guest_serror(frame: &TrapFrame) -> ! {
         power::fail_stop();
     };
     stop_with_fault(index, frame, format_args!("SError (asynchronous abort)"))
+}
+
+/// A synchronous exception from AArch32 code at the guest's EL0: Tessera
+/// emulates nothing for AArch32, so the VM stops with a report.
+pub fn handle_guest_aarch32_exit(frame: &TrapFrame) -> ! {
+    let Some((index, _)) = current_vm() else {
+        log::error!("AArch32 exit on a CPU that runs no VM");
+        power::fail_stop();
+    };
+    stop_with_fault(
+        index,
+        frame,
+        format_args!("exception from AArch32 EL0, which Tessera does not emulate"),
+    )
 }
 
 /// A synchronous exception from a guest.
@@ -481,7 +513,7 @@ pub fn handle_guest_exit(frame: &mut TrapFrame) {
         GuestExit::SecureMonitorCall => {
             // Guests reach PSCI through HVC; SMC has nothing behind it.
             frame.registers[0] = status::NOT_SUPPORTED as u64;
-            frame.exception_link += 4;
+            frame.exception_link = frame.exception_link.wrapping_add(4);
         }
         GuestExit::WaitForInterrupt => {
             // No virtual interrupts exist yet, so the vCPU sleeps until the
@@ -489,7 +521,7 @@ pub fn handle_guest_exit(frame: &mut TrapFrame) {
             // The interrupt that wakes the CPU is taken to EL2 as soon as
             // the guest resumes (HCR_EL2.IMO routes it here).
             arch::wait_for_interrupt();
-            frame.exception_link += 4;
+            frame.exception_link = frame.exception_link.wrapping_add(4);
         }
         GuestExit::WaitForEvent => frame.exception_link += 4,
         GuestExit::SystemRegister {
@@ -506,7 +538,7 @@ pub fn handle_guest_exit(frame: &mut TrapFrame) {
             if is_read && register < 31 {
                 frame.registers[register as usize] = 0;
             }
-            frame.exception_link += 4;
+            frame.exception_link = frame.exception_link.wrapping_add(4);
         }
         GuestExit::Unhandled { class } => {
             stop_with_fault(
@@ -541,7 +573,7 @@ fn handle_mmio(index: usize, frame: &mut TrapFrame, access: &MmioAccess) {
                     guest_exit::extend_loaded_value(access, value);
             }
         }
-        frame.exception_link += 4;
+        frame.exception_link = frame.exception_link.wrapping_add(4);
         return;
     }
     log::debug!(
@@ -570,6 +602,7 @@ fn inject_abort(index: usize, frame: &mut TrapFrame, kind: AbortKind, address: G
         saved_state: frame.saved_state,
         vector_base: guest::guest_vector_base(),
         fault_address: frame.fault_address,
+        translation_enabled: guest::guest_translation_enabled(),
     };
     let ram = (vm.ram_base, GuestPhysAddr(vm.ram_base.0 + vm.ram_size));
     match reflect::external_abort(&state, kind, ram) {
@@ -628,7 +661,7 @@ fn stop_vm(index: usize, outcome: Outcome) {
         let Some(runtime) = runtime.as_mut() else {
             return;
         };
-        if runtime.state != VmState::Running {
+        if matches!(runtime.state, VmState::Stopped(_)) {
             return;
         }
         runtime.state = VmState::Stopped(outcome);
@@ -641,7 +674,7 @@ fn stop_vm(index: usize, outcome: Outcome) {
         }
     }
     for (cpu, _) in others.iter().enumerate().filter(|(_, stop)| **stop) {
-        post(cpu, Request::Stop);
+        post_stop(cpu);
     }
     match outcome {
         Outcome::Clean => println!("tessera: vm {}: stopped cleanly", vm.name),
@@ -670,65 +703,94 @@ fn stop_vm(index: usize, outcome: Outcome) {
 fn reset_vm(index: usize) -> ! {
     let this_cpu = arch::cpu_index();
     let vm = vm(index);
+    let mut others = [false; MAX_CPUS];
     let reset_count = {
-        let mut runtime = RUNTIMES[index].lock();
-        let Some(runtime) = runtime.as_mut() else {
-            idle_loop()
+        let mut guard = RUNTIMES[index].lock();
+        let Some(runtime) = guard.as_mut() else {
+            drop(guard);
+            park_current_vcpu()
         };
+        if runtime.state != VmState::Running {
+            // Another vCPU is already resetting (or stopping) the VM; this
+            // one just leaves.
+            drop(guard);
+            park_current_vcpu();
+        }
+        runtime.state = VmState::Resetting;
         runtime.reset_count += 1;
         runtime.uart.flush();
         runtime.uart.reset();
         for vcpu in 0..vm.vcpu_count {
             let cpu = vm.physical_cpus[vcpu] as usize;
-            if cpu != this_cpu && runtime.vcpus[vcpu] != VcpuPower::Off {
-                post(cpu, Request::Stop);
+            if cpu == this_cpu {
+                runtime.vcpus[vcpu] = VcpuPower::Off;
+            } else if runtime.vcpus[vcpu] != VcpuPower::Off {
+                others[cpu] = true;
             }
         }
         runtime.reset_count
     };
-    // Wait (bounded) for the other vCPUs to leave the guest before its RAM
-    // is rewritten under them.
-    for _ in 0..1_000_000 {
-        let busy = RUNTIMES[index].lock().as_ref().is_some_and(|runtime| {
-            (0..vm.vcpu_count).any(|vcpu| {
-                vm.physical_cpus[vcpu] as usize != this_cpu && runtime.vcpus[vcpu] != VcpuPower::Off
-            })
+    for (cpu, _) in others.iter().enumerate().filter(|(_, stop)| **stop) {
+        post_stop(cpu);
+    }
+    // The others leave the guest at their next exit, which the request SGI
+    // forces; a pending vCPU that never ran is simply marked off.
+    loop {
+        let busy = RUNTIMES[index].lock().as_mut().is_some_and(|runtime| {
+            let mut busy = false;
+            for vcpu in 0..vm.vcpu_count {
+                match runtime.vcpus[vcpu] {
+                    VcpuPower::On => busy = true,
+                    VcpuPower::OnPending => runtime.vcpus[vcpu] = VcpuPower::Off,
+                    VcpuPower::Off => {}
+                }
+            }
+            busy
         });
         if !busy {
             break;
         }
         core::hint::spin_loop();
     }
-    if let Some(runtime) = RUNTIMES[index].lock().as_mut() {
-        for vcpu in 0..vm.vcpu_count {
-            runtime.vcpus[vcpu] = VcpuPower::Off;
-            runtime.saved_el1[vcpu] = El1Context::reset();
-        }
-        runtime.vcpus[0] = VcpuPower::OnPending;
-    }
     if load_pristine_image(vm).is_err() {
         // The image fitted at boot; it cannot stop fitting.
         stop_vm(index, Outcome::Fault);
-        idle_loop();
+        park_current_vcpu();
     }
     guest::invalidate_guest_tlbs();
+    let restart = RUNTIMES[index].lock().as_mut().is_some_and(|runtime| {
+        // A fault on another vCPU may have stopped the VM meanwhile.
+        if runtime.state != VmState::Resetting {
+            return false;
+        }
+        for saved in &mut runtime.saved_el1 {
+            *saved = El1Context::reset();
+        }
+        runtime.vcpus[0] = VcpuPower::OnPending;
+        runtime.state = VmState::Running;
+        true
+    });
+    if !restart {
+        idle_loop();
+    }
     println!(
         "tessera: vm {}: restarted from its pristine image (reset {reset_count})",
         vm.name
     );
-    let entry_point = vm.entry_point();
-    let device_tree = vm.device_tree_address();
     let vcpu0_cpu = vm.physical_cpus[0] as usize;
     if vcpu0_cpu == this_cpu {
-        run_vcpu(index, 0, entry_point, device_tree);
+        run_vcpu(index, 0, vm.entry_point(), vm.device_tree_address());
+        idle_loop();
     }
-    let request = Request::Start {
-        vm: index,
-        vcpu: 0,
-        entry: entry_point,
-        argument: device_tree,
-    };
-    post(vcpu0_cpu, request);
+    post_start(
+        vcpu0_cpu,
+        StartRequest {
+            vm: index,
+            vcpu: 0,
+            entry: vm.entry_point(),
+            argument: vm.device_tree_address(),
+        },
+    );
     idle_loop()
 }
 
@@ -764,6 +826,11 @@ fn handle_firmware_call(index: usize, vcpu: usize, frame: &mut TrapFrame) {
                 }
                 _ => status::INVALID_PARAMETERS,
             }
+        }
+        Call::CpuSuspend => {
+            // Standby: wake on the next interrupt, as a WFI would.
+            arch::wait_for_interrupt();
+            status::SUCCESS
         }
         Call::CpuOff => {
             let last = {
@@ -818,15 +885,18 @@ fn cpu_on(index: usize, target: u64, entry_point: u64, context: u64) -> i64 {
         let Some(runtime) = runtime.as_mut() else {
             return status::INVALID_PARAMETERS;
         };
+        if runtime.state != VmState::Running {
+            return status::DENIED;
+        }
         match runtime.vcpus[target_vcpu] {
             VcpuPower::On => return status::ALREADY_ON,
             VcpuPower::OnPending => return status::ON_PENDING,
             VcpuPower::Off => runtime.vcpus[target_vcpu] = VcpuPower::OnPending,
         }
     }
-    post(
+    post_start(
         vm.physical_cpus[target_vcpu] as usize,
-        Request::Start {
+        StartRequest {
             vm: index,
             vcpu: target_vcpu,
             entry: entry_point,

@@ -17,6 +17,8 @@ use tessera_hypervisor::vcpu_state::El1Context;
 /// - TSW: trap data cache maintenance by set/way (not meaningful under
 ///   virtualization; emulated as a no-op since guest RAM is cleaned to
 ///   the point of coherency when loaded).
+/// - TIDCP: trap implementation-defined system registers (read as zero,
+///   writes ignored), so a guest cannot reach core-wide controls.
 /// - RW: EL1 is AArch64.
 pub const HCR_EL2_GUEST: u64 = (1 << 0)
     | (1 << 1)
@@ -28,12 +30,15 @@ pub const HCR_EL2_GUEST: u64 = (1 << 0)
     | (1 << 13)
     | (1 << 14)
     | (1 << 19)
+    | (1 << 20)
     | (1 << 22)
     | (1 << 31);
 
-/// CPTR_EL2 (non-VHE layout): RES1 bits only; TFP = 0 so guests use FP/SIMD
-/// without trapping (the soft-float hypervisor never touches those
-/// registers, so no save/restore is needed).
+/// CPTR_EL2 (non-VHE layout): TFP = 0 so guests use FP/SIMD without
+/// trapping (the soft-float hypervisor never touches those registers, so no
+/// save/restore is needed). The other low bits are RES1 on cores without SVE
+/// and SME; on cores with them, bits 8 (TZ) and 12 (TSM) keep SVE and SME
+/// trapped, which Tessera does not context-switch.
 const CPTR_EL2_GUEST: u64 = 0x33FF;
 
 /// CNTHCTL_EL2: EL1PCTEN | EL1PCEN: guests may read the physical counter
@@ -70,6 +75,9 @@ pub fn activate_vm(vmid: u8, stage2_root: u64, counter_offset: u64) {
             "msr vttbr_el2, {vttbr}",
             "msr hcr_el2, {hcr}",
             "msr cptr_el2, {cptr}",
+            // IMPLEMENTATION DEFINED controls EL1 must not reach (on the
+            // A72: CPUECTLR, L2CTLR, L2ACTLR writes): all denied.
+            "msr actlr_el2, xzr",
             "msr cnthctl_el2, {cnthctl}",
             "msr cntvoff_el2, {cntvoff}",
             "mrs {scratch}, midr_el1",
@@ -147,6 +155,14 @@ pub fn guest_vector_base() -> u64 {
     // SAFETY: reading VBAR_EL1 has no side effects.
     unsafe { asm!("mrs {}, vbar_el1", out(reg) value, options(nomem, nostack, preserves_flags)) };
     value
+}
+
+/// SCTLR_EL1.M of the running vCPU: whether its stage-1 MMU is on.
+pub fn guest_translation_enabled() -> bool {
+    let value: u64;
+    // SAFETY: reading SCTLR_EL1 has no side effects.
+    unsafe { asm!("mrs {}, sctlr_el1", out(reg) value, options(nomem, nostack, preserves_flags)) };
+    value & 1 != 0
 }
 
 /// Writes the EL1 exception registers for an exception EL2 injects.

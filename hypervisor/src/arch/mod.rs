@@ -51,6 +51,15 @@ pub fn configure_hypervisor_traps() {
     );
 }
 
+/// Unmasks SErrors at EL2, so that an asynchronous abort caused by the
+/// hypervisor is reported as its own (a crash report) instead of surfacing
+/// at the next guest entry and being charged to that guest.
+pub fn enable_system_errors() {
+    // SAFETY: clearing PSTATE.A only lets SErrors be taken; the vectors are
+    // installed before this is called.
+    unsafe { asm!("msr daifclr, #4", options(nomem, nostack, preserves_flags)) };
+}
+
 /// Unmasks IRQs at EL2.
 pub fn enable_interrupts() {
     DAIF.modify(DAIF::I::Unmasked);
