@@ -361,15 +361,15 @@ fn finish_node(
                 machine.cpus_ignored += 1;
             }
         }
-    } else if depth == 1 && unit_name(node.name) == b"chosen" {
-        if let (Some(start), Some(end)) = (node.initrd_start, node.initrd_end)
-            && end > start
-        {
-            machine.initrd = Some(PhysRange {
-                start: PhysAddr(start),
-                end: PhysAddr(end),
-            });
-        }
+    } else if depth == 1
+        && unit_name(node.name) == b"chosen"
+        && let (Some(start), Some(end)) = (node.initrd_start, node.initrd_end)
+        && end > start
+    {
+        machine.initrd = Some(PhysRange {
+            start: PhysAddr(start),
+            end: PhysAddr(end),
+        });
     }
     Ok(())
 }
