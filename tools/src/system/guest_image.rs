@@ -6,7 +6,7 @@
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
-use crate::units::{MIB, address, format_size, hex};
+use crate::units::{KIB, address, format_size, hex};
 use crate::workspace;
 
 const MAGIC: [u8; 4] = *b"ARM\x64";
@@ -18,7 +18,7 @@ const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
 
 /// Room the hypervisor keeps at the top of each VM's RAM for its device
 /// tree.
-pub const DEVICE_TREE_ROOM: u64 = 64 * 1024;
+pub const DEVICE_TREE_ROOM: u64 = 64 * KIB;
 
 /// Where an image goes in its VM's RAM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,6 +132,7 @@ pub fn fake_image(text_offset: u64, image_size: u64, file_size: usize) -> Vec<u8
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::units::MIB;
 
     #[test]
     fn an_image_header_gives_offset_and_size() {
