@@ -290,7 +290,7 @@ fn load_pristine_image(vm: &Vm) -> Result<(), BuildError> {
         .ok_or(too_large)?;
     if image_end > device_tree_offset
         || vm.device_tree.len() as u64 > DEVICE_TREE_RESERVE
-        || vm.ram_size % (512 * 1024) != 0
+        || !vm.ram_size.is_multiple_of(512 * 1024)
     {
         return Err(too_large);
     }
