@@ -179,6 +179,14 @@ pub extern "C" fn primary_entry(device_tree_address: u64, run_address: u64) -> !
     console::init(BOARD.console_uart.base as usize);
     console::init_logging();
 
+    let initrd = machine
+        .description
+        .as_ref()
+        .and_then(|description| description.initrd);
+    // The VMs' RAM is carved out before the allocators get the rest, so that
+    // each VM gets one contiguous block of exactly its size.
+    let system = initrd.map(|initrd| load_system(initrd, &machine, &mut free));
+
     let Some(allocators) = memory::init_allocators(&mut free) else {
         println!("tessera: ERROR: not enough free RAM for the heap");
         power::power_off(1);
@@ -194,11 +202,7 @@ pub extern "C" fn primary_entry(device_tree_address: u64, run_address: u64) -> !
         power::power_off(1);
     }
 
-    let initrd = machine
-        .description
-        .as_ref()
-        .and_then(|description| description.initrd);
-    PROVE_TICKS.store(initrd.is_none(), Ordering::Release);
+    PROVE_TICKS.store(system.is_none(), Ordering::Release);
     smp::publish_boot_parameters(&machine.cpu_affinities[..machine.cpu_count], root);
     announce_online(0);
     let mut start_failures = 0;
@@ -234,16 +238,23 @@ pub extern "C" fn primary_entry(device_tree_address: u64, run_address: u64) -> !
     #[cfg(feature = "selftest-fault")]
     selftest_fault();
 
-    let Some(initrd) = initrd else {
+    let Some(system) = system else {
         println!("tessera: no system package (initrd); nothing to run");
         power::power_off(0)
     };
-    start_system(initrd, &machine)
+    start_system(&system, &machine)
 }
 
-/// Checks the system package, builds its VMs and starts them; this CPU then
-/// serves whatever vCPU it is given.
-fn start_system(initrd: PhysRange, machine: &Machine) -> ! {
+/// A checked system package, and the RAM set aside for each of its VMs.
+struct System {
+    package: Package<'static>,
+    manifest: manifest::SystemManifest<'static>,
+    guest_ram: [PhysAddr; manifest::MAX_VMS],
+}
+
+/// Checks the system package (checksums, manifest, machine) and takes each
+/// VM's RAM out of `free`; any problem ends the run with a report.
+fn load_system(initrd: PhysRange, machine: &Machine, free: &mut RangeSet) -> System {
     // SAFETY: the boot loader put the initrd in RAM and recorded it in the
     // device tree; the memory map keeps it out of every allocator, and it is
     // mapped read/write at EL2 and never written.
@@ -282,9 +293,35 @@ fn start_system(initrd: PhysRange, machine: &Machine) -> ! {
         );
         power::power_off(1)
     }
+    let mut guest_ram = [PhysAddr(0); manifest::MAX_VMS];
+    for (slot, vm) in guest_ram.iter_mut().zip(manifest.vms()) {
+        // 2 MiB alignment lets stage 2 map the RAM with blocks.
+        match free.take(vm.ram_size, 0x20_0000) {
+            Some(range) => *slot = range.start,
+            None => {
+                log::error!(
+                    "vm {}: no contiguous free RAM for its {} MiB",
+                    vm.name,
+                    vm.ram_size >> 20
+                );
+                power::power_off(1)
+            }
+        }
+    }
+    System {
+        package,
+        manifest,
+        guest_ram,
+    }
+}
+
+/// Builds the VMs and starts them; this CPU then serves whatever vCPU it is
+/// given.
+fn start_system(system: &System, machine: &Machine) -> ! {
     match vm::build_all(
-        &package,
-        &manifest,
+        &system.package,
+        &system.manifest,
+        &system.guest_ram,
         &machine.cpu_affinities[..machine.cpu_count],
     ) {
         Ok(count) => println!("tessera: {count} VM(s) built; starting them"),

@@ -165,16 +165,9 @@ pub fn init_allocators(free: &mut RangeSet) -> Option<AllocatorSummary> {
     Some(AllocatorSummary { heap, free_pages })
 }
 
-/// Allocates `count` physically contiguous pages whose contents the caller
-/// overwrites before anyone reads them (guest RAM, zeroed when loaded).
-pub fn allocate_unzeroed_pages(count: usize) -> Option<PhysAddr> {
-    let first = PAGES.lock().alloc(count)?;
-    Some(PhysAddr(first as u64 * PAGE_SIZE))
-}
-
 /// Allocates `count` physically contiguous, zeroed pages.
 pub fn allocate_pages(count: usize) -> Option<PhysAddr> {
-    let address = allocate_unzeroed_pages(count)?.0;
+    let address = PAGES.lock().alloc(count)? as u64 * PAGE_SIZE;
     // SAFETY: the allocator just handed out these pages, which are mapped
     // read/write RAM that nothing else references.
     unsafe { core::ptr::write_bytes(address as *mut u8, 0, count * PAGE_SIZE as usize) };

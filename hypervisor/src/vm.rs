@@ -10,7 +10,7 @@ use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use spin::{Mutex, Once};
 use tessera_hypervisor::MAX_CPUS;
-use tessera_hypervisor::address::{GuestPhysAddr, PAGE_SIZE, PhysAddr};
+use tessera_hypervisor::address::{GuestPhysAddr, PhysAddr};
 use tessera_hypervisor::crash_report::TrapFrame;
 use tessera_hypervisor::exception_syndrome::ExceptionSyndrome;
 use tessera_hypervisor::fast_copy;
@@ -165,7 +165,6 @@ impl TableStore for PageAllocatorStore {
 #[derive(Clone, Copy, Debug)]
 pub enum BuildError {
     Package(&'static str),
-    OutOfMemory { vm: &'static str },
     Stage2 { vm: &'static str },
     ImageTooLarge { vm: &'static str },
 }
@@ -174,7 +173,6 @@ impl core::fmt::Display for BuildError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::Package(entry) => write!(f, "the package has no valid entry {entry}"),
-            Self::OutOfMemory { vm } => write!(f, "vm {vm}: not enough free RAM"),
             Self::Stage2 { vm } => write!(f, "vm {vm}: could not build its stage-2 tables"),
             Self::ImageTooLarge { vm } => {
                 write!(f, "vm {vm}: image or device tree does not fit its RAM")
@@ -187,6 +185,7 @@ impl core::fmt::Display for BuildError {
 pub fn build_all(
     package: &Package<'static>,
     manifest: &SystemManifest<'static>,
+    guest_ram: &[PhysAddr],
     cpu_affinities: &[u64],
 ) -> Result<usize, BuildError> {
     let mut affinities = [0; MAX_CPUS];
@@ -194,7 +193,7 @@ pub fn build_all(
     CPU_AFFINITIES.call_once(|| affinities);
     let mut vms: [Option<Vm>; MAX_VMS] = [const { None }; MAX_VMS];
     for (index, description) in manifest.vms().enumerate() {
-        let built = build_vm(index, description, package)?;
+        let built = build_vm(index, description, package, guest_ram[index])?;
         for (vcpu, &cpu) in description.physical_cpus().iter().enumerate() {
             CPU_VM[cpu as usize].store(index, Ordering::Release);
             CPU_VCPU[cpu as usize].store(vcpu, Ordering::Release);
@@ -227,6 +226,7 @@ fn build_vm(
     index: usize,
     description: &VmManifest<'static>,
     package: &Package<'static>,
+    ram_host: PhysAddr,
 ) -> Result<Vm, BuildError> {
     let name = description.name;
     let image = package
@@ -235,9 +235,6 @@ fn build_vm(
     let device_tree = package
         .file(description.device_tree)
         .map_err(|_| BuildError::Package(description.device_tree))?;
-    let pages = (description.ram_size / PAGE_SIZE) as usize;
-    let ram_host =
-        memory::allocate_unzeroed_pages(pages).ok_or(BuildError::OutOfMemory { vm: name })?;
     let mut store = PageAllocatorStore;
     let mut stage2 =
         PageTable::new(Regime::Stage2, &mut store).map_err(|_| BuildError::Stage2 { vm: name })?;
