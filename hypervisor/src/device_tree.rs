@@ -8,10 +8,10 @@
 
 use crate::MAX_CPUS;
 use crate::address::{PhysAddr, PhysRange};
+use crate::flat_tree::{
+    FlatTree, FlatTreeError, Token, read_cells, string_list_contains, string_value,
+};
 use crate::memory_map::{MemoryMapError, RangeSet};
-
-/// The FDT header magic, big-endian `0xd00dfeed`.
-pub const FDT_MAGIC: u32 = 0xD00D_FEED;
 
 /// Why a device tree could not be used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,9 +38,7 @@ impl From<MemoryMapError> for DeviceTreeError {
 /// header. Lets the caller build a slice of the right length from a pointer.
 #[must_use]
 pub fn blob_size(header: &[u8; 8]) -> Option<usize> {
-    let magic = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
-    (magic == FDT_MAGIC)
-        .then(|| u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize)
+    crate::flat_tree::announced_size(header)
 }
 
 /// What the device tree says about the machine.
@@ -64,39 +62,8 @@ pub struct MachineDescription {
     pub compatible: Option<&'static str>,
 }
 
-/// Big-endian cells to a number (1 or 2 cells).
-fn read_cells(bytes: &[u8], cells: usize) -> Option<u64> {
-    let raw = bytes.get(..cells * 4)?;
-    Some(raw.chunks_exact(4).fold(0u64, |value, chunk| {
-        (value << 32) | u64::from(u32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]))
-    }))
-}
-
-const TOKEN_BEGIN_NODE: u32 = 1;
-const TOKEN_END_NODE: u32 = 2;
-const TOKEN_PROPERTY: u32 = 3;
-const TOKEN_NOP: u32 = 4;
-const TOKEN_END: u32 = 9;
 /// Deeper nesting than this is not needed for anything read here.
 const MAX_DEPTH: usize = 16;
-
-fn be32(blob: &[u8], offset: usize) -> Option<u32> {
-    let bytes = blob.get(offset..offset.checked_add(4)?)?;
-    Some(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
-}
-
-/// The NUL-terminated string at the start of `bytes`, without the NUL.
-fn c_string(bytes: &[u8]) -> Option<&[u8]> {
-    bytes
-        .iter()
-        .position(|byte| *byte == 0)
-        .map(|end| &bytes[..end])
-}
-
-/// Whether a string-list property value contains `wanted`.
-fn string_list_contains(value: &[u8], wanted: &[u8]) -> bool {
-    value.split(|byte| *byte == 0).any(|entry| entry == wanted)
-}
 
 /// What is remembered about a node while its properties are read.
 #[derive(Clone, Copy, Default)]
@@ -161,50 +128,24 @@ fn add_reg_ranges(
 /// Parses `blob`, which must live for the whole run (it is the boot
 /// loader's copy, which the hypervisor reserves).
 ///
-/// One pass over the structure block, with no allocation and no panics on
-/// malformed input: this runs before the MMU is on, on every boot, and the
-/// boot benchmark showed a general-purpose parser re-walking the tree for
-/// each look-up costing half of the hypervisor's boot.
+/// One pass over the structure block (`flat_tree`), with no allocation and
+/// no panics on malformed input: this runs before the MMU is on, on every
+/// boot, and the boot benchmark showed a general-purpose parser re-walking
+/// the tree for each look-up costing half of the hypervisor's boot.
 ///
 /// # Errors
 /// See [`DeviceTreeError`].
 pub fn read_machine(blob: &'static [u8]) -> Result<MachineDescription, DeviceTreeError> {
-    let header: &[u8; 8] = blob
-        .get(..8)
-        .and_then(|bytes| bytes.try_into().ok())
-        .ok_or(DeviceTreeError::Malformed)?;
-    let total_size = blob_size(header).ok_or(DeviceTreeError::BadMagic)?;
-    let blob = blob.get(..total_size).ok_or(DeviceTreeError::Malformed)?;
-    let field = |offset| {
-        be32(blob, offset)
-            .map(|value| value as usize)
-            .ok_or(DeviceTreeError::Malformed)
-    };
-    let structure_offset = field(8)?;
-    let strings_offset = field(12)?;
-    let reservations_offset = field(16)?;
-    let structure_size = field(36)?;
-    let structure = blob
-        .get(structure_offset..structure_offset.saturating_add(structure_size))
-        .ok_or(DeviceTreeError::Malformed)?;
-    let strings = blob
-        .get(strings_offset..)
-        .ok_or(DeviceTreeError::Malformed)?;
-
+    let tree = FlatTree::new(blob).map_err(|error| match error {
+        FlatTreeError::BadMagic => DeviceTreeError::BadMagic,
+        FlatTreeError::Malformed => DeviceTreeError::Malformed,
+    })?;
     let mut reserved = RangeSet::new();
-    let mut offset = reservations_offset;
-    loop {
-        let address = read_cells(blob.get(offset..).ok_or(DeviceTreeError::Malformed)?, 2)
-            .ok_or(DeviceTreeError::Malformed)?;
-        let size = read_cells(blob.get(offset + 8..).ok_or(DeviceTreeError::Malformed)?, 2)
-            .ok_or(DeviceTreeError::Malformed)?;
-        if address == 0 && size == 0 {
-            break;
-        }
+    for reservation in tree.reservations() {
+        let (address, size) = reservation.map_err(|_| DeviceTreeError::Malformed)?;
         if let Some(range) = PhysRange::from_base_size(address, size) {
             reserved.add(range)?;
         }
-        offset += 16;
     }
 
     let mut machine = MachineDescription {
@@ -219,23 +160,11 @@ pub fn read_machine(blob: &'static [u8]) -> Result<MachineDescription, DeviceTre
     };
     let mut stack = [NodeScan::default(); MAX_DEPTH];
     let mut depth = 0usize;
-    let mut position = 0usize;
-    loop {
-        let token = be32(structure, position).ok_or(DeviceTreeError::Malformed)?;
-        position += 4;
-        match token {
-            TOKEN_BEGIN_NODE => {
-                let name = c_string(
-                    structure
-                        .get(position..)
-                        .ok_or(DeviceTreeError::Malformed)?,
-                )
-                .ok_or(DeviceTreeError::Malformed)?;
-                position = (position + name.len() + 1).next_multiple_of(4);
-                if depth == MAX_DEPTH {
-                    return Err(DeviceTreeError::Malformed);
-                }
-                stack[depth] = NodeScan {
+    for token in tree.tokens() {
+        match token.map_err(|_| DeviceTreeError::Malformed)? {
+            Token::BeginNode(name) => {
+                let slot = stack.get_mut(depth).ok_or(DeviceTreeError::Malformed)?;
+                *slot = NodeScan {
                     name,
                     address_cells: 2,
                     size_cells: 1,
@@ -243,20 +172,7 @@ pub fn read_machine(blob: &'static [u8]) -> Result<MachineDescription, DeviceTre
                 };
                 depth += 1;
             }
-            TOKEN_PROPERTY => {
-                let length = be32(structure, position).ok_or(DeviceTreeError::Malformed)? as usize;
-                let name_offset =
-                    be32(structure, position + 4).ok_or(DeviceTreeError::Malformed)? as usize;
-                let value = structure
-                    .get(position + 8..position + 8 + length)
-                    .ok_or(DeviceTreeError::Malformed)?;
-                position = (position + 8 + length).next_multiple_of(4);
-                let name = c_string(
-                    strings
-                        .get(name_offset..)
-                        .ok_or(DeviceTreeError::Malformed)?,
-                )
-                .ok_or(DeviceTreeError::Malformed)?;
+            Token::Property { name, value } => {
                 let node = stack
                     .get_mut(depth.wrapping_sub(1))
                     .ok_or(DeviceTreeError::Malformed)?;
@@ -267,8 +183,8 @@ pub fn read_machine(blob: &'static [u8]) -> Result<MachineDescription, DeviceTre
                     b"#size-cells" => node.size_cells = read_cells(value, 1).unwrap_or(1) as usize,
                     b"reg" => node.reg = Some(value),
                     b"device_type" => {
-                        node.is_memory = c_string(value) == Some(b"memory");
-                        node.is_cpu = c_string(value) == Some(b"cpu");
+                        node.is_memory = value.starts_with(b"memory\0");
+                        node.is_cpu = value.starts_with(b"cpu\0");
                     }
                     b"compatible" => node.compatible = Some(value),
                     b"interrupt-controller" => node.is_interrupt_controller = true,
@@ -277,22 +193,12 @@ pub fn read_machine(blob: &'static [u8]) -> Result<MachineDescription, DeviceTre
                     _ => {}
                 }
             }
-            TOKEN_END_NODE => {
-                if depth == 0 {
-                    return Err(DeviceTreeError::Malformed);
-                }
-                depth -= 1;
+            Token::EndNode => {
+                depth = depth.checked_sub(1).ok_or(DeviceTreeError::Malformed)?;
                 let node = stack[depth];
-                let parent = if depth > 0 {
-                    Some(stack[depth - 1])
-                } else {
-                    None
-                };
+                let parent = depth.checked_sub(1).map(|parent| stack[parent]);
                 finish_node(&mut machine, &node, parent.as_ref(), depth)?;
             }
-            TOKEN_NOP => {}
-            TOKEN_END => break,
-            _ => return Err(DeviceTreeError::Malformed),
         }
     }
     if machine.memory.total_size() == 0 {
@@ -313,10 +219,7 @@ fn finish_node(
     depth: usize,
 ) -> Result<(), DeviceTreeError> {
     let Some(parent) = parent else {
-        machine.compatible = node
-            .compatible
-            .and_then(c_string)
-            .and_then(|first| core::str::from_utf8(first).ok());
+        machine.compatible = node.compatible.and_then(string_value);
         return Ok(());
     };
     // Only interrupt controllers can be the GIC; checking just those keeps

@@ -14,6 +14,7 @@ pub mod crash_report;
 pub mod device_tree;
 pub mod exception_syndrome;
 pub mod fast_copy;
+pub mod flat_tree;
 pub mod guest_exit;
 pub mod manifest;
 pub mod memory_map;

@@ -4,8 +4,7 @@
 //! checks again what it depends on (see `check_against_machine`), because a
 //! package may be built for a different machine than the one it meets.
 
-use fdt::Fdt;
-use fdt::node::FdtNode;
+use crate::flat_tree::{FlatTree, Token, read_cells, string_list_contains, string_value};
 
 use crate::MAX_CPUS;
 
@@ -103,102 +102,129 @@ impl<'a> SystemManifest<'a> {
     }
 }
 
-fn string<'a>(
-    node: FdtNode<'_, 'a>,
-    vm: Option<&'a str>,
-    property: &'static str,
-) -> Result<&'a str, ManifestError<'a>> {
-    node.property(property)
-        .and_then(|value| value.as_str())
-        .ok_or(ManifestError::Property { vm, property })
+/// The VM node being read, before its properties are checked.
+#[derive(Clone, Copy, Default)]
+struct VmFields<'a> {
+    name: Option<&'a str>,
+    ram_base: Option<u64>,
+    ram_size: Option<u64>,
+    cpus: Option<&'a [u8]>,
+    image: Option<&'a str>,
+    image_load_offset: Option<u64>,
+    device_tree: Option<&'a str>,
 }
 
-fn number<'a>(
-    node: FdtNode<'_, 'a>,
-    vm: Option<&'a str>,
-    property: &'static str,
-) -> Result<u64, ManifestError<'a>> {
-    let value = node
-        .property(property)
-        .ok_or(ManifestError::Property { vm, property })?
-        .value;
-    match value.len() {
-        4 => Ok(u64::from(u32::from_be_bytes([
-            value[0], value[1], value[2], value[3],
-        ]))),
-        8 => Ok(u64::from_be_bytes([
-            value[0], value[1], value[2], value[3], value[4], value[5], value[6], value[7],
-        ])),
-        _ => Err(ManifestError::Property { vm, property }),
+/// A 4- or 8-byte big-endian number.
+fn number(value: &[u8]) -> Option<u64> {
+    read_cells(value, value.len() / 4).filter(|_| value.len() == 4 || value.len() == 8)
+}
+
+impl<'a> VmFields<'a> {
+    fn set(&mut self, name: &[u8], value: &'a [u8]) {
+        match name {
+            b"name" => self.name = string_value(value),
+            b"ram-base" => self.ram_base = number(value),
+            b"ram-size" => self.ram_size = number(value),
+            b"cpus" => self.cpus = Some(value),
+            b"image" => self.image = string_value(value),
+            b"image-load-offset" => self.image_load_offset = number(value),
+            b"device-tree" => self.device_tree = string_value(value),
+            _ => {}
+        }
+    }
+
+    fn finish(self) -> Result<VmManifest<'a>, ManifestError<'a>> {
+        let name = self.name.ok_or(ManifestError::Property {
+            vm: None,
+            property: "name",
+        })?;
+        let vm = Some(name);
+        let missing = |property| ManifestError::Property { vm, property };
+        let cpus = self.cpus.ok_or(missing("cpus"))?;
+        if cpus.is_empty() || cpus.len() % 4 != 0 {
+            return Err(missing("cpus"));
+        }
+        let vcpu_count = cpus.len() / 4;
+        if vcpu_count > MAX_CPUS {
+            return Err(ManifestError::TooMany);
+        }
+        let mut physical_cpus = [0; MAX_CPUS];
+        for (slot, chunk) in physical_cpus.iter_mut().zip(cpus.chunks_exact(4)) {
+            *slot = u32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        }
+        Ok(VmManifest {
+            name,
+            ram_base: self.ram_base.ok_or(missing("ram-base"))?,
+            ram_size: self.ram_size.ok_or(missing("ram-size"))?,
+            physical_cpus,
+            vcpu_count,
+            image: self.image.ok_or(missing("image"))?,
+            image_load_offset: self.image_load_offset.ok_or(missing("image-load-offset"))?,
+            device_tree: self.device_tree.ok_or(missing("device-tree"))?,
+        })
     }
 }
 
-/// Parses the manifest blob.
+/// Parses the manifest blob, in one pass over its tokens.
 ///
 /// # Errors
 /// See [`ManifestError`].
 pub fn parse(blob: &[u8]) -> Result<SystemManifest<'_>, ManifestError<'_>> {
-    let tree = Fdt::new(blob).map_err(|_| ManifestError::NotAManifest)?;
-    let root = tree.find_node("/").ok_or(ManifestError::NotAManifest)?;
-    let is_manifest = root
-        .compatible()
-        .is_some_and(|compatible| compatible.all().any(|entry| entry == "tessera,system"));
+    let tree = FlatTree::new(blob).map_err(|_| ManifestError::NotAManifest)?;
+    let mut is_manifest = false;
+    let mut version = None;
+    let mut board = None;
+    let mut gic_version = None;
+    let mut saw_vms = false;
+    let mut vms = [None; MAX_VMS];
+    let mut vm_count = 0;
+    let mut current = VmFields::default();
+    // Depth 1: the root; 2: `/vms`; 3: a VM node.
+    let mut depth = 0usize;
+    let mut in_vms = false;
+    for token in tree.tokens() {
+        match token.map_err(|_| ManifestError::NotAManifest)? {
+            Token::BeginNode(name) => {
+                depth += 1;
+                if depth == 2 {
+                    in_vms = name == b"vms";
+                    saw_vms |= in_vms;
+                } else if depth == 3 && in_vms {
+                    current = VmFields::default();
+                }
+            }
+            Token::Property { name, value } => match (depth, name) {
+                (1, b"compatible") => is_manifest = string_list_contains(value, b"tessera,system"),
+                (1, b"tessera,format-version") => version = number(value),
+                (1, b"board") => board = string_value(value),
+                (1, b"gic-version") => gic_version = number(value),
+                (3, _) if in_vms => current.set(name, value),
+                _ => {}
+            },
+            Token::EndNode => {
+                if depth == 3 && in_vms {
+                    let entry = current.finish()?;
+                    *vms.get_mut(vm_count).ok_or(ManifestError::TooMany)? = Some(entry);
+                    vm_count += 1;
+                }
+                depth = depth.checked_sub(1).ok_or(ManifestError::NotAManifest)?;
+            }
+        }
+    }
     if !is_manifest {
         return Err(ManifestError::NotAManifest);
     }
-    let version = number(root, None, "tessera,format-version")? as u32;
+    let property = |property| ManifestError::Property { vm: None, property };
+    let version = version.ok_or(property("tessera,format-version"))? as u32;
     if version != FORMAT_VERSION {
         return Err(ManifestError::UnsupportedVersion(version));
     }
-    let board = string(root, None, "board")?;
-    let gic_version = number(root, None, "gic-version")? as u32;
-
-    let mut vms = [None; MAX_VMS];
-    let mut vm_count = 0;
-    let vms_node = tree.find_node("/vms").ok_or(ManifestError::Property {
-        vm: None,
-        property: "vms",
-    })?;
-    for node in vms_node.children() {
-        let name = string(node, None, "name")?;
-        let vm = Some(name);
-        let cpus_value = node
-            .property("cpus")
-            .ok_or(ManifestError::Property {
-                vm,
-                property: "cpus",
-            })?
-            .value;
-        if cpus_value.is_empty() || cpus_value.len() % 4 != 0 {
-            return Err(ManifestError::Property {
-                vm,
-                property: "cpus",
-            });
-        }
-        let mut physical_cpus = [0; MAX_CPUS];
-        let vcpu_count = cpus_value.len() / 4;
-        if vcpu_count > MAX_CPUS {
-            return Err(ManifestError::TooMany);
-        }
-        for (slot, chunk) in physical_cpus.iter_mut().zip(cpus_value.chunks_exact(4)) {
-            *slot = u32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        }
-        let entry = VmManifest {
-            name,
-            ram_base: number(node, vm, "ram-base")?,
-            ram_size: number(node, vm, "ram-size")?,
-            physical_cpus,
-            vcpu_count,
-            image: string(node, vm, "image")?,
-            image_load_offset: number(node, vm, "image-load-offset")?,
-            device_tree: string(node, vm, "device-tree")?,
-        };
-        *vms.get_mut(vm_count).ok_or(ManifestError::TooMany)? = Some(entry);
-        vm_count += 1;
+    if !saw_vms {
+        return Err(property("vms"));
     }
     Ok(SystemManifest {
-        board,
-        gic_version,
+        board: board.ok_or(property("board"))?,
+        gic_version: gic_version.ok_or(property("gic-version"))? as u32,
         vms,
         vm_count,
     })
