@@ -21,9 +21,12 @@ const AARCH32_LOWER_EL_SERROR: u64 = 15;
 
 /// Called by the vector stubs with the saved frame and the vector slot.
 pub extern "C" fn handle_exception(frame: &mut TrapFrame, slot: u64) {
+    // Guest exits first: they are the hot path (trapped MMIO, hypercalls).
+    if slot == LOWER_EL_SYNCHRONOUS {
+        return vm::handle_guest_exit(frame);
+    }
     match slot {
         CURRENT_EL_SPX_IRQ => return timer::handle_irq(),
-        LOWER_EL_SYNCHRONOUS => return vm::handle_guest_exit(frame),
         // Interrupts while a guest ran, whichever state it was in (EL1 is
         // always AArch64, but a guest may run AArch32 code at EL0).
         LOWER_EL_IRQ | LOWER_EL_FIQ | AARCH32_LOWER_EL_IRQ | AARCH32_LOWER_EL_FIQ => {

@@ -173,6 +173,7 @@ pub fn decode(syndrome: ExceptionSyndrome, far: u64, hpfar: u64) -> GuestExit {
 /// Sign- or zero-extends a value loaded by an emulated MMIO read into what
 /// the destination register must hold.
 #[must_use]
+#[inline]
 pub const fn extend_loaded_value(access: &MmioAccess, value: u64) -> u64 {
     let bits = access.width as u32 * 8;
     let value = if bits >= 64 {

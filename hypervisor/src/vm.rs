@@ -424,14 +424,18 @@ fn run_vcpu(index: usize, vcpu: usize, entry_point: u64, argument: u64) {
     vectors::enter_guest(unsafe { &*slot }, stack_top(cpu))
 }
 
-/// What the vector code does after a guest exit is handled.
+/// The VM and vCPU this CPU runs, if any.
+#[inline]
 fn current_vm() -> Option<(usize, usize)> {
     let cpu = arch::cpu_index();
-    let vm = CPU_VM[cpu].load(Ordering::Acquire);
-    (vm != usize::MAX).then(|| (vm, CPU_VCPU[cpu].load(Ordering::Acquire)))
+    // Relaxed: the placement is written once at boot, before this CPU was
+    // given any vCPU (the start request's lock orders it).
+    let vm = CPU_VM[cpu].load(Ordering::Relaxed);
+    (vm != usize::MAX).then(|| (vm, CPU_VCPU[cpu].load(Ordering::Relaxed)))
 }
 
 /// If another CPU asked this one to stop its vCPU, stops here and idles.
+#[inline]
 fn honour_stop_request() {
     let cpu = arch::cpu_index();
     if STOP_REQUESTED[cpu].load(Ordering::Acquire) {

@@ -52,6 +52,7 @@ impl VirtualUart {
         }
     }
 
+    #[inline]
     pub fn read(&mut self, offset: u64, width_bytes: u8) -> u64 {
         match AccessWidth::from_bytes(width_bytes) {
             Some(width) => self.model.read(offset, width),

@@ -12,6 +12,7 @@ pub enum AccessWidth {
 impl AccessWidth {
     /// From a size in bytes (1, 2, 4 or 8).
     #[must_use]
+    #[inline]
     pub const fn from_bytes(bytes: u8) -> Option<Self> {
         match bytes {
             1 => Some(Self::Byte),
@@ -34,6 +35,7 @@ impl AccessWidth {
 
     /// Keeps the low `bytes()` bytes of `value`.
     #[must_use]
+    #[inline]
     pub const fn truncate(self, value: u64) -> u64 {
         match self {
             Self::DoubleWord => value,

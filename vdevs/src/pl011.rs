@@ -102,6 +102,7 @@ enum Register {
 }
 
 impl Register {
+    #[inline]
     const fn at(offset: u64) -> Option<Self> {
         Some(match offset {
             0x000 => Self::Data,
@@ -400,6 +401,7 @@ impl<S: ConsoleSink, L: InterruptLine> Pl011<S, L> {
         self.registers.interrupt_mask = mask;
     }
 
+    #[inline]
     fn flags(&self) -> u32 {
         let mut flags = flag::CLEAR_TO_SEND
             | flag::DATA_SET_READY
@@ -426,6 +428,7 @@ impl<S: ConsoleSink, L: InterruptLine> Pl011<S, L> {
         }
     }
 
+    #[inline]
     fn read_register(&mut self, register: Register) -> u32 {
         let registers = &self.registers;
         match register {
@@ -483,6 +486,7 @@ impl<S: ConsoleSink, L: InterruptLine> MmioDevice for Pl011<S, L> {
         WINDOW_SIZE
     }
 
+    #[inline]
     fn read(&mut self, offset: u64, width: AccessWidth) -> u64 {
         let Some(register) = Register::at(offset) else {
             return 0;
