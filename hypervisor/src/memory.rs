@@ -19,31 +19,29 @@ use crate::board::BOARD;
 /// around the image and the device windows).
 const EL2_TABLE_POOL: usize = 16;
 
-/// The pool lives in the BSS, so its addresses are physical (the map is 1:1).
-struct StaticPool {
-    tables: [Table; EL2_TABLE_POOL],
+/// The pool's addresses are physical (the map is 1:1). It sits in the
+/// `.noinit` section, which boot does not zero: each table is cleared when
+/// it is handed out, so only the few tables the map uses are written.
+#[unsafe(link_section = ".bss.noinit.el2_tables")]
+static mut EL2_TABLES: [Table; EL2_TABLE_POOL] = [Table::EMPTY; EL2_TABLE_POOL];
+
+struct PoolStore {
+    tables: &'static mut [Table; EL2_TABLE_POOL],
     used: usize,
 }
 
-static mut EL2_TABLES: StaticPool = StaticPool {
-    tables: [Table::EMPTY; EL2_TABLE_POOL],
-    used: 0,
-};
-
-struct PoolStore(&'static mut StaticPool);
-
 impl TableStore for PoolStore {
     fn allocate_table(&mut self) -> Option<PhysAddr> {
-        let pool = &mut *self.0;
-        let table = pool.tables.get_mut(pool.used)?;
-        pool.used += 1;
+        let table = self.tables.get_mut(self.used)?;
+        self.used += 1;
+        *table = Table::EMPTY;
         Some(PhysAddr(table as *mut Table as u64))
     }
 
     fn table_mut(&mut self, address: PhysAddr) -> &mut Table {
-        let base = self.0.tables.as_ptr() as u64;
+        let base = self.tables.as_ptr() as u64;
         let index = ((address.0 - base) / PAGE_SIZE) as usize;
-        &mut self.0.tables[index]
+        &mut self.tables[index]
     }
 }
 
@@ -97,7 +95,7 @@ pub fn build_el2_map(ram: &RangeSet, image: &ImageLayout) -> Result<u64, MapErro
     // SAFETY: called once, on the boot CPU, before any other CPU runs and
     // before anything else refers to the pool.
     let pool = unsafe { &mut *pool_pointer };
-    let mut store = PoolStore(pool);
+    let mut store = PoolStore { tables: pool, used: 0 };
     let mut table = PageTable::new(Regime::El2Stage1, &mut store)?;
     let identity = |table: &mut PageTable, store: &mut PoolStore, range: PhysRange, attributes| {
         table.map(range.start.0, range.start, range.size(), attributes, store)

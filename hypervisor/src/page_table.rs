@@ -258,6 +258,25 @@ impl PageTable {
         store: &mut impl TableStore,
     ) -> Result<(), MapError> {
         let span = entry_span(level);
+        if level == 3 {
+            // Pages: one tight loop over this table, which the range cannot
+            // leave (the caller split it at this table's span).
+            let entries = &mut store.table_mut(table).0;
+            let first = entry_index(input, 3);
+            let count = (size / PAGE_SIZE) as usize;
+            let slots = entries
+                .get_mut(first..first + count)
+                .ok_or(MapError::OutOfRange)?;
+            if let Some(taken) = slots.iter().position(|entry| entry & DESCRIPTOR_VALID != 0) {
+                return Err(MapError::AlreadyMapped {
+                    input: input + taken as u64 * PAGE_SIZE,
+                });
+            }
+            for (slot, page) in slots.iter_mut().zip((output..).step_by(PAGE_SIZE as usize)) {
+                *slot = (page & OUTPUT_ADDRESS_MASK) | leaf_bits | DESCRIPTOR_TABLE_OR_PAGE | DESCRIPTOR_VALID;
+            }
+            return Ok(());
+        }
         while size > 0 {
             let index = entry_index(input, level);
             let chunk = size.min(span - input % span);
@@ -268,17 +287,9 @@ impl PageTable {
             let whole_entry =
                 input.is_multiple_of(span) && output.is_multiple_of(span) && chunk == span;
 
-            if level == 3 || (block_allowed && whole_entry && !is_valid) {
-                if is_valid {
-                    return Err(MapError::AlreadyMapped { input });
-                }
-                let type_bit = if level == 3 {
-                    DESCRIPTOR_TABLE_OR_PAGE
-                } else {
-                    0
-                };
+            if block_allowed && whole_entry && !is_valid {
                 store.table_mut(table).0[index] =
-                    (output & OUTPUT_ADDRESS_MASK) | leaf_bits | type_bit | DESCRIPTOR_VALID;
+                    (output & OUTPUT_ADDRESS_MASK) | leaf_bits | DESCRIPTOR_VALID;
             } else {
                 let next = if !is_valid {
                     let next = store.allocate_table().ok_or(MapError::OutOfTables)?;

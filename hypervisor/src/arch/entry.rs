@@ -18,7 +18,7 @@ use crate::board::BOARD;
 /// Bytes of stack per CPU.
 pub const STACK_SIZE: usize = 32 * 1024;
 
-/// One stack per CPU, in the `.stacks` section, which boot does not zero:
+/// One stack per CPU, in the `.noinit` section, which boot does not zero:
 /// only the assembly uses this memory, as raw stack space.
 #[repr(C, align(4096))]
 pub struct BootStacks(pub [[u8; STACK_SIZE]; MAX_CPUS]);
@@ -77,7 +77,7 @@ primary_entry_asm:
     add     x1, x1, :lo12:__bss_start
     adrp    x2, __bss_end
     add     x2, x2, :lo12:__bss_end
-1:  cmp     x1, x2
+1:  cmp     x1, x2                      // 16-byte aligned bounds (linker script)
     b.hs    2f
     stp     xzr, xzr, [x1], #16
     b       1b
