@@ -43,13 +43,17 @@ fn early_message(message: &str) {
 /// The facts about this machine: from the device tree, or the board's
 /// fallback when there is none.
 struct Machine {
-    description: Option<MachineDescription>,
     memory: RangeSet,
     reserved: RangeSet,
     cpu_affinities: [u64; MAX_CPUS],
     cpu_count: usize,
     gic: GicLayout,
     device_tree: Option<PhysRange>,
+    initrd: Option<PhysRange>,
+    /// The root `compatible` of the device tree.
+    compatible: Option<&'static str>,
+    /// CPUs the device tree lists beyond `MAX_CPUS`.
+    cpus_ignored: usize,
 }
 
 fn gic_layout_for(version: Option<u8>) -> GicLayout {
@@ -79,15 +83,26 @@ fn discover_machine(device_tree_address: u64) -> Machine {
         let blob = unsafe { core::slice::from_raw_parts(device_tree_address as *const u8, size) };
         match device_tree::read_machine(blob) {
             Ok(description) => {
-                let count = description.cpu_count;
+                let MachineDescription {
+                    memory,
+                    reserved,
+                    cpu_affinities,
+                    cpu_count,
+                    cpus_ignored,
+                    gic_version,
+                    initrd,
+                    compatible,
+                } = description;
                 return Machine {
-                    memory: description.memory.clone(),
-                    reserved: description.reserved.clone(),
-                    cpu_affinities: description.cpu_affinities,
-                    cpu_count: count,
-                    gic: gic_layout_for(description.gic_version),
+                    memory,
+                    reserved,
+                    cpu_affinities,
+                    cpu_count,
+                    gic: gic_layout_for(gic_version),
                     device_tree: PhysRange::from_base_size(device_tree_address, size as u64),
-                    description: Some(description),
+                    initrd,
+                    compatible,
+                    cpus_ignored,
                 };
             }
             Err(_) => {
@@ -105,13 +120,15 @@ fn discover_machine(device_tree_address: u64) -> Machine {
         *affinity = index as u64;
     }
     Machine {
-        description: None,
         memory,
         reserved: RangeSet::new(),
         cpu_affinities,
         cpu_count,
         gic: BOARD.default_gic,
         device_tree: None,
+        initrd: None,
+        compatible: None,
+        cpus_ignored: 0,
     }
 }
 
@@ -150,7 +167,7 @@ pub extern "C" fn primary_entry(device_tree_address: u64, run_address: u64) -> !
     if let Some(tree) = machine.device_tree {
         let _ = holes.add(tree);
     }
-    if let Some(initrd) = machine.description.as_ref().and_then(|d| d.initrd) {
+    if let Some(initrd) = machine.initrd {
         let _ = holes.add(initrd);
     }
     for hole in holes.ranges() {
@@ -179,10 +196,7 @@ pub extern "C" fn primary_entry(device_tree_address: u64, run_address: u64) -> !
     console::init(BOARD.console_uart.base as usize);
     console::init_logging();
 
-    let initrd = machine
-        .description
-        .as_ref()
-        .and_then(|description| description.initrd);
+    let initrd = machine.initrd;
     // The VMs' RAM is carved out before the allocators get the rest, so that
     // each VM gets one contiguous block of exactly its size.
     let system = initrd.map(|initrd| load_system(initrd, &machine, &mut free));
@@ -390,12 +404,12 @@ fn print_banner(
         machine.gic.version(),
         machine.cpu_count
     );
-    match &machine.description {
-        Some(description) => println!(
+    match machine.device_tree {
+        Some(tree) => println!(
             "tessera: device tree at {} ({}){}",
-            machine.device_tree.map_or(PhysAddr(0), |tree| tree.start),
-            description.compatible.unwrap_or("no compatible"),
-            if description.cpus_ignored > 0 {
+            tree.start,
+            machine.compatible.unwrap_or("no compatible"),
+            if machine.cpus_ignored > 0 {
                 " - some CPUs beyond the supported maximum stay off"
             } else {
                 ""

@@ -65,6 +65,19 @@ pub struct MachineDescription {
 /// Deeper nesting than this is not needed for anything read here.
 const MAX_DEPTH: usize = 16;
 
+/// Strings-block offsets of the property names read here (`usize::MAX`
+/// for names the tree does not use).
+struct PropertyNames {
+    address_cells: usize,
+    size_cells: usize,
+    reg: usize,
+    device_type: usize,
+    compatible: usize,
+    interrupt_controller: usize,
+    initrd_start: usize,
+    initrd_end: usize,
+}
+
 /// What is remembered about a node while its properties are read.
 #[derive(Clone, Copy, Default)]
 struct NodeScan<'a> {
@@ -158,6 +171,35 @@ pub fn read_machine(blob: &'static [u8]) -> Result<MachineDescription, DeviceTre
         initrd: None,
         compatible: None,
     };
+    let [
+        address_cells,
+        size_cells,
+        reg,
+        device_type,
+        compatible,
+        interrupt_controller,
+        initrd_start,
+        initrd_end,
+    ] = tree.name_offsets([
+        b"#address-cells",
+        b"#size-cells",
+        b"reg",
+        b"device_type",
+        b"compatible",
+        b"interrupt-controller",
+        b"linux,initrd-start",
+        b"linux,initrd-end",
+    ]);
+    let names = PropertyNames {
+        address_cells,
+        size_cells,
+        reg,
+        device_type,
+        compatible,
+        interrupt_controller,
+        initrd_start,
+        initrd_end,
+    };
     let mut stack = [NodeScan::default(); MAX_DEPTH];
     let mut depth = 0usize;
     for token in tree.tokens() {
@@ -176,28 +218,32 @@ pub fn read_machine(blob: &'static [u8]) -> Result<MachineDescription, DeviceTre
                 let node = stack
                     .get_mut(depth.wrapping_sub(1))
                     .ok_or(DeviceTreeError::Malformed)?;
-                match name {
-                    b"#address-cells" => {
-                        node.address_cells = read_cells(value, 1).unwrap_or(2) as usize
-                    }
-                    b"#size-cells" => node.size_cells = read_cells(value, 1).unwrap_or(1) as usize,
-                    b"reg" => node.reg = Some(value),
-                    b"device_type" => {
-                        node.is_memory = value.starts_with(b"memory\0");
-                        node.is_cpu = value.starts_with(b"cpu\0");
-                    }
-                    b"compatible" => node.compatible = Some(value),
-                    b"interrupt-controller" => node.is_interrupt_controller = true,
-                    b"linux,initrd-start" => node.initrd_start = read_cells(value, value.len() / 4),
-                    b"linux,initrd-end" => node.initrd_end = read_cells(value, value.len() / 4),
-                    _ => {}
+                let offset = name.offset();
+                // Compare strings-block offsets, resolved once above: far
+                // cheaper than reading every property's name.
+                if offset == names.address_cells {
+                    node.address_cells = read_cells(value, 1).unwrap_or(2) as usize;
+                } else if offset == names.size_cells {
+                    node.size_cells = read_cells(value, 1).unwrap_or(1) as usize;
+                } else if offset == names.reg {
+                    node.reg = Some(value);
+                } else if offset == names.device_type {
+                    node.is_memory = value.starts_with(b"memory\0");
+                    node.is_cpu = value.starts_with(b"cpu\0");
+                } else if offset == names.compatible {
+                    node.compatible = Some(value);
+                } else if offset == names.interrupt_controller {
+                    node.is_interrupt_controller = true;
+                } else if offset == names.initrd_start {
+                    node.initrd_start = read_cells(value, value.len() / 4);
+                } else if offset == names.initrd_end {
+                    node.initrd_end = read_cells(value, value.len() / 4);
                 }
             }
             Token::EndNode => {
                 depth = depth.checked_sub(1).ok_or(DeviceTreeError::Malformed)?;
-                let node = stack[depth];
-                let parent = depth.checked_sub(1).map(|parent| stack[parent]);
-                finish_node(&mut machine, &node, parent.as_ref(), depth)?;
+                let parent = depth.checked_sub(1).map(|parent| &stack[parent]);
+                finish_node(&mut machine, &stack[depth], parent, depth)?;
             }
         }
     }

@@ -30,9 +30,38 @@ pub enum Token<'a> {
     /// A node starts; its name (with any `@unit-address`).
     BeginNode(&'a [u8]),
     /// A property of the innermost open node.
-    Property { name: &'a [u8], value: &'a [u8] },
+    Property {
+        name: PropertyName<'a>,
+        value: &'a [u8],
+    },
     /// The innermost open node ends.
     EndNode,
+}
+
+/// A property's name: its offset in the strings block, resolved to bytes
+/// only when asked. Readers that look for a few known names compare offsets
+/// (see [`FlatTree::name_offsets`]) instead of strings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PropertyName<'a> {
+    strings: &'a [u8],
+    offset: usize,
+}
+
+impl<'a> PropertyName<'a> {
+    /// The name's offset in the strings block.
+    #[must_use]
+    pub const fn offset(&self) -> usize {
+        self.offset
+    }
+
+    /// The name, without its NUL; empty if the offset is out of range.
+    #[must_use]
+    pub fn bytes(&self) -> &'a [u8] {
+        self.strings
+            .get(self.offset..)
+            .and_then(c_string)
+            .unwrap_or(&[])
+    }
 }
 
 /// A checked header with its blocks located.
@@ -128,12 +157,33 @@ impl<'a> FlatTree<'a> {
         })
     }
 
+    /// The strings-block offset of each of `names` (usize::MAX where the
+    /// tree does not use that name), found in one pass over the block.
+    #[must_use]
+    pub fn name_offsets<const N: usize>(&self, names: [&[u8]; N]) -> [usize; N] {
+        let mut offsets = [usize::MAX; N];
+        let mut start = 0;
+        for entry in self.strings.split(|byte| *byte == 0) {
+            if let Some(index) = names.iter().position(|name| *name == entry)
+                && offsets[index] == usize::MAX
+            {
+                offsets[index] = start;
+            }
+            start += entry.len() + 1;
+        }
+        offsets
+    }
+
     /// The structure block, token by token, up to the END token. A
     /// malformed block yields one error and stops.
     #[must_use]
     pub fn tokens(&self) -> Tokens<'a> {
+        // SAFETY: u32 accepts every bit pattern; only the aligned middle of
+        // the block is reinterpreted.
+        let (head, words, _) = unsafe { self.structure.align_to::<u32>() };
         Tokens {
             structure: self.structure,
+            words: if head.is_empty() { words } else { &[] },
             strings: self.strings,
             position: 0,
             done: false,
@@ -145,6 +195,10 @@ impl<'a> FlatTree<'a> {
 #[derive(Clone, Debug)]
 pub struct Tokens<'a> {
     structure: &'a [u8],
+    /// The structure block as words when it is 4-byte aligned in memory (as
+    /// the specification requires), else empty. The target is strict-align,
+    /// so big-endian reads through the byte slice would be byte loads.
+    words: &'a [u32],
     strings: &'a [u8],
     position: usize,
     done: bool,
@@ -158,10 +212,21 @@ enum Step<'a> {
 }
 
 impl<'a> Tokens<'a> {
+    /// The big-endian word at byte `offset` (a multiple of 4).
+    #[inline(always)]
+    fn word(&self, offset: usize) -> Option<u32> {
+        if self.words.is_empty() {
+            be32(self.structure, offset)
+        } else {
+            self.words.get(offset / 4).map(|word| u32::from_be(*word))
+        }
+    }
+
+    #[inline(always)]
     fn step(&mut self) -> Result<Step<'a>, FlatTreeError> {
         let malformed = FlatTreeError::Malformed;
         let structure = self.structure;
-        let token = be32(structure, self.position).ok_or(malformed)?;
+        let token = self.word(self.position).ok_or(malformed)?;
         self.position += 4;
         Ok(match token {
             TOKEN_BEGIN_NODE => {
@@ -171,14 +236,19 @@ impl<'a> Tokens<'a> {
                 Step::Token(Token::BeginNode(name))
             }
             TOKEN_PROPERTY => {
-                let length = be32(structure, self.position).ok_or(malformed)? as usize;
-                let name_offset = be32(structure, self.position + 4).ok_or(malformed)? as usize;
+                let length = self.word(self.position).ok_or(malformed)? as usize;
+                let offset = self.word(self.position + 4).ok_or(malformed)? as usize;
                 let start = self.position + 8;
                 let end = start.checked_add(length).ok_or(malformed)?;
                 let value = structure.get(start..end).ok_or(malformed)?;
                 self.position = end.next_multiple_of(4);
-                let name =
-                    c_string(self.strings.get(name_offset..).ok_or(malformed)?).ok_or(malformed)?;
+                if offset >= self.strings.len() {
+                    return Err(malformed);
+                }
+                let name = PropertyName {
+                    strings: self.strings,
+                    offset,
+                };
                 Step::Token(Token::Property { name, value })
             }
             TOKEN_END_NODE => Step::Token(Token::EndNode),
@@ -253,28 +323,32 @@ mod tests {
     fn tokens_come_in_document_order() {
         let blob = sample();
         let tree = FlatTree::new(&blob).unwrap();
-        let tokens: Vec<_> = tree.tokens().collect::<Result<_, _>>().unwrap();
+        let tokens: Vec<_> = tree
+            .tokens()
+            .map(|token| match token.unwrap() {
+                Token::BeginNode(name) => (0, name.to_vec(), Vec::new()),
+                Token::Property { name, value } => (1, name.bytes().to_vec(), value.to_vec()),
+                Token::EndNode => (2, Vec::new(), Vec::new()),
+            })
+            .collect();
         assert_eq!(
             tokens,
             [
-                Token::BeginNode(b""),
-                Token::Property {
-                    name: b"model",
-                    value: b"test\0"
-                },
-                Token::BeginNode(b"child@10"),
-                Token::Property {
-                    name: b"reg",
-                    value: &[0, 0, 0, 0x10]
-                },
-                Token::Property {
-                    name: b"empty",
-                    value: &[]
-                },
-                Token::EndNode,
-                Token::EndNode,
+                (0, b"".to_vec(), vec![]),
+                (1, b"model".to_vec(), b"test\0".to_vec()),
+                (0, b"child@10".to_vec(), vec![]),
+                (1, b"reg".to_vec(), vec![0, 0, 0, 0x10]),
+                (1, b"empty".to_vec(), vec![]),
+                (2, vec![], vec![]),
+                (2, vec![], vec![]),
             ]
         );
+        let [model, reg, absent] = tree.name_offsets([b"model", b"reg", b"absent"]);
+        assert_ne!(model, usize::MAX);
+        assert_ne!(reg, usize::MAX);
+        assert_eq!(absent, usize::MAX);
+        let reg_token = tree.tokens().nth(3).unwrap().unwrap();
+        assert!(matches!(reg_token, Token::Property { name, .. } if name.offset() == reg));
         let reservations: Vec<_> = tree.reservations().collect::<Result<_, _>>().unwrap();
         assert_eq!(reservations, [(0x1000, 0x2000)]);
     }

@@ -193,12 +193,12 @@ pub fn parse(blob: &[u8]) -> Result<SystemManifest<'_>, ManifestError<'_>> {
                     current = VmFields::default();
                 }
             }
-            Token::Property { name, value } => match (depth, name) {
+            Token::Property { name, value } => match (depth, name.bytes()) {
                 (1, b"compatible") => is_manifest = string_list_contains(value, b"tessera,system"),
                 (1, b"tessera,format-version") => version = number(value),
                 (1, b"board") => board = string_value(value),
                 (1, b"gic-version") => gic_version = number(value),
-                (3, _) if in_vms => current.set(name, value),
+                (3, name) if in_vms => current.set(name, value),
                 _ => {}
             },
             Token::EndNode => {

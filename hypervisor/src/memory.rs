@@ -95,7 +95,10 @@ pub fn build_el2_map(ram: &RangeSet, image: &ImageLayout) -> Result<u64, MapErro
     // SAFETY: called once, on the boot CPU, before any other CPU runs and
     // before anything else refers to the pool.
     let pool = unsafe { &mut *pool_pointer };
-    let mut store = PoolStore { tables: pool, used: 0 };
+    let mut store = PoolStore {
+        tables: pool,
+        used: 0,
+    };
     let mut table = PageTable::new(Regime::El2Stage1, &mut store)?;
     let identity = |table: &mut PageTable, store: &mut PoolStore, range: PhysRange, attributes| {
         table.map(range.start.0, range.start, range.size(), attributes, store)
@@ -166,9 +169,11 @@ pub fn init_allocators(free: &mut RangeSet) -> Option<AllocatorSummary> {
 /// Allocates `count` physically contiguous, zeroed pages.
 pub fn allocate_pages(count: usize) -> Option<PhysAddr> {
     let address = PAGES.lock().alloc(count)? as u64 * PAGE_SIZE;
-    // SAFETY: the allocator just handed out these pages, which are mapped
-    // read/write RAM that nothing else references.
-    unsafe { core::ptr::write_bytes(address as *mut u8, 0, count * PAGE_SIZE as usize) };
+    // SAFETY: the allocator just handed out these pages (page-aligned, so
+    // 512-byte aligned), which are normal read/write RAM that nothing else
+    // references. Cleaning them too costs little and keeps tables that a
+    // walker reads from memory (stage-2 walks) consistent.
+    unsafe { crate::arch::zero_and_clean(address as usize, count * PAGE_SIZE as usize) };
     Some(PhysAddr(address))
 }
 

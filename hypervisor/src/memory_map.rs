@@ -10,7 +10,7 @@ use crate::address::{PAGE_SIZE, PhysAddr, PhysRange};
 
 /// How many disjoint ranges a map can hold. Removing reservations splits
 /// ranges, so this is well above the number of RAM banks of any board.
-pub const MAX_RANGES: usize = 32;
+pub const MAX_RANGES: usize = 16;
 
 /// Errors while building the map. All are configuration or firmware faults.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -273,7 +273,10 @@ impl PageTable {
                 });
             }
             for (slot, page) in slots.iter_mut().zip((output..).step_by(PAGE_SIZE as usize)) {
-                *slot = (page & OUTPUT_ADDRESS_MASK) | leaf_bits | DESCRIPTOR_TABLE_OR_PAGE | DESCRIPTOR_VALID;
+                *slot = (page & OUTPUT_ADDRESS_MASK)
+                    | leaf_bits
+                    | DESCRIPTOR_TABLE_OR_PAGE
+                    | DESCRIPTOR_VALID;
             }
             return Ok(());
         }
@@ -288,8 +291,25 @@ impl PageTable {
                 input.is_multiple_of(span) && output.is_multiple_of(span) && chunk == span;
 
             if block_allowed && whole_entry && !is_valid {
-                store.table_mut(table).0[index] =
-                    (output & OUTPUT_ADDRESS_MASK) | leaf_bits | DESCRIPTOR_VALID;
+                // A run of whole, free entries: write them as blocks in one
+                // tight loop (a GiB of RAM is 512 of them at level 2).
+                let entries = &mut store.table_mut(table).0;
+                let run = ((size / span) as usize).min(ENTRIES - index);
+                let mut written = 0;
+                for slot in &mut entries[index..index + run] {
+                    if *slot & DESCRIPTOR_VALID != 0 {
+                        break;
+                    }
+                    *slot = ((output + written as u64 * span) & OUTPUT_ADDRESS_MASK)
+                        | leaf_bits
+                        | DESCRIPTOR_VALID;
+                    written += 1;
+                }
+                let covered = written as u64 * span;
+                input += covered;
+                output += covered;
+                size -= covered;
+                continue;
             } else {
                 let next = if !is_valid {
                     let next = store.allocate_table().ok_or(MapError::OutOfTables)?;
