@@ -202,8 +202,8 @@ pub fn read_machine(blob: &'static [u8]) -> Result<MachineDescription, DeviceTre
     };
     let mut stack = [NodeScan::default(); MAX_DEPTH];
     let mut depth = 0usize;
-    for token in tree.tokens() {
-        match token.map_err(|_| DeviceTreeError::Malformed)? {
+    tree.walk(DeviceTreeError::Malformed, |token| {
+        match token {
             Token::BeginNode(name) => {
                 let slot = stack.get_mut(depth).ok_or(DeviceTreeError::Malformed)?;
                 *slot = NodeScan {
@@ -246,7 +246,8 @@ pub fn read_machine(blob: &'static [u8]) -> Result<MachineDescription, DeviceTre
                 finish_node(&mut machine, &stack[depth], parent, depth)?;
             }
         }
-    }
+        Ok(())
+    })?;
     if machine.memory.total_size() == 0 {
         return Err(DeviceTreeError::NoMemory);
     }

@@ -170,7 +170,7 @@ pub fn init_allocators(free: &mut RangeSet) -> Option<AllocatorSummary> {
 pub fn allocate_pages(count: usize) -> Option<PhysAddr> {
     let address = PAGES.lock().alloc(count)? as u64 * PAGE_SIZE;
     // SAFETY: the allocator just handed out these pages (page-aligned, so
-    // 512-byte aligned), which are normal read/write RAM that nothing else
+    // 1 KiB aligned), which are normal read/write RAM that nothing else
     // references. Cleaning them too costs little and keeps tables that a
     // walker reads from memory (stage-2 walks) consistent.
     unsafe { crate::arch::zero_and_clean(address as usize, count * PAGE_SIZE as usize) };

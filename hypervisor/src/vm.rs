@@ -287,12 +287,12 @@ fn load_pristine_image(vm: &Vm) -> Result<(), BuildError> {
         .ok_or(too_large)?;
     if image_end > device_tree_offset
         || vm.device_tree.len() as u64 > DEVICE_TREE_RESERVE
-        || !vm.ram_size.is_multiple_of(512 * 1024)
+        || !vm.ram_size.is_multiple_of(1024 * 1024)
     {
         return Err(too_large);
     }
     // SAFETY: the VM's RAM was allocated for it alone (2 MiB multiples, so
-    // 256-byte aligned), is identity-mapped normal memory at EL2, and no vCPU
+    // 1 KiB aligned), is identity-mapped normal memory at EL2, and no vCPU
     // of the VM runs while it is rewritten.
     unsafe { arch::zero_and_clean(vm.ram_host.0 as usize, vm.ram_size as usize) };
     // SAFETY: as above.

@@ -237,12 +237,12 @@ pub fn semihosting_exit(status: u32) -> ! {
 }
 
 /// Zeroes `[start, start + length)` and cleans it to the point of
-/// coherency, eight 64-byte blocks per iteration with DC ZVA and DC CIVAC.
+/// coherency, sixteen 64-byte blocks per iteration with DC ZVA and DC CIVAC.
 /// For guest RAM, which the guest first reads with its caches off.
 ///
 /// # Safety
 /// The range must be normal, writable memory that nothing else uses, and
-/// `start` and `length` multiples of 512. DCZID_EL0 must report 64-byte
+/// `start` and `length` multiples of 1024. DCZID_EL0 must report 64-byte
 /// blocks (checked: falls back to byte stores and per-line cleans otherwise).
 pub unsafe fn zero_and_clean(start: usize, length: usize) {
     let dczid: u64;
@@ -285,7 +285,31 @@ pub unsafe fn zero_and_clean(start: usize, length: usize) {
             "add {second}, {address}, #448",
             "dc zva, {second}",
             "dc civac, {second}",
-            "add {address}, {address}, #512",
+            "add {second}, {address}, #512",
+            "dc zva, {second}",
+            "dc civac, {second}",
+            "add {second}, {address}, #576",
+            "dc zva, {second}",
+            "dc civac, {second}",
+            "add {second}, {address}, #640",
+            "dc zva, {second}",
+            "dc civac, {second}",
+            "add {second}, {address}, #704",
+            "dc zva, {second}",
+            "dc civac, {second}",
+            "add {second}, {address}, #768",
+            "dc zva, {second}",
+            "dc civac, {second}",
+            "add {second}, {address}, #832",
+            "dc zva, {second}",
+            "dc civac, {second}",
+            "add {second}, {address}, #896",
+            "dc zva, {second}",
+            "dc civac, {second}",
+            "add {second}, {address}, #960",
+            "dc zva, {second}",
+            "dc civac, {second}",
+            "add {address}, {address}, #1024",
             "cmp {address}, {end}",
             "b.lo 1b",
             "dsb sy",
