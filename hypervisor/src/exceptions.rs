@@ -19,13 +19,16 @@ const AARCH32_LOWER_EL_IRQ: u64 = 13;
 const AARCH32_LOWER_EL_FIQ: u64 = 14;
 const AARCH32_LOWER_EL_SERROR: u64 = 15;
 
+/// Called by the vector code for synchronous exceptions from an AArch64
+/// guest (slot 8), the hot path, without the slot dispatch below.
+pub extern "C" fn handle_guest_synchronous(frame: &mut TrapFrame) {
+    vm::handle_guest_exit(frame);
+}
+
 /// Called by the vector stubs with the saved frame and the vector slot.
 pub extern "C" fn handle_exception(frame: &mut TrapFrame, slot: u64) {
-    // Guest exits first: they are the hot path (trapped MMIO, hypercalls).
-    if slot == LOWER_EL_SYNCHRONOUS {
-        return vm::handle_guest_exit(frame);
-    }
     match slot {
+        LOWER_EL_SYNCHRONOUS => return vm::handle_guest_exit(frame),
         CURRENT_EL_SPX_IRQ => return timer::handle_irq(),
         // Interrupts while a guest ran, whichever state it was in (EL1 is
         // always AArch64, but a guest may run AArch32 code at EL0).

@@ -93,7 +93,13 @@ exception_common:
     mrs     x3, far_el2
     stp     x2, x3, [sp, #272]
     mov     x0, sp
-    bl      {handler}
+    // Synchronous exits from an AArch64 guest (slot 8: trapped MMIO,
+    // hypercalls) are the hot path: straight to their handler.
+    cmp     x1, #8
+    b.ne    2f
+    bl      {guest_exit}
+    b       exception_return
+2:  bl      {handler}
 exception_return:
     ldp     x2, x3, [sp, #256]
     msr     elr_el2, x2
@@ -134,4 +140,5 @@ enter_guest_asm:
     "#,
     frame_size = const TRAP_FRAME_SIZE,
     handler = sym crate::exceptions::handle_exception,
+    guest_exit = sym crate::exceptions::handle_guest_synchronous,
 );
