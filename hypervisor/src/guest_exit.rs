@@ -81,13 +81,16 @@ pub const fn faulting_guest_address(hpfar: u64, far: u64) -> GuestPhysAddr {
     GuestPhysAddr(((hpfar & 0x0000_0FFF_FFFF_FFF0) << 8) | (far & 0xFFF))
 }
 
-/// Decodes a lower-EL exception taken to EL2.
-///
-/// Emulated MMIO is by far the most frequent exit, so it is recognised first
-/// with plain bit tests on the syndrome (EC 0x24, ISV set, a translation or
-/// access-flag fault, not cache maintenance) before the general decoding.
+/// Recognises an access to emulate with plain bit tests on the syndrome
+/// (EC 0x24, ISV set, a translation or access-flag fault, not cache
+/// maintenance): the most frequent exit, checked before anything else.
+#[inline]
 #[must_use]
-pub fn decode(syndrome: ExceptionSyndrome, far: u64, hpfar: u64) -> GuestExit {
+pub fn decode_emulated_mmio(
+    syndrome: ExceptionSyndrome,
+    far: u64,
+    hpfar: u64,
+) -> Option<MmioAccess> {
     const EC_DATA_ABORT_LOWER_EL: u64 = 0x24;
     const ISV: u64 = 1 << 24;
     const CACHE_MAINTENANCE: u64 = 1 << 8;
@@ -96,19 +99,26 @@ pub fn decode(syndrome: ExceptionSyndrome, far: u64, hpfar: u64) -> GuestExit {
     const ACCESS_FLAG_FAULT: u64 = 0x08;
     let esr = syndrome.0;
     let fault_kind = esr & FAULT_KIND_MASK;
-    if (esr >> 26) & 0x3F == EC_DATA_ABORT_LOWER_EL
+    let emulated = (esr >> 26) & 0x3F == EC_DATA_ABORT_LOWER_EL
         && esr & ISV != 0
         && esr & CACHE_MAINTENANCE == 0
-        && (fault_kind == TRANSLATION_FAULT || fault_kind == ACCESS_FLAG_FAULT)
-    {
-        return GuestExit::Mmio(MmioAccess {
-            address: faulting_guest_address(hpfar, far),
-            width: 1 << ((esr >> 22) & 0b11),
-            is_write: esr & (1 << 6) != 0,
-            register: ((esr >> 16) & 0x1F) as u8,
-            sign_extend: esr & (1 << 21) != 0,
-            sixty_four_bit_register: esr & (1 << 15) != 0,
-        });
+        && (fault_kind == TRANSLATION_FAULT || fault_kind == ACCESS_FLAG_FAULT);
+    emulated.then(|| MmioAccess {
+        address: faulting_guest_address(hpfar, far),
+        width: 1 << ((esr >> 22) & 0b11),
+        is_write: esr & (1 << 6) != 0,
+        register: ((esr >> 16) & 0x1F) as u8,
+        sign_extend: esr & (1 << 21) != 0,
+        sixty_four_bit_register: esr & (1 << 15) != 0,
+    })
+}
+
+/// Decodes a lower-EL exception taken to EL2.
+
+#[must_use]
+pub fn decode(syndrome: ExceptionSyndrome, far: u64, hpfar: u64) -> GuestExit {
+    if let Some(access) = decode_emulated_mmio(syndrome, far, hpfar) {
+        return GuestExit::Mmio(access);
     }
     let iss = syndrome.iss();
     match syndrome.class() {
@@ -175,17 +185,13 @@ pub fn decode(syndrome: ExceptionSyndrome, far: u64, hpfar: u64) -> GuestExit {
 #[must_use]
 #[inline]
 pub const fn extend_loaded_value(access: &MmioAccess, value: u64) -> u64 {
-    let bits = access.width as u32 * 8;
-    let value = if bits >= 64 {
-        value
-    } else {
-        value & ((1u64 << bits) - 1)
-    };
-    let extended = if access.sign_extend && bits < 64 {
-        let shift = 64 - bits;
+    // Shift the access's bytes to the top, then back: arithmetically for a
+    // sign-extending load, logically otherwise (a 64-bit access shifts by 0).
+    let shift = 64 - access.width as u32 * 8;
+    let extended = if access.sign_extend {
         (((value << shift) as i64) >> shift) as u64
     } else {
-        value
+        (value << shift) >> shift
     };
     if access.sixty_four_bit_register {
         extended
