@@ -114,7 +114,6 @@ pub fn decode_emulated_mmio(
 }
 
 /// Decodes a lower-EL exception taken to EL2.
-
 #[must_use]
 pub fn decode(syndrome: ExceptionSyndrome, far: u64, hpfar: u64) -> GuestExit {
     if let Some(access) = decode_emulated_mmio(syndrome, far, hpfar) {
