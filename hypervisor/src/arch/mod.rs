@@ -119,16 +119,25 @@ pub fn start_hypervisor_timer(ticks: u64) {
 /// to the point of coherency, so that a CPU running with its MMU and caches
 /// off (a secondary CPU at entry, firmware polling the spin table) sees it.
 pub fn clean_to_point_of_coherency(start: usize, length: usize) {
-    const LINE: usize = 64; // the smallest line size of any supported core; overlapping cleans are harmless
-    let mut address = start & !(LINE - 1);
+    let line = data_cache_line_bytes();
+    let mut address = start & !(line - 1);
     while address < start + length {
         // SAFETY: DC CIVAC only writes back and invalidates a cache line; it
         // does not change memory contents as seen by this CPU.
         unsafe { asm!("dc civac, {}", in(reg) address, options(nostack, preserves_flags)) };
-        address += LINE;
+        address += line;
     }
     // SAFETY: a barrier has no memory-safety effect.
     unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
+}
+
+/// The smallest data cache line in the system (CTR_EL0.DminLine), the
+/// stride for cache maintenance by address.
+pub fn data_cache_line_bytes() -> usize {
+    let ctr: u64;
+    // SAFETY: reading CTR_EL0 has no side effects.
+    unsafe { asm!("mrs {}, ctr_el0", out(reg) ctr, options(nomem, nostack, preserves_flags)) };
+    4 << ((ctr >> 16) & 0xF)
 }
 
 /// SCTLR_EL2 with the MMU, data and instruction caches, stack alignment
@@ -242,15 +251,16 @@ pub fn semihosting_exit(status: u32) -> ! {
 ///
 /// # Safety
 /// The range must be normal, writable memory that nothing else uses, and
-/// `start` and `length` multiples of 1024. DCZID_EL0 must report 64-byte
-/// blocks (checked: falls back to byte stores and per-line cleans otherwise).
+/// `start` and `length` multiples of 1024. Cores whose DC ZVA block or
+/// smallest cache line is not 64 bytes take a slower, generic path.
 pub unsafe fn zero_and_clean(start: usize, length: usize) {
     let dczid: u64;
     // SAFETY: reading DCZID_EL0 has no side effects.
     unsafe { asm!("mrs {}, dczid_el0", out(reg) dczid, options(nomem, nostack, preserves_flags)) };
     let zva_allowed = dczid & (1 << 4) == 0;
     let block_bytes = 4usize << (dczid & 0xF);
-    if !zva_allowed || block_bytes != 64 {
+    // The unrolled loop steps by 64 bytes for both DC ZVA and DC CIVAC.
+    if !zva_allowed || block_bytes != 64 || data_cache_line_bytes() != 64 {
         // SAFETY: the caller owns the range.
         unsafe { core::ptr::write_bytes(start as *mut u8, 0, length) };
         clean_to_point_of_coherency(start, length);
