@@ -1,7 +1,10 @@
 //! Why a guest left EL1: the lower-EL exception syndrome decoded once into a
 //! typed event, which the trap dispatcher then routes.
 
+use tessera_vdevs::AccessWidth;
+
 use crate::address::GuestPhysAddr;
+use crate::crash_report::TrapFrame;
 use crate::exception_syndrome::{ExceptionClass, ExceptionSyndrome, FaultStatus};
 
 /// A guest load or store that hit a guest-physical address with no RAM
@@ -9,8 +12,7 @@ use crate::exception_syndrome::{ExceptionClass, ExceptionSyndrome, FaultStatus};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MmioAccess {
     pub address: GuestPhysAddr,
-    /// Bytes: 1, 2, 4 or 8.
-    pub width: u8,
+    pub width: AccessWidth,
     pub is_write: bool,
     /// The general register (31 means XZR for stores / discard for loads).
     pub register: u8,
@@ -81,9 +83,11 @@ pub const fn faulting_guest_address(hpfar: u64, far: u64) -> GuestPhysAddr {
     GuestPhysAddr(((hpfar & 0x0000_0FFF_FFFF_FFF0) << 8) | (far & 0xFFF))
 }
 
-/// Recognises an access to emulate with plain bit tests on the syndrome
-/// (EC 0x24, ISV set, a translation or access-flag fault, not cache
-/// maintenance): the most frequent exit, checked before anything else.
+/// Recognises the most frequent exit, an access to emulate, with one masked
+/// compare of the syndrome: EC 0x24 (data abort from a lower EL), ISV set,
+/// not cache maintenance, and a translation fault at any level. Everything
+/// else, including an access-flag fault (Tessera's stage-2 entries always
+/// have AF set, so it does not arise from them), is left to [`decode`].
 #[inline]
 #[must_use]
 pub fn decode_emulated_mmio(
@@ -91,21 +95,19 @@ pub fn decode_emulated_mmio(
     far: u64,
     hpfar: u64,
 ) -> Option<MmioAccess> {
-    const EC_DATA_ABORT_LOWER_EL: u64 = 0x24;
+    const EXCEPTION_CLASS: u64 = 0x3F << 26;
+    const DATA_ABORT_LOWER_EL: u64 = 0x24 << 26;
     const ISV: u64 = 1 << 24;
     const CACHE_MAINTENANCE: u64 = 1 << 8;
-    const FAULT_KIND_MASK: u64 = 0x3C;
+    /// DFSC bits 5:2; bits 1:0 are the translation level.
+    const FAULT_KIND: u64 = 0x3C;
     const TRANSLATION_FAULT: u64 = 0x04;
-    const ACCESS_FLAG_FAULT: u64 = 0x08;
+    const MASK: u64 = EXCEPTION_CLASS | ISV | CACHE_MAINTENANCE | FAULT_KIND;
+    const EMULATED: u64 = DATA_ABORT_LOWER_EL | ISV | TRANSLATION_FAULT;
     let esr = syndrome.0;
-    let fault_kind = esr & FAULT_KIND_MASK;
-    let emulated = (esr >> 26) & 0x3F == EC_DATA_ABORT_LOWER_EL
-        && esr & ISV != 0
-        && esr & CACHE_MAINTENANCE == 0
-        && (fault_kind == TRANSLATION_FAULT || fault_kind == ACCESS_FLAG_FAULT);
-    emulated.then(|| MmioAccess {
+    (esr & MASK == EMULATED).then(|| MmioAccess {
         address: faulting_guest_address(hpfar, far),
-        width: 1 << ((esr >> 22) & 0b11),
+        width: AccessWidth::from_log2_bytes(esr >> 22),
         is_write: esr & (1 << 6) != 0,
         register: ((esr >> 16) & 0x1F) as u8,
         sign_extend: esr & (1 << 21) != 0,
@@ -134,7 +136,8 @@ pub fn decode(syndrome: ExceptionSyndrome, far: u64, hpfar: u64) -> GuestExit {
                 {
                     GuestExit::Mmio(MmioAccess {
                         address,
-                        width: abort.access_size,
+                        width: AccessWidth::from_bytes(abort.access_size)
+                            .unwrap_or(AccessWidth::DoubleWord),
                         is_write: abort.is_write,
                         register: abort.register,
                         sign_extend: abort.sign_extend,
@@ -179,19 +182,42 @@ pub fn decode(syndrome: ExceptionSyndrome, far: u64, hpfar: u64) -> GuestExit {
     }
 }
 
+/// The value an emulated store writes: its source register, or zero for
+/// XZR (register 31).
+#[must_use]
+#[inline]
+pub const fn stored_value(access: &MmioAccess, frame: &TrapFrame) -> u64 {
+    if access.register < 31 {
+        frame.registers[access.register as usize]
+    } else {
+        0
+    }
+}
+
+/// Finishes an emulated load: the device's `value`, extended as the
+/// instruction asks, goes to the destination register (nowhere for XZR).
+#[inline]
+pub const fn complete_load(access: &MmioAccess, frame: &mut TrapFrame, value: u64) {
+    if access.register < 31 {
+        frame.registers[access.register as usize] = extend_loaded_value(access, value);
+    }
+}
+
 /// Sign- or zero-extends a value loaded by an emulated MMIO read into what
-/// the destination register must hold.
+/// the destination register must hold. Bits of `value` above the access
+/// width are ignored.
 #[must_use]
 #[inline]
 pub const fn extend_loaded_value(access: &MmioAccess, value: u64) -> u64 {
-    // Shift the access's bytes to the top, then back: arithmetically for a
-    // sign-extending load, logically otherwise (a 64-bit access shifts by 0).
-    let shift = 64 - access.width as u32 * 8;
-    let extended = if access.sign_extend {
-        (((value << shift) as i64) >> shift) as u64
-    } else {
-        (value << shift) >> shift
-    };
+    // Zero-extended, the access's bytes already fit the destination: a
+    // W register takes at most 4 of them, and only X registers take 8.
+    let value = access.width.truncate(value);
+    if !access.sign_extend {
+        return value;
+    }
+    // Shift the access's bytes to the top, then arithmetically back.
+    let shift = 64 - access.width.bits();
+    let extended = (((value << shift) as i64) >> shift) as u64;
     if access.sixty_four_bit_register {
         extended
     } else {
@@ -216,7 +242,7 @@ mod tests {
             exit,
             GuestExit::Mmio(MmioAccess {
                 address: GuestPhysAddr(0x0900_0030),
-                width: 4,
+                width: AccessWidth::Word,
                 is_write: true,
                 register: 3,
                 sign_extend: false,
@@ -243,7 +269,7 @@ mod tests {
             decode(esr, 0x0900_0002, HPFAR_FOR_0X0900_0000),
             GuestExit::Mmio(MmioAccess {
                 address: GuestPhysAddr(0x0900_0002),
-                width: 2,
+                width: AccessWidth::HalfWord,
                 is_write: false,
                 register: 5,
                 sign_extend: true,
@@ -262,6 +288,30 @@ mod tests {
             decode(maintenance, 0, 0),
             GuestExit::UndecodableDataAbort { .. }
         ));
+    }
+
+    #[test]
+    fn the_fast_path_takes_translation_faults_only_and_agrees_with_decode() {
+        let valid = (0x24 << 26) | (1 << 25) | (1 << 24) | (2 << 22) | (4 << 16);
+        for level in 0..4 {
+            let esr = ExceptionSyndrome(valid | 0x04 | level);
+            let fast = decode_emulated_mmio(esr, 0x0900_0018, HPFAR_FOR_0X0900_0000);
+            assert!(fast.is_some());
+            assert_eq!(
+                GuestExit::Mmio(fast.unwrap()),
+                decode(esr, 0x0900_0018, HPFAR_FOR_0X0900_0000)
+            );
+        }
+        for other in [
+            valid | 0x08,                                  // access flag: left to decode
+            valid | 0x0D,                                  // permission
+            valid | 0x10,                                  // synchronous external abort
+            valid | (1 << 8) | 0x04,                       // cache maintenance
+            (valid & !(1 << 24)) | 0x04,                   // no valid syndrome
+            (valid & !(0x3F << 26)) | (0x25 << 26) | 0x04, // from EL2 itself
+        ] {
+            assert_eq!(decode_emulated_mmio(ExceptionSyndrome(other), 0, 0), None);
+        }
     }
 
     #[test]
@@ -316,7 +366,7 @@ mod tests {
     fn loads_are_extended_as_the_instruction_asks() {
         let mut access = MmioAccess {
             address: GuestPhysAddr(0),
-            width: 1,
+            width: AccessWidth::Byte,
             is_write: false,
             register: 0,
             sign_extend: true,
@@ -327,8 +377,49 @@ mod tests {
         assert_eq!(extend_loaded_value(&access, 0x80), 0xFFFF_FF80);
         access.sign_extend = false;
         assert_eq!(extend_loaded_value(&access, 0x1_80), 0x80);
-        access.width = 8;
+        access.width = AccessWidth::Word;
+        assert_eq!(
+            extend_loaded_value(&access, 0xFFFF_FFFF_8000_0000),
+            0x8000_0000
+        );
+        access.sign_extend = true;
+        assert_eq!(extend_loaded_value(&access, 0x8000_0000), 0x8000_0000);
+        assert_eq!(extend_loaded_value(&access, 0x7FFF_FFFF), 0x7FFF_FFFF);
+        access.sixty_four_bit_register = true;
+        assert_eq!(
+            extend_loaded_value(&access, 0x8000_0000),
+            0xFFFF_FFFF_8000_0000
+        );
+        access.sign_extend = false;
+        access.width = AccessWidth::DoubleWord;
         access.sixty_four_bit_register = true;
         assert_eq!(extend_loaded_value(&access, u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn loads_and_stores_use_the_syndrome_register_and_xzr_is_discarded() {
+        let mut frame = TrapFrame::default();
+        frame.registers[7] = 0xAB;
+        let mut access = MmioAccess {
+            address: GuestPhysAddr(0),
+            width: AccessWidth::Byte,
+            is_write: true,
+            register: 7,
+            sign_extend: false,
+            sixty_four_bit_register: false,
+        };
+        assert_eq!(stored_value(&access, &frame), 0xAB);
+        access.register = 31;
+        assert_eq!(stored_value(&access, &frame), 0);
+        access.is_write = false;
+        complete_load(&access, &mut frame, 0x1FF);
+        assert_eq!(frame.registers, {
+            let mut expected = [0; 31];
+            expected[7] = 0xAB;
+            expected
+        });
+        access.register = 30;
+        complete_load(&access, &mut frame, 0x1FF);
+        assert_eq!(frame.registers[30], 0xFF);
     }
 }

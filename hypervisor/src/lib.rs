@@ -11,6 +11,7 @@
 
 pub mod address;
 pub mod crash_report;
+pub mod device_bus;
 pub mod device_tree;
 pub mod exception_syndrome;
 pub mod fast_copy;

@@ -1,8 +1,8 @@
 //! VMs: building them from the system package, running their vCPUs, and
 //! carrying out what their exits ask for (PSCI, MMIO, faults).
 //!
-//! Lock order (outermost first): a VM's `runtime` lock, then a CPU's
-//! `START_REQUESTS` lock, then the console lock. The GIC lock is never held while
+//! Lock order (outermost first): a VM's `runtime` lock, then its device lock
+//! (`devices`), then a CPU's `START_REQUESTS` lock, then the console lock. The GIC lock is never held while
 //! taking any of these.
 
 use core::cell::UnsafeCell;
@@ -25,10 +25,8 @@ use tessera_hypervisor::reflect::{self, AbortKind, CannotReflect, GuestState};
 use tessera_hypervisor::vcpu_state::{self, El1Context};
 
 use crate::arch::{self, entry, guest, vectors};
-use crate::{gic, memory, power, println, timer, vuart};
+use crate::{devices, gic, memory, power, println, timer};
 
-/// Guest-physical window of the virtual PL011.
-const UART_WINDOW: (u64, u64) = (0x0900_0000, 0x0900_1000);
 /// Where the guest's device tree goes: the last 64 KiB of its RAM
 /// (docs/system-image.md; the tool checks that the tree and image fit).
 const DEVICE_TREE_RESERVE: u64 = 0x1_0000;
@@ -83,7 +81,6 @@ struct Runtime {
     vcpus: [VcpuPower; MAX_CPUS],
     saved_el1: [El1Context; MAX_CPUS],
     reset_count: u64,
-    uart: vuart::VirtualUart,
 }
 
 /// A request to a physical CPU to run a vCPU.
@@ -97,14 +94,31 @@ struct StartRequest {
 
 static VMS: Once<[Option<Vm>; MAX_VMS]> = Once::new();
 static RUNTIMES: [Mutex<Option<Runtime>>; MAX_VMS] = [const { Mutex::new(None) }; MAX_VMS];
-/// Per CPU: a vCPU to start (taken by the idle loop), and a flag asking
-/// the vCPU running there to stop (checked with one load on every exit).
+/// Per CPU: a vCPU to start (taken by the idle loop).
 static START_REQUESTS: [Mutex<Option<StartRequest>>; MAX_CPUS] =
     [const { Mutex::new(None) }; MAX_CPUS];
-static STOP_REQUESTED: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
-/// The VM and vCPU each physical CPU runs, set at boot: `usize::MAX` for none.
-static CPU_VM: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(usize::MAX) }; MAX_CPUS];
-static CPU_VCPU: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
+
+/// What one physical CPU runs, read on every guest exit: kept together (and
+/// 32-byte aligned, so finding a CPU's entry is a shift) so the exit path
+/// finds all of it from one base address.
+#[repr(align(32))]
+pub struct CpuPlacement {
+    /// The VM this CPU's vCPU belongs to, set at boot: `usize::MAX` for none.
+    vm: AtomicUsize,
+    /// Which of that VM's vCPUs runs here.
+    vcpu: AtomicUsize,
+    /// Another CPU asks the vCPU running here to stop (checked with one load
+    /// on every exit).
+    stop_requested: AtomicBool,
+}
+
+static CPU_PLACEMENT: [CpuPlacement; MAX_CPUS] = [const {
+    CpuPlacement {
+        vm: AtomicUsize::new(usize::MAX),
+        vcpu: AtomicUsize::new(0),
+        stop_requested: AtomicBool::new(false),
+    }
+}; MAX_CPUS];
 static CPU_AFFINITIES: Once<[u64; MAX_CPUS]> = Once::new();
 static RUNNING_VMS: AtomicUsize = AtomicUsize::new(0);
 static FAILED_VMS: AtomicUsize = AtomicUsize::new(0);
@@ -195,15 +209,16 @@ pub fn build_all(
     for (index, description) in manifest.vms().enumerate() {
         let built = build_vm(index, description, package, guest_ram[index])?;
         for (vcpu, &cpu) in description.physical_cpus().iter().enumerate() {
-            CPU_VM[cpu as usize].store(index, Ordering::Release);
-            CPU_VCPU[cpu as usize].store(vcpu, Ordering::Release);
+            let placement = &CPU_PLACEMENT[cpu as usize];
+            placement.vm.store(index, Ordering::Release);
+            placement.vcpu.store(vcpu, Ordering::Release);
         }
+        devices::install(index, description.name);
         *RUNTIMES[index].lock() = Some(Runtime {
             state: VmState::Running,
             vcpus: [VcpuPower::Off; MAX_CPUS],
             saved_el1: [El1Context::reset(); MAX_CPUS],
             reset_count: 0,
-            uart: vuart::VirtualUart::new(description.name),
         });
         println!(
             "tessera: vm {}: {} MiB RAM at guest {} (host {}), {} vCPU(s) on CPU(s) {:?}",
@@ -333,7 +348,9 @@ fn post_start(cpu: usize, request: StartRequest) {
 }
 
 fn post_stop(cpu: usize) {
-    STOP_REQUESTED[cpu].store(true, Ordering::Release);
+    CPU_PLACEMENT[cpu]
+        .stop_requested
+        .store(true, Ordering::Release);
     kick(cpu);
 }
 
@@ -366,7 +383,9 @@ pub fn idle_loop() -> ! {
         // (and acknowledged) when IRQs are unmasked below.
         arch::disable_interrupts();
         // A stop request for a vCPU that is no longer running is moot.
-        STOP_REQUESTED[cpu].store(false, Ordering::Release);
+        CPU_PLACEMENT[cpu]
+            .stop_requested
+            .store(false, Ordering::Release);
         let request = START_REQUESTS[cpu].lock().take();
         match request {
             Some(StartRequest {
@@ -427,21 +446,44 @@ fn run_vcpu(index: usize, vcpu: usize, entry_point: u64, argument: u64) {
 /// The VM and vCPU this CPU runs, if any.
 #[inline]
 fn current_vm() -> Option<(usize, usize)> {
-    let cpu = arch::cpu_index();
+    let placement = &CPU_PLACEMENT[arch::cpu_index()];
     // Relaxed: the placement is written once at boot, before this CPU was
     // given any vCPU (the start request's lock orders it).
-    let vm = CPU_VM[cpu].load(Ordering::Relaxed);
-    (vm != usize::MAX).then(|| (vm, CPU_VCPU[cpu].load(Ordering::Relaxed)))
+    let vm = placement.vm.load(Ordering::Relaxed);
+    (vm != usize::MAX).then(|| (vm, placement.vcpu.load(Ordering::Relaxed)))
+}
+
+/// This CPU's placement.
+#[inline(always)]
+pub fn this_cpu() -> &'static CpuPlacement {
+    &CPU_PLACEMENT[arch::cpu_index()]
+}
+
+impl CpuPlacement {
+    /// The VM this CPU runs, if any.
+    #[inline(always)]
+    pub fn vm_index(&self) -> Option<usize> {
+        // Relaxed: written once at boot, before this CPU was given any
+        // vCPU (the start request's lock orders it).
+        let vm = self.vm.load(Ordering::Relaxed);
+        (vm < MAX_VMS).then_some(vm)
+    }
+
+    /// If another CPU asked this one to stop its vCPU, stops here and
+    /// idles. Call only on this CPU's own placement.
+    #[inline(always)]
+    pub fn honour_stop_request(&self) {
+        if self.stop_requested.load(Ordering::Acquire) {
+            self.stop_requested.store(false, Ordering::Release);
+            park_current_vcpu();
+        }
+    }
 }
 
 /// If another CPU asked this one to stop its vCPU, stops here and idles.
 #[inline]
 fn honour_stop_request() {
-    let cpu = arch::cpu_index();
-    if STOP_REQUESTED[cpu].load(Ordering::Acquire) {
-        STOP_REQUESTED[cpu].store(false, Ordering::Release);
-        park_current_vcpu();
-    }
+    this_cpu().honour_stop_request();
 }
 
 /// Saves the vCPU's EL1 state, marks it off and idles.
@@ -488,7 +530,8 @@ pub fn handle_guest_aarch32_exit(frame: &TrapFrame) -> ! {
     )
 }
 
-/// A synchronous exception from a guest.
+/// A synchronous exception from a guest, other than a device access the
+/// fast path in `exceptions` already carried out.
 pub fn handle_guest_exit(frame: &mut TrapFrame) {
     let Some((index, vcpu)) = current_vm() else {
         // A CPU without a VM cannot take guest exits; treat as a bug.
@@ -553,35 +596,14 @@ pub fn handle_guest_exit(frame: &mut TrapFrame) {
 }
 
 fn handle_mmio(index: usize, frame: &mut TrapFrame, access: &MmioAccess) {
-    let address = access.address.0;
-    if (UART_WINDOW.0..UART_WINDOW.1).contains(&address) {
-        let offset = address - UART_WINDOW.0;
-        let mut runtime = RUNTIMES[index].lock();
-        let Some(runtime) = runtime.as_mut() else {
-            return;
-        };
-        if access.is_write {
-            let value = if access.register == 31 {
-                0
-            } else {
-                frame.registers[access.register as usize]
-            };
-            runtime.uart.write(offset, access.width, value);
-        } else {
-            let value = runtime.uart.read(offset, access.width);
-            if access.register < 31 {
-                frame.registers[access.register as usize] =
-                    guest_exit::extend_loaded_value(access, value);
-            }
-        }
-        frame.exception_link = frame.exception_link.wrapping_add(4);
+    if devices::emulate(index, frame, access) {
         return;
     }
     log::debug!(
         "vm {}: {} of {} bytes at {} outside RAM and devices",
         vm(index).name,
         if access.is_write { "write" } else { "read" },
-        access.width,
+        access.width.bytes(),
         access.address
     );
     inject_abort(
@@ -666,7 +688,7 @@ fn stop_vm(index: usize, outcome: Outcome) {
             return;
         }
         runtime.state = VmState::Stopped(outcome);
-        runtime.uart.flush();
+        devices::flush(index);
         for vcpu in 0..vm.vcpu_count {
             let cpu = vm.physical_cpus[vcpu] as usize;
             if cpu != this_cpu && runtime.vcpus[vcpu] != VcpuPower::Off {
@@ -719,8 +741,7 @@ fn reset_vm(index: usize) -> ! {
         }
         runtime.state = VmState::Resetting;
         runtime.reset_count += 1;
-        runtime.uart.flush();
-        runtime.uart.reset();
+        devices::reset(index);
         for vcpu in 0..vm.vcpu_count {
             let cpu = vm.physical_cpus[vcpu] as usize;
             if cpu == this_cpu {

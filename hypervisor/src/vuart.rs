@@ -52,18 +52,13 @@ impl VirtualUart {
         }
     }
 
-    #[inline]
-    pub fn read(&mut self, offset: u64, width_bytes: u8) -> u64 {
-        match AccessWidth::from_bytes(width_bytes) {
-            Some(width) => self.model.read(offset, width),
-            None => 0,
-        }
+    #[inline(always)]
+    pub fn read(&mut self, offset: u64, width: AccessWidth) -> u64 {
+        self.model.read(offset, width)
     }
 
-    pub fn write(&mut self, offset: u64, width_bytes: u8, value: u64) {
-        if let Some(width) = AccessWidth::from_bytes(width_bytes) {
-            self.model.write(offset, width, value);
-        }
+    pub fn write(&mut self, offset: u64, width: AccessWidth, value: u64) {
+        self.model.write(offset, width, value);
     }
 
     /// Pushes out a partial last line (when the VM stops or resets).

@@ -283,3 +283,26 @@ mod tests {
         assert_eq!(board_by_name("pc"), None);
     }
 }
+
+/// The machine every guest sees, whatever the board (docs/guest-interface.md):
+/// QEMU `virt`'s addresses, so guests written for `virt` run unchanged. The
+/// host tool writes these into each guest's device tree and the hypervisor
+/// routes trapped accesses by them, so both read the same table.
+pub mod guest {
+    use super::PhysRange;
+
+    /// The virtual PL011.
+    pub const UART: PhysRange = PhysRange::new(0x0900_0000, 0x1000);
+    /// The UART's interrupt: SPI 1 (INTID 33), level-high.
+    pub const UART_SPI: u32 = 1;
+    /// GIC distributor (both versions).
+    pub const GIC_DISTRIBUTOR: PhysRange = PhysRange::new(0x0800_0000, 0x1_0000);
+    /// GICv2 CPU interface.
+    pub const GICV2_CPU_INTERFACE: PhysRange = PhysRange::new(0x0801_0000, 0x1_0000);
+    /// GICv3 redistributors start here: an RD_base and an SGI_base frame of
+    /// 64 KiB per vCPU.
+    pub const GICV3_REDISTRIBUTORS_BASE: u64 = 0x080A_0000;
+    pub const GICV3_REDISTRIBUTOR_STRIDE: u64 = 0x2_0000;
+    /// Where guest RAM starts unless the system config says otherwise.
+    pub const DEFAULT_RAM_BASE: u64 = 0x4000_0000;
+}

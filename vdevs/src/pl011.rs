@@ -486,7 +486,7 @@ impl<S: ConsoleSink, L: InterruptLine> MmioDevice for Pl011<S, L> {
         WINDOW_SIZE
     }
 
-    #[inline]
+    #[inline(always)]
     fn read(&mut self, offset: u64, width: AccessWidth) -> u64 {
         let Some(register) = Register::at(offset) else {
             return 0;

@@ -1,6 +1,16 @@
 //! The EL2 exception vector table. Each entry saves x0/x1, notes which of
 //! the 16 vectors it is, and branches to a common path that saves the rest
 //! of the `TrapFrame` and calls `exceptions::handle_exception`.
+//!
+//! Synchronous exits from an AArch64 guest (slot 8) have their own path, in
+//! two steps, because a trapped device access is the most frequent exit of
+//! all. The first step saves only what a Rust call may clobber (x0..x18,
+//! x30) and what the device fast path reads (ELR, ESR, FAR), and calls
+//! `exceptions::handle_device_access`: x19..x29 are callee-saved, so they
+//! still hold the guest's values when it returns. If it carried the access
+//! out, the guest resumes at once. If not, the second step completes the
+//! frame (x19..x29, SP, SPSR, still untouched in the registers) and calls
+//! the full dispatcher, whose return restores the whole frame.
 
 use core::arch::global_asm;
 
@@ -60,7 +70,10 @@ exception_vectors:
     vector_entry 5
     vector_entry 6
     vector_entry 7
-    vector_entry 8
+    .balign 0x80
+    sub     sp, sp, #{frame_size}
+    stp     x0, x1, [sp, #0]
+    b       guest_synchronous
     vector_entry 9
     vector_entry 10
     vector_entry 11
@@ -93,13 +106,7 @@ exception_common:
     mrs     x3, far_el2
     stp     x2, x3, [sp, #272]
     mov     x0, sp
-    // Synchronous exits from an AArch64 guest (slot 8: trapped MMIO,
-    // hypercalls) are the hot path: straight to their handler.
-    cmp     x1, #8
-    b.ne    2f
-    bl      {guest_exit}
-    b       exception_return
-2:  bl      {handler}
+    bl      {handler}
 exception_return:
     ldp     x2, x3, [sp, #256]
     msr     elr_el2, x2
@@ -123,6 +130,57 @@ exception_return:
     add     sp, sp, #{frame_size}
     eret
 
+    // Slot 8, step one: the caller-saved registers and ELR/ESR/FAR.
+guest_synchronous:
+    stp     x2, x3, [sp, #16]
+    stp     x4, x5, [sp, #32]
+    stp     x6, x7, [sp, #48]
+    stp     x8, x9, [sp, #64]
+    stp     x10, x11, [sp, #80]
+    stp     x12, x13, [sp, #96]
+    stp     x14, x15, [sp, #112]
+    stp     x16, x17, [sp, #128]
+    str     x18, [sp, #144]
+    str     x30, [sp, #240]
+    mrs     x2, elr_el2
+    str     x2, [sp, #256]
+    mrs     x2, esr_el2
+    mrs     x3, far_el2
+    stp     x2, x3, [sp, #272]
+    mov     x0, sp
+    bl      {device_access}
+    cbz     w0, 1f
+    // Done: back to the guest with what step one saved (ELR advanced).
+    ldr     x2, [sp, #256]
+    msr     elr_el2, x2
+    ldp     x0, x1, [sp, #0]
+    ldp     x2, x3, [sp, #16]
+    ldp     x4, x5, [sp, #32]
+    ldp     x6, x7, [sp, #48]
+    ldp     x8, x9, [sp, #64]
+    ldp     x10, x11, [sp, #80]
+    ldp     x12, x13, [sp, #96]
+    ldp     x14, x15, [sp, #112]
+    ldp     x16, x17, [sp, #128]
+    ldr     x18, [sp, #144]
+    ldr     x30, [sp, #240]
+    add     sp, sp, #{frame_size}
+    eret
+    // Step two: complete the frame and take the full dispatcher.
+1:  str     x19, [sp, #152]
+    stp     x20, x21, [sp, #160]
+    stp     x22, x23, [sp, #176]
+    stp     x24, x25, [sp, #192]
+    stp     x26, x27, [sp, #208]
+    stp     x28, x29, [sp, #224]
+    add     x2, sp, #{frame_size}
+    str     x2, [sp, #248]
+    mrs     x3, spsr_el2
+    str     x3, [sp, #264]
+    mov     x0, sp
+    bl      {guest_exit}
+    b       exception_return
+
     // enter_guest(frame, stack_top): copies `frame` to the top of this
     // CPU's stack, drops everything below it, and returns to the guest
     // through the normal exception-return path.
@@ -140,5 +198,6 @@ enter_guest_asm:
     "#,
     frame_size = const TRAP_FRAME_SIZE,
     handler = sym crate::exceptions::handle_exception,
+    device_access = sym crate::exceptions::handle_device_access,
     guest_exit = sym crate::exceptions::handle_guest_synchronous,
 );

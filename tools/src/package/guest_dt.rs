@@ -4,19 +4,21 @@
 //! names, compatibles, cell sizes and interrupt specifiers, with only the
 //! VM's RAM and vCPUs in it.
 
+use tessera_platform::guest;
 use vm_fdt::{Error, FdtWriter};
 
 use crate::system::VmConfig;
 
-pub const GIC_DISTRIBUTOR: u64 = 0x0800_0000;
-const GIC_DISTRIBUTOR_SIZE: u64 = 0x1_0000;
-pub const GICV2_CPU_INTERFACE: u64 = 0x0801_0000;
-const GICV2_CPU_INTERFACE_SIZE: u64 = 0x1_0000;
-pub const GICV3_REDISTRIBUTORS: u64 = 0x080A_0000;
-/// One redistributor per vCPU: an RD_base and an SGI_base frame of 64 KiB.
-const GICV3_REDISTRIBUTOR_SIZE: u64 = 0x2_0000;
-pub const UART: u64 = 0x0900_0000;
-const UART_SIZE: u64 = 0x1000;
+// The guest-visible platform, shared with the hypervisor's trap routing.
+
+const GIC_DISTRIBUTOR: u64 = guest::GIC_DISTRIBUTOR.base;
+const GIC_DISTRIBUTOR_SIZE: u64 = guest::GIC_DISTRIBUTOR.size;
+const GICV2_CPU_INTERFACE: u64 = guest::GICV2_CPU_INTERFACE.base;
+const GICV2_CPU_INTERFACE_SIZE: u64 = guest::GICV2_CPU_INTERFACE.size;
+const GICV3_REDISTRIBUTORS: u64 = guest::GICV3_REDISTRIBUTORS_BASE;
+const GICV3_REDISTRIBUTOR_SIZE: u64 = guest::GICV3_REDISTRIBUTOR_STRIDE;
+const UART: u64 = guest::UART.base;
+const UART_SIZE: u64 = guest::UART.size;
 const UART_CLOCK_HZ: u32 = 24_000_000;
 
 const GIC_PHANDLE: u32 = 1;
@@ -26,7 +28,7 @@ const CLOCK_PHANDLE: u32 = 2;
 const GIC_SPI: u32 = 0;
 const GIC_PPI: u32 = 1;
 const IRQ_LEVEL_HIGH: u32 = 4;
-const UART_SPI: u32 = 1;
+const UART_SPI: u32 = guest::UART_SPI;
 /// Secure physical, non-secure physical, virtual, hypervisor: the order
 /// the arm,armv8-timer binding lists them.
 const TIMER_PPIS: [u32; 4] = [13, 14, 11, 10];
