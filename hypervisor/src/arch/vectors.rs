@@ -48,14 +48,81 @@ pub fn install() {
     }
 }
 
+// The offsets the assembly below writes and reads.
+const _: () = {
+    use core::mem::offset_of;
+    assert!(offset_of!(TrapFrame, registers) == 0);
+    assert!(offset_of!(TrapFrame, stack_pointer) == 248);
+    assert!(offset_of!(TrapFrame, exception_link) == 256);
+    assert!(offset_of!(TrapFrame, saved_state) == 264);
+    assert!(offset_of!(TrapFrame, syndrome) == 272);
+    assert!(offset_of!(TrapFrame, fault_address) == 280);
+};
+
 global_asm!(
     r#"
+    // Frame layout (`TrapFrame`): x0..x30 at 8 * n, SP at 248, ELR at 256,
+    // SPSR at 264, ESR at 272, FAR at 280.
+
     .macro vector_entry slot
     .balign 0x80
     sub     sp, sp, #{frame_size}
     stp     x0, x1, [sp, #0]
     mov     x1, #\slot
     b       exception_common
+    .endm
+
+    // x2..x18 and x30: what a Rust call may clobber, besides x0/x1 (saved
+    // by the vector entry).
+    .macro save_caller_saved
+    stp     x2, x3, [sp, #16]
+    stp     x4, x5, [sp, #32]
+    stp     x6, x7, [sp, #48]
+    stp     x8, x9, [sp, #64]
+    stp     x10, x11, [sp, #80]
+    stp     x12, x13, [sp, #96]
+    stp     x14, x15, [sp, #112]
+    stp     x16, x17, [sp, #128]
+    str     x18, [sp, #144]
+    str     x30, [sp, #240]
+    .endm
+
+    .macro restore_caller_saved
+    ldp     x0, x1, [sp, #0]
+    ldp     x2, x3, [sp, #16]
+    ldp     x4, x5, [sp, #32]
+    ldp     x6, x7, [sp, #48]
+    ldp     x8, x9, [sp, #64]
+    ldp     x10, x11, [sp, #80]
+    ldp     x12, x13, [sp, #96]
+    ldp     x14, x15, [sp, #112]
+    ldp     x16, x17, [sp, #128]
+    ldr     x18, [sp, #144]
+    ldr     x30, [sp, #240]
+    .endm
+
+    // ELR, ESR and FAR; x2/x3 are scratch (already saved).
+    .macro save_exception_registers
+    mrs     x2, elr_el2
+    str     x2, [sp, #256]
+    mrs     x2, esr_el2
+    mrs     x3, far_el2
+    stp     x2, x3, [sp, #272]
+    .endm
+
+    // The rest of the frame: x19..x29, the stack pointer before the frame,
+    // and SPSR; x2/x3 are scratch (already saved).
+    .macro save_rest_of_frame
+    str     x19, [sp, #152]
+    stp     x20, x21, [sp, #160]
+    stp     x22, x23, [sp, #176]
+    stp     x24, x25, [sp, #192]
+    stp     x26, x27, [sp, #208]
+    stp     x28, x29, [sp, #224]
+    add     x2, sp, #{frame_size}
+    str     x2, [sp, #248]
+    mrs     x3, spsr_el2
+    str     x3, [sp, #264]
     .endm
 
     .section .text.vectors, "ax"
@@ -83,100 +150,40 @@ exception_vectors:
     vector_entry 15
 
 exception_common:
-    stp     x2, x3, [sp, #16]
-    stp     x4, x5, [sp, #32]
-    stp     x6, x7, [sp, #48]
-    stp     x8, x9, [sp, #64]
-    stp     x10, x11, [sp, #80]
-    stp     x12, x13, [sp, #96]
-    stp     x14, x15, [sp, #112]
-    stp     x16, x17, [sp, #128]
-    stp     x18, x19, [sp, #144]
-    stp     x20, x21, [sp, #160]
-    stp     x22, x23, [sp, #176]
-    stp     x24, x25, [sp, #192]
-    stp     x26, x27, [sp, #208]
-    stp     x28, x29, [sp, #224]
-    add     x2, sp, #{frame_size}
-    stp     x30, x2, [sp, #240]
-    mrs     x2, elr_el2
-    mrs     x3, spsr_el2
-    stp     x2, x3, [sp, #256]
-    mrs     x2, esr_el2
-    mrs     x3, far_el2
-    stp     x2, x3, [sp, #272]
+    save_caller_saved
+    save_rest_of_frame
+    save_exception_registers
     mov     x0, sp
     bl      {handler}
 exception_return:
     ldp     x2, x3, [sp, #256]
     msr     elr_el2, x2
     msr     spsr_el2, x3
-    ldp     x0, x1, [sp, #0]
-    ldp     x2, x3, [sp, #16]
-    ldp     x4, x5, [sp, #32]
-    ldp     x6, x7, [sp, #48]
-    ldp     x8, x9, [sp, #64]
-    ldp     x10, x11, [sp, #80]
-    ldp     x12, x13, [sp, #96]
-    ldp     x14, x15, [sp, #112]
-    ldp     x16, x17, [sp, #128]
-    ldp     x18, x19, [sp, #144]
+    ldr     x19, [sp, #152]
     ldp     x20, x21, [sp, #160]
     ldp     x22, x23, [sp, #176]
     ldp     x24, x25, [sp, #192]
     ldp     x26, x27, [sp, #208]
     ldp     x28, x29, [sp, #224]
-    ldr     x30, [sp, #240]
+    restore_caller_saved
     add     sp, sp, #{frame_size}
     eret
 
     // Slot 8, step one: the caller-saved registers and ELR/ESR/FAR.
 guest_synchronous:
-    stp     x2, x3, [sp, #16]
-    stp     x4, x5, [sp, #32]
-    stp     x6, x7, [sp, #48]
-    stp     x8, x9, [sp, #64]
-    stp     x10, x11, [sp, #80]
-    stp     x12, x13, [sp, #96]
-    stp     x14, x15, [sp, #112]
-    stp     x16, x17, [sp, #128]
-    str     x18, [sp, #144]
-    str     x30, [sp, #240]
-    mrs     x2, elr_el2
-    str     x2, [sp, #256]
-    mrs     x2, esr_el2
-    mrs     x3, far_el2
-    stp     x2, x3, [sp, #272]
+    save_caller_saved
+    save_exception_registers
     mov     x0, sp
     bl      {device_access}
     cbz     w0, 1f
     // Done: back to the guest with what step one saved (ELR advanced).
     ldr     x2, [sp, #256]
     msr     elr_el2, x2
-    ldp     x0, x1, [sp, #0]
-    ldp     x2, x3, [sp, #16]
-    ldp     x4, x5, [sp, #32]
-    ldp     x6, x7, [sp, #48]
-    ldp     x8, x9, [sp, #64]
-    ldp     x10, x11, [sp, #80]
-    ldp     x12, x13, [sp, #96]
-    ldp     x14, x15, [sp, #112]
-    ldp     x16, x17, [sp, #128]
-    ldr     x18, [sp, #144]
-    ldr     x30, [sp, #240]
+    restore_caller_saved
     add     sp, sp, #{frame_size}
     eret
     // Step two: complete the frame and take the full dispatcher.
-1:  str     x19, [sp, #152]
-    stp     x20, x21, [sp, #160]
-    stp     x22, x23, [sp, #176]
-    stp     x24, x25, [sp, #192]
-    stp     x26, x27, [sp, #208]
-    stp     x28, x29, [sp, #224]
-    add     x2, sp, #{frame_size}
-    str     x2, [sp, #248]
-    mrs     x3, spsr_el2
-    str     x3, [sp, #264]
+1:  save_rest_of_frame
     mov     x0, sp
     bl      {guest_exit}
     b       exception_return
