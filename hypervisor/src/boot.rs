@@ -184,13 +184,18 @@ pub extern "C" fn primary_entry(device_tree_address: u64, run_address: u64) -> !
     for range in BOARD.firmware_reserved {
         let _ = mapped_ram.add((*range).into());
     }
-    let Ok(root) = memory::build_el2_map(&mapped_ram, &image) else {
+    let Ok(el2_map) = memory::build_el2_map(&mapped_ram, &image) else {
         early_message("tessera: could not build the EL2 translation tables\n");
         power::fail_stop();
     };
+    for range in memory::written_with_mmu_off(&el2_map) {
+        // SAFETY: with the MMU off every store so far went to memory, so no
+        // cache line holds anything of ours (see `written_with_mmu_off`).
+        unsafe { arch::invalidate_data_cache(range.start.0 as usize, range.size() as usize) };
+    }
     // SAFETY: the map covers the image, all RAM (stacks, BSS, device tree)
     // and the board's device windows, identity-mapped.
-    unsafe { arch::enable_mmu(root) };
+    unsafe { arch::enable_mmu(el2_map.root) };
     arch::enable_system_errors();
 
     console::init(BOARD.console_uart.base as usize);
@@ -217,7 +222,7 @@ pub extern "C" fn primary_entry(device_tree_address: u64, run_address: u64) -> !
     }
 
     PROVE_TICKS.store(system.is_none(), Ordering::Release);
-    smp::publish_boot_parameters(&machine.cpu_affinities[..machine.cpu_count], root);
+    smp::publish_boot_parameters(&machine.cpu_affinities[..machine.cpu_count], el2_map.root);
     announce_online(0);
     let mut start_failures = 0;
     for index in 1..machine.cpu_count {

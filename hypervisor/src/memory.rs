@@ -49,6 +49,9 @@ unsafe extern "C" {
     static __image_start: u8;
     static __rodata_start: u8;
     static __data_start: u8;
+    static __image_file_end: u8;
+    static __bss_start: u8;
+    static __bss_end: u8;
     static __image_end: u8;
 }
 
@@ -85,12 +88,21 @@ pub fn image_layout() -> ImageLayout {
     }
 }
 
+/// The EL2 identity map, as `build_el2_map` made it.
+#[derive(Clone, Copy, Debug)]
+pub struct El2Map {
+    /// The root table, for TTBR0_EL2.
+    pub root: u64,
+    /// The pool tables the map uses.
+    pub tables: PhysRange,
+}
+
 /// Builds the EL2 identity map: the image with per-section permissions, RAM
 /// read/write and never executable, the board's device windows as
-/// Device-nGnRE. Returns the root table address for TTBR0_EL2.
+/// Device-nGnRE.
 ///
 /// Runs with the MMU off: only aligned accesses, no atomics.
-pub fn build_el2_map(ram: &RangeSet, image: &ImageLayout) -> Result<u64, MapError> {
+pub fn build_el2_map(ram: &RangeSet, image: &ImageLayout) -> Result<El2Map, MapError> {
     let pool_pointer = &raw mut EL2_TABLES;
     // SAFETY: called once, on the boot CPU, before any other CPU runs and
     // before anything else refers to the pool.
@@ -126,7 +138,43 @@ pub fn build_el2_map(ram: &RangeSet, image: &ImageLayout) -> Result<u64, MapErro
             MapAttributes::DEVICE,
         )?;
     }
-    Ok(table.root().0)
+    let pool_start = store.tables.as_ptr() as u64;
+    Ok(El2Map {
+        root: table.root().0,
+        tables: PhysRange {
+            start: PhysAddr(pool_start),
+            end: PhysAddr(pool_start + store.used as u64 * PAGE_SIZE),
+        },
+    })
+}
+
+/// What the boot CPU writes before its MMU is on and still uses: the
+/// image's data, the BSS, its boot stack and the EL2 tables. Those stores went straight to
+/// memory, but lines for the same addresses may still sit in the caches
+/// from whoever ran before (firmware, a boot loader); once the MMU is on
+/// they would be hit and hide what was written. The boot CPU discards them
+/// just before it turns the MMU on, as Linux does for its early tables.
+pub fn written_with_mmu_off(map: &El2Map) -> [PhysRange; 4] {
+    let address = |symbol: *const u8| PhysAddr(symbol as u64);
+    let stack_top = address((&raw const crate::arch::entry::BOOT_STACKS).cast()).0
+        + crate::arch::entry::STACK_SIZE as u64;
+    [
+        PhysRange {
+            start: address(&raw const __data_start),
+            end: address(&raw const __image_file_end),
+        },
+        PhysRange {
+            start: address(&raw const __bss_start),
+            end: address(&raw const __bss_end),
+        },
+        // The live part of the boot stack: what lies deeper was written by
+        // calls that have returned, and is dead.
+        PhysRange {
+            start: PhysAddr(crate::arch::stack_pointer()),
+            end: PhysAddr(stack_top),
+        },
+        map.tables,
+    ]
 }
 
 /// How much RAM the heap gets; the rest goes to the page allocator.

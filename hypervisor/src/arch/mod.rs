@@ -131,6 +131,56 @@ pub fn clean_to_point_of_coherency(start: usize, length: usize) {
     unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
 }
 
+/// Discards the data and unified cache lines of `[start, start + length)`
+/// to the point of coherency without writing them back (DC IVAC).
+///
+/// # Safety
+/// Nothing in the lines may exist only in a cache: dirty data there is
+/// lost. With the MMU off nothing this program wrote is cached, which is
+/// where this is used.
+pub unsafe fn invalidate_data_cache(start: usize, length: usize) {
+    let line = data_cache_line_bytes();
+    let end = start + length;
+    let mut address = start & !(line - 1);
+    // Four lines a round while four fit, so the loop costs little more
+    // than the DCs; then line by line.
+    while address + 4 * line <= end {
+        // SAFETY: the caller vouches that dropping these lines loses
+        // nothing; DC IVAC has no other effect.
+        unsafe {
+            asm!(
+                "dc ivac, {a}",
+                "add {a}, {a}, {line}",
+                "dc ivac, {a}",
+                "add {a}, {a}, {line}",
+                "dc ivac, {a}",
+                "add {a}, {a}, {line}",
+                "dc ivac, {a}",
+                "add {a}, {a}, {line}",
+                a = inout(reg) address,
+                line = in(reg) line,
+                options(nostack, preserves_flags)
+            );
+        }
+    }
+    while address < end {
+        // SAFETY: as above.
+        unsafe { asm!("dc ivac, {}", in(reg) address, options(nostack, preserves_flags)) };
+        address += line;
+    }
+    // SAFETY: a barrier has no memory-safety effect.
+    unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
+}
+
+/// The current stack pointer.
+#[inline(always)]
+pub fn stack_pointer() -> u64 {
+    let value: u64;
+    // SAFETY: reading SP has no side effects.
+    unsafe { asm!("mov {}, sp", out(reg) value, options(nomem, nostack, preserves_flags)) };
+    value
+}
+
 /// The smallest data cache line in the system (CTR_EL0.DminLine), the
 /// stride for cache maintenance by address.
 pub fn data_cache_line_bytes() -> usize {
