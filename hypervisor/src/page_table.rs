@@ -42,6 +42,20 @@ pub trait TableStore {
     fn table_mut(&mut self, address: PhysAddr) -> &mut Table;
 }
 
+/// The TLB and barrier work a tree's owner does when a live entry changes:
+/// for stage 2, `DSB ISHST` and `TLBI IPAS2E1IS`/`VMALLS12E1IS` under the
+/// VM's VMID; for EL2 stage 1, `TLBI VAE2IS`. The table code decides *when*
+/// (break-before-make); the implementation knows *how*.
+pub trait TlbMaintenance {
+    /// Makes the table stores so far visible to the translation table
+    /// walkers of every CPU that may use the tree.
+    fn publish(&mut self);
+    /// The entry translating `[input, input + span)` is now invalid and
+    /// published: removes every cached translation of that range from every
+    /// CPU that may hold one, and waits until that is complete.
+    fn invalidate(&mut self, input: u64, span: u64);
+}
+
 /// The translation regime whose descriptor format to write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Regime {
@@ -331,6 +345,106 @@ impl PageTable {
         Ok(())
     }
 
+    /// Unmaps `[input, input + size)`; what was not mapped stays so. A block
+    /// that the range only partly covers is first split into next-level
+    /// entries with the same translation and attributes. Every live entry
+    /// is changed break-before-make: made invalid, published, its cached
+    /// translations invalidated through `tlb`, and only then replaced.
+    /// Tables that end up empty stay in the tree.
+    ///
+    /// # Errors
+    /// `Misaligned` / `OutOfRange` for a bad range; `OutOfTables` when a
+    /// split needs a table the store cannot give, in which case the part of
+    /// the range before that block is already unmapped and the rest is
+    /// unchanged.
+    pub fn unmap(
+        &mut self,
+        input: u64,
+        size: u64,
+        store: &mut impl TableStore,
+        tlb: &mut impl TlbMaintenance,
+    ) -> Result<(), MapError> {
+        if !input.is_multiple_of(PAGE_SIZE) || !size.is_multiple_of(PAGE_SIZE) {
+            return Err(MapError::Misaligned);
+        }
+        let end = input.checked_add(size).ok_or(MapError::OutOfRange)?;
+        if end > 1 << self.regime.input_address_bits() {
+            return Err(MapError::OutOfRange);
+        }
+        Self::unmap_in_table(self.root, self.regime.root_level(), input, size, store, tlb)
+    }
+
+    fn unmap_in_table(
+        table: PhysAddr,
+        level: usize,
+        mut input: u64,
+        mut size: u64,
+        store: &mut impl TableStore,
+        tlb: &mut impl TlbMaintenance,
+    ) -> Result<(), MapError> {
+        let span = entry_span(level);
+        while size > 0 {
+            let index = entry_index(input, level);
+            let chunk = size.min(span - input % span);
+            let existing = store.table_mut(table).0[index];
+            if existing & DESCRIPTOR_VALID == 0 {
+                // Nothing mapped here.
+            } else if level < 3 && existing & DESCRIPTOR_TABLE_OR_PAGE != 0 {
+                let next = PhysAddr(existing & OUTPUT_ADDRESS_MASK);
+                Self::unmap_in_table(next, level + 1, input, chunk, store, tlb)?;
+            } else if chunk == span {
+                // A whole block or page: break, and nothing to make.
+                store.table_mut(table).0[index] = 0;
+                tlb.publish();
+                tlb.invalidate(input, span);
+            } else {
+                let next =
+                    Self::split_block(table, index, level, input - input % span, store, tlb)?;
+                Self::unmap_in_table(next, level + 1, input, chunk, store, tlb)?;
+            }
+            input += chunk;
+            size -= chunk;
+        }
+        Ok(())
+    }
+
+    /// Replaces the block at `table[index]` (a level-1 or level-2 entry
+    /// translating from `input`) with a table of next-level entries that
+    /// translate the same way, break-before-make. Returns the new table.
+    fn split_block(
+        table: PhysAddr,
+        index: usize,
+        level: usize,
+        input: u64,
+        store: &mut impl TableStore,
+        tlb: &mut impl TlbMaintenance,
+    ) -> Result<PhysAddr, MapError> {
+        let block = store.table_mut(table).0[index];
+        let span = entry_span(level);
+        let next_span = entry_span(level + 1);
+        let output = block & OUTPUT_ADDRESS_MASK & !(span - 1);
+        let attributes = block & !(OUTPUT_ADDRESS_MASK | 0b11);
+        // Level 3 holds pages (type bits 0b11), level 2 blocks (0b01).
+        let kind = if level + 1 == 3 {
+            DESCRIPTOR_TABLE_OR_PAGE | DESCRIPTOR_VALID
+        } else {
+            DESCRIPTOR_VALID
+        };
+        let next = store.allocate_table().ok_or(MapError::OutOfTables)?;
+        for (offset, entry) in store.table_mut(next).0.iter_mut().enumerate() {
+            *entry = (output + offset as u64 * next_span) | attributes | kind;
+        }
+        // Break: the block goes, and no CPU may keep a cached copy of it ...
+        store.table_mut(table).0[index] = 0;
+        tlb.publish();
+        tlb.invalidate(input, span);
+        // ... before make: the filled table takes its place.
+        store.table_mut(table).0[index] =
+            (next.0 & OUTPUT_ADDRESS_MASK) | DESCRIPTOR_TABLE_OR_PAGE | DESCRIPTOR_VALID;
+        tlb.publish();
+        Ok(next)
+    }
+
     /// Walks the tree for `input`; returns the output address and the leaf
     /// descriptor, or `None` when nothing is mapped there.
     pub fn translate(&self, input: u64, store: &mut impl TableStore) -> Option<(PhysAddr, u64)> {
@@ -505,6 +619,201 @@ mod tests {
             table.map(1 << 48, PhysAddr(0), 0x1000, MapAttributes::RAM, &mut store),
             Err(MapError::OutOfRange)
         );
+    }
+
+    /// A TLB that caches translations page by page, as a CPU would, and
+    /// records the maintenance it is asked for.
+    #[derive(Default)]
+    struct ModelTlb {
+        cached: std::collections::BTreeMap<u64, (PhysAddr, u64)>,
+        events: Vec<TlbEvent>,
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum TlbEvent {
+        Publish,
+        Invalidate { input: u64, span: u64 },
+    }
+
+    impl ModelTlb {
+        /// Walks (and caches) the translation of every page in a range.
+        fn warm(&mut self, table: &PageTable, store: &mut HeapStore, start: u64, size: u64) {
+            for page in (start..start + size).step_by(PAGE_SIZE as usize) {
+                if let Some(translation) = table.translate(page, store) {
+                    self.cached.insert(page, translation);
+                }
+            }
+        }
+    }
+
+    impl TlbMaintenance for ModelTlb {
+        fn publish(&mut self) {
+            self.events.push(TlbEvent::Publish);
+        }
+
+        fn invalidate(&mut self, input: u64, span: u64) {
+            assert_eq!(
+                self.events.last(),
+                Some(&TlbEvent::Publish),
+                "the broken entry is published before its translations are invalidated"
+            );
+            self.cached
+                .retain(|page, _| !(input..input + span).contains(page));
+            self.events.push(TlbEvent::Invalidate { input, span });
+        }
+    }
+
+    fn stage2_with_two_blocks(store: &mut HeapStore) -> PageTable {
+        let mut table = PageTable::new(Regime::Stage2, store).unwrap();
+        table
+            .map(
+                0x4000_0000,
+                PhysAddr(0x8000_0000),
+                4 * MIB,
+                MapAttributes::RAM,
+                store,
+            )
+            .unwrap();
+        table
+    }
+
+    #[test]
+    fn unmapping_pages_inside_a_block_splits_it_break_before_make() {
+        let mut store = HeapStore::default();
+        let mut table = stage2_with_two_blocks(&mut store);
+        let mut tlb = ModelTlb::default();
+        tlb.warm(&table, &mut store, 0x4000_0000, 4 * MIB);
+        let (_, block) = table.translate(0x4000_0000, &mut store).unwrap();
+
+        table
+            .unmap(0x4010_0000, 2 * PAGE_SIZE, &mut store, &mut tlb)
+            .unwrap();
+
+        // The two pages are gone from the tables and from the TLB.
+        for page in [0x4010_0000, 0x4010_1000] {
+            assert_eq!(table.translate(page, &mut store), None);
+            assert!(!tlb.cached.contains_key(&page));
+        }
+        // The rest of the block translates as before, now as pages with the
+        // block's attributes; the second block is untouched.
+        for page in [0x4000_0000, 0x400F_F000, 0x4010_2000, 0x401F_F000] {
+            let (output, descriptor) = table.translate(page, &mut store).unwrap();
+            assert_eq!(output, PhysAddr(page - 0x4000_0000 + 0x8000_0000));
+            assert_eq!(descriptor & 0b11, 0b11, "a page now");
+            assert_eq!(
+                descriptor & !(OUTPUT_ADDRESS_MASK | 0b11),
+                block & !(OUTPUT_ADDRESS_MASK | 0b11)
+            );
+        }
+        let (_, second) = table.translate(0x4020_0000, &mut store).unwrap();
+        assert_eq!(second & 0b11, 0b01, "still a block");
+        assert!(tlb.cached.contains_key(&0x4020_0000));
+        // The block was broken (and its translations dropped) before the
+        // table replaced it, then each page went the same way.
+        assert_eq!(
+            tlb.events,
+            [
+                TlbEvent::Publish,
+                TlbEvent::Invalidate {
+                    input: 0x4000_0000,
+                    span: 2 * MIB
+                },
+                TlbEvent::Publish,
+                TlbEvent::Publish,
+                TlbEvent::Invalidate {
+                    input: 0x4010_0000,
+                    span: PAGE_SIZE
+                },
+                TlbEvent::Publish,
+                TlbEvent::Invalidate {
+                    input: 0x4010_1000,
+                    span: PAGE_SIZE
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn unmapping_whole_blocks_needs_no_split() {
+        let mut store = HeapStore::default();
+        let mut table = stage2_with_two_blocks(&mut store);
+        let tables_before = store.tables.len();
+        let mut tlb = ModelTlb::default();
+        tlb.warm(&table, &mut store, 0x4000_0000, 4 * MIB);
+        table
+            .unmap(0x4000_0000, 4 * MIB, &mut store, &mut tlb)
+            .unwrap();
+        assert_eq!(store.tables.len(), tables_before);
+        assert!(tlb.cached.is_empty());
+        assert_eq!(table.translate(0x4000_0000, &mut store), None);
+        assert_eq!(table.translate(0x403F_F000, &mut store), None);
+        // Unmapping what is not mapped changes nothing and costs nothing.
+        tlb.events.clear();
+        table
+            .unmap(0x4000_0000, 8 * MIB, &mut store, &mut tlb)
+            .unwrap();
+        assert!(tlb.events.is_empty());
+        // ... and the range can be mapped again.
+        table
+            .map(
+                0x4000_0000,
+                PhysAddr(0x9000_0000),
+                2 * MIB,
+                MapAttributes::RAM,
+                &mut store,
+            )
+            .unwrap();
+        assert_eq!(
+            table.translate(0x4000_1000, &mut store).unwrap().0,
+            PhysAddr(0x9000_1000)
+        );
+    }
+
+    #[test]
+    fn a_gib_block_splits_down_to_pages() {
+        let mut store = HeapStore::default();
+        let mut table = PageTable::new(Regime::El2Stage1, &mut store).unwrap();
+        table
+            .map(GIB, PhysAddr(GIB), GIB, MapAttributes::RAM, &mut store)
+            .unwrap();
+        let mut tlb = ModelTlb::default();
+        table
+            .unmap(GIB + 0x1000, PAGE_SIZE, &mut store, &mut tlb)
+            .unwrap();
+        assert_eq!(table.translate(GIB + 0x1000, &mut store), None);
+        assert_eq!(
+            table.translate(GIB, &mut store).unwrap().0,
+            PhysAddr(GIB),
+            "the page before stays"
+        );
+        let (output, block) = table.translate(GIB + 4 * MIB, &mut store).unwrap();
+        assert_eq!(output, PhysAddr(GIB + 4 * MIB));
+        assert_eq!(block & 0b11, 0b01, "the other 2 MiB are still blocks");
+        // Root, level 1, then one level-2 and one level-3 table from splits.
+        assert_eq!(store.tables.len(), 4);
+    }
+
+    #[test]
+    fn unmap_refuses_bad_ranges_and_reports_an_exhausted_store() {
+        let mut store = HeapStore::default();
+        let mut table = stage2_with_two_blocks(&mut store);
+        let mut tlb = ModelTlb::default();
+        assert_eq!(
+            table.unmap(0x4000_0800, PAGE_SIZE, &mut store, &mut tlb),
+            Err(MapError::Misaligned)
+        );
+        assert_eq!(
+            table.unmap(1 << 39, PAGE_SIZE, &mut store, &mut tlb),
+            Err(MapError::OutOfRange)
+        );
+        store.limit = Some(store.tables.len());
+        assert_eq!(
+            table.unmap(0x4000_0000, PAGE_SIZE, &mut store, &mut tlb),
+            Err(MapError::OutOfTables)
+        );
+        // The block that could not be split is untouched.
+        assert!(table.translate(0x4000_0000, &mut store).is_some());
+        assert!(tlb.events.is_empty());
     }
 
     #[test]
