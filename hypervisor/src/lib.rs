@@ -23,6 +23,7 @@ pub mod package;
 pub mod page_table;
 pub mod psci;
 pub mod reflect;
+pub mod set_way;
 pub mod vcpu_state;
 
 /// The version shown in the banner.

@@ -22,6 +22,7 @@ use tessera_hypervisor::page_table::{
 };
 use tessera_hypervisor::psci::{self, Call, status};
 use tessera_hypervisor::reflect::{self, AbortKind, CannotReflect, GuestState};
+use tessera_hypervisor::set_way::{self, SetWayTracker, VirtualMemoryRegister};
 use tessera_hypervisor::vcpu_state::{self, El1Context};
 
 use crate::arch::{self, entry, guest, vectors};
@@ -110,6 +111,8 @@ pub struct CpuPlacement {
     /// Another CPU asks the vCPU running here to stop (checked with one load
     /// on every exit).
     stop_requested: AtomicBool,
+    /// The running vCPU's set/way state; only this CPU touches it.
+    set_way: Mutex<SetWayTracker>,
 }
 
 static CPU_PLACEMENT: [CpuPlacement; MAX_CPUS] = [const {
@@ -117,6 +120,9 @@ static CPU_PLACEMENT: [CpuPlacement; MAX_CPUS] = [const {
         vm: AtomicUsize::new(usize::MAX),
         vcpu: AtomicUsize::new(0),
         stop_requested: AtomicBool::new(false),
+        set_way: Mutex::new(SetWayTracker {
+            trapping_vm_registers: false,
+        }),
     }
 }; MAX_CPUS];
 static CPU_AFFINITIES: Once<[u64; MAX_CPUS]> = Once::new();
@@ -423,7 +429,9 @@ fn run_vcpu(index: usize, vcpu: usize, entry_point: u64, argument: u64) {
         return;
     }
     arch::disable_interrupts();
+    // HCR_EL2 starts without TVM: a fresh vCPU has done no set/way work.
     guest::activate_vm(vm.vmid, vm.stage2_root, vm.counter_offset);
+    *CPU_PLACEMENT[cpu].set_way.lock() = SetWayTracker::default();
     // Nothing cached for this VMID may survive from before its tables were
     // (re)written: at first start and after a reset.
     guest::invalidate_guest_tlbs();
@@ -568,13 +576,37 @@ pub fn handle_guest_exit(frame: &mut TrapFrame) {
             frame.exception_link = frame.exception_link.wrapping_add(4);
         }
         GuestExit::WaitForEvent => frame.exception_link += 4,
+        GuestExit::SystemRegister { encoding, .. } if set_way::is_set_way_operation(encoding) => {
+            let response = this_cpu().set_way.lock().set_way_operation();
+            carry_out_set_way(index, response);
+            frame.exception_link = frame.exception_link.wrapping_add(4);
+        }
+        GuestExit::SystemRegister {
+            is_read: false,
+            register,
+            encoding,
+        } if let Some(target) = VirtualMemoryRegister::from_encoding(encoding) => {
+            // Trapped only while set/way maintenance is followed (TVM).
+            let value = if register < 31 {
+                frame.registers[register as usize]
+            } else {
+                0
+            };
+            let old = guest::guest_system_control();
+            guest::write_virtual_memory_register(target, value);
+            if target == VirtualMemoryRegister::SystemControl {
+                let response = this_cpu().set_way.lock().system_control_written(old, value);
+                carry_out_set_way(index, response);
+            }
+            frame.exception_link = frame.exception_link.wrapping_add(4);
+        }
         GuestExit::SystemRegister {
             is_read,
             register,
             encoding,
         } => {
-            // Trapped registers (debug, set/way maintenance) are read as
-            // zero and ignore writes, as if not implemented.
+            // Other trapped registers (debug, implementation defined) read
+            // as zero and ignore writes, as if not implemented.
             log::debug!(
                 "vm {}: system register {encoding:?} emulated as RAZ/WI",
                 vm(index).name
@@ -614,6 +646,15 @@ fn handle_mmio(index: usize, frame: &mut TrapFrame, access: &MmioAccess) {
         },
         access.address,
     );
+}
+
+/// Does what the set/way policy decided for the running vCPU of VM `index`.
+fn carry_out_set_way(index: usize, response: set_way::Response) {
+    if response.clean_guest_ram {
+        let vm = vm(index);
+        arch::clean_to_point_of_coherency(vm.ram_host.0 as usize, vm.ram_size as usize);
+    }
+    guest::trap_virtual_memory_registers(response.trap_vm_registers);
 }
 
 /// Gives the guest the synchronous external abort hardware would, or stops

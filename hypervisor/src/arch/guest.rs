@@ -3,6 +3,7 @@
 
 use core::arch::asm;
 
+use tessera_hypervisor::set_way::VirtualMemoryRegister;
 use tessera_hypervisor::vcpu_state::El1Context;
 
 /// HCR_EL2 while guests run. Chosen bit by bit (docs/ARCHITECTURE.md):
@@ -14,9 +15,9 @@ use tessera_hypervisor::vcpu_state::El1Context;
 ///   inner-shareable domain, so a vCPU moving CPUs later stays coherent.
 /// - TWI, TWE: trap WFI/WFE, so an idle guest gives the CPU back to EL2.
 /// - TSC: trap SMC (guests reach firmware through the hypervisor only).
-/// - TSW: trap data cache maintenance by set/way (not meaningful under
-///   virtualization; emulated as a no-op since guest RAM is cleaned to
-///   the point of coherency when loaded).
+/// - TSW: trap data cache maintenance by set/way (it cannot work as written
+///   under virtualization; `set_way` says what is done instead). TVM, the
+///   other half of that, is turned on and off per vCPU at run time.
 /// - TIDCP: trap implementation-defined system registers (read as zero,
 ///   writes ignored), so a guest cannot reach core-wide controls.
 /// - RW: EL1 is AArch64.
@@ -157,12 +158,73 @@ pub fn guest_vector_base() -> u64 {
     value
 }
 
-/// SCTLR_EL1.M of the running vCPU: whether its stage-1 MMU is on.
-pub fn guest_translation_enabled() -> bool {
+/// HCR_EL2.TVM: trap the running vCPU's writes to its virtual-memory
+/// control registers (see `set_way`).
+const HCR_EL2_TVM: u64 = 1 << 26;
+
+/// Starts or stops trapping the running vCPU's writes to its virtual-memory
+/// control registers.
+pub fn trap_virtual_memory_registers(trap: bool) {
+    // SAFETY: TVM only changes which EL1 register writes trap to EL2; the
+    // rest of HCR_EL2 is kept as it is.
+    unsafe {
+        asm!(
+            "mrs {hcr}, hcr_el2",
+            "bic {hcr}, {hcr}, {tvm}",
+            "orr {hcr}, {hcr}, {set}",
+            "msr hcr_el2, {hcr}",
+            "isb",
+            hcr = out(reg) _,
+            tvm = in(reg) HCR_EL2_TVM,
+            set = in(reg) if trap { HCR_EL2_TVM } else { 0 },
+            options(nomem, nostack, preserves_flags)
+        );
+    }
+}
+
+/// SCTLR_EL1 of the running vCPU.
+pub fn guest_system_control() -> u64 {
     let value: u64;
     // SAFETY: reading SCTLR_EL1 has no side effects.
     unsafe { asm!("mrs {}, sctlr_el1", out(reg) value, options(nomem, nostack, preserves_flags)) };
-    value & 1 != 0
+    value
+}
+
+/// Carries out a trapped write by the running vCPU to one of its own
+/// virtual-memory control registers, as the MSR would have.
+pub fn write_virtual_memory_register(register: VirtualMemoryRegister, value: u64) {
+    macro_rules! write {
+        ($name:literal) => {
+            // SAFETY: the register belongs to the vCPU that asked to write
+            // it, with the value it gave; EL2's own state is unaffected.
+            unsafe {
+                asm!(
+                    concat!("msr ", $name, ", {}"),
+                    "isb",
+                    in(reg) value,
+                    options(nomem, nostack, preserves_flags)
+                )
+            }
+        };
+    }
+    match register {
+        VirtualMemoryRegister::SystemControl => write!("sctlr_el1"),
+        VirtualMemoryRegister::TranslationTableBase0 => write!("ttbr0_el1"),
+        VirtualMemoryRegister::TranslationTableBase1 => write!("ttbr1_el1"),
+        VirtualMemoryRegister::TranslationControl => write!("tcr_el1"),
+        VirtualMemoryRegister::AuxiliaryFaultStatus0 => write!("afsr0_el1"),
+        VirtualMemoryRegister::AuxiliaryFaultStatus1 => write!("afsr1_el1"),
+        VirtualMemoryRegister::ExceptionSyndrome => write!("esr_el1"),
+        VirtualMemoryRegister::FaultAddress => write!("far_el1"),
+        VirtualMemoryRegister::MemoryAttributeIndirection => write!("mair_el1"),
+        VirtualMemoryRegister::AuxiliaryMemoryAttributeIndirection => write!("amair_el1"),
+        VirtualMemoryRegister::ContextId => write!("contextidr_el1"),
+    }
+}
+
+/// SCTLR_EL1.M of the running vCPU: whether its stage-1 MMU is on.
+pub fn guest_translation_enabled() -> bool {
+    guest_system_control() & 1 != 0
 }
 
 /// Writes the EL1 exception registers for an exception EL2 injects.
