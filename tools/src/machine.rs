@@ -5,6 +5,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::firmware_dt;
+
 /// The QEMU binary every machine runs under.
 pub const QEMU_PROGRAM: &str = "qemu-system-aarch64";
 
@@ -56,6 +58,10 @@ pub enum Topology {
     },
 }
 
+/// Builds the device tree a board's firmware would pass to the image it
+/// starts.
+pub type FirmwareTreeBuilder = fn() -> Result<Vec<u8>, vm_fdt::Error>;
+
 /// One row of the machine table.
 #[derive(Debug)]
 pub struct MachinePreset {
@@ -69,6 +75,12 @@ pub struct MachinePreset {
     pub topology: Topology,
     /// Arguments every run of this machine needs besides the common ones.
     pub extra_args: &'static [&'static str],
+    /// For a machine QEMU starts without a device tree of its own where
+    /// the real board's firmware passes one: that tree. It must be given
+    /// (`-dtb`) whenever an initrd is, because QEMU tells the image where
+    /// the initrd is only inside a device tree. Written by
+    /// [`firmware_dt::FirmwareTrees`].
+    pub firmware_tree: Option<FirmwareTreeBuilder>,
 }
 
 /// Arguments every machine gets: no display or monitor, the first UART on
@@ -90,6 +102,7 @@ pub const PRESETS: &[MachinePreset] = &[
         // Without a NIC QEMU does not look for the iPXE option ROM, which
         // Debian packages separately.
         extra_args: &["-nic", "none"],
+        firmware_tree: None,
     },
     MachinePreset {
         machine: Machine::VirtGicv2,
@@ -103,6 +116,7 @@ pub const PRESETS: &[MachinePreset] = &[
             default_memory: "1G",
         },
         extra_args: &["-nic", "none"],
+        firmware_tree: None,
     },
     MachinePreset {
         machine: Machine::Raspi4b,
@@ -115,6 +129,7 @@ pub const PRESETS: &[MachinePreset] = &[
             memory: "2G",
         },
         extra_args: &[],
+        firmware_tree: Some(firmware_dt::raspi4b_dtb),
     },
     MachinePreset {
         machine: Machine::VirtEl1,
@@ -127,6 +142,7 @@ pub const PRESETS: &[MachinePreset] = &[
             default_memory: "1G",
         },
         extra_args: &["-nic", "none"],
+        firmware_tree: None,
     },
 ];
 
@@ -233,6 +249,10 @@ pub struct QemuRequest<'a> {
     pub image: &'a Path,
     /// A system package, handed to the hypervisor as its initrd.
     pub initrd: Option<&'a Path>,
+    /// A device tree for the image (`-dtb`). Required with an initrd on a
+    /// machine with a [`MachinePreset::firmware_tree`]; see
+    /// [`firmware_dt::FirmwareTrees`].
+    pub device_tree: Option<&'a Path>,
     /// Passed through unchanged after everything else.
     pub extra_args: &'a [String],
     pub clock: Clock,
@@ -277,7 +297,18 @@ pub fn qemu_args(request: &QemuRequest<'_>) -> Result<Vec<String>, String> {
     args.extend(preset.extra_args.iter().map(|arg| arg.to_string()));
     args.extend(["-kernel".into(), request.image.display().to_string()]);
     if let Some(initrd) = request.initrd {
+        if preset.firmware_tree.is_some() && request.device_tree.is_none() {
+            return Err(format!(
+                "{} needs a device tree (-dtb) beside the initrd {}: QEMU tells the image \
+                 where its initrd is only inside one",
+                machine.name(),
+                initrd.display()
+            ));
+        }
         args.extend(["-initrd".into(), initrd.display().to_string()]);
+    }
+    if let Some(device_tree) = request.device_tree {
+        args.extend(["-dtb".into(), device_tree.display().to_string()]);
     }
     if request.semihosting {
         args.push("-semihosting".into());
@@ -318,6 +349,7 @@ mod tests {
             semihosting: false,
             image: Path::new("target/images/virt/tessera.bin"),
             initrd: None,
+            device_tree: None,
             extra_args: &[],
             clock: Clock::Host,
         }
@@ -359,6 +391,46 @@ mod tests {
             args.join(" "),
             "-M raspi4b -display none -monitor none -serial stdio -kernel img.bin"
         );
+    }
+
+    #[test]
+    fn raspi4b_with_a_package_gets_the_firmware_device_tree() {
+        let req = QemuRequest {
+            image: Path::new("img.bin"),
+            initrd: Some(Path::new("target/packages/pi.cpio")),
+            device_tree: Some(Path::new("target/machines/raspi4b.dtb")),
+            ..request(Machine::Raspi4b, 4)
+        };
+        assert_eq!(
+            qemu_args(&req).unwrap().join(" "),
+            "-M raspi4b -display none -monitor none -serial stdio -kernel img.bin \
+             -initrd target/packages/pi.cpio -dtb target/machines/raspi4b.dtb"
+        );
+    }
+
+    #[test]
+    fn raspi4b_refuses_a_package_without_a_device_tree() {
+        let req = QemuRequest {
+            initrd: Some(Path::new("target/packages/pi.cpio")),
+            ..request(Machine::Raspi4b, 4)
+        };
+        assert_eq!(
+            qemu_args(&req).unwrap_err(),
+            "raspi4b needs a device tree (-dtb) beside the initrd target/packages/pi.cpio: \
+             QEMU tells the image where its initrd is only inside one"
+        );
+    }
+
+    #[test]
+    fn only_raspi4b_has_a_firmware_device_tree() {
+        for preset in PRESETS {
+            assert_eq!(
+                preset.firmware_tree.is_some(),
+                preset.machine == Machine::Raspi4b,
+                "{}",
+                preset.name
+            );
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 mod bench;
 mod builder;
+mod firmware_dt;
 mod guests;
 mod image;
 mod machine;
@@ -26,6 +27,7 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context, Result, anyhow};
 use clap::{Parser, Subcommand};
 
+use crate::firmware_dt::FirmwareTrees;
 use crate::machine::{Board, Clock, Machine, QEMU_PROGRAM, QemuRequest, qemu_args, shell_words};
 use crate::process::Ending;
 use crate::variant::{SEMIHOSTING_FEATURE, Variant};
@@ -193,6 +195,10 @@ pub fn run_interactive(
     builder::build_image(root, &variant)?;
 
     let image = variant.image_path();
+    // A `-dtb` among the extra arguments comes later, so QEMU takes it
+    // instead of this one.
+    let device_tree =
+        FirmwareTrees::default().for_boot(root, target.machine, target.initrd.is_some())?;
     let args = qemu_args(&QemuRequest {
         machine: target.machine,
         cpus: target.cpus,
@@ -200,6 +206,7 @@ pub fn run_interactive(
         semihosting: variant.has_feature(SEMIHOSTING_FEATURE),
         image: &image,
         initrd: target.initrd,
+        device_tree: device_tree.as_deref(),
         extra_args,
         clock: Clock::Host,
     })

@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::builder;
+use crate::firmware_dt::FirmwareTrees;
 use crate::guests::ExampleBuilder;
 use crate::machine::{Clock, QEMU_PROGRAM, QemuRequest, qemu_args, shell_words};
 use crate::matcher::{Expectations, Mismatch};
@@ -69,6 +70,7 @@ pub fn run_tests(root: &Path, options: &TestOptions) -> Result<ExitCode> {
     std::fs::create_dir_all(&log_dir)
         .with_context(|| format!("cannot create {}", log_dir.display()))?;
 
+    let mut firmware_trees = FirmwareTrees::default();
     let (mut passed, mut failed) = (0, 0);
     for entry in &entries {
         let log = log_dir.join(format!("{}.log", entry.name));
@@ -89,8 +91,10 @@ pub fn run_tests(root: &Path, options: &TestOptions) -> Result<ExitCode> {
                             .unwrap_or(Path::new(""))
                             .display()
                     )),
-                    (Ok(_), Some(Ok(package))) => run_scenario(root, scenario, Some(package), &log),
-                    (Ok(_), None) => run_scenario(root, scenario, None, &log),
+                    (Ok(_), Some(Ok(package))) => {
+                        run_scenario(root, scenario, Some(package), &mut firmware_trees, &log)
+                    }
+                    (Ok(_), None) => run_scenario(root, scenario, None, &mut firmware_trees, &log),
                 }
             }
         };
@@ -366,10 +370,20 @@ impl Verdict {
     }
 }
 
-fn run_scenario(root: &Path, scenario: &Scenario, package: Option<&Path>, log: &Path) -> Verdict {
+fn run_scenario(
+    root: &Path,
+    scenario: &Scenario,
+    package: Option<&Path>,
+    firmware_trees: &mut FirmwareTrees,
+    log: &Path,
+) -> Verdict {
     let image = scenario.variant.image_path();
     // Relative to the root, where QEMU runs, so the .cmd file is portable.
     let initrd = package.map(|package| package.strip_prefix(root).unwrap_or(package));
+    let device_tree = match firmware_trees.for_boot(root, scenario.machine, initrd.is_some()) {
+        Ok(device_tree) => device_tree,
+        Err(err) => return Verdict::failed_before_boot(format!("{err:#}")),
+    };
     let request = QemuRequest {
         machine: scenario.machine,
         cpus: scenario.cpus,
@@ -377,6 +391,7 @@ fn run_scenario(root: &Path, scenario: &Scenario, package: Option<&Path>, log: &
         semihosting: true,
         image: &image,
         initrd,
+        device_tree: device_tree.as_deref(),
         extra_args: &scenario.qemu_args,
         clock: Clock::Host,
     };

@@ -243,7 +243,7 @@ pub fn parse(
         },
     };
 
-    check_qemu_args(&raw.qemu_args, system.is_some())
+    check_qemu_args(&raw.qemu_args, system.is_some().then_some(machine))
         .map_err(|reason| error("qemu_args", reason))?;
 
     Ok(Scenario {
@@ -311,7 +311,9 @@ fn regex_reason(err: &regex::Error) -> String {
         .unwrap_or(text)
 }
 
-fn check_qemu_args(args: &[String], has_system: bool) -> Result<(), String> {
+/// `system_machine` is the machine a system configuration runs on, when
+/// the scenario boots one.
+fn check_qemu_args(args: &[String], system_machine: Option<Machine>) -> Result<(), String> {
     for arg in args {
         let option = arg.trim_start_matches('-');
         if !arg.starts_with('-') {
@@ -323,9 +325,19 @@ fn check_qemu_args(args: &[String], has_system: bool) -> Result<(), String> {
                  scenario's keys (machine, cpus, memory); do not pass it here"
             ));
         }
-        if has_system && option == "initrd" {
+        let Some(machine) = system_machine else {
+            continue;
+        };
+        if option == "initrd" {
             return Err(format!(
                 "`{arg}` is set by the runner to the system's package; do not pass it here"
+            ));
+        }
+        if option == "dtb" && machine.preset().firmware_tree.is_some() {
+            return Err(format!(
+                "`{arg}` is set by the runner to the {} firmware device tree, which tells \
+                 the hypervisor where the system's package is; do not pass it here",
+                machine.name()
             ));
         }
     }
@@ -646,6 +658,24 @@ qemu_args = ["-dtb", "tests/boot/board.dtb"]
         let own =
             parse_ok("machine = 'virt-gicv3'\nexpect = ['x']\nqemu_args = ['-initrd', 'x']\n");
         assert_eq!(own.system, None);
+    }
+
+    #[test]
+    fn a_raspi4b_system_takes_its_device_tree_from_the_runner() {
+        let pi = "system = 'tests/guests/systems/pi.toml'\nexpect = ['x']\n";
+        assert_eq!(
+            parse_err(&format!("{pi}qemu_args = ['-dtb', 'board.dtb']\n")),
+            "tests/boot/virt-gicv3.toml: qemu_args: `-dtb` is set by the runner to the raspi4b \
+             firmware device tree, which tells the hypervisor where the system's package is; \
+             do not pass it here"
+        );
+        // QEMU writes virt's device tree itself, and without a system the
+        // runner passes no package: there -dtb is the scenario's business.
+        let with_dtb = "expect = ['x']\nqemu_args = ['-dtb', 'board.dtb']\n";
+        parse_ok(&format!(
+            "system = 'tests/guests/systems/two-vms.toml'\n{with_dtb}"
+        ));
+        parse_ok(&format!("machine = 'raspi4b'\n{with_dtb}"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Finding the workspace root, which every path the tool uses is relative
-//! to, whichever directory it is started from.
+//! to, whichever directory it is started from; and writing the files the
+//! tool hands to QEMU under it.
 
 use std::path::{Path, PathBuf};
 
@@ -40,6 +41,23 @@ pub fn display(path: &Path) -> String {
         .unwrap_or_else(|| path.to_path_buf())
         .display()
         .to_string()
+}
+
+/// Writes `bytes` to `path`, creating its directory. The file is written
+/// beside `path` and renamed into place, so a QEMU started meanwhile never
+/// reads half of it.
+pub fn write_whole_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    std::fs::write(&partial, bytes)
+        .with_context(|| format!("cannot write {}", partial.display()))?;
+    std::fs::rename(&partial, path)
+        .with_context(|| format!("cannot rename {} to {}", partial.display(), path.display()))?;
+    Ok(())
 }
 
 #[cfg(test)]

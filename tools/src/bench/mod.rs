@@ -79,6 +79,8 @@ pub fn run_bench(root: &Path) -> Result<ExitCode> {
         semihosting: false,
         image: &guest_image,
         initrd: None,
+        // Benchmarks run on virt, where QEMU writes the device tree.
+        device_tree: None,
         extra_args: &[],
         clock: Clock::Instructions,
     };

@@ -9,13 +9,14 @@ mod manifest;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 pub use inspect::inspect;
 pub use manifest::{MANIFEST_ENTRY, device_tree_entry, image_entry};
 
 use crate::system::LoadedSystem;
 use crate::system::guest_image::DEVICE_TREE_ROOM;
+use crate::workspace;
 
 /// Where packages go unless told otherwise, relative to the workspace root.
 pub const PACKAGE_DIR: &str = "target/packages";
@@ -53,20 +54,11 @@ pub fn build(system: &LoadedSystem) -> Result<Vec<u8>, String> {
     Ok(archive.finish())
 }
 
-/// Builds the package and writes it to `out`, creating its directory. The
-/// file is written beside `out` and renamed into place, so a QEMU started
-/// meanwhile never reads half a package.
+/// Builds the package and writes it to `out`, creating its directory,
+/// whole or not at all (see [`workspace::write_whole_file`]).
 pub fn write(system: &LoadedSystem, out: &Path) -> Result<()> {
     let bytes = build(system).map_err(|reason| anyhow::anyhow!(reason))?;
-    if let Some(dir) = out.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let partial = out.with_extension("cpio.partial");
-    std::fs::write(&partial, &bytes)
-        .with_context(|| format!("cannot write {}", partial.display()))?;
-    std::fs::rename(&partial, out)
-        .with_context(|| format!("cannot rename {} to {}", partial.display(), out.display()))?;
-    Ok(())
+    workspace::write_whole_file(out, &bytes)
 }
 
 #[cfg(test)]
