@@ -447,14 +447,30 @@ fn print_banner(
             kib(tree.size())
         );
     }
+    if let Some(initrd) = machine.initrd {
+        println!(
+            "tessera:   package (initrd) {initrd} {} KiB",
+            kib(initrd.size())
+        );
+    }
     for range in machine.reserved.ranges() {
         println!(
             "tessera:   reserved         {range} {} KiB",
             kib(range.size())
         );
     }
+    // The board's own firmware areas, unless the device tree reserved
+    // them already (the Pi firmware's tree does).
     for range in BOARD.firmware_reserved {
         let range = PhysRange::from(*range);
+        if machine
+            .reserved
+            .ranges()
+            .iter()
+            .any(|reserved| reserved.start <= range.start && range.end <= reserved.end)
+        {
+            continue;
+        }
         println!(
             "tessera:   firmware         {range} {} KiB",
             kib(range.size())
