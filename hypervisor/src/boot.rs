@@ -195,7 +195,7 @@ pub extern "C" fn primary_entry(device_tree_address: u64, run_address: u64) -> !
     }
     // SAFETY: the map covers the image, all RAM (stacks, BSS, device tree)
     // and the board's device windows, identity-mapped.
-    unsafe { arch::enable_mmu(el2_map.root) };
+    unsafe { arch::enable_mmu(el2_map.root, arch::entry::boot_stack_top(0)) };
     arch::enable_system_errors();
 
     console::init(BOARD.console_uart.base as usize);

@@ -7,9 +7,8 @@
 //! then the console lock.
 
 use spin::Mutex;
-use tessera_hypervisor::crash_report::TrapFrame;
 use tessera_hypervisor::device_bus::{self, GuestDevice};
-use tessera_hypervisor::guest_exit::{self, MmioAccess};
+use tessera_hypervisor::guest_exit::{AccessFrame, MmioAccess};
 use tessera_hypervisor::manifest::MAX_VMS;
 
 use crate::vuart::VirtualUart;
@@ -50,28 +49,34 @@ pub fn reset(index: usize) {
 
 /// Carries out a trapped `access` of VM `index`, and steps the guest past
 /// the instruction. Returns false, changing nothing, when no device is
-/// behind the address: the caller gives the guest an external abort.
+/// behind the address (the caller gives the guest an external abort) or
+/// when the access's register is not in `frame` (the caller takes the full
+/// path, where it is).
 ///
-/// This is the most frequent guest exit; it stays free of logging,
-/// formatting and allocation.
+/// This is the most frequent guest exit; it stays free of logging and
+/// allocation. A UART store that completes a line writes that line to the
+/// console (formatted, under the console lock) before it returns.
 #[inline(always)]
-pub fn emulate(index: usize, frame: &mut TrapFrame, access: &MmioAccess) -> bool {
+pub fn emulate(index: usize, frame: &mut AccessFrame<'_>, access: &MmioAccess) -> bool {
     let Some((device, offset)) = device_bus::route(access.address, access.width) else {
+        return false;
+    };
+    let Some(data) = frame.data_register(access) else {
         return false;
     };
     let mut devices = DEVICES[index].lock();
     match device {
         GuestDevice::Uart => {
             if access.is_write {
-                let value = guest_exit::stored_value(access, frame);
-                devices.uart.write(offset, access.width, value);
+                devices
+                    .uart
+                    .write(offset, access.width, data.stored_value());
             } else {
-                let value = devices.uart.read(offset, access.width);
-                guest_exit::complete_load(access, frame, value);
+                data.complete_load(access, devices.uart.read(offset, access.width));
             }
         }
     }
     drop(devices);
-    frame.exception_link = frame.exception_link.wrapping_add(4);
+    frame.step_over_instruction();
     true
 }

@@ -5,7 +5,7 @@
 
 use tessera_hypervisor::crash_report::{TrapFrame, VectorKind, write_crash_report};
 use tessera_hypervisor::exception_syndrome::ExceptionSyndrome;
-use tessera_hypervisor::guest_exit;
+use tessera_hypervisor::guest_exit::{self, CallerSavedFrame};
 
 use crate::arch::guest;
 use crate::{arch, board::BOARD, console, devices, power, timer, vm};
@@ -13,7 +13,8 @@ use crate::{arch, board::BOARD, console, devices, power, timer, vm};
 /// Vector slots: groups of four (sync, IRQ, FIQ, SError) for current EL with
 /// SP_EL0, current EL with SP_ELx, lower EL AArch64, lower EL AArch32.
 const CURRENT_EL_SPX_IRQ: u64 = 5;
-const LOWER_EL_SYNCHRONOUS: u64 = 8;
+// Slot 8 (synchronous, lower EL AArch64) has its own entry path in
+// `arch::vectors` and never reaches `handle_exception`.
 const LOWER_EL_IRQ: u64 = 9;
 const LOWER_EL_FIQ: u64 = 10;
 const LOWER_EL_SERROR: u64 = 11;
@@ -27,17 +28,17 @@ const AARCH32_LOWER_EL_SERROR: u64 = 15;
 /// far, and returns true; returns false, having changed nothing, for any
 /// other exit, which then goes to [`handle_guest_synchronous`].
 ///
-/// Only x0..x18, x30, ELR, ESR and FAR are in `frame` here: an access whose
-/// register is one of x19..x29 is left to the full path, where they are.
-pub extern "C" fn handle_device_access(frame: &mut TrapFrame) -> bool {
+/// Only x0..x18, x30, ELR, ESR and FAR are saved here, which is all
+/// `CallerSavedFrame` lets this code see: an access through x19..x29 is
+/// left to the full path, where they are.
+pub extern "C" fn handle_device_access(frame: &mut CallerSavedFrame) -> bool {
     let this_cpu = vm::this_cpu();
     if let Some(access) = guest_exit::decode_emulated_mmio(
-        ExceptionSyndrome(frame.syndrome),
-        frame.fault_address,
+        ExceptionSyndrome(frame.syndrome()),
+        frame.fault_address(),
         guest::faulting_guest_page(),
-    ) && !(19..=29).contains(&access.register)
-        && let Some(index) = this_cpu.vm_index()
-        && devices::emulate(index, frame, &access)
+    ) && let Some(index) = this_cpu.vm_index()
+        && devices::emulate(index, &mut frame.access(), &access)
     {
         this_cpu.honour_stop_request();
         return true;
@@ -54,7 +55,6 @@ pub extern "C" fn handle_guest_synchronous(frame: &mut TrapFrame) {
 /// Called by the vector stubs with the saved frame and the vector slot.
 pub extern "C" fn handle_exception(frame: &mut TrapFrame, slot: u64) {
     match slot {
-        LOWER_EL_SYNCHRONOUS => return vm::handle_guest_exit(frame),
         CURRENT_EL_SPX_IRQ => return timer::handle_irq(),
         // Interrupts while a guest ran, whichever state it was in (EL1 is
         // always AArch64, but a guest may run AArch32 code at EL0).

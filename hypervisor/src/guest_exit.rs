@@ -182,24 +182,109 @@ pub fn decode(syndrome: ExceptionSyndrome, far: u64, hpfar: u64) -> GuestExit {
     }
 }
 
-/// The value an emulated store writes: its source register, or zero for
-/// XZR (register 31).
-#[must_use]
-#[inline]
-pub const fn stored_value(access: &MmioAccess, frame: &TrapFrame) -> u64 {
-    if access.register < 31 {
-        frame.registers[access.register as usize]
-    } else {
-        0
+/// Which of a guest's general registers a trap frame holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SavedRegisters {
+    /// x0..x30: the full exit path.
+    All,
+    /// x0..x18 and x30: the device-access fast path, which leaves the
+    /// callee-saved x19..x29 live in the CPU (`arch::vectors`).
+    CallerSaved,
+}
+
+/// The frame of the device-access fast path: only x0..x18, x30, ELR, ESR
+/// and FAR hold the guest's values; x19..x29, SP and SPSR are stale. The
+/// type lets code read only what is there.
+#[repr(transparent)]
+pub struct CallerSavedFrame(TrapFrame);
+
+impl CallerSavedFrame {
+    /// ESR_EL2 of the exit.
+    #[must_use]
+    pub const fn syndrome(&self) -> u64 {
+        self.0.syndrome
+    }
+
+    /// FAR_EL2 of the exit.
+    #[must_use]
+    pub const fn fault_address(&self) -> u64 {
+        self.0.fault_address
+    }
+
+    /// The registers a device access may use.
+    pub const fn access(&mut self) -> AccessFrame<'_> {
+        AccessFrame {
+            frame: &mut self.0,
+            saved: SavedRegisters::CallerSaved,
+        }
     }
 }
 
-/// Finishes an emulated load: the device's `value`, extended as the
-/// instruction asks, goes to the destination register (nowhere for XZR).
-#[inline]
-pub const fn complete_load(access: &MmioAccess, frame: &mut TrapFrame, value: u64) {
-    if access.register < 31 {
-        frame.registers[access.register as usize] = extend_loaded_value(access, value);
+/// A trapped guest's registers as an emulated device access uses them:
+/// the data register and the program counter, from a full frame or from
+/// the fast path's partial one.
+pub struct AccessFrame<'a> {
+    frame: &'a mut TrapFrame,
+    saved: SavedRegisters,
+}
+
+impl<'a> AccessFrame<'a> {
+    /// A frame with every register saved.
+    pub const fn full(frame: &'a mut TrapFrame) -> Self {
+        Self {
+            frame,
+            saved: SavedRegisters::All,
+        }
+    }
+
+    /// Whether `access`'s data register is in this frame (XZR always is).
+    #[must_use]
+    #[inline]
+    pub const fn holds_register_of(&self, access: &MmioAccess) -> bool {
+        match self.saved {
+            SavedRegisters::All => true,
+            SavedRegisters::CallerSaved => access.register < 19 || access.register > 29,
+        }
+    }
+
+    /// `access`'s data register, or `None` when it is not in the frame.
+    #[must_use]
+    #[inline]
+    pub fn data_register(&mut self, access: &MmioAccess) -> Option<DataRegister<'_>> {
+        self.holds_register_of(access).then(|| DataRegister {
+            // Register 31 is XZR: no slot.
+            slot: self.frame.registers.get_mut(usize::from(access.register)),
+        })
+    }
+
+    /// Steps the guest past the trapped instruction (always 4 bytes: an
+    /// AArch64 load or store).
+    #[inline]
+    pub const fn step_over_instruction(&mut self) {
+        self.frame.exception_link = self.frame.exception_link.wrapping_add(4);
+    }
+}
+
+/// The data register of an emulated access, known to be in the frame.
+pub struct DataRegister<'f> {
+    slot: Option<&'f mut u64>,
+}
+
+impl DataRegister<'_> {
+    /// The value a store writes: the register, or zero for XZR.
+    #[must_use]
+    #[inline]
+    pub fn stored_value(&self) -> u64 {
+        self.slot.as_deref().copied().unwrap_or(0)
+    }
+
+    /// Finishes a load: the device's `value`, extended as the instruction
+    /// asks, goes to the register (nowhere for XZR).
+    #[inline]
+    pub fn complete_load(self, access: &MmioAccess, value: u64) {
+        if let Some(slot) = self.slot {
+            *slot = extend_loaded_value(access, value);
+        }
     }
 }
 
@@ -303,7 +388,8 @@ mod tests {
             );
         }
         for other in [
-            valid | 0x08,                                  // access flag: left to decode
+            valid | 0x09,                                  // access flag, level 1: left to decode
+            valid | 0x0B,                                  // access flag, level 3
             valid | 0x0D,                                  // permission
             valid | 0x10,                                  // synchronous external abort
             valid | (1 << 8) | 0x04,                       // cache maintenance
@@ -408,18 +494,48 @@ mod tests {
             sign_extend: false,
             sixty_four_bit_register: false,
         };
-        assert_eq!(stored_value(&access, &frame), 0xAB);
+        let mut view = AccessFrame::full(&mut frame);
+        assert_eq!(view.data_register(&access).unwrap().stored_value(), 0xAB);
         access.register = 31;
-        assert_eq!(stored_value(&access, &frame), 0);
+        assert_eq!(view.data_register(&access).unwrap().stored_value(), 0);
         access.is_write = false;
-        complete_load(&access, &mut frame, 0x1FF);
-        assert_eq!(frame.registers, {
-            let mut expected = [0; 31];
-            expected[7] = 0xAB;
-            expected
-        });
+        view.data_register(&access)
+            .unwrap()
+            .complete_load(&access, 0x1FF);
         access.register = 30;
-        complete_load(&access, &mut frame, 0x1FF);
-        assert_eq!(frame.registers[30], 0xFF);
+        view.data_register(&access)
+            .unwrap()
+            .complete_load(&access, 0x1FF);
+        view.step_over_instruction();
+        let mut expected = [0; 31];
+        expected[7] = 0xAB;
+        expected[30] = 0xFF;
+        assert_eq!(frame.registers, expected);
+        assert_eq!(frame.exception_link, 4);
+    }
+
+    #[test]
+    fn the_fast_path_frame_refuses_the_registers_it_did_not_save() {
+        let mut frame = CallerSavedFrame(TrapFrame::default());
+        frame.0.registers[19] = 0x1919;
+        let mut access = MmioAccess {
+            address: GuestPhysAddr(0),
+            width: AccessWidth::Word,
+            is_write: true,
+            register: 19,
+            sign_extend: false,
+            sixty_four_bit_register: false,
+        };
+        let mut view = frame.access();
+        for register in 19..=29 {
+            access.register = register;
+            assert!(!view.holds_register_of(&access));
+            assert!(view.data_register(&access).is_none());
+        }
+        for register in (0..19).chain([30, 31]) {
+            access.register = register;
+            assert!(view.holds_register_of(&access));
+        }
+        assert_eq!(frame.0.registers[19], 0x1919);
     }
 }

@@ -148,16 +148,15 @@ pub fn build_el2_map(ram: &RangeSet, image: &ImageLayout) -> Result<El2Map, MapE
     })
 }
 
-/// What the boot CPU writes before its MMU is on and still uses: the
-/// image's data, the BSS, its boot stack and the EL2 tables. Those stores went straight to
-/// memory, but lines for the same addresses may still sit in the caches
-/// from whoever ran before (firmware, a boot loader); once the MMU is on
-/// they would be hit and hide what was written. The boot CPU discards them
-/// just before it turns the MMU on, as Linux does for its early tables.
-pub fn written_with_mmu_off(map: &El2Map) -> [PhysRange; 4] {
+/// What the boot CPU writes before its MMU is on and reads after, besides
+/// its stack: the image's data, the BSS and the EL2 tables. Those stores
+/// went straight to memory, but lines for the same addresses may still sit
+/// in the caches from whoever ran before (firmware, a boot loader); once
+/// the MMU is on they would be hit and hide what was written. The boot CPU
+/// discards them just before it turns the MMU on, as Linux does for its
+/// early tables; `arch::enable_mmu` does the same for the live stack.
+pub fn written_with_mmu_off(map: &El2Map) -> [PhysRange; 3] {
     let address = |symbol: *const u8| PhysAddr(symbol as u64);
-    let stack_top = address((&raw const crate::arch::entry::BOOT_STACKS).cast()).0
-        + crate::arch::entry::STACK_SIZE as u64;
     [
         PhysRange {
             start: address(&raw const __data_start),
@@ -166,12 +165,6 @@ pub fn written_with_mmu_off(map: &El2Map) -> [PhysRange; 4] {
         PhysRange {
             start: address(&raw const __bss_start),
             end: address(&raw const __bss_end),
-        },
-        // The live part of the boot stack: what lies deeper was written by
-        // calls that have returned, and is dead.
-        PhysRange {
-            start: PhysAddr(crate::arch::stack_pointer()),
-            end: PhysAddr(stack_top),
         },
         map.tables,
     ]

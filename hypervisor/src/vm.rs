@@ -2,8 +2,9 @@
 //! carrying out what their exits ask for (PSCI, MMIO, faults).
 //!
 //! Lock order (outermost first): a VM's `runtime` lock, then its device lock
-//! (`devices`), then a CPU's `START_REQUESTS` lock, then the console lock. The GIC lock is never held while
-//! taking any of these.
+//! (`devices`), then a CPU's `START_REQUESTS` lock, then the console lock.
+//! None of these is held while taking the GIC lock (GICv2), which is held
+//! while an interrupt is dispatched; its handler may take the console lock.
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -14,7 +15,7 @@ use tessera_hypervisor::address::{GuestPhysAddr, PhysAddr};
 use tessera_hypervisor::crash_report::TrapFrame;
 use tessera_hypervisor::exception_syndrome::ExceptionSyndrome;
 use tessera_hypervisor::fast_copy;
-use tessera_hypervisor::guest_exit::{self, GuestExit, MmioAccess};
+use tessera_hypervisor::guest_exit::{self, AccessFrame, GuestExit, MmioAccess};
 use tessera_hypervisor::manifest::{MAX_VMS, SystemManifest, VmManifest};
 use tessera_hypervisor::package::Package;
 use tessera_hypervisor::page_table::{
@@ -114,6 +115,11 @@ pub struct CpuPlacement {
     /// The running vCPU's set/way state; only this CPU touches it.
     set_way: Mutex<SetWayTracker>,
 }
+
+const _: () = assert!(
+    size_of::<CpuPlacement>() == 32,
+    "a CPU's placement is found with a shift: keep it 32 bytes"
+);
 
 static CPU_PLACEMENT: [CpuPlacement; MAX_CPUS] = [const {
     CpuPlacement {
@@ -406,10 +412,6 @@ pub fn idle_loop() -> ! {
     }
 }
 
-fn stack_top(cpu: usize) -> u64 {
-    (&raw const entry::BOOT_STACKS) as u64 + ((cpu + 1) * entry::STACK_SIZE) as u64
-}
-
 /// Enters vCPU `vcpu` of VM `index` at `entry` with x0 = `argument`, or
 /// returns at once when the VM's state has overtaken the request.
 fn run_vcpu(index: usize, vcpu: usize, entry_point: u64, argument: u64) {
@@ -448,7 +450,7 @@ fn run_vcpu(index: usize, vcpu: usize, entry_point: u64, argument: u64) {
     // other use is `enter_guest` below, on this CPU.
     unsafe { slot.write(entry_frame) };
     // SAFETY: as above; the reference ends when `enter_guest` has copied it.
-    vectors::enter_guest(unsafe { &*slot }, stack_top(cpu))
+    vectors::enter_guest(unsafe { &*slot }, entry::boot_stack_top(cpu))
 }
 
 /// The VM and vCPU this CPU runs, if any.
@@ -628,7 +630,7 @@ pub fn handle_guest_exit(frame: &mut TrapFrame) {
 }
 
 fn handle_mmio(index: usize, frame: &mut TrapFrame, access: &MmioAccess) {
-    if devices::emulate(index, frame, access) {
+    if devices::emulate(index, &mut AccessFrame::full(frame), access) {
         return;
     }
     log::debug!(

@@ -27,6 +27,11 @@ pub struct BootStacks(pub [[u8; STACK_SIZE]; MAX_CPUS]);
 #[unsafe(link_section = ".bss.stacks")]
 pub static mut BOOT_STACKS: BootStacks = BootStacks([[0; STACK_SIZE]; MAX_CPUS]);
 
+/// The top of CPU `cpu`'s boot stack (stacks grow down).
+pub fn boot_stack_top(cpu: usize) -> u64 {
+    (&raw const BOOT_STACKS) as u64 + ((cpu + 1) * STACK_SIZE) as u64
+}
+
 /// What a secondary CPU needs before it can run Rust: the CPU list (to find
 /// its index) and the boot CPU's MMU settings. Written by the boot CPU and
 /// cleaned to the point of coherency before any secondary starts.

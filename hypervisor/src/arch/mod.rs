@@ -139,6 +139,9 @@ pub fn clean_to_point_of_coherency(start: usize, length: usize) {
 /// lost. With the MMU off nothing this program wrote is cached, which is
 /// where this is used.
 pub unsafe fn invalidate_data_cache(start: usize, length: usize) {
+    if length == 0 {
+        return;
+    }
     let line = data_cache_line_bytes();
     let end = start + length;
     let mut address = start & !(line - 1);
@@ -170,15 +173,6 @@ pub unsafe fn invalidate_data_cache(start: usize, length: usize) {
     }
     // SAFETY: a barrier has no memory-safety effect.
     unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
-}
-
-/// The current stack pointer.
-#[inline(always)]
-pub fn stack_pointer() -> u64 {
-    let value: u64;
-    // SAFETY: reading SP has no side effects.
-    unsafe { asm!("mov {}, sp", out(reg) value, options(nomem, nostack, preserves_flags)) };
-    value
 }
 
 /// The smallest data cache line in the system (CTR_EL0.DminLine), the
@@ -238,13 +232,27 @@ pub const fn mair_el2_value() -> u64 {
 /// # Safety
 /// `root` must be a complete identity map of everything this CPU touches
 /// from here on (code, stack, data, devices), with the attribute indices of
-/// `MAIR_EL2_VALUE`.
-pub unsafe fn enable_mmu(root: u64) {
+/// `MAIR_EL2_VALUE`. The MMU must be off and `stack_top` the top of the
+/// stack in use: its lines from SP up are discarded, so nothing there may
+/// exist only in a cache (with the MMU off, nothing does).
+pub unsafe fn enable_mmu(root: u64, stack_top: u64) {
     let tcr = tcr_el2_value();
     // SAFETY: the caller guarantees the tables identity-map all live memory,
     // so execution continues at the same addresses once translation is on.
+    // The stack from SP up was written with the cache off: its lines are
+    // discarded (see `memory::written_with_mmu_off`) in this same block, so
+    // nothing is pushed between that and the MMU going on.
     unsafe {
         asm!(
+            "mov {line_address}, sp",
+            "sub {mask}, {line}, #1",
+            "bic {line_address}, {line_address}, {mask}",
+            "1:",
+            "dc ivac, {line_address}",
+            "add {line_address}, {line_address}, {line}",
+            "cmp {line_address}, {stack_top}",
+            "b.lo 1b",
+            "dsb sy",
             "msr mair_el2, {mair}",
             "msr tcr_el2, {tcr}",
             "msr ttbr0_el2, {root}",
@@ -254,11 +262,15 @@ pub unsafe fn enable_mmu(root: u64) {
             "isb",
             "msr sctlr_el2, {sctlr}",
             "isb",
+            line_address = out(reg) _,
+            mask = out(reg) _,
+            line = in(reg) data_cache_line_bytes(),
+            stack_top = in(reg) stack_top,
             mair = in(reg) MAIR_EL2_VALUE,
             tcr = in(reg) tcr,
             root = in(reg) root,
             sctlr = in(reg) SCTLR_EL2_VALUE,
-            options(nostack, preserves_flags)
+            options(nostack)
         );
     }
 }

@@ -175,7 +175,8 @@ guest_synchronous:
     save_exception_registers
     mov     x0, sp
     bl      {device_access}
-    cbz     w0, 1f
+    // A Rust `bool` is defined in bit 0 only.
+    tbz     w0, #0, 1f
     // Done: back to the guest with what step one saved (ELR advanced).
     ldr     x2, [sp, #256]
     msr     elr_el2, x2
