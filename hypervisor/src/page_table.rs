@@ -42,10 +42,15 @@ pub trait TableStore {
     fn table_mut(&mut self, address: PhysAddr) -> &mut Table;
 }
 
-/// The TLB and barrier work a tree's owner does when a live entry changes:
-/// for stage 2, `DSB ISHST` and `TLBI IPAS2E1IS`/`VMALLS12E1IS` under the
-/// VM's VMID; for EL2 stage 1, `TLBI VAE2IS`. The table code decides *when*
-/// (break-before-make); the implementation knows *how*.
+/// The TLB and barrier work a tree's owner does when a live entry changes;
+/// the table code decides *when* (break-before-make), the implementation
+/// knows *how*. For stage 2, under the VM's VMID (its VTTBR_EL2 loaded):
+/// publish is `DSB ISHST`; invalidating one page is `TLBI IPAS2E1IS` with
+/// the IPA, then `DSB ISH`, then `TLBI VMALLE1IS` (TLBs may hold combined
+/// stage 1+2 entries, which an IPA-based TLBI does not reach), `DSB ISH`,
+/// `ISB`; a larger span is `TLBI VMALLS12E1IS`, `DSB ISH`, `ISB` (a TLB
+/// may hold a block as smaller entries). For EL2 stage 1: `TLBI VAE2IS`
+/// per page or `TLBI ALLE2IS`, then `DSB ISH`, `ISB`.
 pub trait TlbMaintenance {
     /// Makes the table stores so far visible to the translation table
     /// walkers of every CPU that may use the tree.
@@ -349,7 +354,8 @@ impl PageTable {
     /// that the range only partly covers is first split into next-level
     /// entries with the same translation and attributes. Every live entry
     /// is changed break-before-make: made invalid, published, its cached
-    /// translations invalidated through `tlb`, and only then replaced.
+    /// translations invalidated, and only then replaced. `tables` is both
+    /// where the tables live and who does the TLB maintenance.
     /// Tables that end up empty stay in the tree.
     ///
     /// # Errors
@@ -361,8 +367,7 @@ impl PageTable {
         &mut self,
         input: u64,
         size: u64,
-        store: &mut impl TableStore,
-        tlb: &mut impl TlbMaintenance,
+        tables: &mut (impl TableStore + TlbMaintenance),
     ) -> Result<(), MapError> {
         if !input.is_multiple_of(PAGE_SIZE) || !size.is_multiple_of(PAGE_SIZE) {
             return Err(MapError::Misaligned);
@@ -371,7 +376,7 @@ impl PageTable {
         if end > 1 << self.regime.input_address_bits() {
             return Err(MapError::OutOfRange);
         }
-        Self::unmap_in_table(self.root, self.regime.root_level(), input, size, store, tlb)
+        Self::unmap_in_table(self.root, self.regime.root_level(), input, size, tables)
     }
 
     fn unmap_in_table(
@@ -379,28 +384,26 @@ impl PageTable {
         level: usize,
         mut input: u64,
         mut size: u64,
-        store: &mut impl TableStore,
-        tlb: &mut impl TlbMaintenance,
+        tables: &mut (impl TableStore + TlbMaintenance),
     ) -> Result<(), MapError> {
         let span = entry_span(level);
         while size > 0 {
             let index = entry_index(input, level);
             let chunk = size.min(span - input % span);
-            let existing = store.table_mut(table).0[index];
+            let existing = tables.table_mut(table).0[index];
             if existing & DESCRIPTOR_VALID == 0 {
                 // Nothing mapped here.
             } else if level < 3 && existing & DESCRIPTOR_TABLE_OR_PAGE != 0 {
                 let next = PhysAddr(existing & OUTPUT_ADDRESS_MASK);
-                Self::unmap_in_table(next, level + 1, input, chunk, store, tlb)?;
+                Self::unmap_in_table(next, level + 1, input, chunk, tables)?;
             } else if chunk == span {
                 // A whole block or page: break, and nothing to make.
-                store.table_mut(table).0[index] = 0;
-                tlb.publish();
-                tlb.invalidate(input, span);
+                tables.table_mut(table).0[index] = 0;
+                tables.publish();
+                tables.invalidate(input, span);
             } else {
-                let next =
-                    Self::split_block(table, index, level, input - input % span, store, tlb)?;
-                Self::unmap_in_table(next, level + 1, input, chunk, store, tlb)?;
+                let next = Self::split_block(table, index, level, input - input % span, tables)?;
+                Self::unmap_in_table(next, level + 1, input, chunk, tables)?;
             }
             input += chunk;
             size -= chunk;
@@ -416,10 +419,9 @@ impl PageTable {
         index: usize,
         level: usize,
         input: u64,
-        store: &mut impl TableStore,
-        tlb: &mut impl TlbMaintenance,
+        tables: &mut (impl TableStore + TlbMaintenance),
     ) -> Result<PhysAddr, MapError> {
-        let block = store.table_mut(table).0[index];
+        let block = tables.table_mut(table).0[index];
         let span = entry_span(level);
         let next_span = entry_span(level + 1);
         let output = block & OUTPUT_ADDRESS_MASK & !(span - 1);
@@ -430,18 +432,18 @@ impl PageTable {
         } else {
             DESCRIPTOR_VALID
         };
-        let next = store.allocate_table().ok_or(MapError::OutOfTables)?;
-        for (offset, entry) in store.table_mut(next).0.iter_mut().enumerate() {
+        let next = tables.allocate_table().ok_or(MapError::OutOfTables)?;
+        for (offset, entry) in tables.table_mut(next).0.iter_mut().enumerate() {
             *entry = (output + offset as u64 * next_span) | attributes | kind;
         }
         // Break: the block goes, and no CPU may keep a cached copy of it ...
-        store.table_mut(table).0[index] = 0;
-        tlb.publish();
-        tlb.invalidate(input, span);
+        tables.table_mut(table).0[index] = 0;
+        tables.publish();
+        tables.invalidate(input, span);
         // ... before make: the filled table takes its place.
-        store.table_mut(table).0[index] =
+        tables.table_mut(table).0[index] =
             (next.0 & OUTPUT_ADDRESS_MASK) | DESCRIPTOR_TABLE_OR_PAGE | DESCRIPTOR_VALID;
-        tlb.publish();
+        tables.publish();
         Ok(next)
     }
 
@@ -621,10 +623,13 @@ mod tests {
         );
     }
 
-    /// A TLB that caches translations page by page, as a CPU would, and
-    /// records the maintenance it is asked for.
-    #[derive(Default)]
-    struct ModelTlb {
+    /// Tables plus a TLB that caches translations page by page, as a CPU
+    /// would, and records the maintenance it is asked for. At each
+    /// invalidation it checks that the range no longer translates: the
+    /// entry was broken (and published) before, not after.
+    struct ModelMachine {
+        store: HeapStore,
+        walker: Option<PageTable>,
         cached: std::collections::BTreeMap<u64, (PhysAddr, u64)>,
         events: Vec<TlbEvent>,
     }
@@ -635,18 +640,59 @@ mod tests {
         Invalidate { input: u64, span: u64 },
     }
 
-    impl ModelTlb {
+    impl ModelMachine {
+        /// A machine with `size` bytes at 0x4000_0000 mapped to 0x8000_0000
+        /// in a stage-2 tree (2 MiB blocks when `size` is a multiple).
+        fn stage2(size: u64) -> (Self, PageTable) {
+            Self::with(Regime::Stage2, 0x4000_0000, PhysAddr(0x8000_0000), size)
+        }
+
+        fn with(regime: Regime, input: u64, output: PhysAddr, size: u64) -> (Self, PageTable) {
+            let mut machine = Self {
+                store: HeapStore::default(),
+                walker: None,
+                cached: std::collections::BTreeMap::new(),
+                events: Vec::new(),
+            };
+            let mut table = PageTable::new(regime, &mut machine).unwrap();
+            table
+                .map(input, output, size, MapAttributes::RAM, &mut machine)
+                .unwrap();
+            machine.walker = Some(PageTable {
+                root: table.root,
+                regime,
+            });
+            (machine, table)
+        }
+
+        fn translate(&mut self, input: u64) -> Option<(PhysAddr, u64)> {
+            let walker = self.walker.take().expect("set up by `with`");
+            let translation = walker.translate(input, &mut self.store);
+            self.walker = Some(walker);
+            translation
+        }
+
         /// Walks (and caches) the translation of every page in a range.
-        fn warm(&mut self, table: &PageTable, store: &mut HeapStore, start: u64, size: u64) {
+        fn warm(&mut self, start: u64, size: u64) {
             for page in (start..start + size).step_by(PAGE_SIZE as usize) {
-                if let Some(translation) = table.translate(page, store) {
+                if let Some(translation) = self.translate(page) {
                     self.cached.insert(page, translation);
                 }
             }
         }
     }
 
-    impl TlbMaintenance for ModelTlb {
+    impl TableStore for ModelMachine {
+        fn allocate_table(&mut self) -> Option<PhysAddr> {
+            self.store.allocate_table()
+        }
+
+        fn table_mut(&mut self, address: PhysAddr) -> &mut Table {
+            self.store.table_mut(address)
+        }
+    }
+
+    impl TlbMaintenance for ModelMachine {
         fn publish(&mut self) {
             self.events.push(TlbEvent::Publish);
         }
@@ -657,47 +703,36 @@ mod tests {
                 Some(&TlbEvent::Publish),
                 "the broken entry is published before its translations are invalidated"
             );
+            assert_eq!(
+                self.translate(input),
+                None,
+                "invalidated while {input:#x} still translates: make before break"
+            );
             self.cached
                 .retain(|page, _| !(input..input + span).contains(page));
             self.events.push(TlbEvent::Invalidate { input, span });
         }
     }
 
-    fn stage2_with_two_blocks(store: &mut HeapStore) -> PageTable {
-        let mut table = PageTable::new(Regime::Stage2, store).unwrap();
-        table
-            .map(
-                0x4000_0000,
-                PhysAddr(0x8000_0000),
-                4 * MIB,
-                MapAttributes::RAM,
-                store,
-            )
-            .unwrap();
-        table
-    }
-
     #[test]
     fn unmapping_pages_inside_a_block_splits_it_break_before_make() {
-        let mut store = HeapStore::default();
-        let mut table = stage2_with_two_blocks(&mut store);
-        let mut tlb = ModelTlb::default();
-        tlb.warm(&table, &mut store, 0x4000_0000, 4 * MIB);
-        let (_, block) = table.translate(0x4000_0000, &mut store).unwrap();
+        let (mut machine, mut table) = ModelMachine::stage2(4 * MIB);
+        machine.warm(0x4000_0000, 4 * MIB);
+        let (_, block) = machine.translate(0x4000_0000).unwrap();
 
         table
-            .unmap(0x4010_0000, 2 * PAGE_SIZE, &mut store, &mut tlb)
+            .unmap(0x4010_0000, 2 * PAGE_SIZE, &mut machine)
             .unwrap();
 
         // The two pages are gone from the tables and from the TLB.
         for page in [0x4010_0000, 0x4010_1000] {
-            assert_eq!(table.translate(page, &mut store), None);
-            assert!(!tlb.cached.contains_key(&page));
+            assert_eq!(machine.translate(page), None);
+            assert!(!machine.cached.contains_key(&page));
         }
         // The rest of the block translates as before, now as pages with the
         // block's attributes; the second block is untouched.
         for page in [0x4000_0000, 0x400F_F000, 0x4010_2000, 0x401F_F000] {
-            let (output, descriptor) = table.translate(page, &mut store).unwrap();
+            let (output, descriptor) = machine.translate(page).unwrap();
             assert_eq!(output, PhysAddr(page - 0x4000_0000 + 0x8000_0000));
             assert_eq!(descriptor & 0b11, 0b11, "a page now");
             assert_eq!(
@@ -705,13 +740,13 @@ mod tests {
                 block & !(OUTPUT_ADDRESS_MASK | 0b11)
             );
         }
-        let (_, second) = table.translate(0x4020_0000, &mut store).unwrap();
+        let (_, second) = machine.translate(0x4020_0000).unwrap();
         assert_eq!(second & 0b11, 0b01, "still a block");
-        assert!(tlb.cached.contains_key(&0x4020_0000));
+        assert!(machine.cached.contains_key(&0x4020_0000));
         // The block was broken (and its translations dropped) before the
         // table replaced it, then each page went the same way.
         assert_eq!(
-            tlb.events,
+            machine.events,
             [
                 TlbEvent::Publish,
                 TlbEvent::Invalidate {
@@ -735,24 +770,18 @@ mod tests {
 
     #[test]
     fn unmapping_whole_blocks_needs_no_split() {
-        let mut store = HeapStore::default();
-        let mut table = stage2_with_two_blocks(&mut store);
-        let tables_before = store.tables.len();
-        let mut tlb = ModelTlb::default();
-        tlb.warm(&table, &mut store, 0x4000_0000, 4 * MIB);
-        table
-            .unmap(0x4000_0000, 4 * MIB, &mut store, &mut tlb)
-            .unwrap();
-        assert_eq!(store.tables.len(), tables_before);
-        assert!(tlb.cached.is_empty());
-        assert_eq!(table.translate(0x4000_0000, &mut store), None);
-        assert_eq!(table.translate(0x403F_F000, &mut store), None);
+        let (mut machine, mut table) = ModelMachine::stage2(4 * MIB);
+        let tables_before = machine.store.tables.len();
+        machine.warm(0x4000_0000, 4 * MIB);
+        table.unmap(0x4000_0000, 4 * MIB, &mut machine).unwrap();
+        assert_eq!(machine.store.tables.len(), tables_before);
+        assert!(machine.cached.is_empty());
+        assert_eq!(machine.translate(0x4000_0000), None);
+        assert_eq!(machine.translate(0x403F_F000), None);
         // Unmapping what is not mapped changes nothing and costs nothing.
-        tlb.events.clear();
-        table
-            .unmap(0x4000_0000, 8 * MIB, &mut store, &mut tlb)
-            .unwrap();
-        assert!(tlb.events.is_empty());
+        machine.events.clear();
+        table.unmap(0x4000_0000, 8 * MIB, &mut machine).unwrap();
+        assert!(machine.events.is_empty());
         // ... and the range can be mapped again.
         table
             .map(
@@ -760,60 +789,56 @@ mod tests {
                 PhysAddr(0x9000_0000),
                 2 * MIB,
                 MapAttributes::RAM,
-                &mut store,
+                &mut machine,
             )
             .unwrap();
         assert_eq!(
-            table.translate(0x4000_1000, &mut store).unwrap().0,
+            machine.translate(0x4000_1000).unwrap().0,
             PhysAddr(0x9000_1000)
         );
     }
 
     #[test]
-    fn a_gib_block_splits_down_to_pages() {
-        let mut store = HeapStore::default();
-        let mut table = PageTable::new(Regime::El2Stage1, &mut store).unwrap();
-        table
-            .map(GIB, PhysAddr(GIB), GIB, MapAttributes::RAM, &mut store)
-            .unwrap();
-        let mut tlb = ModelTlb::default();
-        table
-            .unmap(GIB + 0x1000, PAGE_SIZE, &mut store, &mut tlb)
-            .unwrap();
-        assert_eq!(table.translate(GIB + 0x1000, &mut store), None);
-        assert_eq!(
-            table.translate(GIB, &mut store).unwrap().0,
-            PhysAddr(GIB),
-            "the page before stays"
-        );
-        let (output, block) = table.translate(GIB + 4 * MIB, &mut store).unwrap();
+    fn a_gib_block_splits_down_to_pages_keeping_its_attributes() {
+        let (mut machine, mut table) =
+            ModelMachine::with(Regime::El2Stage1, GIB, PhysAddr(GIB), GIB);
+        let (_, gib_block) = machine.translate(GIB).unwrap();
+        table.unmap(GIB + 0x1000, PAGE_SIZE, &mut machine).unwrap();
+        assert_eq!(machine.translate(GIB + 0x1000), None);
+        let (output, page) = machine.translate(GIB).unwrap();
+        assert_eq!(output, PhysAddr(GIB), "the page before stays");
+        let (output, block) = machine.translate(GIB + 4 * MIB).unwrap();
         assert_eq!(output, PhysAddr(GIB + 4 * MIB));
         assert_eq!(block & 0b11, 0b01, "the other 2 MiB are still blocks");
+        // Execute-never, access permissions, shareability and memory type
+        // survive both splits.
+        let attributes = |descriptor: u64| descriptor & !(OUTPUT_ADDRESS_MASK | 0b11);
+        assert_eq!(attributes(page), attributes(gib_block));
+        assert_eq!(attributes(block), attributes(gib_block));
+        assert_ne!(page & EXECUTE_NEVER, 0);
         // Root, level 1, then one level-2 and one level-3 table from splits.
-        assert_eq!(store.tables.len(), 4);
+        assert_eq!(machine.store.tables.len(), 4);
     }
 
     #[test]
     fn unmap_refuses_bad_ranges_and_reports_an_exhausted_store() {
-        let mut store = HeapStore::default();
-        let mut table = stage2_with_two_blocks(&mut store);
-        let mut tlb = ModelTlb::default();
+        let (mut machine, mut table) = ModelMachine::stage2(4 * MIB);
         assert_eq!(
-            table.unmap(0x4000_0800, PAGE_SIZE, &mut store, &mut tlb),
+            table.unmap(0x4000_0800, PAGE_SIZE, &mut machine),
             Err(MapError::Misaligned)
         );
         assert_eq!(
-            table.unmap(1 << 39, PAGE_SIZE, &mut store, &mut tlb),
+            table.unmap(1 << 39, PAGE_SIZE, &mut machine),
             Err(MapError::OutOfRange)
         );
-        store.limit = Some(store.tables.len());
+        machine.store.limit = Some(machine.store.tables.len());
         assert_eq!(
-            table.unmap(0x4000_0000, PAGE_SIZE, &mut store, &mut tlb),
+            table.unmap(0x4000_0000, PAGE_SIZE, &mut machine),
             Err(MapError::OutOfTables)
         );
         // The block that could not be split is untouched.
-        assert!(table.translate(0x4000_0000, &mut store).is_some());
-        assert!(tlb.events.is_empty());
+        assert!(machine.translate(0x4000_0000).is_some());
+        assert!(machine.events.is_empty());
     }
 
     #[test]
