@@ -310,32 +310,9 @@ fn gic(fdt: &mut FdtWriter) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::device_tree_reading::{cells, string, strings};
     use fdt::Fdt;
     use fdt::node::FdtNode;
-
-    fn cells(node: FdtNode<'_, '_>, property: &str) -> Vec<u32> {
-        let value = node
-            .property(property)
-            .unwrap_or_else(|| panic!("{} has no {property}", node.name))
-            .value;
-        value
-            .chunks_exact(4)
-            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()
-    }
-
-    fn strings<'a>(node: FdtNode<'_, 'a>, property: &str) -> Vec<&'a str> {
-        let value = node.property(property).unwrap().value;
-        value
-            .split(|byte| *byte == 0)
-            .filter(|s| !s.is_empty())
-            .map(|s| std::str::from_utf8(s).unwrap())
-            .collect()
-    }
-
-    fn string<'a>(node: FdtNode<'_, 'a>, property: &str) -> &'a str {
-        node.property(property).unwrap().as_str().unwrap()
-    }
 
     /// `(address, size)` pairs of a `/soc` child's `reg`, translated to
     /// physical addresses through `/soc`'s `ranges` as an OS would.

@@ -6,6 +6,8 @@
 
 mod bench;
 mod builder;
+#[cfg(test)]
+mod device_tree_reading;
 mod firmware_dt;
 mod guests;
 mod image;
