@@ -42,6 +42,38 @@ pub const HCR_EL2_GUEST: u64 = (1 << 0)
 /// trapped, which Tessera does not context-switch.
 const CPTR_EL2_GUEST: u64 = 0x33FF;
 
+/// MDCR_EL2 while guests run: their accesses to the performance monitors
+/// (TPM, TPMCR), the debug registers (TDA), the OS lock and power-down
+/// registers (TDOSA) and the debug ROM registers (TDRA) trap, and read as
+/// zero with writes ignored, as if the features were absent: a guest
+/// cannot count or watch what other software on its CPU does. HPMN, the
+/// counters EL1 would be given, is kept as it was (0 has constraints on
+/// older cores). The statistical profiling registers (TPMS) trap too on
+/// cores that have them (ID_AA64DFR0_EL1.PMSVer != 0; the bit is RES0
+/// elsewhere).
+fn mdcr_el2_guest() -> u64 {
+    const HPMN: u64 = 0x1F;
+    const TPMCR: u64 = 1 << 5;
+    const TPM: u64 = 1 << 6;
+    const TDA: u64 = 1 << 9;
+    const TDOSA: u64 = 1 << 10;
+    const TDRA: u64 = 1 << 11;
+    const TPMS: u64 = 1 << 14;
+    let (mdcr, debug_features): (u64, u64);
+    // SAFETY: reading MDCR_EL2 and ID_AA64DFR0_EL1 has no side effects.
+    unsafe {
+        asm!(
+            "mrs {mdcr}, mdcr_el2",
+            "mrs {dfr0}, id_aa64dfr0_el1",
+            mdcr = out(reg) mdcr,
+            dfr0 = out(reg) debug_features,
+            options(nomem, nostack, preserves_flags)
+        );
+    }
+    let statistical_profiling = (debug_features >> 32) & 0xF != 0;
+    (mdcr & HPMN) | TPMCR | TPM | TDA | TDOSA | TDRA | if statistical_profiling { TPMS } else { 0 }
+}
+
 /// CNTHCTL_EL2: EL1PCTEN | EL1PCEN: guests may read the physical counter
 /// and use the EL1 physical timer, as they do on bare metal.
 const CNTHCTL_EL2_GUEST: u64 = 0b11;
@@ -76,6 +108,7 @@ pub fn activate_vm(vmid: u8, stage2_root: u64, counter_offset: u64) {
             "msr vttbr_el2, {vttbr}",
             "msr hcr_el2, {hcr}",
             "msr cptr_el2, {cptr}",
+            "msr mdcr_el2, {mdcr}",
             // IMPLEMENTATION DEFINED controls EL1 must not reach (on the
             // A72: CPUECTLR, L2CTLR, L2ACTLR writes): all denied.
             "msr actlr_el2, xzr",
@@ -88,6 +121,7 @@ pub fn activate_vm(vmid: u8, stage2_root: u64, counter_offset: u64) {
             vttbr = in(reg) vttbr,
             hcr = in(reg) HCR_EL2_GUEST,
             cptr = in(reg) CPTR_EL2_GUEST,
+            mdcr = in(reg) mdcr_el2_guest(),
             cnthctl = in(reg) CNTHCTL_EL2_GUEST,
             cntvoff = in(reg) counter_offset,
             scratch = out(reg) _,
