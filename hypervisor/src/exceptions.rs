@@ -40,7 +40,9 @@ pub extern "C" fn handle_device_access(frame: &mut CallerSavedFrame) -> bool {
     ) && let Some(index) = this_cpu.vm_index()
         && devices::emulate(index, &mut frame.access(), &access)
     {
-        this_cpu.honour_stop_request();
+        // No stop-request check here: every stop request comes with an SGI
+        // to this CPU, which routed to EL2 (HCR_EL2.IMO) is taken as soon
+        // as the guest resumes, and the interrupt exit honours it.
         return true;
     }
     false

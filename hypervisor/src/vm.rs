@@ -109,8 +109,9 @@ pub struct CpuPlacement {
     vm: AtomicUsize,
     /// Which of that VM's vCPUs runs here.
     vcpu: AtomicUsize,
-    /// Another CPU asks the vCPU running here to stop (checked with one load
-    /// on every exit).
+    /// Another CPU asks the vCPU running here to stop. It always sends an
+    /// SGI too, so the flag is checked on interrupt exits (and on the full
+    /// exit path), not on the device-access fast path.
     stop_requested: AtomicBool,
     /// The running vCPU's set/way state; only this CPU touches it.
     set_way: Mutex<SetWayTracker>,
@@ -482,7 +483,7 @@ impl CpuPlacement {
     /// If another CPU asked this one to stop its vCPU, stops here and
     /// idles. Call only on this CPU's own placement.
     #[inline(always)]
-    pub fn honour_stop_request(&self) {
+    fn honour_stop_request(&self) {
         if self.stop_requested.load(Ordering::Acquire) {
             self.stop_requested.store(false, Ordering::Release);
             park_current_vcpu();
