@@ -1,13 +1,25 @@
-//! The hypervisor console: a polled PL011 driver and the `log` backend.
+//! The hypervisor console: a polled PL011 driver, the queue guests' lines
+//! wait in (`console_queue`), and the `log` backend.
 //!
-//! Lines are written whole under one lock so output from different CPUs
-//! never interleaves mid-line. The crash path uses `emergency_writer`,
-//! which skips the lock: a CPU that faults while holding it must still be
-//! able to report.
+//! A VM's line is copied into the queue and the caller moves on; whoever
+//! finds the UART free moves queued bytes into its FIFO without waiting
+//! (after a guest line, on a virtual UART flag read that finds the VM's
+//! share full, on every EL2 timer tick). So no vCPU ever waits for another
+//! VM's output. The hypervisor's own messages are written at once, after
+//! everything queued before them, so the console reads in the order things
+//! happened. Lines never interleave mid-line. The crash path uses
+//! `emergency_writer`, which skips the locks: a CPU that faults while
+//! holding one must still be able to report.
+//!
+//! Locks: `UART` (whoever moves bytes into the UART), then `QUEUE`; a line
+//! is queued under `QUEUE` alone, so it never waits for the UART.
 
 use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use spin::Mutex;
+use tessera_hypervisor::console_queue::{self, CAPACITY, ConsoleQueue, Source, VM_SHARE};
+use tessera_hypervisor::manifest::MAX_VMS;
 use tock_registers::interfaces::{Readable, Writeable};
 use tock_registers::register_bitfields;
 use tock_registers::register_structs;
@@ -60,11 +72,19 @@ impl Pl011 {
     }
 
     pub fn write_byte(&self, byte: u8) {
-        let registers = self.registers();
-        while registers.flags.is_set(Flags::TRANSMIT_FIFO_FULL) {
+        while !self.try_write_byte(byte) {
             core::hint::spin_loop();
         }
+    }
+
+    /// Writes `byte` if the transmit FIFO has room; false if it is full.
+    pub fn try_write_byte(&self, byte: u8) -> bool {
+        let registers = self.registers();
+        if registers.flags.is_set(Flags::TRANSMIT_FIFO_FULL) {
+            return false;
+        }
         registers.data.set(u32::from(byte));
+        true
     }
 
     /// Waits until the last byte has left the shift register, so that a
@@ -88,32 +108,221 @@ impl Write for Pl011 {
     }
 }
 
-static CONSOLE: Mutex<Option<Pl011>> = Mutex::new(None);
+/// The UART, and the right to move bytes into it.
+static UART: Mutex<Option<Pl011>> = Mutex::new(None);
+/// Guests' lines waiting for the UART.
+static QUEUE: Mutex<Option<ConsoleQueue<'static>>> = Mutex::new(None);
+/// What each VM has queued, readable without the queue lock: a virtual
+/// UART's flag register is read often, and must not wait on it.
+static QUEUED_BY_VM: [AtomicUsize; MAX_VMS] = [const { AtomicUsize::new(0) }; MAX_VMS];
+
+/// The queue's storage. It needs no zeroing (bytes are written before they
+/// are read), so it stays out of the BSS that boot clears.
+#[unsafe(link_section = ".bss.noinit.console_queue")]
+static mut QUEUE_STORAGE: [u8; CAPACITY] = [0; CAPACITY];
 
 /// Takes the board's UART as the console.
 pub fn init(uart_base: usize) {
+    let storage = &raw mut QUEUE_STORAGE;
+    // SAFETY: called once, on the boot CPU, before anything else uses the
+    // console; the storage is referred to by the queue alone from here on.
+    *QUEUE.lock() = Some(ConsoleQueue::new(unsafe { &mut *storage }));
     // SAFETY: the board description names this UART as the hypervisor
     // console; nothing else drives it, and it is mapped as device memory.
-    *CONSOLE.lock() = Some(unsafe { Pl011::new(uart_base) });
+    *UART.lock() = Some(unsafe { Pl011::new(uart_base) });
 }
 
-/// Prints formatted text under the console lock, with IRQs masked so that an
-/// interrupt handler on this CPU cannot deadlock on the lock.
-pub fn print(arguments: fmt::Arguments<'_>) {
+/// Runs `body` with IRQs masked, so that an interrupt handler on this CPU
+/// (which drains the queue on every tick) cannot deadlock on a console lock
+/// this CPU holds.
+fn with_interrupts_masked<T>(body: impl FnOnce() -> T) -> T {
     let were_enabled = arch::disable_interrupts();
-    if let Some(uart) = CONSOLE.lock().as_mut() {
-        let _ = uart.write_fmt(arguments);
-    }
+    let result = body();
     if were_enabled {
         arch::enable_interrupts();
     }
+    result
 }
 
-/// Waits for the console's last byte to go out.
-pub fn flush() {
-    if let Some(uart) = CONSOLE.lock().as_ref() {
-        uart.flush();
+/// How long a caller keeps draining.
+#[derive(Clone, Copy)]
+enum Drain {
+    /// While the UART's FIFO has room.
+    WhileRoom,
+    /// Until the queue is empty, waiting for the FIFO as needed — but no
+    /// more than one queue's worth, so a VM that keeps queueing cannot keep
+    /// a hypervisor message from going out.
+    UntilEmpty,
+}
+
+/// Moves queued bytes into the UART as `how` says.
+fn drain(uart: &Pl011, how: Drain) {
+    let mut budget = CAPACITY;
+    loop {
+        let finished = {
+            let mut queue = QUEUE.lock();
+            let Some(queue) = queue.as_mut() else {
+                return;
+            };
+            if queue.is_empty() {
+                return;
+            }
+            let empty = queue.drain(|byte| {
+                if budget == 0 || !uart.try_write_byte(byte) {
+                    return false;
+                }
+                budget -= 1;
+                true
+            });
+            for (vm, queued) in QUEUED_BY_VM.iter().enumerate() {
+                queued.store(queue.queued(Source::Vm(vm)), Ordering::Release);
+            }
+            empty || budget == 0
+        };
+        if finished || matches!(how, Drain::WhileRoom) {
+            return;
+        }
+        core::hint::spin_loop();
     }
+}
+
+/// Moves queued output into the UART if no other CPU is doing so, without
+/// waiting for its FIFO.
+pub fn try_drain() {
+    with_interrupts_masked(|| {
+        if let Some(guard) = UART.try_lock()
+            && let Some(uart) = guard.as_ref()
+        {
+            drain(uart, Drain::WhileRoom);
+        }
+    });
+}
+
+/// Prints a hypervisor message: after everything queued before it, and
+/// whole.
+pub fn print(arguments: fmt::Arguments<'_>) {
+    with_interrupts_masked(|| {
+        if let Some(uart) = UART.lock().as_mut() {
+            drain(uart, Drain::UntilEmpty);
+            let _ = uart.write_fmt(arguments);
+        }
+    });
+}
+
+/// Queues a line of VM `vm` (named `name`) as `[name] text`. `text` must
+/// hold no line breaks. Returns false, dropping it, when the VM's share of
+/// the queue is full; the loss is reported before the VM's next line.
+pub fn queue_guest_line(vm: usize, name: &str, text: &[u8]) -> bool {
+    let queued = with_interrupts_masked(|| {
+        let mut queue = QUEUE.lock();
+        let Some(queue) = queue.as_mut() else {
+            return false;
+        };
+        let dropped = queue.dropped(Source::Vm(vm));
+        if dropped > 0 {
+            let mut notice = NoticeBuffer::new();
+            let _ = write!(
+                notice,
+                "({dropped} bytes of output dropped: sent while the console was full)"
+            );
+            // Reported once there is room for the report; counted until then.
+            if queue.push(Source::Vm(vm), &guest_line(name, notice.text())) {
+                queue.take_dropped(Source::Vm(vm));
+            }
+        }
+        let queued = queue.push(Source::Vm(vm), &guest_line(name, text));
+        if let Some(mirror) = QUEUED_BY_VM.get(vm) {
+            mirror.store(queue.queued(Source::Vm(vm)), Ordering::Release);
+        }
+        queued
+    });
+    try_drain();
+    queued
+}
+
+/// The parts of a tagged guest line.
+fn guest_line<'t>(name: &'t str, text: &'t [u8]) -> [&'t [u8]; 5] {
+    [b"[", name.as_bytes(), b"] ", text, b"\r\n"]
+}
+
+/// The most VM `vm`'s output may have queued for it to still have room for
+/// one more line of the longest kind (`name` is its name).
+pub const fn guest_output_ready_threshold(name: &str) -> usize {
+    // The parts `guest_line` frames a line with: "[", name, "] ", "\r\n".
+    let longest = 1 + name.len() + 2 + tessera_vdevs::console::LINE_CAPACITY + 2;
+    VM_SHARE.saturating_sub(console_queue::record_bytes(longest))
+}
+
+/// Whether a VM has room for one more line, given its counter from
+/// [`guest_output_counter`] and its threshold from
+/// [`guest_output_ready_threshold`]. This runs on every read of a virtual
+/// UART's flag register, so it is one load; only when the VM is over its
+/// share does it try to make room by draining, so a guest that polls its
+/// UART's flags waits only as long as the console needs.
+#[inline(always)]
+pub fn guest_output_ready(queued: &AtomicUsize, threshold: usize) -> bool {
+    if queued.load(Ordering::Acquire) <= threshold {
+        return true;
+    }
+    drain_for_waiting_guest();
+    queued.load(Ordering::Acquire) <= threshold
+}
+
+/// The counter of VM `vm`'s queued output that [`guest_output_ready`]
+/// reads (a counter that stays 0 for an index past the last VM).
+pub const fn guest_output_counter(vm: usize) -> &'static AtomicUsize {
+    static NO_VM: AtomicUsize = AtomicUsize::new(0);
+    if vm < MAX_VMS {
+        &QUEUED_BY_VM[vm]
+    } else {
+        &NO_VM
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn drain_for_waiting_guest() {
+    try_drain();
+}
+
+/// A small formatting buffer for the dropped-output notice.
+struct NoticeBuffer {
+    bytes: [u8; 96],
+    len: usize,
+}
+
+impl NoticeBuffer {
+    const fn new() -> Self {
+        Self {
+            bytes: [0; 96],
+            len: 0,
+        }
+    }
+
+    fn text(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl Write for NoticeBuffer {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        let room = self.bytes.len() - self.len;
+        let taken = text.len().min(room);
+        self.bytes[self.len..self.len + taken].copy_from_slice(&text.as_bytes()[..taken]);
+        self.len += taken;
+        Ok(())
+    }
+}
+
+/// Writes out everything queued and waits for the UART's last byte to go
+/// out (before power-off).
+pub fn flush() {
+    with_interrupts_masked(|| {
+        if let Some(uart) = UART.lock().as_ref() {
+            drain(uart, Drain::UntilEmpty);
+            uart.flush();
+        }
+    });
 }
 
 /// A writer for the crash path that does not take the console lock.

@@ -18,20 +18,21 @@ struct VmDevices {
 }
 
 impl VmDevices {
-    const fn new(vm_name: &'static str) -> Self {
+    const fn new(vm: usize, vm_name: &'static str) -> Self {
         Self {
-            uart: VirtualUart::new(vm_name),
+            uart: VirtualUart::new(vm, vm_name),
         }
     }
 }
 
 /// Slot `n` belongs to VM `n`; slots of VMs that do not exist are never
 /// routed to, since no CPU runs them.
-static DEVICES: [Mutex<VmDevices>; MAX_VMS] = [const { Mutex::new(VmDevices::new("")) }; MAX_VMS];
+static DEVICES: [Mutex<VmDevices>; MAX_VMS] =
+    [const { Mutex::new(VmDevices::new(usize::MAX, "")) }; MAX_VMS];
 
 /// Gives VM `index` its devices in their reset state, at build time.
 pub fn install(index: usize, vm_name: &'static str) {
-    *DEVICES[index].lock() = VmDevices::new(vm_name);
+    *DEVICES[index].lock() = VmDevices::new(index, vm_name);
 }
 
 /// Pushes out buffered output, as when the VM stops.

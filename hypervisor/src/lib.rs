@@ -10,6 +10,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod address;
+pub mod console_queue;
 pub mod crash_report;
 pub mod device_bus;
 pub mod device_tree;

@@ -3,14 +3,21 @@
 //! interrupt controller yet, so the UART's interrupt line goes nowhere; it
 //! is recorded so the vGIC can pick it up.
 
+use core::sync::atomic::AtomicUsize;
+
 use tessera_vdevs::{AccessWidth, ConsoleSink, InterruptLine, MmioDevice, Pl011};
 
 use crate::console;
 
-/// Writes a guest's lines to the console as `[name] line`. Control
+/// Queues a guest's lines for the console as `[name] line`. Control
 /// characters are shown as `?` so a guest cannot drive the host terminal.
 pub struct TaggedConsole {
+    vm: usize,
     name: &'static str,
+    /// The VM's queued-output counter and the most it may reach with room
+    /// for another line (`console::guest_output_ready`).
+    queued: &'static AtomicUsize,
+    ready_threshold: usize,
 }
 
 impl ConsoleSink for TaggedConsole {
@@ -24,8 +31,14 @@ impl ConsoleSink for TaggedConsole {
                 b'?'
             };
         }
-        let text = core::str::from_utf8(&text[..length]).unwrap_or("?");
-        console::print(format_args!("[{}] {text}\n", self.name));
+        // A line sent while the VM's share of the console queue was full
+        // (its UART showed TXFF) is dropped; the console reports the loss.
+        let _ = console::queue_guest_line(self.vm, self.name, &text[..length]);
+    }
+
+    #[inline(always)]
+    fn ready(&self) -> bool {
+        console::guest_output_ready(self.queued, self.ready_threshold)
     }
 }
 
@@ -46,9 +59,17 @@ pub struct VirtualUart {
 }
 
 impl VirtualUart {
-    pub const fn new(name: &'static str) -> Self {
+    pub const fn new(vm: usize, name: &'static str) -> Self {
         Self {
-            model: Pl011::new(TaggedConsole { name }, PendingLevel { asserted: false }),
+            model: Pl011::new(
+                TaggedConsole {
+                    vm,
+                    name,
+                    queued: console::guest_output_counter(vm),
+                    ready_threshold: console::guest_output_ready_threshold(name),
+                },
+                PendingLevel { asserted: false },
+            ),
         }
     }
 

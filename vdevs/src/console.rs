@@ -10,12 +10,24 @@
 /// neutralise control characters.
 pub trait ConsoleSink {
     fn write_line(&mut self, line: &[u8]);
+
+    /// Whether the sink can take another line of up to [`LINE_CAPACITY`]
+    /// bytes now. A UART model shows its transmit FIFO full while it
+    /// cannot, as hardware tells a writer to wait; a line written anyway
+    /// may be dropped.
+    fn ready(&self) -> bool {
+        true
+    }
 }
 
 /// Lets the hypervisor keep ownership of the sink and lend it to a model.
 impl<T: ConsoleSink + ?Sized> ConsoleSink for &mut T {
     fn write_line(&mut self, line: &[u8]) {
         (**self).write_line(line);
+    }
+
+    fn ready(&self) -> bool {
+        (**self).ready()
     }
 }
 

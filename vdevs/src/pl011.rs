@@ -9,8 +9,11 @@
 //! # Where the model departs from hardware, and why
 //!
 //! - **Transmit is instantaneous.** A byte written to `UARTDR` goes straight
-//!   to the console line buffer, so the transmit FIFO is always empty:
-//!   `UARTFR` reads `TXFE = 1`, `TXFF = 0`, `BUSY = 0`.
+//!   to the console line buffer, so the transmit FIFO is empty — `UARTFR`
+//!   reads `TXFE = 1`, `TXFF = 0`, `BUSY = 0` — unless the sink cannot take
+//!   another line ([`ConsoleSink::ready`]): then it reads `TXFF = 1`,
+//!   `TXFE = 0`, so a guest that polls `TXFF` before each byte (as Linux's
+//!   console and the guest SDK do) waits for the console to drain.
 //! - **Transmit interrupt.** Hardware raises `TXRIS` when the transmit FIFO
 //!   level drops to the trigger level and clears it when the FIFO is filled
 //!   above that level or the guest writes `UARTICR.TXIC`. With a FIFO that
@@ -151,6 +154,7 @@ mod flag {
     pub const DATA_SET_READY: u32 = 1 << 1;
     pub const DATA_CARRIER_DETECT: u32 = 1 << 2;
     pub const RECEIVE_FIFO_EMPTY: u32 = 1 << 4;
+    pub const TRANSMIT_FIFO_FULL: u32 = 1 << 5;
     pub const RECEIVE_FIFO_FULL: u32 = 1 << 6;
     pub const TRANSMIT_FIFO_EMPTY: u32 = 1 << 7;
 }
@@ -401,12 +405,14 @@ impl<S: ConsoleSink, L: InterruptLine> Pl011<S, L> {
         self.registers.interrupt_mask = mask;
     }
 
-    #[inline]
+    #[inline(always)]
     fn flags(&self) -> u32 {
-        let mut flags = flag::CLEAR_TO_SEND
-            | flag::DATA_SET_READY
-            | flag::DATA_CARRIER_DETECT
-            | flag::TRANSMIT_FIFO_EMPTY;
+        let mut flags = flag::CLEAR_TO_SEND | flag::DATA_SET_READY | flag::DATA_CARRIER_DETECT;
+        flags |= if self.sink.ready() {
+            flag::TRANSMIT_FIFO_EMPTY
+        } else {
+            flag::TRANSMIT_FIFO_FULL
+        };
         if self.receive_fifo.is_empty() {
             flags |= flag::RECEIVE_FIFO_EMPTY;
         }
@@ -428,7 +434,7 @@ impl<S: ConsoleSink, L: InterruptLine> Pl011<S, L> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn read_register(&mut self, register: Register) -> u32 {
         let registers = &self.registers;
         match register {
@@ -614,6 +620,36 @@ mod tests {
         assert_eq!(id(&mut uart, 0xFF0), 0xB105_F00D);
         assert_eq!(uart.read(0xFEC, AccessWidth::Byte), 0x00);
         assert_eq!(uart.read(0xFFC, AccessWidth::Byte), 0xB1);
+    }
+
+    /// A sink that takes nothing until told to.
+    struct Busy {
+        ready: bool,
+        lines: Vec<Vec<u8>>,
+    }
+
+    impl ConsoleSink for Busy {
+        fn write_line(&mut self, line: &[u8]) {
+            self.lines.push(line.to_vec());
+        }
+
+        fn ready(&self) -> bool {
+            self.ready
+        }
+    }
+
+    #[test]
+    fn a_sink_that_cannot_take_a_line_shows_as_a_full_transmit_fifo() {
+        let mut sink = Busy {
+            ready: false,
+            lines: Vec::new(),
+        };
+        let mut line = RecordingLine::default();
+        let flags = Pl011::new(&mut sink, &mut line).read(FR, AccessWidth::Word);
+        assert_eq!(flags & (TXFF | TXFE), TXFF);
+        sink.ready = true;
+        let flags = Pl011::new(&mut sink, &mut line).read(FR, AccessWidth::Word);
+        assert_eq!(flags & (TXFF | TXFE), TXFE);
     }
 
     #[test]
