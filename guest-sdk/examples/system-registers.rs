@@ -1,18 +1,22 @@
-//! Checks what the system registers Tessera traps look like from inside a
-//! VM (docs/ARCHITECTURE.md, "Trap configuration"):
+//! Checks what the system registers Tessera traps, and those it leaves to
+//! the guest, look like from inside a VM (docs/ARCHITECTURE.md, "Trap
+//! configuration"):
 //!
-//! - the performance monitors (PMCR_EL0, PMCNTENSET_EL0, PMCCNTR_EL0), the
-//!   debug registers (MDSCR_EL1, DBGBVR0_EL1) and the OS lock status
-//!   (OSLSR_EL1) read as zero, and writes to them are ignored;
+//! - the performance monitors (PMCR_EL0, PMCNTENSET_EL0, PMCCNTR_EL0) read
+//!   as zero, and writes to them are ignored;
 //! - an implementation-defined register (S3_1_C11_C0_2, L2CTLR_EL1 on the
 //!   Cortex-A72) reads as zero;
+//! - the debug registers are the guest's own: MDSCR_EL1 starts at zero and
+//!   it and DBGBVR0_EL1 read back what was written, and the OS lock is
+//!   implemented (OSLSR_EL1.OSLM != 0);
 //! - the ID registers are not trapped: MIDR_EL1 reads the real CPU's.
 //!
 //! Output, then exit status 0:
 //!
 //! ```text
-//! system-registers: performance monitor, debug and OS lock registers read as zero and ignore writes
+//! system-registers: performance monitor registers read as zero and ignore writes
 //! system-registers: implementation-defined L2CTLR_EL1 reads as zero
+//! system-registers: debug registers are the guest's own (MDSCR_EL1 0x8000, OSLSR_EL1 0xa)
 //! system-registers: MIDR_EL1 0x410fd083
 //! ```
 //!
@@ -27,8 +31,9 @@ use tessera_guest_sdk::{entry, exit, exit_status, println};
 entry!(main);
 
 fn main(_device_tree: usize) -> ! {
+    let mdscr_at_start = debug_control();
     let mut failed = false;
-    for (name, value) in trapped_register_readings() {
+    for (name, value) in performance_monitor_readings() {
         if value != 0 {
             println!("system-registers: FAIL: {name} reads {value:#x} after a write");
             failed = true;
@@ -37,50 +42,56 @@ fn main(_device_tree: usize) -> ! {
     if failed {
         exit(exit_status::FAILURE)
     }
-    println!(
-        "system-registers: performance monitor, debug and OS lock registers read as zero and ignore writes"
-    );
+    println!("system-registers: performance monitor registers read as zero and ignore writes");
     let l2ctlr = implementation_defined_register();
     if l2ctlr != 0 {
         println!("system-registers: FAIL: L2CTLR_EL1 reads {l2ctlr:#x}");
         exit(exit_status::FAILURE)
     }
     println!("system-registers: implementation-defined L2CTLR_EL1 reads as zero");
+    let (mdscr, breakpoint, oslsr) = debug_readings();
+    const MDE: u64 = 1 << 15;
+    const BREAKPOINT: u64 = 0x4000_0000;
+    const OS_LOCK_MODEL: u64 = 0b1001;
+    if mdscr_at_start != 0 || mdscr != MDE || breakpoint != BREAKPOINT || oslsr & OS_LOCK_MODEL == 0
+    {
+        println!(
+            "system-registers: FAIL: debug registers: MDSCR_EL1 {mdscr_at_start:#x} at start, \
+             {mdscr:#x} after writing {MDE:#x}; DBGBVR0_EL1 {breakpoint:#x} after writing \
+             {BREAKPOINT:#x}; OSLSR_EL1 {oslsr:#x}"
+        );
+        exit(exit_status::FAILURE)
+    }
+    println!(
+        "system-registers: debug registers are the guest's own (MDSCR_EL1 {mdscr:#x}, OSLSR_EL1 {oslsr:#x})"
+    );
+    // Leave monitor debug off again.
+    set_debug_control(0);
     println!("system-registers: MIDR_EL1 {:#x}", main_id());
     exit(exit_status::SUCCESS)
 }
 
-/// Writes something that would show into each register, then reads each.
+/// Writes something that would show into each performance monitor
+/// register, then reads each.
 #[cfg(target_os = "none")]
-fn trapped_register_readings() -> [(&'static str, u64); 6] {
-    let (pmcr, pmcntenset, pmccntr, mdscr, dbgbvr0, oslsr): (u64, u64, u64, u64, u64, u64);
-    // SAFETY: enabling the cycle counter, setting MDSCR_EL1.MDE and a
-    // breakpoint value with its control register left disabled change
-    // nothing this program relies on; under Tessera the writes are ignored.
+fn performance_monitor_readings() -> [(&'static str, u64); 3] {
+    let (pmcr, pmcntenset, pmccntr): (u64, u64, u64);
+    // SAFETY: enabling the cycle counter changes nothing this program
+    // relies on; under Tessera the writes are ignored.
     unsafe {
         core::arch::asm!(
             "mov {scratch}, #1",
             "msr pmcr_el0, {scratch}",          // E: enable the counters
             "mov {scratch}, #(1 << 31)",
             "msr pmcntenset_el0, {scratch}",    // C: the cycle counter
-            "mov {scratch}, #(1 << 15)",
-            "msr mdscr_el1, {scratch}",         // MDE: monitor debug events
-            "mov {scratch}, #0x40000000",
-            "msr dbgbvr0_el1, {scratch}",
             "isb",
             "mrs {pmcr}, pmcr_el0",
             "mrs {pmcntenset}, pmcntenset_el0",
             "mrs {pmccntr}, pmccntr_el0",
-            "mrs {mdscr}, mdscr_el1",
-            "mrs {dbgbvr0}, dbgbvr0_el1",
-            "mrs {oslsr}, oslsr_el1",
             scratch = out(reg) _,
             pmcr = out(reg) pmcr,
             pmcntenset = out(reg) pmcntenset,
             pmccntr = out(reg) pmccntr,
-            mdscr = out(reg) mdscr,
-            dbgbvr0 = out(reg) dbgbvr0,
-            oslsr = out(reg) oslsr,
             options(nostack, preserves_flags)
         );
     }
@@ -88,10 +99,50 @@ fn trapped_register_readings() -> [(&'static str, u64); 6] {
         ("PMCR_EL0", pmcr),
         ("PMCNTENSET_EL0", pmcntenset),
         ("PMCCNTR_EL0", pmccntr),
-        ("MDSCR_EL1", mdscr),
-        ("DBGBVR0_EL1", dbgbvr0),
-        ("OSLSR_EL1", oslsr),
     ]
+}
+
+#[cfg(target_os = "none")]
+fn debug_control() -> u64 {
+    let value: u64;
+    // SAFETY: reading MDSCR_EL1 has no side effects.
+    unsafe {
+        core::arch::asm!("mrs {}, mdscr_el1", out(reg) value, options(nomem, nostack, preserves_flags));
+    }
+    value
+}
+
+#[cfg(target_os = "none")]
+fn set_debug_control(value: u64) {
+    // SAFETY: with no breakpoint or watchpoint enabled in its control
+    // register, MDSCR_EL1 changes nothing this program relies on.
+    unsafe {
+        core::arch::asm!("msr mdscr_el1, {}", "isb", in(reg) value, options(nostack, preserves_flags));
+    }
+}
+
+/// Sets MDSCR_EL1.MDE and a breakpoint value (its control register left
+/// disabled), then reads them and OSLSR_EL1 back.
+#[cfg(target_os = "none")]
+fn debug_readings() -> (u64, u64, u64) {
+    set_debug_control(1 << 15);
+    let (breakpoint, oslsr): (u64, u64);
+    // SAFETY: a breakpoint value with its control register disabled
+    // changes nothing.
+    unsafe {
+        core::arch::asm!(
+            "mov {scratch}, #0x40000000",
+            "msr dbgbvr0_el1, {scratch}",
+            "isb",
+            "mrs {breakpoint}, dbgbvr0_el1",
+            "mrs {oslsr}, oslsr_el1",
+            scratch = out(reg) _,
+            breakpoint = out(reg) breakpoint,
+            oslsr = out(reg) oslsr,
+            options(nostack, preserves_flags)
+        );
+    }
+    (debug_control(), breakpoint, oslsr)
 }
 
 /// L2CTLR_EL1 on the Cortex-A72: op0 3, op1 1, CRn 11, CRm 0, op2 2.
@@ -117,7 +168,19 @@ fn main_id() -> u64 {
 
 // The host only compiles the examples (`entry!` never calls `main` there).
 #[cfg(not(target_os = "none"))]
-fn trapped_register_readings() -> [(&'static str, u64); 6] {
+fn performance_monitor_readings() -> [(&'static str, u64); 3] {
+    unreachable!("a guest runs only on aarch64-unknown-none")
+}
+#[cfg(not(target_os = "none"))]
+fn debug_control() -> u64 {
+    unreachable!("a guest runs only on aarch64-unknown-none")
+}
+#[cfg(not(target_os = "none"))]
+fn set_debug_control(_value: u64) {
+    unreachable!("a guest runs only on aarch64-unknown-none")
+}
+#[cfg(not(target_os = "none"))]
+fn debug_readings() -> (u64, u64, u64) {
     unreachable!("a guest runs only on aarch64-unknown-none")
 }
 #[cfg(not(target_os = "none"))]

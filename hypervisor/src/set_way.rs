@@ -14,8 +14,10 @@
 //!   hypervisor sees the guest turn its caches on or off. Later set/way
 //!   operations while trapping do nothing more.
 //! - While trapping, a write to SCTLR_EL1 that turns the guest's caches on
-//!   or off cleans and invalidates its RAM again; turning them on ends the
-//!   trapping (the guest's set/way loop is over).
+//!   or off cleans and invalidates its RAM again; and any trapped write made
+//!   with the caches on ends the trapping (the guest's set/way work is
+//!   over), so a guest that cleans by set/way with its caches on does not
+//!   trap every later TTBR write.
 //!
 //! This module is the decision; the hypervisor carries it out.
 
@@ -58,9 +60,10 @@ impl SetWayTracker {
         }
     }
 
-    /// The guest wrote SCTLR_EL1 (trapped, so only while trapping): `old`
-    /// is the value before the write, `new` the value written.
-    pub fn system_control_written(&mut self, old: u64, new: u64) -> Response {
+    /// The guest wrote one of its virtual-memory control registers
+    /// (trapped, so only while trapping): `old` is SCTLR_EL1 before the
+    /// write, `new` after it (the same unless SCTLR_EL1 was written).
+    pub fn register_written(&mut self, old: u64, new: u64) -> Response {
         let now_enabled = caches_enabled(new);
         let toggled = caches_enabled(old) != now_enabled;
         if now_enabled {
@@ -73,14 +76,16 @@ impl SetWayTracker {
     }
 }
 
-/// The set/way data cache operations, as trapped system instructions
-/// (op0 = 1, op1 = 0, CRn = 7, op2 = 2; CRm 6, 10 and 14).
+/// The set/way cache operations HCR_EL2.TSW traps, as system instructions
+/// (op0 = 1, op1 = 0, CRn = 7; CRm 6 invalidate, 10 clean, 14 clean and
+/// invalidate): the data cache ones (op2 = 2) and, on cores with memory
+/// tagging, the tag ones (op2 = 4, and 6 for data and tags).
 #[must_use]
 pub const fn is_set_way_operation(encoding: SystemRegisterEncoding) -> bool {
     encoding.op0 == 1
         && encoding.op1 == 0
         && encoding.crn == 7
-        && encoding.op2 == 2
+        && matches!(encoding.op2, 2 | 4 | 6)
         && matches!(encoding.crm, 6 | 10 | 14)
 }
 
@@ -122,6 +127,14 @@ impl VirtualMemoryRegister {
             _ => return None,
         })
     }
+}
+
+/// Whether an MSR names a register in the groups TVM's registers belong to
+/// (op0 = 3, op1 = 0; CRn 1, 2, 5, 6, 10 or 13), where newer architecture
+/// extensions add more registers TVM traps.
+#[must_use]
+pub const fn in_virtual_memory_register_space(encoding: SystemRegisterEncoding) -> bool {
+    encoding.op0 == 3 && encoding.op1 == 0 && matches!(encoding.crn, 1 | 2 | 5 | 6 | 10 | 13)
 }
 
 #[cfg(test)]
@@ -179,7 +192,7 @@ mod tests {
         let mut tracker = SetWayTracker::default();
         tracker.set_way_operation();
         assert_eq!(
-            tracker.system_control_written(ON, OFF),
+            tracker.register_written(ON, OFF),
             Response {
                 clean_guest_ram: true,
                 trap_vm_registers: true
@@ -187,7 +200,7 @@ mod tests {
         );
         // A write that changes something else cleans nothing.
         assert_eq!(
-            tracker.system_control_written(OFF, OFF | (1 << 12)),
+            tracker.register_written(OFF, OFF | (1 << 12)),
             Response {
                 clean_guest_ram: false,
                 trap_vm_registers: true
@@ -200,7 +213,7 @@ mod tests {
         let mut tracker = SetWayTracker::default();
         tracker.set_way_operation();
         assert_eq!(
-            tracker.system_control_written(OFF, ON),
+            tracker.register_written(OFF, ON),
             Response {
                 clean_guest_ram: true,
                 trap_vm_registers: false
@@ -212,9 +225,31 @@ mod tests {
     }
 
     #[test]
+    fn cleaning_by_set_way_with_caches_on_stops_trapping_at_the_next_register_write() {
+        let mut tracker = SetWayTracker::default();
+        tracker.set_way_operation();
+        // A TTBR0 write (SCTLR unchanged, caches on): nothing to clean, and
+        // the trapping ends rather than costing every context switch.
+        assert_eq!(
+            tracker.register_written(ON, ON),
+            Response {
+                clean_guest_ram: false,
+                trap_vm_registers: false
+            }
+        );
+        assert!(tracker.set_way_operation().clean_guest_ram);
+        // With caches off, writes keep it trapping.
+        let mut tracker = SetWayTracker::default();
+        tracker.set_way_operation();
+        assert!(tracker.register_written(OFF, OFF).trap_vm_registers);
+    }
+
+    #[test]
     fn set_way_instructions_are_recognised_and_nothing_else() {
         for crm in [6, 10, 14] {
-            assert!(is_set_way_operation(encoding(1, 0, 7, crm, 2)));
+            for op2 in [2, 4, 6] {
+                assert!(is_set_way_operation(encoding(1, 0, 7, crm, op2)));
+            }
         }
         // DC CIVAC (CRm 14, op1 3, op2 1) and DC IVAC (CRm 6, op2 1) are by
         // address, not set/way.
@@ -246,6 +281,14 @@ mod tests {
                 Some(register)
             );
         }
+        // TCR2_EL1 is in the space TVM's registers come from, but not one
+        // Tessera emulates; PMCR_EL0 is elsewhere.
+        assert!(in_virtual_memory_register_space(encoding(3, 0, 2, 0, 3)));
+        assert_eq!(
+            VirtualMemoryRegister::from_encoding(encoding(3, 0, 2, 0, 3)),
+            None
+        );
+        assert!(!in_virtual_memory_register_space(encoding(3, 3, 9, 12, 0)));
         // SCTLR_EL2-like encodings at other op1, and VBAR_EL1, are not.
         assert_eq!(
             VirtualMemoryRegister::from_encoding(encoding(3, 4, 1, 0, 0)),

@@ -37,6 +37,10 @@ pub struct El1Context {
     pub cntkctl: u64,
     pub cntv_ctl: u64,
     pub cntv_cval: u64,
+    /// MDSCR_EL1: 0 at start, so breakpoints, watchpoints and single-step
+    /// a previous run of the VM left armed stay quiet until the guest arms
+    /// them again.
+    pub mdscr: u64,
 }
 
 /// SCTLR_EL1 at reset: MMU and caches off, only the RES1 bits set
@@ -78,6 +82,7 @@ impl El1Context {
             cntkctl: 0,
             cntv_ctl: 0,
             cntv_cval: 0,
+            mdscr: 0,
         }
     }
 }

@@ -580,8 +580,11 @@ pub fn handle_guest_exit(frame: &mut TrapFrame) {
         }
         GuestExit::WaitForEvent => frame.exception_link += 4,
         GuestExit::SystemRegister { encoding, .. } if set_way::is_set_way_operation(encoding) => {
-            let response = this_cpu().set_way.lock().set_way_operation();
-            carry_out_set_way(index, response);
+            let mut tracker = this_cpu().set_way.lock();
+            let was_trapping = tracker.trapping_vm_registers;
+            let response = tracker.set_way_operation();
+            drop(tracker);
+            carry_out_set_way(index, response, was_trapping);
             frame.exception_link = frame.exception_link.wrapping_add(4);
         }
         GuestExit::SystemRegister {
@@ -597,19 +600,40 @@ pub fn handle_guest_exit(frame: &mut TrapFrame) {
             };
             let old = guest::guest_system_control();
             guest::write_virtual_memory_register(target, value);
-            if target == VirtualMemoryRegister::SystemControl {
-                let response = this_cpu().set_way.lock().system_control_written(old, value);
-                carry_out_set_way(index, response);
-            }
+            let new = guest::guest_system_control();
+            let mut tracker = this_cpu().set_way.lock();
+            let was_trapping = tracker.trapping_vm_registers;
+            let response = tracker.register_written(old, new);
+            drop(tracker);
+            carry_out_set_way(index, response, was_trapping);
             frame.exception_link = frame.exception_link.wrapping_add(4);
+        }
+        GuestExit::SystemRegister {
+            is_read: false,
+            encoding,
+            ..
+        } if this_cpu().set_way.lock().trapping_vm_registers
+            && set_way::in_virtual_memory_register_space(encoding) =>
+        {
+            // While TVM is on, a trapped write to a register Tessera does
+            // not know (one added by a newer architecture extension) would
+            // otherwise be lost without a trace: stop the VM instead.
+            stop_with_fault(
+                index,
+                frame,
+                format_args!(
+                    "write to system register {encoding:?}, trapped while following set/way \
+                     maintenance, which Tessera does not emulate"
+                ),
+            );
         }
         GuestExit::SystemRegister {
             is_read,
             register,
             encoding,
         } => {
-            // Other trapped registers (debug, implementation defined) read
-            // as zero and ignore writes, as if not implemented.
+            // Other trapped registers (performance monitors, implementation
+            // defined) read as zero and ignore writes, as if not implemented.
             log::debug!(
                 "vm {}: system register {encoding:?} emulated as RAZ/WI",
                 vm(index).name
@@ -652,12 +676,20 @@ fn handle_mmio(index: usize, frame: &mut TrapFrame, access: &MmioAccess) {
 }
 
 /// Does what the set/way policy decided for the running vCPU of VM `index`.
-fn carry_out_set_way(index: usize, response: set_way::Response) {
+///
+/// Cleaning a VM's RAM takes time in proportion to its size, with this
+/// CPU's interrupts masked; the guest can only make it happen when it
+/// starts set/way maintenance or turns its caches on or off, and the cost
+/// falls on its own CPU.
+fn carry_out_set_way(index: usize, response: set_way::Response, was_trapping: bool) {
     if response.clean_guest_ram {
         let vm = vm(index);
         arch::clean_to_point_of_coherency(vm.ram_host.0 as usize, vm.ram_size as usize);
     }
-    guest::trap_virtual_memory_registers(response.trap_vm_registers);
+    // A set/way loop is thousands of traps: touch HCR_EL2 only on a change.
+    if response.trap_vm_registers != was_trapping {
+        guest::trap_virtual_memory_registers(response.trap_vm_registers);
+    }
 }
 
 /// Gives the guest the synchronous external abort hardware would, or stops

@@ -43,21 +43,22 @@ pub const HCR_EL2_GUEST: u64 = (1 << 0)
 const CPTR_EL2_GUEST: u64 = 0x33FF;
 
 /// MDCR_EL2 while guests run: their accesses to the performance monitors
-/// (TPM, TPMCR), the debug registers (TDA), the OS lock and power-down
-/// registers (TDOSA) and the debug ROM registers (TDRA) trap, and read as
-/// zero with writes ignored, as if the features were absent: a guest
-/// cannot count or watch what other software on its CPU does. HPMN, the
-/// counters EL1 would be given, is kept as it was (0 has constraints on
-/// older cores). The statistical profiling registers (TPMS) trap too on
+/// trap (TPM, TPMCR) and read as zero with writes ignored, so a guest cannot
+/// count what other software on its CPU does (the guest device tree
+/// describes no PMU, so Linux does not look for one; ID_AA64DFR0_EL1 still
+/// shows the CPU's). The statistical profiling registers (TPMS) trap too on
 /// cores that have them (ID_AA64DFR0_EL1.PMSVer != 0; the bit is RES0
-/// elsewhere).
+/// elsewhere). HPMN, the counters EL1 would be given, is kept as it was (0
+/// has constraints on older cores).
+///
+/// The debug registers are the guest's own, as on hardware: breakpoints,
+/// watchpoints and single-step aimed at EL1 cannot fire at EL2, and a vCPU
+/// starts with MDSCR_EL1 = 0 (`El1Context::reset`), so nothing armed by an
+/// earlier run of the VM fires.
 fn mdcr_el2_guest() -> u64 {
     const HPMN: u64 = 0x1F;
     const TPMCR: u64 = 1 << 5;
     const TPM: u64 = 1 << 6;
-    const TDA: u64 = 1 << 9;
-    const TDOSA: u64 = 1 << 10;
-    const TDRA: u64 = 1 << 11;
     const TPMS: u64 = 1 << 14;
     let (mdcr, debug_features): (u64, u64);
     // SAFETY: reading MDCR_EL2 and ID_AA64DFR0_EL1 has no side effects.
@@ -71,7 +72,7 @@ fn mdcr_el2_guest() -> u64 {
         );
     }
     let statistical_profiling = (debug_features >> 32) & 0xF != 0;
-    (mdcr & HPMN) | TPMCR | TPM | TDA | TDOSA | TDRA | if statistical_profiling { TPMS } else { 0 }
+    (mdcr & HPMN) | TPMCR | TPM | if statistical_profiling { TPMS } else { 0 }
 }
 
 /// CNTHCTL_EL2: EL1PCTEN | EL1PCEN: guests may read the physical counter
@@ -329,4 +330,5 @@ el1_registers! {
     cntkctl => "cntkctl_el1",
     cntv_ctl => "cntv_ctl_el0",
     cntv_cval => "cntv_cval_el0",
+    mdscr => "mdscr_el1",
 }
