@@ -17,7 +17,12 @@
 //! set-way: MAIR_EL1, TCR_EL1, TTBR0_EL1 hold what was written
 //! set-way: MMU and caches on (SCTLR_EL1 0x30d01805)
 //! set-way: MMU and caches off again; data written with caches on reads 0x5e73a75
+//! set-way: VM-register writes trapped after set/way, not once the caches were on, again after set/way, still with the caches off
 //! ```
+//!
+//! The last line needs a Tessera test image, which reports its traps
+//! (`TESSERA_TEST_VCPU_TRAPS`); elsewhere it says the traps are not
+//! reported.
 //!
 //! A check that fails prints `set-way: FAIL: ...` and exits with status 1.
 #![cfg_attr(target_os = "none", no_std)]
@@ -25,6 +30,7 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use tessera_guest_sdk::tessera::{test_vcpu_traps, vcpu_trap};
 use tessera_guest_sdk::{entry, exit, exit_status, println};
 
 entry!(main);
@@ -54,8 +60,11 @@ const SCTLR_DATA_CACHE: u64 = 1 << 2;
 const SCTLR_INSTRUCTION_CACHE: u64 = 1 << 12;
 
 fn main(_device_tree: usize) -> ! {
+    // What the hypervisor traps at each step, where it says (test images).
+    let mut trapping = [None; 4];
     let levels = clean_and_invalidate_by_set_way();
     println!("set-way: {levels} cache level(s) cleaned and invalidated by set/way");
+    trapping[0] = virtual_memory_registers_trapped();
 
     let table = build_identity_map();
     write_translation_registers(table);
@@ -76,10 +85,13 @@ fn main(_device_tree: usize) -> ! {
         ));
     }
     println!("set-way: MMU and caches on (SCTLR_EL1 {on:#x})");
+    trapping[1] = virtual_memory_registers_trapped();
 
     WITNESS.store(WITNESS_VALUE, Ordering::Relaxed);
     clean_and_invalidate_by_set_way();
+    trapping[2] = virtual_memory_registers_trapped();
     set_system_control(on & !(SCTLR_MMU | SCTLR_DATA_CACHE));
+    trapping[3] = virtual_memory_registers_trapped();
     let off = system_control();
     if off & (SCTLR_MMU | SCTLR_DATA_CACHE) != 0 {
         fail(format_args!(
@@ -93,7 +105,27 @@ fn main(_device_tree: usize) -> ! {
         ));
     }
     println!("set-way: MMU and caches off again; data written with caches on reads {witness:#x}");
+    match trapping {
+        [None, None, None, None] => {
+            println!("set-way: the hypervisor does not report its traps here");
+        }
+        [Some(true), Some(false), Some(true), Some(true)] => println!(
+            "set-way: VM-register writes trapped after set/way, not once the caches were on, \
+             again after set/way, still with the caches off"
+        ),
+        observed => fail(format_args!(
+            "VM-register trapping after each step was {observed:?}, expected on, off, on, on"
+        )),
+    }
     exit(exit_status::SUCCESS)
+}
+
+/// Whether the hypervisor traps this vCPU's writes to its virtual-memory
+/// control registers, if it says (Tessera test images).
+fn virtual_memory_registers_trapped() -> Option<bool> {
+    test_vcpu_traps()
+        .ok()
+        .map(|traps| traps & vcpu_trap::VIRTUAL_MEMORY_REGISTERS != 0)
 }
 
 fn fail(reason: core::fmt::Arguments<'_>) -> ! {

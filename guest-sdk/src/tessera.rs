@@ -10,6 +10,15 @@ pub mod function {
     pub const VM_EXIT: u32 = 0x8600_0001;
     /// Returns how often this VM has been restarted by SYSTEM_RESET.
     pub const RESET_COUNT: u32 = 0x8600_0002;
+    /// Test images only: which optional traps are on for this vCPU.
+    pub const TEST_VCPU_TRAPS: u32 = 0x8600_0080;
+}
+
+/// Bits of [`test_vcpu_traps`].
+pub mod vcpu_trap {
+    /// Writes to the virtual-memory control registers trap (HCR_EL2.TVM):
+    /// the hypervisor is following set/way cache maintenance.
+    pub const VIRTUAL_MEMORY_REGISTERS: u64 = 1 << 0;
 }
 
 /// The exit statuses the SDK itself uses. Guests use 0 for success and
@@ -56,6 +65,15 @@ pub fn vm_exit(status: u32) -> ! {
 /// `NotSupported` when not running under Tessera.
 pub fn reset_count() -> Result<u64, PsciError> {
     decode_count(arch::hvc(function::RESET_COUNT, 0, 0, 0))
+}
+
+/// TESSERA_TEST_VCPU_TRAPS: which optional traps ([`vcpu_trap`]) are on
+/// for this vCPU. Only Tessera's test images answer it.
+///
+/// # Errors
+/// `NotSupported` in a production image or when not running under Tessera.
+pub fn test_vcpu_traps() -> Result<u64, PsciError> {
+    decode_count(arch::hvc(function::TEST_VCPU_TRAPS, 0, 0, 0))
 }
 
 /// Ends the VM: status 0 through PSCI SYSTEM_OFF, anything else through

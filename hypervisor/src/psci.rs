@@ -21,6 +21,9 @@ pub mod function {
     pub const PSCI_FEATURES: u32 = 0x8400_000A;
     pub const TESSERA_VM_EXIT: u32 = 0x8600_0001;
     pub const TESSERA_RESET_COUNT: u32 = 0x8600_0002;
+    /// Test builds only (the `semihosting` feature): the optional traps in
+    /// force on the calling vCPU, so end-to-end tests can see them.
+    pub const TESSERA_TEST_VCPU_TRAPS: u32 = 0x8600_0080;
 }
 
 /// PSCI return codes.
@@ -67,6 +70,9 @@ pub enum Call {
     VmExit { status: u32 },
     /// How often the VM has been reset (Tessera call).
     ResetCount,
+    /// Which optional traps are on for this vCPU (Tessera call, test
+    /// builds only).
+    TestVcpuTraps,
 }
 
 /// Decodes a call from the guest's x0..x3. 32-bit calling-convention
@@ -106,6 +112,7 @@ pub fn decode(x0: u64, x1: u64, x2: u64, x3: u64) -> Call {
         }),
         TESSERA_VM_EXIT => Call::VmExit { status: x1 as u32 },
         TESSERA_RESET_COUNT => Call::ResetCount,
+        TESSERA_TEST_VCPU_TRAPS => Call::TestVcpuTraps,
         // Everything else is not implemented.
         _ => Call::Return(status::NOT_SUPPORTED),
     }
@@ -184,6 +191,7 @@ mod tests {
         assert_eq!(decode(0x8400_0002, 0, 0, 0), Call::CpuOff);
         assert_eq!(decode(0x8600_0001, 3, 0, 0), Call::VmExit { status: 3 });
         assert_eq!(decode(0x8600_0002, 0, 0, 0), Call::ResetCount);
+        assert_eq!(decode(0x8600_0080, 0, 0, 0), Call::TestVcpuTraps);
         assert_eq!(
             decode(0xC400_0004, 1, 0, 0),
             Call::AffinityInfo {

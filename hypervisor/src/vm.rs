@@ -959,6 +959,13 @@ fn handle_firmware_call(index: usize, vcpu: usize, frame: &mut TrapFrame) {
             park_current_vcpu();
         }
         Call::SystemReset => reset_vm(index),
+        // Bit 0: writes to the virtual-memory control registers trap
+        // (set/way maintenance being followed). Test images only: in a
+        // production image the call does not exist.
+        Call::TestVcpuTraps if cfg!(feature = "semihosting") => {
+            i64::from(guest::virtual_memory_registers_trapped())
+        }
+        Call::TestVcpuTraps => status::NOT_SUPPORTED,
         Call::ResetCount => RUNTIMES[index]
             .lock()
             .as_ref()

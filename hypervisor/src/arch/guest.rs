@@ -217,6 +217,15 @@ pub fn trap_virtual_memory_registers(trap: bool) {
     }
 }
 
+/// Whether the running vCPU's writes to its virtual-memory control
+/// registers trap (HCR_EL2.TVM), as the hardware has it.
+pub fn virtual_memory_registers_trapped() -> bool {
+    let hcr: u64;
+    // SAFETY: reading HCR_EL2 has no side effects.
+    unsafe { asm!("mrs {}, hcr_el2", out(reg) hcr, options(nomem, nostack, preserves_flags)) };
+    hcr & HCR_EL2_TVM != 0
+}
+
 /// SCTLR_EL1 of the running vCPU.
 pub fn guest_system_control() -> u64 {
     let value: u64;
