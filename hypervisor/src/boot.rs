@@ -112,6 +112,7 @@ fn discover_machine(device_tree_address: u64) -> Machine {
     }
     let mut memory = RangeSet::new();
     for range in BOARD.fallback_memory {
+        // A board table of a range or two: it always fits.
         let _ = memory.add((*range).into());
     }
     let mut cpu_affinities = [0; MAX_CPUS];
@@ -157,18 +158,26 @@ pub extern "C" fn primary_entry(device_tree_address: u64, run_address: u64) -> !
 
     let mut free = machine.memory.clone();
     let mut holes = RangeSet::new();
-    let _ = holes.add(image.whole());
+    // A hole that does not fit the set would leave memory in use looking
+    // free: refuse to go on rather than hand it out.
+    let mut add_hole = |range: PhysRange| {
+        if holes.add(range).is_err() {
+            early_message("tessera: too many reserved memory ranges to keep track of\n");
+            power::fail_stop();
+        }
+    };
+    add_hole(image.whole());
     for range in machine.reserved.ranges() {
-        let _ = holes.add(*range);
+        add_hole(*range);
     }
     for range in BOARD.firmware_reserved {
-        let _ = holes.add((*range).into());
+        add_hole((*range).into());
     }
     if let Some(tree) = machine.device_tree {
-        let _ = holes.add(tree);
+        add_hole(tree);
     }
     if let Some(initrd) = machine.initrd {
-        let _ = holes.add(initrd);
+        add_hole(initrd);
     }
     for hole in holes.ranges() {
         if free.remove(*hole).is_err() {
@@ -182,7 +191,10 @@ pub extern "C" fn primary_entry(device_tree_address: u64, run_address: u64) -> !
     // hypervisor reads (device tree, firmware's spin table).
     let mut mapped_ram = machine.memory.clone();
     for range in BOARD.firmware_reserved {
-        let _ = mapped_ram.add((*range).into());
+        if mapped_ram.add((*range).into()).is_err() {
+            early_message("tessera: too many memory ranges to map\n");
+            power::fail_stop();
+        }
     }
     let Ok(el2_map) = memory::build_el2_map(&mapped_ram, &image) else {
         early_message("tessera: could not build the EL2 translation tables\n");

@@ -44,25 +44,46 @@ pub fn display(path: &Path) -> String {
 }
 
 /// Writes `bytes` to `path`, creating its directory. The file is written
-/// beside `path` and renamed into place, so a QEMU started meanwhile never
-/// reads half of it.
+/// beside `path` under a name of this process's own and renamed into
+/// place, so a QEMU started meanwhile, or another `tessera` writing the same
+/// file, never sees half of it; on failure the partial file is removed.
 pub fn write_whole_file(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let serial = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut partial = path.as_os_str().to_owned();
-    partial.push(".partial");
+    partial.push(format!(".{}-{serial}.partial", std::process::id()));
     let partial = PathBuf::from(partial);
-    std::fs::write(&partial, bytes)
-        .with_context(|| format!("cannot write {}", partial.display()))?;
-    std::fs::rename(&partial, path)
-        .with_context(|| format!("cannot rename {} to {}", partial.display(), path.display()))?;
-    Ok(())
+    let written = std::fs::write(&partial, bytes)
+        .with_context(|| format!("cannot write {}", partial.display()))
+        .and_then(|()| {
+            std::fs::rename(&partial, path).with_context(|| {
+                format!("cannot rename {} to {}", partial.display(), path.display())
+            })
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    written
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_files_replace_what_was_there_and_leave_nothing_beside() {
+        let dir = std::env::temp_dir().join(format!("tessera-write-{}", std::process::id()));
+        let path = dir.join("deep/file.bin");
+        write_whole_file(&path, b"first").unwrap();
+        write_whole_file(&path, b"second").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        let entries: Vec<_> = std::fs::read_dir(dir.join("deep")).unwrap().collect();
+        assert_eq!(entries.len(), 1, "no partial file left behind");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn the_workspace_this_crate_lives_in_is_a_root() {
