@@ -115,7 +115,8 @@ mod tests {
         assert_eq!(context.sctlr & 1, 0, "MMU off");
         assert_eq!(context.sctlr, 0x30D0_0800);
         assert_eq!(ENTRY_SAVED_STATE & 0xF, 0b0101, "EL1h");
-        assert_eq!(size_of::<El1Context>(), 26 * 8);
+        assert_eq!(context.mdscr, 0, "monitor debug off");
+        assert_eq!(size_of::<El1Context>(), 27 * 8);
     }
 
     #[test]
