@@ -18,7 +18,7 @@ use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 use spin::Mutex;
-use tessera_hypervisor::console_queue::{self, CAPACITY, ConsoleQueue, Source, VM_SHARE};
+use tessera_hypervisor::console_queue::{self, CAPACITY, ConsoleQueue, DrainStop};
 use tessera_hypervisor::manifest::MAX_VMS;
 use tock_registers::interfaces::{Readable, Writeable};
 use tock_registers::register_bitfields;
@@ -121,6 +121,11 @@ static QUEUED_BY_VM: [AtomicUsize; MAX_VMS] = [const { AtomicUsize::new(0) }; MA
 #[unsafe(link_section = ".bss.noinit.console_queue")]
 static mut QUEUE_STORAGE: [u8; CAPACITY] = [0; CAPACITY];
 
+/// Bytes moved per hold of the queue lock: about one UART FIFO, so a VM
+/// queueing a line never waits long for the lock, even where the UART
+/// takes bytes as fast as they come (QEMU).
+const BYTES_PER_HOLD: usize = 32;
+
 /// Takes the board's UART as the console.
 pub fn init(uart_base: usize) {
     let storage = &raw mut QUEUE_STORAGE;
@@ -145,7 +150,7 @@ fn with_interrupts_masked<T>(body: impl FnOnce() -> T) -> T {
 }
 
 /// How long a caller keeps draining.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Drain {
     /// While the UART's FIFO has room.
     WhileRoom,
@@ -155,51 +160,70 @@ enum Drain {
     UntilEmpty,
 }
 
-/// Moves queued bytes into the UART as `how` says.
-fn drain(uart: &Pl011, how: Drain) {
+/// Moves queued bytes into the UART as `how` says, a FIFO's worth per hold
+/// of the queue lock. Returns what stopped it (`Limit` for a spent budget).
+fn drain(uart: &Pl011, how: Drain) -> DrainStop {
     let mut budget = CAPACITY;
     loop {
-        let finished = {
+        let stop = {
             let mut queue = QUEUE.lock();
             let Some(queue) = queue.as_mut() else {
-                return;
+                return DrainStop::Empty;
             };
             if queue.is_empty() {
-                return;
+                return DrainStop::Empty;
             }
-            let empty = queue.drain(|byte| {
-                if budget == 0 || !uart.try_write_byte(byte) {
-                    return false;
-                }
-                budget -= 1;
-                true
+            let mut moved = 0;
+            let stop = queue.drain(BYTES_PER_HOLD.min(budget), |byte| {
+                let taken = uart.try_write_byte(byte);
+                moved += usize::from(taken);
+                taken
             });
+            budget -= moved;
             for (vm, queued) in QUEUED_BY_VM.iter().enumerate() {
-                queued.store(queue.queued(Source::Vm(vm)), Ordering::Release);
+                queued.store(queue.queued(vm), Ordering::Release);
             }
-            empty || budget == 0
+            stop
         };
-        if finished || matches!(how, Drain::WhileRoom) {
-            return;
+        match (stop, how) {
+            (DrainStop::Empty, _) => return DrainStop::Empty,
+            (_, _) if budget == 0 => return DrainStop::Limit,
+            (DrainStop::WriterFull, Drain::WhileRoom) => return DrainStop::WriterFull,
+            (DrainStop::WriterFull, Drain::UntilEmpty) => core::hint::spin_loop(),
+            (DrainStop::Limit, _) => {}
         }
-        core::hint::spin_loop();
     }
+}
+
+fn queue_is_empty() -> bool {
+    QUEUE.lock().as_ref().is_none_or(ConsoleQueue::is_empty)
 }
 
 /// Moves queued output into the UART if no other CPU is doing so, without
 /// waiting for its FIFO.
 pub fn try_drain() {
     with_interrupts_masked(|| {
-        if let Some(guard) = UART.try_lock()
-            && let Some(uart) = guard.as_ref()
-        {
-            drain(uart, Drain::WhileRoom);
+        loop {
+            let Some(guard) = UART.try_lock() else {
+                // The holder looks at the queue again after it lets go.
+                return;
+            };
+            let Some(uart) = guard.as_ref() else {
+                return;
+            };
+            let stop = drain(uart, Drain::WhileRoom);
+            drop(guard);
+            // A line queued while this CPU held the UART, by a CPU whose
+            // own try found it taken, would otherwise wait for a tick.
+            if stop != DrainStop::Empty || queue_is_empty() {
+                return;
+            }
         }
     });
 }
 
-/// Prints a hypervisor message: after everything queued before it, and
-/// whole.
+/// Prints a hypervisor message: after the guest output queued before it
+/// (up to one queue's worth, waiting for the UART as needed), and whole.
 pub fn print(arguments: fmt::Arguments<'_>) {
     with_interrupts_masked(|| {
         if let Some(uart) = UART.lock().as_mut() {
@@ -207,32 +231,25 @@ pub fn print(arguments: fmt::Arguments<'_>) {
             let _ = uart.write_fmt(arguments);
         }
     });
+    // See `try_drain`: lines queued meanwhile go out now, not at a tick.
+    if !queue_is_empty() {
+        try_drain();
+    }
 }
 
 /// Queues a line of VM `vm` (named `name`) as `[name] text`. `text` must
 /// hold no line breaks. Returns false, dropping it, when the VM's share of
-/// the queue is full; the loss is reported before the VM's next line.
+/// the queue is full; the loss is reported before the VM's next line, or
+/// when it stops ([`report_dropped_output`]).
 pub fn queue_guest_line(vm: usize, name: &str, text: &[u8]) -> bool {
     let queued = with_interrupts_masked(|| {
         let mut queue = QUEUE.lock();
         let Some(queue) = queue.as_mut() else {
             return false;
         };
-        let dropped = queue.dropped(Source::Vm(vm));
-        if dropped > 0 {
-            let mut notice = NoticeBuffer::new();
-            let _ = write!(
-                notice,
-                "({dropped} bytes of output dropped: sent while the console was full)"
-            );
-            // Reported once there is room for the report; counted until then.
-            if queue.push(Source::Vm(vm), &guest_line(name, notice.text())) {
-                queue.take_dropped(Source::Vm(vm));
-            }
-        }
-        let queued = queue.push(Source::Vm(vm), &guest_line(name, text));
+        let queued = queue.push_guest_line(vm, name, text);
         if let Some(mirror) = QUEUED_BY_VM.get(vm) {
-            mirror.store(queue.queued(Source::Vm(vm)), Ordering::Release);
+            mirror.store(queue.queued(vm), Ordering::Release);
         }
         queued
     });
@@ -240,25 +257,34 @@ pub fn queue_guest_line(vm: usize, name: &str, text: &[u8]) -> bool {
     queued
 }
 
-/// The parts of a tagged guest line.
-fn guest_line<'t>(name: &'t str, text: &'t [u8]) -> [&'t [u8]; 5] {
-    [b"[", name.as_bytes(), b"] ", text, b"\r\n"]
+/// Reports output VM `vm` lost and has not been told of yet (when it stops,
+/// there is no next line to put the report before).
+pub fn report_dropped_output(vm: usize, name: &str) {
+    let dropped = with_interrupts_masked(|| {
+        QUEUE
+            .lock()
+            .as_mut()
+            .map_or(0, |queue| queue.take_dropped(vm))
+    });
+    if dropped > 0 {
+        print(format_args!(
+            "tessera: vm {name}: {dropped} bytes of its output dropped (sent while the console was full)\n"
+        ));
+    }
 }
 
-/// The most VM `vm`'s output may have queued for it to still have room for
-/// one more line of the longest kind (`name` is its name).
+/// The most VM output may have queued for the VM (named `name`) to still
+/// have room for its next line; its UART shows TXFF above this.
 pub const fn guest_output_ready_threshold(name: &str) -> usize {
-    // The parts `guest_line` frames a line with: "[", name, "] ", "\r\n".
-    let longest = 1 + name.len() + 2 + tessera_vdevs::console::LINE_CAPACITY + 2;
-    VM_SHARE.saturating_sub(console_queue::record_bytes(longest))
+    console_queue::ready_threshold(name.len())
 }
 
 /// Whether a VM has room for one more line, given its counter from
 /// [`guest_output_counter`] and its threshold from
 /// [`guest_output_ready_threshold`]. This runs on every read of a virtual
 /// UART's flag register, so it is one load; only when the VM is over its
-/// share does it try to make room by draining, so a guest that polls its
-/// UART's flags waits only as long as the console needs.
+/// threshold does it try to make room by draining, so a guest that polls
+/// its UART's flags waits only as long as the console needs.
 #[inline(always)]
 pub fn guest_output_ready(queued: &AtomicUsize, threshold: usize) -> bool {
     if queued.load(Ordering::Acquire) <= threshold {
@@ -285,35 +311,6 @@ fn drain_for_waiting_guest() {
     try_drain();
 }
 
-/// A small formatting buffer for the dropped-output notice.
-struct NoticeBuffer {
-    bytes: [u8; 96],
-    len: usize,
-}
-
-impl NoticeBuffer {
-    const fn new() -> Self {
-        Self {
-            bytes: [0; 96],
-            len: 0,
-        }
-    }
-
-    fn text(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
-}
-
-impl Write for NoticeBuffer {
-    fn write_str(&mut self, text: &str) -> fmt::Result {
-        let room = self.bytes.len() - self.len;
-        let taken = text.len().min(room);
-        self.bytes[self.len..self.len + taken].copy_from_slice(&text.as_bytes()[..taken]);
-        self.len += taken;
-        Ok(())
-    }
-}
-
 /// Writes out everything queued and waits for the UART's last byte to go
 /// out (before power-off).
 pub fn flush() {
@@ -323,6 +320,20 @@ pub fn flush() {
             uart.flush();
         }
     });
+}
+
+/// On the crash path: writes out what guests had queued, through `writer`,
+/// if no other CPU holds the queue (the crash report must not wait on a
+/// lock).
+pub fn drain_for_crash(writer: &Pl011) {
+    if let Some(mut queue) = QUEUE.try_lock()
+        && let Some(queue) = queue.as_mut()
+    {
+        queue.drain(CAPACITY, |byte| {
+            writer.write_byte(byte);
+            true
+        });
+    }
 }
 
 /// A writer for the crash path that does not take the console lock.

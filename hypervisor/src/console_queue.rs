@@ -1,65 +1,110 @@
-//! The console's output queue: whole lines from the VMs and the hypervisor,
-//! in the order they were completed, waiting for the physical UART.
+//! The console's output queue: the VMs' lines, in the order they were
+//! completed, waiting for the physical UART.
 //!
 //! Writing to a real UART takes time (about 87 µs a character at 115200
 //! baud). If each VM wrote its lines to the UART itself, a chatty or hostile
 //! VM would hold the console while the others' vCPUs waited to print. Here
 //! a VM only copies its line into the queue, and whoever finds the UART free
 //! moves queued bytes into its FIFO without waiting. Each VM may have at
-//! most [`VM_SHARE`] bytes queued; a VM over its share sees its virtual
-//! UART's transmit FIFO full (UARTFR.TXFF) until the queue drains, as a
-//! real UART would tell it to wait, and a line it sends anyway is dropped
-//! and counted. So one VM's output can delay, but never block or crowd out,
-//! another's.
+//! most [`VM_SHARE`] bytes queued. A VM near its share sees its virtual
+//! UART's transmit FIFO full (UARTFR.TXFF, see [`ready_threshold`]) until
+//! the queue drains, as a real UART would tell it to wait; a line it sends
+//! anyway is dropped, its bytes counted, and the loss reported in a
+//! `tessera:` line (which a guest cannot forge: guest lines start with
+//! `[name]`) ahead of the VM's next line. So one VM's output can delay,
+//! but never block or crowd out, another's.
 //!
-//! Lines come out whole and in the order they were queued, so the console
-//! reads as it did when every line was written at once.
+//! Lines come out whole and in the order they were queued.
+
+use core::fmt::Write;
 
 use crate::manifest::MAX_VMS;
 
-/// Who a line came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
-    Hypervisor,
-    Vm(usize),
-}
-
-/// Bytes of queued output one VM may have at a time: eight lines of 256.
+/// Bytes of queued output one VM may have at a time: seven full lines.
 pub const VM_SHARE: usize = 2048;
-/// Bytes of queued output the hypervisor may have.
-pub const HYPERVISOR_SHARE: usize = 4096;
-/// The whole queue: every VM's share and the hypervisor's, so no source
-/// can take another's room.
-pub const CAPACITY: usize = MAX_VMS * VM_SHARE + HYPERVISOR_SHARE;
-/// Each queued line is preceded by a record header: source and length.
+/// The whole queue: every VM's share, so no VM can take another's room.
+pub const CAPACITY: usize = MAX_VMS * VM_SHARE;
+/// Each queued line is preceded by a record header: VM and length.
 const HEADER_BYTES: usize = 3;
+const _: () = assert!(
+    MAX_VMS <= u8::MAX as usize,
+    "a VM index fits the header's byte"
+);
 
-/// The share a line of `line_bytes` takes while queued.
-#[must_use]
-pub const fn record_bytes(line_bytes: usize) -> usize {
-    line_bytes + HEADER_BYTES
+/// The longest guest text one line carries (the virtual UART's line buffer).
+const LONGEST_TEXT: usize = tessera_vdevs::console::LINE_CAPACITY;
+/// The dropped-output notice, around the VM's name and the count.
+const NOTICE_START: &str = "tessera: vm ";
+const NOTICE_END: &str = " bytes of its output dropped (sent while the console was full)\r\n";
+/// ": " plus the most digits a count has.
+const NOTICE_COUNT_BYTES: usize = 2 + 20;
+
+/// The queued size of a guest line of `text_bytes` from a VM whose name is
+/// `name_bytes` long: `[name] text\r\n` and the header.
+const fn line_record(name_bytes: usize, text_bytes: usize) -> usize {
+    HEADER_BYTES + 1 + name_bytes + 2 + text_bytes + 2
 }
-/// The source byte of a hypervisor record.
-const HYPERVISOR_TAG: u8 = 0xFF;
 
-/// A byte FIFO of line records, with each source's share accounted. The
-/// storage is lent in, so that it can live in memory boot does not zero.
+/// The queued size of the longest dropped-output notice for a VM whose name
+/// is `name_bytes` long.
+const fn notice_record(name_bytes: usize) -> usize {
+    HEADER_BYTES + NOTICE_START.len() + name_bytes + NOTICE_COUNT_BYTES + NOTICE_END.len()
+}
+
+/// The most a VM (its name `name_bytes` long) may have queued and still be
+/// sure its next line, even the longest and with a dropped-output notice
+/// before it, fits its share. Its UART shows TXFF above this.
+#[must_use]
+pub const fn ready_threshold(name_bytes: usize) -> usize {
+    VM_SHARE.saturating_sub(line_record(name_bytes, LONGEST_TEXT) + notice_record(name_bytes))
+}
+
+/// A byte FIFO of line records, with each VM's share accounted. The storage
+/// is lent in, so that it can live in memory boot does not zero.
 pub struct ConsoleQueue<'a> {
     bytes: &'a mut [u8; CAPACITY],
     /// Where the oldest queued byte is.
     head: usize,
     /// Bytes queued, headers included.
     len: usize,
-    /// Payload bytes still to go out of the record at `head` (0: the next
-    /// byte at `head` is a header).
+    /// Bytes still to go out of the record at `head` (0: the next byte at
+    /// `head` is a header).
     record_left: usize,
-    /// The source of the record being sent.
-    record_source: Source,
-    /// Bytes queued per source, headers included.
+    /// The VM of the record being sent.
+    record_vm: usize,
+    /// Bytes queued per VM, headers included.
     queued_by_vm: [usize; MAX_VMS],
-    queued_by_hypervisor: usize,
-    /// Payload bytes refused per VM since last taken.
+    /// Guest text bytes refused per VM and not reported yet.
     dropped_by_vm: [usize; MAX_VMS],
+}
+
+/// What stopped a [`ConsoleQueue::drain`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DrainStop {
+    /// Nothing is queued.
+    Empty,
+    /// The writer refused a byte (the UART's FIFO is full); it stays queued.
+    WriterFull,
+    /// The byte limit was reached.
+    Limit,
+}
+
+/// Room for a formatted notice.
+struct NoticeBuffer {
+    bytes: [u8; 128],
+    len: usize,
+}
+
+impl Write for NoticeBuffer {
+    fn write_str(&mut self, text: &str) -> core::fmt::Result {
+        let end = self.len + text.len();
+        self.bytes
+            .get_mut(self.len..end)
+            .ok_or(core::fmt::Error)?
+            .copy_from_slice(text.as_bytes());
+        self.len = end;
+        Ok(())
+    }
 }
 
 impl<'a> ConsoleQueue<'a> {
@@ -71,17 +116,9 @@ impl<'a> ConsoleQueue<'a> {
             head: 0,
             len: 0,
             record_left: 0,
-            record_source: Source::Hypervisor,
+            record_vm: 0,
             queued_by_vm: [0; MAX_VMS],
-            queued_by_hypervisor: 0,
             dropped_by_vm: [0; MAX_VMS],
-        }
-    }
-
-    fn share(source: Source) -> usize {
-        match source {
-            Source::Hypervisor => HYPERVISOR_SHARE,
-            Source::Vm(_) => VM_SHARE,
         }
     }
 
@@ -91,84 +128,75 @@ impl<'a> ConsoleQueue<'a> {
         self.len == 0
     }
 
-    /// Bytes `source` has queued (record headers included).
+    /// Bytes VM `vm` has queued (record headers included).
     #[must_use]
-    pub fn queued(&self, source: Source) -> usize {
-        match source {
-            Source::Hypervisor => self.queued_by_hypervisor,
-            Source::Vm(index) => self.queued_by_vm.get(index).copied().unwrap_or(0),
-        }
+    pub fn queued(&self, vm: usize) -> usize {
+        self.queued_by_vm.get(vm).copied().unwrap_or(0)
     }
 
-    fn queued_mut(&mut self, source: Source) -> Option<&mut usize> {
-        match source {
-            Source::Hypervisor => Some(&mut self.queued_by_hypervisor),
-            Source::Vm(index) => self.queued_by_vm.get_mut(index),
-        }
+    /// Guest text bytes of VM `vm` refused and not reported yet.
+    #[must_use]
+    pub fn dropped(&self, vm: usize) -> usize {
+        self.dropped_by_vm.get(vm).copied().unwrap_or(0)
     }
 
-    /// Whether `source` could queue a line of `line_bytes` now.
-    #[must_use]
-    pub fn has_room(&self, source: Source, line_bytes: usize) -> bool {
-        let needed = record_bytes(line_bytes);
-        let in_range = match source {
-            Source::Hypervisor => true,
-            Source::Vm(index) => index < MAX_VMS,
+    /// Takes the count of VM `vm`'s refused bytes, for a report made
+    /// elsewhere (when the VM stops).
+    pub fn take_dropped(&mut self, vm: usize) -> usize {
+        self.dropped_by_vm.get_mut(vm).map_or(0, core::mem::take)
+    }
+
+    /// Queues `[name] text` for VM `vm`, preceded by a notice of what the
+    /// VM lost before, if anything. Returns false and queues nothing when
+    /// the VM's share has no room for both; the text's bytes are then
+    /// counted as dropped.
+    pub fn push_guest_line(&mut self, vm: usize, name: &str, text: &[u8]) -> bool {
+        let Some(&dropped) = self.dropped_by_vm.get(vm) else {
+            return false;
         };
-        in_range
-            && line_bytes <= usize::from(u16::MAX)
-            && self.queued(source) + needed <= Self::share(source)
-    }
-
-    /// Queues one line, the concatenation of `parts`, for `source`. Returns
-    /// false and queues nothing when the source's share has no room for it
-    /// (a VM's refused bytes are counted, see [`Self::take_dropped`]).
-    pub fn push(&mut self, source: Source, parts: &[&[u8]]) -> bool {
-        let line_bytes: usize = parts.iter().map(|part| part.len()).sum();
-        if !self.has_room(source, line_bytes) {
-            if let Source::Vm(index) = source
-                && let Some(dropped) = self.dropped_by_vm.get_mut(index)
-            {
-                *dropped += line_bytes;
-            }
+        let mut notice = NoticeBuffer {
+            bytes: [0; 128],
+            len: 0,
+        };
+        if dropped > 0 {
+            // The name is the VM's; a name too long for the buffer leaves
+            // the notice out rather than the line.
+            let _ = write!(notice, "{NOTICE_START}{name}: {dropped}{NOTICE_END}");
+        }
+        let notice = &notice.bytes[..notice.len];
+        let line: [&[u8]; 5] = [b"[", name.as_bytes(), b"] ", text, b"\r\n"];
+        let line_bytes: usize = line.iter().map(|part| part.len()).sum();
+        let notice_needed = if notice.is_empty() {
+            0
+        } else {
+            HEADER_BYTES + notice.len()
+        };
+        let needed = notice_needed + HEADER_BYTES + line_bytes;
+        if line_bytes > usize::from(u16::MAX) || self.queued(vm) + needed > VM_SHARE {
+            self.dropped_by_vm[vm] += text.len();
             return false;
         }
-        let tag = match source {
-            Source::Hypervisor => HYPERVISOR_TAG,
-            // `has_room` checked the index against MAX_VMS, far below 0xFF.
-            Source::Vm(index) => index as u8,
-        };
-        let length = (line_bytes as u16).to_le_bytes();
-        for byte in [tag, length[0], length[1]]
-            .into_iter()
-            .chain(parts.iter().flat_map(|part| part.iter().copied()))
-        {
-            // Within capacity: the shares add up to it.
-            let tail = (self.head + self.len) % CAPACITY;
-            self.bytes[tail] = byte;
-            self.len += 1;
+        if !notice.is_empty() {
+            self.append_record(vm, &[notice]);
+            self.dropped_by_vm[vm] = 0;
         }
-        if let Some(queued) = self.queued_mut(source) {
-            *queued += record_bytes(line_bytes);
-        }
+        self.append_record(vm, &line);
         true
     }
 
-    /// How many of `source`'s bytes were refused since the count was last
-    /// taken.
-    #[must_use]
-    pub fn dropped(&self, source: Source) -> usize {
-        match source {
-            Source::Hypervisor => 0,
-            Source::Vm(index) => self.dropped_by_vm.get(index).copied().unwrap_or(0),
-        }
-    }
-
-    /// Takes the count of `source`'s bytes refused since it was last taken.
-    pub fn take_dropped(&mut self, source: Source) -> usize {
-        match source {
-            Source::Hypervisor => 0,
-            Source::Vm(index) => self.dropped_by_vm.get_mut(index).map_or(0, core::mem::take),
+    /// Appends one record; the caller checked the VM's share has room (the
+    /// shares add up to the capacity, so the queue has too).
+    fn append_record(&mut self, vm: usize, parts: &[&[u8]]) {
+        let length: usize = parts.iter().map(|part| part.len()).sum();
+        let length = (length as u16).to_le_bytes();
+        for byte in [vm as u8, length[0], length[1]]
+            .into_iter()
+            .chain(parts.iter().flat_map(|part| part.iter().copied()))
+        {
+            let tail = (self.head + self.len) % CAPACITY;
+            self.bytes[tail] = byte;
+            self.len += 1;
+            self.queued_by_vm[vm] += 1;
         }
     }
 
@@ -179,37 +207,31 @@ impl<'a> ConsoleQueue<'a> {
         byte
     }
 
-    /// Hands queued bytes, oldest first, to `write` until it refuses one
-    /// (the UART's FIFO is full; that byte stays queued) or the queue is
-    /// empty. Returns true when the queue is empty.
-    pub fn drain(&mut self, mut write: impl FnMut(u8) -> bool) -> bool {
+    /// Hands up to `limit` queued bytes, oldest first, to `write` until it
+    /// refuses one (that byte stays queued) or the queue is empty.
+    pub fn drain(&mut self, limit: usize, mut write: impl FnMut(u8) -> bool) -> DrainStop {
+        let mut written = 0;
         while self.len > 0 {
             if self.record_left == 0 {
-                let tag = self.pop_byte();
+                let vm = usize::from(self.pop_byte());
                 let length = u16::from_le_bytes([self.pop_byte(), self.pop_byte()]);
-                self.record_source = if tag == HYPERVISOR_TAG {
-                    Source::Hypervisor
-                } else {
-                    Source::Vm(usize::from(tag))
-                };
+                self.record_vm = vm;
                 self.record_left = usize::from(length);
-                self.release(self.record_source, HEADER_BYTES);
+                self.queued_by_vm[vm] -= HEADER_BYTES;
                 continue;
             }
+            if written == limit {
+                return DrainStop::Limit;
+            }
             if !write(self.bytes[self.head]) {
-                return false;
+                return DrainStop::WriterFull;
             }
             self.pop_byte();
+            written += 1;
             self.record_left -= 1;
-            self.release(self.record_source, 1);
+            self.queued_by_vm[self.record_vm] -= 1;
         }
-        true
-    }
-
-    fn release(&mut self, source: Source, bytes: usize) {
-        if let Some(queued) = self.queued_mut(source) {
-            *queued -= bytes;
-        }
+        DrainStop::Empty
     }
 }
 
@@ -219,9 +241,13 @@ mod tests {
     use std::boxed::Box;
     use std::vec::Vec;
 
+    fn queue() -> ConsoleQueue<'static> {
+        ConsoleQueue::new(Box::leak(Box::new([0; CAPACITY])))
+    }
+
     /// A UART FIFO that takes `room` bytes, then refuses.
     fn fifo(out: &mut Vec<u8>, room: usize) -> impl FnMut(u8) -> bool + '_ {
-        let limit = out.len() + room;
+        let limit = out.len().saturating_add(room);
         move |byte| {
             if out.len() < limit {
                 out.push(byte);
@@ -232,94 +258,122 @@ mod tests {
         }
     }
 
-    #[test]
-    fn lines_come_out_whole_and_in_the_order_they_were_queued() {
-        let mut storage = Box::new([0; CAPACITY]);
-        let mut queue = ConsoleQueue::new(&mut storage);
-        assert!(queue.push(Source::Vm(0), &[b"[a] ", b"one", b"\n"]));
-        assert!(queue.push(Source::Hypervisor, &[b"tessera: two\n"]));
-        assert!(queue.push(Source::Vm(1), &[b"[b] three\n"]));
+    fn drain_all(queue: &mut ConsoleQueue<'_>) -> Vec<u8> {
         let mut out = Vec::new();
-        assert!(queue.drain(fifo(&mut out, usize::MAX)));
-        assert_eq!(out, b"[a] one\ntessera: two\n[b] three\n");
-        assert_eq!(queue.queued(Source::Vm(0)), 0);
-        assert_eq!(queue.queued(Source::Hypervisor), 0);
+        assert_eq!(
+            queue.drain(usize::MAX, fifo(&mut out, usize::MAX)),
+            DrainStop::Empty
+        );
+        out
     }
 
     #[test]
-    fn a_full_uart_leaves_the_rest_queued_for_later() {
-        let mut storage = Box::new([0; CAPACITY]);
-        let mut queue = ConsoleQueue::new(&mut storage);
-        queue.push(Source::Vm(2), &[b"abcdef"]);
-        let mut out = Vec::new();
-        assert!(!queue.drain(fifo(&mut out, 4)));
-        assert_eq!(out, b"abcd");
-        assert_eq!(queue.queued(Source::Vm(2)), 2);
-        assert!(queue.drain(fifo(&mut out, 16)));
-        assert_eq!(out, b"abcdef");
-        assert_eq!(queue.queued(Source::Vm(2)), 0);
+    fn lines_come_out_whole_tagged_and_in_the_order_they_were_queued() {
+        let mut queue = queue();
+        assert!(queue.push_guest_line(0, "a", b"one"));
+        assert!(queue.push_guest_line(1, "b", b"two"));
+        assert!(queue.push_guest_line(0, "a", b""));
+        assert_eq!(drain_all(&mut queue), b"[a] one\r\n[b] two\r\n[a] \r\n");
+        assert_eq!(queue.queued(0), 0);
+        assert!(queue.is_empty());
     }
 
     #[test]
-    fn a_vm_over_its_share_is_refused_and_counted_without_touching_others() {
-        let mut storage = Box::new([0; CAPACITY]);
-        let mut queue = ConsoleQueue::new(&mut storage);
-        let line = [b'x'; 253]; // 256 bytes with the header
-        for _ in 0..VM_SHARE / 256 {
-            assert!(queue.push(Source::Vm(0), &[&line]));
+    fn a_full_uart_or_a_limit_leaves_the_rest_queued_for_later() {
+        let mut queue = queue();
+        queue.push_guest_line(2, "c", b"abcdef");
+        let mut out = Vec::new();
+        assert_eq!(
+            queue.drain(usize::MAX, fifo(&mut out, 4)),
+            DrainStop::WriterFull
+        );
+        assert_eq!(out, b"[c] ");
+        assert_eq!(queue.drain(3, fifo(&mut out, 16)), DrainStop::Limit);
+        assert_eq!(out, b"[c] abc");
+        assert_eq!(queue.queued(2), 5);
+        assert_eq!(
+            queue.drain(usize::MAX, fifo(&mut out, 16)),
+            DrainStop::Empty
+        );
+        assert_eq!(out, b"[c] abcdef\r\n");
+        assert_eq!(queue.queued(2), 0);
+    }
+
+    #[test]
+    fn a_vm_over_its_share_loses_lines_and_gets_one_report_before_its_next() {
+        let mut queue = queue();
+        let text = [b'x'; 250]; // 3 + 4 + 250 + 2 = 259 queued bytes a line
+        let mut lines = 0;
+        while queue.push_guest_line(0, "a", &text) {
+            lines += 1;
         }
-        assert!(!queue.has_room(Source::Vm(0), 1));
-        assert!(!queue.push(Source::Vm(0), &[b"lost"]));
-        assert!(!queue.push(Source::Vm(0), &[b"lost too"]));
-        assert_eq!(queue.dropped(Source::Vm(0)), 12);
-        assert_eq!(queue.take_dropped(Source::Vm(0)), 12);
-        assert_eq!(queue.take_dropped(Source::Vm(0)), 0);
-        // Every other VM, and the hypervisor, still have their whole share.
+        assert_eq!(lines, VM_SHARE / 259);
+        assert_eq!(queue.dropped(0), 250, "text bytes only, no framing");
+        // Every other VM still has its whole share.
         for other in 1..MAX_VMS {
-            assert!(queue.has_room(Source::Vm(other), VM_SHARE - HEADER_BYTES));
+            assert!(queue.push_guest_line(other, "b", &[b'y'; 200]));
         }
-        assert!(queue.has_room(Source::Hypervisor, HYPERVISOR_SHARE - HEADER_BYTES));
-        // Draining gives the room back.
+        // Once there is room, the notice comes first, then the line.
+        let out = drain_all(&mut queue);
+        assert_eq!(
+            out.len(),
+            lines * 259 - lines * 3 + (MAX_VMS - 1) * (4 + 200 + 2)
+        );
+        assert!(queue.push_guest_line(0, "a", b"back"));
+        assert_eq!(
+            drain_all(&mut queue),
+            b"tessera: vm a: 250 bytes of its output dropped (sent while the console was full)\r\n[a] back\r\n"
+        );
+        assert_eq!(queue.dropped(0), 0);
+    }
+
+    #[test]
+    fn a_guest_that_waits_for_the_threshold_never_loses_a_line_again() {
+        // The case a notice made worse: a line dropped, then a guest that
+        // writes only while it is at or below the threshold.
+        let mut queue = queue();
+        let name = "vm-with-name";
+        let text = [b'z'; LONGEST_TEXT];
+        while queue.push_guest_line(3, name, &text) {}
+        assert!(queue.dropped(3) > 0);
         let mut out = Vec::new();
-        queue.drain(fifo(&mut out, 300));
-        assert!(queue.has_room(Source::Vm(0), 200));
+        for _ in 0..20 {
+            // Drain just enough to get to the threshold, then send.
+            while queue.queued(3) > ready_threshold(name.len()) {
+                queue.drain(1, fifo(&mut out, usize::MAX));
+            }
+            assert!(queue.push_guest_line(3, name, &text));
+        }
+        assert_eq!(queue.dropped(3), 0);
     }
 
     #[test]
     fn every_share_filled_at_once_fits_and_wraps_around() {
-        let mut storage = Box::new([0; CAPACITY]);
-        let mut queue = ConsoleQueue::new(&mut storage);
-        let mut out = Vec::new();
+        let mut queue = queue();
         // Move the head off zero first, so the records wrap.
-        queue.push(Source::Vm(3), &[b"0123456789"]);
-        queue.drain(fifo(&mut out, 16));
-        out.clear();
+        queue.push_guest_line(3, "w", b"0123456789");
+        let mut out = Vec::new();
+        queue.drain(9, fifo(&mut out, usize::MAX));
+        drain_all(&mut queue);
         for vm in 0..MAX_VMS {
-            let line = [b'a' + vm as u8; VM_SHARE - HEADER_BYTES];
-            assert!(queue.push(Source::Vm(vm), &[&line]));
+            let text = vec![b'a' + vm as u8; VM_SHARE - line_record(1, 0)];
+            assert!(queue.push_guest_line(vm, "n", &text), "vm {vm}");
         }
-        let line = [b'H'; HYPERVISOR_SHARE - HEADER_BYTES];
-        assert!(queue.push(Source::Hypervisor, &[&line]));
-        assert!(queue.drain(fifo(&mut out, usize::MAX)));
-        assert_eq!(out.len(), CAPACITY - (MAX_VMS + 1) * HEADER_BYTES);
+        let out = drain_all(&mut queue);
+        let line = VM_SHARE - HEADER_BYTES;
+        assert_eq!(out.len(), MAX_VMS * line);
         for vm in 0..MAX_VMS {
-            let start = vm * (VM_SHARE - HEADER_BYTES);
-            assert!(
-                out[start..start + VM_SHARE - HEADER_BYTES]
-                    .iter()
-                    .all(|byte| *byte == b'a' + vm as u8)
-            );
+            let text = &out[vm * line + 4..(vm + 1) * line - 2];
+            assert!(text.iter().all(|byte| *byte == b'a' + vm as u8));
         }
     }
 
     #[test]
     fn unknown_vms_and_oversized_lines_are_refused() {
-        let mut storage = Box::new([0; CAPACITY]);
-        let mut queue = ConsoleQueue::new(&mut storage);
-        assert!(!queue.push(Source::Vm(MAX_VMS), &[b"x"]));
-        assert!(!queue.push(Source::Hypervisor, &[&[0u8; HYPERVISOR_SHARE]]));
-        let mut out = Vec::new();
-        assert!(queue.drain(fifo(&mut out, usize::MAX)));
-        assert!(out.is_empty());
+        let mut queue = queue();
+        assert!(!queue.push_guest_line(MAX_VMS, "x", b"x"));
+        assert!(!queue.push_guest_line(0, "x", &[0u8; VM_SHARE]));
+        assert!(drain_all(&mut queue).is_empty());
+        assert!(ready_threshold(15) > 0);
     }
 }

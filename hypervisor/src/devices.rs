@@ -4,7 +4,7 @@
 //! A VM's devices sit behind their own lock, apart from its vCPU bookkeeping
 //! (`vm::RUNTIMES`), so a device access takes one uncontended lock and
 //! nothing else. Lock order: a VM's runtime lock, then its device lock,
-//! then the console lock.
+//! then the console locks (`console`).
 
 use spin::Mutex;
 use tessera_hypervisor::device_bus::{self, GuestDevice};
@@ -55,8 +55,9 @@ pub fn reset(index: usize) {
 /// path, where it is).
 ///
 /// This is the most frequent guest exit; it stays free of logging and
-/// allocation. A UART store that completes a line writes that line to the
-/// console (formatted, under the console lock) before it returns.
+/// allocation. A UART store that completes a line copies it into the
+/// console queue and moves queued output to the UART if that is free,
+/// without waiting for it.
 #[inline(always)]
 pub fn emulate(index: usize, frame: &mut AccessFrame<'_>, access: &MmioAccess) -> bool {
     let Some((device, offset)) = device_bus::route(access.address, access.width) else {

@@ -81,6 +81,8 @@ pub extern "C" fn handle_exception(frame: &mut TrapFrame, slot: u64) {
 /// Prints the crash report and stops the machine with a failure status.
 fn crash(kind: VectorKind, frame: &TrapFrame) -> ! {
     let mut writer = console::emergency_writer(BOARD.console_uart.base as usize);
+    // What the guests printed last is often what explains a crash.
+    console::drain_for_crash(&writer);
     let _ = write_crash_report(&mut writer, arch::cpu_index(), kind, frame);
     writer.flush();
     power::fail_stop()

@@ -27,7 +27,7 @@ use tessera_hypervisor::set_way::{self, SetWayTracker, VirtualMemoryRegister};
 use tessera_hypervisor::vcpu_state::{self, El1Context};
 
 use crate::arch::{self, entry, guest, vectors};
-use crate::{devices, gic, memory, power, println, timer};
+use crate::{console, devices, gic, memory, power, println, timer};
 
 /// Where the guest's device tree goes: the last 64 KiB of its RAM
 /// (docs/system-image.md; the tool checks that the tree and image fit).
@@ -739,6 +739,9 @@ fn inject_abort(index: usize, frame: &mut TrapFrame, kind: AbortKind, address: G
 
 /// Stops the VM for a fault it cannot take, with a report naming it.
 fn stop_with_fault(index: usize, frame: &TrapFrame, reason: core::fmt::Arguments<'_>) -> ! {
+    // The VM's last partial line first, so the report reads after it (the
+    // flush in `stop_vm` then finds nothing).
+    devices::flush(index);
     println!(
         "tessera: vm {}: stopped: {reason}; PC {:#x}, ESR_EL2 {}",
         vm(index).name,
@@ -775,6 +778,7 @@ fn stop_vm(index: usize, outcome: Outcome) {
     for (cpu, _) in others.iter().enumerate().filter(|(_, stop)| **stop) {
         post_stop(cpu);
     }
+    console::report_dropped_output(index, vm.name);
     match outcome {
         Outcome::Clean => println!("tessera: vm {}: stopped cleanly", vm.name),
         Outcome::ExitStatus(status) => println!(

@@ -12,8 +12,11 @@
 //!   to the console line buffer, so the transmit FIFO is empty — `UARTFR`
 //!   reads `TXFE = 1`, `TXFF = 0`, `BUSY = 0` — unless the sink cannot take
 //!   another line ([`ConsoleSink::ready`]): then it reads `TXFF = 1`,
-//!   `TXFE = 0`, so a guest that polls `TXFF` before each byte (as Linux's
-//!   console and the guest SDK do) waits for the console to drain.
+//!   `BUSY = 1`, `TXFE = 0`, so a guest that polls `TXFF` before each byte
+//!   (as Linux's console and the guest SDK do) waits for the console to
+//!   drain. The transmit interrupt below does not follow that yet; it
+//!   matters once a virtual GIC delivers it (an interrupt-driven driver
+//!   would be told to write into a full FIFO).
 //! - **Transmit interrupt.** Hardware raises `TXRIS` when the transmit FIFO
 //!   level drops to the trigger level and clears it when the FIFO is filled
 //!   above that level or the guest writes `UARTICR.TXIC`. With a FIFO that
@@ -153,6 +156,7 @@ mod flag {
     pub const CLEAR_TO_SEND: u32 = 1 << 0;
     pub const DATA_SET_READY: u32 = 1 << 1;
     pub const DATA_CARRIER_DETECT: u32 = 1 << 2;
+    pub const BUSY: u32 = 1 << 3;
     pub const RECEIVE_FIFO_EMPTY: u32 = 1 << 4;
     pub const TRANSMIT_FIFO_FULL: u32 = 1 << 5;
     pub const RECEIVE_FIFO_FULL: u32 = 1 << 6;
@@ -398,8 +402,8 @@ impl<S: ConsoleSink, L: InterruptLine> Pl011<S, L> {
     fn set_interrupt_mask(&mut self, mask: u32) {
         let newly_unmasked = mask & !self.registers.interrupt_mask;
         if newly_unmasked & interrupt::TRANSMIT != 0 {
-            // The transmit FIFO is always empty, hence at or below any
-            // trigger level.
+            // The transmit FIFO is modelled as empty (see the module notes
+            // for when the sink is full), hence at or below any trigger level.
             self.registers.raw_interrupt_status |= interrupt::TRANSMIT;
         }
         self.registers.interrupt_mask = mask;
@@ -411,7 +415,7 @@ impl<S: ConsoleSink, L: InterruptLine> Pl011<S, L> {
         flags |= if self.sink.ready() {
             flag::TRANSMIT_FIFO_EMPTY
         } else {
-            flag::TRANSMIT_FIFO_FULL
+            flag::TRANSMIT_FIFO_FULL | flag::BUSY
         };
         if self.receive_fifo.is_empty() {
             flags |= flag::RECEIVE_FIFO_EMPTY;
@@ -646,7 +650,7 @@ mod tests {
         };
         let mut line = RecordingLine::default();
         let flags = Pl011::new(&mut sink, &mut line).read(FR, AccessWidth::Word);
-        assert_eq!(flags & (TXFF | TXFE), TXFF);
+        assert_eq!(flags & (TXFF | TXFE | BUSY), TXFF | BUSY);
         sink.ready = true;
         let flags = Pl011::new(&mut sink, &mut line).read(FR, AccessWidth::Word);
         assert_eq!(flags & (TXFF | TXFE), TXFE);
