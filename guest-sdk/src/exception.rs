@@ -7,13 +7,15 @@
 //! reported as
 //!
 //! ```text
-//! guest exception: data abort (synchronous external abort, read), ESR 0x96000010, FAR 0x20000000, ELR 0x40081234
+//! guest exception: data abort from the same EL (synchronous external abort, read), ESR 0x96000010, FAR 0x20000000, ELR 0x40081234
 //! ```
 //!
 //! and the VM stops with [`crate::exit_status::UNEXPECTED_EXCEPTION`].
 //! Syndrome layouts: Arm ARM (DDI 0487), D24.2.40 "ESR_EL1".
 
 use core::fmt;
+
+use tessera_arch::exception_syndrome::{ExceptionClass, FaultStatus as SharedFaultStatus};
 
 use crate::arch;
 
@@ -206,38 +208,19 @@ impl Syndrome {
             && (self.0 & 0x3F) as u8 == fault_status::SYNCHRONOUS_EXTERNAL_ABORT
     }
 
-    /// The exception class as words, e.g. "data abort".
+    /// The exception class as words, e.g. "data abort from the same EL"
+    /// (the decoder the hypervisor uses too, `tessera-arch`).
     #[must_use]
     pub const fn class_name(self) -> Option<&'static str> {
-        Some(match self.class() {
-            class::UNKNOWN => "unknown reason (undefined instruction?)",
-            class::WFI_WFE => "trapped WFI/WFE",
-            class::FP_SIMD_ACCESS => "FP/SIMD access trapped",
-            class::ILLEGAL_EXECUTION_STATE => "illegal execution state",
-            class::SVC_AARCH64 => "SVC",
-            class::HVC_AARCH64 => "HVC",
-            class::SMC_AARCH64 => "SMC",
-            class::SYSTEM_REGISTER => "trapped system register access",
-            class::SVE_ACCESS => "SVE access trapped",
-            class::INSTRUCTION_ABORT_LOWER_EL => "instruction abort from a lower EL",
-            class::INSTRUCTION_ABORT_SAME_EL => "instruction abort",
-            class::PC_ALIGNMENT => "PC alignment fault",
-            class::DATA_ABORT_LOWER_EL => "data abort from a lower EL",
-            class::DATA_ABORT_SAME_EL => "data abort",
-            class::SP_ALIGNMENT => "SP alignment fault",
-            class::FP_EXCEPTION_AARCH64 => "floating-point exception",
-            class::SERROR => "SError",
-            class::BREAKPOINT_LOWER_EL | class::BREAKPOINT_SAME_EL => "breakpoint",
-            class::SOFTWARE_STEP_LOWER_EL | class::SOFTWARE_STEP_SAME_EL => "software step",
-            class::WATCHPOINT_LOWER_EL | class::WATCHPOINT_SAME_EL => "watchpoint",
-            class::BRK => "BRK instruction",
-            _ => return None,
-        })
+        match ExceptionClass::from_code(self.class()) {
+            ExceptionClass::Other(_) => None,
+            known => Some(known.description()),
+        }
     }
 }
 
 /// Describes the syndrome: the class, and for aborts the fault status and
-/// the direction, e.g. `data abort (synchronous external abort, write)`.
+/// the direction, e.g. `data abort from the same EL (synchronous external abort, write)`.
 impl fmt::Display for Syndrome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.class_name() {
@@ -261,23 +244,10 @@ impl fmt::Display for Syndrome {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FaultStatus(pub u8);
 
+/// Described by the decoder the hypervisor uses too (`tessera-arch`).
 impl fmt::Display for FaultStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let code = self.0;
-        let level = code & 0b11;
-        match code {
-            0x00..=0x03 => write!(f, "address size fault, level {level}"),
-            0x04..=0x07 => write!(f, "translation fault, level {level}"),
-            0x08..=0x0B => write!(f, "access flag fault, level {level}"),
-            0x0C..=0x0F => write!(f, "permission fault, level {level}"),
-            fault_status::SYNCHRONOUS_EXTERNAL_ABORT => f.write_str("synchronous external abort"),
-            0x11 => f.write_str("synchronous tag check fault"),
-            0x14..=0x17 => write!(f, "synchronous external abort on table walk, level {level}"),
-            0x18 => f.write_str("synchronous parity or ECC error"),
-            fault_status::ALIGNMENT => f.write_str("alignment fault"),
-            0x30 => f.write_str("TLB conflict abort"),
-            _ => write!(f, "fault status {code:#04x}"),
-        }
+        fmt::Display::fmt(&SharedFaultStatus::from_code(self.0), f)
     }
 }
 
@@ -383,26 +353,26 @@ mod tests {
         assert_eq!(svc.class(), class::SVC_AARCH64);
         assert_eq!(svc.fault_status(), None);
         assert_eq!(svc.is_write(), None);
-        assert_eq!(svc.to_string(), "SVC");
+        assert_eq!(svc.to_string(), "SVC (AArch64)");
     }
 
     #[test]
     fn syndromes_describe_themselves() {
         assert_eq!(
             Syndrome(EXTERNAL_READ).to_string(),
-            "data abort (synchronous external abort, read)"
+            "data abort from the same EL (synchronous external abort, read)"
         );
         assert_eq!(
             Syndrome(0x9600_0061).to_string(),
-            "data abort (alignment fault, write)"
+            "data abort from the same EL (alignment fault, write)"
         );
         assert_eq!(
             Syndrome(0x8600_0006).to_string(),
-            "instruction abort (translation fault, level 2)"
+            "instruction abort from the same EL (translation fault, level 2)"
         );
         assert_eq!(
             Syndrome(0x0200_0000).to_string(),
-            "unknown reason (undefined instruction?)"
+            "unknown reason (undefined instruction)"
         );
         assert_eq!(Syndrome(0xF200_0001).to_string(), "BRK instruction");
         assert_eq!(Syndrome(0xE800_0000).to_string(), "exception class 0x3a");
@@ -423,7 +393,7 @@ mod tests {
         };
         assert_eq!(
             report.to_string(),
-            "guest exception: data abort (synchronous external abort, read), \
+            "guest exception: data abort from the same EL (synchronous external abort, read), \
              ESR 0x96000010, FAR 0x20000000, ELR 0x40081234"
         );
     }

@@ -40,7 +40,7 @@ impl Abort {
 }
 
 /// `<syndrome> (ESR 0x.., FAR 0x..)`, e.g.
-/// `data abort (synchronous external abort, read) (ESR 0x96000010, FAR 0x48000000)`.
+/// `data abort from the same EL (synchronous external abort, read) (ESR 0x96000010, FAR 0x48000000)`.
 impl fmt::Display for Abort {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -192,7 +192,7 @@ mod tests {
         assert!(!translation.is_external_abort_at(0x4800_0000));
         assert_eq!(
             abort.to_string(),
-            "data abort (synchronous external abort, read) (ESR 0x96000010, FAR 0x48000000)"
+            "data abort from the same EL (synchronous external abort, read) (ESR 0x96000010, FAR 0x48000000)"
         );
     }
 }

@@ -1,7 +1,8 @@
 //! Decoding of the Exception Syndrome Register (ESR_ELx), Arm ARM D24.2.40.
 //!
-//! Decoded once, here, into typed values; the crash report and (later) the
-//! trap dispatcher both work from these types rather than from raw bits.
+//! Decoded once, here, into typed values: the hypervisor's crash report and
+//! trap dispatcher and the guest SDK's exception reports all work from
+//! these types rather than from raw bits.
 
 use core::fmt;
 
@@ -27,6 +28,7 @@ pub enum ExceptionClass {
     DataAbortLowerEl,
     DataAbortSameEl,
     SpAlignment,
+    FpException64,
     SError,
     BreakpointLowerEl,
     BreakpointSameEl,
@@ -58,6 +60,7 @@ impl ExceptionClass {
             0x24 => Self::DataAbortLowerEl,
             0x25 => Self::DataAbortSameEl,
             0x26 => Self::SpAlignment,
+            0x2C => Self::FpException64,
             0x2F => Self::SError,
             0x30 => Self::BreakpointLowerEl,
             0x31 => Self::BreakpointSameEl,
@@ -88,6 +91,7 @@ impl ExceptionClass {
             Self::DataAbortLowerEl => "data abort from a lower EL",
             Self::DataAbortSameEl => "data abort from the same EL",
             Self::SpAlignment => "SP alignment fault",
+            Self::FpException64 => "floating-point exception (AArch64)",
             Self::SError => "SError interrupt",
             Self::BreakpointLowerEl | Self::BreakpointSameEl => "breakpoint",
             Self::SoftwareStepLowerEl | Self::SoftwareStepSameEl => "software step",
@@ -106,7 +110,9 @@ pub enum FaultStatus {
     AccessFlag { level: u8 },
     Permission { level: u8 },
     SynchronousExternal,
+    SynchronousTagCheck,
     SynchronousExternalOnWalk { level: u8 },
+    SynchronousParityOrEcc,
     Alignment,
     TlbConflict,
     Other(u8),
@@ -122,7 +128,9 @@ impl FaultStatus {
             0x09..=0x0B => Self::AccessFlag { level },
             0x0D..=0x0F => Self::Permission { level },
             0x10 => Self::SynchronousExternal,
+            0x11 => Self::SynchronousTagCheck,
             0x14..=0x17 => Self::SynchronousExternalOnWalk { level },
+            0x18 => Self::SynchronousParityOrEcc,
             0x21 => Self::Alignment,
             0x30 => Self::TlbConflict,
             other => Self::Other(other),
@@ -138,6 +146,8 @@ impl fmt::Display for FaultStatus {
             Self::AccessFlag { level } => write!(f, "access flag fault, level {level}"),
             Self::Permission { level } => write!(f, "permission fault, level {level}"),
             Self::SynchronousExternal => f.write_str("synchronous external abort"),
+            Self::SynchronousTagCheck => f.write_str("synchronous tag check fault"),
+            Self::SynchronousParityOrEcc => f.write_str("synchronous parity or ECC error"),
             Self::SynchronousExternalOnWalk { level } => {
                 write!(f, "synchronous external abort on table walk, level {level}")
             }
@@ -301,6 +311,22 @@ mod tests {
         assert!(
             text.contains("translation fault, level 1 on write, 8 byte(s) via x1"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn names_what_the_guest_sdk_reports_too() {
+        assert_eq!(
+            ExceptionClass::from_code(0x2C).description(),
+            "floating-point exception (AArch64)"
+        );
+        assert_eq!(
+            FaultStatus::from_code(0x11).to_string(),
+            "synchronous tag check fault"
+        );
+        assert_eq!(
+            FaultStatus::from_code(0x18).to_string(),
+            "synchronous parity or ECC error"
         );
     }
 
