@@ -105,6 +105,16 @@ fn discover_machine(device_tree_address: u64) -> Machine {
                     cpus_ignored,
                 };
             }
+            // A valid tree with more memory ranges than can be tracked
+            // would leave reservations out: running on the fallback layout
+            // could then hand the tree, the initrd or firmware memory out.
+            Err(device_tree::DeviceTreeError::MemoryMap(_)) => {
+                early_message(
+                    "tessera: refusing to start: the device tree has more memory or reserved \
+                     ranges than Tessera can track\n",
+                );
+                power::fail_stop();
+            }
             Err(_) => {
                 early_message("tessera: device tree unusable, using the board's fallback layout\n")
             }

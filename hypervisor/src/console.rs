@@ -77,6 +77,11 @@ impl Pl011 {
         }
     }
 
+    /// Whether the transmit FIFO is full.
+    pub fn transmit_full(&self) -> bool {
+        self.registers().flags.is_set(Flags::TRANSMIT_FIFO_FULL)
+    }
+
     /// Writes `byte` if the transmit FIFO has room; false if it is full.
     pub fn try_write_byte(&self, byte: u8) -> bool {
         let registers = self.registers();
@@ -160,8 +165,10 @@ enum Drain {
     UntilEmpty,
 }
 
-/// Moves queued bytes into the UART as `how` says, a FIFO's worth per hold
-/// of the queue lock. Returns what stopped it (`Limit` for a spent budget).
+/// Moves queued bytes into the UART as `how` says, about a FIFO's worth
+/// per hold of the queue lock (a line is always finished once started).
+/// Returns what stopped it (`Limit` for a spent budget, always between
+/// lines).
 fn drain(uart: &Pl011, how: Drain) -> DrainStop {
     let mut budget = CAPACITY;
     loop {
@@ -179,7 +186,7 @@ fn drain(uart: &Pl011, how: Drain) -> DrainStop {
                 moved += usize::from(taken);
                 taken
             });
-            budget -= moved;
+            budget = budget.saturating_sub(moved);
             for (vm, queued) in QUEUED_BY_VM.iter().enumerate() {
                 queued.store(queue.queued(vm), Ordering::Release);
             }
@@ -187,10 +194,16 @@ fn drain(uart: &Pl011, how: Drain) -> DrainStop {
         };
         match (stop, how) {
             (DrainStop::Empty, _) => return DrainStop::Empty,
-            (_, _) if budget == 0 => return DrainStop::Limit,
-            (DrainStop::WriterFull, Drain::WhileRoom) => return DrainStop::WriterFull,
-            (DrainStop::WriterFull, Drain::UntilEmpty) => core::hint::spin_loop(),
+            (DrainStop::Limit, _) if budget == 0 => return DrainStop::Limit,
             (DrainStop::Limit, _) => {}
+            (DrainStop::WriterFull, Drain::WhileRoom) => return DrainStop::WriterFull,
+            // Wait for room without holding the queue, so VMs can go on
+            // queueing; a line started is finished even past the budget.
+            (DrainStop::WriterFull, Drain::UntilEmpty) => {
+                while uart.transmit_full() {
+                    core::hint::spin_loop();
+                }
+            }
         }
     }
 }
@@ -203,7 +216,8 @@ fn queue_is_empty() -> bool {
 /// waiting for its FIFO.
 pub fn try_drain() {
     with_interrupts_masked(|| {
-        loop {
+        // Twice at most: this CPU is not everyone's console writer.
+        for _ in 0..2 {
             let Some(guard) = UART.try_lock() else {
                 // The holder looks at the queue again after it lets go.
                 return;
@@ -322,9 +336,9 @@ pub fn flush() {
     });
 }
 
-/// On the crash path: writes out what guests had queued, through `writer`,
-/// if no other CPU holds the queue (the crash report must not wait on a
-/// lock).
+/// On the crash path, after the report: writes out what guests had queued,
+/// through `writer`, if no other CPU holds the queue (the crash path must
+/// not wait on a lock). A corrupt queue is dropped, not followed.
 pub fn drain_for_crash(writer: &Pl011) {
     if let Some(mut queue) = QUEUE.try_lock()
         && let Some(queue) = queue.as_mut()

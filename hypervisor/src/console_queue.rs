@@ -158,10 +158,10 @@ impl<'a> ConsoleQueue<'a> {
             bytes: [0; 128],
             len: 0,
         };
-        if dropped > 0 {
-            // The name is the VM's; a name too long for the buffer leaves
-            // the notice out rather than the line.
-            let _ = write!(notice, "{NOTICE_START}{name}: {dropped}{NOTICE_END}");
+        // A name too long for the buffer leaves the notice out (not cut
+        // short) rather than the line.
+        if dropped > 0 && write!(notice, "{NOTICE_START}{name}: {dropped}{NOTICE_END}").is_err() {
+            notice.len = 0;
         }
         let notice = &notice.bytes[..notice.len];
         let line: [&[u8]; 5] = [b"[", name.as_bytes(), b"] ", text, b"\r\n"];
@@ -207,21 +207,37 @@ impl<'a> ConsoleQueue<'a> {
         byte
     }
 
-    /// Hands up to `limit` queued bytes, oldest first, to `write` until it
-    /// refuses one (that byte stays queued) or the queue is empty.
+    /// Whether a line has been partly handed out (the next byte is in the
+    /// middle of it).
+    #[must_use]
+    pub const fn in_line(&self) -> bool {
+        self.record_left > 0
+    }
+
+    /// Hands queued bytes, oldest first, to `write` until it refuses one
+    /// (that byte stays queued), the queue is empty, or `limit` bytes have
+    /// gone and a line has just ended: the limit never stops a drain in the
+    /// middle of a line, so whoever writes next starts on a line of its own.
     pub fn drain(&mut self, limit: usize, mut write: impl FnMut(u8) -> bool) -> DrainStop {
         let mut written = 0;
         while self.len > 0 {
             if self.record_left == 0 {
+                if written >= limit {
+                    return DrainStop::Limit;
+                }
                 let vm = usize::from(self.pop_byte());
                 let length = u16::from_le_bytes([self.pop_byte(), self.pop_byte()]);
+                let Some(queued) = self.queued_by_vm.get_mut(vm) else {
+                    // Only memory corruption makes a bad header: drop
+                    // everything rather than index out of bounds (this
+                    // also runs on the crash path).
+                    self.discard_all();
+                    return DrainStop::Empty;
+                };
+                *queued -= HEADER_BYTES;
                 self.record_vm = vm;
                 self.record_left = usize::from(length);
-                self.queued_by_vm[vm] -= HEADER_BYTES;
                 continue;
-            }
-            if written == limit {
-                return DrainStop::Limit;
             }
             if !write(self.bytes[self.head]) {
                 return DrainStop::WriterFull;
@@ -232,6 +248,13 @@ impl<'a> ConsoleQueue<'a> {
             self.queued_by_vm[self.record_vm] -= 1;
         }
         DrainStop::Empty
+    }
+
+    fn discard_all(&mut self) {
+        self.head = 0;
+        self.len = 0;
+        self.record_left = 0;
+        self.queued_by_vm = [0; MAX_VMS];
     }
 }
 
@@ -288,15 +311,18 @@ mod tests {
             DrainStop::WriterFull
         );
         assert_eq!(out, b"[c] ");
-        assert_eq!(queue.drain(3, fifo(&mut out, 16)), DrainStop::Limit);
-        assert_eq!(out, b"[c] abc");
-        assert_eq!(queue.queued(2), 5);
+        assert!(queue.in_line());
+        // A limit reached inside a line lets the line finish first.
+        queue.push_guest_line(4, "d", b"next");
+        assert_eq!(queue.drain(3, fifo(&mut out, 64)), DrainStop::Limit);
+        assert_eq!(out, b"[c] abcdef\r\n");
+        assert!(!queue.in_line());
+        assert_eq!(queue.queued(2), 0);
         assert_eq!(
-            queue.drain(usize::MAX, fifo(&mut out, 16)),
+            queue.drain(usize::MAX, fifo(&mut out, 64)),
             DrainStop::Empty
         );
-        assert_eq!(out, b"[c] abcdef\r\n");
-        assert_eq!(queue.queued(2), 0);
+        assert_eq!(out, b"[c] abcdef\r\n[d] next\r\n");
     }
 
     #[test]
@@ -375,5 +401,30 @@ mod tests {
         assert!(!queue.push_guest_line(0, "x", &[0u8; VM_SHARE]));
         assert!(drain_all(&mut queue).is_empty());
         assert!(ready_threshold(15) > 0);
+    }
+
+    #[test]
+    fn a_name_too_long_for_the_notice_leaves_the_notice_out_not_half_of_it() {
+        let mut queue = queue();
+        let name = "n".repeat(100);
+        while queue.push_guest_line(0, &name, &[b'q'; 200]) {}
+        drain_all(&mut queue);
+        assert!(queue.push_guest_line(0, &name, b"after"));
+        let out = drain_all(&mut queue);
+        assert!(
+            out.starts_with(b"[nnn"),
+            "no partial notice before the line"
+        );
+        assert!(out.ends_with(b"] after\r\n"));
+    }
+
+    #[test]
+    fn a_corrupt_header_empties_the_queue_instead_of_panicking() {
+        let mut queue = queue();
+        queue.push_guest_line(1, "a", b"text");
+        queue.bytes[queue.head] = 0xEE; // the header's VM byte
+        assert_eq!(queue.drain(usize::MAX, |_| true), DrainStop::Empty);
+        assert!(queue.is_empty());
+        assert_eq!(queue.queued(1), 0);
     }
 }

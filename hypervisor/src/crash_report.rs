@@ -25,6 +25,19 @@ pub struct TrapFrame {
     pub fault_address: u64,
 }
 
+impl TrapFrame {
+    /// Resumes the guest after the instruction it trapped on, which the
+    /// hypervisor carried out: ELR moves past it (an A64 instruction is 4
+    /// bytes), and SPSR.SS is cleared, so a guest single-stepping that
+    /// instruction takes its step exception right after it, as if the
+    /// instruction had run (a trapped instruction leaves SS set).
+    pub const fn step_over_trapped_instruction(&mut self) {
+        const SOFTWARE_STEP: u64 = 1 << 21;
+        self.exception_link = self.exception_link.wrapping_add(4);
+        self.saved_state &= !SOFTWARE_STEP;
+    }
+}
+
 /// The frame size in bytes; the assembly reserves exactly this much.
 pub const TRAP_FRAME_SIZE: usize = core::mem::size_of::<TrapFrame>();
 const _: () = assert!(TRAP_FRAME_SIZE == 36 * 8);
@@ -117,6 +130,18 @@ pub fn write_crash_report(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stepping_over_a_trapped_instruction_moves_on_and_ends_the_step() {
+        let mut frame = TrapFrame {
+            exception_link: 0x4008_0000,
+            saved_state: 0x3C5 | (1 << 21),
+            ..TrapFrame::default()
+        };
+        frame.step_over_trapped_instruction();
+        assert_eq!(frame.exception_link, 0x4008_0004);
+        assert_eq!(frame.saved_state, 0x3C5);
+    }
 
     #[test]
     fn report_names_cpu_syndrome_and_every_register() {

@@ -48,8 +48,8 @@ pub fn reset(index: usize) {
     devices.uart.reset();
 }
 
-/// Carries out a trapped `access` of VM `index`, and steps the guest past
-/// the instruction. Returns false, changing nothing, when no device is
+/// Carries out a trapped `access` of VM `index`; the caller then steps the
+/// guest past the instruction. Returns false, changing nothing, when no device is
 /// behind the address (the caller gives the guest an external abort) or
 /// when the access's register is not in `frame` (the caller takes the full
 /// path, where it is).
@@ -79,6 +79,5 @@ pub fn emulate(index: usize, frame: &mut AccessFrame<'_>, access: &MmioAccess) -
         }
     }
     drop(devices);
-    frame.step_over_instruction();
     true
 }

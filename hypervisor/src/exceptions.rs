@@ -40,6 +40,8 @@ pub extern "C" fn handle_device_access(frame: &mut CallerSavedFrame) -> bool {
     ) && let Some(index) = this_cpu.vm_index()
         && devices::emulate(index, &mut frame.access(), &access)
     {
+        // Straight in ELR_EL2, which the fast return leaves as it is.
+        guest::step_over_trapped_instruction();
         // No stop-request check here: every stop request comes with an SGI
         // to this CPU, which routed to EL2 (HCR_EL2.IMO) is taken as soon
         // as the guest resumes, and the interrupt exit honours it.
@@ -81,9 +83,10 @@ pub extern "C" fn handle_exception(frame: &mut TrapFrame, slot: u64) {
 /// Prints the crash report and stops the machine with a failure status.
 fn crash(kind: VectorKind, frame: &TrapFrame) -> ! {
     let mut writer = console::emergency_writer(BOARD.console_uart.base as usize);
-    // What the guests printed last is often what explains a crash.
-    console::drain_for_crash(&writer);
     let _ = write_crash_report(&mut writer, arch::cpu_index(), kind, frame);
+    // Then what the guests had queued: often what explains the crash, but
+    // the report comes first in case the queue is what broke.
+    console::drain_for_crash(&writer);
     writer.flush();
     power::fail_stop()
 }

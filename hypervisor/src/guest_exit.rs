@@ -221,7 +221,7 @@ impl CallerSavedFrame {
 }
 
 /// A trapped guest's registers as an emulated device access uses them:
-/// the data register and the program counter, from a full frame or from
+/// the data register, from a full frame or from
 /// the fast path's partial one.
 pub struct AccessFrame<'a> {
     frame: &'a mut TrapFrame,
@@ -255,13 +255,6 @@ impl<'a> AccessFrame<'a> {
             // Register 31 is XZR: no slot.
             slot: self.frame.registers.get_mut(usize::from(access.register)),
         })
-    }
-
-    /// Steps the guest past the trapped instruction (always 4 bytes: an
-    /// AArch64 load or store).
-    #[inline]
-    pub const fn step_over_instruction(&mut self) {
-        self.frame.exception_link = self.frame.exception_link.wrapping_add(4);
     }
 }
 
@@ -506,12 +499,10 @@ mod tests {
         view.data_register(&access)
             .unwrap()
             .complete_load(&access, 0x1FF);
-        view.step_over_instruction();
         let mut expected = [0; 31];
         expected[7] = 0xAB;
         expected[30] = 0xFF;
         assert_eq!(frame.registers, expected);
-        assert_eq!(frame.exception_link, 4);
     }
 
     #[test]

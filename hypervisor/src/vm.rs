@@ -568,7 +568,7 @@ pub fn handle_guest_exit(frame: &mut TrapFrame) {
         GuestExit::SecureMonitorCall => {
             // Guests reach PSCI through HVC; SMC has nothing behind it.
             frame.registers[0] = status::NOT_SUPPORTED as u64;
-            frame.exception_link = frame.exception_link.wrapping_add(4);
+            frame.step_over_trapped_instruction();
         }
         GuestExit::WaitForInterrupt => {
             // No virtual interrupts exist yet, so the vCPU sleeps until the
@@ -576,16 +576,16 @@ pub fn handle_guest_exit(frame: &mut TrapFrame) {
             // The interrupt that wakes the CPU is taken to EL2 as soon as
             // the guest resumes (HCR_EL2.IMO routes it here).
             arch::wait_for_interrupt();
-            frame.exception_link = frame.exception_link.wrapping_add(4);
+            frame.step_over_trapped_instruction();
         }
-        GuestExit::WaitForEvent => frame.exception_link += 4,
+        GuestExit::WaitForEvent => frame.step_over_trapped_instruction(),
         GuestExit::SystemRegister { encoding, .. } if set_way::is_set_way_operation(encoding) => {
             let mut tracker = this_cpu().set_way.lock();
             let was_trapping = tracker.trapping_vm_registers;
             let response = tracker.set_way_operation();
             drop(tracker);
             carry_out_set_way(index, response, was_trapping);
-            frame.exception_link = frame.exception_link.wrapping_add(4);
+            frame.step_over_trapped_instruction();
         }
         GuestExit::SystemRegister {
             is_read: false,
@@ -606,14 +606,14 @@ pub fn handle_guest_exit(frame: &mut TrapFrame) {
             let response = tracker.register_written(old, new);
             drop(tracker);
             carry_out_set_way(index, response, was_trapping);
-            frame.exception_link = frame.exception_link.wrapping_add(4);
+            frame.step_over_trapped_instruction();
         }
         GuestExit::SystemRegister {
             is_read: false,
             encoding,
             ..
         } if this_cpu().set_way.lock().trapping_vm_registers
-            && set_way::in_virtual_memory_register_space(encoding) =>
+            && set_way::is_unemulated_virtual_memory_register(encoding) =>
         {
             // While TVM is on, a trapped write to a register Tessera does
             // not know (one added by a newer architecture extension) would
@@ -641,7 +641,7 @@ pub fn handle_guest_exit(frame: &mut TrapFrame) {
             if is_read && register < 31 {
                 frame.registers[register as usize] = 0;
             }
-            frame.exception_link = frame.exception_link.wrapping_add(4);
+            frame.step_over_trapped_instruction();
         }
         GuestExit::Unhandled { class } => {
             stop_with_fault(
@@ -656,6 +656,7 @@ pub fn handle_guest_exit(frame: &mut TrapFrame) {
 
 fn handle_mmio(index: usize, frame: &mut TrapFrame, access: &MmioAccess) {
     if devices::emulate(index, &mut AccessFrame::full(frame), access) {
+        frame.step_over_trapped_instruction();
         return;
     }
     log::debug!(

@@ -490,7 +490,10 @@ mod tests {
         assert_eq!(path, Some(PathBuf::from("target/machines/raspi4b.dtb")));
         let written = root.join("target/machines/raspi4b.dtb");
         assert_eq!(std::fs::read(&written).unwrap(), blob());
-        assert!(!root.join("target/machines/raspi4b.dtb.partial").exists());
+        let beside: Vec<_> = std::fs::read_dir(root.join("target/machines"))
+            .unwrap()
+            .collect();
+        assert_eq!(beside.len(), 1, "no partial file left beside the tree");
         std::fs::remove_dir_all(root).unwrap();
     }
 

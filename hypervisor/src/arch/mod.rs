@@ -7,6 +7,7 @@ pub mod guest;
 pub mod vectors;
 
 use core::arch::asm;
+use tessera_hypervisor::MAX_CPUS;
 
 use aarch64_cpu::registers::{
     CNTFRQ_EL0, CurrentEL, DAIF, HCR_EL2, ID_AA64MMFR0_EL1, MPIDR_EL1, ReadWriteable, Readable,
@@ -26,12 +27,18 @@ pub fn current_mpidr() -> u64 {
 
 /// Records this CPU's logical index where `cpu_index` can find it.
 pub fn set_cpu_index(index: usize) {
+    assert!(index < MAX_CPUS, "CPU index {index} out of range");
     TPIDR_EL2.set(index as u64);
 }
 
-/// The logical index of the CPU this runs on (0 is the boot CPU).
+const _: () = assert!(MAX_CPUS.is_power_of_two());
+
+/// The logical index of the CPU this runs on (0 is the boot CPU), always
+/// below `MAX_CPUS`: `set_cpu_index` checks it, and the mask tells the
+/// compiler so, which spares every per-CPU array lookup (one on each guest
+/// exit) its bounds check.
 pub fn cpu_index() -> usize {
-    TPIDR_EL2.get() as usize
+    TPIDR_EL2.get() as usize & (MAX_CPUS - 1)
 }
 
 /// The generic timer frequency in Hz.

@@ -173,13 +173,16 @@ exception_return:
 guest_synchronous:
     save_caller_saved
     save_exception_registers
+    // A guest single-stepping (SPSR_EL2.SS) takes the full path, which
+    // ends the step when it carries out the trapped instruction.
+    mrs     x2, spsr_el2
+    tbnz    x2, #21, 1f
     mov     x0, sp
     bl      {device_access}
     // A Rust `bool` is defined in bit 0 only.
     tbz     w0, #0, 1f
-    // Done: back to the guest with what step one saved (ELR advanced).
-    ldr     x2, [sp, #256]
-    msr     elr_el2, x2
+    // Done: back to the guest with what step one saved (the handler moved
+    // ELR_EL2 on in place).
     restore_caller_saved
     add     sp, sp, #{frame_size}
     eret

@@ -205,7 +205,8 @@ mod tests {
         let out = dir.join("deep/demo.cpio");
         write(&system(), &out).unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), build(&system()).unwrap());
-        assert!(!dir.join("deep/demo.cpio.partial").exists());
+        let beside: Vec<_> = std::fs::read_dir(dir.join("deep")).unwrap().collect();
+        assert_eq!(beside.len(), 1, "no partial file left beside the package");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
