@@ -18,7 +18,7 @@ use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 use spin::Mutex;
-use tessera_hypervisor::console_queue::{self, CAPACITY, ConsoleQueue, DrainStop};
+use tessera_hypervisor::console_queue::{CAPACITY, ConsoleQueue, DrainStop};
 use tessera_hypervisor::manifest::MAX_VMS;
 use tock_registers::interfaces::{Readable, Writeable};
 use tock_registers::register_bitfields;
@@ -287,15 +287,9 @@ pub fn report_dropped_output(vm: usize, name: &str) {
     }
 }
 
-/// The most VM output may have queued for the VM (named `name`) to still
-/// have room for its next line; its UART shows TXFF above this.
-pub const fn guest_output_ready_threshold(name: &str) -> usize {
-    console_queue::ready_threshold(name.len())
-}
-
 /// Whether a VM has room for one more line, given its counter from
 /// [`guest_output_counter`] and its threshold from
-/// [`guest_output_ready_threshold`]. This runs on every read of a virtual
+/// `console_queue::ready_threshold`. This runs on every read of a virtual
 /// UART's flag register, so it is one load; only when the VM is over its
 /// threshold does it try to make room by draining, so a guest that polls
 /// its UART's flags waits only as long as the console needs.

@@ -580,11 +580,7 @@ pub fn handle_guest_exit(frame: &mut TrapFrame) {
         }
         GuestExit::WaitForEvent => frame.step_over_trapped_instruction(),
         GuestExit::SystemRegister { encoding, .. } if set_way::is_set_way_operation(encoding) => {
-            let mut tracker = this_cpu().set_way.lock();
-            let was_trapping = tracker.trapping_vm_registers;
-            let response = tracker.set_way_operation();
-            drop(tracker);
-            carry_out_set_way(index, response, was_trapping);
+            follow_set_way(index, SetWayTracker::set_way_operation);
             frame.step_over_trapped_instruction();
         }
         GuestExit::SystemRegister {
@@ -601,11 +597,7 @@ pub fn handle_guest_exit(frame: &mut TrapFrame) {
             let old = guest::guest_system_control();
             guest::write_virtual_memory_register(target, value);
             let new = guest::guest_system_control();
-            let mut tracker = this_cpu().set_way.lock();
-            let was_trapping = tracker.trapping_vm_registers;
-            let response = tracker.register_written(old, new);
-            drop(tracker);
-            carry_out_set_way(index, response, was_trapping);
+            follow_set_way(index, |tracker| tracker.register_written(old, new));
             frame.step_over_trapped_instruction();
         }
         GuestExit::SystemRegister {
@@ -676,13 +668,19 @@ fn handle_mmio(index: usize, frame: &mut TrapFrame, access: &MmioAccess) {
     );
 }
 
-/// Does what the set/way policy decided for the running vCPU of VM `index`.
+/// Tells this CPU's set/way tracker of an `event` of VM `index`'s running
+/// vCPU and does what the policy decides.
 ///
 /// Cleaning a VM's RAM takes time in proportion to its size, with this
 /// CPU's interrupts masked; the guest can only make it happen when it
 /// starts set/way maintenance or turns its caches on or off, and the cost
 /// falls on its own CPU.
-fn carry_out_set_way(index: usize, response: set_way::Response, was_trapping: bool) {
+fn follow_set_way(index: usize, event: impl FnOnce(&mut SetWayTracker) -> set_way::Response) {
+    let (response, was_trapping) = {
+        let mut tracker = this_cpu().set_way.lock();
+        let was_trapping = tracker.trapping_vm_registers;
+        (event(&mut tracker), was_trapping)
+    };
     if response.clean_guest_ram {
         let vm = vm(index);
         arch::clean_to_point_of_coherency(vm.ram_host.0 as usize, vm.ram_size as usize);

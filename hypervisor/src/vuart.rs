@@ -66,7 +66,7 @@ impl VirtualUart {
                     vm,
                     name,
                     queued: console::guest_output_counter(vm),
-                    ready_threshold: console::guest_output_ready_threshold(name),
+                    ready_threshold: tessera_hypervisor::console_queue::ready_threshold(name.len()),
                 },
                 PendingLevel { asserted: false },
             ),
