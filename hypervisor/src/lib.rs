@@ -13,6 +13,10 @@ pub mod address;
 pub mod console_queue;
 pub mod crash_report;
 pub mod device_bus;
+/// Emulated devices: each VM's device map.
+pub mod devices {
+    pub mod map;
+}
 pub mod device_tree;
 pub use tessera_arch::exception_syndrome;
 pub mod fast_copy;
@@ -26,6 +30,12 @@ pub mod psci;
 pub mod reflect;
 pub mod set_way;
 pub mod vcpu_state;
+/// The VM core: typed identifiers, VM lifecycle, stage 2.
+pub mod vm {
+    pub mod ids;
+    pub mod lifecycle;
+    pub mod stage2;
+}
 
 /// The version shown in the banner.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -227,6 +227,13 @@ impl PageTable {
         Ok(Self { root, regime })
     }
 
+    /// A second handle on the tree at `root`, for test models that walk a
+    /// tree their owner is changing, as a CPU's table walker would.
+    #[cfg(test)]
+    pub(crate) const fn for_root(root: PhysAddr, regime: Regime) -> Self {
+        Self { root, regime }
+    }
+
     /// The physical address of the root table (for TTBR0_EL2 / VTTBR_EL2).
     #[must_use]
     pub const fn root(&self) -> PhysAddr {

@@ -1,0 +1,265 @@
+//! A VM's device map: which emulated device answers a trapped access, by
+//! guest-physical window.
+//!
+//! Each VM has its own map, built at boot from what its manifest gives it
+//! (today every VM gets the guest platform's UART; GIC frames and
+//! vdev-shmem factory and control pages are further windows). Windows never
+//! overlap: `insert` refuses one that would. An access routes to a device
+//! only when all of its bytes fall inside that device's window; anything
+//! else has nothing behind it, and the guest gets the external abort
+//! hardware would give.
+//!
+//! Routing is on the device fast path (`mmio.vuart_read`, 150 instructions
+//! round trip at most), so the map is a small array kept sorted by base,
+//! searched linearly with one unsigned compare per window: for the handful
+//! of windows a VM has, that beats any tree.
+
+use tessera_vdevs::AccessWidth;
+
+use crate::address::GuestPhysAddr;
+
+/// The most windows one VM's map holds: the UART, the GIC's distributor,
+/// redistributor or CPU-interface frames, and vdev-shmem factory and
+/// control pages.
+pub const MAX_WINDOWS: usize = 8;
+
+/// Which of a VM's device slots a window belongs to: an index the VM's
+/// owner of the devices gives meaning to (the hypervisor keeps one lock per
+/// slot).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceSlot(pub u8);
+
+/// A device's guest-physical window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub base: GuestPhysAddr,
+    /// At least 8 bytes (the widest access), so the routing compare cannot
+    /// wrap.
+    pub size: u64,
+}
+
+impl Window {
+    const fn end(self) -> u64 {
+        self.base.0 + self.size
+    }
+}
+
+/// Why a window was not added.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapError {
+    /// It overlaps the window of `slot`.
+    Overlaps { slot: DeviceSlot, window: Window },
+    /// Smaller than the widest access, or past the end of the address space.
+    BadWindow(Window),
+    /// The map already holds `MAX_WINDOWS` windows.
+    Full,
+}
+
+/// One VM's windows, sorted by base.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceMap {
+    windows: [(Window, DeviceSlot); MAX_WINDOWS],
+    count: usize,
+}
+
+impl Default for DeviceMap {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DeviceMap {
+    #[must_use]
+    pub const fn new() -> Self {
+        Self {
+            windows: [(
+                Window {
+                    base: GuestPhysAddr(0),
+                    size: 0,
+                },
+                DeviceSlot(0),
+            ); MAX_WINDOWS],
+            count: 0,
+        }
+    }
+
+    /// Adds `window` for `slot`, refusing one that overlaps another.
+    pub fn insert(&mut self, window: Window, slot: DeviceSlot) -> Result<(), MapError> {
+        if window.size < 8 || window.base.0.checked_add(window.size).is_none() {
+            return Err(MapError::BadWindow(window));
+        }
+        if let Some(&(other, other_slot)) = self.windows[..self.count]
+            .iter()
+            .find(|(other, _)| window.base.0 < other.end() && other.base.0 < window.end())
+        {
+            return Err(MapError::Overlaps {
+                slot: other_slot,
+                window: other,
+            });
+        }
+        if self.count == MAX_WINDOWS {
+            return Err(MapError::Full);
+        }
+        let position = self.windows[..self.count]
+            .iter()
+            .position(|(other, _)| other.base.0 > window.base.0)
+            .unwrap_or(self.count);
+        self.windows.copy_within(position..self.count, position + 1);
+        self.windows[position] = (window, slot);
+        self.count += 1;
+        Ok(())
+    }
+
+    /// The slot an access of `width` at `address` targets, and the offset
+    /// of the access in that slot's window.
+    #[must_use]
+    #[inline]
+    pub fn route(&self, address: GuestPhysAddr, width: AccessWidth) -> Option<(DeviceSlot, u64)> {
+        self.windows[..self.count % (MAX_WINDOWS + 1)]
+            .iter()
+            .find_map(|&(window, slot)| {
+                // One unsigned compare: an address below the window wraps to
+                // a huge offset and fails it like one above. Windows are at
+                // least 8 bytes, so the subtraction cannot wrap.
+                let offset = address.0.wrapping_sub(window.base.0);
+                (offset <= window.size - u64::from(width.bytes())).then_some((slot, offset))
+            })
+    }
+
+    /// Every window with its slot, by base.
+    pub fn windows(&self) -> impl Iterator<Item = (Window, DeviceSlot)> + '_ {
+        self.windows[..self.count].iter().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UART: Window = Window {
+        base: GuestPhysAddr(0x0900_0000),
+        size: 0x1000,
+    };
+    const DISTRIBUTOR: Window = Window {
+        base: GuestPhysAddr(0x0800_0000),
+        size: 0x1_0000,
+    };
+
+    fn map() -> DeviceMap {
+        let mut map = DeviceMap::new();
+        map.insert(UART, DeviceSlot(0)).unwrap();
+        map.insert(DISTRIBUTOR, DeviceSlot(1)).unwrap();
+        map
+    }
+
+    #[test]
+    fn accesses_inside_a_window_route_to_its_slot_with_their_offset() {
+        let map = map();
+        let at = |address| GuestPhysAddr(address);
+        assert_eq!(
+            map.route(at(0x0900_0000), AccessWidth::Word),
+            Some((DeviceSlot(0), 0))
+        );
+        assert_eq!(
+            map.route(at(0x0900_0FF8), AccessWidth::DoubleWord),
+            Some((DeviceSlot(0), 0xFF8))
+        );
+        assert_eq!(
+            map.route(at(0x0800_0004), AccessWidth::Byte),
+            Some((DeviceSlot(1), 4))
+        );
+        assert_eq!(
+            map.windows().map(|(_, slot)| slot).collect::<Vec<_>>(),
+            vec![DeviceSlot(1), DeviceSlot(0)],
+            "kept sorted by base"
+        );
+    }
+
+    #[test]
+    fn accesses_outside_or_straddling_a_window_route_nowhere() {
+        let map = map();
+        for (address, width) in [
+            (0x08FF_FFFF, AccessWidth::Byte),
+            (0x0900_1000, AccessWidth::Byte),
+            (0x0900_0FFC, AccessWidth::DoubleWord),
+            (0x0801_0000, AccessWidth::Word),
+            (0, AccessWidth::Word),
+            (u64::MAX, AccessWidth::Byte),
+        ] {
+            assert_eq!(
+                map.route(GuestPhysAddr(address), width),
+                None,
+                "{address:#x}"
+            );
+        }
+        assert_eq!(DeviceMap::new().route(UART.base, AccessWidth::Byte), None);
+    }
+
+    #[test]
+    fn overlapping_windows_are_refused_and_change_nothing() {
+        let mut map = map();
+        let straddling = Window {
+            base: GuestPhysAddr(0x0900_0FF0),
+            size: 0x1000,
+        };
+        assert_eq!(
+            map.insert(straddling, DeviceSlot(2)),
+            Err(MapError::Overlaps {
+                slot: DeviceSlot(0),
+                window: UART
+            })
+        );
+        let covering = Window {
+            base: GuestPhysAddr(0),
+            size: 0x1000_0000,
+        };
+        assert!(matches!(
+            map.insert(covering, DeviceSlot(2)),
+            Err(MapError::Overlaps { .. })
+        ));
+        assert!(matches!(
+            map.insert(UART, DeviceSlot(3)),
+            Err(MapError::Overlaps { .. })
+        ));
+        assert_eq!(map.windows().count(), 2);
+        // Touching is not overlapping.
+        let adjacent = Window {
+            base: GuestPhysAddr(0x0900_1000),
+            size: 0x1000,
+        };
+        assert_eq!(map.insert(adjacent, DeviceSlot(2)), Ok(()));
+    }
+
+    #[test]
+    fn tiny_wrapping_and_surplus_windows_are_refused() {
+        let mut map = DeviceMap::new();
+        let tiny = Window {
+            base: GuestPhysAddr(0x1000),
+            size: 4,
+        };
+        assert_eq!(
+            map.insert(tiny, DeviceSlot(0)),
+            Err(MapError::BadWindow(tiny))
+        );
+        let wrapping = Window {
+            base: GuestPhysAddr(u64::MAX - 8),
+            size: 0x1000,
+        };
+        assert_eq!(
+            map.insert(wrapping, DeviceSlot(0)),
+            Err(MapError::BadWindow(wrapping))
+        );
+        for index in 0..MAX_WINDOWS {
+            let window = Window {
+                base: GuestPhysAddr(0x1000 * (index as u64 + 1)),
+                size: 0x1000,
+            };
+            map.insert(window, DeviceSlot(index as u8)).unwrap();
+        }
+        let one_more = Window {
+            base: GuestPhysAddr(0x10_0000),
+            size: 0x1000,
+        };
+        assert_eq!(map.insert(one_more, DeviceSlot(9)), Err(MapError::Full));
+    }
+}

@@ -1,0 +1,291 @@
+//! A VM's stage-2 translation: its table tree and the owner of the tree's
+//! memory and TLB maintenance, kept together for the VM's whole life so
+//! that pages can be mapped and unmapped while it runs (vdev-shmem), not
+//! only at boot.
+//!
+//! The owner `T` supplies table pages ([`TableStore`]) and knows how to
+//! invalidate this VM's cached translations ([`TlbMaintenance`]: on the
+//! target, TLBI by IPA under the VM's VMID, broadcast inner shareable; in
+//! tests, a model TLB). Device models reach it through
+//! [`GuestPages`], so they never see tables or TLBs.
+
+use tessera_vdevs::{GuestPages, PageAccess, PagesRefused};
+
+use crate::address::{GuestPhysAddr, PhysAddr};
+use crate::page_table::{
+    MapAttributes, MapError, MemoryKind, PageTable, Regime, TableStore, TlbMaintenance,
+};
+
+/// A VM's stage-2 tree and the owner of its memory and TLB maintenance.
+pub struct Stage2<T> {
+    table: PageTable,
+    owner: T,
+}
+
+/// Guest RAM: normal memory the guest may also execute.
+const GUEST_RAM: MapAttributes = MapAttributes {
+    kind: MemoryKind::Normal,
+    writable: true,
+    executable: true,
+};
+
+impl<T: TableStore + TlbMaintenance> Stage2<T> {
+    /// An empty tree whose tables come from `owner`.
+    ///
+    /// # Errors
+    /// `OutOfTables` when the owner cannot supply the root.
+    pub fn new(mut owner: T) -> Result<Self, MapError> {
+        let table = PageTable::new(Regime::Stage2, &mut owner)?;
+        Ok(Self { table, owner })
+    }
+
+    /// The root table, for VTTBR_EL2.
+    #[must_use]
+    pub const fn root(&self) -> PhysAddr {
+        self.table.root()
+    }
+
+    /// Maps the VM's RAM, at build time.
+    ///
+    /// # Errors
+    /// See [`MapError`].
+    pub fn map_ram(
+        &mut self,
+        guest: GuestPhysAddr,
+        host: PhysAddr,
+        size: u64,
+    ) -> Result<(), MapError> {
+        self.table
+            .map(guest.0, host, size, GUEST_RAM, &mut self.owner)
+    }
+
+    /// Where `guest` translates to, if anywhere.
+    pub fn translate(&mut self, guest: GuestPhysAddr) -> Option<PhysAddr> {
+        self.table
+            .translate(guest.0, &mut self.owner)
+            .map(|(output, _)| output)
+    }
+
+    /// The owner, for inspection (tests, reports).
+    pub const fn owner(&self) -> &T {
+        &self.owner
+    }
+}
+
+const fn refused(error: MapError) -> PagesRefused {
+    match error {
+        MapError::Misaligned => PagesRefused::Misaligned,
+        MapError::OutOfRange => PagesRefused::OutOfRange,
+        MapError::AlreadyMapped { input } => PagesRefused::AlreadyMapped {
+            guest_address: input,
+        },
+        MapError::OutOfTables => PagesRefused::OutOfMemory,
+    }
+}
+
+impl<T: TableStore + TlbMaintenance> GuestPages for Stage2<T> {
+    fn map_pages(
+        &mut self,
+        guest_address: u64,
+        host_address: u64,
+        length: u64,
+        access: PageAccess,
+    ) -> Result<(), PagesRefused> {
+        let attributes = MapAttributes {
+            kind: MemoryKind::Normal,
+            writable: access == PageAccess::ReadWrite,
+            executable: false,
+        };
+        // Only invalid entries are filled (an existing mapping is refused),
+        // so nothing cached can be stale: no TLB maintenance is due. The
+        // new entries must reach the walkers before the guest is told.
+        let mapped = self
+            .table
+            .map(
+                guest_address,
+                PhysAddr(host_address),
+                length,
+                attributes,
+                &mut self.owner,
+            )
+            .map_err(refused);
+        self.owner.publish();
+        mapped
+    }
+
+    fn unmap_pages(&mut self, guest_address: u64, length: u64) -> Result<(), PagesRefused> {
+        self.table
+            .unmap(guest_address, length, &mut self.owner)
+            .map_err(refused)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::address::PAGE_SIZE;
+    use crate::page_table::Table;
+    use crate::page_table::test_store::HeapStore;
+
+    /// Table memory plus a TLB that caches translations page by page and
+    /// drops them only when told to, as a CPU's would.
+    #[derive(Default)]
+    struct FakeMachine {
+        tables: HeapStore,
+        root: Option<PhysAddr>,
+        tlb: BTreeMap<u64, PhysAddr>,
+        publishes: usize,
+        invalidations: Vec<(u64, u64)>,
+    }
+
+    impl FakeMachine {
+        fn walk(&mut self, input: u64) -> Option<PhysAddr> {
+            let walker = PageTable::for_root(self.root?, Regime::Stage2);
+            walker
+                .translate(input, &mut self.tables)
+                .map(|(output, _)| output)
+        }
+
+        /// What a guest access to `input` reaches: the TLB first, as the
+        /// hardware would, then a walk, which fills the TLB.
+        fn access(&mut self, input: u64) -> Option<PhysAddr> {
+            let page = input & !(PAGE_SIZE - 1);
+            if let Some(output) = self.tlb.get(&page) {
+                return Some(*output);
+            }
+            let output = self.walk(page)?;
+            self.tlb.insert(page, output);
+            Some(output)
+        }
+    }
+
+    impl TableStore for FakeMachine {
+        fn allocate_table(&mut self) -> Option<PhysAddr> {
+            let table = self.tables.allocate_table();
+            self.root = self.root.or(table);
+            table
+        }
+
+        fn table_mut(&mut self, address: PhysAddr) -> &mut Table {
+            self.tables.table_mut(address)
+        }
+    }
+
+    impl TlbMaintenance for FakeMachine {
+        fn publish(&mut self) {
+            self.publishes += 1;
+        }
+
+        fn invalidate(&mut self, input: u64, span: u64) {
+            assert!(
+                self.walk(input).is_none(),
+                "invalidated before the entry was broken"
+            );
+            self.tlb
+                .retain(|page, _| !(input..input + span).contains(page));
+            self.invalidations.push((input, span));
+        }
+    }
+
+    const RAM: u64 = 0x4000_0000;
+    const HOST_RAM: u64 = 0x8000_0000;
+    const WINDOW: u64 = 0x1_0000_0000;
+    const SHARED: u64 = 0x9000_0000;
+
+    fn vm_with_ram() -> Stage2<FakeMachine> {
+        let mut stage2 = Stage2::new(FakeMachine::default()).unwrap();
+        stage2
+            .map_ram(GuestPhysAddr(RAM), PhysAddr(HOST_RAM), 4 << 20)
+            .unwrap();
+        stage2
+    }
+
+    #[test]
+    fn pages_mapped_through_the_services_trait_translate_and_unmapped_ones_leave_no_trace() {
+        let mut stage2 = vm_with_ram();
+        let pages: &mut dyn GuestPages = &mut stage2;
+        pages
+            .map_pages(WINDOW, SHARED, 3 * PAGE_SIZE, PageAccess::ReadWrite)
+            .unwrap();
+        for page in 0..3 {
+            assert_eq!(
+                stage2.owner.access(WINDOW + page * PAGE_SIZE),
+                Some(PhysAddr(SHARED + page * PAGE_SIZE))
+            );
+        }
+        // The guest has used every page (the TLB holds them all); the
+        // middle one goes away.
+        stage2.unmap_pages(WINDOW + PAGE_SIZE, PAGE_SIZE).unwrap();
+        assert_eq!(
+            stage2.owner.access(WINDOW + PAGE_SIZE),
+            None,
+            "no stale translation"
+        );
+        assert_eq!(stage2.owner.access(WINDOW), Some(PhysAddr(SHARED)));
+        assert_eq!(
+            stage2.owner.access(WINDOW + 2 * PAGE_SIZE),
+            Some(PhysAddr(SHARED + 2 * PAGE_SIZE))
+        );
+        assert_eq!(
+            stage2.owner.invalidations,
+            [(WINDOW + PAGE_SIZE, PAGE_SIZE)]
+        );
+        // And the rest, then mapped again elsewhere: the new pages show.
+        // (A range whose middle is unmapped already is fine.)
+        stage2.unmap_pages(WINDOW, 3 * PAGE_SIZE).unwrap();
+        assert!(stage2.owner.tlb.keys().all(|page| *page < WINDOW));
+        stage2
+            .map_pages(WINDOW, SHARED + 0x10_0000, PAGE_SIZE, PageAccess::ReadOnly)
+            .unwrap();
+        assert_eq!(
+            stage2.owner.access(WINDOW),
+            Some(PhysAddr(SHARED + 0x10_0000))
+        );
+    }
+
+    #[test]
+    fn unmapping_part_of_guest_ram_splits_its_block_without_stale_entries() {
+        let mut stage2 = vm_with_ram();
+        for page in (RAM..RAM + (4 << 20)).step_by(PAGE_SIZE as usize) {
+            stage2.owner.access(page);
+        }
+        stage2.unmap_pages(RAM + 0x10_0000, PAGE_SIZE).unwrap();
+        assert_eq!(stage2.owner.access(RAM + 0x10_0000), None);
+        assert_eq!(
+            stage2.owner.access(RAM + 0x10_1000),
+            Some(PhysAddr(HOST_RAM + 0x10_1000))
+        );
+        assert_eq!(
+            stage2.translate(GuestPhysAddr(RAM)),
+            Some(PhysAddr(HOST_RAM))
+        );
+    }
+
+    #[test]
+    fn bad_requests_are_refused_with_the_reason() {
+        let mut stage2 = vm_with_ram();
+        assert_eq!(
+            stage2.map_pages(WINDOW + 1, SHARED, PAGE_SIZE, PageAccess::ReadWrite),
+            Err(PagesRefused::Misaligned)
+        );
+        assert_eq!(
+            stage2.map_pages(RAM, SHARED, PAGE_SIZE, PageAccess::ReadWrite),
+            Err(PagesRefused::AlreadyMapped { guest_address: RAM })
+        );
+        assert_eq!(
+            stage2.map_pages(1 << 39, SHARED, PAGE_SIZE, PageAccess::ReadWrite),
+            Err(PagesRefused::OutOfRange)
+        );
+        assert_eq!(
+            stage2.unmap_pages(!(PAGE_SIZE - 1), PAGE_SIZE),
+            Err(PagesRefused::OutOfRange)
+        );
+        stage2.owner.tables.limit = Some(stage2.owner.tables.tables.len());
+        assert_eq!(
+            stage2.map_pages(WINDOW, SHARED, PAGE_SIZE, PageAccess::ReadWrite),
+            Err(PagesRefused::OutOfMemory)
+        );
+    }
+}
