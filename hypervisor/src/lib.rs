@@ -22,20 +22,19 @@ pub use tessera_arch::exception_syndrome;
 pub mod fast_copy;
 pub mod flat_tree;
 pub mod guest_exit;
-pub mod ids;
 pub mod manifest;
 pub mod memory_map;
 pub mod package;
 pub mod page_table;
 pub mod psci;
 pub mod reflect;
-pub mod request_queue;
 pub mod set_way;
 pub mod vcpu_state;
 /// The VM core: typed identifiers, VM lifecycle, stage 2.
 pub mod vm {
     pub mod ids;
     pub mod lifecycle;
+    pub mod request_queue;
     pub mod stage2;
 }
 

@@ -5,7 +5,7 @@
 //! # Who pushes, who drains
 //!
 //! Each physical CPU owns one [`RequestQueue`] (a `static` array indexed by
-//! [`CpuId`](crate::ids::CpuId)). Any CPU may post to any queue, the owner
+//! [`CpuId`](crate::vm::ids::CpuId)). Any CPU may post to any queue, the owner
 //! included, from thread context or from an interrupt handler, with
 //! interrupts masked or not. Only the owner takes requests out: on interrupt
 //! exits from its guest and in its idle loop, and it acts on them itself, so
@@ -103,8 +103,8 @@ use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use crate::address::GuestPhysAddr;
-use crate::ids::{VcpuId, VmId};
 use crate::manifest::MAX_VMS;
+use crate::vm::ids::{VcpuId, VmId};
 
 /// Slots in each CPU's ring (a power of two).
 pub const CPU_QUEUE_CAPACITY: usize = 16;
