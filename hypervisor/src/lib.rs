@@ -36,6 +36,7 @@ pub mod vm {
     pub mod lifecycle;
     pub mod request_queue;
     pub mod stage2;
+    pub mod system;
 }
 
 /// The version shown in the banner.

@@ -34,6 +34,7 @@ pub mod status {
     pub const DENIED: i64 = -3;
     pub const ALREADY_ON: i64 = -4;
     pub const ON_PENDING: i64 = -5;
+    pub const INTERNAL_FAILURE: i64 = -6;
     pub const INVALID_ADDRESS: i64 = -9;
 }
 

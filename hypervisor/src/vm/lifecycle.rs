@@ -175,6 +175,14 @@ impl VmLifecycle {
         pending
     }
 
+    /// A start request for `vcpu` could not be delivered: it is off again,
+    /// so CPU_ON may be retried.
+    pub fn cancel_start(&mut self, vcpu: VcpuId) {
+        if self.power(vcpu) == Some(VcpuPower::OnPending) {
+            self.vcpus[vcpu.index()] = VcpuPower::Off;
+        }
+    }
+
     /// Stops the VM with `outcome` (SYSTEM_OFF, an exit call, a fault).
     /// `caller` is the vCPU asking, which parks by itself afterwards.
     pub fn stop(&mut self, outcome: Outcome, caller: Option<VcpuId>) -> StopOrder {

@@ -29,6 +29,14 @@ const GUEST_RAM: MapAttributes = MapAttributes {
     executable: true,
 };
 
+impl<T> Stage2<T> {
+    /// The root table, for VTTBR_EL2.
+    #[must_use]
+    pub const fn root(&self) -> PhysAddr {
+        self.table.root()
+    }
+}
+
 impl<T: TableStore + TlbMaintenance> Stage2<T> {
     /// An empty tree whose tables come from `owner`.
     ///
@@ -37,12 +45,6 @@ impl<T: TableStore + TlbMaintenance> Stage2<T> {
     pub fn new(mut owner: T) -> Result<Self, MapError> {
         let table = PageTable::new(Regime::Stage2, &mut owner)?;
         Ok(Self { table, owner })
-    }
-
-    /// The root table, for VTTBR_EL2.
-    #[must_use]
-    pub const fn root(&self) -> PhysAddr {
-        self.table.root()
     }
 
     /// Maps the VM's RAM, at build time.
