@@ -8,7 +8,7 @@ use tessera_hypervisor::exception_syndrome::ExceptionSyndrome;
 use tessera_hypervisor::guest_exit::{self, CallerSavedFrame};
 
 use crate::arch::guest;
-use crate::{arch, board::BOARD, console, devices, power, timer, vm};
+use crate::{arch, board::BOARD, console, devices, interrupts, power, vm};
 
 /// Vector slots: groups of four (sync, IRQ, FIQ, SError) for current EL with
 /// SP_EL0, current EL with SP_ELx, lower EL AArch64, lower EL AArch32.
@@ -32,13 +32,12 @@ const AARCH32_LOWER_EL_SERROR: u64 = 15;
 /// `CallerSavedFrame` lets this code see: an access through x19..x29 is
 /// left to the full path, where they are.
 pub extern "C" fn handle_device_access(frame: &mut CallerSavedFrame) -> bool {
-    let this_cpu = vm::this_cpu();
     if let Some(access) = guest_exit::decode_emulated_mmio(
         ExceptionSyndrome(frame.syndrome()),
         frame.fault_address(),
         guest::faulting_guest_page(),
-    ) && let Some(index) = this_cpu.vm_index()
-        && devices::emulate(index, &mut frame.access(), &access)
+    ) && let Some((vm, _)) = vm::current()
+        && devices::emulate(vm, &mut frame.access(), &access)
     {
         // Straight in ELR_EL2, which the fast return leaves as it is.
         guest::step_over_trapped_instruction();
@@ -59,7 +58,7 @@ pub extern "C" fn handle_guest_synchronous(frame: &mut TrapFrame) {
 /// Called by the vector stubs with the saved frame and the vector slot.
 pub extern "C" fn handle_exception(frame: &mut TrapFrame, slot: u64) {
     match slot {
-        CURRENT_EL_SPX_IRQ => return timer::handle_irq(),
+        CURRENT_EL_SPX_IRQ => return interrupts::handle_irq(),
         // Interrupts while a guest ran, whichever state it was in (EL1 is
         // always AArch64, but a guest may run AArch32 code at EL0).
         LOWER_EL_IRQ | LOWER_EL_FIQ | AARCH32_LOWER_EL_IRQ | AARCH32_LOWER_EL_FIQ => {

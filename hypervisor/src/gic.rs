@@ -3,7 +3,9 @@
 //! GICv3 is reached through the ICC system registers (no lock needed on the
 //! interrupt path); GICv2's CPU interface is a banked MMIO frame, reached
 //! through the shared driver under a lock that is only ever taken with IRQs
-//! masked.
+//! masked and only for the register access itself: an interrupt is
+//! acknowledged and ended in two short holds, and handled in between
+//! without it (`interrupts`), so a handler may send an SGI.
 
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU8, Ordering};
@@ -145,22 +147,48 @@ pub fn version() -> u8 {
     VERSION.load(Ordering::Acquire)
 }
 
-/// Acknowledges the highest-priority pending interrupt, runs `handler` on
-/// it and ends it. Returns false when nothing was pending (spurious).
+/// An acknowledged interrupt, to be ended with [`end`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Interrupt(IntId);
+
+impl Interrupt {
+    /// The interrupt number (without GICv2's source-CPU bits of an SGI).
+    pub fn id(self) -> u32 {
+        u32::from(self.0) & 0x3FF
+    }
+}
+
+/// Acknowledges the highest-priority pending interrupt; `None` when
+/// nothing is pending (spurious).
 ///
-/// Both drivers use their group-0 path for GICv2 (GICC_IAR/EOIR, which is
-/// what a Non-secure or security-less CPU interface serves) and group 1 for
-/// GICv3 (ICC_IAR1/EOIR1_EL1, the Non-secure group).
-pub fn dispatch(handler: impl FnOnce(u32)) -> bool {
+/// GICv2 uses its group-0 registers (GICC_IAR/EOIR, what a Non-secure or
+/// security-less CPU interface serves), GICv3 group 1 (ICC_IAR1/EOIR1_EL1,
+/// the Non-secure group). GICv2's CPU interface is banked per CPU; the
+/// shared driver's lock is held only for the register access, never while
+/// the interrupt is handled.
+pub fn acknowledge() -> Option<Interrupt> {
     match version() {
-        3 => GicCpuInterface::handle_interrupt(InterruptGroup::Group1, |id| handler(id.into())),
+        3 => GicCpuInterface::get_and_acknowledge_interrupt(InterruptGroup::Group1),
         _ => with_controller(|controller| match controller {
-            Controller::V2(gic) => {
-                gic.handle_interrupt(InterruptGroup::Group0, |id| handler(id.into()))
-            }
-            Controller::V3(_) => false,
+            Controller::V2(gic) => gic.get_and_acknowledge_interrupt(InterruptGroup::Group0),
+            Controller::V3(_) => None,
         })
-        .unwrap_or(false),
+        .flatten(),
+    }
+    .map(Interrupt)
+}
+
+/// Ends (drops the priority of and deactivates) an acknowledged interrupt.
+pub fn end(interrupt: Interrupt) {
+    match version() {
+        3 => GicCpuInterface::end_interrupt(interrupt.0, InterruptGroup::Group1),
+        _ => {
+            with_controller(|controller| {
+                if let Controller::V2(gic) = controller {
+                    gic.end_interrupt(interrupt.0, InterruptGroup::Group0);
+                }
+            });
+        }
     }
 }
 

@@ -30,6 +30,8 @@ mod exceptions;
 #[cfg(target_os = "none")]
 mod gic;
 #[cfg(target_os = "none")]
+mod interrupts;
+#[cfg(target_os = "none")]
 mod memory;
 #[cfg(target_os = "none")]
 mod power;

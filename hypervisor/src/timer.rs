@@ -6,7 +6,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use tessera_hypervisor::MAX_CPUS;
 
-use crate::{arch, board::BOARD, console, gic};
+use crate::{arch, board::BOARD, gic};
 
 /// Ticks per second.
 pub const TICK_HZ: u64 = 100;
@@ -31,26 +31,9 @@ pub fn ticks(cpu: usize) -> u32 {
     TICKS[cpu].load(Ordering::Acquire)
 }
 
-/// The IRQ path: acknowledge, count the tick and re-arm (or note a request
-/// SGI), end.
-pub fn handle_irq() {
-    let mut ticked = false;
-    gic::dispatch(|raw| {
-        // GICv2 reports the sending CPU of an SGI in bits 12:10.
-        let intid = raw & 0x3FF;
-        if intid == BOARD.timer_interrupts.hypervisor_physical {
-            TICKS[arch::cpu_index()].fetch_add(1, Ordering::AcqRel);
-            arch::start_hypervisor_timer(tick_interval());
-            ticked = true;
-        } else if intid == gic::REQUEST_SGI {
-            // A mailbox request: the caller checks the mailbox after this.
-        } else {
-            log::debug!("unexpected interrupt {intid}");
-        }
-    });
-    // Queued console output moves on at least every tick, even when no
-    // VM prints (outside the dispatch: the GICv2 lock is held there).
-    if ticked {
-        console::try_drain();
-    }
+/// The tick's interrupt (dispatched by `interrupts`): counts it and
+/// re-arms the timer.
+pub fn tick() {
+    TICKS[arch::cpu_index()].fetch_add(1, Ordering::AcqRel);
+    arch::start_hypervisor_timer(tick_interval());
 }

@@ -1,145 +1,135 @@
-//! VMs: building them from the system package, running their vCPUs, and
-//! carrying out what their exits ask for (PSCI, MMIO, faults).
+//! The VM runtime on the target: the library's VM core (`tessera_hypervisor::vm`)
+//! with the real hardware behind its `Hardware` trait, the idle loop that
+//! enters vCPUs, and what guest exits ask for (PSCI, MMIO, faults).
 //!
-//! Lock order (outermost first): a VM's `runtime` lock, then its device lock
-//! (`devices`), then a CPU's `START_REQUESTS` lock, then the console lock.
-//! None of these is held while taking the GIC lock (GICv2), which is held
-//! while an interrupt is dispatched; its handler may take the console lock.
+//! Every decision about a VM's state (which vCPU may start, when a VM has
+//! ended, what a reset or a stop races with) is the core's, host-tested
+//! there; this module carries the decisions out. The lock order is written
+//! once, in `tessera_hypervisor::vm::system`.
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use spin::{Mutex, Once};
+use spin::Once;
 use tessera_hypervisor::MAX_CPUS;
 use tessera_hypervisor::address::{GuestPhysAddr, PhysAddr};
 use tessera_hypervisor::crash_report::TrapFrame;
+use tessera_hypervisor::devices::map::{DeviceMap, DeviceSlot, Window};
 use tessera_hypervisor::exception_syndrome::ExceptionSyndrome;
 use tessera_hypervisor::fast_copy;
 use tessera_hypervisor::guest_exit::{self, AccessFrame, GuestExit, MmioAccess};
-use tessera_hypervisor::manifest::{MAX_VMS, SystemManifest, VmManifest};
+use tessera_hypervisor::manifest::{SystemManifest, VmManifest};
 use tessera_hypervisor::package::Package;
-use tessera_hypervisor::page_table::{
-    MapAttributes, MemoryKind, PageTable, Regime, Table, TableStore,
-};
+use tessera_hypervisor::page_table::{Table, TableStore, TlbMaintenance};
 use tessera_hypervisor::psci::{self, Call, status};
 use tessera_hypervisor::reflect::{self, AbortKind, CannotReflect, GuestState};
 use tessera_hypervisor::set_way::{self, SetWayTracker, VirtualMemoryRegister};
 use tessera_hypervisor::vcpu_state::{self, El1Context};
+use tessera_hypervisor::vm::ids::{CpuId, VcpuId, VmId};
+use tessera_hypervisor::vm::lifecycle::{Outcome, Parked, StopOrder, VcpuPower};
+use tessera_hypervisor::vm::request_queue::Request;
+use tessera_hypervisor::vm::stage2::Stage2;
+use tessera_hypervisor::vm::system::{GuestRam, Hardware, VcpuEntry, Vm, VmDescription, VmSystem};
 
 use crate::arch::{self, entry, guest, vectors};
-use crate::{console, devices, gic, memory, power, println, timer};
+use crate::{devices, gic, interrupts, memory, power, println};
 
 /// Where the guest's device tree goes: the last 64 KiB of its RAM
 /// (docs/system-image.md; the tool checks that the tree and image fit).
 const DEVICE_TREE_RESERVE: u64 = 0x1_0000;
 
-/// How a VM ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// SYSTEM_OFF, or TESSERA_VM_EXIT with status 0.
-    Clean,
-    /// TESSERA_VM_EXIT with a non-zero status.
-    ExitStatus(u32),
-    /// Stopped by the hypervisor for a fault it could not reflect.
-    Fault,
-}
+/// The device slot of each VM's virtual UART (`devices`).
+pub const UART_SLOT: DeviceSlot = DeviceSlot(0);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum VmState {
-    Running,
-    /// A vCPU is reloading the VM: nothing else may start, reset or
-    /// stop it until the reload is done.
-    Resetting,
-    Stopped(Outcome),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum VcpuPower {
-    Off,
-    On,
-    /// CPU_ON accepted, the vCPU has not run yet.
-    OnPending,
-}
-
-/// What never changes after boot.
-struct Vm {
-    name: &'static str,
+/// A VM's stage-2 tables: pages from the page allocator (identity-mapped
+/// at EL2, so a table's physical address is where EL2 writes it), and the
+/// TLB maintenance for the VM's VMID.
+pub struct Stage2Tables {
     vmid: u8,
-    stage2_root: u64,
-    ram_host: PhysAddr,
-    ram_base: GuestPhysAddr,
-    ram_size: u64,
+    /// The first table handed out, the root: TLB maintenance names it in
+    /// VTTBR_EL2 when the VM is not the one loaded on this CPU.
+    root: Option<PhysAddr>,
+}
+
+impl TableStore for Stage2Tables {
+    fn allocate_table(&mut self) -> Option<PhysAddr> {
+        let table = memory::allocate_pages(1);
+        self.root = self.root.or(table);
+        table
+    }
+
+    fn table_mut(&mut self, address: PhysAddr) -> &mut Table {
+        // SAFETY: `address` is a page this store allocated for a table; it is
+        // identity-mapped read/write at EL2 and only the table code uses it.
+        unsafe { &mut *(address.0 as *mut Table) }
+    }
+}
+
+impl TlbMaintenance for Stage2Tables {
+    fn publish(&mut self) {
+        guest::publish_table_writes();
+    }
+
+    fn invalidate(&mut self, input: u64, span: u64) {
+        if let Some(root) = self.root {
+            guest::invalidate_guest_translations(self.vmid, root, input, span);
+        }
+    }
+}
+
+/// The hardware behind the VM core.
+struct Aarch64;
+
+impl Hardware for Aarch64 {
+    #[inline(always)]
+    fn this_cpu(&self) -> CpuId {
+        this_cpu()
+    }
+
+    fn send_request_interrupt(&self, cpu: CpuId) {
+        let affinity = CPU_AFFINITIES
+            .get()
+            .map_or(cpu.index() as u64, |affinities| affinities[cpu.index()]);
+        gic::send_request_sgi(cpu.index(), affinity);
+    }
+
+    fn load_stage2(&self, vmid: u8, root: PhysAddr, counter_offset: u64) {
+        // HCR_EL2 starts without TVM: a fresh vCPU has done no set/way work.
+        guest::activate_vm(vmid, root.0, counter_offset);
+        // Nothing cached for this VMID may survive from before its tables
+        // were (re)written: at first start and after a reset.
+        guest::invalidate_guest_tlbs();
+    }
+
+    fn load_vcpu(&self, virtual_mpidr: u64, context: &El1Context) {
+        guest::set_virtual_mpidr(virtual_mpidr);
+        guest::restore_el1(context);
+    }
+
+    fn save_vcpu(&self, context: &mut El1Context) {
+        guest::save_el1(context);
+    }
+}
+
+/// The VMs, built in place at boot (all zero until then, so in `.bss`).
+pub static SYSTEM: VmSystem<Stage2Tables> = VmSystem::new();
+
+/// What never changes after boot and is not the core's: the pristine
+/// image and device tree in the package, for loads and resets.
+struct PristineImage {
     image: &'static [u8],
     image_load_offset: u64,
     device_tree: &'static [u8],
-    physical_cpus: [u32; MAX_CPUS],
-    vcpu_count: usize,
-    counter_offset: u64,
 }
 
-/// What changes while the VM runs, under the VM's lock.
-struct Runtime {
-    state: VmState,
-    vcpus: [VcpuPower; MAX_CPUS],
-    saved_el1: [El1Context; MAX_CPUS],
-    reset_count: u64,
-}
-
-/// A request to a physical CPU to run a vCPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct StartRequest {
-    vm: usize,
-    vcpu: usize,
-    entry: u64,
-    argument: u64,
-}
-
-static VMS: Once<[Option<Vm>; MAX_VMS]> = Once::new();
-static RUNTIMES: [Mutex<Option<Runtime>>; MAX_VMS] = [const { Mutex::new(None) }; MAX_VMS];
-/// Per CPU: a vCPU to start (taken by the idle loop).
-static START_REQUESTS: [Mutex<Option<StartRequest>>; MAX_CPUS] =
-    [const { Mutex::new(None) }; MAX_CPUS];
-
-/// What one physical CPU runs, read on every guest exit: kept together (and
-/// 32-byte aligned, so finding a CPU's entry is a shift) so the exit path
-/// finds all of it from one base address.
-#[repr(align(32))]
-pub struct CpuPlacement {
-    /// The VM this CPU's vCPU belongs to, set at boot: `usize::MAX` for none.
-    vm: AtomicUsize,
-    /// Which of that VM's vCPUs runs here.
-    vcpu: AtomicUsize,
-    /// Another CPU asks the vCPU running here to stop. It always sends an
-    /// SGI too, so the flag is checked on interrupt exits (and on the full
-    /// exit path), not on the device-access fast path.
-    stop_requested: AtomicBool,
-    /// The running vCPU's set/way state; only this CPU touches it.
-    set_way: Mutex<SetWayTracker>,
-}
-
-const _: () = assert!(
-    size_of::<CpuPlacement>() == 32,
-    "a CPU's placement is found with a shift: keep it 32 bytes"
-);
-
-static CPU_PLACEMENT: [CpuPlacement; MAX_CPUS] = [const {
-    CpuPlacement {
-        vm: AtomicUsize::new(usize::MAX),
-        vcpu: AtomicUsize::new(0),
-        stop_requested: AtomicBool::new(false),
-        set_way: Mutex::new(SetWayTracker {
-            trapping_vm_registers: false,
-        }),
-    }
-}; MAX_CPUS];
+static PRISTINE: [Once<PristineImage>; tessera_hypervisor::manifest::MAX_VMS] =
+    [const { Once::new() }; tessera_hypervisor::manifest::MAX_VMS];
 static CPU_AFFINITIES: Once<[u64; MAX_CPUS]> = Once::new();
-static RUNNING_VMS: AtomicUsize = AtomicUsize::new(0);
-static FAILED_VMS: AtomicUsize = AtomicUsize::new(0);
+
 /// The entry frame each CPU hands to `enter_guest`. It must not live on the
 /// stack that `enter_guest` resets, so each CPU has a slot here.
 struct EntryFrame(UnsafeCell<TrapFrame>);
 
-// SAFETY: slot `n` is only ever touched by CPU `n` (see `run_vcpu`), so no
+// SAFETY: slot `n` is only ever touched by CPU `n` (see `enter_vcpu`), so no
 // two CPUs access the same frame.
 unsafe impl Sync for EntryFrame {}
 
@@ -154,38 +144,24 @@ static ENTRY_FRAMES: [EntryFrame; MAX_CPUS] = [const {
     }))
 }; MAX_CPUS];
 
-impl Vm {
-    /// Where vCPU 0 starts: the image's load address.
-    fn entry_point(&self) -> u64 {
-        self.ram_base.0 + self.image_load_offset
-    }
-
-    /// The guest-physical address of the device tree, passed in x0.
-    fn device_tree_address(&self) -> u64 {
-        self.ram_base.0 + self.ram_size - DEVICE_TREE_RESERVE
-    }
+#[inline(always)]
+fn this_cpu() -> CpuId {
+    // `cpu_index` is masked below MAX_CPUS: never None.
+    CpuId::new(arch::cpu_index()).unwrap_or(CpuId::new(0).expect("CPU 0 exists"))
 }
 
-fn vm(index: usize) -> &'static Vm {
-    VMS.get()
-        .and_then(|vms| vms[index].as_ref())
-        .expect("VM indices come from the boot-time table")
+fn vm(id: VmId) -> &'static Vm<Stage2Tables> {
+    SYSTEM.vm(id)
 }
 
-/// Stage-2 tables come from the page allocator; RAM is identity-mapped at
-/// EL2, so a table's physical address is also where EL2 writes it.
-struct PageAllocatorStore;
+fn name(id: VmId) -> &'static str {
+    vm(id).description.name
+}
 
-impl TableStore for PageAllocatorStore {
-    fn allocate_table(&mut self) -> Option<PhysAddr> {
-        memory::allocate_pages(1)
-    }
-
-    fn table_mut(&mut self, address: PhysAddr) -> &mut Table {
-        // SAFETY: `address` is a page this store allocated for a table; it is
-        // identity-mapped read/write at EL2 and only the table code uses it.
-        unsafe { &mut *(address.0 as *mut Table) }
-    }
+/// The VM and vCPU this CPU runs, if any.
+#[inline(always)]
+pub fn current() -> Option<(VmId, VcpuId)> {
+    SYSTEM.placement(this_cpu())
 }
 
 /// Why a VM could not be built. Each is a configuration or package fault.
@@ -194,6 +170,7 @@ pub enum BuildError {
     Package(&'static str),
     Stage2 { vm: &'static str },
     ImageTooLarge { vm: &'static str },
+    Placement { vm: &'static str },
 }
 
 impl core::fmt::Display for BuildError {
@@ -204,11 +181,15 @@ impl core::fmt::Display for BuildError {
             Self::ImageTooLarge { vm } => {
                 write!(f, "vm {vm}: image or device tree does not fit its RAM")
             }
+            Self::Placement { vm } => {
+                write!(f, "vm {vm}: a physical CPU is given to two vCPUs")
+            }
         }
     }
 }
 
-/// Builds every VM of the manifest: RAM, stage 2, image and device tree.
+/// Builds every VM of the manifest: RAM, stage 2, image, device tree and
+/// device map.
 pub fn build_all(
     package: &Package<'static>,
     manifest: &SystemManifest<'static>,
@@ -218,234 +199,191 @@ pub fn build_all(
     let mut affinities = [0; MAX_CPUS];
     affinities[..cpu_affinities.len()].copy_from_slice(cpu_affinities);
     CPU_AFFINITIES.call_once(|| affinities);
-    let mut vms: [Option<Vm>; MAX_VMS] = [const { None }; MAX_VMS];
     for (index, description) in manifest.vms().enumerate() {
-        let built = build_vm(index, description, package, guest_ram[index])?;
-        for (vcpu, &cpu) in description.physical_cpus().iter().enumerate() {
-            let placement = &CPU_PLACEMENT[cpu as usize];
-            placement.vm.store(index, Ordering::Release);
-            placement.vcpu.store(vcpu, Ordering::Release);
-        }
-        devices::install(index, description.name);
-        *RUNTIMES[index].lock() = Some(Runtime {
-            state: VmState::Running,
-            vcpus: [VcpuPower::Off; MAX_CPUS],
-            saved_el1: [El1Context::reset(); MAX_CPUS],
-            reset_count: 0,
-        });
+        let id = VmId::new(index).ok_or(BuildError::Placement {
+            vm: description.name,
+        })?;
+        build_vm(id, description, package, guest_ram[index])?;
         println!(
             "tessera: vm {}: {} MiB RAM at guest {} (host {}), {} vCPU(s) on CPU(s) {:?}",
-            built.name,
-            built.ram_size >> 20,
-            built.ram_base,
-            built.ram_host,
-            built.vcpu_count,
+            description.name,
+            description.ram_size >> 20,
+            GuestPhysAddr(description.ram_base),
+            guest_ram[index],
+            description.vcpu_count,
             description.physical_cpus()
         );
-        vms[index] = Some(built);
     }
-    let count = manifest.vm_count();
-    VMS.call_once(|| vms);
-    RUNNING_VMS.store(count, Ordering::Release);
-    Ok(count)
+    Ok(SYSTEM.count())
 }
 
 fn build_vm(
-    index: usize,
-    description: &VmManifest<'static>,
+    id: VmId,
+    manifest: &VmManifest<'static>,
     package: &Package<'static>,
     ram_host: PhysAddr,
-) -> Result<Vm, BuildError> {
-    let name = description.name;
+) -> Result<(), BuildError> {
+    let name = manifest.name;
     let image = package
-        .file(description.image)
-        .map_err(|_| BuildError::Package(description.image))?;
+        .file(manifest.image)
+        .map_err(|_| BuildError::Package(manifest.image))?;
     let device_tree = package
-        .file(description.device_tree)
-        .map_err(|_| BuildError::Package(description.device_tree))?;
-    let mut store = PageAllocatorStore;
-    let mut stage2 =
-        PageTable::new(Regime::Stage2, &mut store).map_err(|_| BuildError::Stage2 { vm: name })?;
-    let guest_ram = MapAttributes {
-        kind: MemoryKind::Normal,
-        writable: true,
-        executable: true,
+        .file(manifest.device_tree)
+        .map_err(|_| BuildError::Package(manifest.device_tree))?;
+    let stage2_error = BuildError::Stage2 { vm: name };
+    let mut stage2 = Stage2::new(Stage2Tables {
+        vmid: id.vmid(),
+        root: None,
+    })
+    .map_err(|_| stage2_error)?;
+    let ram = GuestRam {
+        guest: GuestPhysAddr(manifest.ram_base),
+        host: ram_host,
+        size: manifest.ram_size,
     };
     stage2
-        .map(
-            description.ram_base,
-            ram_host,
-            description.ram_size,
-            guest_ram,
-            &mut store,
-        )
-        .map_err(|_| BuildError::Stage2 { vm: name })?;
-    let vm = Vm {
+        .map_ram(ram.guest, ram.host, ram.size)
+        .map_err(|_| stage2_error)?;
+    let mut cpus = [CpuId::new(0).expect("CPU 0 exists"); MAX_CPUS];
+    for (slot, &cpu) in cpus.iter_mut().zip(manifest.physical_cpus()) {
+        *slot = CpuId::new(cpu as usize).ok_or(BuildError::Placement { vm: name })?;
+    }
+    let description = VmDescription {
+        id,
         name,
-        vmid: index as u8 + 1,
-        stage2_root: stage2.root().0,
-        ram_host,
-        ram_base: GuestPhysAddr(description.ram_base),
-        ram_size: description.ram_size,
-        image,
-        image_load_offset: description.image_load_offset,
-        device_tree,
-        physical_cpus: description.physical_cpus,
-        vcpu_count: description.vcpu_count,
-        counter_offset: arch::guest::physical_counter(),
+        ram,
+        cpus,
+        vcpu_count: manifest.vcpu_count,
+        entry: GuestPhysAddr(manifest.ram_base + manifest.image_load_offset),
+        entry_argument: manifest.ram_base + manifest.ram_size - DEVICE_TREE_RESERVE,
+        counter_offset: guest::physical_counter(),
     };
-    load_pristine_image(&vm)?;
-    Ok(vm)
+    let pristine = PristineImage {
+        image,
+        image_load_offset: manifest.image_load_offset,
+        device_tree,
+    };
+    load_pristine_image(&ram, &pristine).map_err(|()| BuildError::ImageTooLarge { vm: name })?;
+    PRISTINE[id.index()].call_once(|| pristine);
+    let mut devices = DeviceMap::new();
+    let uart = tessera_platform::guest::UART;
+    devices
+        .insert(
+            Window {
+                base: GuestPhysAddr(uart.base),
+                size: uart.size,
+            },
+            UART_SLOT,
+        )
+        .map_err(|_| BuildError::Placement { vm: name })?;
+    devices::install(id, name);
+    SYSTEM
+        .add(Vm::new(description, stage2, devices))
+        .map_err(|_| BuildError::Placement { vm: name })?;
+    Ok(())
 }
 
 /// (Re)writes the VM's RAM: zeroes, image at its load offset, device tree at
 /// the top; then cleans it all to the point of coherency, since the guest
 /// starts with its MMU (and so its caches) off.
-fn load_pristine_image(vm: &Vm) -> Result<(), BuildError> {
+fn load_pristine_image(ram: &GuestRam, pristine: &PristineImage) -> Result<(), ()> {
     // The manifest was checked by the tool, but a package is data from
     // outside: every size is checked again before it indexes RAM.
-    let too_large = BuildError::ImageTooLarge { vm: vm.name };
-    let device_tree_offset = vm
-        .ram_size
-        .checked_sub(DEVICE_TREE_RESERVE)
-        .ok_or(too_large)?;
-    let image_end = vm
+    let device_tree_offset = ram.size.checked_sub(DEVICE_TREE_RESERVE).ok_or(())?;
+    let image_end = pristine
         .image_load_offset
-        .checked_add(vm.image.len() as u64)
-        .ok_or(too_large)?;
+        .checked_add(pristine.image.len() as u64)
+        .ok_or(())?;
     if image_end > device_tree_offset
-        || vm.device_tree.len() as u64 > DEVICE_TREE_RESERVE
-        || !vm.ram_size.is_multiple_of(1024 * 1024)
+        || pristine.device_tree.len() as u64 > DEVICE_TREE_RESERVE
+        || !ram.size.is_multiple_of(1024 * 1024)
     {
-        return Err(too_large);
+        return Err(());
     }
     // SAFETY: the VM's RAM was allocated for it alone (2 MiB multiples, so
     // 1 KiB aligned), is identity-mapped normal memory at EL2, and no vCPU
     // of the VM runs while it is rewritten.
-    unsafe { arch::zero_and_clean(vm.ram_host.0 as usize, vm.ram_size as usize) };
+    unsafe { arch::zero_and_clean(ram.host.0 as usize, ram.size as usize) };
     // SAFETY: as above.
-    let ram =
-        unsafe { core::slice::from_raw_parts_mut(vm.ram_host.0 as *mut u8, vm.ram_size as usize) };
-    let image_start = vm.image_load_offset as usize;
+    let bytes =
+        unsafe { core::slice::from_raw_parts_mut(ram.host.0 as *mut u8, ram.size as usize) };
+    let image_start = pristine.image_load_offset as usize;
     fast_copy::copy_bytes(
-        &mut ram[image_start..image_start + vm.image.len()],
-        vm.image,
+        &mut bytes[image_start..image_start + pristine.image.len()],
+        pristine.image,
     );
     let tree_start = device_tree_offset as usize;
     fast_copy::copy_bytes(
-        &mut ram[tree_start..tree_start + vm.device_tree.len()],
-        vm.device_tree,
+        &mut bytes[tree_start..tree_start + pristine.device_tree.len()],
+        pristine.device_tree,
     );
     // The guest starts with its MMU and caches off: what was copied must be
     // in memory, not only in this CPU's cache.
-    arch::clean_to_point_of_coherency(vm.ram_host.0 as usize + image_start, vm.image.len());
-    arch::clean_to_point_of_coherency(vm.ram_host.0 as usize + tree_start, vm.device_tree.len());
+    arch::clean_to_point_of_coherency(ram.host.0 as usize + image_start, pristine.image.len());
+    arch::clean_to_point_of_coherency(ram.host.0 as usize + tree_start, pristine.device_tree.len());
     guest::invalidate_instruction_caches();
     Ok(())
 }
 
-/// Wakes `cpu` so that it looks at its requests.
-fn kick(cpu: usize) {
-    if cpu == arch::cpu_index() {
-        return;
-    }
-    let affinity = CPU_AFFINITIES
-        .get()
-        .map_or(cpu as u64, |affinities| affinities[cpu]);
-    gic::send_request_sgi(cpu, affinity);
-}
-
-fn post_start(cpu: usize, request: StartRequest) {
-    *START_REQUESTS[cpu].lock() = Some(request);
-    kick(cpu);
-}
-
-fn post_stop(cpu: usize) {
-    CPU_PLACEMENT[cpu]
-        .stop_requested
-        .store(true, Ordering::Release);
-    kick(cpu);
-}
-
-/// Starts vCPU 0 of every VM.
+/// Starts vCPU 0 of every VM; with no VM there is nothing to run, and the
+/// machine powers off at once.
 pub fn start_all() {
-    let Some(vms) = VMS.get() else { return };
-    for (index, vm) in vms.iter().enumerate() {
-        let Some(vm) = vm else { continue };
-        if let Some(runtime) = RUNTIMES[index].lock().as_mut() {
-            runtime.vcpus[0] = VcpuPower::OnPending;
-        }
-        post_start(
-            vm.physical_cpus[0] as usize,
-            StartRequest {
-                vm: index,
-                vcpu: 0,
-                entry: vm.entry_point(),
-                argument: vm.device_tree_address(),
-            },
-        );
+    if let Some(verdict) = SYSTEM.start_all(&Aarch64) {
+        println!("tessera: no VMs to run");
+        power::power_off(verdict.status());
     }
 }
 
 /// Where a CPU waits when it runs no vCPU: it sleeps until a request comes.
 pub fn idle_loop() -> ! {
-    let cpu = arch::cpu_index();
+    let cpu = this_cpu();
     loop {
         // Check and sleep with IRQs masked, so a request SGI arriving
         // between the check and the WFI still wakes the WFI; it is taken
         // (and acknowledged) when IRQs are unmasked below.
         arch::disable_interrupts();
-        // A stop request for a vCPU that is no longer running is moot.
-        CPU_PLACEMENT[cpu]
-            .stop_requested
-            .store(false, Ordering::Release);
-        let request = START_REQUESTS[cpu].lock().take();
-        match request {
-            Some(StartRequest {
-                vm,
-                vcpu,
-                entry,
-                argument,
-            }) => run_vcpu(vm, vcpu, entry, argument),
-            None => arch::wait_for_interrupt(),
+        let mut handled = 0;
+        SYSTEM.requests(cpu).drain(|request| {
+            handled += 1;
+            match request {
+                Request::StartVcpu {
+                    vm,
+                    vcpu,
+                    entry,
+                    argument,
+                } => enter_vcpu(VcpuEntry {
+                    vm,
+                    vcpu,
+                    entry,
+                    argument,
+                }),
+                // No vCPU runs here: a stop or interrupt for one is moot.
+                Request::StopVcpu { .. }
+                | Request::InjectInterrupt { .. }
+                | Request::SyncInterrupts { .. } => {}
+            }
+        });
+        if handled == 0 {
+            arch::wait_for_interrupt();
         }
         arch::enable_interrupts();
     }
 }
 
-/// Enters vCPU `vcpu` of VM `index` at `entry` with x0 = `argument`, or
-/// returns at once when the VM's state has overtaken the request.
-fn run_vcpu(index: usize, vcpu: usize, entry_point: u64, argument: u64) {
-    let cpu = arch::cpu_index();
-    let vm = vm(index);
-    // Only a vCPU that CPU_ON (or a start or reset) made pending runs: a
-    // request that the VM's state has overtaken is dropped.
-    let runnable = RUNTIMES[index].lock().as_mut().is_some_and(|runtime| {
-        let start =
-            runtime.state == VmState::Running && runtime.vcpus[vcpu] == VcpuPower::OnPending;
-        if start {
-            runtime.vcpus[vcpu] = VcpuPower::On;
-        }
-        start
-    });
-    if !runnable {
+/// Enters the vCPU a start request names, or returns at once when the
+/// VM's state has overtaken the request.
+fn enter_vcpu(request: VcpuEntry) {
+    arch::disable_interrupts();
+    if !SYSTEM.claim_start(request, &Aarch64) {
         return;
     }
-    arch::disable_interrupts();
-    // HCR_EL2 starts without TVM: a fresh vCPU has done no set/way work.
-    guest::activate_vm(vm.vmid, vm.stage2_root, vm.counter_offset);
-    *CPU_PLACEMENT[cpu].set_way.lock() = SetWayTracker::default();
-    // Nothing cached for this VMID may survive from before its tables were
-    // (re)written: at first start and after a reset.
-    guest::invalidate_guest_tlbs();
-    guest::set_virtual_mpidr(vcpu_state::virtual_mpidr(vcpu));
-    guest::restore_el1(&El1Context::reset());
+    let cpu = arch::cpu_index();
     let mut entry_frame = TrapFrame {
-        exception_link: entry_point,
+        exception_link: request.entry.0,
         saved_state: vcpu_state::ENTRY_SAVED_STATE,
         ..TrapFrame::default()
     };
-    entry_frame.registers[0] = argument;
+    entry_frame.registers[0] = request.argument;
     let slot = ENTRY_FRAMES[cpu].0.get();
     // SAFETY: this CPU's own slot; no other CPU touches it, and the only
     // other use is `enter_guest` below, on this CPU.
@@ -454,88 +392,95 @@ fn run_vcpu(index: usize, vcpu: usize, entry_point: u64, argument: u64) {
     vectors::enter_guest(unsafe { &*slot }, entry::boot_stack_top(cpu))
 }
 
-/// The VM and vCPU this CPU runs, if any.
-#[inline]
-fn current_vm() -> Option<(usize, usize)> {
-    let placement = &CPU_PLACEMENT[arch::cpu_index()];
-    // Relaxed: the placement is written once at boot, before this CPU was
-    // given any vCPU (the start request's lock orders it).
-    let vm = placement.vm.load(Ordering::Relaxed);
-    (vm != usize::MAX).then(|| (vm, placement.vcpu.load(Ordering::Relaxed)))
+/// Acts on this CPU's requests while its vCPU is in the guest: a stop for
+/// its VM parks it (and does not return).
+fn take_requests(running: VmId) {
+    SYSTEM.requests(this_cpu()).drain(|request| match request {
+        Request::StopVcpu { vm } if vm == running => park_current_vcpu(),
+        // A start while a vCPU runs here is stale (its vCPU was started
+        // and stopped since); injection arrives with the vGIC.
+        Request::StopVcpu { .. }
+        | Request::StartVcpu { .. }
+        | Request::InjectInterrupt { .. }
+        | Request::SyncInterrupts { .. } => {}
+    });
 }
 
-/// This CPU's placement.
-#[inline(always)]
-pub fn this_cpu() -> &'static CpuPlacement {
-    &CPU_PLACEMENT[arch::cpu_index()]
-}
-
-impl CpuPlacement {
-    /// The VM this CPU runs, if any.
-    #[inline(always)]
-    pub fn vm_index(&self) -> Option<usize> {
-        // Relaxed: written once at boot, before this CPU was given any
-        // vCPU (the start request's lock orders it).
-        let vm = self.vm.load(Ordering::Relaxed);
-        (vm < MAX_VMS).then_some(vm)
-    }
-
-    /// If another CPU asked this one to stop its vCPU, stops here and
-    /// idles. Call only on this CPU's own placement.
-    #[inline(always)]
-    fn honour_stop_request(&self) {
-        if self.stop_requested.load(Ordering::Acquire) {
-            self.stop_requested.store(false, Ordering::Release);
-            park_current_vcpu();
-        }
-    }
-}
-
-/// If another CPU asked this one to stop its vCPU, stops here and idles.
-#[inline]
-fn honour_stop_request() {
-    this_cpu().honour_stop_request();
-}
-
-/// Saves the vCPU's EL1 state, marks it off and idles.
+/// The vCPU running here leaves the guest for good: its context is saved
+/// and it is off. If it was the VM's last, the VM's end is reported (and,
+/// for the last VM, the machine powered off). Then this CPU idles.
 fn park_current_vcpu() -> ! {
-    if let Some((index, vcpu)) = current_vm()
-        && let Some(runtime) = RUNTIMES[index].lock().as_mut()
+    if let Some((id, vcpu)) = current()
+        && let Parked::VmEnded(outcome) = SYSTEM.park(id, vcpu, &Aarch64)
     {
-        guest::save_el1(&mut runtime.saved_el1[vcpu]);
-        // Only On becomes Off: a sibling's CPU_ON may already have made this
-        // vCPU pending again after its CPU_OFF.
-        if runtime.vcpus[vcpu] == VcpuPower::On {
-            runtime.vcpus[vcpu] = VcpuPower::Off;
-        }
+        report_end(id, outcome);
     }
     idle_loop()
 }
 
+/// Reports how VM `id` ended; after its last vCPU parked, so every report
+/// its vCPUs made comes first. The last VM's end powers the machine off.
+fn report_end(id: VmId, outcome: Outcome) {
+    let name = name(id);
+    // The VM's last partial line first.
+    devices::flush(id);
+    crate::console::report_dropped_output(id.index(), name);
+    match outcome {
+        Outcome::Clean => println!("tessera: vm {name}: stopped cleanly"),
+        Outcome::ExitStatus(status) => {
+            println!("tessera: vm {name}: exited with status {status} (failure)");
+        }
+        Outcome::Fault => {
+            println!("tessera: vm {name}: stopped after a fault it could not take (failure)");
+        }
+    }
+    if let Some(verdict) = SYSTEM.vm_ended(outcome) {
+        println!(
+            "tessera: all {} VMs stopped, {} failed",
+            verdict.total, verdict.failed
+        );
+        power::power_off(verdict.status());
+    }
+}
+
+/// Stops the VM of the calling vCPU with `outcome` and parks the vCPU.
+fn stop_vm(id: VmId, outcome: Outcome) -> ! {
+    if let Some((_, vcpu)) = current()
+        && let StopOrder::Ended(outcome) = SYSTEM.stop(id, outcome, Some(vcpu), &Aarch64)
+    {
+        // Only when no vCPU was on, which the caller's own is: kept for
+        // completeness.
+        report_end(id, outcome);
+    }
+    park_current_vcpu()
+}
+
 /// An IRQ taken while a guest ran.
 pub fn handle_guest_interrupt() {
-    timer::handle_irq();
-    honour_stop_request();
+    interrupts::handle_irq();
+    if let Some((id, _)) = current() {
+        take_requests(id);
+    }
 }
 
 /// An SError taken while a guest ran: stop its VM with a report.
 pub fn handle_guest_serror(frame: &TrapFrame) -> ! {
-    let Some((index, _)) = current_vm() else {
+    let Some((id, _)) = current() else {
         log::error!("SError from a lower EL on a CPU that runs no VM");
         power::fail_stop();
     };
-    stop_with_fault(index, frame, format_args!("SError (asynchronous abort)"))
+    stop_with_fault(id, frame, format_args!("SError (asynchronous abort)"))
 }
 
 /// A synchronous exception from AArch32 code at the guest's EL0: Tessera
 /// emulates nothing for AArch32, so the VM stops with a report.
 pub fn handle_guest_aarch32_exit(frame: &TrapFrame) -> ! {
-    let Some((index, _)) = current_vm() else {
+    let Some((id, _)) = current() else {
         log::error!("AArch32 exit on a CPU that runs no VM");
         power::fail_stop();
     };
     stop_with_fault(
-        index,
+        id,
         frame,
         format_args!("exception from AArch32 EL0, which Tessera does not emulate"),
     )
@@ -544,7 +489,7 @@ pub fn handle_guest_aarch32_exit(frame: &TrapFrame) -> ! {
 /// A synchronous exception from a guest, other than a device access the
 /// fast path in `exceptions` already carried out.
 pub fn handle_guest_exit(frame: &mut TrapFrame) {
-    let Some((index, vcpu)) = current_vm() else {
+    let Some((id, vcpu)) = current() else {
         // A CPU without a VM cannot take guest exits; treat as a bug.
         log::error!("guest exit on a CPU that runs no VM");
         power::fail_stop();
@@ -552,19 +497,19 @@ pub fn handle_guest_exit(frame: &mut TrapFrame) {
     let syndrome = ExceptionSyndrome(frame.syndrome);
     let exit = guest_exit::decode(syndrome, frame.fault_address, guest::faulting_guest_page());
     match exit {
-        GuestExit::Mmio(access) => handle_mmio(index, frame, &access),
+        GuestExit::Mmio(access) => handle_mmio(id, frame, &access),
         GuestExit::UndecodableDataAbort { address, is_write } => {
-            log::debug!("vm {}: undecodable access to {address}", vm(index).name);
-            inject_abort(index, frame, AbortKind::Data { is_write }, address);
+            log::debug!("vm {}: undecodable access to {address}", name(id));
+            inject_abort(id, frame, AbortKind::Data { is_write }, address);
         }
         GuestExit::OtherDataAbort { address, status } => {
-            log::debug!("vm {}: data abort at {address}: {status}", vm(index).name);
-            inject_abort(index, frame, AbortKind::Data { is_write: false }, address);
+            log::debug!("vm {}: data abort at {address}: {status}", name(id));
+            inject_abort(id, frame, AbortKind::Data { is_write: false }, address);
         }
         GuestExit::InstructionAbort { address } => {
-            inject_abort(index, frame, AbortKind::Instruction, address);
+            inject_abort(id, frame, AbortKind::Instruction, address);
         }
-        GuestExit::Hypercall { .. } => handle_firmware_call(index, vcpu, frame),
+        GuestExit::Hypercall { .. } => handle_firmware_call(id, vcpu, frame),
         GuestExit::SecureMonitorCall => {
             // Guests reach PSCI through HVC; SMC has nothing behind it.
             frame.registers[0] = status::NOT_SUPPORTED as u64;
@@ -580,7 +525,7 @@ pub fn handle_guest_exit(frame: &mut TrapFrame) {
         }
         GuestExit::WaitForEvent => frame.step_over_trapped_instruction(),
         GuestExit::SystemRegister { encoding, .. } if set_way::is_set_way_operation(encoding) => {
-            follow_set_way(index, SetWayTracker::set_way_operation);
+            follow_set_way(id, vcpu, SetWayTracker::set_way_operation);
             frame.step_over_trapped_instruction();
         }
         GuestExit::SystemRegister {
@@ -597,21 +542,21 @@ pub fn handle_guest_exit(frame: &mut TrapFrame) {
             let old = guest::guest_system_control();
             guest::write_virtual_memory_register(target, value);
             let new = guest::guest_system_control();
-            follow_set_way(index, |tracker| tracker.register_written(old, new));
+            follow_set_way(id, vcpu, |tracker| tracker.register_written(old, new));
             frame.step_over_trapped_instruction();
         }
         GuestExit::SystemRegister {
             is_read: false,
             encoding,
             ..
-        } if this_cpu().set_way.lock().trapping_vm_registers
+        } if vm(id).vcpu(vcpu).set_way.trapping_vm_registers
             && set_way::is_unemulated_virtual_memory_register(encoding) =>
         {
             // While TVM is on, a trapped write to a register Tessera does
             // not know (one added by a newer architecture extension) would
             // otherwise be lost without a trace: stop the VM instead.
             stop_with_fault(
-                index,
+                id,
                 frame,
                 format_args!(
                     "write to system register {encoding:?}, trapped while following set/way \
@@ -628,7 +573,7 @@ pub fn handle_guest_exit(frame: &mut TrapFrame) {
             // defined) read as zero and ignore writes, as if not implemented.
             log::debug!(
                 "vm {}: system register {encoding:?} emulated as RAZ/WI",
-                vm(index).name
+                name(id)
             );
             if is_read && register < 31 {
                 frame.registers[register as usize] = 0;
@@ -637,29 +582,29 @@ pub fn handle_guest_exit(frame: &mut TrapFrame) {
         }
         GuestExit::Unhandled { class } => {
             stop_with_fault(
-                index,
+                id,
                 frame,
                 format_args!("unhandled exception: {}", class.description()),
             );
         }
     }
-    honour_stop_request();
+    take_requests(id);
 }
 
-fn handle_mmio(index: usize, frame: &mut TrapFrame, access: &MmioAccess) {
-    if devices::emulate(index, &mut AccessFrame::full(frame), access) {
+fn handle_mmio(id: VmId, frame: &mut TrapFrame, access: &MmioAccess) {
+    if devices::emulate(id, &mut AccessFrame::full(frame), access) {
         frame.step_over_trapped_instruction();
         return;
     }
     log::debug!(
         "vm {}: {} of {} bytes at {} outside RAM and devices",
-        vm(index).name,
+        name(id),
         if access.is_write { "write" } else { "read" },
         access.width.bytes(),
         access.address
     );
     inject_abort(
-        index,
+        id,
         frame,
         AbortKind::Data {
             is_write: access.is_write,
@@ -668,22 +613,26 @@ fn handle_mmio(index: usize, frame: &mut TrapFrame, access: &MmioAccess) {
     );
 }
 
-/// Tells this CPU's set/way tracker of an `event` of VM `index`'s running
+/// Tells this CPU's set/way tracker of an `event` of VM `id`'s running
 /// vCPU and does what the policy decides.
 ///
 /// Cleaning a VM's RAM takes time in proportion to its size, with this
 /// CPU's interrupts masked; the guest can only make it happen when it
 /// starts set/way maintenance or turns its caches on or off, and the cost
 /// falls on its own CPU.
-fn follow_set_way(index: usize, event: impl FnOnce(&mut SetWayTracker) -> set_way::Response) {
+fn follow_set_way(
+    id: VmId,
+    vcpu: VcpuId,
+    event: impl FnOnce(&mut SetWayTracker) -> set_way::Response,
+) {
     let (response, was_trapping) = {
-        let mut tracker = this_cpu().set_way.lock();
-        let was_trapping = tracker.trapping_vm_registers;
-        (event(&mut tracker), was_trapping)
+        let mut state = vm(id).vcpu(vcpu);
+        let was_trapping = state.set_way.trapping_vm_registers;
+        (event(&mut state.set_way), was_trapping)
     };
     if response.clean_guest_ram {
-        let vm = vm(index);
-        arch::clean_to_point_of_coherency(vm.ram_host.0 as usize, vm.ram_size as usize);
+        let ram = vm(id).description.ram;
+        arch::clean_to_point_of_coherency(ram.host.0 as usize, ram.size as usize);
     }
     // A set/way loop is thousands of traps: touch HCR_EL2 only on a change.
     if response.trap_vm_registers != was_trapping {
@@ -693,8 +642,8 @@ fn follow_set_way(index: usize, event: impl FnOnce(&mut SetWayTracker) -> set_wa
 
 /// Gives the guest the synchronous external abort hardware would, or stops
 /// the VM when it cannot take one.
-fn inject_abort(index: usize, frame: &mut TrapFrame, kind: AbortKind, address: GuestPhysAddr) {
-    let vm = vm(index);
+fn inject_abort(id: VmId, frame: &mut TrapFrame, kind: AbortKind, address: GuestPhysAddr) {
+    let ram = vm(id).description.ram;
     let state = GuestState {
         program_counter: frame.exception_link,
         saved_state: frame.saved_state,
@@ -702,7 +651,7 @@ fn inject_abort(index: usize, frame: &mut TrapFrame, kind: AbortKind, address: G
         fault_address: frame.fault_address,
         translation_enabled: guest::guest_translation_enabled(),
     };
-    let ram = (vm.ram_base, GuestPhysAddr(vm.ram_base.0 + vm.ram_size));
+    let ram = (ram.guest, GuestPhysAddr(ram.guest.0 + ram.size));
     match reflect::external_abort(&state, kind, ram) {
         Ok(reflection) => {
             guest::set_guest_exception_registers(
@@ -725,7 +674,7 @@ fn inject_abort(index: usize, frame: &mut TrapFrame, kind: AbortKind, address: G
                 }
             };
             stop_with_fault(
-                index,
+                id,
                 frame,
                 format_args!(
                     "{why}: abort at guest address {address} (FAR {:#x})",
@@ -737,167 +686,58 @@ fn inject_abort(index: usize, frame: &mut TrapFrame, kind: AbortKind, address: G
 }
 
 /// Stops the VM for a fault it cannot take, with a report naming it.
-fn stop_with_fault(index: usize, frame: &TrapFrame, reason: core::fmt::Arguments<'_>) -> ! {
-    // The VM's last partial line first, so the report reads after it (the
-    // flush in `stop_vm` then finds nothing).
-    devices::flush(index);
+fn stop_with_fault(id: VmId, frame: &TrapFrame, reason: core::fmt::Arguments<'_>) -> ! {
+    // The VM's last partial line first, so the report reads after it.
+    devices::flush(id);
     println!(
         "tessera: vm {}: stopped: {reason}; PC {:#x}, ESR_EL2 {}",
-        vm(index).name,
+        name(id),
         frame.exception_link,
         ExceptionSyndrome(frame.syndrome)
     );
-    stop_vm(index, Outcome::Fault);
-    park_current_vcpu()
-}
-
-/// Marks the VM stopped, stops its other vCPUs, and powers off when it was
-/// the last VM running.
-fn stop_vm(index: usize, outcome: Outcome) {
-    let this_cpu = arch::cpu_index();
-    let vm = vm(index);
-    let mut others = [false; MAX_CPUS];
-    {
-        let mut runtime = RUNTIMES[index].lock();
-        let Some(runtime) = runtime.as_mut() else {
-            return;
-        };
-        if matches!(runtime.state, VmState::Stopped(_)) {
-            return;
-        }
-        runtime.state = VmState::Stopped(outcome);
-        devices::flush(index);
-        for vcpu in 0..vm.vcpu_count {
-            let cpu = vm.physical_cpus[vcpu] as usize;
-            if cpu != this_cpu && runtime.vcpus[vcpu] != VcpuPower::Off {
-                others[cpu] = true;
-            }
-        }
-    }
-    for (cpu, _) in others.iter().enumerate().filter(|(_, stop)| **stop) {
-        post_stop(cpu);
-    }
-    console::report_dropped_output(index, vm.name);
-    match outcome {
-        Outcome::Clean => println!("tessera: vm {}: stopped cleanly", vm.name),
-        Outcome::ExitStatus(status) => println!(
-            "tessera: vm {}: exited with status {status} (failure)",
-            vm.name
-        ),
-        Outcome::Fault => println!(
-            "tessera: vm {}: stopped after a fault it could not take (failure)",
-            vm.name
-        ),
-    }
-    if outcome != Outcome::Clean {
-        FAILED_VMS.fetch_add(1, Ordering::AcqRel);
-    }
-    if RUNNING_VMS.fetch_sub(1, Ordering::AcqRel) == 1 {
-        let failed = FAILED_VMS.load(Ordering::Acquire);
-        let total = VMS.get().map_or(0, |vms| vms.iter().flatten().count());
-        println!("tessera: all {total} VMs stopped, {failed} failed");
-        power::power_off(u32::from(failed > 0));
-    }
+    stop_vm(id, Outcome::Fault)
 }
 
 /// Restarts the VM from its pristine image: stops its other vCPUs, reloads
 /// RAM, and starts vCPU 0 again (on this CPU if it is vCPU 0's).
-fn reset_vm(index: usize) -> ! {
-    let this_cpu = arch::cpu_index();
-    let vm = vm(index);
-    let mut others = [false; MAX_CPUS];
-    let reset_count = {
-        let mut guard = RUNTIMES[index].lock();
-        let Some(runtime) = guard.as_mut() else {
-            drop(guard);
-            park_current_vcpu()
-        };
-        if runtime.state != VmState::Running {
-            // Another vCPU is already resetting (or stopping) the VM; this
-            // one just leaves.
-            drop(guard);
-            park_current_vcpu();
-        }
-        runtime.state = VmState::Resetting;
-        runtime.reset_count += 1;
-        devices::reset(index);
-        for vcpu in 0..vm.vcpu_count {
-            let cpu = vm.physical_cpus[vcpu] as usize;
-            if cpu == this_cpu {
-                runtime.vcpus[vcpu] = VcpuPower::Off;
-            } else if runtime.vcpus[vcpu] != VcpuPower::Off {
-                others[cpu] = true;
-            }
-        }
-        runtime.reset_count
-    };
-    for (cpu, _) in others.iter().enumerate().filter(|(_, stop)| **stop) {
-        post_stop(cpu);
-    }
-    // The others leave the guest at their next exit, which the request SGI
-    // forces; a pending vCPU that never ran is simply marked off.
-    loop {
-        let busy = RUNTIMES[index].lock().as_mut().is_some_and(|runtime| {
-            let mut busy = false;
-            for vcpu in 0..vm.vcpu_count {
-                match runtime.vcpus[vcpu] {
-                    VcpuPower::On => busy = true,
-                    VcpuPower::OnPending => runtime.vcpus[vcpu] = VcpuPower::Off,
-                    VcpuPower::Off => {}
-                }
-            }
-            busy
-        });
-        if !busy {
-            break;
-        }
-        core::hint::spin_loop();
-    }
-    if load_pristine_image(vm).is_err() {
-        // The image fitted at boot; it cannot stop fitting.
-        stop_vm(index, Outcome::Fault);
+fn reset_vm(id: VmId, vcpu: VcpuId) -> ! {
+    if !SYSTEM.begin_reset(id, vcpu, &Aarch64) {
+        // Another vCPU is already resetting or stopping the VM; this one
+        // just leaves.
         park_current_vcpu();
     }
-    guest::invalidate_guest_tlbs();
-    let restart = RUNTIMES[index].lock().as_mut().is_some_and(|runtime| {
-        // A fault on another vCPU may have stopped the VM meanwhile.
-        if runtime.state != VmState::Resetting {
-            return false;
+    devices::reset(id);
+    // The others leave the guest at their next exit, which the request SGI
+    // forces.
+    while vm(id).lifecycle().any_vcpu_on() {
+        core::hint::spin_loop();
+    }
+    let ram = vm(id).description.ram;
+    let reloaded = PRISTINE[id.index()]
+        .get()
+        .is_some_and(|pristine| load_pristine_image(&ram, pristine).is_ok());
+    if !reloaded {
+        // The image fitted at boot; it cannot stop fitting.
+        if let StopOrder::Ended(outcome) = SYSTEM.stop(id, Outcome::Fault, None, &Aarch64) {
+            report_end(id, outcome);
         }
-        for saved in &mut runtime.saved_el1 {
-            *saved = El1Context::reset();
-        }
-        runtime.vcpus[0] = VcpuPower::OnPending;
-        runtime.state = VmState::Running;
-        true
-    });
-    if !restart {
+        idle_loop();
+    }
+    if !SYSTEM.finish_reset(id) {
+        // A fault on another vCPU stopped the VM meanwhile.
         idle_loop();
     }
     println!(
-        "tessera: vm {}: restarted from its pristine image (reset {reset_count})",
-        vm.name
+        "tessera: vm {}: restarted from its pristine image (reset {})",
+        name(id),
+        vm(id).lifecycle().reset_count()
     );
-    let vcpu0_cpu = vm.physical_cpus[0] as usize;
-    if vcpu0_cpu == this_cpu {
-        run_vcpu(index, 0, vm.entry_point(), vm.device_tree_address());
-        idle_loop();
-    }
-    post_start(
-        vcpu0_cpu,
-        StartRequest {
-            vm: index,
-            vcpu: 0,
-            entry: vm.entry_point(),
-            argument: vm.device_tree_address(),
-        },
-    );
+    SYSTEM.restart(id, &Aarch64);
     idle_loop()
 }
 
 /// PSCI, SMCCC and Tessera calls.
-fn handle_firmware_call(index: usize, vcpu: usize, frame: &mut TrapFrame) {
-    let vm = vm(index);
+fn handle_firmware_call(id: VmId, vcpu: VcpuId, frame: &mut TrapFrame) {
     let registers = &frame.registers;
     let call = psci::decode(registers[0], registers[1], registers[2], registers[3]);
     // ELR_EL2 already points past the HVC: its preferred return address is
@@ -908,23 +748,21 @@ fn handle_firmware_call(index: usize, vcpu: usize, frame: &mut TrapFrame) {
             target,
             entry,
             context,
-        } => cpu_on(index, target, entry, context),
+        } => SYSTEM.cpu_on(id, target, GuestPhysAddr(entry), context, &Aarch64),
         Call::AffinityInfo {
             target,
             lowest_level,
         } => {
+            let vcpu_count = vm(id).description.vcpu_count;
             match (
                 lowest_level,
-                vcpu_state::vcpu_for_affinity(target, vm.vcpu_count),
+                vcpu_state::vcpu_for_affinity(target, vcpu_count).and_then(VcpuId::new),
             ) {
-                (0, Some(target_vcpu)) => {
-                    let runtime = RUNTIMES[index].lock();
-                    match runtime.as_ref().map(|runtime| runtime.vcpus[target_vcpu]) {
-                        Some(VcpuPower::On) => 0,
-                        Some(VcpuPower::OnPending) => 2,
-                        _ => 1,
-                    }
-                }
+                (0, Some(target)) => match vm(id).lifecycle().power(target) {
+                    Some(VcpuPower::On) => 0,
+                    Some(VcpuPower::OnPending) => 2,
+                    _ => 1,
+                },
                 _ => status::INVALID_PARAMETERS,
             }
         }
@@ -933,35 +771,11 @@ fn handle_firmware_call(index: usize, vcpu: usize, frame: &mut TrapFrame) {
             arch::wait_for_interrupt();
             status::SUCCESS
         }
-        Call::CpuOff => {
-            let last = {
-                let mut runtime = RUNTIMES[index].lock();
-                runtime.as_mut().is_none_or(|runtime| {
-                    runtime.vcpus[vcpu] = VcpuPower::Off;
-                    runtime.vcpus[..vm.vcpu_count]
-                        .iter()
-                        .all(|power| *power == VcpuPower::Off)
-                })
-            };
-            if last {
-                // No vCPU left to run: the VM is over, as after SYSTEM_OFF.
-                stop_vm(index, Outcome::Clean);
-            }
-            park_current_vcpu();
-        }
-        Call::SystemOff => {
-            stop_vm(index, Outcome::Clean);
-            park_current_vcpu();
-        }
-        Call::VmExit { status: 0 } => {
-            stop_vm(index, Outcome::Clean);
-            park_current_vcpu();
-        }
-        Call::VmExit { status } => {
-            stop_vm(index, Outcome::ExitStatus(status));
-            park_current_vcpu();
-        }
-        Call::SystemReset => reset_vm(index),
+        // The core ends the VM when this was its last vCPU on.
+        Call::CpuOff => park_current_vcpu(),
+        Call::SystemOff | Call::VmExit { status: 0 } => stop_vm(id, Outcome::Clean),
+        Call::VmExit { status } => stop_vm(id, Outcome::ExitStatus(status)),
+        Call::SystemReset => reset_vm(id, vcpu),
         // Bit 0: writes to the virtual-memory control registers trap
         // (set/way maintenance being followed). Test images only: in a
         // production image the call does not exist.
@@ -969,47 +783,7 @@ fn handle_firmware_call(index: usize, vcpu: usize, frame: &mut TrapFrame) {
             i64::from(guest::virtual_memory_registers_trapped())
         }
         Call::TestVcpuTraps => status::NOT_SUPPORTED,
-        Call::ResetCount => RUNTIMES[index]
-            .lock()
-            .as_ref()
-            .map_or(0, |runtime| runtime.reset_count) as i64,
+        Call::ResetCount => vm(id).lifecycle().reset_count() as i64,
     };
     frame.registers[0] = result as u64;
-}
-
-/// PSCI CPU_ON: checks the target and entry, then asks the target vCPU's
-/// physical CPU to start it.
-fn cpu_on(index: usize, target: u64, entry_point: u64, context: u64) -> i64 {
-    let vm = vm(index);
-    let Some(target_vcpu) = vcpu_state::vcpu_for_affinity(target, vm.vcpu_count) else {
-        return status::INVALID_PARAMETERS;
-    };
-    let ram = vm.ram_base.0..vm.ram_base.0 + vm.ram_size;
-    if !ram.contains(&entry_point) {
-        return status::INVALID_ADDRESS;
-    }
-    {
-        let mut runtime = RUNTIMES[index].lock();
-        let Some(runtime) = runtime.as_mut() else {
-            return status::INVALID_PARAMETERS;
-        };
-        if runtime.state != VmState::Running {
-            return status::DENIED;
-        }
-        match runtime.vcpus[target_vcpu] {
-            VcpuPower::On => return status::ALREADY_ON,
-            VcpuPower::OnPending => return status::ON_PENDING,
-            VcpuPower::Off => runtime.vcpus[target_vcpu] = VcpuPower::OnPending,
-        }
-    }
-    post_start(
-        vm.physical_cpus[target_vcpu] as usize,
-        StartRequest {
-            vm: index,
-            vcpu: target_vcpu,
-            entry: entry_point,
-            argument: context,
-        },
-    );
-    status::SUCCESS
 }

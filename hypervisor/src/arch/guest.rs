@@ -3,6 +3,7 @@
 
 use core::arch::asm;
 
+use tessera_hypervisor::address::PhysAddr;
 use tessera_hypervisor::set_way::VirtualMemoryRegister;
 use tessera_hypervisor::vcpu_state::El1Context;
 
@@ -359,4 +360,76 @@ el1_registers! {
     cntv_ctl => "cntv_ctl_el0",
     cntv_cval => "cntv_cval_el0",
     mdscr => "mdscr_el1",
+}
+
+/// Makes stage-2 table writes visible to every CPU's table walker (the
+/// `publish` step of `TlbMaintenance`).
+pub fn publish_table_writes() {
+    // SAFETY: a barrier has no memory-safety effect.
+    unsafe { asm!("dsb ishst", options(nostack, preserves_flags)) };
+}
+
+/// Above this many pages one whole-VMID invalidation is cheaper than one
+/// by IPA per page (and it covers a block cached as smaller entries).
+const INVALIDATE_BY_IPA_PAGES: u64 = 16;
+
+/// Drops every cached translation of guest-physical `[input, input + span)`
+/// for VMID `vmid` (whose stage-2 root is `root`) on every CPU of the
+/// inner-shareable domain, and waits for that to complete. The stage-2
+/// entry must already be invalid and published.
+///
+/// TLBI by IPA works on the VMID in VTTBR_EL2, so when another VM is loaded
+/// on this CPU, `vmid` is loaded for the duration and the other restored.
+/// An IPA-based TLBI does not reach combined stage 1+2 entries, so a
+/// stage-1 invalidation of the VMID follows it.
+pub fn invalidate_guest_translations(vmid: u8, root: PhysAddr, input: u64, span: u64) {
+    const PAGE: u64 = 4096;
+    let target = (u64::from(vmid) << 48) | root.0;
+    let loaded: u64;
+    // SAFETY: reading VTTBR_EL2 has no side effects.
+    unsafe { asm!("mrs {}, vttbr_el2", out(reg) loaded, options(nomem, nostack, preserves_flags)) };
+    let switch = loaded != target;
+    if switch {
+        // SAFETY: VTTBR_EL2 only selects guest translation; EL2 runs on
+        // its own tables, and no guest runs on this CPU until it returns.
+        unsafe {
+            asm!("msr vttbr_el2, {}", "isb", in(reg) target, options(nostack, preserves_flags));
+        }
+    }
+    if span / PAGE <= INVALIDATE_BY_IPA_PAGES {
+        let mut page = input;
+        while page < input + span {
+            // SAFETY: TLB invalidation has no effect on memory contents.
+            unsafe {
+                asm!("tlbi ipas2e1is, {}", in(reg) page >> 12, options(nostack, preserves_flags));
+            }
+            page += PAGE;
+        }
+        // SAFETY: as above.
+        unsafe {
+            asm!(
+                "dsb ish",
+                "tlbi vmalle1is",
+                "dsb ish",
+                "isb",
+                options(nostack, preserves_flags)
+            );
+        }
+    } else {
+        // SAFETY: as above.
+        unsafe {
+            asm!(
+                "tlbi vmalls12e1is",
+                "dsb ish",
+                "isb",
+                options(nostack, preserves_flags)
+            );
+        }
+    }
+    if switch {
+        // SAFETY: restores the VM that was loaded, as above.
+        unsafe {
+            asm!("msr vttbr_el2, {}", "isb", in(reg) loaded, options(nostack, preserves_flags));
+        }
+    }
 }

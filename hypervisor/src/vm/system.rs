@@ -36,9 +36,9 @@
 //! no lock at all (see `request_queue`), so posting is allowed under any
 //! of the above.
 
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
-use spin::Mutex;
+use spin::{Mutex, Once};
 
 use super::ids::{CpuId, VcpuId, VcpuSet, VmId};
 use super::lifecycle::{
@@ -208,9 +208,14 @@ pub enum SetupError {
 }
 
 /// Every VM, what each CPU runs, the CPUs' request queues and the verdict.
+///
+/// Built in place at boot by the boot CPU (`add` takes `&self`, so the
+/// table can be a `static` that other CPUs already poll their queues in),
+/// read-only but for its locks and queues afterwards. `new` is all zero
+/// bytes, so the static costs the image nothing.
 pub struct VmSystem<T> {
-    vms: [Option<Vm<T>>; MAX_VMS],
-    count: usize,
+    vms: [Once<Vm<T>>; MAX_VMS],
+    count: AtomicUsize,
     placement: [Placement; MAX_CPUS],
     queues: [CpuRequestQueue; MAX_CPUS],
     verdict: SystemVerdict,
@@ -226,37 +231,42 @@ impl<T> VmSystem<T> {
     #[must_use]
     pub const fn new() -> Self {
         Self {
-            vms: [const { None }; MAX_VMS],
-            count: 0,
+            vms: [const { Once::new() }; MAX_VMS],
+            count: AtomicUsize::new(0),
             placement: [const { Placement(AtomicU8::new(Placement::NONE)) }; MAX_CPUS],
             queues: [const { CpuRequestQueue::new() }; MAX_CPUS],
             verdict: SystemVerdict::new(),
         }
     }
 
-    /// Adds a built VM, placing each of its vCPUs on its CPU.
+    /// Adds a built VM as the next id, placing each of its vCPUs on its
+    /// CPU. Boot CPU only, before `start_all`.
     ///
     /// # Errors
-    /// A CPU that already runs a vCPU, or one VM too many.
-    pub fn add(&mut self, vm: Vm<T>) -> Result<VmId, SetupError> {
-        let id = VmId::new(self.count).ok_or(SetupError::TooManyVms)?;
+    /// A CPU that already runs a vCPU, or one VM too many; nothing is
+    /// added then.
+    pub fn add(&self, vm: Vm<T>) -> Result<VmId, SetupError> {
+        let id = VmId::new(self.count()).ok_or(SetupError::TooManyVms)?;
         let description = &vm.description;
-        for vcpu in VcpuId::all(description.vcpu_count) {
-            let cpu = description.cpus[vcpu.index()];
-            if self.placement[cpu.index()].get().is_some() {
-                return Err(SetupError::CpuTaken { cpu });
-            }
-            self.placement[cpu.index()].set(id, vcpu);
+        let vcpus = || VcpuId::all(description.vcpu_count);
+        if let Some(cpu) = vcpus()
+            .map(|vcpu| description.cpus[vcpu.index()])
+            .find(|cpu| self.placement[cpu.index()].get().is_some())
+        {
+            return Err(SetupError::CpuTaken { cpu });
         }
-        self.vms[id.index()] = Some(vm);
-        self.count += 1;
+        for vcpu in vcpus() {
+            self.placement[description.cpus[vcpu.index()].index()].set(id, vcpu);
+        }
+        self.vms[id.index()].call_once(|| vm);
+        self.count.store(id.index() + 1, Ordering::Release);
         Ok(id)
     }
 
     /// How many VMs there are.
     #[must_use]
-    pub const fn count(&self) -> usize {
-        self.count
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
     }
 
     /// The VM `id`. Ids come from this table, so it exists.
@@ -264,12 +274,12 @@ impl<T> VmSystem<T> {
     #[inline]
     pub fn vm(&self, id: VmId) -> &Vm<T> {
         self.vms[id.index()]
-            .as_ref()
+            .get()
             .expect("VM ids come from the table")
     }
 
     pub fn vms(&self) -> impl Iterator<Item = &Vm<T>> {
-        self.vms.iter().flatten()
+        self.vms.iter().filter_map(Once::get)
     }
 
     /// The VM and vCPU `cpu` runs, if any.
@@ -298,8 +308,8 @@ impl<T> VmSystem<T> {
     /// Starts vCPU 0 of every VM. With no VM at all there is nothing to
     /// wait for: the verdict comes at once.
     pub fn start_all(&self, hardware: &impl Hardware) -> Option<Verdict> {
-        self.verdict.begin(self.count);
-        if self.count == 0 {
+        self.verdict.begin(self.count());
+        if self.count() == 0 {
             return Some(Verdict {
                 total: 0,
                 failed: 0,
@@ -443,13 +453,16 @@ impl<T> VmSystem<T> {
         true
     }
 
-    /// The VM's RAM has been reloaded: vCPU 0 is asked to start again.
-    /// False when a stop overtook the reset.
-    pub fn finish_reset(&self, vm: VmId, hardware: &impl Hardware) -> bool {
+    /// The VM's RAM has been reloaded: it runs again, with vCPU 0 pending.
+    /// False when a stop overtook the reset. The caller reports the
+    /// restart, then calls [`restart`](Self::restart).
+    pub fn finish_reset(&self, vm: VmId) -> bool {
+        self.vm(vm).lifecycle.lock().finish_reset()
+    }
+
+    /// Asks vCPU 0's CPU to start it again, after `finish_reset`.
+    pub fn restart(&self, vm: VmId, hardware: &impl Hardware) {
         let vm = self.vm(vm);
-        if !vm.lifecycle.lock().finish_reset() {
-            return false;
-        }
         let description = &vm.description;
         let start = Request::StartVcpu {
             vm: description.id,
@@ -465,7 +478,6 @@ impl<T> VmSystem<T> {
         {
             vm.lifecycle.lock().cancel_start(VcpuId::FIRST);
         }
-        true
     }
 }
 
@@ -554,7 +566,7 @@ mod tests {
 
     /// VMs with the given CPUs each, in order.
     fn system(placements: &[&[usize]]) -> VmSystem<Tables> {
-        let mut system = VmSystem::new();
+        let system = VmSystem::new();
         for (index, cpus) in placements.iter().enumerate() {
             let mut table = [cpu(0); MAX_CPUS];
             for (slot, &physical) in table.iter_mut().zip(cpus.iter()) {
@@ -649,7 +661,7 @@ mod tests {
 
     #[test]
     fn two_vcpus_on_one_cpu_are_refused() {
-        let mut system = system(&[&[1]]);
+        let system = system(&[&[1]]);
         let description = VmDescription {
             id: vm(1),
             cpus: [cpu(1); MAX_CPUS],
@@ -796,7 +808,8 @@ mod tests {
             Parked::VmGoesOn
         );
         assert!(!system.vm(vm(0)).lifecycle().any_vcpu_on());
-        assert!(system.finish_reset(vm(0), hardware.on(1)));
+        assert!(system.finish_reset(vm(0)));
+        system.restart(vm(0), hardware.on(1));
         assert_eq!(run_starts(&system, &hardware, 1), 1, "vCPU 0 runs again");
         assert_eq!(system.vm(vm(0)).lifecycle().reset_count(), 1);
 
@@ -812,7 +825,7 @@ mod tests {
             system.park(vm(0), vcpu(1), hardware.on(2)),
             Parked::VmEnded(Outcome::Fault)
         );
-        assert!(!system.finish_reset(vm(0), hardware.on(1)));
+        assert!(!system.finish_reset(vm(0)));
         assert_eq!(run_starts(&system, &hardware, 1), 0);
     }
 

@@ -1,0 +1,50 @@
+//! Physical interrupts taken at EL2: one dispatcher acknowledges each and
+//! hands it to its owner — the EL2 tick (`timer`), the request SGI (whose
+//! requests the caller takes afterwards, see `vm`), and next the vGIC's
+//! maintenance interrupt and passed-through SPIs. No lock is held while an
+//! owner runs, so an owner may send SGIs, log or take the console.
+
+use crate::{board::BOARD, console, gic, timer};
+
+/// Who an interrupt belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Owner {
+    HypervisorTimer,
+    Request,
+    Unexpected(u32),
+}
+
+fn owner(intid: u32) -> Owner {
+    if intid == BOARD.timer_interrupts.hypervisor_physical {
+        Owner::HypervisorTimer
+    } else if intid == gic::REQUEST_SGI {
+        Owner::Request
+    } else {
+        Owner::Unexpected(intid)
+    }
+}
+
+/// Takes the highest-priority pending interrupt, if any, and hands it to
+/// its owner.
+pub fn handle_irq() {
+    let Some(interrupt) = gic::acknowledge() else {
+        return;
+    };
+    match owner(interrupt.id()) {
+        Owner::HypervisorTimer => {
+            // Re-armed before the end, so the level-sensitive timer line is
+            // low again and is not taken twice.
+            timer::tick();
+            gic::end(interrupt);
+            // Queued console output moves on at least every tick, even
+            // when no VM prints.
+            console::try_drain();
+        }
+        // A request: the caller takes this CPU's requests after this.
+        Owner::Request => gic::end(interrupt),
+        Owner::Unexpected(intid) => {
+            gic::end(interrupt);
+            log::debug!("unexpected interrupt {intid}");
+        }
+    }
+}
