@@ -12,7 +12,6 @@
 pub mod address;
 pub mod console_queue;
 pub mod crash_report;
-pub mod device_bus;
 /// Emulated devices: each VM's device map.
 pub mod devices {
     pub mod map;

@@ -22,7 +22,7 @@ pub const EL2_INPUT_ADDRESS_BITS: u32 = 48;
 /// walked from a single level-1 table (VTCR_EL2.SL0 = 1). 512 GiB is far
 /// more than any guest here needs, and a 39-bit space fits every CPU's
 /// physical address range, which a 48-bit one would not (Cortex-A72: 44).
-pub const STAGE2_INPUT_ADDRESS_BITS: u32 = 39;
+pub const STAGE2_INPUT_ADDRESS_BITS: u32 = tessera_platform::guest::PHYSICAL_ADDRESS_BITS;
 
 /// One 4 KiB translation table.
 #[repr(C, align(4096))]

@@ -305,4 +305,24 @@ pub mod guest {
     pub const GICV3_REDISTRIBUTOR_STRIDE: u64 = 0x2_0000;
     /// Where guest RAM starts unless the system config says otherwise.
     pub const DEFAULT_RAM_BASE: u64 = 0x4000_0000;
+    /// Every emulated device above sits in this window, and guest RAM must
+    /// stay clear of it (the tool refuses a configuration that overlaps it).
+    pub const DEVICE_WINDOW: PhysRange = PhysRange::new(0x0800_0000, 0x0200_0000);
+    /// Bits of guest-physical address stage 2 translates: guest RAM and
+    /// devices must lie below `1 << PHYSICAL_ADDRESS_BITS`.
+    pub const PHYSICAL_ADDRESS_BITS: u32 = 39;
+
+    const _: () = {
+        let devices = [UART, GIC_DISTRIBUTOR, GICV2_CPU_INTERFACE];
+        let mut index = 0;
+        while index < devices.len() {
+            assert!(
+                devices[index].base >= DEVICE_WINDOW.base
+                    && devices[index].base + devices[index].size
+                        <= DEVICE_WINDOW.base + DEVICE_WINDOW.size,
+                "every guest device lies in the device window"
+            );
+            index += 1;
+        }
+    };
 }

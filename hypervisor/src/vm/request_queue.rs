@@ -473,7 +473,6 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
     use std::thread;
-    use std::time::{Duration, Instant};
 
     fn vm(index: usize) -> VmId {
         VmId::new(index).unwrap()
@@ -666,11 +665,10 @@ mod tests {
     #[test]
     fn concurrent_producers_lose_and_duplicate_nothing() {
         const PRODUCERS: u64 = 4;
-        const EACH: u64 = 20_000;
+        const EACH: u64 = 4_000;
         let ring = RequestRing::<u64, 8>::new();
         let finished = AtomicUsize::new(0);
         let refusals = AtomicUsize::new(0);
-        let began = Instant::now();
         let mut next_expected = [0u64; PRODUCERS as usize];
         thread::scope(|scope| {
             for producer in 0..PRODUCERS {
@@ -712,7 +710,6 @@ mod tests {
         });
         assert_eq!(next_expected, [EACH; PRODUCERS as usize]);
         assert_eq!(ring.pop(), None);
-        assert!(began.elapsed() < Duration::from_secs(10));
     }
 
     /// The typed queue under the same load: starts retried on refusal all
@@ -721,7 +718,7 @@ mod tests {
     #[test]
     fn concurrent_posts_to_one_cpu_are_all_accounted_for() {
         const PRODUCERS: usize = 3;
-        const EACH: u64 = 10_000;
+        const EACH: u64 = 3_000;
         let queue = RequestQueue::<8>::new();
         let finished = AtomicUsize::new(0);
         let mut starts: HashMap<(usize, u64), u32> = HashMap::new();

@@ -21,12 +21,14 @@ const VM_KEYS: &[&str] = &["name", "image", "ram", "ram-base", "cpus", "bootargs
 pub const HYPERVISOR_RESERVE: u64 = 32 * MIB;
 /// Guest RAM comes in 2 MiB blocks, the stage-2 block size.
 pub const RAM_GRANULE: u64 = 2 * MIB;
-pub const DEFAULT_RAM_BASE: u64 = 0x4000_0000;
-/// The guest-physical addresses of the virtual GIC and UART; guest RAM
+pub const DEFAULT_RAM_BASE: u64 = tessera_platform::guest::DEFAULT_RAM_BASE;
+/// The guest-physical addresses of the virtual GIC and UART, as the
+/// guest platform (shared with the hypervisor) defines them; guest RAM
 /// must stay clear of them.
-pub const DEVICE_WINDOW: std::ops::Range<u64> = 0x0800_0000..0x0A00_0000;
-/// The stage-2 translation covers 39 bits of guest-physical space.
-pub const GUEST_PHYSICAL_LIMIT: u64 = 1 << 39;
+pub const DEVICE_WINDOW: std::ops::Range<u64> = tessera_platform::guest::DEVICE_WINDOW.base
+    ..tessera_platform::guest::DEVICE_WINDOW.base + tessera_platform::guest::DEVICE_WINDOW.size;
+/// The stage-2 translation covers this much guest-physical space.
+pub const GUEST_PHYSICAL_LIMIT: u64 = 1 << tessera_platform::guest::PHYSICAL_ADDRESS_BITS;
 /// Linux's `COMMAND_LINE_SIZE` on arm64, NUL included.
 const MAX_BOOTARGS: usize = 2048;
 const MAX_NAME_LEN: usize = 15;
