@@ -23,8 +23,9 @@ const WAIT_FOR_CPUS_TICKS: u32 = 200;
 static TICKING: AtomicUsize = AtomicUsize::new(0);
 /// Whether each CPU waits for `TICKS_TO_PROVE` ticks and reports them: the
 /// bring-up self-test of a boot without a system package. With a package,
-/// the VMs start as soon as every CPU's timer is armed.
-static PROVE_TICKS: AtomicBool = AtomicBool::new(true);
+/// the VMs start as soon as every CPU's timer is armed. The boot CPU sets
+/// it before any CPU reads it; it starts false so it lives in `.bss`.
+static PROVE_TICKS: AtomicBool = AtomicBool::new(false);
 
 /// Writes a fixed message straight to the board UART, before (or instead
 /// of) the normal console. Uses no formatting: in the wrong-address case

@@ -8,8 +8,9 @@ use crate::arch::{self, entry};
 use crate::board::BOARD;
 use crate::power::psci;
 
-/// CPUs that have reached Rust, the boot CPU included.
-static ONLINE: AtomicUsize = AtomicUsize::new(1);
+/// Secondary CPUs that have reached Rust. The boot CPU is not counted, so
+/// that the count starts at zero and lives in `.bss`, not the image.
+static SECONDARIES_ONLINE: AtomicUsize = AtomicUsize::new(0);
 
 /// Why a CPU could not be started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,9 +67,10 @@ pub fn start_cpu(index: usize, affinity: u64) -> Result<(), StartError> {
 
 /// Called by each secondary CPU once it runs Rust.
 pub fn mark_online() {
-    ONLINE.fetch_add(1, Ordering::AcqRel);
+    SECONDARIES_ONLINE.fetch_add(1, Ordering::AcqRel);
 }
 
+/// CPUs that have reached Rust, the boot CPU included.
 pub fn online_count() -> usize {
-    ONLINE.load(Ordering::Acquire)
+    SECONDARIES_ONLINE.load(Ordering::Acquire) + 1
 }
