@@ -46,7 +46,9 @@ const HALT_LINE: &str = "tessera: system halted";
 /// Targets set by issues.
 const BOOT_TARGET: u64 = 250_000;
 const VUART_READ_TARGET: u64 = 150;
-const IMAGE_TARGET: u64 = 128 * 1024;
+/// Issue 7 lowered it from 128 KiB: unwinding tables are not emitted and
+/// statics that start zeroed live in `.bss`.
+const IMAGE_TARGET: u64 = 112 * 1024;
 
 pub fn run_bench(root: &Path) -> Result<ExitCode> {
     let logs = root.join(BENCH_DIR).join("logs");
@@ -310,7 +312,7 @@ mod tests {
         let image = &figures[2];
         assert_eq!((image.min, image.max), (115_424, 115_424));
         assert_eq!(image.native_median, None);
-        assert_eq!(image.target, Some(131_072));
+        assert_eq!(image.target, Some(114_688));
     }
 
     #[test]
