@@ -10,8 +10,9 @@ use spin::Mutex;
 use tessera_hypervisor::guest_exit::{AccessFrame, MmioAccess};
 use tessera_hypervisor::manifest::MAX_VMS;
 use tessera_hypervisor::vm::ids::VmId;
+use tessera_hypervisor::vm::system::Vm;
 
-use crate::vm::{SYSTEM, UART_SLOT};
+use crate::vm::{Stage2Tables, UART_SLOT};
 use crate::vuart::VirtualUart;
 
 /// Slot `n` holds VM `n`'s virtual UART once it is built (`None`, all
@@ -50,8 +51,8 @@ pub fn reset(id: VmId) {
 /// console queue and moves queued output to the UART if that is free,
 /// without waiting for it.
 #[inline(always)]
-pub fn emulate(id: VmId, frame: &mut AccessFrame<'_>, access: &MmioAccess) -> bool {
-    let Some((slot, offset)) = SYSTEM.vm(id).devices.route(access.address, access.width) else {
+pub fn emulate(vm: &Vm<Stage2Tables>, frame: &mut AccessFrame<'_>, access: &MmioAccess) -> bool {
+    let Some((slot, offset)) = vm.devices.route(access.address, access.width) else {
         return false;
     };
     let Some(data) = frame.data_register(access) else {
@@ -60,7 +61,7 @@ pub fn emulate(id: VmId, frame: &mut AccessFrame<'_>, access: &MmioAccess) -> bo
     if slot != UART_SLOT {
         return false;
     }
-    let mut uart = UARTS[id.index()].lock();
+    let mut uart = UARTS[vm.description.id.index()].lock();
     let Some(uart) = uart.as_mut() else {
         return false;
     };

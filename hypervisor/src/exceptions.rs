@@ -36,7 +36,7 @@ pub extern "C" fn handle_device_access(frame: &mut CallerSavedFrame) -> bool {
         ExceptionSyndrome(frame.syndrome()),
         frame.fault_address(),
         guest::faulting_guest_page(),
-    ) && let Some((vm, _)) = vm::current()
+    ) && let Some(vm) = vm::running_vm()
         && devices::emulate(vm, &mut frame.access(), &access)
     {
         // Straight in ELR_EL2, which the fast return leaves as it is.

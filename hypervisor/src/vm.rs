@@ -8,6 +8,7 @@
 //! once, in `tessera_hypervisor::vm::system`.
 
 use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicPtr, Ordering};
 
 use spin::Once;
 use tessera_hypervisor::MAX_CPUS;
@@ -124,6 +125,22 @@ struct PristineImage {
 static PRISTINE: [Once<PristineImage>; tessera_hypervisor::manifest::MAX_VMS] =
     [const { Once::new() }; tessera_hypervisor::manifest::MAX_VMS];
 static CPU_AFFINITIES: Once<[u64; MAX_CPUS]> = Once::new();
+
+/// The VM whose vCPU each CPU is running, for the device fast path: one
+/// load finds it (null while the CPU runs no vCPU). Set by the CPU itself
+/// when it enters a vCPU.
+static RUNNING_VM: [AtomicPtr<Vm<Stage2Tables>>; MAX_CPUS] =
+    [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
+
+/// The VM this CPU is running a vCPU of, for the device fast path.
+#[inline(always)]
+pub fn running_vm() -> Option<&'static Vm<Stage2Tables>> {
+    // Relaxed: only this CPU writes its slot.
+    let vm = RUNNING_VM[arch::cpu_index()].load(Ordering::Relaxed);
+    // SAFETY: a non-null slot points into `SYSTEM`, a static whose VMs are
+    // never removed or moved once added.
+    unsafe { vm.as_ref() }
+}
 
 /// The entry frame each CPU hands to `enter_guest`. It must not live on the
 /// stack that `enter_guest` resets, so each CPU has a slot here.
@@ -378,6 +395,10 @@ fn enter_vcpu(request: VcpuEntry) {
         return;
     }
     let cpu = arch::cpu_index();
+    RUNNING_VM[cpu].store(
+        core::ptr::from_ref(vm(request.vm)).cast_mut(),
+        Ordering::Relaxed,
+    );
     let mut entry_frame = TrapFrame {
         exception_link: request.entry.0,
         saved_state: vcpu_state::ENTRY_SAVED_STATE,
@@ -592,7 +613,7 @@ pub fn handle_guest_exit(frame: &mut TrapFrame) {
 }
 
 fn handle_mmio(id: VmId, frame: &mut TrapFrame, access: &MmioAccess) {
-    if devices::emulate(id, &mut AccessFrame::full(frame), access) {
+    if devices::emulate(vm(id), &mut AccessFrame::full(frame), access) {
         frame.step_over_trapped_instruction();
         return;
     }

@@ -115,8 +115,9 @@ impl DeviceMap {
     #[must_use]
     #[inline]
     pub fn route(&self, address: GuestPhysAddr, width: AccessWidth) -> Option<(DeviceSlot, u64)> {
-        self.windows[..self.count % (MAX_WINDOWS + 1)]
+        self.windows
             .iter()
+            .take(self.count)
             .find_map(|&(window, slot)| {
                 // One unsigned compare: an address below the window wraps to
                 // a huge offset and fails it like one above. Windows are at
