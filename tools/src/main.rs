@@ -84,7 +84,8 @@ enum Commands {
     },
     /// Run the end-to-end scenarios under tests/<dir>/*.toml.
     Test {
-        /// Only scenarios whose name contains this.
+        /// Only runs whose name contains this (`<dir>-<file>`, and
+        /// `-<machine>` for a file that lists machines).
         #[arg(long)]
         filter: Option<String>,
         /// List the scenarios and check their files, without running them.

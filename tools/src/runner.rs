@@ -182,24 +182,29 @@ fn load_all(root: &Path, files: &[PathBuf]) -> Vec<Entry> {
             .or_insert_with(|| load_system_machine(root, path))
             .clone()
     };
-    let mut entries: Vec<Entry> = files
-        .iter()
-        .map(|file| {
-            let loaded = std::fs::read_to_string(root.join(file))
-                .map_err(|err| ScenarioError {
-                    file: file.clone(),
-                    position: None,
-                    key: None,
-                    reason: format!("cannot read: {err}"),
-                })
-                .and_then(|source| scenario::parse(&source, file, &mut resolve));
-            let name = match &loaded {
-                Ok(scenario) => scenario.name.clone(),
-                Err(_) => scenario::default_name(file),
-            };
-            Entry { name, loaded }
-        })
-        .collect();
+    let mut entries = Vec::new();
+    for file in files {
+        let loaded = std::fs::read_to_string(root.join(file))
+            .map_err(|err| ScenarioError {
+                file: file.clone(),
+                position: None,
+                key: None,
+                reason: format!("cannot read: {err}"),
+            })
+            .and_then(|source| scenario::parse(&source, file, &mut resolve));
+        match loaded {
+            Ok(runs) => entries.extend(runs.into_iter().map(|run| Entry {
+                name: run.name.clone(),
+                loaded: Ok(run),
+            })),
+            // The file's runs are not known, so it fails once, under the
+            // name its file gives it.
+            Err(err) => entries.push(Entry {
+                name: scenario::default_name(file),
+                loaded: Err(err),
+            }),
+        }
+    }
     reject_duplicate_names(&mut entries);
     entries
 }
@@ -679,6 +684,70 @@ cpus = [1]
         assert_eq!(
             pair.system.as_deref(),
             Some(Path::new("tests/guests/systems/pair.toml"))
+        );
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_file_with_machines_becomes_one_entry_per_run() {
+        let root = scratch_workspace(
+            "machines",
+            &[
+                ("tests/guests/systems/pair-gicv2.toml", SYSTEM),
+                (
+                    "tests/guests/systems/pair-gicv3.toml",
+                    &SYSTEM.replace("gic-version = 2", "gic-version = 3"),
+                ),
+                (
+                    "tests/guests/pair.toml",
+                    "machines = ['virt-gicv3', 'virt-gicv2']\nexpect = ['x']\n\
+                     [system]\n\
+                     virt-gicv2 = 'tests/guests/systems/pair-gicv2.toml'\n\
+                     virt-gicv3 = 'tests/guests/systems/pair-gicv3.toml'\n",
+                ),
+                (
+                    "tests/guests/broken.toml",
+                    "machines = ['virt-gicv3', 'virt-gicv3']\nexpect = ['x']\n",
+                ),
+                (
+                    "tests/guests/same.toml",
+                    "name = 'guests-pair-virt-gicv2'\nmachine = 'virt-gicv2'\nexpect = ['x']\n",
+                ),
+            ],
+        );
+        let entries = load_all(&root, &discover(&root).unwrap());
+        let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "guests-broken",
+                "guests-pair-virt-gicv3",
+                "guests-pair-virt-gicv2",
+                "guests-pair-virt-gicv2"
+            ]
+        );
+        let broken = entries[0].loaded.as_ref().unwrap_err().to_string();
+        assert_eq!(
+            broken,
+            "tests/guests/broken.toml: machines, entry 2: `virt-gicv3` is listed twice"
+        );
+        let v3 = entries[1].loaded.as_ref().unwrap();
+        assert_eq!(v3.machine, crate::machine::Machine::VirtGicv3);
+        assert_eq!(
+            v3.system.as_deref(),
+            Some(Path::new("tests/guests/systems/pair-gicv3.toml"))
+        );
+        let v2 = entries[2].loaded.as_ref().unwrap();
+        assert_eq!(v2.machine, crate::machine::Machine::VirtGicv2);
+        assert_eq!(
+            v2.system.as_deref(),
+            Some(Path::new("tests/guests/systems/pair-gicv2.toml"))
+        );
+        let duplicate = entries[3].loaded.as_ref().unwrap_err().to_string();
+        assert_eq!(
+            duplicate,
+            "tests/guests/same.toml: name: `guests-pair-virt-gicv2` is also the name of \
+             tests/guests/pair.toml"
         );
         std::fs::remove_dir_all(root).unwrap();
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::machine::Machine;
+use crate::machine::{Machine, PRESETS};
 use crate::matcher::{Expectations, Pattern};
 use crate::units::{format_size, parse_size};
 use crate::variant::{SEMIHOSTING_FEATURE, Variant};
@@ -38,7 +38,10 @@ struct ScenarioFile {
     name: Option<String>,
     description: Option<String>,
     machine: Option<Machine>,
-    system: Option<String>,
+    /// Names rather than [`Machine`]s, so a wrong one is reported with its
+    /// entry number and the list of machines.
+    machines: Option<Vec<String>>,
+    system: Option<SystemKey>,
     cpus: Option<i64>,
     memory: Option<String>,
     #[serde(default)]
@@ -47,20 +50,104 @@ struct ScenarioFile {
     #[serde(default)]
     exit_status: i64,
     #[serde(default)]
-    expect: Vec<String>,
+    expect: Vec<PatternEntry>,
     #[serde(default)]
-    expect_unordered: Vec<String>,
+    expect_unordered: Vec<PatternEntry>,
     #[serde(default)]
-    forbid: Vec<String>,
+    forbid: Vec<PatternEntry>,
     #[serde(default)]
     allow_crash: bool,
     #[serde(default)]
     qemu_args: Vec<String>,
 }
 
-/// A scenario ready to run.
+/// `system = "PATH"` (one configuration, with `machine` or alone), or a
+/// `[system]` table of one configuration per entry of `machines`.
+#[derive(Debug)]
+enum SystemKey {
+    One(String),
+    /// In the file's order.
+    PerMachine(Vec<(String, String)>),
+}
+
+impl<'de> Deserialize<'de> for SystemKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = SystemKey;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a path, or a table with one path per machine")
+            }
+            fn visit_str<E: serde::de::Error>(self, path: &str) -> Result<SystemKey, E> {
+                Ok(SystemKey::One(path.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<SystemKey, A::Error> {
+                let mut paths = Vec::new();
+                while let Some(entry) = map.next_entry::<String, String>()? {
+                    paths.push(entry);
+                }
+                Ok(SystemKey::PerMachine(paths))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// An entry of `expect`, `expect_unordered` or `forbid`: a pattern for
+/// every machine of the scenario, or a table that limits it to some.
+#[derive(Debug)]
+struct PatternEntry {
+    source: String,
+    machines: Option<Vec<String>>,
+}
+
+/// `{ pattern = '...', machines = [...] }`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitedPattern {
+    pattern: String,
+    machines: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for PatternEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = PatternEntry;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a pattern, or a table { pattern = '...', machines = [...] }")
+            }
+            fn visit_str<E: serde::de::Error>(self, source: &str) -> Result<PatternEntry, E> {
+                Ok(PatternEntry {
+                    source: source.to_string(),
+                    machines: None,
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<PatternEntry, A::Error> {
+                let limited =
+                    LimitedPattern::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(PatternEntry {
+                    source: limited.pattern,
+                    machines: Some(limited.machines),
+                })
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// One run of a scenario: a scenario file runs once on its machine, or
+/// once on each of its `machines`.
 #[derive(Debug)]
 pub struct Scenario {
+    /// `<dir>-<file stem>` (or the file's `name`), followed by
+    /// `-<machine>` when the file lists `machines`.
     pub name: String,
     /// As given to [`parse`]; relative to the workspace root.
     pub file: PathBuf,
@@ -134,132 +221,340 @@ pub struct SystemMachine {
 /// root; the error is a reason for a message about the `system` key.
 pub type SystemResolver<'a> = dyn FnMut(&Path) -> Result<SystemMachine, String> + 'a;
 
-/// Parses and validates one scenario. `file` is only used for messages
-/// and the default name; `systems` loads the configuration a `system` key
-/// names.
+/// A key (with an entry number or machine where that helps) and a reason.
+type KeyedReason = (String, String);
+
+/// Where one run goes, as the file says it: the machine, if given (a
+/// system configuration implies one), and the system booted, if any.
+struct Placement {
+    machine: Option<Machine>,
+    system: Option<PathBuf>,
+}
+
+/// Parses and validates one scenario file into its runs: one, or one per
+/// entry of `machines`, in that order. `file` is only used for messages
+/// and the default name; `systems` loads the configurations the `system`
+/// key names. A mistake in any part of the file fails the whole file.
 pub fn parse(
     source: &str,
     file: &Path,
     systems: &mut SystemResolver<'_>,
-) -> Result<Scenario, ScenarioError> {
-    let error = |key: &str, reason: String| ScenarioError {
+) -> Result<Vec<Scenario>, ScenarioError> {
+    let error = |(key, reason): KeyedReason| ScenarioError {
         file: file.to_path_buf(),
         position: None,
-        key: Some(key.to_string()),
+        key: Some(key),
         reason,
     };
+    let keyed = |key: &'static str| move |reason: String| (key.to_string(), reason);
 
     let raw: ScenarioFile = toml::from_str(source).map_err(|err| toml_error(source, file, &err))?;
 
-    let name = raw.name.unwrap_or_else(|| default_name(file));
-    check_name(&name).map_err(|reason| error("name", reason))?;
+    let base_name = raw.name.clone().unwrap_or_else(|| default_name(file));
+    check_name(&base_name).map_err(|reason| error(("name".into(), reason)))?;
+
+    let listed = match &raw.machines {
+        None => None,
+        Some(names) => Some(check_machine_list(names).map_err(error)?),
+    };
+    let placements = placements(&raw, listed.as_deref()).map_err(error)?;
 
     let cpus = match raw.cpus {
         None => None,
         Some(cpus) => Some(
-            u32::try_from(cpus).map_err(|_| error("cpus", format!("{cpus} is not a CPU count")))?,
+            u32::try_from(cpus)
+                .map_err(|_| error(("cpus".into(), format!("{cpus} is not a CPU count"))))?,
         ),
     };
-    let system = match &raw.system {
-        None => None,
-        Some(text) => Some(check_system_path(text).map_err(|reason| error("system", reason))?),
-    };
-    let (machine, cpus, memory) = match &system {
-        None => {
-            let machine = raw.machine.ok_or_else(|| {
-                error(
-                    "machine",
-                    "missing; give machine, or system to boot a system configuration".into(),
-                )
-            })?;
-            let cpus = cpus.unwrap_or(DEFAULT_CPUS);
-            machine
-                .check_topology(cpus, None)
-                .map_err(|reason| error("cpus", reason))?;
-            if let Some(memory) = raw.memory.as_deref() {
-                machine
-                    .check_topology(cpus, Some(memory))
-                    .map_err(|reason| error("memory", reason))?;
-            }
-            (machine, cpus, raw.memory.clone())
-        }
-        Some(path) => {
-            let fixed = systems(path).map_err(|reason| error("system", reason))?;
-            check_consistent_with_system(path, &fixed, raw.machine, cpus, raw.memory.as_deref())
-                .map_err(|(key, reason)| error(key, reason))?;
-            (fixed.machine, fixed.cpus, fixed.qemu_memory)
-        }
-    };
-
-    let variant = Variant::new(machine.board(), &raw.features)
-        .map_err(|reason| error("features", reason))?
-        .with_feature(SEMIHOSTING_FEATURE);
 
     let timeout_secs = raw.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS as i64);
     if !(1..=MAX_TIMEOUT_SECS as i64).contains(&timeout_secs) {
-        return Err(error(
-            "timeout_secs",
+        return Err(error((
+            "timeout_secs".into(),
             format!("{timeout_secs} is outside 1 to {MAX_TIMEOUT_SECS} seconds"),
-        ));
+        )));
     }
 
     let exit_status = i32::try_from(raw.exit_status)
         .ok()
         .filter(|status| (0..=255).contains(status))
         .ok_or_else(|| {
-            error(
-                "exit_status",
+            error((
+                "exit_status".into(),
                 format!(
                     "{} is not a process exit status (0 to 255)",
                     raw.exit_status
                 ),
-            )
+            ))
         })?;
 
     if raw.expect.is_empty() && raw.expect_unordered.is_empty() {
-        return Err(error(
-            "expect",
+        return Err(error((
+            "expect".into(),
             "no expected lines; a scenario passes only on positive evidence, \
              so give at least one line in expect or expect_unordered"
                 .into(),
+        )));
+    }
+    let ordered = compile_entries("expect", &raw.expect, listed.as_deref()).map_err(error)?;
+    let unordered = compile_entries("expect_unordered", &raw.expect_unordered, listed.as_deref())
+        .map_err(error)?;
+    let forbidden = compile_entries("forbid", &raw.forbid, listed.as_deref()).map_err(error)?;
+    let mut default_sources: Vec<String> = ALWAYS_FORBIDDEN.iter().map(|s| s.to_string()).collect();
+    if !raw.allow_crash {
+        default_sources.extend(CRASH_FORBIDDEN.iter().map(|s| s.to_string()));
+    }
+    let default_forbidden = compile_patterns("default forbid", &default_sources)
+        .expect("the default forbidden patterns are valid regexes");
+
+    let mut runs = Vec::with_capacity(placements.len());
+    for placement in placements {
+        let (machine, cpus, memory) = resolve_machine(
+            &placement,
+            listed.is_some(),
+            cpus,
+            raw.memory.as_deref(),
+            systems,
+        )
+        .map_err(error)?;
+        // Where a file has several machines, a reason that depends on the
+        // machine says which one it is about.
+        let on_machine = |(key, reason): KeyedReason| match &listed {
+            Some(_) => (format!("{key} (on {})", machine.name()), reason),
+            None => (key, reason),
+        };
+
+        let variant = Variant::new(machine.board(), &raw.features)
+            .map_err(keyed("features"))
+            .map_err(error)?
+            .with_feature(SEMIHOSTING_FEATURE);
+
+        let expectations = Expectations {
+            ordered: patterns_on(&ordered, machine),
+            unordered: patterns_on(&unordered, machine),
+            forbidden: {
+                let mut patterns = patterns_on(&forbidden, machine);
+                patterns.extend(default_forbidden.iter().cloned());
+                patterns
+            },
+        };
+        if expectations.ordered.is_empty() && expectations.unordered.is_empty() {
+            return Err(error(on_machine((
+                "expect".into(),
+                "no expected lines on this machine; a scenario passes only on positive \
+                 evidence, so give it at least one line in expect or expect_unordered"
+                    .into(),
+            ))));
+        }
+
+        check_qemu_args(
+            &raw.qemu_args,
+            placement.system.is_some().then_some(machine),
+        )
+        .map_err(keyed("qemu_args"))
+        .map_err(|keyed| error(on_machine(keyed)))?;
+
+        runs.push(Scenario {
+            name: match &listed {
+                Some(_) => format!("{base_name}-{}", machine.name()),
+                None => base_name.clone(),
+            },
+            file: file.to_path_buf(),
+            description: raw.description.clone(),
+            system: placement.system,
+            machine,
+            cpus,
+            memory,
+            variant,
+            timeout: Duration::from_secs(timeout_secs as u64),
+            exit_status,
+            expectations,
+            qemu_args: raw.qemu_args.clone(),
+        });
+    }
+    Ok(runs)
+}
+
+fn machine_names() -> String {
+    PRESETS
+        .iter()
+        .map(|preset| preset.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn machine_named(name: &str) -> Option<Machine> {
+    PRESETS
+        .iter()
+        .find(|preset| preset.name == name)
+        .map(|preset| preset.machine)
+}
+
+/// The `machines` list: known names, none twice, at least one.
+fn check_machine_list(names: &[String]) -> Result<Vec<Machine>, KeyedReason> {
+    if names.is_empty() {
+        return Err((
+            "machines".into(),
+            "empty; list the machines to run on (or give one as machine)".into(),
         ));
     }
-    let mut forbidden_sources: Vec<String> =
-        ALWAYS_FORBIDDEN.iter().map(|s| s.to_string()).collect();
-    if !raw.allow_crash {
-        forbidden_sources.extend(CRASH_FORBIDDEN.iter().map(|s| s.to_string()));
+    let mut machines = Vec::with_capacity(names.len());
+    for (index, name) in names.iter().enumerate() {
+        let key = format!("machines, entry {}", index + 1);
+        let machine = machine_named(name).ok_or_else(|| {
+            (
+                key.clone(),
+                format!("`{name}` is not a machine (one of {})", machine_names()),
+            )
+        })?;
+        if machines.contains(&machine) {
+            return Err((key, format!("`{name}` is listed twice")));
+        }
+        machines.push(machine);
     }
-    let expectations = Expectations {
-        ordered: compile_patterns("expect", &raw.expect).map_err(|(key, r)| error(&key, r))?,
-        unordered: compile_patterns("expect_unordered", &raw.expect_unordered)
-            .map_err(|(key, r)| error(&key, r))?,
-        forbidden: {
-            let mut patterns =
-                compile_patterns("forbid", &raw.forbid).map_err(|(key, r)| error(&key, r))?;
-            let defaults = compile_patterns("default forbid", &forbidden_sources)
-                .expect("the default forbidden patterns are valid regexes");
-            patterns.extend(defaults);
-            patterns
-        },
+    Ok(machines)
+}
+
+/// Pairs each run's machine with its system configuration. With
+/// `machines`, `system` (if given) is a table with one configuration for
+/// each of them; otherwise it is one path, and `machine` may be left to it.
+fn placements(
+    raw: &ScenarioFile,
+    listed: Option<&[Machine]>,
+) -> Result<Vec<Placement>, KeyedReason> {
+    let system_path = |key: String, text: &str| check_system_path(text).map_err(|r| (key, r));
+    let Some(listed) = listed else {
+        let system = match &raw.system {
+            None => None,
+            Some(SystemKey::One(text)) => Some(system_path("system".into(), text)?),
+            Some(SystemKey::PerMachine(_)) => {
+                return Err((
+                    "system".into(),
+                    "a table of configurations, one per machine, goes with machines = [...]; \
+                     for one machine give one path"
+                        .into(),
+                ));
+            }
+        };
+        if raw.machine.is_none() && system.is_none() {
+            return Err((
+                "machine".into(),
+                "missing; give machine, or system to boot a system configuration".into(),
+            ));
+        }
+        return Ok(vec![Placement {
+            machine: raw.machine,
+            system,
+        }]);
     };
+    if raw.machine.is_some() {
+        return Err((
+            "machines".into(),
+            "give machine (one) or machines (a list), not both".into(),
+        ));
+    }
+    let paths = match &raw.system {
+        None => {
+            return Ok(listed
+                .iter()
+                .map(|&machine| Placement {
+                    machine: Some(machine),
+                    system: None,
+                })
+                .collect());
+        }
+        Some(SystemKey::One(text)) => {
+            return Err((
+                "system".into(),
+                format!(
+                    "`{text}` is one configuration, which runs on one machine; with machines, \
+                     give a [system] table with a configuration for each of {}",
+                    listed
+                        .iter()
+                        .map(|machine| machine.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        Some(SystemKey::PerMachine(paths)) => paths,
+    };
+    for (name, _) in paths {
+        if !machine_named(name).is_some_and(|machine| listed.contains(&machine)) {
+            return Err((
+                format!("system.{name}"),
+                "not one of this scenario's machines".into(),
+            ));
+        }
+    }
+    listed
+        .iter()
+        .map(|&machine| {
+            let (_, text) = paths
+                .iter()
+                .find(|(name, _)| name == machine.name())
+                .ok_or_else(|| {
+                    (
+                        "system".into(),
+                        format!("no configuration for {}", machine.name()),
+                    )
+                })?;
+            Ok(Placement {
+                machine: Some(machine),
+                system: Some(system_path(format!("system.{}", machine.name()), text)?),
+            })
+        })
+        .collect()
+}
 
-    check_qemu_args(&raw.qemu_args, system.is_some().then_some(machine))
-        .map_err(|reason| error("qemu_args", reason))?;
-
-    Ok(Scenario {
-        name,
-        file: file.to_path_buf(),
-        description: raw.description,
-        system,
-        machine,
-        cpus,
-        memory,
-        variant,
-        timeout: Duration::from_secs(timeout_secs as u64),
-        exit_status,
-        expectations,
-        qemu_args: raw.qemu_args,
-    })
+/// The machine, CPU count and QEMU memory of one run; `several` when the
+/// file lists `machines`, and so gives a configuration per machine.
+fn resolve_machine(
+    placement: &Placement,
+    several: bool,
+    cpus: Option<u32>,
+    memory: Option<&str>,
+    systems: &mut SystemResolver<'_>,
+) -> Result<(Machine, u32, Option<String>), KeyedReason> {
+    let Some(path) = &placement.system else {
+        let machine = placement
+            .machine
+            .expect("a run without a system has its machine");
+        let cpus = cpus.unwrap_or(DEFAULT_CPUS);
+        machine
+            .check_topology(cpus, None)
+            .map_err(|reason| ("cpus".to_string(), reason))?;
+        if let Some(memory) = memory {
+            machine
+                .check_topology(cpus, Some(memory))
+                .map_err(|reason| ("memory".to_string(), reason))?;
+        }
+        return Ok((machine, cpus, memory.map(str::to_string)));
+    };
+    let Some(machine) = placement.machine.filter(|_| several) else {
+        let fixed = systems(path).map_err(|reason| ("system".to_string(), reason))?;
+        check_consistent_with_system(path, &fixed, placement.machine, cpus, memory)
+            .map_err(|(key, reason)| (key.to_string(), reason))?;
+        return Ok((fixed.machine, fixed.cpus, fixed.qemu_memory));
+    };
+    // The configuration was chosen for this machine, so a board that runs
+    // elsewhere is a mistake in the [system] table, not in machines.
+    let key = format!("system.{}", machine.name());
+    let fixed = systems(path).map_err(|reason| (key.clone(), reason))?;
+    if fixed.machine != machine {
+        return Err((
+            key,
+            format!(
+                "{} runs on {} (its board), not {}",
+                path.display(),
+                fixed.machine.name(),
+                machine.name()
+            ),
+        ));
+    }
+    check_consistent_with_system(path, &fixed, None, cpus, memory)
+        .map_err(|(key, reason)| (key.to_string(), reason))?;
+    Ok((fixed.machine, fixed.cpus, fixed.qemu_memory))
 }
 
 /// Names become log file names, so they stay plain.
@@ -276,6 +571,87 @@ fn check_name(name: &str) -> Result<(), String> {
             "`{name}` is not a plain name (letters, digits, `.`, `_` and `-`; not starting with `.`)"
         ))
     }
+}
+
+/// A compiled pattern, and the machines it is checked on (`None`: all).
+struct CompiledEntry {
+    pattern: Pattern,
+    machines: Option<Vec<Machine>>,
+}
+
+/// Compiles a pattern list; `listed` is the file's `machines`, which the
+/// machines of a limited entry must come from. On failure, returns the key
+/// (with the 1-based entry number) and reason.
+fn compile_entries(
+    key: &str,
+    entries: &[PatternEntry],
+    listed: Option<&[Machine]>,
+) -> Result<Vec<CompiledEntry>, KeyedReason> {
+    let sources: Vec<String> = entries.iter().map(|entry| entry.source.clone()).collect();
+    let patterns = compile_patterns(key, &sources)?;
+    entries
+        .iter()
+        .zip(patterns)
+        .enumerate()
+        .map(|(index, (entry, pattern))| {
+            let machines = match &entry.machines {
+                None => None,
+                Some(names) => Some(
+                    check_limited_machines(names, listed)
+                        .map_err(|reason| (format!("{key}, entry {}", index + 1), reason))?,
+                ),
+            };
+            Ok(CompiledEntry { pattern, machines })
+        })
+        .collect()
+}
+
+/// The `machines` of one pattern: some of the scenario's own, none twice.
+fn check_limited_machines(
+    names: &[String],
+    listed: Option<&[Machine]>,
+) -> Result<Vec<Machine>, String> {
+    let Some(listed) = listed else {
+        return Err(
+            "machines: this scenario runs on one machine; a pattern can be limited to \
+             some machines only in a file with machines = [...]"
+                .into(),
+        );
+    };
+    if names.is_empty() {
+        return Err("machines: empty; the pattern would never be checked".into());
+    }
+    let mut machines = Vec::with_capacity(names.len());
+    for name in names {
+        let machine = machine_named(name)
+            .filter(|machine| listed.contains(machine))
+            .ok_or_else(|| format!("machines: `{name}` is not one of this scenario's machines"))?;
+        if machines.contains(&machine) {
+            return Err(format!("machines: `{name}` is listed twice"));
+        }
+        machines.push(machine);
+    }
+    if machines.len() == listed.len() {
+        return Err(
+            "machines: names every machine of the scenario; write the pattern as a plain string"
+                .into(),
+        );
+    }
+    Ok(machines)
+}
+
+/// The patterns checked on `machine`, in the file's order.
+fn patterns_on(entries: &[CompiledEntry], machine: Machine) -> Vec<Pattern> {
+    entries
+        .iter()
+        .filter(|entry| {
+            entry
+                .machines
+                .as_ref()
+                .is_none_or(|machines| machines.contains(&machine))
+        })
+        .map(|entry| entry.pattern.clone())
+        .collect()
 }
 
 /// On failure, returns the key (with the 1-based entry number) and reason.
@@ -476,6 +852,12 @@ mod tests {
                 qemu_memory: Some("1024M".into()),
                 memory: 1 << 30,
             }),
+            Some("tests/guests/systems/two-vms-gicv2.toml") => Ok(SystemMachine {
+                machine: Machine::VirtGicv2,
+                cpus: 4,
+                qemu_memory: Some("1024M".into()),
+                memory: 1 << 30,
+            }),
             Some("tests/guests/systems/pi.toml") => Ok(SystemMachine {
                 machine: Machine::Raspi4b,
                 cpus: 4,
@@ -486,8 +868,15 @@ mod tests {
         }
     }
 
-    fn parse_ok(source: &str) -> Scenario {
+    fn parse_runs(source: &str) -> Vec<Scenario> {
         parse(source, Path::new(FILE), &mut systems).unwrap_or_else(|err| panic!("{err}"))
+    }
+
+    /// A file with one run, that run.
+    fn parse_ok(source: &str) -> Scenario {
+        let mut runs = parse_runs(source);
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        runs.remove(0)
     }
 
     fn parse_err(source: &str) -> String {
@@ -817,6 +1206,331 @@ qemu_args = ["-dtb", "tests/boot/board.dtb"]
             "shmem-ping"
         );
         assert_eq!(default_name(Path::new("ping.toml")), "ping");
+    }
+
+    const PSCI: &str = "tests/guests/psci.toml";
+
+    fn parse_file(file: &str, source: &str) -> Result<Vec<Scenario>, String> {
+        parse(source, Path::new(file), &mut systems).map_err(|err| err.to_string())
+    }
+
+    fn names(runs: &[Scenario]) -> Vec<&str> {
+        runs.iter().map(|run| run.name.as_str()).collect()
+    }
+
+    fn sources(patterns: &[Pattern]) -> Vec<&str> {
+        patterns.iter().map(Pattern::source).collect()
+    }
+
+    #[test]
+    fn a_file_with_machines_runs_once_per_machine_in_order() {
+        let runs = parse_file(
+            PSCI,
+            "machines = ['virt-gicv3', 'virt-gicv2', 'raspi4b']\ncpus = 4\ntimeout_secs = 9\n\
+             expect = ['x']\n",
+        )
+        .unwrap();
+        assert_eq!(
+            names(&runs),
+            [
+                "guests-psci-virt-gicv3",
+                "guests-psci-virt-gicv2",
+                "guests-psci-raspi4b"
+            ]
+        );
+        let machines: Vec<Machine> = runs.iter().map(|run| run.machine).collect();
+        assert_eq!(
+            machines,
+            [Machine::VirtGicv3, Machine::VirtGicv2, Machine::Raspi4b]
+        );
+        let variants: Vec<String> = runs.iter().map(|run| run.variant.name()).collect();
+        assert_eq!(
+            variants,
+            ["virt-semihosting", "virt-semihosting", "rpi4-semihosting"]
+        );
+        for run in &runs {
+            assert_eq!(run.cpus, 4);
+            assert_eq!(run.timeout, Duration::from_secs(9));
+            assert_eq!(run.file, Path::new(PSCI));
+            assert_eq!(sources(&run.expectations.ordered), ["x"]);
+        }
+    }
+
+    #[test]
+    fn a_given_name_also_takes_the_machine() {
+        let runs = parse_file(
+            "tests/boot/virt.toml",
+            "name = 'boot'\nmachines = ['virt-gicv3', 'virt-gicv2']\nexpect = ['x']\n",
+        )
+        .unwrap();
+        assert_eq!(names(&runs), ["boot-virt-gicv3", "boot-virt-gicv2"]);
+        // One machine in a list is still named after it.
+        let runs = parse_file(PSCI, "machines = ['raspi4b']\nexpect = ['x']\n").unwrap();
+        assert_eq!(names(&runs), ["guests-psci-raspi4b"]);
+        // With machine, the name is the file's, as before.
+        let runs = parse_file(PSCI, "machine = 'raspi4b'\nexpect = ['x']\n").unwrap();
+        assert_eq!(names(&runs), ["guests-psci"]);
+    }
+
+    #[test]
+    fn patterns_can_be_limited_to_some_machines() {
+        let runs = parse_file(
+            PSCI,
+            r#"
+machines = ['virt-gicv3', 'virt-gicv2', 'raspi4b']
+expect = [
+  { pattern = 'banner', machines = ['raspi4b'] },
+  'common',
+  { pattern = 'virt only', machines = ['virt-gicv3', 'virt-gicv2'] },
+  'last',
+]
+expect_unordered = [{ pattern = 'v2 any order', machines = ['virt-gicv2'] }]
+forbid = ['ERROR', { pattern = 'no system package', machines = ['raspi4b'] }]
+"#,
+        )
+        .unwrap();
+        let [v3, v2, pi] = &runs[..] else {
+            panic!("{runs:?}");
+        };
+        assert_eq!(
+            sources(&v3.expectations.ordered),
+            ["common", "virt only", "last"]
+        );
+        assert_eq!(
+            sources(&v2.expectations.ordered),
+            ["common", "virt only", "last"]
+        );
+        assert_eq!(
+            sources(&pi.expectations.ordered),
+            ["banner", "common", "last"]
+        );
+        assert!(v3.expectations.unordered.is_empty());
+        assert_eq!(sources(&v2.expectations.unordered), ["v2 any order"]);
+        assert!(pi.expectations.unordered.is_empty());
+        let defaults = ["PANIC", "panicked at", "CRASH REPORT", r"(^|\W)FAIL(\W|$)"];
+        assert_eq!(
+            sources(&v3.expectations.forbidden),
+            [&["ERROR"][..], &defaults].concat()
+        );
+        assert_eq!(
+            sources(&pi.expectations.forbidden),
+            [&["ERROR", "no system package"][..], &defaults].concat()
+        );
+    }
+
+    const SYSTEM_TABLE: &str = "\
+machines = ['virt-gicv3', 'virt-gicv2', 'raspi4b']
+expect = ['x']
+
+[system]
+raspi4b = 'tests/guests/systems/pi.toml'
+virt-gicv3 = 'tests/guests/systems/two-vms.toml'
+virt-gicv2 = 'tests/guests/systems/two-vms-gicv2.toml'
+";
+
+    #[test]
+    fn each_machine_boots_its_own_system() {
+        let runs = parse_file(PSCI, SYSTEM_TABLE).unwrap();
+        // In the order of machines, not of the table.
+        assert_eq!(
+            names(&runs),
+            [
+                "guests-psci-virt-gicv3",
+                "guests-psci-virt-gicv2",
+                "guests-psci-raspi4b"
+            ]
+        );
+        let systems: Vec<&Path> = runs
+            .iter()
+            .map(|run| run.system.as_deref().unwrap())
+            .collect();
+        assert_eq!(
+            systems,
+            [
+                Path::new("tests/guests/systems/two-vms.toml"),
+                Path::new("tests/guests/systems/two-vms-gicv2.toml"),
+                Path::new("tests/guests/systems/pi.toml"),
+            ]
+        );
+        assert_eq!(runs[1].machine, Machine::VirtGicv2);
+        assert_eq!(runs[1].memory.as_deref(), Some("1024M"));
+        assert_eq!(runs[2].memory, None);
+        assert_eq!(runs[2].variant.name(), "rpi4-semihosting");
+    }
+
+    #[test]
+    fn a_machine_list_is_checked() {
+        let cases = [
+            (
+                "machines = []",
+                "machines: empty; list the machines to run on (or give one as machine)",
+            ),
+            (
+                "machines = ['virt-gicv3', 'virt']",
+                "machines, entry 2: `virt` is not a machine (one of virt-gicv3, virt-gicv2, \
+                 raspi4b, virt-el1)",
+            ),
+            (
+                "machines = ['virt-gicv2', 'raspi4b', 'virt-gicv2']",
+                "machines, entry 3: `virt-gicv2` is listed twice",
+            ),
+            (
+                "machine = 'raspi4b'\nmachines = ['raspi4b']",
+                "machines: give machine (one) or machines (a list), not both",
+            ),
+            (
+                "machines = ['virt-gicv3', 'raspi4b']\ncpus = 2",
+                "cpus: raspi4b always has 4 CPUs; 2 were asked for",
+            ),
+        ];
+        for (keys, reason) in cases {
+            assert_eq!(
+                parse_file(PSCI, &format!("{keys}\nexpect = ['x']\n")).unwrap_err(),
+                format!("{PSCI}: {reason}"),
+                "{keys}"
+            );
+        }
+        let err = parse_file(PSCI, "machines = 'virt-gicv3'\nexpect = ['x']\n").unwrap_err();
+        assert!(
+            err.starts_with(&format!("{PSCI}:1:12: machines: invalid type: string")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn systems_go_one_per_machine() {
+        let two_vms = "tests/guests/systems/two-vms.toml";
+        let cases = [
+            (
+                format!("machines = ['virt-gicv3', 'virt-gicv2']\nsystem = '{two_vms}'\n"),
+                format!(
+                    "system: `{two_vms}` is one configuration, which runs on one machine; with \
+                     machines, give a [system] table with a configuration for each of \
+                     virt-gicv3, virt-gicv2"
+                ),
+            ),
+            (
+                format!(
+                    "machines = ['virt-gicv3', 'virt-gicv2']\n[system]\nvirt-gicv3 = '{two_vms}'\n"
+                ),
+                "system: no configuration for virt-gicv2".into(),
+            ),
+            (
+                format!(
+                    "machines = ['virt-gicv3']\n[system]\nvirt-gicv3 = '{two_vms}'\nraspi4b = 'x.toml'\n"
+                ),
+                "system.raspi4b: not one of this scenario's machines".into(),
+            ),
+            (
+                format!("machines = ['virt-gicv2']\n[system]\nvirt-gicv2 = '{two_vms}'\n"),
+                format!(
+                    "system.virt-gicv2: {two_vms} runs on virt-gicv3 (its board), not virt-gicv2"
+                ),
+            ),
+            (
+                "machines = ['raspi4b']\n[system]\nraspi4b = 'tests/guests/pi.toml'\n".into(),
+                "system.raspi4b: `tests/guests/pi.toml` is where scenario files live \
+                 (tests/<dir>/*.toml); put system configurations in a deeper directory, \
+                 e.g. tests/<dir>/systems/"
+                    .into(),
+            ),
+            (
+                "machines = ['raspi4b']\n[system]\nraspi4b = 'systems/none.toml'\n".into(),
+                "system.raspi4b: systems/none.toml: cannot read: No such file".into(),
+            ),
+            (
+                format!("[system]\nvirt-gicv3 = '{two_vms}'\n"),
+                "system: a table of configurations, one per machine, goes with machines = [...]; \
+                 for one machine give one path"
+                    .into(),
+            ),
+        ];
+        for (keys, reason) in cases {
+            assert_eq!(
+                parse_file(PSCI, &format!("expect = ['x']\n{keys}")).unwrap_err(),
+                format!("{PSCI}: {reason}"),
+                "{keys}"
+            );
+        }
+        // qemu_args are checked against each machine's system.
+        let err = parse_file(
+            PSCI,
+            &format!("qemu_args = ['-dtb', 'b.dtb']\n{SYSTEM_TABLE}"),
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with(&format!(
+                "{PSCI}: qemu_args (on raspi4b): `-dtb` is set by the runner"
+            )),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn limited_patterns_are_checked() {
+        let pair = "machines = ['virt-gicv3', 'virt-gicv2']\n";
+        let cases = [
+            (
+                pair,
+                "expect = ['x', { pattern = 'y', machines = ['raspi4b'] }]",
+                "expect, entry 2: machines: `raspi4b` is not one of this scenario's machines",
+            ),
+            (
+                pair,
+                "expect = ['x', { pattern = 'y', machines = ['gicv2'] }]",
+                "expect, entry 2: machines: `gicv2` is not one of this scenario's machines",
+            ),
+            (
+                pair,
+                "expect = ['x']\nforbid = [{ pattern = 'y', machines = [] }]",
+                "forbid, entry 1: machines: empty; the pattern would never be checked",
+            ),
+            (
+                pair,
+                "expect = ['x', { pattern = 'y', machines = ['virt-gicv2', 'virt-gicv2'] }]",
+                "expect, entry 2: machines: `virt-gicv2` is listed twice",
+            ),
+            (
+                pair,
+                "expect = ['x', { pattern = 'y', machines = ['virt-gicv2', 'virt-gicv3'] }]",
+                "expect, entry 2: machines: names every machine of the scenario; write the \
+                 pattern as a plain string",
+            ),
+            (
+                "machine = 'virt-gicv3'\n",
+                "expect = ['x', { pattern = 'y', machines = ['virt-gicv3'] }]",
+                "expect, entry 2: machines: this scenario runs on one machine; a pattern can \
+                 be limited to some machines only in a file with machines = [...]",
+            ),
+            (
+                pair,
+                "expect_unordered = [{ pattern = '(', machines = ['virt-gicv2'] }]",
+                "expect_unordered, entry 1: invalid regex /(/: unclosed group",
+            ),
+            (
+                pair,
+                "expect = [{ pattern = 'y', machines = ['virt-gicv2'] }]",
+                "expect (on virt-gicv3): no expected lines on this machine; a scenario passes \
+                 only on positive evidence, so give it at least one line in expect or \
+                 expect_unordered",
+            ),
+        ];
+        for (machines, keys, reason) in cases {
+            assert_eq!(
+                parse_file(PSCI, &format!("{machines}{keys}\n")).unwrap_err(),
+                format!("{PSCI}: {reason}"),
+                "{keys}"
+            );
+        }
+        let err = parse_file(
+            PSCI,
+            &format!("{pair}expect = [{{ pattern = 'y', machine = ['virt-gicv2'] }}]\n"),
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with(&format!("{PSCI}:2:")) && err.contains("unknown field `machine`"),
+            "{err}"
+        );
     }
 
     #[test]
