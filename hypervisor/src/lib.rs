@@ -32,6 +32,7 @@ pub mod vcpu_state;
 /// The VM core: typed identifiers, VM lifecycle, stage 2.
 pub mod vm {
     pub mod ids;
+    pub mod image;
     pub mod lifecycle;
     pub mod request_queue;
     pub mod stage2;

@@ -26,6 +26,7 @@ use tessera_hypervisor::reflect::{self, AbortKind, CannotReflect, GuestState};
 use tessera_hypervisor::set_way::{self, SetWayTracker, VirtualMemoryRegister};
 use tessera_hypervisor::vcpu_state::{self, El1Context};
 use tessera_hypervisor::vm::ids::{CpuId, VcpuId, VmId};
+use tessera_hypervisor::vm::image::PristineImage;
 use tessera_hypervisor::vm::lifecycle::{Outcome, Parked, StopOrder, VcpuPower};
 use tessera_hypervisor::vm::request_queue::Request;
 use tessera_hypervisor::vm::stage2::Stage2;
@@ -33,10 +34,6 @@ use tessera_hypervisor::vm::system::{GuestRam, Hardware, VcpuEntry, Vm, VmDescri
 
 use crate::arch::{self, entry, guest, vectors};
 use crate::{devices, gic, interrupts, memory, power, println};
-
-/// Where the guest's device tree goes: the last 64 KiB of its RAM
-/// (docs/system-image.md; the tool checks that the tree and image fit).
-const DEVICE_TREE_RESERVE: u64 = 0x1_0000;
 
 /// The device slot of each VM's virtual UART (`devices`).
 pub const UART_SLOT: DeviceSlot = DeviceSlot(0);
@@ -109,21 +106,33 @@ impl Hardware for Aarch64 {
     fn save_vcpu(&self, context: &mut El1Context) {
         guest::save_el1(context);
     }
+
+    fn zero_guest_ram(&self, host: PhysAddr, size: u64) {
+        // SAFETY: the VM's RAM was allocated for it alone in 2 MiB blocks
+        // (so 1 KiB aligned, as `PristineImage::load` checked), is
+        // identity-mapped normal memory at EL2, and no vCPU of the VM runs
+        // while it is rewritten.
+        unsafe { arch::zero_and_clean(host.0 as usize, size as usize) };
+    }
+
+    fn copy_to_guest_ram(&self, host: PhysAddr, bytes: &[u8]) {
+        // SAFETY: as above; `PristineImage::load` checked that the bytes
+        // fit the VM's RAM.
+        let target = unsafe { core::slice::from_raw_parts_mut(host.0 as *mut u8, bytes.len()) };
+        fast_copy::copy_bytes(target, bytes);
+        // The guest starts with its MMU and caches off: what was copied
+        // must be in memory, not only in this CPU's cache.
+        arch::clean_to_point_of_coherency(host.0 as usize, bytes.len());
+    }
+
+    fn invalidate_instruction_caches(&self) {
+        guest::invalidate_instruction_caches();
+    }
 }
 
 /// The VMs, built in place at boot (all zero until then, so in `.bss`).
 pub static SYSTEM: VmSystem<Stage2Tables> = VmSystem::new();
 
-/// What never changes after boot and is not the core's: the pristine
-/// image and device tree in the package, for loads and resets.
-struct PristineImage {
-    image: &'static [u8],
-    image_load_offset: u64,
-    device_tree: &'static [u8],
-}
-
-static PRISTINE: [Once<PristineImage>; tessera_hypervisor::manifest::MAX_VMS] =
-    [const { Once::new() }; tessera_hypervisor::manifest::MAX_VMS];
 static CPU_AFFINITIES: Once<[u64; MAX_CPUS]> = Once::new();
 
 /// The VM whose vCPU each CPU is running, for the device fast path: one
@@ -265,6 +274,14 @@ fn build_vm(
     for (slot, &cpu) in cpus.iter_mut().zip(manifest.physical_cpus()) {
         *slot = CpuId::new(cpu as usize).ok_or(BuildError::Placement { vm: name })?;
     }
+    let pristine = PristineImage {
+        image,
+        image_load_offset: manifest.image_load_offset,
+        device_tree,
+    };
+    pristine
+        .load(&ram, &Aarch64)
+        .map_err(|_| BuildError::ImageTooLarge { vm: name })?;
     let description = VmDescription {
         id,
         name,
@@ -272,16 +289,10 @@ fn build_vm(
         cpus,
         vcpu_count: manifest.vcpu_count,
         entry: GuestPhysAddr(manifest.ram_base + manifest.image_load_offset),
-        entry_argument: manifest.ram_base + manifest.ram_size - DEVICE_TREE_RESERVE,
+        entry_argument: PristineImage::device_tree_address(&ram),
         counter_offset: guest::physical_counter(),
+        pristine,
     };
-    let pristine = PristineImage {
-        image,
-        image_load_offset: manifest.image_load_offset,
-        device_tree,
-    };
-    load_pristine_image(&ram, &pristine).map_err(|()| BuildError::ImageTooLarge { vm: name })?;
-    PRISTINE[id.index()].call_once(|| pristine);
     let mut devices = DeviceMap::new();
     let uart = tessera_platform::guest::UART;
     devices
@@ -297,48 +308,6 @@ fn build_vm(
     SYSTEM
         .add(Vm::new(description, stage2, devices))
         .map_err(|_| BuildError::Placement { vm: name })?;
-    Ok(())
-}
-
-/// (Re)writes the VM's RAM: zeroes, image at its load offset, device tree at
-/// the top; then cleans it all to the point of coherency, since the guest
-/// starts with its MMU (and so its caches) off.
-fn load_pristine_image(ram: &GuestRam, pristine: &PristineImage) -> Result<(), ()> {
-    // The manifest was checked by the tool, but a package is data from
-    // outside: every size is checked again before it indexes RAM.
-    let device_tree_offset = ram.size.checked_sub(DEVICE_TREE_RESERVE).ok_or(())?;
-    let image_end = pristine
-        .image_load_offset
-        .checked_add(pristine.image.len() as u64)
-        .ok_or(())?;
-    if image_end > device_tree_offset
-        || pristine.device_tree.len() as u64 > DEVICE_TREE_RESERVE
-        || !ram.size.is_multiple_of(1024 * 1024)
-    {
-        return Err(());
-    }
-    // SAFETY: the VM's RAM was allocated for it alone (2 MiB multiples, so
-    // 1 KiB aligned), is identity-mapped normal memory at EL2, and no vCPU
-    // of the VM runs while it is rewritten.
-    unsafe { arch::zero_and_clean(ram.host.0 as usize, ram.size as usize) };
-    // SAFETY: as above.
-    let bytes =
-        unsafe { core::slice::from_raw_parts_mut(ram.host.0 as *mut u8, ram.size as usize) };
-    let image_start = pristine.image_load_offset as usize;
-    fast_copy::copy_bytes(
-        &mut bytes[image_start..image_start + pristine.image.len()],
-        pristine.image,
-    );
-    let tree_start = device_tree_offset as usize;
-    fast_copy::copy_bytes(
-        &mut bytes[tree_start..tree_start + pristine.device_tree.len()],
-        pristine.device_tree,
-    );
-    // The guest starts with its MMU and caches off: what was copied must be
-    // in memory, not only in this CPU's cache.
-    arch::clean_to_point_of_coherency(ram.host.0 as usize + image_start, pristine.image.len());
-    arch::clean_to_point_of_coherency(ram.host.0 as usize + tree_start, pristine.device_tree.len());
-    guest::invalidate_instruction_caches();
     Ok(())
 }
 
@@ -733,11 +702,7 @@ fn reset_vm(id: VmId, vcpu: VcpuId) -> ! {
     while vm(id).lifecycle().any_vcpu_on() {
         core::hint::spin_loop();
     }
-    let ram = vm(id).description.ram;
-    let reloaded = PRISTINE[id.index()]
-        .get()
-        .is_some_and(|pristine| load_pristine_image(&ram, pristine).is_ok());
-    if !reloaded {
+    if SYSTEM.reload(id, &Aarch64).is_err() {
         // The image fitted at boot; it cannot stop fitting.
         if let StopOrder::Ended(outcome) = SYSTEM.stop(id, Outcome::Fault, None, &Aarch64) {
             report_end(id, outcome);

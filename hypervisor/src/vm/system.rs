@@ -41,6 +41,7 @@ use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use spin::{Mutex, Once};
 
 use super::ids::{CpuId, VcpuId, VcpuSet, VmId};
+use super::image::{LoadError, PristineImage};
 use super::lifecycle::{
     CpuOnRefused, Outcome, Parked, StopOrder, SystemVerdict, Verdict, VmLifecycle,
 };
@@ -70,6 +71,15 @@ pub trait Hardware {
     fn load_vcpu(&self, virtual_mpidr: u64, context: &El1Context);
     /// Saves the running vCPU's EL1 context.
     fn save_vcpu(&self, context: &mut El1Context);
+    /// Zeroes `size` bytes of a VM's RAM at `host` and cleans them to the
+    /// point of coherency (the guest starts with its caches off).
+    fn zero_guest_ram(&self, host: PhysAddr, size: u64);
+    /// Copies `bytes` into a VM's RAM at `host` and cleans them to the
+    /// point of coherency.
+    fn copy_to_guest_ram(&self, host: PhysAddr, bytes: &[u8]);
+    /// Invalidates every instruction cache to the point of unification, so
+    /// code just written to guest RAM is fetched fresh.
+    fn invalidate_instruction_caches(&self);
 }
 
 /// A vCPU's own state, touched only by the CPU that runs it.
@@ -117,6 +127,8 @@ pub struct VmDescription {
     pub entry_argument: u64,
     /// CNTVOFF_EL2: the physical count when the VM was built.
     pub counter_offset: u64,
+    /// What its RAM is loaded from, at build time and on every reset.
+    pub pristine: PristineImage,
 }
 
 /// One VM.
@@ -453,6 +465,16 @@ impl<T> VmSystem<T> {
         true
     }
 
+    /// Rewrites the VM's RAM from its pristine image, once the reset has
+    /// no vCPU of it left running (`Vm::lifecycle().any_vcpu_on()`).
+    ///
+    /// # Errors
+    /// The image no longer fits, which the build ruled out.
+    pub fn reload(&self, vm: VmId, hardware: &impl Hardware) -> Result<(), LoadError> {
+        let description = &self.vm(vm).description;
+        description.pristine.load(&description.ram, hardware)
+    }
+
     /// The VM's RAM has been reloaded: it runs again, with vCPU 0 pending.
     /// False when a stop overtook the reset. The caller reports the
     /// restart, then calls [`restart`](Self::restart).
@@ -482,7 +504,7 @@ impl<T> VmSystem<T> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use core::cell::RefCell;
 
     use super::*;
@@ -492,12 +514,13 @@ mod tests {
 
     /// Records what the core asked of the hardware, for one CPU at a time.
     #[derive(Default)]
-    struct FakeHardware {
+    pub(crate) struct FakeHardware {
         cpu: core::cell::Cell<usize>,
         interrupts_sent: RefCell<Vec<usize>>,
         stage2_loads: RefCell<Vec<(usize, u8)>>,
         vcpu_loads: RefCell<Vec<(usize, u64)>>,
         saves: core::cell::Cell<usize>,
+        pub(crate) memory_operations: RefCell<Vec<String>>,
     }
 
     impl FakeHardware {
@@ -530,6 +553,26 @@ mod tests {
 
         fn save_vcpu(&self, _context: &mut El1Context) {
             self.saves.set(self.saves.get() + 1);
+        }
+
+        fn zero_guest_ram(&self, host: PhysAddr, size: u64) {
+            self.memory_operations
+                .borrow_mut()
+                .push(format!("zero {:#x} +{size:#x}", host.0));
+        }
+
+        fn copy_to_guest_ram(&self, host: PhysAddr, bytes: &[u8]) {
+            self.memory_operations.borrow_mut().push(format!(
+                "copy {:#x} +{:#x}",
+                host.0,
+                bytes.len()
+            ));
+        }
+
+        fn invalidate_instruction_caches(&self) {
+            self.memory_operations
+                .borrow_mut()
+                .push("invalidate instruction caches".into());
         }
     }
 
@@ -581,6 +624,11 @@ mod tests {
                 entry: GuestPhysAddr(0x4008_0000),
                 entry_argument: 0x43FF_0000,
                 counter_offset: 0,
+                pristine: PristineImage {
+                    image: b"image",
+                    image_load_offset: 0x8_0000,
+                    device_tree: b"tree",
+                },
             };
             let mut stage2 = Stage2::new(Tables::default()).unwrap();
             stage2.map_ram(RAM.guest, RAM.host, RAM.size).unwrap();
@@ -808,6 +856,16 @@ mod tests {
             Parked::VmGoesOn
         );
         assert!(!system.vm(vm(0)).lifecycle().any_vcpu_on());
+        assert_eq!(system.reload(vm(0), hardware.on(1)), Ok(()));
+        assert_eq!(
+            hardware
+                .memory_operations
+                .borrow()
+                .first()
+                .map(String::as_str),
+            Some("zero 0x80000000 +0x4000000"),
+            "RAM is rewritten from the pristine image"
+        );
         assert!(system.finish_reset(vm(0)));
         system.restart(vm(0), hardware.on(1));
         assert_eq!(run_starts(&system, &hardware, 1), 1, "vCPU 0 runs again");
