@@ -8,36 +8,38 @@
 
 use spin::Mutex;
 use tessera_hypervisor::guest_exit::{AccessFrame, MmioAccess};
-use tessera_hypervisor::manifest::MAX_VMS;
 use tessera_hypervisor::vm::ids::VmId;
-use tessera_hypervisor::vm::system::Vm;
 
-use crate::vm::{Stage2Tables, UART_SLOT};
+use crate::vm::{self, RunningVm, UART_SLOT};
 use crate::vuart::VirtualUart;
 
-/// Slot `n` holds VM `n`'s virtual UART once it is built (`None`, all
-/// zero, until then, so the table costs the image nothing).
-static UARTS: [Mutex<Option<VirtualUart>>; MAX_VMS] = [const { Mutex::new(None) }; MAX_VMS];
+/// One VM's emulated devices, each behind a lock of its own; the VM's
+/// device map (`Vm::devices`) says which slot answers which window.
+pub struct VmDevices {
+    /// Slot `UART_SLOT`.
+    pub uart: Mutex<VirtualUart>,
+}
 
-/// Gives VM `id` its devices in their reset state, at build time.
-pub fn install(id: VmId, vm_name: &'static str) {
-    *UARTS[id.index()].lock() = Some(VirtualUart::new(id.index(), vm_name));
+impl VmDevices {
+    /// VM `id`'s devices in their reset state, at build time.
+    pub const fn new(id: VmId, vm_name: &'static str) -> Self {
+        Self {
+            uart: Mutex::new(VirtualUart::new(id.index(), vm_name)),
+        }
+    }
 }
 
 /// Pushes out buffered output, as when the VM stops.
 pub fn flush(id: VmId) {
-    if let Some(uart) = UARTS[id.index()].lock().as_mut() {
-        uart.flush();
-    }
+    vm::vm(id).device_state.uart.lock().flush();
 }
 
 /// Returns every device of VM `id` to its reset state (buffered output
 /// is flushed first), as when the VM restarts.
 pub fn reset(id: VmId) {
-    if let Some(uart) = UARTS[id.index()].lock().as_mut() {
-        uart.flush();
-        uart.reset();
-    }
+    let mut uart = vm::vm(id).device_state.uart.lock();
+    uart.flush();
+    uart.reset();
 }
 
 /// Carries out a trapped `access` of VM `id`; the caller then steps the
@@ -51,7 +53,7 @@ pub fn reset(id: VmId) {
 /// console queue and moves queued output to the UART if that is free,
 /// without waiting for it.
 #[inline(always)]
-pub fn emulate(vm: &Vm<Stage2Tables>, frame: &mut AccessFrame<'_>, access: &MmioAccess) -> bool {
+pub fn emulate(vm: &RunningVm, frame: &mut AccessFrame<'_>, access: &MmioAccess) -> bool {
     let Some((slot, offset)) = vm.devices.route(access.address, access.width) else {
         return false;
     };
@@ -61,10 +63,7 @@ pub fn emulate(vm: &Vm<Stage2Tables>, frame: &mut AccessFrame<'_>, access: &Mmio
     if slot != UART_SLOT {
         return false;
     }
-    let mut uart = UARTS[vm.description.id.index()].lock();
-    let Some(uart) = uart.as_mut() else {
-        return false;
-    };
+    let mut uart = vm.device_state.uart.lock();
     if access.is_write {
         uart.write(offset, access.width, data.stored_value());
     } else {

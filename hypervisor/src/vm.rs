@@ -33,7 +33,8 @@ use tessera_hypervisor::vm::stage2::Stage2;
 use tessera_hypervisor::vm::system::{GuestRam, Hardware, VcpuEntry, Vm, VmDescription, VmSystem};
 
 use crate::arch::{self, entry, guest, vectors};
-use crate::{devices, gic, interrupts, memory, power, println};
+use crate::devices::{self, VmDevices};
+use crate::{gic, interrupts, memory, power, println};
 
 /// The device slot of each VM's virtual UART (`devices`).
 pub const UART_SLOT: DeviceSlot = DeviceSlot(0);
@@ -130,20 +131,24 @@ impl Hardware for Aarch64 {
     }
 }
 
+/// A VM as the hypervisor has it: its stage-2 tables from the page
+/// allocator, its devices those of `devices`.
+pub type RunningVm = Vm<Stage2Tables, VmDevices>;
+
 /// The VMs, built in place at boot (all zero until then, so in `.bss`).
-pub static SYSTEM: VmSystem<Stage2Tables> = VmSystem::new();
+pub static SYSTEM: VmSystem<Stage2Tables, VmDevices> = VmSystem::new();
 
 static CPU_AFFINITIES: Once<[u64; MAX_CPUS]> = Once::new();
 
 /// The VM whose vCPU each CPU is running, for the device fast path: one
 /// load finds it (null while the CPU runs no vCPU). Set by the CPU itself
 /// when it enters a vCPU.
-static RUNNING_VM: [AtomicPtr<Vm<Stage2Tables>>; MAX_CPUS] =
+static RUNNING_VM: [AtomicPtr<RunningVm>; MAX_CPUS] =
     [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
 
 /// The VM this CPU is running a vCPU of, for the device fast path.
 #[inline(always)]
-pub fn running_vm() -> Option<&'static Vm<Stage2Tables>> {
+pub fn running_vm() -> Option<&'static RunningVm> {
     // Relaxed: only this CPU writes its slot.
     let vm = RUNNING_VM[arch::cpu_index()].load(Ordering::Relaxed);
     // SAFETY: a non-null slot points into `SYSTEM`, a static whose VMs are
@@ -176,7 +181,7 @@ fn this_cpu() -> CpuId {
     CpuId::new(arch::cpu_index()).unwrap_or(CpuId::new(0).expect("CPU 0 exists"))
 }
 
-fn vm(id: VmId) -> &'static Vm<Stage2Tables> {
+pub fn vm(id: VmId) -> &'static RunningVm {
     SYSTEM.vm(id)
 }
 
@@ -304,9 +309,13 @@ fn build_vm(
             UART_SLOT,
         )
         .map_err(|_| BuildError::Placement { vm: name })?;
-    devices::install(id, name);
     SYSTEM
-        .add(Vm::new(description, stage2, devices))
+        .add(Vm::new(
+            description,
+            stage2,
+            devices,
+            VmDevices::new(id, name),
+        ))
         .map_err(|_| BuildError::Placement { vm: name })?;
     Ok(())
 }

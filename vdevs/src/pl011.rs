@@ -108,7 +108,8 @@ enum Register {
 }
 
 impl Register {
-    #[inline]
+    /// On every trapped UART access (the device fast path), so inlined.
+    #[inline(always)]
     const fn at(offset: u64) -> Option<Self> {
         Some(match offset {
             0x000 => Self::Data,

@@ -12,7 +12,12 @@
 //! Routing is on the device fast path (`mmio.vuart_read`, 150 instructions
 //! round trip at most), so the map is a small array kept sorted by base,
 //! searched linearly with one unsigned compare per window: for the handful
-//! of windows a VM has, that beats any tree.
+//! of windows a VM has, that beats any tree. The window that answered last
+//! is tried first: a guest works one device at a time (polling a UART's
+//! flags, a run of GIC register accesses), so most accesses take one
+//! compare however many windows the VM has.
+
+use core::sync::atomic::{AtomicU8, Ordering};
 
 use tessera_vdevs::AccessWidth;
 
@@ -55,11 +60,26 @@ pub enum MapError {
     Full,
 }
 
-/// One VM's windows, sorted by base.
-#[derive(Clone, Copy, Debug)]
+/// A window no trapped access can fall in (guest-physical addresses stay
+/// far below it), for the entries past `count`: the routing hint may
+/// point at one without a bounds check, and it answers nothing.
+const UNUSED: (Window, DeviceSlot) = (
+    Window {
+        base: GuestPhysAddr(u64::MAX - 7),
+        size: 8,
+    },
+    DeviceSlot(u8::MAX),
+);
+
+/// One VM's windows, sorted by base; the entries past `count` are
+/// [`UNUSED`].
+#[derive(Debug)]
 pub struct DeviceMap {
     windows: [(Window, DeviceSlot); MAX_WINDOWS],
     count: usize,
+    /// The window that answered last (an index below `count`, or 0): only
+    /// a hint, so vCPUs racing on it cost at most a longer search.
+    last_hit: AtomicU8,
 }
 
 impl Default for DeviceMap {
@@ -72,14 +92,9 @@ impl DeviceMap {
     #[must_use]
     pub const fn new() -> Self {
         Self {
-            windows: [(
-                Window {
-                    base: GuestPhysAddr(0),
-                    size: 0,
-                },
-                DeviceSlot(0),
-            ); MAX_WINDOWS],
+            windows: [UNUSED; MAX_WINDOWS],
             count: 0,
+            last_hit: AtomicU8::new(0),
         }
     }
 
@@ -111,20 +126,40 @@ impl DeviceMap {
     }
 
     /// The slot an access of `width` at `address` targets, and the offset
-    /// of the access in that slot's window.
+    /// of the access in that slot's window. `address` is an IPA (below
+    /// 2^52, as every trapped access's is), which no unused entry holds.
     #[must_use]
     #[inline]
     pub fn route(&self, address: GuestPhysAddr, width: AccessWidth) -> Option<(DeviceSlot, u64)> {
-        self.windows
+        let last_byte = u64::from(width.bytes()) - 1;
+        // One unsigned compare: an address below the window wraps to a huge
+        // offset and fails it like one above. Windows are at least 8 bytes,
+        // so `size - 1 - last_byte` cannot wrap.
+        let answers = |(window, _): &(Window, DeviceSlot)| {
+            let offset = address.0.wrapping_sub(window.base.0);
+            (offset <= window.size - 1 - last_byte).then_some(offset)
+        };
+        // Any index is a real or an unused entry: no count check needed.
+        let hint = &self.windows[usize::from(self.last_hit.load(Ordering::Relaxed)) % MAX_WINDOWS];
+        if let Some(offset) = answers(hint) {
+            return Some((hint.1, offset));
+        }
+        self.route_slowly(&answers)
+    }
+
+    /// The search past the hint, kept out of line so the hit stays short.
+    #[inline(never)]
+    fn route_slowly(
+        &self,
+        answers: &impl Fn(&(Window, DeviceSlot)) -> Option<u64>,
+    ) -> Option<(DeviceSlot, u64)> {
+        let windows = &self.windows[..self.count.min(MAX_WINDOWS)];
+        let (index, offset) = windows
             .iter()
-            .take(self.count)
-            .find_map(|&(window, slot)| {
-                // One unsigned compare: an address below the window wraps to
-                // a huge offset and fails it like one above. Windows are at
-                // least 8 bytes, so the subtraction cannot wrap.
-                let offset = address.0.wrapping_sub(window.base.0);
-                (offset <= window.size - u64::from(width.bytes())).then_some((slot, offset))
-            })
+            .enumerate()
+            .find_map(|(index, entry)| answers(entry).map(|offset| (index, offset)))?;
+        self.last_hit.store(index as u8, Ordering::Relaxed);
+        Some((windows[index].1, offset))
     }
 
     /// Every window with its slot, by base.
@@ -177,6 +212,32 @@ mod tests {
     }
 
     #[test]
+    fn the_last_window_hit_is_only_a_hint() {
+        let map = map();
+        let uart = GuestPhysAddr(0x0900_0010);
+        let distributor = GuestPhysAddr(0x0800_0010);
+        for _ in 0..3 {
+            assert_eq!(
+                map.route(uart, AccessWidth::Word),
+                Some((DeviceSlot(0), 0x10))
+            );
+            assert_eq!(
+                map.route(uart, AccessWidth::Word),
+                Some((DeviceSlot(0), 0x10))
+            );
+            assert_eq!(
+                map.route(distributor, AccessWidth::Byte),
+                Some((DeviceSlot(1), 0x10))
+            );
+            // A miss after a hit searches on, and finds nothing.
+            assert_eq!(
+                map.route(GuestPhysAddr(0x0A00_0000), AccessWidth::Byte),
+                None
+            );
+        }
+    }
+
+    #[test]
     fn accesses_outside_or_straddling_a_window_route_nowhere() {
         let map = map();
         for (address, width) in [
@@ -194,6 +255,14 @@ mod tests {
             );
         }
         assert_eq!(DeviceMap::new().route(UART.base, AccessWidth::Byte), None);
+        // The address the unused entries hold is not an IPA, and a map
+        // with windows never hints at an unused entry.
+        let top = GuestPhysAddr(u64::MAX - 7);
+        assert_eq!(map.route(top, AccessWidth::DoubleWord), None);
+        assert_eq!(
+            DeviceMap::new().route(GuestPhysAddr((1 << 52) - 8), AccessWidth::DoubleWord),
+            None
+        );
     }
 
     #[test]

@@ -131,13 +131,18 @@ pub struct VmDescription {
     pub pristine: PristineImage,
 }
 
-/// One VM.
-pub struct Vm<T> {
+/// One VM: `T` owns its stage-2 tables' memory and TLB maintenance, `D`
+/// is its emulated devices' state (each behind a lock of its own), which
+/// the device map's slots name.
+pub struct Vm<T, D> {
     pub description: VmDescription,
     lifecycle: Mutex<VmLifecycle>,
     vcpus: [Mutex<Vcpu>; MAX_CPUS],
     stage2: Mutex<Stage2<T>>,
+    /// Which device slot answers which guest-physical window.
     pub devices: DeviceMap,
+    /// The devices behind the slots.
+    pub device_state: D,
 }
 
 /// What a start request asks the CPU to enter.
@@ -149,14 +154,20 @@ pub struct VcpuEntry {
     pub argument: u64,
 }
 
-impl<T> Vm<T> {
+impl<T, D> Vm<T, D> {
     #[must_use]
-    pub fn new(description: VmDescription, stage2: Stage2<T>, devices: DeviceMap) -> Self {
+    pub fn new(
+        description: VmDescription,
+        stage2: Stage2<T>,
+        devices: DeviceMap,
+        device_state: D,
+    ) -> Self {
         Self {
             lifecycle: Mutex::new(VmLifecycle::new(description.vcpu_count)),
             vcpus: [const { Mutex::new(Vcpu::RESET) }; MAX_CPUS],
             stage2: Mutex::new(stage2),
             devices,
+            device_state,
             description,
         }
     }
@@ -225,21 +236,21 @@ pub enum SetupError {
 /// table can be a `static` that other CPUs already poll their queues in),
 /// read-only but for its locks and queues afterwards. `new` is all zero
 /// bytes, so the static costs the image nothing.
-pub struct VmSystem<T> {
-    vms: [Once<Vm<T>>; MAX_VMS],
+pub struct VmSystem<T, D> {
+    vms: [Once<Vm<T, D>>; MAX_VMS],
     count: AtomicUsize,
     placement: [Placement; MAX_CPUS],
     queues: [CpuRequestQueue; MAX_CPUS],
     verdict: SystemVerdict,
 }
 
-impl<T> Default for VmSystem<T> {
+impl<T, D> Default for VmSystem<T, D> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<T> VmSystem<T> {
+impl<T, D> VmSystem<T, D> {
     #[must_use]
     pub const fn new() -> Self {
         Self {
@@ -257,7 +268,7 @@ impl<T> VmSystem<T> {
     /// # Errors
     /// A CPU that already runs a vCPU, or one VM too many; nothing is
     /// added then.
-    pub fn add(&self, vm: Vm<T>) -> Result<VmId, SetupError> {
+    pub fn add(&self, vm: Vm<T, D>) -> Result<VmId, SetupError> {
         let id = VmId::new(self.count()).ok_or(SetupError::TooManyVms)?;
         let description = &vm.description;
         let vcpus = || VcpuId::all(description.vcpu_count);
@@ -284,13 +295,13 @@ impl<T> VmSystem<T> {
     /// The VM `id`. Ids come from this table, so it exists.
     #[must_use]
     #[inline]
-    pub fn vm(&self, id: VmId) -> &Vm<T> {
+    pub fn vm(&self, id: VmId) -> &Vm<T, D> {
         self.vms[id.index()]
             .get()
             .expect("VM ids come from the table")
     }
 
-    pub fn vms(&self) -> impl Iterator<Item = &Vm<T>> {
+    pub fn vms(&self) -> impl Iterator<Item = &Vm<T, D>> {
         self.vms.iter().filter_map(Once::get)
     }
 
@@ -425,7 +436,7 @@ impl<T> VmSystem<T> {
         order
     }
 
-    fn post_stops(&self, vm: &Vm<T>, vcpus: VcpuSet, hardware: &impl Hardware) {
+    fn post_stops(&self, vm: &Vm<T, D>, vcpus: VcpuSet, hardware: &impl Hardware) {
         for vcpu in vcpus.iter() {
             // Stops are coalesced bits: never refused.
             let _ = self.post(
@@ -608,7 +619,7 @@ pub(crate) mod tests {
     }
 
     /// VMs with the given CPUs each, in order.
-    fn system(placements: &[&[usize]]) -> VmSystem<Tables> {
+    fn system(placements: &[&[usize]]) -> VmSystem<Tables, ()> {
         let system = VmSystem::new();
         for (index, cpus) in placements.iter().enumerate() {
             let mut table = [cpu(0); MAX_CPUS];
@@ -633,7 +644,7 @@ pub(crate) mod tests {
             let mut stage2 = Stage2::new(Tables::default()).unwrap();
             stage2.map_ram(RAM.guest, RAM.host, RAM.size).unwrap();
             system
-                .add(Vm::new(description, stage2, DeviceMap::new()))
+                .add(Vm::new(description, stage2, DeviceMap::new(), ()))
                 .unwrap();
         }
         system
@@ -644,7 +655,7 @@ pub(crate) mod tests {
     }
 
     /// Everything `cpu` has been asked, in the order it takes it.
-    fn drain(system: &VmSystem<Tables>, cpu: usize) -> Vec<Request> {
+    fn drain(system: &VmSystem<Tables, ()>, cpu: usize) -> Vec<Request> {
         let mut taken = Vec::new();
         system
             .requests(self::cpu(cpu))
@@ -653,7 +664,7 @@ pub(crate) mod tests {
     }
 
     /// Takes `cpu`'s start requests and enters what they still allow.
-    fn run_starts(system: &VmSystem<Tables>, hardware: &FakeHardware, cpu: usize) -> usize {
+    fn run_starts(system: &VmSystem<Tables, ()>, hardware: &FakeHardware, cpu: usize) -> usize {
         drain(system, cpu)
             .into_iter()
             .filter(|request| match *request {
@@ -718,7 +729,7 @@ pub(crate) mod tests {
         };
         let stage2 = Stage2::new(Tables::default()).unwrap();
         assert!(matches!(
-            system.add(Vm::new(description, stage2, DeviceMap::new())),
+            system.add(Vm::new(description, stage2, DeviceMap::new(), ())),
             Err(SetupError::CpuTaken { .. })
         ));
     }
