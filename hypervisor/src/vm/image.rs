@@ -107,10 +107,10 @@ mod tests {
         assert_eq!(
             *hardware.memory_operations.borrow(),
             [
-                format!("zero 0x80000000 +0x200000"),
-                format!("copy 0x80080000 +0x5"),
-                format!("copy 0x801f0000 +0x4"),
-                format!("invalidate instruction caches"),
+                "zero 0x80000000 +0x200000",
+                "copy 0x80080000 +0x5",
+                "copy 0x801f0000 +0x4",
+                "invalidate instruction caches",
             ]
         );
         assert_eq!(
