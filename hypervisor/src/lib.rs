@@ -14,7 +14,7 @@ pub mod console_queue;
 pub mod crash_report;
 pub mod device_bus;
 pub mod device_tree;
-pub use tessera_arch::exception_syndrome;
+pub use tessera_arm_defs::exception_syndrome;
 pub mod fast_copy;
 pub mod flat_tree;
 pub mod guest_exit;
