@@ -44,7 +44,7 @@ static MAY_STOP: AtomicBool = AtomicBool::new(false);
 
 fn main(_device_tree: usize) -> ! {
     println!("smp: PSCI version {}", psci::version());
-    match psci::features(psci::function::CPU_ON) {
+    match psci::features(psci::function::CPU_ON_64) {
         Ok(_) => println!("smp: CPU_ON is supported"),
         Err(error) => fail(format_args!("PSCI_FEATURES(CPU_ON) = {error}")),
     }

@@ -15,7 +15,7 @@
 
 use core::fmt;
 
-use tessera_arch::exception_syndrome::{ExceptionClass, FaultStatus as SharedFaultStatus};
+use tessera_arm_defs::exception_syndrome::{ExceptionClass, FaultStatus as SharedFaultStatus};
 
 use crate::arch;
 
@@ -209,7 +209,7 @@ impl Syndrome {
     }
 
     /// The exception class as words, e.g. "data abort from the same EL"
-    /// (the decoder the hypervisor uses too, `tessera-arch`).
+    /// (the decoder the hypervisor uses too, `tessera-arm-defs`).
     #[must_use]
     pub const fn class_name(self) -> Option<&'static str> {
         match ExceptionClass::from_code(self.class()) {
@@ -244,7 +244,7 @@ impl fmt::Display for Syndrome {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FaultStatus(pub u8);
 
-/// Described by the decoder the hypervisor uses too (`tessera-arch`).
+/// Described by the decoder the hypervisor uses too (`tessera-arm-defs`).
 impl fmt::Display for FaultStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(&SharedFaultStatus::from_code(self.0), f)

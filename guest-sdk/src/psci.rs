@@ -10,33 +10,24 @@ use core::fmt;
 use crate::arch;
 use crate::cpu;
 
-/// PSCI function identifiers (SMC32 forms for the calls without 64-bit
-/// arguments, SMC64 for the rest).
-pub mod function {
-    pub const VERSION: u32 = 0x8400_0000;
-    pub const CPU_SUSPEND: u32 = 0xC400_0001;
-    pub const CPU_OFF: u32 = 0x8400_0002;
-    pub const CPU_ON: u32 = 0xC400_0003;
-    pub const AFFINITY_INFO: u32 = 0xC400_0004;
-    pub const MIGRATE_INFO_TYPE: u32 = 0x8400_0006;
-    pub const SYSTEM_OFF: u32 = 0x8400_0008;
-    pub const SYSTEM_RESET: u32 = 0x8400_0009;
-    pub const FEATURES: u32 = 0x8400_000A;
-}
+/// The function identifiers (shared with the hypervisor). The SDK makes
+/// the SMC64 form of the calls that take addresses or MPIDRs.
+pub use tessera_arm_defs::psci::function;
+use tessera_arm_defs::psci::status;
 
 /// PSCI return codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(i32)]
 pub enum PsciError {
-    NotSupported = -1,
-    InvalidParameters = -2,
-    Denied = -3,
-    AlreadyOn = -4,
-    OnPending = -5,
-    InternalFailure = -6,
-    NotPresent = -7,
-    Disabled = -8,
-    InvalidAddress = -9,
+    NotSupported = status::NOT_SUPPORTED as i32,
+    InvalidParameters = status::INVALID_PARAMETERS as i32,
+    Denied = status::DENIED as i32,
+    AlreadyOn = status::ALREADY_ON as i32,
+    OnPending = status::ON_PENDING as i32,
+    InternalFailure = status::INTERNAL_FAILURE as i32,
+    NotPresent = status::NOT_PRESENT as i32,
+    Disabled = status::DISABLED as i32,
+    InvalidAddress = status::INVALID_ADDRESS as i32,
 }
 
 impl PsciError {
@@ -44,15 +35,15 @@ impl PsciError {
     #[must_use]
     pub const fn from_return(value: i64) -> Option<Self> {
         match value {
-            -1 => Some(Self::NotSupported),
-            -2 => Some(Self::InvalidParameters),
-            -3 => Some(Self::Denied),
-            -4 => Some(Self::AlreadyOn),
-            -5 => Some(Self::OnPending),
-            -6 => Some(Self::InternalFailure),
-            -7 => Some(Self::NotPresent),
-            -8 => Some(Self::Disabled),
-            -9 => Some(Self::InvalidAddress),
+            status::NOT_SUPPORTED => Some(Self::NotSupported),
+            status::INVALID_PARAMETERS => Some(Self::InvalidParameters),
+            status::DENIED => Some(Self::Denied),
+            status::ALREADY_ON => Some(Self::AlreadyOn),
+            status::ON_PENDING => Some(Self::OnPending),
+            status::INTERNAL_FAILURE => Some(Self::InternalFailure),
+            status::NOT_PRESENT => Some(Self::NotPresent),
+            status::DISABLED => Some(Self::Disabled),
+            status::INVALID_ADDRESS => Some(Self::InvalidAddress),
             _ => None,
         }
     }
@@ -132,7 +123,7 @@ fn call(function: u32, arg1: u64, arg2: u64, arg3: u64) -> Result<u32, PsciError
 /// PSCI_VERSION.
 #[must_use]
 pub fn version() -> Version {
-    Version::from_register(arch::hvc(function::VERSION, 0, 0, 0) as u32)
+    Version::from_register(arch::hvc(function::PSCI_VERSION, 0, 0, 0) as u32)
 }
 
 /// PSCI_FEATURES: whether `function_id` is implemented, and its feature
@@ -141,7 +132,7 @@ pub fn version() -> Version {
 /// # Errors
 /// `NotSupported` when it is not implemented.
 pub fn features(function_id: u32) -> Result<u32, PsciError> {
-    call(function::FEATURES, u64::from(function_id), 0, 0)
+    call(function::PSCI_FEATURES, u64::from(function_id), 0, 0)
 }
 
 /// MIGRATE_INFO_TYPE (2: no Trusted OS that would need migrating).
@@ -169,7 +160,7 @@ pub fn cpu_on(target_mpidr: u64, entry: fn(usize) -> !, argument: usize) -> Resu
         return Err(PsciError::OnPending);
     }
     let result = call(
-        function::CPU_ON,
+        function::CPU_ON_64,
         target_mpidr,
         arch::secondary_entry_address(),
         index as u64,
@@ -196,7 +187,7 @@ pub fn cpu_off() -> ! {
 /// # Errors
 /// `InvalidParameters` for a vCPU the VM does not have.
 pub fn affinity_info(target_mpidr: u64) -> Result<AffinityState, PsciError> {
-    match call(function::AFFINITY_INFO, target_mpidr, 0, 0)? {
+    match call(function::AFFINITY_INFO_64, target_mpidr, 0, 0)? {
         0 => Ok(AffinityState::On),
         1 => Ok(AffinityState::Off),
         2 => Ok(AffinityState::OnPending),

@@ -3,16 +3,7 @@
 
 use crate::arch;
 use crate::psci::{self, PsciError};
-
-/// Tessera's function identifiers.
-pub mod function {
-    /// `w1` = status (0 = success); does not return.
-    pub const VM_EXIT: u32 = 0x8600_0001;
-    /// Returns how often this VM has been restarted by SYSTEM_RESET.
-    pub const RESET_COUNT: u32 = 0x8600_0002;
-    /// Test images only: which optional traps are on for this vCPU.
-    pub const TEST_VCPU_TRAPS: u32 = 0x8600_0080;
-}
+use tessera_arm_defs::psci::function;
 
 /// Bits of [`test_vcpu_traps`].
 pub mod vcpu_trap {
@@ -45,7 +36,7 @@ pub mod exit_status {
 /// Returns only where the call is not supported (not under Tessera), with
 /// the error.
 pub fn try_vm_exit(status: u32) -> PsciError {
-    let result = arch::hvc(function::VM_EXIT, u64::from(status), 0, 0);
+    let result = arch::hvc(function::TESSERA_VM_EXIT, u64::from(status), 0, 0);
     decode_count(result)
         .err()
         .unwrap_or(PsciError::InternalFailure)
@@ -64,7 +55,7 @@ pub fn vm_exit(status: u32) -> ! {
 /// # Errors
 /// `NotSupported` when not running under Tessera.
 pub fn reset_count() -> Result<u64, PsciError> {
-    decode_count(arch::hvc(function::RESET_COUNT, 0, 0, 0))
+    decode_count(arch::hvc(function::TESSERA_RESET_COUNT, 0, 0, 0))
 }
 
 /// TESSERA_TEST_VCPU_TRAPS: which optional traps ([`vcpu_trap`]) are on
@@ -73,7 +64,7 @@ pub fn reset_count() -> Result<u64, PsciError> {
 /// # Errors
 /// `NotSupported` in a production image or when not running under Tessera.
 pub fn test_vcpu_traps() -> Result<u64, PsciError> {
-    decode_count(arch::hvc(function::TEST_VCPU_TRAPS, 0, 0, 0))
+    decode_count(arch::hvc(function::TESSERA_TEST_VCPU_TRAPS, 0, 0, 0))
 }
 
 /// Ends the VM: status 0 through PSCI SYSTEM_OFF, anything else through

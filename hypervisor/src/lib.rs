@@ -17,7 +17,7 @@ pub mod devices {
     pub mod map;
 }
 pub mod device_tree;
-pub use tessera_arch::exception_syndrome;
+pub use tessera_arm_defs::exception_syndrome;
 pub mod fast_copy;
 pub mod flat_tree;
 pub mod guest_exit;

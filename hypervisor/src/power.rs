@@ -4,12 +4,8 @@
 
 use crate::{arch, console};
 
-/// PSCI function identifiers used by the hypervisor itself.
-pub mod psci {
-    pub const CPU_ON: u32 = 0xC400_0003;
-    #[cfg(not(feature = "semihosting"))]
-    pub const SYSTEM_OFF: u32 = 0x8400_0008;
-}
+/// PSCI function identifiers, for the calls the hypervisor makes itself.
+pub use tessera_hypervisor::psci::function as psci;
 
 /// Stops the machine. `status` 0 means every part of the run succeeded.
 pub fn power_off(status: u32) -> ! {

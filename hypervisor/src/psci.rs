@@ -3,40 +3,9 @@
 //! Carrying the actions out (starting vCPUs, stopping VMs) is the VM
 //! layer's job; this module only decides what a call means.
 
-/// PSCI and SMCCC function identifiers.
-pub mod function {
-    pub const SMCCC_VERSION: u32 = 0x8000_0000;
-    pub const SMCCC_ARCH_FEATURES: u32 = 0x8000_0001;
-    pub const PSCI_VERSION: u32 = 0x8400_0000;
-    pub const CPU_SUSPEND_32: u32 = 0x8400_0001;
-    pub const CPU_SUSPEND_64: u32 = 0xC400_0001;
-    pub const CPU_OFF: u32 = 0x8400_0002;
-    pub const CPU_ON_32: u32 = 0x8400_0003;
-    pub const CPU_ON_64: u32 = 0xC400_0003;
-    pub const AFFINITY_INFO_32: u32 = 0x8400_0004;
-    pub const AFFINITY_INFO_64: u32 = 0xC400_0004;
-    pub const MIGRATE_INFO_TYPE: u32 = 0x8400_0006;
-    pub const SYSTEM_OFF: u32 = 0x8400_0008;
-    pub const SYSTEM_RESET: u32 = 0x8400_0009;
-    pub const PSCI_FEATURES: u32 = 0x8400_000A;
-    pub const TESSERA_VM_EXIT: u32 = 0x8600_0001;
-    pub const TESSERA_RESET_COUNT: u32 = 0x8600_0002;
-    /// Test builds only (the `semihosting` feature): the optional traps in
-    /// force on the calling vCPU, so end-to-end tests can see them.
-    pub const TESSERA_TEST_VCPU_TRAPS: u32 = 0x8600_0080;
-}
-
-/// PSCI return codes.
-pub mod status {
-    pub const SUCCESS: i64 = 0;
-    pub const NOT_SUPPORTED: i64 = -1;
-    pub const INVALID_PARAMETERS: i64 = -2;
-    pub const DENIED: i64 = -3;
-    pub const ALREADY_ON: i64 = -4;
-    pub const ON_PENDING: i64 = -5;
-    pub const INTERNAL_FAILURE: i64 = -6;
-    pub const INVALID_ADDRESS: i64 = -9;
-}
+/// The function identifiers and return codes, shared with the guest SDK
+/// and the host tool.
+pub use tessera_arm_defs::psci::{function, status};
 
 /// PSCI 1.1 in the VERSION encoding (major << 16 | minor).
 pub const PSCI_VERSION_1_1: i64 = 0x1_0001;

@@ -43,7 +43,7 @@ pub fn start_cpu(index: usize, affinity: u64) -> Result<(), StartError> {
     let entry_point = entry::secondary_entry as *const () as u64;
     match BOARD.cpu_start {
         CpuStartMethod::PsciSmc => {
-            let result = arch::smc_call(psci::CPU_ON, affinity, entry_point, index as u64);
+            let result = arch::smc_call(psci::CPU_ON_64, affinity, entry_point, index as u64);
             if result == 0 {
                 Ok(())
             } else {

@@ -7,13 +7,18 @@
 
 use std::fmt;
 
+// The header layout, for this check and for the guest images the system
+// configuration names (`system::guest_image`).
+
 /// Bytes 0x38..0x3c of the header.
-const MAGIC: [u8; 4] = *b"ARM\x64";
-const MAGIC_OFFSET: usize = 0x38;
-const TEXT_OFFSET_OFFSET: usize = 0x08;
-const IMAGE_SIZE_OFFSET: usize = 0x10;
-const HEADER_LEN: usize = 0x40;
-const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
+pub(crate) const MAGIC: [u8; 4] = *b"ARM\x64";
+pub(crate) const MAGIC_OFFSET: usize = 0x38;
+/// Little-endian u64 fields.
+pub(crate) const TEXT_OFFSET_OFFSET: usize = 0x08;
+pub(crate) const IMAGE_SIZE_OFFSET: usize = 0x10;
+pub(crate) const HEADER_LEN: usize = 0x40;
+/// What an image that was not converted to a flat binary starts with.
+pub(crate) const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ImageHeader {
@@ -83,7 +88,8 @@ pub fn check_arm64_image(bytes: &[u8]) -> Result<ImageHeader, ImageError> {
     Ok(header)
 }
 
-fn read_u64_le(bytes: &[u8], offset: usize) -> u64 {
+/// The header's u64 field at `offset`; `bytes` holds the whole header.
+pub(crate) fn read_u64_le(bytes: &[u8], offset: usize) -> u64 {
     u64::from_le_bytes(
         bytes[offset..offset + 8]
             .try_into()

@@ -1,48 +1,12 @@
 //! cpio archives in the `070702` format ("newc" with a per-file checksum),
 //! the container of a system package: a writer, and a reader that checks
-//! the structure so the checksums can be verified. Layout: a 110-byte ASCII
-//! header (magic and 13 fields of 8 hex digits), the NUL-terminated name,
-//! padding to 4 bytes, the data, padding to 4 bytes; `TRAILER!!!` ends it.
+//! the structure so the checksums can be verified. The header layout and
+//! the entry reader are `tessera_package::cpio`, shared with the
+//! hypervisor, so that what the tool writes and checks is what the
+//! hypervisor reads.
 
-use std::fmt;
-
-pub const MAGIC: &[u8; 6] = b"070702";
-pub const TRAILER: &str = "TRAILER!!!";
-/// A regular file, rw-r--r--.
-pub const REGULAR_FILE_MODE: u32 = 0o100644;
-const FILE_TYPE_MASK: u32 = 0o170000;
-const REGULAR_FILE_TYPE: u32 = 0o100000;
-
-const HEADER_LEN: usize = MAGIC.len() + FIELDS.len() * 8;
-const FIELDS: [&str; 13] = [
-    "ino",
-    "mode",
-    "uid",
-    "gid",
-    "nlink",
-    "mtime",
-    "filesize",
-    "devmajor",
-    "devminor",
-    "rdevmajor",
-    "rdevminor",
-    "namesize",
-    "check",
-];
-const MODE: usize = 1;
-const FILESIZE: usize = 6;
-const NAMESIZE: usize = 11;
-const CHECK: usize = 12;
-
-/// The `070702` checksum: the wrapping 32-bit sum of the bytes.
-pub fn checksum(data: &[u8]) -> u32 {
-    data.iter()
-        .fold(0u32, |sum, byte| sum.wrapping_add(u32::from(*byte)))
-}
-
-fn align4(value: usize) -> usize {
-    value.div_ceil(4) * 4
-}
+use tessera_package::cpio::{self, Field, REGULAR_FILE_MODE, align4, encode_header};
+pub use tessera_package::cpio::{Entry, ReadError, TRAILER, checksum};
 
 /// Builds an archive of regular files in the order they are added. Every
 /// owner, time and device field is 0 so the same input always gives the
@@ -78,26 +42,17 @@ impl Writer {
     fn entry(&mut self, ino: u32, mode: u32, name: &str, data: &[u8], size: u32) {
         // Names are short; the length fits easily.
         let name_size = name.len() as u32 + 1;
-        let fields = [
-            ino,
-            mode,
-            0,
-            0,
-            1,
-            0,
-            size,
-            0,
-            0,
-            0,
-            0,
-            name_size,
-            checksum(data),
-        ];
-        self.out.extend_from_slice(MAGIC);
-        for field in fields {
-            self.out
-                .extend_from_slice(format!("{field:08x}").as_bytes());
-        }
+        self.out
+            .extend_from_slice(&encode_header(|field| match field {
+                Field::Ino => ino,
+                Field::Mode => mode,
+                Field::Nlink => 1,
+                Field::FileSize => size,
+                Field::NameSize => name_size,
+                Field::Check => checksum(data),
+                // Owners, time and devices.
+                _ => 0,
+            }));
         self.out.extend_from_slice(name.as_bytes());
         self.out.push(0);
         self.out.resize(align4(self.out.len()), 0);
@@ -106,163 +61,28 @@ impl Writer {
     }
 }
 
-/// One file of an archive as read, before its checksum is verified.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry<'a> {
-    /// Of its header, from the start of the archive.
-    pub offset: usize,
-    pub name: &'a str,
-    pub mode: u32,
-    pub data: &'a [u8],
-    /// The header's `check` field.
-    pub stored_checksum: u32,
-}
-
-impl Entry<'_> {
-    pub fn checksum_ok(&self) -> bool {
-        checksum(self.data) == self.stored_checksum
-    }
-
-    pub fn is_regular_file(&self) -> bool {
-        self.mode & FILE_TYPE_MASK == REGULAR_FILE_TYPE
-    }
-}
-
-/// Why an archive could not be read. Offsets are of the entry's header.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ReadError {
-    BadMagic {
-        offset: usize,
-    },
-    BadField {
-        offset: usize,
-        field: &'static str,
-    },
-    Truncated {
-        offset: usize,
-    },
-    BadName {
-        offset: usize,
-    },
-    NoTrailer,
-    /// Something other than zero padding after the trailer.
-    DataAfterTrailer {
-        offset: usize,
-    },
-}
-
-impl fmt::Display for ReadError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ReadError::BadMagic { offset } => write!(
-                f,
-                "no \"070702\" cpio header at offset {offset:#x} (not a package, or corrupted)"
-            ),
-            ReadError::BadField { offset, field } => write!(
-                f,
-                "header at offset {offset:#x}: field {field} is not 8 hex digits"
-            ),
-            ReadError::Truncated { offset } => {
-                write!(
-                    f,
-                    "entry at offset {offset:#x} runs past the end of the archive"
-                )
-            }
-            ReadError::BadName { offset } => write!(
-                f,
-                "entry at offset {offset:#x}: its name is not NUL-terminated UTF-8"
-            ),
-            ReadError::NoTrailer => write!(f, "the archive ends without {TRAILER}"),
-            ReadError::DataAfterTrailer { offset } => {
-                write!(f, "data after {TRAILER}, at offset {offset:#x}")
-            }
-        }
-    }
-}
-
-impl std::error::Error for ReadError {}
-
-/// The files of `archive` in order, the trailer left out. Checksums are
-/// not verified here, so a listing can show which entries are wrong.
-pub fn read(archive: &[u8]) -> Result<Vec<Entry<'_>>, ReadError> {
+/// The files of `archive` in order, the trailer left out, every header
+/// field checked (the hypervisor's reader parses only those it uses) and
+/// nothing but zero padding after the trailer. Checksums are not verified
+/// here, so a listing can show which entries are wrong.
+pub fn read(archive: &[u8]) -> Result<Vec<Entry<'_>>, ReadError<'_>> {
+    let mut walk = cpio::entries(archive);
     let mut entries = Vec::new();
-    let mut offset = 0;
-    loop {
-        if offset >= archive.len() {
-            return Err(ReadError::NoTrailer);
-        }
-        let (entry, next) = read_entry(archive, offset)?;
-        if entry.name == TRAILER {
-            // Archivers pad the end to a block size with zeros.
-            if let Some(extra) = archive[next.min(archive.len())..]
-                .iter()
-                .position(|byte| *byte != 0)
-            {
-                return Err(ReadError::DataAfterTrailer {
-                    offset: next + extra,
-                });
-            }
-            return Ok(entries);
+    for entry in &mut walk {
+        let entry = entry?;
+        for field in Field::ALL {
+            entry.field(field)?;
         }
         entries.push(entry);
-        offset = next;
     }
-}
-
-/// The entry at `offset` and the offset of the next header.
-fn read_entry(archive: &[u8], offset: usize) -> Result<(Entry<'_>, usize), ReadError> {
-    if archive.get(offset..offset + MAGIC.len()) != Some(MAGIC.as_slice()) {
-        return Err(ReadError::BadMagic { offset });
-    }
-    let truncated = ReadError::Truncated { offset };
-    let header = archive
-        .get(offset..offset + HEADER_LEN)
-        .ok_or(truncated.clone())?;
-    let field = |index: usize| -> Result<u32, ReadError> {
-        let start = MAGIC.len() + index * 8;
-        let text = &header[start..start + 8];
-        std::str::from_utf8(text)
-            .ok()
-            .filter(|text| text.bytes().all(|byte| byte.is_ascii_hexdigit()))
-            .and_then(|text| u32::from_str_radix(text, 16).ok())
-            .ok_or(ReadError::BadField {
-                offset,
-                field: FIELDS[index],
-            })
-    };
-    for index in 0..FIELDS.len() {
-        field(index)?;
-    }
-    let mode = field(MODE)?;
-    let file_size = field(FILESIZE)? as usize;
-    let name_size = field(NAMESIZE)? as usize;
-    let stored_checksum = field(CHECK)?;
-
-    let name_start = offset + HEADER_LEN;
-    let name_bytes = archive
-        .get(name_start..name_start + name_size)
-        .ok_or(truncated.clone())?;
-    let name = name_bytes
-        .split_last()
-        .filter(|(last, _)| **last == 0)
-        .and_then(|(_, name)| std::str::from_utf8(name).ok())
-        .ok_or(ReadError::BadName { offset })?;
-    let data_start = align4(name_start + name_size);
-    let data = archive
-        .get(data_start..data_start + file_size)
-        .ok_or(truncated)?;
-    let entry = Entry {
-        offset,
-        name,
-        mode,
-        data,
-        stored_checksum,
-    };
-    Ok((entry, align4(data_start + file_size)))
+    walk.check_padding()?;
+    Ok(entries)
 }
 
 #[cfg(test)]
 mod tests {
+    use tessera_package::cpio::{HEADER_LEN, MAGIC};
+
     use super::*;
 
     fn archive(files: &[(&str, &[u8])]) -> Vec<u8> {
@@ -305,13 +125,6 @@ mod tests {
     }
 
     #[test]
-    fn checksums_wrap() {
-        assert_eq!(checksum(&[]), 0);
-        let big = vec![0xffu8; (u32::MAX / 0xff) as usize + 2];
-        assert_eq!(checksum(&big), 0x1fd);
-    }
-
-    #[test]
     fn a_changed_byte_fails_its_checksum_only() {
         let mut bytes = archive(&[("a", b"hello"), ("b", b"world")]);
         let position = bytes.windows(5).position(|w| w == b"world").unwrap();
@@ -339,7 +152,18 @@ mod tests {
             read(&bad_field),
             Err(ReadError::BadField {
                 offset: 0,
-                field: "filesize"
+                field: Field::FileSize
+            })
+        );
+
+        // Every field is checked, also those the hypervisor does not read.
+        let mut bad_mode = good.clone();
+        bad_mode[6 + 8] = b'g';
+        assert_eq!(
+            read(&bad_mode),
+            Err(ReadError::BadField {
+                offset: 0,
+                field: Field::Mode
             })
         );
 
@@ -367,21 +191,5 @@ mod tests {
         assert!(writer.add_file("", b"").is_err());
         assert!(writer.add_file("a\0b", b"").is_err());
         assert!(writer.add_file(TRAILER, b"").is_err());
-    }
-
-    #[test]
-    fn errors_read_well() {
-        assert_eq!(
-            ReadError::BadField {
-                offset: 0x74,
-                field: "check"
-            }
-            .to_string(),
-            "header at offset 0x74: field check is not 8 hex digits"
-        );
-        assert_eq!(
-            ReadError::NoTrailer.to_string(),
-            "the archive ends without TRAILER!!!"
-        );
     }
 }

@@ -4,6 +4,7 @@
 //! names, compatibles, cell sizes and interrupt specifiers, with only the
 //! VM's RAM and vCPUs in it.
 
+use tessera_arm_defs::psci::function as psci_function;
 use tessera_platform::guest;
 use vm_fdt::{Error, FdtWriter};
 
@@ -32,10 +33,6 @@ const UART_SPI: u32 = guest::UART_SPI;
 /// Secure physical, non-secure physical, virtual, hypervisor: the order
 /// the arm,armv8-timer binding lists them.
 const TIMER_PPIS: [u32; 4] = [13, 14, 11, 10];
-
-/// PSCI 0.1 function IDs, for guests that predate PSCI 0.2's fixed ones.
-const PSCI_CPU_ON: u32 = 0xC400_0003;
-const PSCI_CPU_OFF: u32 = 0x8400_0002;
 
 /// The device tree blob for `vm` on a GIC of `gic_version`.
 pub fn guest_dtb(vm: &VmConfig, gic_version: u32) -> Result<Vec<u8>, Error> {
@@ -71,8 +68,9 @@ fn psci(fdt: &mut FdtWriter) -> Result<(), Error> {
         ],
     )?;
     fdt.property_string("method", "hvc")?;
-    fdt.property_u32("cpu_on", PSCI_CPU_ON)?;
-    fdt.property_u32("cpu_off", PSCI_CPU_OFF)?;
+    // PSCI 0.1 function IDs, for guests that predate PSCI 0.2's fixed ones.
+    fdt.property_u32("cpu_on", psci_function::CPU_ON_64)?;
+    fdt.property_u32("cpu_off", psci_function::CPU_OFF)?;
     fdt.end_node(node)
 }
 

@@ -45,18 +45,16 @@ pub fn inspect(bytes: &[u8]) -> Inspection {
 
     let mut seen = BTreeSet::new();
     for entry in &entries {
-        if !entry.checksum_ok() {
-            inspection.problems.push(format!(
-                "{}: checksum {:#010x} in its header, but its data sums to {:#010x}",
-                entry.name,
-                entry.stored_checksum,
-                cpio::checksum(entry.data)
-            ));
+        if let Err(err) = entry.verify_checksum() {
+            inspection.problems.push(err.to_string());
         }
-        if !entry.is_regular_file() {
+        // `cpio::read` has checked every field, so the mode is readable.
+        if let Ok(mode) = entry.mode()
+            && !entry.is_regular_file()
+        {
             inspection.problems.push(format!(
-                "{}: mode {:#o} is not a regular file",
-                entry.name, entry.mode
+                "{}: mode {mode:#o} is not a regular file",
+                entry.name
             ));
         }
         if !seen.insert(entry.name) {

@@ -127,7 +127,7 @@ mod tests {
         );
         for entry in &entries {
             assert!(entry.checksum_ok(), "{}", entry.name);
-            assert_eq!(entry.mode, 0o100644, "{}", entry.name);
+            assert_eq!(entry.mode(), Ok(0o100644), "{}", entry.name);
         }
         assert_eq!(
             entry(&entries, "vm/alpha/image").data,

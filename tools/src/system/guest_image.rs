@@ -6,15 +6,11 @@
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
+use crate::image::{
+    ELF_MAGIC, HEADER_LEN, IMAGE_SIZE_OFFSET, MAGIC, MAGIC_OFFSET, TEXT_OFFSET_OFFSET, read_u64_le,
+};
 use crate::units::{KIB, address, format_size, hex};
 use crate::workspace;
-
-const MAGIC: [u8; 4] = *b"ARM\x64";
-const MAGIC_OFFSET: usize = 0x38;
-const TEXT_OFFSET_OFFSET: usize = 0x08;
-const IMAGE_SIZE_OFFSET: usize = 0x10;
-const HEADER_LEN: usize = 0x40;
-const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
 
 /// Room the hypervisor keeps at the top of each VM's RAM for its device
 /// tree.
@@ -110,12 +106,6 @@ pub fn check_fit(layout: ImageLayout, ram_base: u64, ram: u64, shown: &str) -> R
         ));
     }
     Ok(())
-}
-
-fn read_u64_le(bytes: &[u8], offset: usize) -> u64 {
-    let mut field = [0u8; 8];
-    field.copy_from_slice(&bytes[offset..offset + 8]);
-    u64::from_le_bytes(field)
 }
 
 /// An arm64 Image header followed by zeros up to `file_size`, as a

@@ -1,0 +1,14 @@
+//! The system package (docs/system-image.md), as both sides see it: the
+//! host tool writes packages, the hypervisor reads one at every boot, and
+//! `tessera inspect` checks them the way the hypervisor will. What both must
+//! agree on lives here, once.
+//!
+//! - [`cpio`]: the container, a `070702` cpio archive: its header layout,
+//!   the reader (entries, checksums) and typed errors.
+//!
+//! `no_std` and free of `unsafe`, so the hypervisor can link it; unit-tested
+//! on the host.
+#![no_std]
+#![forbid(unsafe_code)]
+
+pub mod cpio;
