@@ -1,42 +1,63 @@
 //! The portable core of the Tessera hypervisor.
 //!
-//! Everything in this library builds and is unit-tested on the host: address
-//! types, exception-syndrome decoding, translation-table building, the
-//! physical memory map, the device-tree reader and the crash report. The EL2
-//! glue that touches hardware (boot assembly, vectors, system registers,
-//! drivers) lives in the binary (`main.rs` and the modules under it) and calls
-//! into this library.
+//! Everything in this library builds and is unit-tested on the host: the VM
+//! core (lifecycle, request queues, stage 2, device maps), address types,
+//! exception-syndrome decoding, translation-table building, the physical
+//! memory map, the device-tree and package readers and the crash report. The
+//! EL2 glue that touches hardware (boot assembly, vectors, system registers,
+//! drivers) lives in the binary (`main.rs` and the modules it declares) and
+//! calls into this library; the VM core reaches the hardware only through
+//! its `Hardware` trait.
 #![cfg_attr(not(test), no_std)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-pub mod address;
-pub mod console_queue;
-pub mod crash_report;
+// The source is grouped by concern: each directory holds one concern's
+// portable part (declared here, host-tested) and its hardware glue
+// (declared in `main.rs`), side by side.
+
+/// Bring-up: the board's device tree, the system package and its manifest.
+pub mod boot {
+    pub mod device_tree;
+    pub mod flat_tree;
+    pub mod manifest;
+    pub mod package;
+}
+/// The console's output queue, shared by every VM.
+pub mod console {
+    pub mod queue;
+}
 /// Emulated devices: each VM's device map.
 pub mod devices {
     pub mod map;
 }
-pub mod device_tree;
-pub use tessera_arm_defs::exception_syndrome;
-pub mod fast_copy;
-pub mod flat_tree;
-pub mod guest_exit;
-pub mod manifest;
-pub mod memory_map;
-pub mod package;
-pub mod page_table;
-pub mod psci;
-pub mod reflect;
-pub mod set_way;
-pub mod vcpu_state;
-/// The VM core: typed identifiers, VM lifecycle, stage 2.
+/// Memory and translation: typed addresses, the physical memory map, the
+/// translation tables of EL2 and stage 2.
+pub mod memory {
+    pub mod address;
+    pub mod fast_copy;
+    pub mod map;
+    pub mod page_table;
+}
+/// Traps and exits: decoding a guest exit, reflecting an abort, the crash
+/// report.
+pub mod traps {
+    pub use tessera_arm_defs::exception_syndrome;
+    pub mod crash_report;
+    pub mod guest_exit;
+    pub mod reflect;
+}
+/// The VM core: typed identifiers, VM lifecycle, the per-CPU request
+/// queues, stage 2, loading, vCPU state, PSCI and set/way decisions.
 pub mod vm {
     pub mod ids;
     pub mod image;
     pub mod lifecycle;
+    pub mod psci;
     pub mod request_queue;
+    pub mod set_way;
     pub mod stage2;
     pub mod system;
+    pub mod vcpu_state;
 }
 
 /// The version shown in the banner.

@@ -1,7 +1,7 @@
 //! The Tessera EL2 image.
 //!
 //! On `aarch64-unknown-none-softfloat` this is the hypervisor: the boot
-//! assembly in `arch` hands over to `boot`, which brings up the MMU, console,
+//! assembly in `arch` hands over to `boot::bring_up`, which brings up the MMU, console,
 //! memory, GIC and every CPU. The portable logic it uses lives in the
 //! `tessera_hypervisor` library and is unit-tested on the host.
 //!
@@ -15,34 +15,49 @@
 #[cfg(target_os = "none")]
 extern crate alloc;
 
+// Grouped by concern, beside the library's part of each concern (see
+// lib.rs): a directory holds both crates' files.
 #[cfg(target_os = "none")]
 mod arch;
 #[cfg(target_os = "none")]
-mod board;
+mod boot {
+    pub mod board;
+    pub mod bring_up;
+    pub mod power;
+    pub mod smp;
+}
 #[cfg(target_os = "none")]
-mod boot;
+mod console {
+    mod output;
+    pub use output::*;
+}
 #[cfg(target_os = "none")]
-mod console;
+mod devices {
+    mod instances;
+    pub mod vuart;
+    pub use instances::*;
+}
 #[cfg(target_os = "none")]
-mod devices;
+mod interrupts {
+    mod dispatch;
+    pub mod gic;
+    pub mod timer;
+    pub use dispatch::*;
+}
 #[cfg(target_os = "none")]
-mod exceptions;
+mod memory {
+    mod el2;
+    pub use el2::*;
+}
 #[cfg(target_os = "none")]
-mod gic;
+mod traps {
+    pub mod handlers;
+}
 #[cfg(target_os = "none")]
-mod interrupts;
-#[cfg(target_os = "none")]
-mod memory;
-#[cfg(target_os = "none")]
-mod power;
-#[cfg(target_os = "none")]
-mod smp;
-#[cfg(target_os = "none")]
-mod timer;
-#[cfg(target_os = "none")]
-mod vm;
-#[cfg(target_os = "none")]
-mod vuart;
+mod vm {
+    mod runtime;
+    pub use runtime::*;
+}
 
 /// Host builds (`cargo build --workspace`, clippy) compile this file too;
 /// the hypervisor itself only exists for the bare-metal target.

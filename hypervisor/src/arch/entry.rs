@@ -13,7 +13,7 @@ use core::mem::offset_of;
 
 use tessera_hypervisor::MAX_CPUS;
 
-use crate::board::BOARD;
+use crate::boot::board::BOARD;
 
 /// Bytes of stack per CPU.
 pub const STACK_SIZE: usize = 32 * 1024;
@@ -151,6 +151,6 @@ secondary_entry:
     tcr_offset = const offset_of!(SecondaryBoot, tcr),
     table_offset = const offset_of!(SecondaryBoot, translation_table),
     sctlr_offset = const offset_of!(SecondaryBoot, sctlr),
-    primary_entry = sym crate::boot::primary_entry,
-    secondary_entry = sym crate::boot::secondary_entry,
+    primary_entry = sym crate::boot::bring_up::primary_entry,
+    secondary_entry = sym crate::boot::bring_up::secondary_entry,
 );

@@ -3,9 +3,9 @@
 
 use core::arch::asm;
 
-use tessera_hypervisor::address::PhysAddr;
-use tessera_hypervisor::set_way::VirtualMemoryRegister;
-use tessera_hypervisor::vcpu_state::El1Context;
+use tessera_hypervisor::memory::address::PhysAddr;
+use tessera_hypervisor::vm::set_way::VirtualMemoryRegister;
+use tessera_hypervisor::vm::vcpu_state::El1Context;
 
 /// HCR_EL2 while guests run. Chosen bit by bit (docs/ARCHITECTURE.md):
 /// - VM: stage-2 translation on.

@@ -13,7 +13,7 @@ use aarch64_cpu::registers::{
     CNTFRQ_EL0, CurrentEL, DAIF, HCR_EL2, ID_AA64MMFR0_EL1, MPIDR_EL1, ReadWriteable, Readable,
     TPIDR_EL2, Writeable,
 };
-use tessera_hypervisor::page_table::MAIR_EL2_VALUE;
+use tessera_hypervisor::memory::page_table::MAIR_EL2_VALUE;
 
 /// The exception level the CPU is executing at.
 pub fn current_exception_level() -> u64 {

@@ -14,7 +14,7 @@
 
 use core::arch::global_asm;
 
-use tessera_hypervisor::crash_report::{TRAP_FRAME_SIZE, TrapFrame};
+use tessera_hypervisor::traps::crash_report::{TRAP_FRAME_SIZE, TrapFrame};
 
 unsafe extern "C" {
     static exception_vectors: u8;
@@ -208,7 +208,7 @@ enter_guest_asm:
     b       exception_return
     "#,
     frame_size = const TRAP_FRAME_SIZE,
-    handler = sym crate::exceptions::handle_exception,
-    device_access = sym crate::exceptions::handle_device_access,
-    guest_exit = sym crate::exceptions::handle_guest_synchronous,
+    handler = sym crate::traps::handlers::handle_exception,
+    device_access = sym crate::traps::handlers::handle_device_access,
+    guest_exit = sym crate::traps::handlers::handle_guest_synchronous,
 );

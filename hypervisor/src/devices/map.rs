@@ -21,7 +21,7 @@ use core::sync::atomic::{AtomicU8, Ordering};
 
 use tessera_vdevs::AccessWidth;
 
-use crate::address::GuestPhysAddr;
+use crate::memory::address::GuestPhysAddr;
 
 /// The most windows one VM's map holds: the UART, the GIC's distributor,
 /// redistributor or CPU-interface frames, and vdev-shmem factory and

@@ -3,7 +3,7 @@
 //! that maps one onto another; the types make it a compile error.
 
 use crate::MAX_CPUS;
-use crate::manifest::MAX_VMS;
+use crate::boot::manifest::MAX_VMS;
 
 /// A VM: its index in the system manifest (0 is the first VM listed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -7,7 +7,7 @@
 //! outside: every size is checked again here before it indexes RAM.
 
 use super::system::{GuestRam, Hardware};
-use crate::address::PhysAddr;
+use crate::memory::address::PhysAddr;
 
 /// Where the guest's device tree goes: the last 64 KiB of its RAM.
 pub const DEVICE_TREE_RESERVE: u64 = 0x1_0000;
@@ -82,7 +82,7 @@ impl PristineImage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::address::GuestPhysAddr;
+    use crate::memory::address::GuestPhysAddr;
     use crate::vm::system::tests::FakeHardware;
 
     const MIB: u64 = 1 << 20;

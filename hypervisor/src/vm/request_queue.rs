@@ -102,8 +102,8 @@ use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
-use crate::address::GuestPhysAddr;
-use crate::manifest::MAX_VMS;
+use crate::boot::manifest::MAX_VMS;
+use crate::memory::address::GuestPhysAddr;
 use crate::vm::ids::{VcpuId, VmId};
 
 /// Slots in each CPU's ring (a power of two).

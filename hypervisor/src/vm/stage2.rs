@@ -11,8 +11,8 @@
 
 use tessera_vdevs::{GuestPages, PageAccess, PagesRefused};
 
-use crate::address::{GuestPhysAddr, PhysAddr};
-use crate::page_table::{
+use crate::memory::address::{GuestPhysAddr, PhysAddr};
+use crate::memory::page_table::{
     MapAttributes, MapError, MemoryKind, PageTable, Regime, TableStore, TlbMaintenance,
 };
 
@@ -127,9 +127,9 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::address::PAGE_SIZE;
-    use crate::page_table::Table;
-    use crate::page_table::test_store::HeapStore;
+    use crate::memory::address::PAGE_SIZE;
+    use crate::memory::page_table::Table;
+    use crate::memory::page_table::test_store::HeapStore;
 
     /// Table memory plus a TLB that caches translations page by page and
     /// drops them only when told to, as a CPU's would.

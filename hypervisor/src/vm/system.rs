@@ -25,8 +25,8 @@
 //! 4. one device lock of a VM (the hypervisor's per-slot device locks):
 //!    never two at once;
 //! 5. the console: the UART lock, then the output queue lock
-//!    (`console.rs`);
-//! 6. the GICv2 driver lock (`gic.rs`), taken only with IRQs masked, and
+//!    (`console/output.rs`);
+//! 6. the GICv2 driver lock (`interrupts/gic.rs`), taken only with IRQs masked, and
 //!    never held while an interrupt's handler runs.
 //!
 //! Two locks of the same kind are never held at once: no code holds two
@@ -48,12 +48,12 @@ use super::lifecycle::{
 use super::request_queue::{CpuRequestQueue, Request};
 use super::stage2::Stage2;
 use crate::MAX_CPUS;
-use crate::address::{GuestPhysAddr, PhysAddr};
+use crate::boot::manifest::MAX_VMS;
 use crate::devices::map::DeviceMap;
-use crate::manifest::MAX_VMS;
-use crate::psci::status;
-use crate::set_way::SetWayTracker;
-use crate::vcpu_state::{self, El1Context};
+use crate::memory::address::{GuestPhysAddr, PhysAddr};
+use crate::vm::psci::status;
+use crate::vm::set_way::SetWayTracker;
+use crate::vm::vcpu_state::{self, El1Context};
 
 /// What the VM core needs of the machine: implemented over the real
 /// registers in the hypervisor binary, and by a recording fake in tests.
@@ -519,8 +519,8 @@ pub(crate) mod tests {
     use core::cell::RefCell;
 
     use super::*;
-    use crate::page_table::test_store::HeapStore;
-    use crate::page_table::{Table, TableStore, TlbMaintenance};
+    use crate::memory::page_table::test_store::HeapStore;
+    use crate::memory::page_table::{Table, TableStore, TlbMaintenance};
     use crate::vm::request_queue::CPU_QUEUE_CAPACITY;
 
     /// Records what the core asked of the hardware, for one CPU at a time.

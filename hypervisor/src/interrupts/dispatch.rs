@@ -1,10 +1,10 @@
 //! Physical interrupts taken at EL2: one dispatcher acknowledges each and
-//! hands it to its owner — the EL2 tick (`timer`), the request SGI (whose
+//! hands it to its owner — the EL2 tick (`interrupts::timer`), the request SGI (whose
 //! requests the caller takes afterwards, see `vm`), and next the vGIC's
 //! maintenance interrupt and passed-through SPIs. No lock is held while an
 //! owner runs, so an owner may send SGIs, log or take the console.
 
-use crate::{board::BOARD, console, gic, timer};
+use crate::{boot::board::BOARD, console, interrupts::gic, interrupts::timer};
 
 /// Who an interrupt belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

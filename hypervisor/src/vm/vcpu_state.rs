@@ -97,7 +97,7 @@ pub const fn virtual_mpidr(index: usize) -> u64 {
 /// `vcpu_count` vCPUs (only Aff0 is used; higher levels must be 0).
 #[must_use]
 pub const fn vcpu_for_affinity(affinity: u64, vcpu_count: usize) -> Option<usize> {
-    let affinity = affinity & crate::psci::MPIDR_AFFINITY_MASK;
+    let affinity = affinity & crate::vm::psci::MPIDR_AFFINITY_MASK;
     if affinity < vcpu_count as u64 {
         Some(affinity as usize)
     } else {

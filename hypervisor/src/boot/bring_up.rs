@@ -4,15 +4,18 @@
 
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use tessera_hypervisor::address::{PhysAddr, PhysRange};
-use tessera_hypervisor::device_tree::{self, MachineDescription};
-use tessera_hypervisor::manifest;
-use tessera_hypervisor::memory_map::RangeSet;
-use tessera_hypervisor::package::Package;
+use tessera_hypervisor::boot::device_tree::{self, MachineDescription};
+use tessera_hypervisor::boot::manifest;
+use tessera_hypervisor::boot::package::Package;
+use tessera_hypervisor::memory::address::{PhysAddr, PhysRange};
+use tessera_hypervisor::memory::map::RangeSet;
 use tessera_hypervisor::{MAX_CPUS, VERSION};
 use tessera_platform::GicLayout;
 
-use crate::{arch, board::BOARD, console, gic, memory, power, println, smp, timer, vm};
+use crate::{
+    arch, boot::board::BOARD, boot::power, boot::smp, console, interrupts::gic, interrupts::timer,
+    memory, println, vm,
+};
 
 /// Ticks each CPU waits for before it reports its timer as working.
 const TICKS_TO_PROVE: u32 = 3;

@@ -12,29 +12,29 @@ use core::sync::atomic::{AtomicPtr, Ordering};
 
 use spin::Once;
 use tessera_hypervisor::MAX_CPUS;
-use tessera_hypervisor::address::{GuestPhysAddr, PhysAddr};
-use tessera_hypervisor::crash_report::TrapFrame;
+use tessera_hypervisor::boot::manifest::{SystemManifest, VmManifest};
+use tessera_hypervisor::boot::package::Package;
 use tessera_hypervisor::devices::map::{DeviceMap, DeviceSlot, Window};
-use tessera_hypervisor::exception_syndrome::ExceptionSyndrome;
-use tessera_hypervisor::fast_copy;
-use tessera_hypervisor::guest_exit::{self, AccessFrame, GuestExit, MmioAccess};
-use tessera_hypervisor::manifest::{SystemManifest, VmManifest};
-use tessera_hypervisor::package::Package;
-use tessera_hypervisor::page_table::{Table, TableStore, TlbMaintenance};
-use tessera_hypervisor::psci::{self, Call, status};
-use tessera_hypervisor::reflect::{self, AbortKind, CannotReflect, GuestState};
-use tessera_hypervisor::set_way::{self, SetWayTracker, VirtualMemoryRegister};
-use tessera_hypervisor::vcpu_state::{self, El1Context};
+use tessera_hypervisor::memory::address::{GuestPhysAddr, PhysAddr};
+use tessera_hypervisor::memory::fast_copy;
+use tessera_hypervisor::memory::page_table::{Table, TableStore, TlbMaintenance};
+use tessera_hypervisor::traps::crash_report::TrapFrame;
+use tessera_hypervisor::traps::exception_syndrome::ExceptionSyndrome;
+use tessera_hypervisor::traps::guest_exit::{self, AccessFrame, GuestExit, MmioAccess};
+use tessera_hypervisor::traps::reflect::{self, AbortKind, CannotReflect, GuestState};
 use tessera_hypervisor::vm::ids::{CpuId, VcpuId, VmId};
 use tessera_hypervisor::vm::image::PristineImage;
 use tessera_hypervisor::vm::lifecycle::{Outcome, Parked, StopOrder, VcpuPower};
+use tessera_hypervisor::vm::psci::{self, Call, status};
 use tessera_hypervisor::vm::request_queue::Request;
+use tessera_hypervisor::vm::set_way::{self, SetWayTracker, VirtualMemoryRegister};
 use tessera_hypervisor::vm::stage2::Stage2;
 use tessera_hypervisor::vm::system::{GuestRam, Hardware, VcpuEntry, Vm, VmDescription, VmSystem};
+use tessera_hypervisor::vm::vcpu_state::{self, El1Context};
 
 use crate::arch::{self, entry, guest, vectors};
 use crate::devices::{self, VmDevices};
-use crate::{gic, interrupts, memory, power, println};
+use crate::{boot::power, interrupts, interrupts::gic, memory, println};
 
 /// The device slot of each VM's virtual UART (`devices`).
 pub const UART_SLOT: DeviceSlot = DeviceSlot(0);
@@ -486,7 +486,7 @@ pub fn handle_guest_aarch32_exit(frame: &TrapFrame) -> ! {
 }
 
 /// A synchronous exception from a guest, other than a device access the
-/// fast path in `exceptions` already carried out.
+/// fast path in `traps::handlers` already carried out.
 pub fn handle_guest_exit(frame: &mut TrapFrame) {
     let Some((id, vcpu)) = current() else {
         // A CPU without a VM cannot take guest exits; treat as a bug.

@@ -18,7 +18,7 @@
 
 use core::fmt::Write;
 
-use crate::manifest::MAX_VMS;
+use crate::boot::manifest::MAX_VMS;
 
 /// Bytes of queued output one VM may have at a time: seven full lines.
 pub const VM_SHARE: usize = 2048;

@@ -5,7 +5,7 @@
 //! behind it. When the guest cannot take the exception (no vectors, or it
 //! is already inside its vector table), the VM is stopped instead.
 
-use crate::address::GuestPhysAddr;
+use crate::memory::address::GuestPhysAddr;
 
 /// SPSR.M values (AArch64).
 const MODE_EL0T: u64 = 0b0000;

@@ -18,8 +18,8 @@ use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 use spin::Mutex;
-use tessera_hypervisor::console_queue::{CAPACITY, ConsoleQueue, DrainStop};
-use tessera_hypervisor::manifest::MAX_VMS;
+use tessera_hypervisor::boot::manifest::MAX_VMS;
+use tessera_hypervisor::console::queue::{CAPACITY, ConsoleQueue, DrainStop};
 use tock_registers::interfaces::{Readable, Writeable};
 use tock_registers::register_bitfields;
 use tock_registers::register_structs;

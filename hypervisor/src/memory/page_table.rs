@@ -11,7 +11,7 @@
 //! that owning it keeps the descriptor encoding for both regimes in one
 //! place next to the tests that pin it down.
 
-use crate::address::{PAGE_SIZE, PhysAddr};
+use crate::memory::address::{PAGE_SIZE, PhysAddr};
 
 /// Entries per table.
 pub const ENTRIES: usize = 512;

@@ -6,7 +6,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use tessera_hypervisor::MAX_CPUS;
 
-use crate::{arch, board::BOARD, gic};
+use crate::{arch, boot::board::BOARD, interrupts::gic};
 
 /// Ticks per second.
 pub const TICK_HZ: u64 = 100;

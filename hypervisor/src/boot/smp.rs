@@ -5,8 +5,8 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use tessera_platform::CpuStartMethod;
 
 use crate::arch::{self, entry};
-use crate::board::BOARD;
-use crate::power::psci;
+use crate::boot::board::BOARD;
+use crate::boot::power::psci;
 
 /// Secondary CPUs that have reached Rust. The boot CPU is not counted, so
 /// that the count starts at zero and lives in `.bss`, not the image.

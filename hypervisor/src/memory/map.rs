@@ -6,7 +6,7 @@
 //! `/reserved-memory` nodes and the board's firmware areas, and hands what is
 //! left to the heap and the page allocator.
 
-use crate::address::{PAGE_SIZE, PhysAddr, PhysRange};
+use crate::memory::address::{PAGE_SIZE, PhysAddr, PhysRange};
 
 /// How many disjoint ranges a map can hold. Removing reservations splits
 /// ranges, so this is well above the number of RAM banks of any board.

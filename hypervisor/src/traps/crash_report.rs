@@ -4,7 +4,7 @@
 
 use core::fmt;
 
-use crate::exception_syndrome::ExceptionSyndrome;
+use crate::traps::exception_syndrome::ExceptionSyndrome;
 
 /// General registers and exception state, as saved by the vector stubs.
 /// The layout is shared with the assembly in `arch/aarch64/vectors.rs`:

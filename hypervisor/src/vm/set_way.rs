@@ -21,7 +21,7 @@
 //!
 //! This module is the decision; the hypervisor carries it out.
 
-use crate::guest_exit::SystemRegisterEncoding;
+use crate::traps::guest_exit::SystemRegisterEncoding;
 
 /// SCTLR_EL1.M and SCTLR_EL1.C both set: the guest's data accesses are
 /// cacheable (with either clear, its EL1&0 data accesses are not).

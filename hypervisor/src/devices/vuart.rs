@@ -66,7 +66,9 @@ impl VirtualUart {
                     vm,
                     name,
                     queued: console::guest_output_counter(vm),
-                    ready_threshold: tessera_hypervisor::console_queue::ready_threshold(name.len()),
+                    ready_threshold: tessera_hypervisor::console::queue::ready_threshold(
+                        name.len(),
+                    ),
                 },
                 PendingLevel { asserted: false },
             ),

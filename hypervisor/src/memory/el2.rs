@@ -6,13 +6,13 @@ use core::alloc::Layout;
 
 use buddy_system_allocator::{FrameAllocator, LockedHeap};
 use spin::Mutex;
-use tessera_hypervisor::address::{PAGE_SIZE, PhysAddr, PhysRange};
-use tessera_hypervisor::memory_map::RangeSet;
-use tessera_hypervisor::page_table::{
+use tessera_hypervisor::memory::address::{PAGE_SIZE, PhysAddr, PhysRange};
+use tessera_hypervisor::memory::map::RangeSet;
+use tessera_hypervisor::memory::page_table::{
     MapAttributes, MapError, PageTable, Regime, Table, TableStore,
 };
 
-use crate::board::BOARD;
+use crate::boot::board::BOARD;
 
 /// Tables for the EL2 map. The map uses blocks wherever it can: the boards
 /// here need under ten (root, a level-1 table per 512 GiB, level-2/3 tables

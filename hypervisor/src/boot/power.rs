@@ -5,7 +5,7 @@
 use crate::{arch, console};
 
 /// PSCI function identifiers, for the calls the hypervisor makes itself.
-pub use tessera_hypervisor::psci::function as psci;
+pub use tessera_hypervisor::vm::psci::function as psci;
 
 /// Stops the machine. `status` 0 means every part of the run succeeded.
 pub fn power_off(status: u32) -> ! {
@@ -16,7 +16,7 @@ pub fn power_off(status: u32) -> ! {
     #[cfg(not(feature = "semihosting"))]
     {
         use tessera_platform::PowerOffMethod;
-        if status == 0 && crate::board::BOARD.power_off == PowerOffMethod::PsciSmc {
+        if status == 0 && crate::boot::board::BOARD.power_off == PowerOffMethod::PsciSmc {
             arch::smc_call(psci::SYSTEM_OFF, 0, 0, 0);
         }
         // PSCI SYSTEM_OFF carries no status, so a failure cannot be reported

@@ -3,9 +3,9 @@
 
 use tessera_vdevs::AccessWidth;
 
-use crate::address::GuestPhysAddr;
-use crate::crash_report::TrapFrame;
-use crate::exception_syndrome::{ExceptionClass, ExceptionSyndrome, FaultStatus};
+use crate::memory::address::GuestPhysAddr;
+use crate::traps::crash_report::TrapFrame;
+use crate::traps::exception_syndrome::{ExceptionClass, ExceptionSyndrome, FaultStatus};
 
 /// A guest load or store that hit a guest-physical address with no RAM
 /// behind it, with the syndrome the hardware gave for it.

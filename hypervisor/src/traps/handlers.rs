@@ -3,12 +3,12 @@
 //! an SError or FIQ) is a hypervisor bug or a machine fault and ends the run
 //! with a crash report.
 
-use tessera_hypervisor::crash_report::{TrapFrame, VectorKind, write_crash_report};
-use tessera_hypervisor::exception_syndrome::ExceptionSyndrome;
-use tessera_hypervisor::guest_exit::{self, CallerSavedFrame};
+use tessera_hypervisor::traps::crash_report::{TrapFrame, VectorKind, write_crash_report};
+use tessera_hypervisor::traps::exception_syndrome::ExceptionSyndrome;
+use tessera_hypervisor::traps::guest_exit::{self, CallerSavedFrame};
 
 use crate::arch::guest;
-use crate::{arch, board::BOARD, console, devices, interrupts, power, vm};
+use crate::{arch, boot::board::BOARD, boot::power, console, devices, interrupts, vm};
 
 /// Vector slots: groups of four (sync, IRQ, FIQ, SError) for current EL with
 /// SP_EL0, current EL with SP_ELx, lower EL AArch64, lower EL AArch32.

@@ -7,11 +7,11 @@
 //! translations that the boot code has no reason to evaluate.
 
 use crate::MAX_CPUS;
-use crate::address::{PhysAddr, PhysRange};
-use crate::flat_tree::{
+use crate::boot::flat_tree::{
     FlatTree, FlatTreeError, Token, read_cells, string_list_contains, string_value,
 };
-use crate::memory_map::{MemoryMapError, RangeSet};
+use crate::memory::address::{PhysAddr, PhysRange};
+use crate::memory::map::{MemoryMapError, RangeSet};
 
 /// Why a device tree could not be used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,7 +38,7 @@ impl From<MemoryMapError> for DeviceTreeError {
 /// header. Lets the caller build a slice of the right length from a pointer.
 #[must_use]
 pub fn blob_size(header: &[u8; 8]) -> Option<usize> {
-    crate::flat_tree::announced_size(header)
+    crate::boot::flat_tree::announced_size(header)
 }
 
 /// What the device tree says about the machine.
@@ -470,8 +470,10 @@ mod qemu_trees {
 
     #[test]
     fn qemu_virt_gicv3_four_cpus() {
-        let machine =
-            read_machine(leak(include_bytes!("../testdata/qemu-virt-gicv3-4cpu.dtb"))).unwrap();
+        let machine = read_machine(leak(include_bytes!(
+            "../../testdata/qemu-virt-gicv3-4cpu.dtb"
+        )))
+        .unwrap();
         assert_eq!(
             machine.memory.ranges(),
             &[PhysRange::from_base_size(0x4000_0000, 0x4000_0000).unwrap()]
@@ -485,8 +487,10 @@ mod qemu_trees {
 
     #[test]
     fn qemu_virt_gicv2_two_cpus() {
-        let machine =
-            read_machine(leak(include_bytes!("../testdata/qemu-virt-gicv2-2cpu.dtb"))).unwrap();
+        let machine = read_machine(leak(include_bytes!(
+            "../../testdata/qemu-virt-gicv2-2cpu.dtb"
+        )))
+        .unwrap();
         assert_eq!(
             machine.memory.ranges(),
             &[PhysRange::from_base_size(0x4000_0000, 0x2000_0000).unwrap()]
@@ -497,7 +501,7 @@ mod qemu_trees {
 
     #[test]
     fn truncated_trees_are_refused_not_panicked_on() {
-        let full = include_bytes!("../testdata/qemu-virt-gicv3-4cpu.dtb");
+        let full = include_bytes!("../../testdata/qemu-virt-gicv3-4cpu.dtb");
         for cut in [9, 40, 100, full.len() / 2, full.len() - 8] {
             let mut bytes = full[..cut].to_vec();
             // Keep the header's size honest for the shorter blob.

@@ -4,7 +4,7 @@
 //! checks again what it depends on (see `check_against_machine`), because a
 //! package may be built for a different machine than the one it meets.
 
-use crate::flat_tree::{FlatTree, Token, read_cells, string_list_contains, string_value};
+use crate::boot::flat_tree::{FlatTree, Token, read_cells, string_list_contains, string_value};
 
 use crate::MAX_CPUS;
 

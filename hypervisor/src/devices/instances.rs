@@ -7,11 +7,11 @@
 //! lock and nothing else (lock order: `tessera_hypervisor::vm::system`).
 
 use spin::Mutex;
-use tessera_hypervisor::guest_exit::{AccessFrame, MmioAccess};
+use tessera_hypervisor::traps::guest_exit::{AccessFrame, MmioAccess};
 use tessera_hypervisor::vm::ids::VmId;
 
+use crate::devices::vuart::VirtualUart;
 use crate::vm::{self, RunningVm, UART_SLOT};
-use crate::vuart::VirtualUart;
 
 /// One VM's emulated devices, each behind a lock of its own; the VM's
 /// device map (`Vm::devices`) says which slot answers which window.
