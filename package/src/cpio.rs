@@ -5,9 +5,10 @@
 //! an entry named `TRAILER!!!` ends the archive.
 //!
 //! The reader works in place and hands out borrowed slices. It parses only
-//! the header fields it needs to walk the archive (file size, name size,
-//! checksum), because the hypervisor reads the package on every boot; the
-//! others are read on demand ([`Entry::field`]).
+//! the header fields it needs to walk the archive (file size, name size),
+//! because the hypervisor reads the package on every boot and walks it
+//! again for each file it looks up; the others, the checksum among them,
+//! are read on demand ([`Entry::field`]).
 
 use core::fmt;
 
@@ -259,8 +260,6 @@ pub struct Entry<'a> {
     pub offset: usize,
     pub name: &'a str,
     pub data: &'a [u8],
-    /// The header's `check` field.
-    pub stored_checksum: u32,
     header: &'a [u8; HEADER_LEN],
 }
 
@@ -268,8 +267,8 @@ impl<'a> Entry<'a> {
     /// Any field of its header.
     ///
     /// # Errors
-    /// `BadField` when the field is not eight hex digits (only the size and
-    /// checksum fields are known to be, from reading the entry).
+    /// `BadField` when the field is not eight hex digits (only the size
+    /// fields are known to be, from reading the entry).
     pub fn field(&self, field: Field) -> Result<u32, ReadError<'a>> {
         hex_field(self.header, field).ok_or(ReadError::BadField {
             offset: self.offset,
@@ -292,6 +291,14 @@ impl<'a> Entry<'a> {
             .is_ok_and(|mode| mode & FILE_TYPE_MASK == REGULAR_FILE_TYPE)
     }
 
+    /// The header's `check` field.
+    ///
+    /// # Errors
+    /// `BadField` when it is not eight hex digits.
+    pub fn stored_checksum(&self) -> Result<u32, ReadError<'a>> {
+        self.field(Field::Check)
+    }
+
     /// Whether its data adds up to its header's checksum.
     #[must_use]
     pub fn checksum_ok(&self) -> bool {
@@ -301,15 +308,17 @@ impl<'a> Entry<'a> {
     /// Checks its data against its header's checksum.
     ///
     /// # Errors
-    /// `Checksum`, with both sums, when they differ.
+    /// `Checksum`, with both sums, when they differ; `BadField` when the
+    /// header's checksum is not eight hex digits.
     pub fn verify_checksum(&self) -> Result<(), ReadError<'a>> {
+        let expected = self.stored_checksum()?;
         let actual = checksum(self.data);
-        if actual == self.stored_checksum {
+        if actual == expected {
             Ok(())
         } else {
             Err(ReadError::Checksum {
                 entry: self.name,
-                expected: self.stored_checksum,
+                expected,
                 actual,
             })
         }
@@ -399,7 +408,6 @@ fn read_entry(archive: &[u8], offset: usize) -> Result<(Entry<'_>, usize), ReadE
     let field = |field| hex_field(header, field).ok_or(ReadError::BadField { offset, field });
     let file_size = field(Field::FileSize)? as usize;
     let name_size = field(Field::NameSize)? as usize;
-    let stored_checksum = field(Field::Check)?;
     let name_start = offset + HEADER_LEN;
     let name_bytes = archive
         .get(name_start..name_start + name_size)
@@ -417,7 +425,6 @@ fn read_entry(archive: &[u8], offset: usize) -> Result<(Entry<'_>, usize), ReadE
         offset,
         name,
         data,
-        stored_checksum,
         header,
     };
     Ok((entry, align4(data_start + file_size)))
@@ -588,7 +595,7 @@ mod tests {
         assert_eq!(entries[1].offset, 120);
         assert_eq!(entries[0].mode(), Ok(REGULAR_FILE_MODE));
         assert!(entries.iter().all(Entry::is_regular_file));
-        assert_eq!(entries[0].stored_checksum, checksum(b"hello"));
+        assert_eq!(entries[0].stored_checksum(), Ok(checksum(b"hello")));
         assert_eq!(entries[1].field(Field::Nlink), Ok(1));
         assert!(entries.iter().all(Entry::checksum_ok));
     }
@@ -655,6 +662,15 @@ mod tests {
             ReadError::BadField {
                 offset: 0,
                 field: Field::FileSize
+            }
+        );
+        let mut bad_check = good.clone();
+        bad_check[Field::Check.offset()] = b'-';
+        assert_eq!(
+            Archive::parse(&bad_check).unwrap_err(),
+            ReadError::BadField {
+                offset: 0,
+                field: Field::Check
             }
         );
         // A field the walk does not need is reported when asked for.

@@ -33,7 +33,8 @@ pub fn inspect(bytes: &[u8]) -> Inspection {
             "{:#10x}  {:>10}  {:#010x}  {}{}",
             entry.offset,
             entry.data.len(),
-            entry.stored_checksum,
+            // `cpio::read` has checked every field.
+            entry.stored_checksum().unwrap_or_default(),
             entry.name,
             if entry.checksum_ok() {
                 ""
@@ -48,7 +49,6 @@ pub fn inspect(bytes: &[u8]) -> Inspection {
         if let Err(err) = entry.verify_checksum() {
             inspection.problems.push(err.to_string());
         }
-        // `cpio::read` has checked every field, so the mode is readable.
         if let Ok(mode) = entry.mode()
             && !entry.is_regular_file()
         {
