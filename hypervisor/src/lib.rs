@@ -54,6 +54,7 @@ pub mod vm {
     pub mod lifecycle;
     pub mod psci;
     pub mod request_queue;
+    pub mod services;
     pub mod set_way;
     pub mod stage2;
     pub mod system;

@@ -72,6 +72,12 @@ impl<T: TableStore + TlbMaintenance> Stage2<T> {
     pub const fn owner(&self) -> &T {
         &self.owner
     }
+
+    /// The owner, for test models that stand in for the hardware's TLB.
+    #[cfg(test)]
+    pub(crate) const fn owner_mut(&mut self) -> &mut T {
+        &mut self.owner
+    }
 }
 
 const fn refused(error: MapError) -> PagesRefused {
