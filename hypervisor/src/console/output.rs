@@ -1,5 +1,5 @@
 //! The hypervisor console: a polled PL011 driver, the queue guests' lines
-//! wait in (`console_queue`), and the `log` backend.
+//! wait in (`console/queue.rs`), and the `log` backend.
 //!
 //! A VM's line is copied into the queue and the caller moves on; whoever
 //! finds the UART free moves queued bytes into its FIFO without waiting
@@ -289,7 +289,7 @@ pub fn report_dropped_output(vm: usize, name: &str) {
 
 /// Whether a VM has room for one more line, given its counter from
 /// [`guest_output_counter`] and its threshold from
-/// `console_queue::ready_threshold`. This runs on every read of a virtual
+/// `console::queue::ready_threshold`. This runs on every read of a virtual
 /// UART's flag register, so it is one load; only when the VM is over its
 /// threshold does it try to make room by draining, so a guest that polls
 /// its UART's flags waits only as long as the console needs.

@@ -152,9 +152,14 @@ pub fn version() -> u8 {
 pub struct Interrupt(IntId);
 
 impl Interrupt {
-    /// The interrupt number (without GICv2's source-CPU bits of an SGI).
+    /// The interrupt number: on GICv2 without the source-CPU bits an SGI's
+    /// IAR value carries (which EOIR must get back, so they are kept);
+    /// GICv3 IDs are whole (they may exceed 10 bits).
     pub fn id(self) -> u32 {
-        u32::from(self.0) & 0x3FF
+        match version() {
+            3 => u32::from(self.0),
+            _ => u32::from(self.0) & 0x3FF,
+        }
     }
 }
 

@@ -65,15 +65,26 @@ impl PristineImage {
         Ok(tree_offset)
     }
 
-    /// (Re)writes the VM's RAM. No vCPU of the VM may run meanwhile.
+    /// (Re)writes the VM's RAM.
     ///
     /// # Errors
     /// See [`LoadError`]; RAM is untouched then.
-    pub fn load(&self, ram: &GuestRam, hardware: &impl Hardware) -> Result<(), LoadError> {
+    ///
+    /// # Safety
+    /// `ram.host..+ram.size` must be the VM's own RAM, 1 KiB aligned, and
+    /// no vCPU of the VM may run meanwhile.
+    pub unsafe fn load(&self, ram: &GuestRam, hardware: &impl Hardware) -> Result<(), LoadError> {
         let tree_offset = self.fit(ram.size)?;
-        hardware.zero_guest_ram(ram.host, ram.size);
-        hardware.copy_to_guest_ram(PhysAddr(ram.host.0 + self.image_load_offset), self.image);
-        hardware.copy_to_guest_ram(PhysAddr(ram.host.0 + tree_offset), self.device_tree);
+        // SAFETY: the caller vouches for the range; `fit`
+        // checked that the size is whole MiB and that the image and the
+        // tree lie inside it.
+        unsafe { hardware.zero_guest_ram(ram.host, ram.size) };
+        // SAFETY: as above.
+        unsafe {
+            hardware.copy_to_guest_ram(PhysAddr(ram.host.0 + self.image_load_offset), self.image);
+        }
+        // SAFETY: as above.
+        unsafe { hardware.copy_to_guest_ram(PhysAddr(ram.host.0 + tree_offset), self.device_tree) };
         hardware.invalidate_instruction_caches();
         Ok(())
     }
@@ -103,7 +114,8 @@ mod tests {
             image_load_offset: 0x8_0000,
             device_tree: b"tree",
         };
-        image.load(&ram(2 * MIB), &hardware).unwrap();
+        // SAFETY: the fake touches no memory.
+        unsafe { image.load(&ram(2 * MIB), &hardware) }.unwrap();
         assert_eq!(
             *hardware.memory_operations.borrow(),
             [
@@ -124,12 +136,13 @@ mod tests {
         let hardware = FakeHardware::default();
         let big = [0u8; 0x1000];
         let load = |image: &'static [u8], offset, tree: &'static [u8], size| {
-            PristineImage {
+            let pristine = PristineImage {
                 image,
                 image_load_offset: offset,
                 device_tree: tree,
-            }
-            .load(&ram(size), &hardware)
+            };
+            // SAFETY: the fake touches no memory.
+            unsafe { pristine.load(&ram(size), &hardware) }
         };
         let big: &'static [u8] = Box::leak(Box::new(big));
         let huge_tree: &'static [u8] = Box::leak(vec![0u8; 0x1_0001].into_boxed_slice());

@@ -139,14 +139,22 @@ impl VmLifecycle {
         matches!(self.state, VmState::Stopped(_))
     }
 
+    /// Which run of the VM this is: its reset count, as start requests
+    /// carry it, so a request posted before a reset is never honoured
+    /// after it (it would start the vCPU with the old run's entry point).
+    #[must_use]
+    pub const fn generation(&self) -> u32 {
+        self.reset_count as u32
+    }
+
     /// Boot: vCPU 0 is to be started. Same rules as CPU_ON.
-    pub fn start(&mut self) -> Result<(), CpuOnRefused> {
+    pub fn start(&mut self) -> Result<u32, CpuOnRefused> {
         self.cpu_on(VcpuId::FIRST)
     }
 
     /// PSCI CPU_ON of `vcpu`: on success it is pending, and the caller asks
-    /// its CPU to enter it.
-    pub fn cpu_on(&mut self, vcpu: VcpuId) -> Result<(), CpuOnRefused> {
+    /// its CPU to enter it, with the generation returned.
+    pub fn cpu_on(&mut self, vcpu: VcpuId) -> Result<u32, CpuOnRefused> {
         if vcpu.index() >= self.vcpu_count {
             return Err(CpuOnRefused::InvalidParameters);
         }
@@ -158,17 +166,19 @@ impl VmLifecycle {
             VcpuPower::OnPending => Err(CpuOnRefused::OnPending),
             VcpuPower::Off => {
                 self.vcpus[vcpu.index()] = VcpuPower::OnPending;
-                Ok(())
+                Ok(self.generation())
             }
         }
     }
 
-    /// A CPU is about to enter `vcpu` on a start request: true (and the
-    /// vCPU is on) only if it is still pending in a running VM. A request
-    /// that the VM's state has overtaken (a stop, a reset) is dropped.
-    pub fn claim_start(&mut self, vcpu: VcpuId) -> bool {
-        let pending =
-            self.state == VmState::Running && self.power(vcpu) == Some(VcpuPower::OnPending);
+    /// A CPU is about to enter `vcpu` on a start request of `generation`:
+    /// true (and the vCPU is on) only if it is still pending in a running
+    /// VM, in the same run. A request that the VM's state has overtaken (a
+    /// stop, a reset) is dropped.
+    pub fn claim_start(&mut self, vcpu: VcpuId, generation: u32) -> bool {
+        let pending = self.state == VmState::Running
+            && generation == self.generation()
+            && self.power(vcpu) == Some(VcpuPower::OnPending);
         if pending {
             self.vcpus[vcpu.index()] = VcpuPower::On;
         }
@@ -271,15 +281,22 @@ impl VmLifecycle {
         self.vcpus[..self.vcpu_count].contains(&VcpuPower::On)
     }
 
-    /// The reload is done: vCPU 0 is pending again and the VM runs. False
-    /// when a stop overtook the reset meanwhile (the VM stays stopped).
-    pub fn finish_reset(&mut self) -> bool {
+    /// Whether a reset is still under way (no stop has overtaken it).
+    #[must_use]
+    pub fn is_resetting(&self) -> bool {
+        self.state == VmState::Resetting
+    }
+
+    /// The reload is done: vCPU 0 is pending again and the VM runs; the
+    /// generation to start it with. `None` when a stop overtook the reset
+    /// meanwhile (the VM stays stopped).
+    pub fn finish_reset(&mut self) -> Option<u32> {
         if self.state != VmState::Resetting {
-            return false;
+            return None;
         }
         self.state = VmState::Running;
         self.vcpus[VcpuId::FIRST.index()] = VcpuPower::OnPending;
-        true
+        Some(self.generation())
     }
 }
 
@@ -359,11 +376,18 @@ mod tests {
         set
     }
 
+    impl VmLifecycle {
+        /// A start request of the current run, taken at once.
+        fn claim_start_now(&mut self, vcpu: VcpuId) -> bool {
+            self.claim_start(vcpu, self.generation())
+        }
+    }
+
     /// A VM of `count` vCPUs whose vCPU 0 is running.
     fn running(count: usize) -> VmLifecycle {
         let mut vm = VmLifecycle::new(count);
         vm.start().unwrap();
-        assert!(vm.claim_start(vcpu(0)));
+        assert!(vm.claim_start_now(vcpu(0)));
         vm
     }
 
@@ -371,14 +395,14 @@ mod tests {
     fn cpu_on_of_a_vcpu_that_is_off_on_or_pending() {
         let mut vm = running(3);
         assert_eq!(vm.cpu_on(vcpu(0)), Err(CpuOnRefused::AlreadyOn));
-        assert_eq!(vm.cpu_on(vcpu(1)), Ok(()));
+        assert_eq!(vm.cpu_on(vcpu(1)), Ok(0));
         assert_eq!(vm.power(vcpu(1)), Some(VcpuPower::OnPending));
         // Started twice before its CPU got to it.
         assert_eq!(vm.cpu_on(vcpu(1)), Err(CpuOnRefused::OnPending));
-        assert!(vm.claim_start(vcpu(1)));
+        assert!(vm.claim_start_now(vcpu(1)));
         assert_eq!(vm.cpu_on(vcpu(1)), Err(CpuOnRefused::AlreadyOn));
         // A second start request for the same vCPU is dropped.
-        assert!(!vm.claim_start(vcpu(1)));
+        assert!(!vm.claim_start_now(vcpu(1)));
         assert_eq!(vm.cpu_on(vcpu(3)), Err(CpuOnRefused::InvalidParameters));
         assert_eq!(vm.power(vcpu(3)), None);
     }
@@ -387,13 +411,13 @@ mod tests {
     fn cpu_off_then_on_again_and_the_last_cpu_off_ends_the_vm_cleanly() {
         let mut vm = running(2);
         vm.cpu_on(vcpu(1)).unwrap();
-        assert!(vm.claim_start(vcpu(1)));
+        assert!(vm.claim_start_now(vcpu(1)));
         assert_eq!(vm.park(vcpu(1)), Parked::VmGoesOn);
         assert_eq!(vm.power(vcpu(1)), Some(VcpuPower::Off));
         vm.cpu_on(vcpu(1)).unwrap();
         // vCPU 0 switches off while 1 is pending: the VM goes on.
         assert_eq!(vm.park(vcpu(0)), Parked::VmGoesOn);
-        assert!(vm.claim_start(vcpu(1)));
+        assert!(vm.claim_start_now(vcpu(1)));
         assert_eq!(vm.park(vcpu(1)), Parked::VmEnded(Outcome::Clean));
         assert!(vm.has_ended());
         assert_eq!(vm.cpu_on(vcpu(0)), Err(CpuOnRefused::Denied));
@@ -403,7 +427,7 @@ mod tests {
     fn a_vcpu_made_pending_after_its_cpu_off_stays_pending_when_it_parks() {
         let mut vm = running(2);
         vm.cpu_on(vcpu(1)).unwrap();
-        assert!(vm.claim_start(vcpu(1)));
+        assert!(vm.claim_start_now(vcpu(1)));
         // vCPU 1 called CPU_OFF and is marked off...
         assert_eq!(vm.park(vcpu(1)), Parked::VmGoesOn);
         // ...vCPU 0 turns it on again before vCPU 1's CPU parked...
@@ -419,15 +443,15 @@ mod tests {
         for index in 1..4 {
             vm.cpu_on(vcpu(index)).unwrap();
         }
-        assert!(vm.claim_start(vcpu(1)));
-        assert!(vm.claim_start(vcpu(2)));
+        assert!(vm.claim_start_now(vcpu(1)));
+        assert!(vm.claim_start_now(vcpu(2)));
         // vCPU 3 is pending: it is dropped, not asked.
         assert_eq!(
             vm.stop(Outcome::Fault, Some(vcpu(2))),
             StopOrder::Stop(set(&[0, 1]))
         );
         assert_eq!(vm.power(vcpu(3)), Some(VcpuPower::Off));
-        assert!(!vm.claim_start(vcpu(3)), "its start request is stale");
+        assert!(!vm.claim_start_now(vcpu(3)), "its start request is stale");
         // A second fault while stopping keeps the first outcome.
         assert_eq!(
             vm.stop(Outcome::ExitStatus(3), Some(vcpu(1))),
@@ -445,7 +469,7 @@ mod tests {
     fn a_stop_from_another_cpu_asks_every_vcpu() {
         let mut vm = running(3);
         vm.cpu_on(vcpu(2)).unwrap();
-        assert!(vm.claim_start(vcpu(2)));
+        assert!(vm.claim_start_now(vcpu(2)));
         assert_eq!(vm.stop(Outcome::Clean, None), StopOrder::Stop(set(&[0, 2])));
         assert_eq!(vm.park(vcpu(2)), Parked::VmGoesOn);
         assert_eq!(vm.park(vcpu(0)), Parked::VmEnded(Outcome::Clean));
@@ -466,29 +490,30 @@ mod tests {
     fn system_reset_racing_cpu_on_and_a_second_reset() {
         let mut vm = running(3);
         vm.cpu_on(vcpu(1)).unwrap();
-        assert!(vm.claim_start(vcpu(1)));
+        assert!(vm.claim_start_now(vcpu(1)));
         vm.cpu_on(vcpu(2)).unwrap();
         // vCPU 0 resets while 1 runs and 2 is pending.
         assert_eq!(vm.begin_reset(vcpu(0)), Some(set(&[1])));
         assert_eq!(vm.reset_count(), 1);
-        assert!(!vm.claim_start(vcpu(2)), "the pending start is dropped");
+        assert!(!vm.claim_start_now(vcpu(2)), "the pending start is dropped");
         // vCPU 1, not yet stopped, tries CPU_ON and SYSTEM_RESET: refused.
         assert_eq!(vm.cpu_on(vcpu(2)), Err(CpuOnRefused::Denied));
         assert_eq!(vm.begin_reset(vcpu(1)), None);
         assert!(vm.any_vcpu_on());
         assert_eq!(vm.park(vcpu(1)), Parked::VmGoesOn, "a reset is no end");
         assert!(!vm.any_vcpu_on());
-        assert!(vm.finish_reset());
+        assert_eq!(vm.finish_reset(), Some(1));
         assert_eq!(vm.power(vcpu(0)), Some(VcpuPower::OnPending));
-        assert!(vm.claim_start(vcpu(0)));
-        assert_eq!(vm.cpu_on(vcpu(1)), Ok(()), "running again");
+        assert!(!vm.claim_start(vcpu(0), 0), "a start from before the reset");
+        assert!(vm.claim_start(vcpu(0), 1));
+        assert_eq!(vm.cpu_on(vcpu(1)), Ok(1), "running again");
     }
 
     #[test]
     fn a_stop_overtakes_a_reset_in_progress() {
         let mut vm = running(2);
         vm.cpu_on(vcpu(1)).unwrap();
-        assert!(vm.claim_start(vcpu(1)));
+        assert!(vm.claim_start_now(vcpu(1)));
         assert_eq!(vm.begin_reset(vcpu(0)), Some(set(&[1])));
         // vCPU 1 faults before it saw the stop request.
         assert_eq!(
@@ -496,8 +521,8 @@ mod tests {
             StopOrder::Stop(VcpuSet::EMPTY)
         );
         assert_eq!(vm.park(vcpu(1)), Parked::VmEnded(Outcome::Fault));
-        assert!(!vm.finish_reset(), "the VM stays stopped");
-        assert!(!vm.claim_start(vcpu(0)));
+        assert_eq!(vm.finish_reset(), None, "the VM stays stopped");
+        assert!(!vm.claim_start_now(vcpu(0)));
     }
 
     #[test]

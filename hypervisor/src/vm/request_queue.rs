@@ -123,13 +123,15 @@ pub enum Request {
     /// Run vCPU `vcpu` of VM `vm` on this CPU from `entry`, with x0 =
     /// `argument` (CPU_ON's context id; the device tree's address for a
     /// VM's vCPU 0). The VM core checks when it acts on it that the vCPU is
-    /// still waiting to start: a reset or a stop may have overtaken it.
+    /// still waiting to start, in the VM's run that `generation` names (its
+    /// reset count): a reset or a stop may have overtaken it.
     /// Takes a slot; refused when the ring is full.
     StartVcpu {
         vm: VmId,
         vcpu: VcpuId,
         entry: GuestPhysAddr,
         argument: u64,
+        generation: u32,
     },
     /// Stop the vCPU of VM `vm` running on this CPU: its VM stopped, or
     /// another of its vCPUs is resetting it. Moot if no vCPU of `vm` runs
@@ -488,6 +490,7 @@ mod tests {
             vcpu: vcpu(1),
             entry: GuestPhysAddr(0x4008_0000),
             argument,
+            generation: 0,
         }
     }
 

@@ -24,7 +24,7 @@ use tessera_hypervisor::traps::guest_exit::{self, AccessFrame, GuestExit, MmioAc
 use tessera_hypervisor::traps::reflect::{self, AbortKind, CannotReflect, GuestState};
 use tessera_hypervisor::vm::ids::{CpuId, VcpuId, VmId};
 use tessera_hypervisor::vm::image::PristineImage;
-use tessera_hypervisor::vm::lifecycle::{Outcome, Parked, StopOrder, VcpuPower};
+use tessera_hypervisor::vm::lifecycle::{Outcome, Parked, StopOrder};
 use tessera_hypervisor::vm::psci::{self, Call, status};
 use tessera_hypervisor::vm::request_queue::Request;
 use tessera_hypervisor::vm::set_way::{self, SetWayTracker, VirtualMemoryRegister};
@@ -108,17 +108,16 @@ impl Hardware for Aarch64 {
         guest::save_el1(context);
     }
 
-    fn zero_guest_ram(&self, host: PhysAddr, size: u64) {
-        // SAFETY: the VM's RAM was allocated for it alone in 2 MiB blocks
-        // (so 1 KiB aligned, as `PristineImage::load` checked), is
-        // identity-mapped normal memory at EL2, and no vCPU of the VM runs
-        // while it is rewritten.
+    unsafe fn zero_guest_ram(&self, host: PhysAddr, size: u64) {
+        // SAFETY: the caller vouches the range is a VM's own RAM that no
+        // vCPU uses, 1 KiB aligned in start and size (the trait's
+        // contract); it is identity-mapped normal memory at EL2.
         unsafe { arch::zero_and_clean(host.0 as usize, size as usize) };
     }
 
-    fn copy_to_guest_ram(&self, host: PhysAddr, bytes: &[u8]) {
-        // SAFETY: as above; `PristineImage::load` checked that the bytes
-        // fit the VM's RAM.
+    unsafe fn copy_to_guest_ram(&self, host: PhysAddr, bytes: &[u8]) {
+        // SAFETY: as above: the caller vouches the range is a VM's own RAM
+        // that no vCPU uses.
         let target = unsafe { core::slice::from_raw_parts_mut(host.0 as *mut u8, bytes.len()) };
         fast_copy::copy_bytes(target, bytes);
         // The guest starts with its MMU and caches off: what was copied
@@ -284,9 +283,9 @@ fn build_vm(
         image_load_offset: manifest.image_load_offset,
         device_tree,
     };
-    pristine
-        .load(&ram, &Aarch64)
-        .map_err(|_| BuildError::ImageTooLarge { vm: name })?;
+    // SAFETY: `ram_host` is this VM's RAM, carved out of free memory for
+    // it alone (2 MiB aligned) at boot, and no vCPU of it exists yet.
+    unsafe { pristine.load(&ram, &Aarch64) }.map_err(|_| BuildError::ImageTooLarge { vm: name })?;
     let description = VmDescription {
         id,
         name,
@@ -346,11 +345,13 @@ pub fn idle_loop() -> ! {
                     vcpu,
                     entry,
                     argument,
+                    generation,
                 } => enter_vcpu(VcpuEntry {
                     vm,
                     vcpu,
                     entry,
                     argument,
+                    generation,
                 }),
                 // No vCPU runs here: a stop or interrupt for one is moot.
                 Request::StopVcpu { .. }
@@ -409,6 +410,8 @@ fn take_requests(running: VmId) {
 /// and it is off. If it was the VM's last, the VM's end is reported (and,
 /// for the last VM, the machine powered off). Then this CPU idles.
 fn park_current_vcpu() -> ! {
+    // Relaxed: only this CPU reads its slot.
+    RUNNING_VM[arch::cpu_index()].store(core::ptr::null_mut(), Ordering::Relaxed);
     if let Some((id, vcpu)) = current()
         && let Parked::VmEnded(outcome) = SYSTEM.park(id, vcpu, &Aarch64)
     {
@@ -442,14 +445,13 @@ fn report_end(id: VmId, outcome: Outcome) {
     }
 }
 
-/// Stops the VM of the calling vCPU with `outcome` and parks the vCPU.
+/// Stops the VM of the calling vCPU with `outcome` and parks the vCPU,
+/// whose park ends the VM if it is the last one on.
 fn stop_vm(id: VmId, outcome: Outcome) -> ! {
-    if let Some((_, vcpu)) = current()
-        && let StopOrder::Ended(outcome) = SYSTEM.stop(id, outcome, Some(vcpu), &Aarch64)
-    {
-        // Only when no vCPU was on, which the caller's own is: kept for
-        // completeness.
-        report_end(id, outcome);
+    if let Some((_, vcpu)) = current() {
+        // `Ended` needs no vCPU on, and the caller's own is: the end comes
+        // with the last park.
+        let _ = SYSTEM.stop(id, outcome, Some(vcpu), &Aarch64);
     }
     park_current_vcpu()
 }
@@ -705,29 +707,40 @@ fn reset_vm(id: VmId, vcpu: VcpuId) -> ! {
         // just leaves.
         park_current_vcpu();
     }
-    devices::reset(id);
     // The others leave the guest at their next exit, which the request SGI
-    // forces.
-    while vm(id).lifecycle().any_vcpu_on() {
-        core::hint::spin_loop();
+    // forces; what they printed until then belongs to the old run.
+    SYSTEM.wait_until_no_vcpu_on(id);
+    devices::reset(id);
+    if !vm(id).lifecycle().is_resetting() {
+        // A fault on another vCPU stopped the VM meanwhile (and its last
+        // vCPU to park reported the end).
+        idle_loop();
     }
-    if SYSTEM.reload(id, &Aarch64).is_err() {
+    // SAFETY: no vCPU of the VM runs (waited for above, and none can start
+    // while it is resetting), so nothing else uses its RAM.
+    if let Err(error) = unsafe { SYSTEM.reload(id, &Aarch64) } {
         // The image fitted at boot; it cannot stop fitting.
+        println!(
+            "tessera: vm {}: cannot reload its image ({error:?})",
+            name(id)
+        );
         if let StopOrder::Ended(outcome) = SYSTEM.stop(id, Outcome::Fault, None, &Aarch64) {
             report_end(id, outcome);
         }
         idle_loop();
     }
-    if !SYSTEM.finish_reset(id) {
+    let Some(generation) = SYSTEM.finish_reset(id) else {
         // A fault on another vCPU stopped the VM meanwhile.
         idle_loop();
-    }
+    };
     println!(
         "tessera: vm {}: restarted from its pristine image (reset {})",
         name(id),
         vm(id).lifecycle().reset_count()
     );
-    SYSTEM.restart(id, &Aarch64);
+    if let Some(outcome) = SYSTEM.restart(id, generation, &Aarch64) {
+        report_end(id, outcome);
+    }
     idle_loop()
 }
 
@@ -747,20 +760,7 @@ fn handle_firmware_call(id: VmId, vcpu: VcpuId, frame: &mut TrapFrame) {
         Call::AffinityInfo {
             target,
             lowest_level,
-        } => {
-            let vcpu_count = vm(id).description.vcpu_count;
-            match (
-                lowest_level,
-                vcpu_state::vcpu_for_affinity(target, vcpu_count).and_then(VcpuId::new),
-            ) {
-                (0, Some(target)) => match vm(id).lifecycle().power(target) {
-                    Some(VcpuPower::On) => 0,
-                    Some(VcpuPower::OnPending) => 2,
-                    _ => 1,
-                },
-                _ => status::INVALID_PARAMETERS,
-            }
-        }
+        } => SYSTEM.affinity_info(id, target, lowest_level),
         Call::CpuSuspend => {
             // Standby: wake on the next interrupt, as a WFI would.
             arch::wait_for_interrupt();

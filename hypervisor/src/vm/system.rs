@@ -43,7 +43,7 @@ use spin::{Mutex, Once};
 use super::ids::{CpuId, VcpuId, VcpuSet, VmId};
 use super::image::{LoadError, PristineImage};
 use super::lifecycle::{
-    CpuOnRefused, Outcome, Parked, StopOrder, SystemVerdict, Verdict, VmLifecycle,
+    CpuOnRefused, Outcome, Parked, StopOrder, SystemVerdict, VcpuPower, Verdict, VmLifecycle,
 };
 use super::request_queue::{CpuRequestQueue, Request};
 use super::stage2::Stage2;
@@ -73,10 +73,17 @@ pub trait Hardware {
     fn save_vcpu(&self, context: &mut El1Context);
     /// Zeroes `size` bytes of a VM's RAM at `host` and cleans them to the
     /// point of coherency (the guest starts with its caches off).
-    fn zero_guest_ram(&self, host: PhysAddr, size: u64);
+    ///
+    /// # Safety
+    /// The range must be RAM of one VM that no vCPU of it uses meanwhile,
+    /// with `host` and `size` multiples of 1 KiB.
+    unsafe fn zero_guest_ram(&self, host: PhysAddr, size: u64);
     /// Copies `bytes` into a VM's RAM at `host` and cleans them to the
     /// point of coherency.
-    fn copy_to_guest_ram(&self, host: PhysAddr, bytes: &[u8]);
+    ///
+    /// # Safety
+    /// The range must be RAM of one VM that no vCPU of it uses meanwhile.
+    unsafe fn copy_to_guest_ram(&self, host: PhysAddr, bytes: &[u8]);
     /// Invalidates every instruction cache to the point of unification, so
     /// code just written to guest RAM is fetched fresh.
     fn invalidate_instruction_caches(&self);
@@ -152,6 +159,8 @@ pub struct VcpuEntry {
     pub vcpu: VcpuId,
     pub entry: GuestPhysAddr,
     pub argument: u64,
+    /// The VM's run the request belongs to (`VmLifecycle::generation`).
+    pub generation: u32,
 }
 
 impl<T, D> Vm<T, D> {
@@ -228,6 +237,8 @@ pub enum SetupError {
     CpuTaken { cpu: CpuId },
     /// More VMs than the table holds.
     TooManyVms,
+    /// The VM's description names another id than the next one.
+    WrongId { expected: VmId },
 }
 
 /// Every VM, what each CPU runs, the CPUs' request queues and the verdict.
@@ -271,12 +282,16 @@ impl<T, D> VmSystem<T, D> {
     pub fn add(&self, vm: Vm<T, D>) -> Result<VmId, SetupError> {
         let id = VmId::new(self.count()).ok_or(SetupError::TooManyVms)?;
         let description = &vm.description;
+        if description.id != id {
+            return Err(SetupError::WrongId { expected: id });
+        }
         let vcpus = || VcpuId::all(description.vcpu_count);
-        if let Some(cpu) = vcpus()
-            .map(|vcpu| description.cpus[vcpu.index()])
-            .find(|cpu| self.placement[cpu.index()].get().is_some())
-        {
-            return Err(SetupError::CpuTaken { cpu });
+        let mut taken = [false; MAX_CPUS];
+        for cpu in vcpus().map(|vcpu| description.cpus[vcpu.index()]) {
+            if taken[cpu.index()] || self.placement[cpu.index()].get().is_some() {
+                return Err(SetupError::CpuTaken { cpu });
+            }
+            taken[cpu.index()] = true;
         }
         for vcpu in vcpus() {
             self.placement[description.cpus[vcpu.index()].index()].set(id, vcpu);
@@ -341,12 +356,13 @@ impl<T, D> VmSystem<T, D> {
         for vm in self.vms() {
             let description = &vm.description;
             // A fresh VM is running with every vCPU off: this cannot fail.
-            let _ = vm.lifecycle.lock().start();
+            let generation = vm.lifecycle.lock().start().unwrap_or_default();
             let start = Request::StartVcpu {
                 vm: description.id,
                 vcpu: VcpuId::FIRST,
                 entry: description.entry,
                 argument: description.entry_argument,
+                generation,
             };
             // Each CPU's queue is empty at boot.
             let _ = self.post(vm.cpu_of(VcpuId::FIRST), start, hardware);
@@ -374,19 +390,19 @@ impl<T, D> VmSystem<T, D> {
         if !description.ram.contains(entry) {
             return status::INVALID_ADDRESS;
         }
-        if let Err(refused) = vm.lifecycle.lock().cpu_on(target) {
-            return match refused {
-                CpuOnRefused::Denied => status::DENIED,
-                CpuOnRefused::AlreadyOn => status::ALREADY_ON,
-                CpuOnRefused::OnPending => status::ON_PENDING,
-                CpuOnRefused::InvalidParameters => status::INVALID_PARAMETERS,
-            };
-        }
+        let generation = match vm.lifecycle.lock().cpu_on(target) {
+            Ok(generation) => generation,
+            Err(CpuOnRefused::Denied) => return status::DENIED,
+            Err(CpuOnRefused::AlreadyOn) => return status::ALREADY_ON,
+            Err(CpuOnRefused::OnPending) => return status::ON_PENDING,
+            Err(CpuOnRefused::InvalidParameters) => return status::INVALID_PARAMETERS,
+        };
         let start = Request::StartVcpu {
             vm: description.id,
             vcpu: target,
             entry,
             argument,
+            generation,
         };
         if self.post(vm.cpu_of(target), start, hardware).is_err() {
             // The queue is sized so that this does not happen (one start
@@ -406,7 +422,11 @@ impl<T, D> VmSystem<T, D> {
         if self.placement(hardware.this_cpu()) != Some((entry.vm, entry.vcpu)) {
             return false;
         }
-        if !vm.lifecycle.lock().claim_start(entry.vcpu) {
+        if !vm
+            .lifecycle
+            .lock()
+            .claim_start(entry.vcpu, entry.generation)
+        {
             return false;
         }
         let description = &vm.description;
@@ -477,24 +497,52 @@ impl<T, D> VmSystem<T, D> {
     }
 
     /// Rewrites the VM's RAM from its pristine image, once the reset has
-    /// no vCPU of it left running (`Vm::lifecycle().any_vcpu_on()`).
+    /// no vCPU of it left running (`wait_until_no_vcpu_on`).
     ///
     /// # Errors
     /// The image no longer fits, which the build ruled out.
-    pub fn reload(&self, vm: VmId, hardware: &impl Hardware) -> Result<(), LoadError> {
+    ///
+    /// # Safety
+    /// No vCPU of the VM may run meanwhile, and its description's RAM must
+    /// be its own (as `Vm::new` was given it).
+    pub unsafe fn reload(&self, vm: VmId, hardware: &impl Hardware) -> Result<(), LoadError> {
         let description = &self.vm(vm).description;
-        description.pristine.load(&description.ram, hardware)
+        // SAFETY: the caller's contract is `load`'s.
+        unsafe { description.pristine.load(&description.ram, hardware) }
     }
 
-    /// The VM's RAM has been reloaded: it runs again, with vCPU 0 pending.
-    /// False when a stop overtook the reset. The caller reports the
-    /// restart, then calls [`restart`](Self::restart).
-    pub fn finish_reset(&self, vm: VmId) -> bool {
+    /// Waits until no vCPU of `vm` is in the guest any more (a reset, after
+    /// asking them to leave). Polls without holding the lifecycle lock, so
+    /// the parking vCPUs are not kept from it.
+    pub fn wait_until_no_vcpu_on(&self, vm: VmId) {
+        let vm = self.vm(vm);
+        loop {
+            if vm
+                .lifecycle
+                .try_lock()
+                .is_some_and(|lifecycle| !lifecycle.any_vcpu_on())
+            {
+                return;
+            }
+            for _ in 0..64 {
+                core::hint::spin_loop();
+            }
+        }
+    }
+
+    /// The VM's RAM has been reloaded: it runs again, with vCPU 0 pending,
+    /// in the generation returned. `None` when a stop overtook the reset.
+    /// The caller reports the restart, then calls [`restart`](Self::restart).
+    pub fn finish_reset(&self, vm: VmId) -> Option<u32> {
         self.vm(vm).lifecycle.lock().finish_reset()
     }
 
-    /// Asks vCPU 0's CPU to start it again, after `finish_reset`.
-    pub fn restart(&self, vm: VmId, hardware: &impl Hardware) {
+    /// Asks vCPU 0's CPU to start it again, after `finish_reset` gave
+    /// `generation`. Should the request not fit (nothing of the VM is in
+    /// flight after a reset, so it always does), the VM is stopped rather
+    /// than left running with no vCPU: its end is returned for the caller
+    /// to report.
+    pub fn restart(&self, vm: VmId, generation: u32, hardware: &impl Hardware) -> Option<Outcome> {
         let vm = self.vm(vm);
         let description = &vm.description;
         let start = Request::StartVcpu {
@@ -502,14 +550,30 @@ impl<T, D> VmSystem<T, D> {
             vcpu: VcpuId::FIRST,
             entry: description.entry,
             argument: description.entry_argument,
+            generation,
         };
-        // A reset leaves nothing of the VM in flight (its vCPUs are all
-        // off): vCPU 0's queue has room for its one start.
-        if self
-            .post(vm.cpu_of(VcpuId::FIRST), start, hardware)
-            .is_err()
-        {
-            vm.lifecycle.lock().cancel_start(VcpuId::FIRST);
+        if self.post(vm.cpu_of(VcpuId::FIRST), start, hardware).is_ok() {
+            return None;
+        }
+        match vm.lifecycle.lock().stop(Outcome::Fault, None) {
+            StopOrder::Ended(outcome) => Some(outcome),
+            StopOrder::Stop(_) | StopOrder::AlreadyStopping => None,
+        }
+    }
+
+    /// PSCI AFFINITY_INFO for `target` of `vm` at `lowest_level`: 0 on, 1
+    /// off, 2 on pending, or INVALID_PARAMETERS.
+    pub fn affinity_info(&self, vm: VmId, target: u64, lowest_level: u64) -> i64 {
+        let vm = self.vm(vm);
+        let target =
+            vcpu_state::vcpu_for_affinity(target, vm.description.vcpu_count).and_then(VcpuId::new);
+        match (lowest_level, target) {
+            (0, Some(target)) => match vm.lifecycle.lock().power(target) {
+                Some(VcpuPower::On) => 0,
+                Some(VcpuPower::OnPending) => 2,
+                Some(VcpuPower::Off) | None => 1,
+            },
+            _ => status::INVALID_PARAMETERS,
         }
     }
 }
@@ -566,13 +630,13 @@ pub(crate) mod tests {
             self.saves.set(self.saves.get() + 1);
         }
 
-        fn zero_guest_ram(&self, host: PhysAddr, size: u64) {
+        unsafe fn zero_guest_ram(&self, host: PhysAddr, size: u64) {
             self.memory_operations
                 .borrow_mut()
                 .push(format!("zero {:#x} +{size:#x}", host.0));
         }
 
-        fn copy_to_guest_ram(&self, host: PhysAddr, bytes: &[u8]) {
+        unsafe fn copy_to_guest_ram(&self, host: PhysAddr, bytes: &[u8]) {
             self.memory_operations.borrow_mut().push(format!(
                 "copy {:#x} +{:#x}",
                 host.0,
@@ -673,12 +737,14 @@ pub(crate) mod tests {
                     vcpu,
                     entry,
                     argument,
+                    generation,
                 } => system.claim_start(
                     VcpuEntry {
                         vm,
                         vcpu,
                         entry,
                         argument,
+                        generation,
                     },
                     hardware.on(cpu),
                 ),
@@ -756,7 +822,8 @@ pub(crate) mod tests {
                 vm: vm(0),
                 vcpu: vcpu(1),
                 entry,
-                argument: 7
+                argument: 7,
+                generation: 0,
             }]
         );
         // CPU 2 enters it now, from the request it took.
@@ -765,7 +832,8 @@ pub(crate) mod tests {
                 vm: vm(0),
                 vcpu: vcpu(1),
                 entry,
-                argument: 7
+                argument: 7,
+                generation: 0,
             },
             hardware.on(2)
         ));
@@ -777,7 +845,8 @@ pub(crate) mod tests {
                 vm: vm(0),
                 vcpu: vcpu(2),
                 entry,
-                argument: 7
+                argument: 7,
+                generation: 0,
             },
             hardware.on(2)
         ));
@@ -867,7 +936,8 @@ pub(crate) mod tests {
             Parked::VmGoesOn
         );
         assert!(!system.vm(vm(0)).lifecycle().any_vcpu_on());
-        assert_eq!(system.reload(vm(0), hardware.on(1)), Ok(()));
+        // SAFETY: the fake touches no memory.
+        assert_eq!(unsafe { system.reload(vm(0), hardware.on(1)) }, Ok(()));
         assert_eq!(
             hardware
                 .memory_operations
@@ -877,8 +947,8 @@ pub(crate) mod tests {
             Some("zero 0x80000000 +0x4000000"),
             "RAM is rewritten from the pristine image"
         );
-        assert!(system.finish_reset(vm(0)));
-        system.restart(vm(0), hardware.on(1));
+        assert_eq!(system.finish_reset(vm(0)), Some(1));
+        assert_eq!(system.restart(vm(0), 1, hardware.on(1)), None);
         assert_eq!(run_starts(&system, &hardware, 1), 1, "vCPU 0 runs again");
         assert_eq!(system.vm(vm(0)).lifecycle().reset_count(), 1);
 
@@ -894,8 +964,119 @@ pub(crate) mod tests {
             system.park(vm(0), vcpu(1), hardware.on(2)),
             Parked::VmEnded(Outcome::Fault)
         );
-        assert!(!system.finish_reset(vm(0)));
+        assert_eq!(system.finish_reset(vm(0)), None);
         assert_eq!(run_starts(&system, &hardware, 1), 0);
+    }
+
+    #[test]
+    fn a_start_posted_before_a_reset_is_never_honoured_after_it() {
+        let hardware = FakeHardware::default();
+        let system = system(&[&[1, 2]]);
+        system.start_all(hardware.on(0));
+        run_starts(&system, &hardware, 1);
+        // CPU_ON of vCPU 1 at A; CPU 2 has not looked at its queue yet
+        // when vCPU 0 resets the VM.
+        let old = GuestPhysAddr(0x4000_A000);
+        assert_eq!(
+            system.cpu_on(vm(0), 1, old, 0xAAAA, hardware.on(1)),
+            status::SUCCESS
+        );
+        assert!(system.begin_reset(vm(0), vcpu(0), hardware.on(1)));
+        system.wait_until_no_vcpu_on(vm(0));
+        let generation = system.finish_reset(vm(0)).unwrap();
+        assert_eq!(system.restart(vm(0), generation, hardware.on(1)), None);
+        assert_eq!(run_starts(&system, &hardware, 1), 1);
+        // The new run asks for vCPU 1 at B: only that start may run.
+        let new = GuestPhysAddr(0x4000_B000);
+        assert_eq!(
+            system.cpu_on(vm(0), 1, new, 0xBBBB, hardware.on(1)),
+            status::SUCCESS
+        );
+        let starts: Vec<_> = drain(&system, 2)
+            .into_iter()
+            .filter_map(|request| match request {
+                Request::StartVcpu {
+                    vm,
+                    vcpu,
+                    entry,
+                    argument,
+                    generation,
+                } => Some(VcpuEntry {
+                    vm,
+                    vcpu,
+                    entry,
+                    argument,
+                    generation,
+                }),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(starts.len(), 2, "the stale start and the new one");
+        let honoured: Vec<_> = starts
+            .into_iter()
+            .filter(|start| system.claim_start(*start, hardware.on(2)))
+            .map(|start| (start.entry, start.argument))
+            .collect();
+        assert_eq!(honoured, [(new, 0xBBBB)]);
+    }
+
+    #[test]
+    fn two_vcpus_of_one_vm_on_one_cpu_are_refused() {
+        let system = system(&[]);
+        let description = VmDescription {
+            id: vm(0),
+            name: "test",
+            ram: RAM,
+            cpus: [cpu(3); MAX_CPUS],
+            vcpu_count: 2,
+            entry: GuestPhysAddr(0x4008_0000),
+            entry_argument: 0,
+            counter_offset: 0,
+            pristine: PristineImage {
+                image: b"",
+                image_load_offset: 0,
+                device_tree: b"",
+            },
+        };
+        let stage2 = || Stage2::new(Tables::default()).unwrap();
+        assert_eq!(
+            system
+                .add(Vm::new(description, stage2(), DeviceMap::new(), ()))
+                .err(),
+            Some(SetupError::CpuTaken { cpu: cpu(3) })
+        );
+        assert_eq!(system.placement(cpu(3)), None, "nothing was placed");
+        let wrong_id = VmDescription {
+            id: vm(1),
+            vcpu_count: 1,
+            ..description
+        };
+        assert_eq!(
+            system
+                .add(Vm::new(wrong_id, stage2(), DeviceMap::new(), ()))
+                .err(),
+            Some(SetupError::WrongId { expected: vm(0) })
+        );
+    }
+
+    #[test]
+    fn affinity_info_reports_each_vcpus_power() {
+        let hardware = FakeHardware::default();
+        let system = system(&[&[1, 2, 3]]);
+        system.start_all(hardware.on(0));
+        run_starts(&system, &hardware, 1);
+        system.cpu_on(vm(0), 1, GuestPhysAddr(0x4000_0000), 0, hardware.on(1));
+        assert_eq!(system.affinity_info(vm(0), 0, 0), 0, "on");
+        assert_eq!(system.affinity_info(vm(0), 1, 0), 2, "on pending");
+        assert_eq!(system.affinity_info(vm(0), 2, 0), 1, "off");
+        assert_eq!(
+            system.affinity_info(vm(0), 3, 0),
+            status::INVALID_PARAMETERS
+        );
+        assert_eq!(
+            system.affinity_info(vm(0), 0, 1),
+            status::INVALID_PARAMETERS
+        );
     }
 
     #[test]
@@ -920,6 +1101,7 @@ pub(crate) mod tests {
             vcpu: vcpu(1),
             entry: GuestPhysAddr(0x4000_0000),
             argument: 0,
+            generation: 0,
         };
         for _ in 0..CPU_QUEUE_CAPACITY {
             system.requests(cpu(2)).post(start).unwrap();
