@@ -112,7 +112,8 @@ enum Commands {
     Package {
         #[arg(long)]
         system: PathBuf,
-        /// Default: target/packages/<configuration stem>.cpio.
+        /// Default: target/packages/ at the configuration's path below the
+        /// workspace, .toml replaced by .cpio.
         #[arg(long)]
         out: Option<PathBuf>,
     },
