@@ -3,6 +3,7 @@
 //! result must carry an arm64 Image header.
 
 use std::ffi::OsString;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -44,20 +45,33 @@ pub fn build_image(root: &Path, variant: &Variant) -> Result<PathBuf> {
 }
 
 /// Writes the flat binary of `elf` to `out` with llvm-objcopy, creating
-/// the directory.
+/// the directory. The binary is written beside `out` under a name of this
+/// process's own and renamed into place, so that a QEMU another `tessera`
+/// starts meanwhile never boots half of it.
 pub fn flatten(root: &Path, elf: &Path, out: &Path) -> Result<()> {
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let objcopy = find_llvm_objcopy(root)?;
-    run_checked(
+    let mut partial = out.as_os_str().to_owned();
+    partial.push(format!(".{}.partial", std::process::id()));
+    let partial = PathBuf::from(partial);
+    let flattened = run_checked(
         Command::new(&objcopy)
             .arg("-O")
             .arg("binary")
             .arg(elf)
-            .arg(out),
+            .arg(&partial),
         "llvm-objcopy",
     )
+    .and_then(|()| {
+        std::fs::rename(&partial, out)
+            .with_context(|| format!("cannot rename {} to {}", partial.display(), out.display()))
+    });
+    if flattened.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    flattened
 }
 
 /// The cargo that runs us: under `cargo run`, CARGO names it, so nested
@@ -66,14 +80,20 @@ pub fn cargo_program() -> OsString {
     std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"))
 }
 
-/// Runs a command to completion with inherited output; a failure names the
-/// step and its status.
+/// Runs a command to completion with its output captured, so that it does
+/// not interleave with the tool's own lines (cargo's progress lines would);
+/// a failure names the step and its status, and its output, where the
+/// compiler's errors are, goes to stderr first.
 pub fn run_checked(command: &mut Command, step: &str) -> Result<()> {
-    let status = command
-        .status()
+    let output = command
+        .stdin(std::process::Stdio::null())
+        .output()
         .with_context(|| format!("cannot start {step} ({:?})", command.get_program()))?;
-    if !status.success() {
-        bail!("{step} failed ({status})");
+    if !output.status.success() {
+        let mut stderr = std::io::stderr().lock();
+        let _ = stderr.write_all(&output.stdout);
+        let _ = stderr.write_all(&output.stderr);
+        bail!("{step} failed ({})", output.status);
     }
     Ok(())
 }

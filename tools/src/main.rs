@@ -21,6 +21,7 @@ mod system;
 mod system_commands;
 mod units;
 mod variant;
+mod verdict;
 mod workspace;
 
 use std::path::{Path, PathBuf};
@@ -31,7 +32,8 @@ use clap::{Parser, Subcommand};
 
 use crate::firmware_dt::FirmwareTrees;
 use crate::machine::{Board, Clock, Machine, QEMU_PROGRAM, QemuRequest, qemu_args, shell_words};
-use crate::process::Ending;
+use crate::process::{Ending, Watched};
+use crate::system::BoardSpec;
 use crate::variant::{SEMIHOSTING_FEATURE, Variant};
 
 #[derive(Debug, Parser)]
@@ -56,8 +58,10 @@ enum Commands {
         features: Vec<String>,
     },
     /// Build for a machine, or for a system configuration with its package,
-    /// and boot it under QEMU, serial on this terminal. Exits with QEMU's
-    /// exit status.
+    /// and boot it under QEMU, serial on this terminal. Ends QEMU once the
+    /// hypervisor has printed its verdict (`tessera: power off, status N`)
+    /// and exits with that status: 0 when every VM succeeded. Without a
+    /// verdict, exits with QEMU's exit status.
     Run {
         #[arg(
             long,
@@ -108,7 +112,8 @@ enum Commands {
     Package {
         #[arg(long)]
         system: PathBuf,
-        /// Default: target/packages/<configuration stem>.cpio.
+        /// Default: target/packages/ at the configuration's path below the
+        /// workspace, .toml replaced by .cpio.
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -189,6 +194,7 @@ pub fn run_interactive(
     extra_args: &[String],
 ) -> Result<ExitCode> {
     // Checked before the build so a wrong --cpus does not cost a build.
+    check_cpus(target.machine, target.cpus).map_err(|reason| anyhow!(reason))?;
     target
         .machine
         .check_topology(target.cpus, target.memory)
@@ -215,13 +221,54 @@ pub fn run_interactive(
     })
     .map_err(|reason| anyhow!(reason))?;
     eprintln!("tessera: {}", shell_words(QEMU_PROGRAM, &args));
-    let status = Command::new(QEMU_PROGRAM)
-        .args(&args)
-        .current_dir(root)
-        .status()
-        .with_context(|| format!("cannot start {QEMU_PROGRAM} (`make deps` installs it)"))?;
-    let code = Ending::from_status(status).shell_status();
-    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+    let watched =
+        process::run_until_verdict(Command::new(QEMU_PROGRAM).args(&args).current_dir(root))
+            .with_context(|| format!("cannot start {QEMU_PROGRAM} (`make deps` installs it)"))?;
+    let (code, note) = exit_status(&watched);
+    if let Some(note) = note {
+        eprintln!("tessera: {note}");
+    }
+    Ok(ExitCode::from(code))
+}
+
+/// The CPU counts the hypervisor runs on, as `tessera check` applies them
+/// to a configuration's `board.cpus`: those of the board the machine's
+/// image is built for. QEMU's own limit is checked after this.
+fn check_cpus(machine: Machine, cpus: u32) -> Result<(), String> {
+    let Some(board) = BoardSpec::for_build(machine.board()) else {
+        return Ok(());
+    };
+    if board.cpus.contains(&cpus) {
+        Ok(())
+    } else {
+        Err(format!(
+            "--cpus: {} (the board of {}) has {}, not {cpus}",
+            board.name,
+            machine.name(),
+            board.cpus_text()
+        ))
+    }
+}
+
+/// `tessera run`'s exit status, and a line saying where it came from when
+/// that is not plain: the hypervisor's verdict when it printed one, QEMU's
+/// status otherwise.
+fn exit_status(watched: &Watched) -> (u8, Option<String>) {
+    match (watched.verdict, watched.ending) {
+        (Some(status), Ending::Stopped) => (
+            verdict::exit_status(status),
+            Some(format!(
+                "the system powered off with status {status}; QEMU was stopped"
+            )),
+        ),
+        (Some(status), _) => (verdict::exit_status(status), None),
+        (None, ending) => (
+            u8::try_from(ending.shell_status()).unwrap_or(1),
+            Some(format!(
+                "QEMU ended ({ending}) without the hypervisor's verdict"
+            )),
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -322,6 +369,47 @@ mod tests {
             Cli::try_parse_from(["tessera", "bench"]).unwrap().command,
             Commands::Bench
         ));
+    }
+
+    #[test]
+    fn run_takes_the_cpu_counts_check_takes() {
+        assert_eq!(
+            check_cpus(Machine::VirtGicv3, 9).unwrap_err(),
+            "--cpus: qemu-virt (the board of virt-gicv3) has 1 to 8 CPUs, not 9"
+        );
+        assert!(check_cpus(Machine::VirtGicv3, 0).is_err());
+        for cpus in 1..=8 {
+            assert!(check_cpus(Machine::VirtGicv3, cpus).is_ok(), "{cpus}");
+            assert!(check_cpus(Machine::VirtGicv2, cpus).is_ok(), "{cpus}");
+        }
+        assert_eq!(
+            check_cpus(Machine::Raspi4b, 2).unwrap_err(),
+            "--cpus: rpi4 (the board of raspi4b) has 4 CPUs, not 2"
+        );
+        assert!(check_cpus(Machine::Raspi4b, 4).is_ok());
+    }
+
+    #[test]
+    fn run_exits_with_the_verdict_else_with_qemus_status() {
+        let watched = |ending, verdict| exit_status(&Watched { ending, verdict });
+        assert_eq!(watched(Ending::Exited(0), Some(0)), (0, None));
+        assert_eq!(watched(Ending::Exited(1), Some(1)), (1, None));
+        let (code, note) = watched(Ending::Stopped, Some(1));
+        assert_eq!(code, 1);
+        assert_eq!(
+            note.unwrap(),
+            "the system powered off with status 1; QEMU was stopped"
+        );
+        assert_eq!(watched(Ending::Stopped, Some(0)).0, 0);
+        assert_eq!(watched(Ending::Stopped, Some(300)).0, 255);
+        let (code, note) = watched(Ending::Exited(3), None);
+        assert_eq!(code, 3);
+        assert_eq!(
+            note.unwrap(),
+            "QEMU ended (exit status 3) without the hypervisor's verdict"
+        );
+        assert_eq!(watched(Ending::Signalled(15), None).0, 143);
+        assert_eq!(watched(Ending::Exited(-1), None).0, 1);
     }
 
     #[test]

@@ -327,7 +327,7 @@ fn build_packages(root: &Path, entries: &[Entry]) -> BTreeMap<PathBuf, Result<Pa
         if packages.contains_key(system) {
             continue;
         }
-        let out = root.join(package_path(system));
+        let out = package::default_path(root, &root.join(system));
         let built = system::load(&root.join(system), &mut examples)
             .map_err(|errors| one_line(&errors))
             .and_then(|loaded| package::write(&loaded, &out).map_err(|err| format!("{err:#}")))
@@ -341,19 +341,6 @@ fn build_packages(root: &Path, entries: &[Entry]) -> BTreeMap<PathBuf, Result<Pa
         packages.insert(system.clone(), built);
     }
     packages
-}
-
-/// `tests/guests/systems/two-vms.toml` packs to
-/// `target/packages/tests-guests-systems-two-vms.cpio`: the whole path, so
-/// configurations with one file name in different directories stay apart.
-fn package_path(system: &Path) -> PathBuf {
-    let flat = system
-        .with_extension("")
-        .components()
-        .map(|part| part.as_os_str().to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join("-");
-    Path::new(package::PACKAGE_DIR).join(format!("{flat}.cpio"))
 }
 
 #[derive(Debug)]
@@ -777,7 +764,7 @@ cpus = [1]
             .unwrap();
         assert_eq!(
             built,
-            &root.join("target/packages/tests-guests-systems-pair.cpio")
+            &root.join("target/packages/tests/guests/systems/pair.cpio")
         );
         let bytes = std::fs::read(built).unwrap();
         let inspection = package::inspect(&bytes);

@@ -21,12 +21,47 @@ use crate::workspace;
 /// Where packages go unless told otherwise, relative to the workspace root.
 pub const PACKAGE_DIR: &str = "target/packages";
 
-/// `target/packages/<stem of the configuration>.cpio` under `root`.
+/// Packages of configurations outside the workspace go below this, in
+/// [`PACKAGE_DIR`], under their whole absolute path.
+const OUTSIDE_DIR: &str = "outside-workspace";
+
+/// Where a configuration's package goes by default: under `root`'s
+/// [`PACKAGE_DIR`], at the configuration's own path below `root` with
+/// `.toml` replaced by `.cpio` (`systems/demo.toml` packs to
+/// `target/packages/systems/demo.cpio`), so that two configurations with
+/// one file name in different folders never share a package. The path is
+/// resolved first (symbolic links, `..`, and `config_file` relative to the
+/// current directory), so one file always gets one package. A
+/// configuration outside the workspace goes to
+/// `target/packages/outside-workspace/<its absolute path>`.
 pub fn default_path(root: &Path, config_file: &Path) -> PathBuf {
-    let stem = config_file
-        .file_stem()
-        .map_or_else(|| "system".into(), |stem| stem.to_string_lossy());
-    root.join(PACKAGE_DIR).join(format!("{stem}.cpio"))
+    let resolve = |path: &Path| {
+        std::fs::canonicalize(path)
+            .or_else(|_| std::path::absolute(path))
+            .unwrap_or_else(|_| path.to_path_buf())
+    };
+    root.join(package_path_for(&resolve(root), &resolve(config_file)))
+}
+
+/// [`default_path`] relative to the root, for paths already resolved.
+fn package_path_for(root: &Path, config_file: &Path) -> PathBuf {
+    let below = match config_file.strip_prefix(root) {
+        Ok(relative) => relative.to_path_buf(),
+        Err(_) => Path::new(OUTSIDE_DIR).join(
+            config_file
+                .components()
+                .filter(|part| matches!(part, std::path::Component::Normal(_)))
+                .collect::<PathBuf>(),
+        ),
+    };
+    let name = match below.file_name() {
+        Some(_) if below.extension().is_some_and(|ext| ext == "toml") => {
+            below.with_extension("cpio")
+        }
+        Some(name) => below.with_file_name(format!("{}.cpio", name.to_string_lossy())),
+        None => below.join("system.cpio"),
+    };
+    Path::new(PACKAGE_DIR).join(name)
 }
 
 /// The package's bytes: the manifest, then for each VM in configuration
@@ -211,10 +246,40 @@ mod tests {
     }
 
     #[test]
-    fn default_path_uses_the_config_stem() {
+    fn packages_follow_the_configuration_path_below_the_root() {
+        let ws = Path::new("/ws");
         assert_eq!(
-            default_path(Path::new("/ws"), Path::new("systems/demo.toml")),
-            PathBuf::from("/ws/target/packages/demo.cpio")
+            package_path_for(ws, Path::new("/ws/systems/demo.toml")),
+            PathBuf::from("target/packages/systems/demo.cpio")
         );
+        // One file name in two folders: two packages.
+        assert_eq!(
+            package_path_for(ws, Path::new("/ws/tests/guests/systems/demo.toml")),
+            PathBuf::from("target/packages/tests/guests/systems/demo.cpio")
+        );
+        assert_eq!(
+            package_path_for(ws, Path::new("/ws/systems/demo.conf")),
+            PathBuf::from("target/packages/systems/demo.conf.cpio")
+        );
+        assert_eq!(
+            package_path_for(ws, Path::new("/home/me/demo.toml")),
+            PathBuf::from("target/packages/outside-workspace/home/me/demo.cpio")
+        );
+    }
+
+    #[test]
+    fn a_configuration_gets_one_package_however_its_path_is_written() {
+        let root =
+            std::env::temp_dir().join(format!("tessera-default-path-{}", std::process::id()));
+        let config = root.join("systems/demo.toml");
+        std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+        std::fs::write(&config, "").unwrap();
+        let expected = root.join("target/packages/systems/demo.cpio");
+        assert_eq!(default_path(&root, &config), expected);
+        assert_eq!(
+            default_path(&root, &root.join("systems/../systems/./demo.toml")),
+            expected
+        );
+        std::fs::remove_dir_all(root).unwrap();
     }
 }

@@ -44,6 +44,11 @@ impl BoardSpec {
         BOARDS.iter().find(|board| board.name == name)
     }
 
+    /// The board a hypervisor build is for, and so its limits.
+    pub fn for_build(build: Board) -> Option<&'static BoardSpec> {
+        BOARDS.iter().find(|board| board.build == build)
+    }
+
     pub fn names() -> String {
         BOARDS
             .iter()
