@@ -22,8 +22,10 @@ pub mod boot {
     pub mod manifest;
     pub mod package;
 }
-/// The console's output queue, shared by every VM.
+/// The console's output queue, shared by every VM, and the escaping rule
+/// for everything from outside that reaches the console.
 pub mod console {
+    pub mod escape;
     pub mod queue;
 }
 /// Emulated devices: each VM's device map.

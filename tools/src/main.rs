@@ -8,6 +8,7 @@ mod bench;
 mod builder;
 #[cfg(test)]
 mod device_tree_reading;
+mod escape;
 mod firmware_dt;
 mod guests;
 mod image;

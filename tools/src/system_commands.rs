@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
+use crate::escape::escaped;
 use crate::guests::ExampleBuilder;
 use crate::system::{self, ConfigErrors, LoadedSystem};
 use crate::units::{format_size, hex};
@@ -15,7 +16,7 @@ use crate::{Target, package, run_interactive, workspace};
 pub fn check(root: &Path, file: &Path) -> ExitCode {
     match load(root, file) {
         Ok(_) => {
-            println!("{}: OK", file.display());
+            println!("{}: OK", escaped(&file.display().to_string()));
             ExitCode::SUCCESS
         }
         Err(errors) => report(&errors),
@@ -33,8 +34,8 @@ pub fn package(root: &Path, file: &Path, out: Option<&Path>) -> Result<ExitCode>
     for (vm, image) in system.config.vms.iter().zip(&system.images) {
         eprintln!(
             "tessera: vm {}: {} ({}, load offset {}), {} of RAM at {}, CPUs {:?}",
-            vm.name,
-            workspace::display(&image.path),
+            escaped(&vm.name),
+            escaped(&workspace::display(&image.path)),
             format_size(image.bytes.len() as u64),
             hex(image.layout.load_offset),
             format_size(vm.ram),
@@ -48,18 +49,19 @@ pub fn package(root: &Path, file: &Path, out: Option<&Path>) -> Result<ExitCode>
 
 /// `tessera inspect`: the listing on stdout; problems on stderr and exit 1.
 pub fn inspect(file: &Path) -> Result<ExitCode> {
-    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let shown = escaped(&file.display().to_string()).to_string();
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {shown}"))?;
     let inspection = package::inspect(&bytes);
-    println!("{}: {} bytes", file.display(), bytes.len());
+    println!("{shown}: {} bytes", bytes.len());
     for line in &inspection.listing {
         println!("{line}");
     }
     if inspection.problems.is_empty() {
-        println!("{}: OK", file.display());
+        println!("{shown}: OK");
         return Ok(ExitCode::SUCCESS);
     }
     for problem in &inspection.problems {
-        eprintln!("{}: {problem}", file.display());
+        eprintln!("{shown}: {problem}");
     }
     Ok(ExitCode::FAILURE)
 }

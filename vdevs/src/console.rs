@@ -2,12 +2,13 @@
 
 /// Where a console device's output goes, one line at a time.
 ///
-/// Lines never contain `\n` or `\r`. A line longer than
+/// Lines never contain `\n`, nor end in `\r`; a `\r` inside a line (one
+/// that did not end it) is passed on. A line longer than
 /// [`LINE_CAPACITY`] arrives as several calls, with nothing marking the
 /// continuation. The sink adds whatever framing it wants (the hypervisor
 /// prefixes the VM's name); models know nothing of names. Bytes are passed
-/// through unfiltered otherwise, so a sink writing to a terminal may want to
-/// neutralise control characters.
+/// through unfiltered otherwise, so a sink writing to a terminal must
+/// neutralise control characters (the hypervisor escapes them).
 pub trait ConsoleSink {
     fn write_line(&mut self, line: &[u8]);
 
@@ -36,15 +37,19 @@ pub const LINE_CAPACITY: usize = 256;
 
 /// Collects transmitted bytes until a line is complete.
 ///
-/// `\n` ends a line; every `\r` is dropped, so both `\r\n` and `\n` guests
-/// give the same lines and a stray `\r` cannot overwrite the sink's prefix
-/// on a terminal. A full buffer is handed over only when one more byte
-/// arrives, so a line of exactly [`LINE_CAPACITY`] bytes followed by `\n`
-/// stays one line rather than becoming a full line plus an empty one.
+/// `\n` ends a line, and the `\r`s just before it are dropped, so `\r\n`
+/// and `\n` guests give the same lines. Any other `\r` stays in the line
+/// for the sink to show (escaped: on a terminal it would return the cursor
+/// over the sink's prefix). A full buffer is handed over only when one more
+/// byte arrives, so a line of exactly [`LINE_CAPACITY`] bytes followed by
+/// `\n` (or `\r\n`) stays one line rather than becoming a full line plus
+/// an empty one.
 #[derive(Clone, Debug)]
 pub struct LineBuffer {
     bytes: [u8; LINE_CAPACITY],
     len: usize,
+    /// The last hand-over was of a full buffer, in the middle of a line.
+    split: bool,
 }
 
 impl LineBuffer {
@@ -53,26 +58,33 @@ impl LineBuffer {
         Self {
             bytes: [0; LINE_CAPACITY],
             len: 0,
+            split: false,
         }
     }
 
     /// Adds one transmitted byte, handing a line to `sink` when one is
     /// complete or the buffer has no room left.
     pub fn push(&mut self, byte: u8, sink: &mut impl ConsoleSink) {
-        match byte {
-            b'\r' => {}
-            b'\n' => {
-                sink.write_line(self.pending());
-                self.len = 0;
+        if byte == b'\n' {
+            let line = self.pending();
+            let ending = line.iter().rev().take_while(|&&byte| byte == b'\r').count();
+            let text = &line[..line.len() - ending];
+            // Only carriage returns after a full buffer handed over: they
+            // ended that line, which has no rest to hand over.
+            if !(self.split && text.is_empty() && ending > 0) {
+                sink.write_line(text);
             }
-            _ => {
-                if self.len == LINE_CAPACITY {
-                    self.flush(sink);
-                }
-                self.bytes[self.len] = byte;
-                self.len += 1;
-            }
+            self.len = 0;
+            self.split = false;
+            return;
         }
+        if self.len == LINE_CAPACITY {
+            sink.write_line(self.pending());
+            self.len = 0;
+            self.split = true;
+        }
+        self.bytes[self.len] = byte;
+        self.len += 1;
     }
 
     /// Hands a partial line to `sink`, if there is one (for example when the
@@ -82,6 +94,7 @@ impl LineBuffer {
             sink.write_line(self.pending());
             self.len = 0;
         }
+        self.split = false;
     }
 
     /// The bytes of the line not yet handed over.
@@ -118,12 +131,40 @@ mod tests {
     }
 
     #[test]
-    fn carriage_returns_vanish_and_empty_lines_survive() {
+    fn carriage_returns_before_a_line_feed_vanish_and_empty_lines_survive() {
         let mut buffer = LineBuffer::new();
         let mut sink = Lines::default();
-        feed(&mut buffer, &mut sink, b"a\rb\r\n\nc\n");
-        assert_eq!(sink.0, [&b"ab"[..], b"", b"c"]);
+        feed(&mut buffer, &mut sink, b"ab\r\n\nc\n\r\n\r\r\nd\r\r\n");
+        assert_eq!(sink.0, [&b"ab"[..], b"", b"c", b"", b"", b"d"]);
         assert!(buffer.pending().is_empty());
+    }
+
+    #[test]
+    fn a_carriage_return_that_ends_no_line_is_kept_for_the_sink_to_show() {
+        let mut buffer = LineBuffer::new();
+        let mut sink = Lines::default();
+        feed(&mut buffer, &mut sink, b"\rforged\n50%\r60%\r\n\rx");
+        buffer.flush(&mut sink);
+        assert_eq!(sink.0, [&b"\rforged"[..], b"50%\r60%", b"\rx"]);
+        // Even where a line has only carriage returns before the line feed.
+        feed(&mut buffer, &mut sink, b"\r\r\n");
+        assert_eq!(sink.0.last().unwrap(), b"");
+    }
+
+    #[test]
+    fn a_full_line_ended_by_carriage_return_and_line_feed_is_still_one_line() {
+        let mut buffer = LineBuffer::new();
+        let mut sink = Lines::default();
+        feed(&mut buffer, &mut sink, &[b'x'; LINE_CAPACITY]);
+        feed(&mut buffer, &mut sink, b"\r\n");
+        assert_eq!(sink.0, [[b'x'; LINE_CAPACITY]]);
+        // A longer line is split, and its rest keeps a carriage return that
+        // ends nothing.
+        feed(&mut buffer, &mut sink, &[b'y'; LINE_CAPACITY + 1]);
+        feed(&mut buffer, &mut sink, b"\r\rz\r\n");
+        assert_eq!(sink.0[1], [b'y'; LINE_CAPACITY]);
+        assert_eq!(sink.0[2], b"y\r\rz");
+        assert_eq!(sink.0.len(), 3);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tessera_hypervisor::boot::device_tree::{self, MachineDescription};
 use tessera_hypervisor::boot::manifest;
 use tessera_hypervisor::boot::package::Package;
+use tessera_hypervisor::console::escape::Escaped;
 use tessera_hypervisor::memory::address::{PhysAddr, PhysRange};
 use tessera_hypervisor::memory::map::RangeSet;
 use tessera_hypervisor::{MAX_CPUS, VERSION};
@@ -330,7 +331,7 @@ fn load_system(initrd: PhysRange, machine: &Machine, free: &mut RangeSet) -> &'s
     ) {
         log::error!(
             "system package built for {} with GICv{}, this is {} with GICv{} and {} CPUs: {error:?}",
-            manifest.board,
+            Escaped::str(manifest.board),
             manifest.gic_version,
             BOARD.name,
             machine.gic.version(),
@@ -346,7 +347,7 @@ fn load_system(initrd: PhysRange, machine: &Machine, free: &mut RangeSet) -> &'s
             None => {
                 log::error!(
                     "vm {}: no contiguous free RAM for its {} MiB",
-                    vm.name,
+                    Escaped::str(vm.name),
                     vm.ram_size >> 20
                 );
                 power::power_off(1)

@@ -19,6 +19,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 use spin::Mutex;
 use tessera_hypervisor::boot::manifest::MAX_VMS;
+use tessera_hypervisor::console::escape::Escaped;
 use tessera_hypervisor::console::queue::{CAPACITY, ConsoleQueue, DrainStop};
 use tock_registers::interfaces::{Readable, Writeable};
 use tock_registers::register_bitfields;
@@ -251,8 +252,8 @@ pub fn print(arguments: fmt::Arguments<'_>) {
     }
 }
 
-/// Queues a line of VM `vm` (named `name`) as `[name] text`. `text` must
-/// hold no line breaks. Returns false, dropping it, when the VM's share of
+/// Queues a line of VM `vm` (named `name`) as `[name] text`, both escaped
+/// (`escape`). `text` must hold no line breaks. Returns false, dropping it, when the VM's share of
 /// the queue is full; the loss is reported before the VM's next line, or
 /// when it stops ([`report_dropped_output`]).
 pub fn queue_guest_line(vm: usize, name: &str, text: &[u8]) -> bool {
@@ -282,7 +283,8 @@ pub fn report_dropped_output(vm: usize, name: &str) {
     });
     if dropped > 0 {
         print(format_args!(
-            "tessera: vm {name}: {dropped} bytes of its output dropped (sent while the console was full)\n"
+            "tessera: vm {}: {dropped} bytes of its output dropped (sent while the console was full)\n",
+            Escaped::str(name)
         ));
     }
 }

@@ -14,10 +14,14 @@
 //! `[name]`) ahead of the VM's next line. So one VM's output can delay,
 //! but never block or crowd out, another's.
 //!
-//! Lines come out whole and in the order they were queued.
+//! Lines come out whole and in the order they were queued. The VM's name
+//! and its text are escaped as they are queued ([`super::escape`]), so what
+//! a VM sends cannot end its line early, move the cursor or erase its tag;
+//! what the queue holds and counts is the escaped text.
 
 use core::fmt::Write;
 
+use super::escape::{Escaped, MAX_EXPANSION};
 use crate::boot::manifest::MAX_VMS;
 
 /// Bytes of queued output one VM may have at a time: seven full lines.
@@ -31,16 +35,17 @@ const _: () = assert!(
     "a VM index fits the header's byte"
 );
 
-/// The longest guest text one line carries (the virtual UART's line buffer).
-const LONGEST_TEXT: usize = tessera_vdevs::console::LINE_CAPACITY;
+/// The longest guest text one line carries once escaped (the virtual UART's
+/// line buffer, every byte of it a `\xNN`).
+const LONGEST_TEXT: usize = tessera_vdevs::console::LINE_CAPACITY * MAX_EXPANSION;
 /// The dropped-output notice, around the VM's name and the count.
 const NOTICE_START: &str = "tessera: vm ";
 const NOTICE_END: &str = " bytes of its output dropped (sent while the console was full)\r\n";
 /// ": " plus the most digits a count has.
 const NOTICE_COUNT_BYTES: usize = 2 + 20;
 
-/// The queued size of a guest line of `text_bytes` from a VM whose name is
-/// `name_bytes` long: `[name] text\r\n` and the header.
+/// The queued size of a guest line of `text_bytes` (escaped) from a VM whose
+/// name is `name_bytes` long (escaped): `[name] text\r\n` and the header.
 const fn line_record(name_bytes: usize, text_bytes: usize) -> usize {
     HEADER_BYTES + 1 + name_bytes + 2 + text_bytes + 2
 }
@@ -51,9 +56,10 @@ const fn notice_record(name_bytes: usize) -> usize {
     HEADER_BYTES + NOTICE_START.len() + name_bytes + NOTICE_COUNT_BYTES + NOTICE_END.len()
 }
 
-/// The most a VM (its name `name_bytes` long) may have queued and still be
-/// sure its next line, even the longest and with a dropped-output notice
-/// before it, fits its share. Its UART shows TXFF above this.
+/// The most a VM (its name `name_bytes` long once escaped, see
+/// [`super::escape::escaped_len`]) may have queued and still be sure its next line, even
+/// the longest and with a dropped-output notice before it, fits its share.
+/// Its UART shows TXFF above this.
 #[must_use]
 pub const fn ready_threshold(name_bytes: usize) -> usize {
     VM_SHARE.saturating_sub(line_record(name_bytes, LONGEST_TEXT) + notice_record(name_bytes))
@@ -146,10 +152,10 @@ impl<'a> ConsoleQueue<'a> {
         self.dropped_by_vm.get_mut(vm).map_or(0, core::mem::take)
     }
 
-    /// Queues `[name] text` for VM `vm`, preceded by a notice of what the
-    /// VM lost before, if anything. Returns false and queues nothing when
-    /// the VM's share has no room for both; the text's bytes are then
-    /// counted as dropped.
+    /// Queues `[name] text` for VM `vm`, both escaped, preceded by a notice
+    /// of what the VM lost before, if anything. Returns false and queues
+    /// nothing when the VM's share has no room for both; the text's bytes
+    /// are then counted as dropped.
     pub fn push_guest_line(&mut self, vm: usize, name: &str, text: &[u8]) -> bool {
         let Some(&dropped) = self.dropped_by_vm.get(vm) else {
             return false;
@@ -160,12 +166,19 @@ impl<'a> ConsoleQueue<'a> {
         };
         // A name too long for the buffer leaves the notice out (not cut
         // short) rather than the line.
-        if dropped > 0 && write!(notice, "{NOTICE_START}{name}: {dropped}{NOTICE_END}").is_err() {
+        if dropped > 0
+            && write!(
+                notice,
+                "{NOTICE_START}{}: {dropped}{NOTICE_END}",
+                Escaped::str(name)
+            )
+            .is_err()
+        {
             notice.len = 0;
         }
         let notice = &notice.bytes[..notice.len];
-        let line: [&[u8]; 5] = [b"[", name.as_bytes(), b"] ", text, b"\r\n"];
-        let line_bytes: usize = line.iter().map(|part| part.len()).sum();
+        let (name, text) = (Escaped::str(name), Escaped(text));
+        let line_bytes = 1 + name.len() + 2 + text.len() + 2;
         let notice_needed = if notice.is_empty() {
             0
         } else {
@@ -173,26 +186,30 @@ impl<'a> ConsoleQueue<'a> {
         };
         let needed = notice_needed + HEADER_BYTES + line_bytes;
         if line_bytes > usize::from(u16::MAX) || self.queued(vm) + needed > VM_SHARE {
-            self.dropped_by_vm[vm] += text.len();
+            self.dropped_by_vm[vm] += text.0.len();
             return false;
         }
         if !notice.is_empty() {
-            self.append_record(vm, &[notice]);
+            self.append_record(vm, notice.len(), notice.iter().copied());
             self.dropped_by_vm[vm] = 0;
         }
-        self.append_record(vm, &line);
+        let line = b"["
+            .iter()
+            .copied()
+            .chain(name.bytes())
+            .chain(*b"] ")
+            .chain(text.bytes())
+            .chain(*b"\r\n");
+        self.append_record(vm, line_bytes, line);
         true
     }
 
-    /// Appends one record; the caller checked the VM's share has room (the
-    /// shares add up to the capacity, so the queue has too).
-    fn append_record(&mut self, vm: usize, parts: &[&[u8]]) {
-        let length: usize = parts.iter().map(|part| part.len()).sum();
+    /// Appends one record of `length` bytes; the caller checked the VM's
+    /// share has room (the shares add up to the capacity, so the queue has
+    /// too).
+    fn append_record(&mut self, vm: usize, length: usize, record: impl Iterator<Item = u8>) {
         let length = (length as u16).to_le_bytes();
-        for byte in [vm as u8, length[0], length[1]]
-            .into_iter()
-            .chain(parts.iter().flat_map(|part| part.iter().copied()))
-        {
+        for byte in [vm as u8, length[0], length[1]].into_iter().chain(record) {
             let tail = (self.head + self.len) % CAPACITY;
             self.bytes[tail] = byte;
             self.len += 1;
@@ -261,6 +278,7 @@ impl<'a> ConsoleQueue<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::console::escape::escaped_len;
     use std::boxed::Box;
     use std::vec::Vec;
 
@@ -299,6 +317,75 @@ mod tests {
         assert_eq!(drain_all(&mut queue), b"[a] one\r\n[b] two\r\n[a] \r\n");
         assert_eq!(queue.queued(0), 0);
         assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn what_a_guest_sends_is_escaped_under_its_tag_and_cannot_forge_a_line() {
+        let mut queue = queue();
+        // The bytes a hostile guest's line can hold (the line buffer took
+        // out the line feeds; a carriage return that ends no line stays).
+        assert!(queue.push_guest_line(0, "me", b"\rtessera: vm other: stopped cleanly"));
+        assert!(queue.push_guest_line(0, "me", b"\x1b[2K\x1b[1A[other] forged\x08\x08"));
+        assert!(queue.push_guest_line(0, "me", b"\x1b[31mred\x1b[0m \\ \xc3\xa9"));
+        let out = drain_all(&mut queue);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "[me] \\x0dtessera: vm other: stopped cleanly\r\n\
+             [me] \\x1b[2K\\x1b[1A[other] forged\\x08\\x08\r\n\
+             [me] \\x1b[31mred\\x1b[0m \\\\ \\xc3\\xa9\r\n"
+        );
+        // Every line starts with the tag, and only the framing's line
+        // break and no other control byte reaches the terminal.
+        for line in out
+            .split(|&byte| byte == b'\n')
+            .filter(|line| !line.is_empty())
+        {
+            assert!(line.starts_with(b"[me] "), "{line:?}");
+            let (last, text) = line.split_last().unwrap();
+            assert_eq!(*last, b'\r');
+            assert!(text.iter().all(|byte| (0x20..=0x7E).contains(byte)));
+        }
+    }
+
+    #[test]
+    fn a_name_from_the_manifest_is_escaped_in_the_tag_and_the_notice() {
+        let mut queue = queue();
+        let name = "x\x1b[2K\ntessera: vm y";
+        let text = [b'q'; 200];
+        while queue.push_guest_line(0, name, &text) {}
+        drain_all(&mut queue);
+        assert!(queue.push_guest_line(0, name, b"after"));
+        let out = drain_all(&mut queue);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "tessera: vm x\\x1b[2K\\x0atessera: vm y: 200 bytes of its output dropped \
+             (sent while the console was full)\r\n\
+             [x\\x1b[2K\\x0atessera: vm y] after\r\n"
+        );
+        // The queue counts what it holds: the escaped bytes.
+        assert!(queue.push_guest_line(1, name, b"\x00"));
+        assert_eq!(
+            queue.queued(1),
+            line_record(escaped_len(name.as_bytes()), 4)
+        );
+    }
+
+    #[test]
+    fn a_line_of_nothing_but_control_bytes_fits_under_the_threshold() {
+        // The threshold allows for the longest escaped line: a guest that
+        // waits for it loses nothing even when every byte is escaped.
+        let mut queue = queue();
+        let name = "hostile";
+        let text = [0x1b; tessera_vdevs::console::LINE_CAPACITY];
+        let mut out = Vec::new();
+        for _ in 0..20 {
+            while queue.queued(5) > ready_threshold(escaped_len(name.as_bytes())) {
+                queue.drain(1, fifo(&mut out, usize::MAX));
+            }
+            assert!(queue.push_guest_line(5, name, &text));
+        }
+        assert_eq!(queue.dropped(5), 0);
+        assert!(ready_threshold(escaped_len(&[0x1b; 32])) > 0);
     }
 
     #[test]

@@ -9,8 +9,10 @@ use tessera_vdevs::{AccessWidth, ConsoleSink, InterruptLine, MmioDevice, Pl011};
 
 use crate::console;
 
-/// Queues a guest's lines for the console as `[name] line`. Control
-/// characters are shown as `?` so a guest cannot drive the host terminal.
+/// Queues a guest's lines for the console as `[name] line`. The queue
+/// escapes both (`tessera_hypervisor::console::escape`: control characters
+/// and bytes above ASCII as `\xNN`), so a guest cannot drive the host
+/// terminal or print a line that is not under its tag.
 pub struct TaggedConsole {
     vm: usize,
     name: &'static str,
@@ -22,18 +24,11 @@ pub struct TaggedConsole {
 
 impl ConsoleSink for TaggedConsole {
     fn write_line(&mut self, line: &[u8]) {
-        let mut text = [0u8; tessera_vdevs::console::LINE_CAPACITY];
-        let length = line.len().min(text.len());
-        for (out, byte) in text.iter_mut().zip(&line[..length]) {
-            *out = if byte.is_ascii_graphic() || *byte == b' ' || *byte == b'\t' {
-                *byte
-            } else {
-                b'?'
-            };
-        }
+        // The model hands over at most a line buffer's worth.
+        let line = &line[..line.len().min(tessera_vdevs::console::LINE_CAPACITY)];
         // A line sent while the VM's share of the console queue was full
         // (its UART showed TXFF) is dropped; the console reports the loss.
-        let _ = console::queue_guest_line(self.vm, self.name, &text[..length]);
+        let _ = console::queue_guest_line(self.vm, self.name, line);
     }
 
     #[inline(always)]
@@ -67,7 +62,7 @@ impl VirtualUart {
                     name,
                     queued: console::guest_output_counter(vm),
                     ready_threshold: tessera_hypervisor::console::queue::ready_threshold(
-                        name.len(),
+                        tessera_hypervisor::console::escape::escaped_len(name.as_bytes()),
                     ),
                 },
                 PendingLevel { asserted: false },

@@ -14,6 +14,7 @@ use spin::Once;
 use tessera_hypervisor::MAX_CPUS;
 use tessera_hypervisor::boot::manifest::{SystemManifest, VmManifest};
 use tessera_hypervisor::boot::package::Package;
+use tessera_hypervisor::console::escape::Escaped;
 use tessera_hypervisor::devices::map::{DeviceMap, DeviceSlot, Window};
 use tessera_hypervisor::memory::address::{GuestPhysAddr, PhysAddr};
 use tessera_hypervisor::memory::fast_copy;
@@ -207,11 +208,16 @@ impl core::fmt::Display for BuildError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::Package(entry) => write!(f, "the package has no valid entry {entry}"),
-            Self::Stage2 { vm } => write!(f, "vm {vm}: could not build its stage-2 tables"),
+            Self::Stage2 { vm } => {
+                let vm = Escaped::str(vm);
+                write!(f, "vm {vm}: could not build its stage-2 tables")
+            }
             Self::ImageTooLarge { vm } => {
+                let vm = Escaped::str(vm);
                 write!(f, "vm {vm}: image or device tree does not fit its RAM")
             }
             Self::Placement { vm } => {
+                let vm = Escaped::str(vm);
                 write!(f, "vm {vm}: a physical CPU is given to two vCPUs")
             }
         }
@@ -428,12 +434,18 @@ fn report_end(id: VmId, outcome: Outcome) {
     devices::flush(id);
     crate::console::report_dropped_output(id.index(), name);
     match outcome {
-        Outcome::Clean => println!("tessera: vm {name}: stopped cleanly"),
+        Outcome::Clean => println!("tessera: vm {}: stopped cleanly", Escaped::str(name)),
         Outcome::ExitStatus(status) => {
-            println!("tessera: vm {name}: exited with status {status} (failure)");
+            println!(
+                "tessera: vm {}: exited with status {status} (failure)",
+                Escaped::str(name)
+            );
         }
         Outcome::Fault => {
-            println!("tessera: vm {name}: stopped after a fault it could not take (failure)");
+            println!(
+                "tessera: vm {}: stopped after a fault it could not take (failure)",
+                Escaped::str(name)
+            );
         }
     }
     if let Some(verdict) = SYSTEM.vm_ended(outcome) {
@@ -500,11 +512,17 @@ pub fn handle_guest_exit(frame: &mut TrapFrame) {
     match exit {
         GuestExit::Mmio(access) => handle_mmio(id, frame, &access),
         GuestExit::UndecodableDataAbort { address, is_write } => {
-            log::debug!("vm {}: undecodable access to {address}", name(id));
+            log::debug!(
+                "vm {}: undecodable access to {address}",
+                Escaped::str(name(id))
+            );
             inject_abort(id, frame, AbortKind::Data { is_write }, address);
         }
         GuestExit::OtherDataAbort { address, status } => {
-            log::debug!("vm {}: data abort at {address}: {status}", name(id));
+            log::debug!(
+                "vm {}: data abort at {address}: {status}",
+                Escaped::str(name(id))
+            );
             inject_abort(id, frame, AbortKind::Data { is_write: false }, address);
         }
         GuestExit::InstructionAbort { address } => {
@@ -574,7 +592,7 @@ pub fn handle_guest_exit(frame: &mut TrapFrame) {
             // defined) read as zero and ignore writes, as if not implemented.
             log::debug!(
                 "vm {}: system register {encoding:?} emulated as RAZ/WI",
-                name(id)
+                Escaped::str(name(id))
             );
             if is_read && register < 31 {
                 frame.registers[register as usize] = 0;
@@ -599,7 +617,7 @@ fn handle_mmio(id: VmId, frame: &mut TrapFrame, access: &MmioAccess) {
     }
     log::debug!(
         "vm {}: {} of {} bytes at {} outside RAM and devices",
-        name(id),
+        Escaped::str(name(id)),
         if access.is_write { "write" } else { "read" },
         access.width.bytes(),
         access.address
@@ -692,7 +710,7 @@ fn stop_with_fault(id: VmId, frame: &TrapFrame, reason: core::fmt::Arguments<'_>
     devices::flush(id);
     println!(
         "tessera: vm {}: stopped: {reason}; PC {:#x}, ESR_EL2 {}",
-        name(id),
+        Escaped::str(name(id)),
         frame.exception_link,
         ExceptionSyndrome(frame.syndrome)
     );
@@ -735,7 +753,7 @@ fn reset_vm(id: VmId, vcpu: VcpuId) -> ! {
     };
     println!(
         "tessera: vm {}: restarted from its pristine image (reset {})",
-        name(id),
+        Escaped::str(name(id)),
         vm(id).lifecycle().reset_count()
     );
     if let Some(outcome) = SYSTEM.restart(id, generation, &Aarch64) {

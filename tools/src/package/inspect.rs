@@ -6,8 +6,11 @@ use std::collections::BTreeSet;
 
 use super::cpio;
 use super::manifest::MANIFEST_ENTRY;
+use crate::escape::{escape, escaped};
 
-/// What `inspect` found: a listing to print, and every problem.
+/// What `inspect` found: a listing to print, and every problem. Entry names
+/// and everything else read from the package are escaped (`crate::escape`),
+/// so a crafted package cannot print a line of its own.
 #[derive(Debug, Default)]
 pub struct Inspection {
     pub listing: Vec<String>,
@@ -19,7 +22,7 @@ pub fn inspect(bytes: &[u8]) -> Inspection {
     let entries = match cpio::read(bytes) {
         Ok(entries) => entries,
         Err(err) => {
-            inspection.problems.push(err.to_string());
+            inspection.problems.push(escape(&err.to_string()));
             return inspection;
         }
     };
@@ -35,7 +38,7 @@ pub fn inspect(bytes: &[u8]) -> Inspection {
             entry.data.len(),
             // `cpio::read` has checked every field.
             entry.stored_checksum().unwrap_or_default(),
-            entry.name,
+            escaped(entry.name),
             if entry.checksum_ok() {
                 ""
             } else {
@@ -47,20 +50,20 @@ pub fn inspect(bytes: &[u8]) -> Inspection {
     let mut seen = BTreeSet::new();
     for entry in &entries {
         if let Err(err) = entry.verify_checksum() {
-            inspection.problems.push(err.to_string());
+            inspection.problems.push(escape(&err.to_string()));
         }
         if let Ok(mode) = entry.mode()
             && !entry.is_regular_file()
         {
             inspection.problems.push(format!(
                 "{}: mode {mode:#o} is not a regular file",
-                entry.name
+                escaped(entry.name)
             ));
         }
         if !seen.insert(entry.name) {
             inspection
                 .problems
-                .push(format!("{}: appears more than once", entry.name));
+                .push(format!("{}: appears more than once", escaped(entry.name)));
         }
     }
     if entries.first().map(|entry| entry.name) != Some(MANIFEST_ENTRY) {
@@ -78,9 +81,11 @@ pub fn inspect(bytes: &[u8]) -> Inspection {
             continue;
         };
         if !seen.contains(partner.as_str()) {
-            inspection
-                .problems
-                .push(format!("{name} has no {partner} beside it"));
+            inspection.problems.push(format!(
+                "{} has no {} beside it",
+                escaped(name),
+                escape(&partner)
+            ));
         }
     }
     inspection
@@ -116,6 +121,27 @@ mod tests {
                 "     0x108           1  0x00000064  vm/a/guest.dtb",
             ]
         );
+    }
+
+    #[test]
+    fn a_crafted_entry_name_is_escaped_in_the_listing_and_the_problems() {
+        let name = "vm/a\n/tmp/p.cpio: OK\x1b[2K/image";
+        let bytes = package(&[(MANIFEST_ENTRY, b"m"), (name, b"abc")]);
+        let inspection = inspect(&bytes);
+        let escaped = "vm/a\\x0a/tmp/p.cpio: OK\\x1b[2K/image";
+        assert!(inspection.listing[2].ends_with(&format!("  {escaped}")));
+        assert_eq!(
+            inspection.problems,
+            [format!(
+                "{escaped} has no vm/a\\x0a/tmp/p.cpio: OK\\x1b[2K/guest.dtb beside it"
+            )]
+        );
+        for line in inspection.listing.iter().chain(&inspection.problems) {
+            assert!(
+                line.bytes().all(|byte| (0x20..=0x7E).contains(&byte)),
+                "{line:?}"
+            );
+        }
     }
 
     #[test]

@@ -119,7 +119,8 @@ impl<'a> Fields<'a> {
 /// A value as a message names it: `the integer 64`, `an array`.
 pub fn describe(value: &Value) -> String {
     match value {
-        Value::String(text) => format!("the string {text:?}"),
+        // Quoted as it is: the message is escaped as a whole when printed.
+        Value::String(text) => format!("the string \"{text}\""),
         Value::Integer(number) => format!("the integer {number}"),
         Value::Float(number) => format!("the float {number}"),
         Value::Boolean(flag) => format!("the boolean {flag}"),

@@ -20,6 +20,7 @@ use fields::Problems;
 pub use guest_image::GuestImage;
 use validate::Draft;
 
+use crate::escape::escaped;
 use crate::machine::Machine;
 use crate::units::MIB;
 use crate::workspace;
@@ -107,14 +108,16 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", workspace::display(&self.file))?;
+        // The file name, the key and the values in the reason come from
+        // outside: escaped, none can print a line of its own.
+        write!(f, "{}", escaped(&workspace::display(&self.file)))?;
         if let Some((line, column)) = self.position {
             write!(f, ":{line}:{column}")?;
         }
         if let Some(key) = &self.key {
-            write!(f, ": {key}")?;
+            write!(f, ": {}", escaped(key))?;
         }
-        write!(f, ": {}", self.reason)
+        write!(f, ": {}", escaped(&self.reason))
     }
 }
 
