@@ -63,7 +63,7 @@ pub enum MapError {
 /// A window no trapped access can fall in (guest-physical addresses stay
 /// far below it), for the entries past `count`: the routing hint may
 /// point at one without a bounds check, and it answers nothing.
-const UNUSED: (Window, DeviceSlot) = (
+const UNUSED: Entry = Entry(
     Window {
         base: GuestPhysAddr(u64::MAX - 7),
         size: 8,
@@ -71,11 +71,17 @@ const UNUSED: (Window, DeviceSlot) = (
     DeviceSlot(u8::MAX),
 );
 
+/// A window and its slot, 32 bytes so the hint's entry is found with a
+/// shift (this is on the device fast path).
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(32))]
+struct Entry(Window, DeviceSlot);
+
 /// One VM's windows, sorted by base; the entries past `count` are
 /// [`UNUSED`].
 #[derive(Debug)]
 pub struct DeviceMap {
-    windows: [(Window, DeviceSlot); MAX_WINDOWS],
+    windows: [Entry; MAX_WINDOWS],
     count: usize,
     /// The window that answered last (an index below `count`, or 0): only
     /// a hint, so vCPUs racing on it cost at most a longer search.
@@ -103,9 +109,9 @@ impl DeviceMap {
         if window.size < 8 || window.base.0.checked_add(window.size).is_none() {
             return Err(MapError::BadWindow(window));
         }
-        if let Some(&(other, other_slot)) = self.windows[..self.count]
+        if let Some(&Entry(other, other_slot)) = self.windows[..self.count]
             .iter()
-            .find(|(other, _)| window.base.0 < other.end() && other.base.0 < window.end())
+            .find(|Entry(other, _)| window.base.0 < other.end() && other.base.0 < window.end())
         {
             return Err(MapError::Overlaps {
                 slot: other_slot,
@@ -117,10 +123,10 @@ impl DeviceMap {
         }
         let position = self.windows[..self.count]
             .iter()
-            .position(|(other, _)| other.base.0 > window.base.0)
+            .position(|Entry(other, _)| other.base.0 > window.base.0)
             .unwrap_or(self.count);
         self.windows.copy_within(position..self.count, position + 1);
-        self.windows[position] = (window, slot);
+        self.windows[position] = Entry(window, slot);
         self.count += 1;
         Ok(())
     }
@@ -135,7 +141,7 @@ impl DeviceMap {
         // One unsigned compare: an address below the window wraps to a huge
         // offset and fails it like one above. Windows are at least 8 bytes,
         // so `size - 1 - last_byte` cannot wrap.
-        let answers = |(window, _): &(Window, DeviceSlot)| {
+        let answers = |Entry(window, _): &Entry| {
             let offset = address.0.wrapping_sub(window.base.0);
             (offset <= window.size - 1 - last_byte).then_some(offset)
         };
@@ -149,10 +155,7 @@ impl DeviceMap {
 
     /// The search past the hint, kept out of line so the hit stays short.
     #[inline(never)]
-    fn route_slowly(
-        &self,
-        answers: &impl Fn(&(Window, DeviceSlot)) -> Option<u64>,
-    ) -> Option<(DeviceSlot, u64)> {
+    fn route_slowly(&self, answers: &impl Fn(&Entry) -> Option<u64>) -> Option<(DeviceSlot, u64)> {
         let windows = &self.windows[..self.count.min(MAX_WINDOWS)];
         let (index, offset) = windows
             .iter()
@@ -164,7 +167,9 @@ impl DeviceMap {
 
     /// Every window with its slot, by base.
     pub fn windows(&self) -> impl Iterator<Item = (Window, DeviceSlot)> + '_ {
-        self.windows[..self.count].iter().copied()
+        self.windows[..self.count]
+            .iter()
+            .map(|Entry(window, slot)| (*window, *slot))
     }
 }
 
