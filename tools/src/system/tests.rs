@@ -91,11 +91,15 @@ fn only_error(edits: &[(&str, &str)], extra: &str, test: &str) -> String {
 
 #[test]
 fn a_full_configuration_loads() {
+    // guest-sdk examples run only at the default base: beta has an image
+    // of its own.
+    let beta = scratch("full-beta").join("beta.bin");
+    std::fs::write(&beta, fake_image(0x8_0000, MIB, 4096)).unwrap();
     let source = format!(
         "{BOARD}{ALPHA}
 [[vm]]
 name = \"beta\"
-image = \"example:hello\"
+image = {beta:?}
 ram = \"128M\"
 ram-base = 0x8000_0000
 cpus = [3, 2]
@@ -348,10 +352,15 @@ fn guest_ram_must_avoid_the_device_window() {
         "systems/demo.toml: vm[0].ram-base: guest RAM 0x0600_0000..0x0a00_0000 overlaps the \
          device window 0x0800_0000..0x0a00_0000 (GIC, UART)"
     );
-    // Ending exactly where the window starts is fine.
+    // Ending exactly where the window starts is fine (for an image that is
+    // not a guest-sdk example, which runs only at the default base).
+    let raw = scratch("touching-image").join("raw.bin");
+    std::fs::write(&raw, [0x14u8; 100]).unwrap();
     let source = format!(
         "{BOARD}{}",
-        ALPHA.replace("ram = \"64M\"", "ram = \"128M\"\nram-base = 0")
+        ALPHA
+            .replace("ram = \"64M\"", "ram = \"128M\"\nram-base = 0")
+            .replace("\"example:hello\"", &format!("{raw:?}"))
     );
     let errors = check_in(&source, Path::new(FILE), "touching").err();
     assert_eq!(errors, None);
