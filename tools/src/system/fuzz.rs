@@ -322,7 +322,7 @@ fn random_table<'a>(rng: &mut Rng, root: &'a mut Table) -> &'a mut Table {
 /// Changes one thing in the tree.
 fn mutate_tree(rng: &mut Rng, root: &mut Table) {
     match rng.below(10) {
-        0 | 1 | 2 => {
+        0..=2 => {
             let table = random_table(rng, root);
             table.insert(rng.pick(KEYS).to_string(), random_value(rng, 2));
         }

@@ -227,6 +227,46 @@ mod tests {
     }
 
     #[test]
+    fn offsets_and_sizes_past_2_pow_64_are_reported_not_wrapped() {
+        let far = ImageLayout {
+            load_offset: u64::MAX - 0xFFF,
+            size: 0x1000,
+        };
+        assert_eq!(
+            check_fit(far, 0x4000_0000, 6 * MIB, "g.bin"),
+            Err(
+                "g.bin (4K, load offset 0xffff_ffff_ffff_f000) does not fit the VM's 6M of RAM \
+                 at 0x4000_0000: it would end past 2^64"
+                    .into()
+            )
+        );
+        let huge = ImageLayout {
+            load_offset: 0x8_0000,
+            size: u64::MAX,
+        };
+        assert_eq!(
+            check_fit(huge, 0x4000_0000, 6 * MIB, "g.bin"),
+            Err(
+                "g.bin (18446744073709551615 bytes, load offset 0x8_0000) does not fit the VM's \
+                 6M of RAM at 0x4000_0000: it would end past 2^64"
+                    .into()
+            )
+        );
+        assert_eq!(
+            check_fit(far, u64::MAX - MIB - 1, 2 * MIB, "g.bin"),
+            Err("the VM's 2M of RAM at 0xffff_ffff_ffef_fffe ends past 2^64".into())
+        );
+    }
+
+    #[test]
+    fn a_device_is_not_an_image_file() {
+        assert_eq!(
+            read(Path::new("/dev/zero")),
+            Err("/dev/zero is not a regular file".into())
+        );
+    }
+
+    #[test]
     fn read_errors_name_the_file() {
         let missing = std::env::temp_dir().join("tessera-no-such-image.bin");
         assert_eq!(
