@@ -464,7 +464,14 @@ fn generate(rng: &mut Rng, seeds: &[Vec<u8>], snippets: &[Vec<u8>]) -> Vec<u8> {
 
 /// `example:` names resolve to images made for the run: a good one, and
 /// ones whose headers put the image past any RAM or past 2^64.
-struct FuzzExamples(BTreeMap<&'static str, PathBuf>);
+/// The folder of images is removed when the run ends.
+struct FuzzExamples(BTreeMap<&'static str, PathBuf>, PathBuf);
+
+impl Drop for FuzzExamples {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
+}
 
 impl FuzzExamples {
     fn new() -> Self {
@@ -483,7 +490,7 @@ impl FuzzExamples {
             std::fs::write(&path, bytes).expect("a scratch image");
             paths.insert(name, path);
         }
-        FuzzExamples(paths)
+        FuzzExamples(paths, dir)
     }
 }
 
