@@ -6,7 +6,7 @@ HYPERVISOR_TARGET := aarch64-unknown-none-softfloat
 GUEST_TARGET := aarch64-unknown-none
 TESSERA := $(CARGO) run --release -p tessera-tools --
 
-.PHONY: deps fmt-check clippy unit e2e test run bench clean
+.PHONY: deps fmt-check clippy unit e2e test run bench fuzz clean
 
 # `make test` lists its steps as prerequisites; they must run in order
 # (deps first, cheap checks before slow ones) even under `make -j`.
@@ -40,6 +40,15 @@ run: deps
 # `make test`. Writes target/bench/results.json and docs/benchmarks.md.
 bench: deps
 	$(TESSERA) bench
+
+# The configuration checker on generated hostile configurations, in the
+# debug build so an overflow panics (tools/src/system/fuzz.rs); not part of
+# `make test`, which runs 20,000 of them within `unit`.
+FUZZ_ITERATIONS ?= 1000000
+FUZZ_SEED ?= 0x7E55E4A0
+fuzz:
+	TESSERA_FUZZ_ITERATIONS=$(FUZZ_ITERATIONS) TESSERA_FUZZ_SEED=$(FUZZ_SEED) \
+		$(CARGO) test -p tessera-tools --bin tessera fuzz_many_configurations -- --ignored --nocapture
 
 clean:
 	$(CARGO) clean

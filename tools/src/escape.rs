@@ -122,7 +122,7 @@ mod tests {
             "{errors}"
         );
         assert!(
-            errors.contains("x\\x1b[1A\\x0dsystems/demo.toml: OK: unknown key"),
+            errors.contains("\"x\\x1b[1A\\x0dsystems/demo.toml: OK\": unknown key"),
             "{errors}"
         );
     }

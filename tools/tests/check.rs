@@ -2,6 +2,8 @@
 //! `tests/fixtures/`, one per check class of docs/system-image.md, with
 //! the exact messages on stderr and the exit status. The fixtures use
 //! image files beside them, never guest-sdk examples, so nothing is built.
+//! Configurations that cannot be kept as text (not UTF-8, thousands of
+//! mistakes) are written to a scratch folder by the test.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -15,9 +17,27 @@ fn check(config: &str) -> Output {
         .expect("the tessera binary runs")
 }
 
+/// `tessera check` on `contents`, written as `config` in a scratch folder
+/// of this test's own.
+fn check_written(test: &str, config: &str, contents: &[u8]) -> Output {
+    let dir = std::env::temp_dir().join(format!("tessera-check-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a scratch folder");
+    std::fs::write(dir.join(config), contents).expect("the configuration is written");
+    let output = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["check", "--system", config])
+        .current_dir(&dir)
+        .output()
+        .expect("the tessera binary runs");
+    let _ = std::fs::remove_dir_all(&dir);
+    output
+}
+
 /// Asserts that checking `config` fails with exactly `expected` on stderr.
 fn assert_rejected(config: &str, expected: &[&str]) {
-    let output = check(config);
+    assert_output(config, &check(config), expected);
+}
+
+fn assert_output(config: &str, output: &Output, expected: &[&str]) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines, expected, "{config}");
@@ -156,4 +176,65 @@ fn an_unreadable_configuration() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.starts_with("absent.toml: cannot read: "), "{stderr}");
     assert_eq!(output.status.code(), Some(1));
+}
+
+#[test]
+fn sums_past_2_pow_64() {
+    assert_rejected(
+        "overflow.toml",
+        &[
+            "overflow.toml: vm[0].ram-base: guest RAM of 17179869183G at 0x7fff_ffff_ffe0_0000 ends past 2^64, so past the 39-bit guest-physical space (0x80_0000_0000)",
+            "overflow.toml: vm[1].ram: guest RAM of 17179869183G at 0x4000_0000 ends past 2^64, so past the 39-bit guest-physical space (0x80_0000_0000)",
+            "overflow.toml: board.memory: the RAM of the 2 VMs plus the hypervisor's reserve (32M) is more than 2^64 bytes, far more than the board's 1G",
+        ],
+    );
+}
+
+#[test]
+fn a_dotted_key_too_deep_is_a_syntax_error_at_its_line() {
+    let key = (0..90)
+        .map(|n| format!("k{n}"))
+        .collect::<Vec<_>>()
+        .join(".");
+    let output = check_written(
+        "deep",
+        "deep.toml",
+        format!("# deep\n{key} = 1\n").as_bytes(),
+    );
+    assert_output(
+        "deep.toml",
+        &output,
+        &["deep.toml:2:1: recursion limit: a key has too many dotted parts"],
+    );
+}
+
+#[test]
+fn a_file_that_is_not_utf8() {
+    let output = check_written(
+        "utf8",
+        "latin1.toml",
+        b"[board]\nname = \"qemu-virt\"\n# caf\xe9\n",
+    );
+    assert_output(
+        "latin1.toml",
+        &output,
+        &[
+            "latin1.toml:3:6: not UTF-8: byte 0xe9 at byte offset 32 does not begin a valid character; save the file as UTF-8",
+        ],
+    );
+}
+
+#[test]
+fn at_most_40_mistakes_then_a_count() {
+    // The issue's case in small: one long `cpus` array, every entry wrong.
+    let cpus = vec!["-1"; 200_000].join(",");
+    let config = format!(
+        "[board]\nname = \"qemu-virt\"\ngic-version = 3\ncpus = 4\nmemory = \"1G\"\n\n\
+         [[vm]]\nname = \"a\"\nimage = \"a.bin\"\nram = \"2M\"\ncpus = [{cpus}]\n"
+    );
+    let output = check_written("cap", "long.toml", config.as_bytes());
+    let mut expected = vec!["long.toml: vm[0].cpus: -1 is not a CPU number"; 40];
+    // The other 199,960 entries, and the image, which does not exist.
+    expected.push("long.toml: 199961 more mistakes not shown (the first 40 are above)");
+    assert_output("long.toml", &output, &expected);
 }

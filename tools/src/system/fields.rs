@@ -4,13 +4,17 @@
 
 use toml::{Table, Value};
 
-use super::{ConfigError, ConfigErrors};
+use super::{ConfigError, ConfigErrors, MAX_SHOWN};
 
-/// The problems found so far in one file.
+/// The problems found so far in one file: the first [`MAX_SHOWN`] in
+/// full, the rest only counted, so a file with millions of mistakes costs
+/// no more memory than one with forty.
 #[derive(Debug)]
 pub struct Problems {
     file: std::path::PathBuf,
     pub list: Vec<ConfigError>,
+    /// Problems found after the list was full.
+    pub omitted: usize,
 }
 
 impl Problems {
@@ -18,10 +22,15 @@ impl Problems {
         Problems {
             file: file.to_path_buf(),
             list: Vec::new(),
+            omitted: 0,
         }
     }
 
     pub fn add(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+        if self.list.len() >= MAX_SHOWN {
+            self.omitted += 1;
+            return;
+        }
         self.list.push(ConfigError {
             file: self.file.clone(),
             position: None,
@@ -39,7 +48,7 @@ impl Problems {
     }
 
     pub fn into_errors(self) -> ConfigErrors {
-        ConfigErrors(self.list)
+        ConfigErrors(self.list, self.omitted)
     }
 }
 
@@ -55,10 +64,14 @@ impl<'a> Fields<'a> {
         Fields { path, table }
     }
 
-    /// The full key path of `name` in this table.
+    /// The full key path of `name` in this table. A name that is not a
+    /// bare TOML key (empty, or with spaces, dots, quotes, control
+    /// characters) is quoted, so the path stays one unambiguous word:
+    /// `vm[0]."a b"`.
     pub fn key(&self, name: &str) -> String {
+        let name = key_part(name);
         if self.path.is_empty() {
-            name.to_string()
+            name
         } else {
             format!("{}.{name}", self.path)
         }
@@ -113,6 +126,21 @@ impl<'a> Fields<'a> {
 
     pub fn integer(&self, name: &str, required: bool, problems: &mut Problems) -> Option<i64> {
         self.typed(name, required, "an integer", Value::as_integer, problems)
+    }
+}
+
+/// `name` as one part of a key path: bare if TOML allows it bare, else in
+/// quotes. Control characters are left to the message's escaping
+/// (`crate::escape`), which every mistake goes through when printed.
+fn key_part(name: &str) -> String {
+    let bare = !name.is_empty()
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
+    if bare {
+        name.to_string()
+    } else {
+        format!("\"{name}\"")
     }
 }
 

@@ -41,6 +41,12 @@ pub fn read(path: &Path) -> Result<Vec<u8>, String> {
     if path.is_dir() {
         return Err(format!("{shown} is a directory, not an image file"));
     }
+    // A device or a pipe (`/dev/zero`) could be read for ever.
+    if let Ok(metadata) = std::fs::metadata(path)
+        && !metadata.is_file()
+    {
+        return Err(format!("{shown} is not a regular file"));
+    }
     std::fs::read(path).map_err(|err| match err.kind() {
         ErrorKind::NotFound => format!("{shown} does not exist"),
         ErrorKind::PermissionDenied => format!("{shown} is not readable (permission denied)"),
@@ -89,11 +95,31 @@ pub fn layout(bytes: &[u8], shown: &str) -> Result<ImageLayout, String> {
 }
 
 /// Checks that the image ends at or below the device tree's place,
-/// `ram_base + ram - 64 KiB`.
+/// `ram_base + ram - 64 KiB`. The offset and size come from the image's
+/// header, so any 64-bit values: every sum is checked, and one past 2^64 is
+/// reported by its parts, never wrapped.
 pub fn check_fit(layout: ImageLayout, ram_base: u64, ram: u64, shown: &str) -> Result<(), String> {
-    let device_tree = (ram_base + ram).saturating_sub(DEVICE_TREE_ROOM);
-    let load = ram_base.saturating_add(layout.load_offset);
-    let end = load.saturating_add(layout.size);
+    let ram_end = ram_base.checked_add(ram).ok_or_else(|| {
+        format!(
+            "the VM's {} of RAM at {} ends past 2^64",
+            format_size(ram),
+            address(ram_base)
+        )
+    })?;
+    let device_tree = ram_end.saturating_sub(DEVICE_TREE_ROOM);
+    let placed = ram_base
+        .checked_add(layout.load_offset)
+        .and_then(|load| Some((load, load.checked_add(layout.size)?)));
+    let Some((load, end)) = placed else {
+        return Err(format!(
+            "{shown} ({}, load offset {}) does not fit the VM's {} of RAM at {}: it would end \
+             past 2^64",
+            format_size(layout.size),
+            hex(layout.load_offset),
+            format_size(ram),
+            address(ram_base)
+        ));
+    };
     if end > device_tree {
         return Err(format!(
             "{shown} ({}, loaded at {}) ends at {}, past the device tree at {} \
@@ -197,6 +223,46 @@ mod tests {
             Err("g.bin (5701633 bytes, loaded at 0x4008_0000) ends at 0x405f_0001, past the \
                  device tree at 0x405f_0000 (the last 64 KiB of the VM's 6M of RAM); give the VM more RAM"
                 .into())
+        );
+    }
+
+    #[test]
+    fn offsets_and_sizes_past_2_pow_64_are_reported_not_wrapped() {
+        let far = ImageLayout {
+            load_offset: u64::MAX - 0xFFF,
+            size: 0x1000,
+        };
+        assert_eq!(
+            check_fit(far, 0x4000_0000, 6 * MIB, "g.bin"),
+            Err(
+                "g.bin (4K, load offset 0xffff_ffff_ffff_f000) does not fit the VM's 6M of RAM \
+                 at 0x4000_0000: it would end past 2^64"
+                    .into()
+            )
+        );
+        let huge = ImageLayout {
+            load_offset: 0x8_0000,
+            size: u64::MAX,
+        };
+        assert_eq!(
+            check_fit(huge, 0x4000_0000, 6 * MIB, "g.bin"),
+            Err(
+                "g.bin (18446744073709551615 bytes, load offset 0x8_0000) does not fit the VM's \
+                 6M of RAM at 0x4000_0000: it would end past 2^64"
+                    .into()
+            )
+        );
+        assert_eq!(
+            check_fit(far, u64::MAX - MIB - 1, 2 * MIB, "g.bin"),
+            Err("the VM's 2M of RAM at 0xffff_ffff_ffef_fffe ends past 2^64".into())
+        );
+    }
+
+    #[test]
+    fn a_device_is_not_an_image_file() {
+        assert_eq!(
+            read(Path::new("/dev/zero")),
+            Err("/dev/zero is not a regular file".into())
         );
     }
 

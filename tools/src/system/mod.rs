@@ -1,6 +1,8 @@
 //! System configurations (docs/system-image.md): the TOML file that says
 //! which board a system runs on and which VMs it has, read into a checked
-//! model. Every mistake is reported as `FILE: KEY: REASON`.
+//! model. Every mistake is reported as `FILE: KEY: REASON`, or as
+//! `FILE:LINE:COLUMN: REASON` where the file is not TOML (or not UTF-8) at
+//! that place; at most [`MAX_SHOWN`] are kept, then one line counts the rest.
 //!
 //! Checking runs in two stages so callers that only need the board (the
 //! scenario loader) need not build guests: [`load_config`] does every
@@ -9,6 +11,8 @@
 
 mod board;
 mod fields;
+#[cfg(test)]
+mod fuzz;
 pub mod guest_image;
 mod validate;
 
@@ -121,10 +125,25 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// Every mistake in one file, in the order found: top-level keys, the
-/// board, each VM in turn, then the memory budget. Displayed one per line.
+/// How many mistakes a file's report shows; a mutated configuration can
+/// hold millions (one per entry of a long array), and past a few dozen more
+/// lines help nobody.
+pub const MAX_SHOWN: usize = 40;
+
+/// The mistakes in one file, in the order found: top-level keys, the
+/// board, each VM in turn, then the memory budget. The first [`MAX_SHOWN`]
+/// are kept (`.0`); `.1` counts those found after them. Displayed one per
+/// line, then, if any were left out,
+/// `FILE: N more mistakes not shown (the first 40 are above)`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
+pub struct ConfigErrors(pub Vec<ConfigError>, pub usize);
+
+impl ConfigErrors {
+    /// A report of one mistake.
+    fn one(error: ConfigError) -> Self {
+        ConfigErrors(vec![error], 0)
+    }
+}
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -134,6 +153,18 @@ impl fmt::Display for ConfigErrors {
             }
             write!(f, "{error}")?;
         }
+        if let Some(first) = self.0.first()
+            && self.1 > 0
+        {
+            write!(
+                f,
+                "\n{}: {} more {} not shown (the first {} are above)",
+                escaped(&workspace::display(&first.file)),
+                self.1,
+                if self.1 == 1 { "mistake" } else { "mistakes" },
+                self.0.len()
+            )?;
+        }
         Ok(())
     }
 }
@@ -142,15 +173,26 @@ impl std::error::Error for ConfigErrors {}
 
 /// Reads `file` and does every check that needs only its text.
 pub fn load_config(file: &Path) -> Result<SystemConfig, ConfigErrors> {
-    let source = read_source(file)?;
-    let (draft, problems) = check_source(&source, file)?;
+    let bytes = read_bytes(file)?;
+    let source = decode(&bytes, file)?;
+    let (draft, problems) = check_source(source, file)?;
     finish(draft, problems)
 }
 
 /// Reads `file` and does every check, images included.
 pub fn load(file: &Path, locator: &mut dyn ImageLocator) -> Result<LoadedSystem, ConfigErrors> {
-    let source = read_source(file)?;
-    check(&source, file, locator)
+    let bytes = read_bytes(file)?;
+    check_bytes(&bytes, file, locator)
+}
+
+/// Every check on the contents of `file`, as read: the in-process entry
+/// point of `tessera check` (the fuzz run calls it too).
+pub fn check_bytes(
+    bytes: &[u8],
+    file: &Path,
+    locator: &mut dyn ImageLocator,
+) -> Result<LoadedSystem, ConfigErrors> {
+    check(decode(bytes, file)?, file, locator)
 }
 
 /// Every check on `source`, which was read from `file`.
@@ -170,14 +212,36 @@ pub fn check(
     Ok(LoadedSystem { config, images })
 }
 
-fn read_source(file: &Path) -> Result<String, ConfigErrors> {
-    std::fs::read_to_string(file).map_err(|err| {
-        ConfigErrors(vec![ConfigError {
+/// The file's bytes; a file that cannot be read at all is not a mistake
+/// in it, so this is the one message of another form,
+/// `FILE: cannot read: REASON`.
+fn read_bytes(file: &Path) -> Result<Vec<u8>, ConfigErrors> {
+    std::fs::read(file).map_err(|err| {
+        ConfigErrors::one(ConfigError {
             file: file.to_path_buf(),
             position: None,
             key: None,
             reason: format!("cannot read: {err}"),
-        }])
+        })
+    })
+}
+
+/// The text of a configuration, which TOML requires to be UTF-8; the first
+/// byte that breaks it is reported at its line and column.
+fn decode<'a>(bytes: &'a [u8], file: &Path) -> Result<&'a str, ConfigErrors> {
+    std::str::from_utf8(bytes).map_err(|err| {
+        let offset = err.valid_up_to();
+        // Everything before the first bad byte is valid, so this cannot fail.
+        let valid = std::str::from_utf8(&bytes[..offset]).unwrap_or_default();
+        ConfigErrors::one(ConfigError {
+            file: file.to_path_buf(),
+            position: Some(crate::scenario::line_and_column(valid, offset)),
+            key: None,
+            reason: format!(
+                "not UTF-8: byte {:#04x} at byte offset {offset} does not begin a valid character; save the file as UTF-8",
+                bytes[offset]
+            ),
+        })
     })
 }
 
@@ -186,7 +250,7 @@ fn read_source(file: &Path) -> Result<String, ConfigErrors> {
 fn check_source(source: &str, file: &Path) -> Result<(Draft, Problems), ConfigErrors> {
     let table: toml::Table = source
         .parse()
-        .map_err(|err: toml::de::Error| ConfigErrors(vec![syntax_error(source, file, &err)]))?;
+        .map_err(|err: toml::de::Error| ConfigErrors::one(syntax_error(source, file, &err)))?;
     let mut problems = Problems::new(file);
     let draft = validate::check_table(&table, file, &mut problems);
     Ok((draft, problems))
@@ -203,12 +267,12 @@ fn finish(draft: Draft, problems: Problems) -> Result<SystemConfig, ConfigErrors
 }
 
 fn internal_error(file: &Path, what: &str) -> ConfigErrors {
-    ConfigErrors(vec![ConfigError {
+    ConfigErrors::one(ConfigError {
         file: file.to_path_buf(),
         position: None,
         key: None,
         reason: format!("internal error in the checker: {what}"),
-    }])
+    })
 }
 
 /// The image checks, for each VM whose image, RAM and RAM base are known.
@@ -260,14 +324,55 @@ fn check_image(
 
 /// One line for a TOML syntax error, at its position.
 fn syntax_error(source: &str, file: &Path, err: &toml::de::Error) -> ConfigError {
+    let message = err.message().trim();
+    let (offset, reason) = match err.span() {
+        Some(span) => (span.start, message.to_string()),
+        // The parser gives no place for a dotted key of too many parts
+        // (`a.b.c...`), its only error without one; find that key.
+        None => (
+            deep_key_offset(source).unwrap_or(0),
+            format!("{message}: a key has too many dotted parts"),
+        ),
+    };
     ConfigError {
         file: file.to_path_buf(),
-        position: err
-            .span()
-            .map(|span| crate::scenario::line_and_column(source, span.start)),
+        position: Some(crate::scenario::line_and_column(source, offset)),
         key: None,
-        reason: err.message().trim().to_string(),
+        reason,
     }
+}
+
+/// Dotted keys of this many parts or more are refused by the TOML parser.
+const TOML_KEY_PARTS_LIMIT: usize = 80;
+
+/// The start of the first line with at least [`TOML_KEY_PARTS_LIMIT`] - 1
+/// dots outside quotes and comments: a dotted key that long, in a
+/// `key = value` line, a `[table]` header or an inline table.
+fn deep_key_offset(source: &str) -> Option<usize> {
+    let mut line_start = 0;
+    for line in source.split_inclusive('\n') {
+        let mut dots = 0;
+        let mut quote = None;
+        let mut escaped = false;
+        for c in line.chars() {
+            match (quote, c) {
+                (Some('"'), _) if escaped => escaped = false,
+                (Some('"'), '\\') => escaped = true,
+                (Some(open), _) if c == open => quote = None,
+                (Some(_), _) => {}
+                (None, '"' | '\'') => quote = Some(c),
+                (None, '.') => dots += 1,
+                (None, '#') => break,
+                (None, _) => {}
+            }
+        }
+        if dots + 1 >= TOML_KEY_PARTS_LIMIT {
+            let indent = line.len() - line.trim_start().len();
+            return Some(line_start + indent);
+        }
+        line_start += line.len();
+    }
+    None
 }
 
 #[cfg(test)]

@@ -91,11 +91,15 @@ fn only_error(edits: &[(&str, &str)], extra: &str, test: &str) -> String {
 
 #[test]
 fn a_full_configuration_loads() {
+    // guest-sdk examples run only at the default base: beta has an image
+    // of its own.
+    let beta = scratch("full-beta").join("beta.bin");
+    std::fs::write(&beta, fake_image(0x8_0000, MIB, 4096)).unwrap();
     let source = format!(
         "{BOARD}{ALPHA}
 [[vm]]
 name = \"beta\"
-image = \"example:hello\"
+image = {beta:?}
 ram = \"128M\"
 ram-base = 0x8000_0000
 cpus = [3, 2]
@@ -348,10 +352,15 @@ fn guest_ram_must_avoid_the_device_window() {
         "systems/demo.toml: vm[0].ram-base: guest RAM 0x0600_0000..0x0a00_0000 overlaps the \
          device window 0x0800_0000..0x0a00_0000 (GIC, UART)"
     );
-    // Ending exactly where the window starts is fine.
+    // Ending exactly where the window starts is fine (for an image that is
+    // not a guest-sdk example, which runs only at the default base).
+    let raw = scratch("touching-image").join("raw.bin");
+    std::fs::write(&raw, [0x14u8; 100]).unwrap();
     let source = format!(
         "{BOARD}{}",
-        ALPHA.replace("ram = \"64M\"", "ram = \"128M\"\nram-base = 0")
+        ALPHA
+            .replace("ram = \"64M\"", "ram = \"128M\"\nram-base = 0")
+            .replace("\"example:hello\"", &format!("{raw:?}"))
     );
     let errors = check_in(&source, Path::new(FILE), "touching").err();
     assert_eq!(errors, None);
@@ -729,5 +738,152 @@ fn load_config_reads_the_file_and_skips_image_checks() {
             dir.join("nope.toml").display()
         )),
         "{err}"
+    );
+}
+
+// --- sums past 2^64, message forms, the cap ---
+
+#[test]
+fn ram_base_plus_ram_past_2_pow_64_is_reported_not_wrapped() {
+    let source = format!(
+        "{BOARD}{}",
+        ALPHA.replace(
+            "ram = \"64M\"",
+            "ram = \"17179869183G\"\nram-base = 0x7FFF_FFFF_FFE0_0000"
+        )
+    );
+    assert_eq!(
+        errors(&source, "overflow-base"),
+        [
+            "systems/demo.toml: vm[0].ram-base: guest RAM of 17179869183G at 0x7fff_ffff_ffe0_0000 \
+             ends past 2^64, so past the 39-bit guest-physical space (0x80_0000_0000)",
+            "systems/demo.toml: board.memory: the VMs' RAM (17179869183G) plus the hypervisor's \
+             reserve (32M) is 17592186043424M, more than the board's 1G",
+        ]
+    );
+}
+
+#[test]
+fn the_sum_of_all_vm_ram_past_2_pow_64_is_reported_not_wrapped() {
+    let huge = ALPHA.replace("\"64M\"", "\"17179869183G\"");
+    let source = format!(
+        "{BOARD}{huge}{}",
+        huge.replace("alpha", "beta").replace("[1]", "[2]")
+    );
+    assert_eq!(
+        errors(&source, "overflow-sum"),
+        [
+            "systems/demo.toml: vm[0].ram: guest RAM of 17179869183G at 0x4000_0000 ends past \
+             2^64, so past the 39-bit guest-physical space (0x80_0000_0000)",
+            "systems/demo.toml: vm[1].ram: guest RAM of 17179869183G at 0x4000_0000 ends past \
+             2^64, so past the 39-bit guest-physical space (0x80_0000_0000)",
+            "systems/demo.toml: board.memory: the RAM of the 2 VMs plus the hypervisor's reserve \
+             (32M) is more than 2^64 bytes, far more than the board's 1G",
+        ]
+    );
+}
+
+#[test]
+fn a_guest_sdk_example_runs_only_at_the_default_ram_base() {
+    assert_eq!(
+        only_error(
+            &[("ram = \"64M\"", "ram = \"64M\"\nram-base = 0x8000_0000")],
+            "",
+            "example-base"
+        ),
+        "systems/demo.toml: vm[0].ram-base: 0x8000_0000: guest-sdk examples (here example:hello) \
+         only run with RAM at the default 0x4000_0000; leave ram-base out, or use an image built \
+         for this base"
+    );
+    // Written out, the default is fine.
+    let source = format!(
+        "{BOARD}{}",
+        ALPHA.replace("ram = \"64M\"", "ram = \"64M\"\nram-base = 0x4000_0000")
+    );
+    assert!(check_in(&source, Path::new(FILE), "example-default").is_ok());
+}
+
+#[test]
+fn a_file_that_is_not_utf8_is_reported_at_the_bad_byte() {
+    let errors = check_bytes(
+        b"[board]\nname = \"qemu\xffvirt\"\n",
+        Path::new(FILE),
+        &mut examples("utf8"),
+    )
+    .unwrap_err();
+    assert_eq!(
+        errors.to_string(),
+        "systems/demo.toml:2:13: not UTF-8: byte 0xff at byte offset 20 does not begin a valid \
+         character; save the file as UTF-8"
+    );
+    // A lead byte without its continuation, after a multi-byte character:
+    // the column counts characters.
+    let errors = check_bytes(
+        b"# \xc3\xa9\xc3(\n",
+        Path::new(FILE),
+        &mut examples("utf8-2"),
+    )
+    .unwrap_err();
+    assert_eq!(
+        errors.to_string(),
+        "systems/demo.toml:1:4: not UTF-8: byte 0xc3 at byte offset 4 does not begin a valid \
+         character; save the file as UTF-8"
+    );
+}
+
+#[test]
+fn a_dotted_key_too_deep_is_reported_at_its_line() {
+    let key = (0..100)
+        .map(|n| format!("k{n}"))
+        .collect::<Vec<_>>()
+        .join(".");
+    let source = format!("{BOARD}\n  {key} = 1\n");
+    assert_eq!(
+        errors(&source, "deep-key"),
+        ["systems/demo.toml:7:3: recursion limit: a key has too many dotted parts"]
+    );
+    let nested = format!("{BOARD}x = {}{}\n", "[".repeat(200), "]".repeat(200));
+    let errors = errors(&nested, "deep-array");
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors[0].starts_with("systems/demo.toml:6:"),
+        "{}",
+        errors[0]
+    );
+}
+
+#[test]
+fn at_most_40_mistakes_are_shown_then_a_count() {
+    let cpus = vec!["99"; 100].join(", ");
+    let source = format!("{BOARD}{}", ALPHA.replace("[1]", &format!("[{cpus}]")));
+    let errors = check(&source, Path::new(FILE), &mut examples("cap")).unwrap_err();
+    assert_eq!(errors.0.len(), MAX_SHOWN);
+    assert_eq!(errors.1, 60);
+    let text = errors.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 41);
+    assert!(lines[..40].iter().all(|line| *line
+        == "systems/demo.toml: vm[0].cpus: CPU 99 does not exist; the board has CPUs 0 to 3"));
+    assert_eq!(
+        lines[40],
+        "systems/demo.toml: 60 more mistakes not shown (the first 40 are above)"
+    );
+}
+
+#[test]
+fn keys_that_are_not_bare_are_quoted_and_control_characters_escaped() {
+    let source = format!(
+        "\"a b\" = 1\n\"\" = 2\n\"\\u001b[2J\" = 3\n{}{ALPHA}",
+        BOARD.replace("qemu-virt", "\\u001b[32mOK\\n")
+    );
+    assert_eq!(
+        errors(&source, "quoted"),
+        [
+            "systems/demo.toml: \"\": unknown key (expected one of: board, vm)",
+            "systems/demo.toml: \"\\x1b[2J\": unknown key (expected one of: board, vm)",
+            "systems/demo.toml: \"a b\": unknown key (expected one of: board, vm)",
+            "systems/demo.toml: board.name: unknown board \"\\x1b[32mOK\\x0a\" (expected one of: \
+             qemu-virt, rpi4)",
+        ]
     );
 }

@@ -3,7 +3,7 @@
 //! memory budget. Each check that can still run does, so one pass reports
 //! every mistake; what a failed check leaves unknown is `None` in the draft.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use toml::{Table, Value};
@@ -301,6 +301,16 @@ fn check_vm(
         };
         if let Err(reason) = check_guest_ram_range(base, size) {
             problems.add(fields.key(key), reason);
+            // Reported once: the image is not checked against a range that
+            // does not exist.
+            draft.ram_base = None;
+        } else if let (Some(ImageSource::Example(example)), true) =
+            (&draft.image, base != DEFAULT_RAM_BASE)
+        {
+            problems.add(
+                fields.key("ram-base"),
+                example_needs_default_base(base, example),
+            );
         }
     }
 
@@ -356,6 +366,18 @@ fn parse_image_source(text: &str, file: &Path) -> Result<ImageSource, String> {
     Ok(ImageSource::File(dir.join(text)))
 }
 
+/// guest-sdk examples are linked to run from the default RAM base (and stop
+/// at boot anywhere else), so another base with one is a mistake `check`
+/// can see before anything runs.
+fn example_needs_default_base(base: u64, example: &str) -> String {
+    format!(
+        "{}: guest-sdk examples (here {EXAMPLE_PREFIX}{example}) only run with RAM at the \
+         default {}; leave ram-base out, or use an image built for this base",
+        address(base),
+        address(DEFAULT_RAM_BASE)
+    )
+}
+
 fn check_ram(text: &str) -> Result<u64, String> {
     let bytes = parse_size(text)?;
     if bytes == 0 {
@@ -376,17 +398,27 @@ fn check_ram_base(base: i64) -> Result<u64, String> {
 }
 
 fn check_guest_ram_range(base: u64, size: u64) -> Result<(), String> {
-    let end = base.saturating_add(size);
-    let range = format!("{}..{}", address(base), address(end));
+    let limit = address(GUEST_PHYSICAL_LIMIT);
+    let Some(end) = base.checked_add(size) else {
+        // The end is past 2^64 and would print wrapped: name base and size.
+        return Err(format!(
+            "guest RAM of {} at {} ends past 2^64, so past the 39-bit guest-physical space ({limit})",
+            format_size(size),
+            address(base),
+        ));
+    };
     if end > GUEST_PHYSICAL_LIMIT {
         return Err(format!(
-            "guest RAM {range} ends past the 39-bit guest-physical space ({})",
-            address(GUEST_PHYSICAL_LIMIT)
+            "guest RAM {}..{} ends past the 39-bit guest-physical space ({limit})",
+            address(base),
+            address(end),
         ));
     }
     if base < DEVICE_WINDOW.end && end > DEVICE_WINDOW.start {
         return Err(format!(
-            "guest RAM {range} overlaps the device window {}..{} (GIC, UART)",
+            "guest RAM {}..{} overlaps the device window {}..{} (GIC, UART)",
+            address(base),
+            address(end),
             address(DEVICE_WINDOW.start),
             address(DEVICE_WINDOW.end)
         ));
@@ -417,6 +449,9 @@ fn check_vm_cpus(
         return None;
     }
     let mut cpus = Vec::new();
+    // `cpus` in a set too: an array of a million CPU numbers (where the
+    // board, so the CPU count, is unknown) must not take n² steps.
+    let mut listed = BTreeSet::new();
     let mut all_good = true;
     for entry in entries {
         let Some(cpu) = entry.as_integer().and_then(|cpu| u32::try_from(cpu).ok()) else {
@@ -440,7 +475,7 @@ fn check_vm_cpus(
             all_good = false;
             continue;
         }
-        if cpus.contains(&cpu) {
+        if !listed.insert(cpu) {
             problems.add(&key, format!("CPU {cpu} is listed twice"));
             all_good = false;
             continue;
@@ -484,8 +519,23 @@ fn check_memory_budget(board: &BoardDraft, vms: &[VmDraft], problems: &mut Probl
     let Some(memory) = board.memory else {
         return;
     };
-    let vm_ram: u64 = vms.iter().filter_map(|vm| vm.ram).sum();
-    let needed = vm_ram + HYPERVISOR_RESERVE;
+    let sizes = vms.iter().filter_map(|vm| vm.ram);
+    let vm_ram = sizes.clone().try_fold(0u64, u64::checked_add);
+    let needed = vm_ram.and_then(|ram| ram.checked_add(HYPERVISOR_RESERVE));
+    let (Some(vm_ram), Some(needed)) = (vm_ram, needed) else {
+        // Each size fits 64 bits, their sum does not: far past any board.
+        problems.add(
+            "board.memory",
+            format!(
+                "the RAM of the {} VMs plus the hypervisor's reserve ({}) is more than 2^64 bytes, \
+                 far more than the board's {}",
+                sizes.count(),
+                format_size(HYPERVISOR_RESERVE),
+                format_size(memory)
+            ),
+        );
+        return;
+    };
     if needed > memory {
         problems.add(
             "board.memory",
