@@ -42,7 +42,7 @@ pub fn reset(id: VmId) {
     uart.reset();
 }
 
-/// Carries out a trapped `access` of VM `id`; the caller then steps the
+/// Carries out a trapped `access` of `vm`; the caller then steps the
 /// guest past the instruction. Returns false, changing nothing, when no
 /// device is behind the address (the caller gives the guest an external
 /// abort) or when the access's register is not in `frame` (the caller
