@@ -48,6 +48,13 @@ pub mod traps {
     pub mod guest_exit;
     pub mod reflect;
 }
+/// The virtual GIC: each VM's interrupt state and its distributor and
+/// redistributor register files.
+pub mod vgic {
+    pub mod distributor;
+    pub mod redistributor;
+    pub mod state;
+}
 /// The VM core: typed identifiers, VM lifecycle, the per-CPU request
 /// queues, stage 2, loading, vCPU state, PSCI and set/way decisions.
 pub mod vm {

@@ -1,0 +1,698 @@
+//! The state of every virtual interrupt of one VM, and the questions the
+//! rest of the vGIC asks of it.
+//!
+//! This is the model both register files (the distributor in
+//! `distributor.rs`, the GICv3 redistributor in `redistributor.rs`) read
+//! and write, and the one the list-register allocation will read next: for
+//! each interrupt its group, enable, pending, active, priority and
+//! configuration (Arm IHI 0069H §1.2 and §4.1, IHI 0048B §1.4 and §3.2),
+//! plus where an SPI is delivered (GICv2 CPU targets, GICv3 affinity
+//! routing). SGIs and PPIs (INTIDs 0-31) are banked per vCPU; SPIs belong to
+//! the VM. Nothing here allocates, and nothing is unsafe.
+//!
+//! Pending state keeps the two sources the architecture distinguishes
+//! apart (IHI 0069H §4.1.2, IHI 0048B §3.2.4): a *latch*, set by an edge,
+//! by a write to ISPENDR or by an SGI and cleared by ICPENDR or by the
+//! acknowledge; and for level-sensitive interrupts the *line level*, which
+//! keeps the interrupt pending for as long as the device holds it, whatever
+//! the guest writes to ICPENDR. A level interrupt that is still asserted
+//! after its handler's EOI is therefore pending again at once.
+
+use crate::MAX_CPUS;
+use crate::vm::ids::{VcpuId, VcpuSet};
+
+/// The most vCPUs one VM's vGIC serves. Eight is what a GICv2 can name (its
+/// GICD_ITARGETSR and GICD_SGIR carry 8-bit CPU target lists, IHI 0048B
+/// §4.3.12, §4.3.15) and what `MAX_CPUS` allows, with one vCPU per
+/// physical CPU.
+pub const MAX_VCPUS: usize = MAX_CPUS;
+const _: () = assert!(MAX_VCPUS <= 8, "GICv2 target lists are 8 bits");
+
+/// SGIs are INTIDs 0-15 and PPIs 16-31, banked per vCPU.
+pub const PRIVATE_COUNT: usize = 32;
+/// The number of SGIs (INTIDs 0-15).
+pub const SGI_COUNT: usize = 16;
+/// The first SPI.
+pub const SPI_BASE: u32 = 32;
+/// SPIs modelled: INTIDs 32-255. This covers every device interrupt a
+/// guest can be given on the boards we run on: QEMU `virt` puts its
+/// devices' SPIs (UART, RTC, virtio-mmio) below INTID 96, and the Raspberry
+/// Pi 4's GIC-400 implements INTIDs up to 255, with peripherals (its UARTs
+/// at INTID 153, for instance) high in that range. Going further would only
+/// cost memory in every VM: a GIC-400 has no SPI past 255. The distributor
+/// advertises exactly this many (GICD_TYPER.ITLinesNumber = 7).
+pub const SPI_COUNT: usize = 224;
+/// One past the highest INTID modelled.
+pub const INTID_LIMIT: u32 = SPI_BASE + SPI_COUNT as u32;
+const _: () = assert!(SPI_COUNT.is_multiple_of(32), "SPIs come in blocks of 32");
+/// Words in a bitmap of all SPIs.
+pub const SPI_WORDS: usize = SPI_COUNT / 32;
+
+/// Which GIC architecture the guest is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GicVersion {
+    /// GICv2 (IHI 0048B): memory-mapped CPU interface, SGIs by GICD_SGIR,
+    /// SPIs by CPU target lists.
+    V2,
+    /// GICv3 (IHI 0069H) with affinity routing always on, one security
+    /// state (GICD_CTLR.DS = 1), no LPIs.
+    V3,
+}
+
+/// The state of one interrupt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IrqState {
+    /// Group 1 (IGROUPR bit set) rather than group 0.
+    pub group1: bool,
+    pub enabled: bool,
+    /// Set by an edge, a write to ISPENDR or an SGI; cleared by ICPENDR or
+    /// the acknowledge.
+    pub pending_latch: bool,
+    /// The level of the device's line; makes a level-sensitive interrupt
+    /// pending while high.
+    pub line_level: bool,
+    pub active: bool,
+    /// Edge-triggered (ICFGR Int_config = 0b1x) rather than level-sensitive.
+    pub edge: bool,
+    /// 0 is the highest priority.
+    pub priority: u8,
+}
+
+impl IrqState {
+    /// The reset state. SGIs are always edge-triggered; PPIs and SPIs reset
+    /// level-sensitive, which is what the timers and most devices are.
+    const fn reset(edge: bool) -> Self {
+        Self {
+            group1: false,
+            enabled: false,
+            pending_latch: false,
+            line_level: false,
+            active: false,
+            edge,
+            priority: 0,
+        }
+    }
+
+    /// Pending as the architecture defines it: the latch, or for a
+    /// level-sensitive interrupt the line held high.
+    #[must_use]
+    pub const fn pending(&self) -> bool {
+        self.pending_latch || (!self.edge && self.line_level)
+    }
+}
+
+/// A set of SPIs, as a bitmap: which SPIs a VM owns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpiSet([u32; SPI_WORDS]);
+
+impl SpiSet {
+    pub const EMPTY: Self = Self([0; SPI_WORDS]);
+
+    /// Adds the SPI with INTID `intid`; false if it is no SPI we model.
+    pub const fn insert(&mut self, intid: u32) -> bool {
+        match spi_index(intid) {
+            Some(index) => {
+                self.0[index / 32] |= 1 << (index % 32);
+                true
+            }
+            None => false,
+        }
+    }
+
+    #[must_use]
+    pub const fn contains(&self, intid: u32) -> bool {
+        match spi_index(intid) {
+            Some(index) => self.0[index / 32] & (1 << (index % 32)) != 0,
+            None => false,
+        }
+    }
+}
+
+/// The index of SPI `intid` in the SPI arrays, if it is one we model.
+#[must_use]
+pub const fn spi_index(intid: u32) -> Option<usize> {
+    if intid >= SPI_BASE && intid < INTID_LIMIT {
+        Some((intid - SPI_BASE) as usize)
+    } else {
+        None
+    }
+}
+
+/// An SGI a register write generated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SgiSent {
+    pub intid: u8,
+    /// The vCPUs it became pending on.
+    pub targets: VcpuSet,
+}
+
+/// What a write changed that the core must act on, without a heap: the
+/// vCPUs whose deliverable interrupts may have changed (to re-evaluate,
+/// through their CPU's request queue when they run elsewhere), and the SGI
+/// the write generated, if any.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Effects {
+    pub reevaluate: VcpuSet,
+    pub sgi: Option<SgiSent>,
+}
+
+impl Effects {
+    pub const NONE: Self = Self {
+        reevaluate: VcpuSet::EMPTY,
+        sgi: None,
+    };
+
+    /// Adds the effects of `other`. Only one register write is ever merged,
+    /// so at most one of the two carries an SGI.
+    pub fn merge(&mut self, other: Self) {
+        for vcpu in other.reevaluate.iter() {
+            self.reevaluate.insert(vcpu);
+        }
+        if other.sgi.is_some() {
+            self.sgi = other.sgi;
+        }
+    }
+}
+
+/// One deliverable interrupt for a vCPU, as the list-register allocation
+/// needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingIrq {
+    pub intid: u32,
+    pub priority: u8,
+    pub group1: bool,
+    /// Also active (active and pending): the guest is still handling an
+    /// earlier instance.
+    pub active: bool,
+    /// For a GICv2 SGI, the vCPU that sent it (the guest reads it in
+    /// GICC_IAR.CPUID); the lowest-numbered one when several did.
+    pub source: Option<VcpuId>,
+}
+
+/// The most entries `pending_for` returns: more than any GIC's list
+/// registers (at most 16), so the allocation always sees the next
+/// candidates too.
+pub const PENDING_LIST_LEN: usize = 20;
+
+/// A vCPU's deliverable interrupts, highest priority first, equal
+/// priorities in INTID order.
+#[derive(Clone, Copy, Debug)]
+pub struct PendingList {
+    entries: [PendingIrq; PENDING_LIST_LEN],
+    len: usize,
+}
+
+impl PendingList {
+    const fn new() -> Self {
+        Self {
+            entries: [PendingIrq {
+                intid: 0,
+                priority: 0,
+                group1: false,
+                active: false,
+                source: None,
+            }; PENDING_LIST_LEN],
+            len: 0,
+        }
+    }
+
+    #[must_use]
+    pub fn as_slice(&self) -> &[PendingIrq] {
+        &self.entries[..self.len]
+    }
+
+    /// Inserts `irq` in order, keeping the best `PENDING_LIST_LEN`. Callers
+    /// offer INTIDs in ascending order, so placing `irq` after every entry
+    /// of equal priority keeps equal priorities in INTID order.
+    fn offer(&mut self, irq: PendingIrq) {
+        let position = self.entries[..self.len]
+            .iter()
+            .position(|entry| entry.priority > irq.priority)
+            .unwrap_or(self.len);
+        if position >= PENDING_LIST_LEN {
+            return;
+        }
+        let last = self.len.min(PENDING_LIST_LEN - 1);
+        self.entries.copy_within(position..last, position + 1);
+        self.entries[position] = irq;
+        self.len = (self.len + 1).min(PENDING_LIST_LEN);
+    }
+}
+
+/// The whole interrupt state of one VM.
+#[derive(Clone, Debug)]
+pub struct VgicState {
+    pub(super) version: GicVersion,
+    pub(super) vcpu_count: usize,
+    /// GICD_CTLR.EnableGrp0 and EnableGrp1: the distributor forwards an
+    /// interrupt only when its group is enabled.
+    pub(super) enable_group0: bool,
+    pub(super) enable_group1: bool,
+    pub(super) private: [[IrqState; PRIVATE_COUNT]; MAX_VCPUS],
+    /// GICv2 only: for each vCPU and SGI, the vCPUs whose SGI is pending
+    /// there (IHI 0048B §3.2.8: an SGI is pending once per source). The
+    /// SGI's `pending_latch` is kept equal to "this mask is not empty".
+    pub(super) sgi_sources: [[u8; SGI_COUNT]; MAX_VCPUS],
+    /// GICv3 GICR_WAKER.ProcessorSleep per vCPU (IHI 0069H §12.11.42).
+    pub(super) processor_sleep: [bool; MAX_VCPUS],
+    pub(super) spis: [IrqState; SPI_COUNT],
+    /// GICv2 GICD_ITARGETSR: the CPU target list of each SPI.
+    pub(super) spi_targets: [u8; SPI_COUNT],
+    /// GICv3 GICD_IROUTER: Aff2.Aff1.Aff0 of each SPI's target (Aff3 is
+    /// RES0 as GICD_TYPER.A3V is 0, IRM is RAZ/WI as No1N is 1).
+    pub(super) spi_routes: [u32; SPI_COUNT],
+    pub(super) owned: SpiSet,
+}
+
+impl VgicState {
+    /// The reset state of a VM with `vcpu_count` vCPUs (clamped to 1 ..=
+    /// `MAX_VCPUS`) that owns the SPIs in `owned`: its emulated devices'
+    /// and those its configuration passes through.
+    #[must_use]
+    pub fn new(version: GicVersion, vcpu_count: usize, owned: SpiSet) -> Self {
+        let mut private = [IrqState::reset(false); PRIVATE_COUNT];
+        for sgi in &mut private[..SGI_COUNT] {
+            sgi.edge = true;
+        }
+        Self {
+            version,
+            vcpu_count: vcpu_count.clamp(1, MAX_VCPUS),
+            enable_group0: false,
+            enable_group1: false,
+            private: [private; MAX_VCPUS],
+            sgi_sources: [[0; SGI_COUNT]; MAX_VCPUS],
+            processor_sleep: [true; MAX_VCPUS],
+            spis: [IrqState::reset(false); SPI_COUNT],
+            spi_targets: [0; SPI_COUNT],
+            spi_routes: [0; SPI_COUNT],
+            owned,
+        }
+    }
+
+    #[must_use]
+    pub const fn version(&self) -> GicVersion {
+        self.version
+    }
+
+    #[must_use]
+    pub const fn vcpu_count(&self) -> usize {
+        self.vcpu_count
+    }
+
+    /// Every vCPU of this VM.
+    #[must_use]
+    pub fn all_vcpus(&self) -> VcpuSet {
+        let mut set = VcpuSet::EMPTY;
+        for vcpu in VcpuId::all(self.vcpu_count) {
+            set.insert(vcpu);
+        }
+        set
+    }
+
+    /// The bits of a GICv2 CPU target list that name a vCPU of this VM.
+    pub(super) const fn implemented_targets(&self) -> u8 {
+        ((1u16 << self.vcpu_count) - 1) as u8
+    }
+
+    /// The vCPU `vcpu` if this VM has it.
+    pub(super) fn vcpu_in_range(&self, vcpu: VcpuId) -> bool {
+        vcpu.index() < self.vcpu_count
+    }
+
+    /// The state of `intid` as `vcpu` sees it, if the VM owns it: `vcpu`'s
+    /// own SGI or PPI, or an owned SPI. Every register access and device
+    /// signal goes through here, so nothing reaches an interrupt the VM
+    /// does not own.
+    pub(super) fn slot(&self, vcpu: VcpuId, intid: u32) -> Option<&IrqState> {
+        if (intid as usize) < PRIVATE_COUNT {
+            return self
+                .vcpu_in_range(vcpu)
+                .then(|| &self.private[vcpu.index()][intid as usize]);
+        }
+        let index = spi_index(intid)?;
+        self.owned.contains(intid).then(|| &self.spis[index])
+    }
+
+    pub(super) fn slot_mut(&mut self, vcpu: VcpuId, intid: u32) -> Option<&mut IrqState> {
+        if (intid as usize) < PRIVATE_COUNT {
+            return if self.vcpu_in_range(vcpu) {
+                Some(&mut self.private[vcpu.index()][intid as usize])
+            } else {
+                None
+            };
+        }
+        let index = spi_index(intid)?;
+        if self.owned.contains(intid) {
+            Some(&mut self.spis[index])
+        } else {
+            None
+        }
+    }
+
+    /// The vCPU an owned SPI is delivered to, if any. GICv2: the
+    /// lowest-numbered vCPU in its target list (the architecture lets any
+    /// one of them take it, IHI 0048B §3.1.2; always the same one keeps the
+    /// interrupt in one list register). GICv3: the vCPU whose affinity
+    /// IROUTER names (vCPU n has Aff0 = n, higher levels 0); one that names
+    /// no vCPU is not forwarded (IHI 0069H §12.9.22).
+    #[must_use]
+    pub fn spi_target(&self, intid: u32) -> Option<VcpuId> {
+        let index = spi_index(intid)?;
+        if !self.owned.contains(intid) {
+            return None;
+        }
+        match self.version {
+            GicVersion::V2 => {
+                let targets = self.spi_targets[index] & self.implemented_targets();
+                (targets != 0)
+                    .then(|| VcpuId::new(targets.trailing_zeros() as usize))
+                    .flatten()
+            }
+            GicVersion::V3 => {
+                let route = self.spi_routes[index];
+                let aff0 = (route & 0xFF) as usize;
+                (route >> 8 == 0 && aff0 < self.vcpu_count)
+                    .then(|| VcpuId::new(aff0))
+                    .flatten()
+            }
+        }
+    }
+
+    /// The vCPUs to re-evaluate after `intid` (banked to `vcpu` if
+    /// private) changed.
+    pub(super) fn affected(&self, vcpu: VcpuId, intid: u32) -> VcpuSet {
+        let mut set = VcpuSet::EMPTY;
+        if (intid as usize) < PRIVATE_COUNT {
+            if self.vcpu_in_range(vcpu) {
+                set.insert(vcpu);
+            }
+        } else if let Some(target) = self.spi_target(intid) {
+            set.insert(target);
+        }
+        set
+    }
+
+    /// Applies `change` to `intid` (banked to `vcpu`), if owned, and
+    /// reports the vCPUs to re-evaluate when anything changed.
+    pub(super) fn update(
+        &mut self,
+        vcpu: VcpuId,
+        intid: u32,
+        change: impl FnOnce(&mut IrqState),
+    ) -> Effects {
+        let Some(slot) = self.slot_mut(vcpu, intid) else {
+            return Effects::NONE;
+        };
+        let before = *slot;
+        change(slot);
+        if *slot == before {
+            return Effects::NONE;
+        }
+        Effects {
+            reevaluate: self.affected(vcpu, intid),
+            sgi: None,
+        }
+    }
+
+    /// A device drives the line of `intid` (banked to `vcpu` for a PPI) to
+    /// `level`. On an edge-triggered interrupt a rising edge latches it
+    /// pending; on a level-sensitive one the level itself is the pending
+    /// source. SGIs have no line.
+    pub fn set_line_level(&mut self, vcpu: VcpuId, intid: u32, level: bool) -> Effects {
+        if (intid as usize) < SGI_COUNT {
+            return Effects::NONE;
+        }
+        self.update(vcpu, intid, |irq| {
+            if irq.edge && level && !irq.line_level {
+                irq.pending_latch = true;
+            }
+            irq.line_level = level;
+        })
+    }
+
+    /// A device signals one edge on `intid` (banked to `vcpu` for a PPI).
+    pub fn pulse(&mut self, vcpu: VcpuId, intid: u32) -> Effects {
+        if (intid as usize) < SGI_COUNT {
+            return Effects::NONE;
+        }
+        self.update(vcpu, intid, |irq| irq.pending_latch = true)
+    }
+
+    /// Marks SGI `sgi` pending on every vCPU in `targets`, sent by
+    /// `source`. Targets that are not vCPUs of this VM are left out.
+    pub(super) fn send_sgi(&mut self, source: VcpuId, sgi: u8, targets: VcpuSet) -> Effects {
+        let sgi = sgi % SGI_COUNT as u8;
+        let mut sent = VcpuSet::EMPTY;
+        let count = self.vcpu_count;
+        for target in targets.iter().filter(|vcpu| vcpu.index() < count) {
+            if self.version == GicVersion::V2 {
+                self.sgi_sources[target.index()][sgi as usize] |= 1 << source.index();
+            }
+            self.private[target.index()][sgi as usize].pending_latch = true;
+            sent.insert(target);
+        }
+        if sent.is_empty() {
+            return Effects::NONE;
+        }
+        Effects {
+            reevaluate: sent,
+            sgi: Some(SgiSent {
+                intid: sgi,
+                targets: sent,
+            }),
+        }
+    }
+
+    /// The guest acknowledged `intid` on `vcpu` (for a GICv2 SGI, the
+    /// instance from `source`): pending becomes active. A level interrupt
+    /// whose line is still high stays pending too.
+    pub fn acknowledge(&mut self, vcpu: VcpuId, intid: u32, source: Option<VcpuId>) -> Effects {
+        let is_v2_sgi = self.version == GicVersion::V2 && (intid as usize) < SGI_COUNT;
+        if is_v2_sgi && self.vcpu_in_range(vcpu) {
+            let sources = &mut self.sgi_sources[vcpu.index()][intid as usize];
+            if let Some(source) = source {
+                *sources &= !(1 << source.index());
+            }
+            let still_pending = *sources != 0;
+            return self.update(vcpu, intid, |irq| {
+                irq.pending_latch = still_pending;
+                irq.active = true;
+            });
+        }
+        self.update(vcpu, intid, |irq| {
+            irq.pending_latch = false;
+            irq.active = true;
+        })
+    }
+
+    /// The guest deactivated `intid` on `vcpu`.
+    pub fn deactivate(&mut self, vcpu: VcpuId, intid: u32) -> Effects {
+        self.update(vcpu, intid, |irq| irq.active = false)
+    }
+
+    /// Whether the distributor forwards interrupts of this group.
+    const fn group_enabled(&self, group1: bool) -> bool {
+        if group1 {
+            self.enable_group1
+        } else {
+            self.enable_group0
+        }
+    }
+
+    /// The interrupts the distributor forwards to `vcpu`: pending, enabled,
+    /// their group enabled, and delivered to `vcpu`; highest priority
+    /// first, equal priorities in INTID order (IHI 0069H §4.7, IHI 0048B
+    /// §3.3). The best `PENDING_LIST_LEN` are returned. This is the input
+    /// of the list-register allocation.
+    #[must_use]
+    pub fn pending_for(&self, vcpu: VcpuId) -> PendingList {
+        let mut list = PendingList::new();
+        if !self.vcpu_in_range(vcpu) {
+            return list;
+        }
+        let deliverable =
+            |irq: &IrqState| irq.pending() && irq.enabled && self.group_enabled(irq.group1);
+        for (intid, irq) in self.private[vcpu.index()].iter().enumerate() {
+            if deliverable(irq) {
+                let source = (self.version == GicVersion::V2 && intid < SGI_COUNT)
+                    .then(|| {
+                        let sources = self.sgi_sources[vcpu.index()][intid];
+                        VcpuId::new(sources.trailing_zeros() as usize)
+                    })
+                    .flatten();
+                list.offer(PendingIrq {
+                    intid: intid as u32,
+                    priority: irq.priority,
+                    group1: irq.group1,
+                    active: irq.active,
+                    source,
+                });
+            }
+        }
+        for (index, irq) in self.spis.iter().enumerate() {
+            let intid = SPI_BASE + index as u32;
+            if deliverable(irq) && self.spi_target(intid) == Some(vcpu) {
+                list.offer(PendingIrq {
+                    intid,
+                    priority: irq.priority,
+                    group1: irq.group1,
+                    active: irq.active,
+                    source: None,
+                });
+            }
+        }
+        list
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    pub fn vcpu(index: usize) -> VcpuId {
+        VcpuId::new(index).unwrap()
+    }
+
+    pub fn set_of(indices: &[usize]) -> VcpuSet {
+        let mut set = VcpuSet::EMPTY;
+        for &index in indices {
+            set.insert(vcpu(index));
+        }
+        set
+    }
+
+    /// A VM owning SPIs 33 and 40 (and no other).
+    pub fn owned() -> SpiSet {
+        let mut owned = SpiSet::EMPTY;
+        assert!(owned.insert(33));
+        assert!(owned.insert(40));
+        owned
+    }
+
+    fn enabled_state(version: GicVersion) -> VgicState {
+        let mut state = VgicState::new(version, 2, owned());
+        state.enable_group0 = true;
+        state.enable_group1 = true;
+        for intid in [5, 20, 27, 30, 33, 40] {
+            for index in 0..2 {
+                state.update(vcpu(index), intid, |irq| irq.enabled = true);
+            }
+        }
+        state
+    }
+
+    fn intids(list: &PendingList) -> Vec<u32> {
+        list.as_slice().iter().map(|irq| irq.intid).collect()
+    }
+
+    #[test]
+    fn an_spi_set_holds_only_modelled_spis() {
+        let mut set = SpiSet::EMPTY;
+        assert!(!set.insert(31), "a PPI is no SPI");
+        assert!(!set.insert(INTID_LIMIT));
+        assert!(set.insert(INTID_LIMIT - 1));
+        assert!(set.contains(INTID_LIMIT - 1));
+        assert!(!set.contains(32));
+    }
+
+    #[test]
+    fn an_edge_latches_and_stays_pending_after_the_line_falls() {
+        let mut state = enabled_state(GicVersion::V3);
+        state.update(vcpu(0), 40, |irq| irq.edge = true);
+        state.spi_routes[40 - 32] = 0;
+        let effects = state.set_line_level(vcpu(0), 40, true);
+        assert_eq!(effects.reevaluate, set_of(&[0]));
+        state.set_line_level(vcpu(0), 40, false);
+        assert!(state.slot(vcpu(0), 40).unwrap().pending());
+        state.acknowledge(vcpu(0), 40, None);
+        let irq = state.slot(vcpu(0), 40).unwrap();
+        assert!(!irq.pending() && irq.active);
+    }
+
+    #[test]
+    fn a_level_interrupt_follows_its_line_and_is_pending_again_after_eoi() {
+        let mut state = enabled_state(GicVersion::V3);
+        state.set_line_level(vcpu(1), 27, true);
+        assert_eq!(intids(&state.pending_for(vcpu(1))), [27]);
+        assert!(
+            intids(&state.pending_for(vcpu(0))).is_empty(),
+            "PPIs are banked"
+        );
+        state.acknowledge(vcpu(1), 27, None);
+        state.deactivate(vcpu(1), 27);
+        let irq = state.slot(vcpu(1), 27).unwrap();
+        assert!(irq.pending() && !irq.active, "the line is still high");
+        state.set_line_level(vcpu(1), 27, false);
+        assert!(!state.slot(vcpu(1), 27).unwrap().pending());
+    }
+
+    #[test]
+    fn pending_interrupts_come_in_priority_then_intid_order() {
+        let mut state = enabled_state(GicVersion::V3);
+        for (intid, priority) in [(5, 0x80), (20, 0x40), (27, 0x80), (30, 0x10), (33, 0x40)] {
+            state.update(vcpu(0), intid, |irq| {
+                irq.priority = priority;
+                irq.pending_latch = true;
+            });
+        }
+        // SPI 40 routed to vCPU 1 is not vCPU 0's.
+        state.spi_routes[40 - 32] = 1;
+        state.pulse(vcpu(0), 40);
+        assert_eq!(intids(&state.pending_for(vcpu(0))), [30, 20, 33, 5, 27]);
+        assert_eq!(intids(&state.pending_for(vcpu(1))), [40]);
+    }
+
+    #[test]
+    fn disabled_interrupts_and_disabled_groups_are_not_forwarded() {
+        let mut state = enabled_state(GicVersion::V3);
+        state.pulse(vcpu(0), 20);
+        state.pulse(vcpu(0), 21);
+        assert_eq!(intids(&state.pending_for(vcpu(0))), [20], "21 is disabled");
+        state.enable_group0 = false;
+        assert!(intids(&state.pending_for(vcpu(0))).is_empty());
+        state.update(vcpu(0), 20, |irq| irq.group1 = true);
+        assert_eq!(intids(&state.pending_for(vcpu(0))), [20]);
+    }
+
+    #[test]
+    fn the_pending_list_keeps_the_best_entries_when_full() {
+        let mut state = VgicState::new(GicVersion::V3, 1, SpiSet::EMPTY);
+        state.enable_group0 = true;
+        for intid in 0..32 {
+            state.update(vcpu(0), intid, |irq| {
+                irq.enabled = true;
+                irq.pending_latch = true;
+                // Later INTIDs get better priorities.
+                irq.priority = 0xF8 - intid as u8 * 4;
+            });
+        }
+        let list = state.pending_for(vcpu(0));
+        let expected: Vec<u32> = (32 - PENDING_LIST_LEN as u32..32).rev().collect();
+        assert_eq!(intids(&list), expected);
+    }
+
+    #[test]
+    fn signals_to_unowned_interrupts_change_nothing() {
+        let mut state = enabled_state(GicVersion::V3);
+        let before = state.clone();
+        assert_eq!(state.pulse(vcpu(0), 34), Effects::NONE);
+        assert_eq!(state.set_line_level(vcpu(0), 200, true), Effects::NONE);
+        assert_eq!(state.pulse(vcpu(5), 20), Effects::NONE, "no such vCPU");
+        assert_eq!(state.spis, before.spis);
+        assert_eq!(state.private, before.private);
+    }
+
+    #[test]
+    fn gicv2_sgis_are_pending_once_per_source() {
+        let mut state = enabled_state(GicVersion::V2);
+        state.send_sgi(vcpu(0), 5, set_of(&[1]));
+        state.send_sgi(vcpu(1), 5, set_of(&[1]));
+        let first = state.pending_for(vcpu(1)).as_slice()[0];
+        assert_eq!((first.intid, first.source), (5, Some(vcpu(0))));
+        state.acknowledge(vcpu(1), 5, Some(vcpu(0)));
+        let second = state.pending_for(vcpu(1)).as_slice()[0];
+        assert_eq!((second.source, second.active), (Some(vcpu(1)), true));
+        state.acknowledge(vcpu(1), 5, Some(vcpu(1)));
+        assert!(state.pending_for(vcpu(1)).as_slice().is_empty());
+    }
+}
