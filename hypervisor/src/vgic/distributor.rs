@@ -600,7 +600,7 @@ impl VgicState {
 #[cfg(test)]
 mod tests {
     use super::super::state::tests::{owned, set_of, vcpu};
-    use super::super::state::{SgiSent, SpiSet, VgicState};
+    use super::super::state::{IrqState, SPI_COUNT, SgiSent, SpiSet, VgicState};
     use super::*;
 
     const BYTE: AccessWidth = AccessWidth::Byte;
@@ -1049,29 +1049,73 @@ mod tests {
 
     #[test]
     fn a_hostile_guest_changes_nothing_it_does_not_own() {
-        // A VM that owns no SPI writes every word of both frames with
-        // all-ones and zeros: no SPI changes, and no vCPU of another VM
-        // could be named.
+        // A VM owning SPIs 33 and 40 writes every offset of the frame at
+        // every width with all-ones and with zeros: no other SPI changes,
+        // and no vCPU past its two is touched.
         for version in [GicVersion::V2, GicVersion::V3] {
-            let mut state = VgicState::new(version, 2, SpiSet::EMPTY);
-            let spis = state.spis;
-            let routes = (state.spi_targets, state.spi_routes);
-            for offset in (0..0x10000).step_by(4) {
-                for value in [u64::MAX, 0] {
-                    state.distributor_write(vcpu(1), offset, WORD, value);
-                    state.distributor_write(vcpu(1), offset, BYTE, value);
-                    state.distributor_write(vcpu(1), offset & !7, DOUBLE, value);
+            let mut state = VgicState::new(version, 2, owned());
+            let pristine = state.clone();
+            for value in [0, u64::MAX] {
+                for offset in 0..0x10000 {
+                    for width in [BYTE, HALF, WORD, DOUBLE] {
+                        state.distributor_write(vcpu(1), offset, width, value);
+                    }
                 }
             }
-            assert_eq!(state.spis, spis);
-            assert_eq!((state.spi_targets, state.spi_routes), routes);
-            // vCPUs past the VM's two are untouched, and reads as them see
-            // nothing.
-            assert_eq!(
-                state.private[2],
-                VgicState::new(version, 2, SpiSet::EMPTY).private[2]
+            let owned_index = |index: usize| index == 33 - 32 || index == 40 - 32;
+            for index in (0..SPI_COUNT).filter(|index| !owned_index(*index)) {
+                assert_eq!(
+                    state.spis[index],
+                    pristine.spis[index],
+                    "SPI {}",
+                    index + 32
+                );
+                assert_eq!(state.spi_targets[index], pristine.spi_targets[index]);
+                assert_eq!(state.spi_routes[index], pristine.spi_routes[index]);
+            }
+            assert_ne!(
+                state.spis[1], pristine.spis[1],
+                "the owned SPI 33 was written"
             );
+            assert_eq!(state.private[2..], pristine.private[2..]);
+            assert_eq!(state.sgi_sources[2..], pristine.sgi_sources[2..]);
+            // A vCPU the VM does not have reads nothing and writes nothing.
             assert_eq!(state.distributor_read(vcpu(5), offset::ISENABLER, WORD), 0);
+            let before = format!("{state:?}");
+            state.distributor_write(vcpu(5), offset::SGIR, WORD, 1 << 24);
+            state.distributor_write(vcpu(5), offset::ISENABLER, WORD, !0);
+            assert_eq!(format!("{state:?}"), before);
+        }
+    }
+
+    #[test]
+    fn unowned_spis_read_as_zero_whatever_their_state() {
+        for mut state in [v2(), v3()] {
+            // SPI 34 has state (as if left by a bug or a previous owner)
+            // but the VM does not own it.
+            state.spis[34 - 32] = IrqState {
+                group1: true,
+                enabled: true,
+                pending_latch: true,
+                line_level: true,
+                active: true,
+                edge: true,
+                priority: 0xFF,
+            };
+            state.spi_targets[34 - 32] = 1;
+            for register in [0x080, 0x100, 0x180, 0x200, 0x280, 0x300, 0x380] {
+                assert_eq!(state.distributor_read(vcpu(0), register + 4, WORD), 0);
+            }
+            assert_eq!(
+                state.distributor_read(vcpu(0), offset::IPRIORITYR + 34, BYTE),
+                0
+            );
+            assert_eq!(
+                state.distributor_read(vcpu(0), offset::ITARGETSR + 34, BYTE),
+                0
+            );
+            assert_eq!(state.distributor_read(vcpu(0), offset::ICFGR + 8, WORD), 0);
+            assert_eq!(state.spi_target(34), None);
         }
     }
 

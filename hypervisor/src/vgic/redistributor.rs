@@ -413,13 +413,24 @@ mod tests {
 
     #[test]
     fn a_hostile_sweep_of_the_redistributors_touches_no_spi() {
+        // Every offset of every vCPU's frames and of the frame after the
+        // last, at every width: SPIs and vCPUs the VM does not have keep
+        // their state.
         let mut state = v3();
-        let spis = state.spis;
-        for offset in (0..3 * FRAMES_SIZE).step_by(4) {
-            state.redistributor_write(vcpu(0), offset, WORD, !0);
-            state.redistributor_write(vcpu(0), offset, BYTE, !0);
+        let pristine = state.clone();
+        for value in [0, u64::MAX] {
+            for offset in 0..4 * FRAMES_SIZE {
+                for width in [BYTE, HALF, WORD, DOUBLE] {
+                    state.redistributor_write(vcpu(0), offset, width, value);
+                }
+            }
         }
-        assert_eq!(state.spis, spis);
+        assert_eq!(state.spis, pristine.spis);
+        assert_eq!(state.private[3..], pristine.private[3..]);
+        assert_eq!(
+            state.private[2][31].priority, 0xFF,
+            "vCPU 2's PPIs were written"
+        );
         assert_eq!(
             state.distributor_read(vcpu(0), 0x104, WORD),
             0,
