@@ -3,8 +3,8 @@
 //!
 //! A trapped access arrives as `(accessing vCPU, offset, width[, value])`;
 //! a read returns the value, a write returns the `Effects` the core must act
-//! on. Widths are what the specifications allow (IHI 0069H §12.1.3, IHI
-//! 0048B §4.1.4): 32-bit everywhere, byte also for the byte-per-interrupt
+//! on. Widths are what the specifications allow (IHI 0069H §12.1, IHI
+//! 0048B §4.1): 32-bit everywhere, byte also for the byte-per-interrupt
 //! registers (IPRIORITYR, GICv2 ITARGETSR, CPENDSGIR, SPENDSGIR), 64-bit
 //! also for GICv3 IROUTER, whose halves can be accessed as words too. An
 //! access of another width, a misaligned one, one to a reserved offset or to
@@ -21,6 +21,8 @@
 //! GICD_ITARGETSR, GICD_SGIR and the SGI pending registers. No LPIs, no
 //! message-based SPIs, no extended SPI range.
 
+#![forbid(unsafe_code)]
+
 use tessera_vdevs::AccessWidth;
 
 use super::state::{
@@ -28,50 +30,52 @@ use super::state::{
 };
 use crate::vm::ids::{VcpuId, VcpuSet};
 
-/// Distributor register offsets (IHI 0069H Table 12-25; IHI 0048B Table
-/// 4-1). Ranges are `[start, end)`.
+/// Distributor register offsets (the register maps: IHI 0069H §12.8, IHI
+/// 0048B Table 4-1). Ranges are `[start, end)`.
 pub mod offset {
-    /// §12.9.4 / §4.3.1.
+    /// GICD_CTLR: IHI 0069H §12.9, IHI 0048B §4.3.1.
     pub const CTLR: u64 = 0x0000;
-    /// §12.9.38 / §4.3.2.
+    /// GICD_TYPER: IHI 0069H §12.9, IHI 0048B §4.3.2.
     pub const TYPER: u64 = 0x0004;
-    /// §12.9.24 / §4.3.3.
+    /// GICD_IIDR: IHI 0069H §12.9, IHI 0048B §4.3.3.
     pub const IIDR: u64 = 0x0008;
-    /// §12.9.15 / §4.3.4: one bit per interrupt.
+    /// GICD_IGROUPR<n>: IHI 0069H §12.9, IHI 0048B §4.3.4: one bit per interrupt.
     pub const IGROUPR: u64 = 0x0080;
-    /// §12.9.19 / §4.3.5.
+    /// GICD_ISENABLER<n>: IHI 0069H §12.9, IHI 0048B §4.3.5.
     pub const ISENABLER: u64 = 0x0100;
-    /// §12.9.7 / §4.3.6.
+    /// GICD_ICENABLER<n>: IHI 0069H §12.9, IHI 0048B §4.3.6.
     pub const ICENABLER: u64 = 0x0180;
-    /// §12.9.21 / §4.3.7.
+    /// GICD_ISPENDR<n>: IHI 0069H §12.9, IHI 0048B §4.3.7.
     pub const ISPENDR: u64 = 0x0200;
-    /// §12.9.9 / §4.3.8.
+    /// GICD_ICPENDR<n>: IHI 0069H §12.9, IHI 0048B §4.3.8.
     pub const ICPENDR: u64 = 0x0280;
-    /// §12.9.18 / §4.3.9.
+    /// GICD_ISACTIVER<n>: IHI 0069H §12.9, IHI 0048B §4.3.9.
     pub const ISACTIVER: u64 = 0x0300;
-    /// §12.9.6 / §4.3.10.
+    /// GICD_ICACTIVER<n>: IHI 0069H §12.9, IHI 0048B §4.3.10.
     pub const ICACTIVER: u64 = 0x0380;
-    /// §12.9.13 / §4.3.11: one byte per interrupt.
+    /// GICD_IPRIORITYR<n>: IHI 0069H §12.9, IHI 0048B §4.3.11: one byte per interrupt.
     pub const IPRIORITYR: u64 = 0x0400;
-    /// GICv2 §4.3.12: one byte per interrupt (RES0 in GICv3 with ARE).
+    /// GICD_ITARGETSR<n>: IHI 0048B §4.3.12, one byte per interrupt (RES0 in
+    /// GICv3 with ARE).
     pub const ITARGETSR: u64 = 0x0800;
-    /// §12.9.8 / §4.3.13: two bits per interrupt.
+    /// GICD_ICFGR<n>: IHI 0069H §12.9, IHI 0048B §4.3.13: two bits per interrupt.
     pub const ICFGR: u64 = 0x0C00;
     /// End of ICFGR (64 registers).
     pub const ICFGR_END: u64 = 0x0D00;
-    /// GICv2 §4.3.15 (RES0 in GICv3 with ARE).
+    /// GICD_SGIR: IHI 0048B §4.3.15 (RES0 in GICv3 with ARE).
     pub const SGIR: u64 = 0x0F00;
-    /// GICv2 §4.3.16: one byte per SGI.
+    /// GICD_CPENDSGIR<n>: IHI 0048B §4.3.16, one byte per SGI.
     pub const CPENDSGIR: u64 = 0x0F10;
-    /// GICv2 §4.3.17: one byte per SGI.
+    /// GICD_SPENDSGIR<n>: IHI 0048B §4.3.17, one byte per SGI.
     pub const SPENDSGIR: u64 = 0x0F20;
-    /// GICv3 §12.9.22: 64 bits per SPI, INTIDs 32-1019.
+    /// GICD_IROUTER<n>: IHI 0069H §12.9, 64 bits per SPI, INTIDs 32-1019.
     pub const IROUTER: u64 = 0x6000;
     pub const IROUTER_END: u64 = 0x7FE0;
-    /// GICv3 identification registers (§12.1.13): PIDR2 at 0xFFE8.
+    /// GICv3 identification registers (IHI 0069H §12.1): GICD_PIDR2 at
+    /// 0xFFE8.
     pub const V3_PIDR2: u64 = 0xFFE8;
     pub const V3_CIDR0: u64 = 0xFFF0;
-    /// GICv2 identification registers (§4.3.18, GIC-400 TRM): PIDR2 at
+    /// GICv2 identification registers (IHI 0048B §4.3.18): GICD_PIDR2 at
     /// 0xFE8.
     pub const V2_PIDR2: u64 = 0x0FE8;
     pub const V2_CIDR0: u64 = 0x0FF0;
@@ -87,7 +91,7 @@ pub const IIDR: u32 = 0x5400_043B;
 const CIDR: [u8; 4] = [0x0D, 0xF0, 0x05, 0xB1];
 
 /// PIDR2: ArchRev in bits [7:4] (the field guests check, IHI 0069H
-/// §12.1.13, IHI 0048B §4.3.18), JEDEC bit, and the top bits of Arm's
+/// §12.1, IHI 0048B §4.3.18), JEDEC bit, and the top bits of Arm's
 /// JEP106 identity (0x3B).
 pub(super) const fn pidr2(version: GicVersion) -> u32 {
     let arch_rev = match version {
@@ -110,7 +114,7 @@ pub(super) fn identification(version: GicVersion, pidr2_offset: u64, offset: u64
     }
 }
 
-// GICD_CTLR fields. GICv3 with DS = 1 (IHI 0069H §12.9.4, the "single
+// GICD_CTLR fields. GICv3 with DS = 1 (IHI 0069H §12.9, the "single
 // Security state" layout) and GICv2 (IHI 0048B §4.3.1) agree on the two
 // enables.
 const CTLR_ENABLE_GROUP0: u32 = 1 << 0;
@@ -122,7 +126,7 @@ const CTLR_DS: u32 = 1 << 6;
 
 /// GICD_TYPER.ITLinesNumber: 32 * (N + 1) INTIDs are implemented.
 const IT_LINES_NUMBER: u32 = INTID_LIMIT / 32 - 1;
-/// GICv3 GICD_TYPER.IDbits: 10 INTID bits (no LPIs, IHI 0069H §12.9.38).
+/// GICv3 GICD_TYPER.IDbits: 10 INTID bits (no LPIs, IHI 0069H §12.9).
 const TYPER_ID_BITS: u32 = 9 << 19;
 /// GICv3 GICD_TYPER.No1N: 1-of-N SPI routing is not supported, so
 /// IROUTER.IRM is RAZ/WI and every SPI goes to one named vCPU.
@@ -222,7 +226,7 @@ impl VgicState {
                 BitRegister::ClearEnable => irq.enabled = false,
                 BitRegister::SetPending => irq.pending_latch = true,
                 // Clears the latch only: a level-sensitive interrupt whose
-                // line is high stays pending (IHI 0069H §4.1.2).
+                // line is high stays pending (IHI 0069H chapter 4).
                 BitRegister::ClearPending => irq.pending_latch = false,
                 BitRegister::SetActive => irq.active = true,
                 BitRegister::ClearActive => irq.active = false,
@@ -267,7 +271,7 @@ impl VgicState {
     }
 
     /// Writes ICFGR word `word`. SGIs are always edge-triggered: their
-    /// fields are read-only (IHI 0069H §12.11.7, IHI 0048B §4.3.13). PPIs'
+    /// fields are read-only (IHI 0069H §12.11, IHI 0048B §4.3.13). PPIs'
     /// are programmable here, which both specifications allow.
     pub(super) fn write_config(&mut self, vcpu: VcpuId, word: u32, value: u32) -> Effects {
         let mut effects = Effects::NONE;
@@ -562,14 +566,14 @@ impl VgicState {
         effects
     }
 
-    /// A GICv3 guest's write of `value` to ICC_SGI1R_EL1 (group 1) or
-    /// ICC_SGI0R_EL1 (group 0), trapped (IHI 0069H §12.2.22, §12.2.21):
-    /// TargetList in [15:0] names Aff0 = RS * 16 + bit among the vCPUs
-    /// whose Aff3.Aff2.Aff1 are [55:48].[39:32].[23:16]; IRM ([40]) sends
-    /// to every vCPU but the writer instead. With one security state an
-    /// SGI becomes pending only on targets where it is configured in the
-    /// group the register generates (§12.2.22, table "forwarding of SGIs").
-    pub fn generate_sgi(&mut self, vcpu: VcpuId, value: u64, group1: bool) -> Effects {
+    /// A GICv3 guest's trapped write of `value` to ICC_SGI1R_EL1
+    /// (`group1_register`) or ICC_SGI0R_EL1 (IHI 0069H §12.2): TargetList in
+    /// [15:0] names Aff0 = RS * 16 + bit among the vCPUs whose
+    /// Aff3.Aff2.Aff1 are [55:48].[39:32].[23:16]; IRM ([40]) sends to
+    /// every vCPU but the writer instead. With one security state
+    /// (GICD_CTLR.DS = 1) ICC_SGI0R_EL1 generates only SGIs its target
+    /// configured as group 0, while ICC_SGI1R_EL1 generates either group.
+    pub fn generate_sgi(&mut self, vcpu: VcpuId, value: u64, group1_register: bool) -> Effects {
         if self.version != GicVersion::V3 || !self.vcpu_in_range(vcpu) {
             return Effects::NONE;
         }
@@ -589,7 +593,8 @@ impl VgicState {
                     && aff0 / 16 == range_selector
                     && target_list & (1 << (aff0 % 16)) != 0
             };
-            if named && self.private[target.index()][sgi as usize].group1 == group1 {
+            let group1 = self.private[target.index()][sgi as usize].group1;
+            if named && (group1_register || !group1) {
                 targets.insert(target);
             }
         }
@@ -1120,6 +1125,34 @@ mod tests {
     }
 
     #[test]
+    fn writes_name_the_vcpus_that_must_re_evaluate() {
+        let mut state = v2();
+        state.distributor_write(vcpu(0), offset::ITARGETSR + 40, BYTE, 0b0100);
+        // SPI 40 is delivered to vCPU 2 whoever writes.
+        let effects = state.distributor_write(vcpu(0), offset::ISENABLER + 4, WORD, 1 << 8);
+        assert_eq!(
+            effects,
+            Effects {
+                reevaluate: set_of(&[2]),
+                sgi: None
+            }
+        );
+        // Writing what is already there changes nothing.
+        let effects = state.distributor_write(vcpu(3), offset::ISENABLER + 4, WORD, 1 << 8);
+        assert_eq!(effects, Effects::NONE);
+        // A PPI is the writer's own.
+        let effects = state.distributor_write(vcpu(3), offset::IPRIORITYR + 27, BYTE, 0x40);
+        assert_eq!(effects.reevaluate, set_of(&[3]));
+        // An SPI owned but delivered nowhere (no target) names nobody.
+        let effects = state.distributor_write(vcpu(0), offset::ISPENDR + 4, WORD, 1 << 1);
+        assert_eq!(effects, Effects::NONE);
+        assert_eq!(
+            state.distributor_read(vcpu(0), offset::ISPENDR + 4, WORD),
+            1 << 1
+        );
+    }
+
+    #[test]
     fn reserved_offsets_read_as_zero() {
         let state = v3();
         for offset in [
@@ -1164,7 +1197,12 @@ mod tests {
             state.generate_sgi(vcpu(0), sgi1r(7, 1) | 1 << 44, true),
             Effects::NONE
         );
-        // SGI 7 is group 1: ICC_SGI0R_EL1 does not make it pending.
+        // SGI 7 is group 1: ICC_SGI0R_EL1 does not make it pending; SGI 8
+        // is group 0, which either register generates.
+        let effects = state.generate_sgi(vcpu(0), sgi1r(8, 0b10), false);
+        assert_eq!(effects.sgi.unwrap().targets, set_of(&[1]));
+        let effects = state.generate_sgi(vcpu(0), sgi1r(8, 0b100), true);
+        assert_eq!(effects.sgi.unwrap().targets, set_of(&[2]));
         assert_eq!(
             state.generate_sgi(vcpu(0), sgi1r(7, 1), false),
             Effects::NONE

@@ -11,6 +11,8 @@
 //! No LPIs: GICR_CTLR, PROPBASER and PENDBASER are RAZ/WI and GICR_TYPER
 //! says so.
 
+#![forbid(unsafe_code)]
+
 use tessera_vdevs::AccessWidth;
 
 use super::distributor::{BitRegister, IIDR, identification, width_allowed};
@@ -22,31 +24,31 @@ pub const FRAMES_SIZE: u64 = 0x2_0000;
 /// The SGI_base frame's offset from its RD_base frame.
 pub const SGI_FRAME: u64 = 0x1_0000;
 
-/// RD_base frame offsets (IHI 0069H Table 12-27).
+/// RD_base frame offsets (the register map: IHI 0069H §12.10).
 pub mod rd_offset {
-    /// §12.11.2.
+    /// GICR_CTLR: IHI 0069H §12.11.
     pub const CTLR: u64 = 0x0000;
-    /// §12.11.16.
+    /// GICR_IIDR: IHI 0069H §12.11.
     pub const IIDR: u64 = 0x0004;
-    /// §12.11.37: 64 bits.
+    /// GICR_TYPER: IHI 0069H §12.11, 64 bits.
     pub const TYPER: u64 = 0x0008;
-    /// §12.11.42.
+    /// GICR_WAKER: IHI 0069H §12.11.
     pub const WAKER: u64 = 0x0014;
-    /// Identification registers (§12.1.13).
+    /// GICR_PIDR2: IHI 0069H §12.1 (identification registers).
     pub const PIDR2: u64 = 0xFFE8;
 }
 
-/// SGI_base frame offsets (IHI 0069H Table 12-29): word 0 of the
+/// SGI_base frame offsets (IHI 0069H §12.10): word 0 of the
 /// distributor's bit registers, IPRIORITYR0-7, ICFGR0-1.
 pub mod sgi_offset {
-    /// §12.11.18 .. §12.11.7: IGROUPR0 at 0x080, ISENABLER0 at 0x100, ...
+    /// GICR_IGROUPR0 .. GICR_ICACTIVER0 (IHI 0069H §12.11): IGROUPR0 at 0x080, ISENABLER0 at 0x100, ...
     /// ICACTIVER0 at 0x380, as in the distributor.
     pub const BIT_REGISTERS: u64 = 0x0080;
     pub const BIT_REGISTERS_END: u64 = 0x0400;
-    /// §12.11.27.
+    /// GICR_IPRIORITYR<n>: IHI 0069H §12.11.
     pub const IPRIORITYR: u64 = 0x0400;
     pub const IPRIORITYR_END: u64 = 0x0420;
-    /// §12.11.7: ICFGR0 (SGIs) and ICFGR1 (PPIs).
+    /// GICR_ICFGR0 (SGIs) and GICR_ICFGR1 (PPIs): IHI 0069H §12.11.
     pub const ICFGR: u64 = 0x0C00;
     pub const ICFGR_END: u64 = 0x0C08;
 }
@@ -84,7 +86,7 @@ impl VgicState {
         })
     }
 
-    /// GICR_TYPER of `vcpu` (IHI 0069H §12.11.37): its affinity (Aff0 =
+    /// GICR_TYPER of `vcpu` (IHI 0069H §12.11): its affinity (Aff0 =
     /// its index) in [63:32], its processor number in [23:8], Last for the
     /// VM's last vCPU, and no LPIs.
     fn redistributor_typer(&self, vcpu: VcpuId) -> u64 {
@@ -178,7 +180,10 @@ impl VgicState {
             Some(Frame::Rd(frame_vcpu, offset)) => {
                 if offset == rd_offset::WAKER && width_allowed(offset, width, WORD) {
                     // ChildrenAsleep follows ProcessorSleep at once: there
-                    // is no interface to quiesce (§12.11.42).
+                    // is no interface to quiesce (§12.11). Delivery does
+                    // not depend on it: the sleep state serves power
+                    // management, which a vCPU does not have, so a guest
+                    // that skips the handshake still gets its interrupts.
                     self.processor_sleep[frame_vcpu.index()] =
                         value as u32 & WAKER_PROCESSOR_SLEEP != 0;
                 }

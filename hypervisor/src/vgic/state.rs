@@ -5,18 +5,20 @@
 //! `distributor.rs`, the GICv3 redistributor in `redistributor.rs`) read
 //! and write, and the one the list-register allocation will read next: for
 //! each interrupt its group, enable, pending, active, priority and
-//! configuration (Arm IHI 0069H §1.2 and §4.1, IHI 0048B §1.4 and §3.2),
+//! configuration (Arm IHI 0069H chapters 1 and 4, IHI 0048B chapters 1 and 3),
 //! plus where an SPI is delivered (GICv2 CPU targets, GICv3 affinity
 //! routing). SGIs and PPIs (INTIDs 0-31) are banked per vCPU; SPIs belong to
 //! the VM. Nothing here allocates, and nothing is unsafe.
 //!
 //! Pending state keeps the two sources the architecture distinguishes
-//! apart (IHI 0069H §4.1.2, IHI 0048B §3.2.4): a *latch*, set by an edge,
+//! apart (IHI 0069H chapter 4, IHI 0048B chapter 3): a *latch*, set by an edge,
 //! by a write to ISPENDR or by an SGI and cleared by ICPENDR or by the
 //! acknowledge; and for level-sensitive interrupts the *line level*, which
 //! keeps the interrupt pending for as long as the device holds it, whatever
 //! the guest writes to ICPENDR. A level interrupt that is still asserted
 //! after its handler's EOI is therefore pending again at once.
+
+#![forbid(unsafe_code)]
 
 use crate::MAX_CPUS;
 use crate::vm::ids::{VcpuId, VcpuSet};
@@ -250,10 +252,10 @@ pub struct VgicState {
     pub(super) enable_group1: bool,
     pub(super) private: [[IrqState; PRIVATE_COUNT]; MAX_VCPUS],
     /// GICv2 only: for each vCPU and SGI, the vCPUs whose SGI is pending
-    /// there (IHI 0048B §3.2.8: an SGI is pending once per source). The
+    /// there (IHI 0048B chapter 3: an SGI is pending once per source). The
     /// SGI's `pending_latch` is kept equal to "this mask is not empty".
     pub(super) sgi_sources: [[u8; SGI_COUNT]; MAX_VCPUS],
-    /// GICv3 GICR_WAKER.ProcessorSleep per vCPU (IHI 0069H §12.11.42).
+    /// GICv3 GICR_WAKER.ProcessorSleep per vCPU (IHI 0069H §12.11).
     pub(super) processor_sleep: [bool; MAX_VCPUS],
     pub(super) spis: [IrqState; SPI_COUNT],
     /// GICv2 GICD_ITARGETSR: the CPU target list of each SPI.
@@ -351,10 +353,10 @@ impl VgicState {
 
     /// The vCPU an owned SPI is delivered to, if any. GICv2: the
     /// lowest-numbered vCPU in its target list (the architecture lets any
-    /// one of them take it, IHI 0048B §3.1.2; always the same one keeps the
+    /// one of them take it, IHI 0048B chapter 3; always the same one keeps the
     /// interrupt in one list register). GICv3: the vCPU whose affinity
     /// IROUTER names (vCPU n has Aff0 = n, higher levels 0); one that names
-    /// no vCPU is not forwarded (IHI 0069H §12.9.22).
+    /// no vCPU is not forwarded (IHI 0069H §12.9).
     #[must_use]
     pub fn spi_target(&self, intid: u32) -> Option<VcpuId> {
         let index = spi_index(intid)?;
@@ -501,8 +503,8 @@ impl VgicState {
 
     /// The interrupts the distributor forwards to `vcpu`: pending, enabled,
     /// their group enabled, and delivered to `vcpu`; highest priority
-    /// first, equal priorities in INTID order (IHI 0069H §4.7, IHI 0048B
-    /// §3.3). The best `PENDING_LIST_LEN` are returned. This is the input
+    /// first, equal priorities in INTID order (IHI 0069H chapter 4, IHI 0048B
+    /// chapter 3). The best `PENDING_LIST_LEN` are returned. This is the input
     /// of the list-register allocation.
     #[must_use]
     pub fn pending_for(&self, vcpu: VcpuId) -> PendingList {
