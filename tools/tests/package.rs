@@ -39,6 +39,7 @@ fn package_then_inspect() {
     let names: Vec<&str> = listing
         .lines()
         .skip(2)
+        .take(5)
         .filter_map(|line| line.split_whitespace().nth(3))
         .collect();
     assert_eq!(
@@ -49,6 +50,25 @@ fn package_then_inspect() {
             "vm/alpha/guest.dtb",
             "vm/beta/image",
             "vm/beta/guest.dtb",
+        ]
+    );
+    // The system, as the manifest (read by the hypervisor's code) has it.
+    let raw_size = std::fs::metadata(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images/raw.bin"),
+    )
+    .unwrap()
+    .len();
+    let system: Vec<&str> = listing.lines().skip(7).take(3).collect();
+    assert_eq!(
+        system,
+        [
+            "system: board qemu-virt, GICv3, 2 VM(s) on 3 CPU(s)".to_string(),
+            format!(
+                "vm[0] alpha: RAM 64M at 0x4000_0000, CPUs [1], image {raw_size} bytes at offset 0x0"
+            ),
+            format!(
+                "vm[1] beta: RAM 32M at 0x8000_0000, CPUs [2, 3], image {raw_size} bytes at offset 0x0"
+            ),
         ]
     );
     assert!(listing.ends_with(&format!("{out_text}: OK\n")), "{listing}");
