@@ -89,7 +89,8 @@ fn package_then_inspect() {
     assert_eq!(
         String::from_utf8_lossy(&corrupted.stderr),
         format!(
-            "{out_text}: vm/beta/image: checksum 0x00000140 in its header, but its data sums to 0x00000141\n"
+            "{out_text}: vm/beta/image: field check: 0x00000140 in its header, but its data sums \
+             to 0x00000141; rebuild the package with `tessera package`\n"
         )
     );
     std::fs::remove_dir_all(dir).unwrap();

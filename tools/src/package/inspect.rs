@@ -28,8 +28,9 @@ pub fn inspect(bytes: &[u8]) -> Inspection {
     let mut inspection = Inspection::default();
     let entries = match cpio::read(bytes) {
         Ok(entries) => entries,
+        // The reader's messages escape what they quote from the package.
         Err(err) => {
-            inspection.problems.push(escape(&err.to_string()));
+            inspection.problems.push(err.to_string());
             return inspection;
         }
     };
@@ -57,7 +58,7 @@ pub fn inspect(bytes: &[u8]) -> Inspection {
     let mut seen = BTreeSet::new();
     for entry in &entries {
         if let Err(err) = entry.verify_checksum() {
-            inspection.problems.push(escape(&err.to_string()));
+            inspection.problems.push(err.to_string());
         }
         if let Ok(mode) = entry.mode()
             && !entry.is_regular_file()
@@ -326,7 +327,10 @@ mod tests {
         );
         assert_eq!(
             inspect(b"hello").problems,
-            ["no \"070702\" cpio header at offset 0x0 (not a package, or corrupted)"]
+            [
+                "entry 0 at offset 0x0: no \"070702\" cpio header (not a package, or corrupted); \
+              rebuild the package with `tessera package`"
+            ]
         );
     }
 }

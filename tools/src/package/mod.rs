@@ -224,7 +224,10 @@ mod tests {
         let inspection = inspect(&bytes);
         assert_eq!(
             inspection.problems,
-            ["vm/beta/image: checksum 0x00000392 in its header, but its data sums to 0x00000372"]
+            [
+                "vm/beta/image: field check: 0x00000392 in its header, but its data sums to \
+                 0x00000372; rebuild the package with `tessera package`"
+            ]
         );
     }
 
