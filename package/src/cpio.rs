@@ -142,6 +142,24 @@ fn hex_field(header: &[u8], field: Field) -> Option<u32> {
         })
 }
 
+/// Whether all eight bytes of `word` are ASCII hex digits, either case:
+/// one field at once. For bytes below 0x80, `byte + (0x80 - c)` has its top
+/// bit set exactly when `byte >= c`, and never carries into the next byte.
+const fn all_hex(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    const fn at_least(word: u64, c: u64) -> u64 {
+        (word + (0x80 - c) * ONES) & HIGH
+    }
+    if word & HIGH != 0 {
+        return false;
+    }
+    let digit = at_least(word, 0x30) & !at_least(word, 0x3A);
+    let lower = word | (0x20 * ONES);
+    let letter = at_least(lower, 0x61) & !at_least(lower, 0x67);
+    digit | letter == HIGH
+}
+
 /// The `070702` checksum: the wrapping 32-bit sum of the bytes.
 ///
 /// Eight bytes at a time: each word's bytes are added in four 16-bit lanes,
@@ -218,6 +236,8 @@ pub enum ReadError<'a> {
     /// Something other than zero padding after the trailer
     /// ([`Entries::check_padding`]).
     DataAfterTrailer { offset: usize },
+    /// The entry's mode is not that of a regular file.
+    NotAFile { entry: &'a str, mode: u32 },
     /// The entry's bytes do not add up to its header's checksum.
     Checksum {
         entry: &'a str,
@@ -292,6 +312,11 @@ impl fmt::Display for ReadError<'_> {
             Self::DataAfterTrailer { offset } => {
                 write!(f, "data after {TRAILER}, at offset {offset:#x}; {REBUILD}")
             }
+            Self::NotAFile { entry, mode } => write!(
+                f,
+                "{}: field mode: {mode:#o} is not a regular file; {REBUILD}",
+                Shown(entry.as_bytes())
+            ),
             Self::Checksum {
                 entry,
                 expected,
@@ -335,6 +360,33 @@ impl<'a> Entry<'a> {
     pub fn field(&self, field: Field) -> Result<u32, ReadError<'a>> {
         hex_field(self.header, field)
             .ok_or_else(|| bad_field(self.header, self.index, self.offset, field))
+    }
+
+    /// Checks every field of its header: eight hex digits each (the walk
+    /// itself reads only the sizes), and a mode that says regular file.
+    ///
+    /// # Errors
+    /// `BadField` for the first field that is not hex digits; `NotAFile`.
+    pub fn check_fields(&self) -> Result<(), ReadError<'a>> {
+        for field in Field::ALL {
+            let digits = &self.header[field.offset()..field.offset() + FIELD_LEN];
+            let word = u64::from_le_bytes([
+                digits[0], digits[1], digits[2], digits[3], digits[4], digits[5], digits[6],
+                digits[7],
+            ]);
+            if !all_hex(word) {
+                return Err(bad_field(self.header, self.index, self.offset, field));
+            }
+        }
+        let mode = self.mode()?;
+        if mode & FILE_TYPE_MASK == REGULAR_FILE_TYPE {
+            Ok(())
+        } else {
+            Err(ReadError::NotAFile {
+                entry: self.name,
+                mode,
+            })
+        }
     }
 
     /// The `mode` field: file type and permissions.
@@ -541,14 +593,16 @@ pub struct Archive<'a> {
 }
 
 impl<'a> Archive<'a> {
-    /// Walks the whole archive once, checking every header and checksum, so
-    /// that later look-ups cannot fail half-way.
+    /// Walks the whole archive once, checking every header field, mode and
+    /// checksum, so that later look-ups cannot fail half-way.
     ///
     /// # Errors
     /// The first problem found, with the offset or entry name.
     pub fn parse(archive: &'a [u8]) -> Result<Self, ReadError<'a>> {
         for entry in entries(archive) {
-            entry?.verify_checksum()?;
+            let entry = entry?;
+            entry.check_fields()?;
+            entry.verify_checksum()?;
         }
         // The walk ends without an error only at the trailer.
         Ok(Self { archive })
@@ -855,6 +909,40 @@ mod tests {
                 offset: 0
             }
         );
+    }
+
+    #[test]
+    fn every_field_of_every_entry_is_checked_by_the_archive() {
+        let good = archive(&[("a", b"hello"), ("b", b"x")]);
+        assert!(Archive::parse(&good).is_ok());
+        let second = entries(&good).nth(1).unwrap().unwrap().offset;
+        for (entry, start) in [(0, 0), (1, second)] {
+            for field in Field::ALL {
+                for position in 0..FIELD_LEN {
+                    for bad in [b'g', b'G', b'/', b':', b'@', b'`', b' ', 0, 0x80, 0xff] {
+                        let mut bytes = good.clone();
+                        bytes[start + field.offset() + position] = bad;
+                        let error = Archive::parse(&bytes).unwrap_err();
+                        assert!(
+                            matches!(error, ReadError::BadField { entry: e, field: f, .. } if e == entry && f == field),
+                            "{field} {position} {bad:#x}: {error:?}"
+                        );
+                    }
+                }
+            }
+        }
+        let mut directory = good.clone();
+        directory[Field::Mode.offset()..][..FIELD_LEN].copy_from_slice(b"000041ed");
+        assert_eq!(
+            Archive::parse(&directory).unwrap_err(),
+            ReadError::NotAFile {
+                entry: "a",
+                mode: 0o40755
+            }
+        );
+        for word in [*b"0123abcd", *b"ABCDEF98", *b"ffffffff"] {
+            assert!(all_hex(u64::from_le_bytes(word)));
+        }
     }
 
     #[test]
