@@ -2,6 +2,8 @@
 //! the manifest, then each VM's image and device tree, which the
 //! hypervisor is given as its initrd.
 
+#[cfg(test)]
+mod corpus;
 pub mod cpio;
 mod guest_dt;
 mod inspect;
