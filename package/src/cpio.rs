@@ -142,6 +142,24 @@ fn hex_field(header: &[u8], field: Field) -> Option<u32> {
         })
 }
 
+/// Whether all eight bytes of `word` are ASCII hex digits, either case:
+/// one field at once. For bytes below 0x80, `byte + (0x80 - c)` has its top
+/// bit set exactly when `byte >= c`, and never carries into the next byte.
+const fn all_hex(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    const fn at_least(word: u64, c: u64) -> u64 {
+        (word + (0x80 - c) * ONES) & HIGH
+    }
+    if word & HIGH != 0 {
+        return false;
+    }
+    let digit = at_least(word, 0x30) & !at_least(word, 0x3A);
+    let lower = word | (0x20 * ONES);
+    let letter = at_least(lower, 0x61) & !at_least(lower, 0x67);
+    digit | letter == HIGH
+}
+
 /// The `070702` checksum: the wrapping 32-bit sum of the bytes.
 ///
 /// Eight bytes at a time: each word's bytes are added in four 16-bit lanes,
@@ -186,24 +204,40 @@ fn split_words(data: &[u8]) -> (&[u8], &[u64], &[u8]) {
     (head, words, tail)
 }
 
-/// Why an archive, or an entry of it, was refused. Offsets are of the
-/// entry's header, from the start of the archive; names are borrowed from
-/// the archive.
+/// Why an archive, or an entry of it, was refused. `entry` counts the
+/// archive's entries from 0; offsets are of the entry's header, from the
+/// start of the archive; names are borrowed from the archive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadError<'a> {
     /// No `070702` where a header should start.
-    BadMagic { offset: usize },
-    /// A header field is not eight hex digits.
-    BadField { offset: usize, field: Field },
-    /// The header, the name or the data runs past the end of the archive.
-    Truncated { offset: usize },
-    /// The name is not NUL-terminated UTF-8.
-    BadName { offset: usize },
+    BadMagic { entry: usize, offset: usize },
+    /// A header field is not eight hex digits; `digits` as found.
+    BadField {
+        entry: usize,
+        offset: usize,
+        field: Field,
+        digits: [u8; FIELD_LEN],
+    },
+    /// The header runs past the end of the archive.
+    Truncated { entry: usize, offset: usize },
+    /// The name (`namesize`) or the data (`filesize`) runs past the end of
+    /// the archive: `value` is that field's.
+    TooLarge {
+        entry: usize,
+        offset: usize,
+        field: Field,
+        value: u32,
+    },
+    /// The name is not NUL-terminated UTF-8 (an empty `namesize` among
+    /// them).
+    BadName { entry: usize, offset: usize },
     /// The archive ends without a `TRAILER!!!` entry.
     NoTrailer,
     /// Something other than zero padding after the trailer
     /// ([`Entries::check_padding`]).
     DataAfterTrailer { offset: usize },
+    /// The entry's mode is not that of a regular file.
+    NotAFile { entry: &'a str, mode: u32 },
     /// The entry's bytes do not add up to its header's checksum.
     Checksum {
         entry: &'a str,
@@ -214,38 +248,90 @@ pub enum ReadError<'a> {
     Missing { entry: &'a str },
 }
 
+/// What to do about a package that breaks the format.
+const REBUILD: &str = "rebuild the package with `tessera package`";
+
+/// Text from the archive, printed by the escaping rule of both the tool
+/// and the hypervisor: printable ASCII as it is, `\` doubled, every other
+/// byte as `\xNN`. So a crafted entry name cannot end a message and print a
+/// line of its own.
+struct Shown<'a>(&'a [u8]);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for &byte in self.0 {
+            match byte {
+                b'\\' => f.write_str("\\\\")?,
+                0x20..=0x7E => write!(f, "{}", char::from(byte))?,
+                _ => write!(f, "\\x{byte:02x}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Display for ReadError<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::BadMagic { offset } => write!(
+        match *self {
+            Self::BadMagic { entry, offset } => write!(
                 f,
-                "no \"070702\" cpio header at offset {offset:#x} (not a package, or corrupted)"
+                "entry {entry} at offset {offset:#x}: no \"070702\" cpio header (not a package, \
+                 or corrupted); {REBUILD}"
             ),
-            Self::BadField { offset, field } => write!(
+            Self::BadField {
+                entry,
+                offset,
+                field,
+                digits,
+            } => write!(
                 f,
-                "header at offset {offset:#x}: field {field} is not 8 hex digits"
+                "entry {entry} at offset {offset:#x}: field {field}: \"{}\" is not 8 hex digits; \
+                 {REBUILD}",
+                Shown(&digits)
             ),
-            Self::Truncated { offset } => write!(
+            Self::Truncated { entry, offset } => write!(
                 f,
-                "entry at offset {offset:#x} runs past the end of the archive"
+                "entry {entry} at offset {offset:#x}: the archive ends inside its header; {REBUILD}"
             ),
-            Self::BadName { offset } => write!(
+            Self::TooLarge {
+                entry,
+                offset,
+                field,
+                value,
+            } => write!(
                 f,
-                "entry at offset {offset:#x}: its name is not NUL-terminated UTF-8"
+                "entry {entry} at offset {offset:#x}: field {field}: {value:#x} bytes run past the \
+                 end of the archive; {REBUILD}"
             ),
-            Self::NoTrailer => write!(f, "the archive ends without {TRAILER}"),
+            Self::BadName { entry, offset } => write!(
+                f,
+                "entry {entry} at offset {offset:#x}: field namesize: its name is not \
+                 NUL-terminated UTF-8; {REBUILD}"
+            ),
+            Self::NoTrailer => write!(f, "the archive ends without {TRAILER}; {REBUILD}"),
             Self::DataAfterTrailer { offset } => {
-                write!(f, "data after {TRAILER}, at offset {offset:#x}")
+                write!(f, "data after {TRAILER}, at offset {offset:#x}; {REBUILD}")
             }
+            Self::NotAFile { entry, mode } => write!(
+                f,
+                "{}: field mode: {mode:#o} is not a regular file; {REBUILD}",
+                Shown(entry.as_bytes())
+            ),
             Self::Checksum {
                 entry,
                 expected,
                 actual,
             } => write!(
                 f,
-                "{entry}: checksum {expected:#010x} in its header, but its data sums to {actual:#010x}"
+                "{}: field check: {expected:#010x} in its header, but its data sums to \
+                 {actual:#010x}; {REBUILD}",
+                Shown(entry.as_bytes())
             ),
-            Self::Missing { entry } => write!(f, "the archive has no entry {entry}"),
+            Self::Missing { entry } => write!(
+                f,
+                "the archive has no entry {}; {REBUILD}",
+                Shown(entry.as_bytes())
+            ),
         }
     }
 }
@@ -256,6 +342,8 @@ impl core::error::Error for ReadError<'_> {}
 /// not yet verified.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entry<'a> {
+    /// Its place in the archive, from 0.
+    pub index: usize,
     /// Of its header, from the start of the archive.
     pub offset: usize,
     pub name: &'a str,
@@ -270,10 +358,35 @@ impl<'a> Entry<'a> {
     /// `BadField` when the field is not eight hex digits (only the size
     /// fields are known to be, from reading the entry).
     pub fn field(&self, field: Field) -> Result<u32, ReadError<'a>> {
-        hex_field(self.header, field).ok_or(ReadError::BadField {
-            offset: self.offset,
-            field,
-        })
+        hex_field(self.header, field)
+            .ok_or_else(|| bad_field(self.header, self.index, self.offset, field))
+    }
+
+    /// Checks every field of its header: eight hex digits each (the walk
+    /// itself reads only the sizes), and a mode that says regular file.
+    ///
+    /// # Errors
+    /// `BadField` for the first field that is not hex digits; `NotAFile`.
+    pub fn check_fields(&self) -> Result<(), ReadError<'a>> {
+        for field in Field::ALL {
+            let digits = &self.header[field.offset()..field.offset() + FIELD_LEN];
+            let word = u64::from_le_bytes([
+                digits[0], digits[1], digits[2], digits[3], digits[4], digits[5], digits[6],
+                digits[7],
+            ]);
+            if !all_hex(word) {
+                return Err(bad_field(self.header, self.index, self.offset, field));
+            }
+        }
+        let mode = self.mode()?;
+        if mode & FILE_TYPE_MASK == REGULAR_FILE_TYPE {
+            Ok(())
+        } else {
+            Err(ReadError::NotAFile {
+                entry: self.name,
+                mode,
+            })
+        }
     }
 
     /// The `mode` field: file type and permissions.
@@ -332,6 +445,7 @@ pub const fn entries(archive: &[u8]) -> Entries<'_> {
     Entries {
         archive,
         next: Some(0),
+        index: 0,
         trailer_end: None,
     }
 }
@@ -345,6 +459,8 @@ pub struct Entries<'a> {
     archive: &'a [u8],
     /// Where the next header starts; `None` once the walk has ended.
     next: Option<usize>,
+    /// The next entry's place.
+    index: usize,
     /// Just past the trailer, once it has been reached.
     trailer_end: Option<usize>,
 }
@@ -357,13 +473,14 @@ impl<'a> Iterator for Entries<'a> {
         if offset >= self.archive.len() {
             return Some(Err(ReadError::NoTrailer));
         }
-        match read_entry(self.archive, offset) {
+        match read_entry(self.archive, offset, self.index) {
             Ok((entry, next)) if entry.name == TRAILER => {
                 self.trailer_end = Some(next);
                 None
             }
             Ok((entry, next)) => {
                 self.next = Some(next);
+                self.index += 1;
                 Some(Ok(entry))
             }
             Err(error) => Some(Err(error)),
@@ -396,38 +513,76 @@ impl<'a> Entries<'a> {
     }
 }
 
-/// Reads the entry whose header is at `offset`: the entry and the offset of
-/// the next header.
-fn read_entry(archive: &[u8], offset: usize) -> Result<(Entry<'_>, usize), ReadError<'_>> {
-    let truncated = ReadError::Truncated { offset };
+/// The error for a header field that is not eight hex digits.
+fn bad_field<'a>(header: &[u8], entry: usize, offset: usize, field: Field) -> ReadError<'a> {
+    let mut digits = [b'?'; FIELD_LEN];
+    if let Some(found) = header.get(field.offset()..field.offset() + FIELD_LEN) {
+        digits.copy_from_slice(found);
+    }
+    ReadError::BadField {
+        entry,
+        offset,
+        field,
+        digits,
+    }
+}
+
+/// Reads entry `index`, whose header is at `offset`: the entry and the
+/// offset of the next header. Sizes are checked against the archive before
+/// any sum that could overflow.
+fn read_entry(
+    archive: &[u8],
+    offset: usize,
+    index: usize,
+) -> Result<(Entry<'_>, usize), ReadError<'_>> {
+    let truncated = ReadError::Truncated {
+        entry: index,
+        offset,
+    };
     let rest = archive.get(offset..).ok_or(truncated)?;
     if !rest.starts_with(MAGIC) {
-        return Err(ReadError::BadMagic { offset });
+        return Err(ReadError::BadMagic {
+            entry: index,
+            offset,
+        });
     }
     let header = rest.first_chunk::<HEADER_LEN>().ok_or(truncated)?;
-    let field = |field| hex_field(header, field).ok_or(ReadError::BadField { offset, field });
-    let file_size = field(Field::FileSize)? as usize;
-    let name_size = field(Field::NameSize)? as usize;
+    let field =
+        |field| hex_field(header, field).ok_or_else(|| bad_field(header, index, offset, field));
+    let file_size = field(Field::FileSize)?;
+    let name_size = field(Field::NameSize)?;
+    let too_large = |field, value| ReadError::TooLarge {
+        entry: index,
+        offset,
+        field,
+        value,
+    };
     let name_start = offset + HEADER_LEN;
     let name_bytes = archive
-        .get(name_start..name_start + name_size)
-        .ok_or(truncated)?;
+        .get(name_start..)
+        .and_then(|rest| rest.get(..name_size as usize))
+        .ok_or(too_large(Field::NameSize, name_size))?;
     let name = name_bytes
         .split_last()
         .filter(|(last, _)| **last == 0)
         .and_then(|(_, name)| core::str::from_utf8(name).ok())
-        .ok_or(ReadError::BadName { offset })?;
-    let data_start = align4(name_start + name_size);
+        .ok_or(ReadError::BadName {
+            entry: index,
+            offset,
+        })?;
+    let data_start = align4(name_start + name_bytes.len());
     let data = archive
-        .get(data_start..data_start + file_size)
-        .ok_or(truncated)?;
+        .get(data_start..)
+        .and_then(|rest| rest.get(..file_size as usize))
+        .ok_or(too_large(Field::FileSize, file_size))?;
     let entry = Entry {
+        index,
         offset,
         name,
         data,
         header,
     };
-    Ok((entry, align4(data_start + file_size)))
+    Ok((entry, align4(data_start + data.len())))
 }
 
 /// A checked archive: every header well-formed, every checksum right, a
@@ -438,14 +593,16 @@ pub struct Archive<'a> {
 }
 
 impl<'a> Archive<'a> {
-    /// Walks the whole archive once, checking every header and checksum, so
-    /// that later look-ups cannot fail half-way.
+    /// Walks the whole archive once, checking every header field, mode and
+    /// checksum, so that later look-ups cannot fail half-way.
     ///
     /// # Errors
     /// The first problem found, with the offset or entry name.
     pub fn parse(archive: &'a [u8]) -> Result<Self, ReadError<'a>> {
         for entry in entries(archive) {
-            entry?.verify_checksum()?;
+            let entry = entry?;
+            entry.check_fields()?;
+            entry.verify_checksum()?;
         }
         // The walk ends without an error only at the trailer.
         Ok(Self { archive })
@@ -624,19 +781,58 @@ mod tests {
     #[test]
     fn truncation_bad_magic_and_missing_trailer_are_refused() {
         let bytes = archive(&[("vm/a/image", &[7; 100])]);
-        assert!(matches!(
+        assert_eq!(
             Archive::parse(&bytes[..150]).unwrap_err(),
-            ReadError::Truncated { offset: 0 }
-        ));
+            ReadError::TooLarge {
+                entry: 0,
+                offset: 0,
+                field: Field::FileSize,
+                value: 100
+            }
+        );
+        assert_eq!(
+            Archive::parse(&bytes[..115]).unwrap_err(),
+            ReadError::TooLarge {
+                entry: 0,
+                offset: 0,
+                field: Field::NameSize,
+                value: 11
+            }
+        );
         assert_eq!(
             Archive::parse(&bytes[..50]).unwrap_err(),
-            ReadError::Truncated { offset: 0 },
+            ReadError::Truncated {
+                entry: 0,
+                offset: 0
+            },
             "a header cut short"
         );
         assert_eq!(
             Archive::parse(b"070701 old newc format").unwrap_err(),
-            ReadError::BadMagic { offset: 0 }
+            ReadError::BadMagic {
+                entry: 0,
+                offset: 0
+            }
         );
+        // Sizes near 2^32 are refused, never added up past the archive.
+        let mut huge = bytes.clone();
+        huge[Field::FileSize.offset()..][..FIELD_LEN].copy_from_slice(b"ffffffff");
+        assert!(matches!(
+            Archive::parse(&huge).unwrap_err(),
+            ReadError::TooLarge {
+                field: Field::FileSize,
+                value: u32::MAX,
+                ..
+            }
+        ));
+        huge[Field::NameSize.offset()..][..FIELD_LEN].copy_from_slice(b"FFFFFFFF");
+        assert!(matches!(
+            Archive::parse(&huge).unwrap_err(),
+            ReadError::TooLarge {
+                field: Field::NameSize,
+                ..
+            }
+        ));
         let mut no_trailer = archive(&[("a", b"x")]);
         let trailer_at = no_trailer.len() - 124;
         no_trailer.truncate(trailer_at);
@@ -647,7 +843,10 @@ mod tests {
         no_trailer.extend_from_slice(b"0707");
         assert_eq!(
             Archive::parse(&no_trailer).unwrap_err(),
-            ReadError::BadMagic { offset: trailer_at }
+            ReadError::BadMagic {
+                entry: 1,
+                offset: trailer_at
+            }
         );
         assert_eq!(Archive::parse(&[]).unwrap_err(), ReadError::NoTrailer);
     }
@@ -660,8 +859,10 @@ mod tests {
         assert_eq!(
             Archive::parse(&bad_size).unwrap_err(),
             ReadError::BadField {
+                entry: 0,
                 offset: 0,
-                field: Field::FileSize
+                field: Field::FileSize,
+                digits: *b"z0000005"
             }
         );
         let mut bad_check = good.clone();
@@ -669,8 +870,10 @@ mod tests {
         assert_eq!(
             Archive::parse(&bad_check).unwrap_err(),
             ReadError::BadField {
+                entry: 0,
                 offset: 0,
-                field: Field::Check
+                field: Field::Check,
+                digits: *b"-0000214"
             }
         );
         // A field the walk does not need is reported when asked for.
@@ -680,8 +883,10 @@ mod tests {
         assert_eq!(
             entry.mode(),
             Err(ReadError::BadField {
+                entry: 0,
                 offset: 0,
-                field: Field::Mode
+                field: Field::Mode,
+                digits: *b"000081a "
             })
         );
         assert!(!entry.is_regular_file());
@@ -690,8 +895,54 @@ mod tests {
         unterminated[HEADER_LEN + 1] = b'x';
         assert_eq!(
             Archive::parse(&unterminated).unwrap_err(),
-            ReadError::BadName { offset: 0 }
+            ReadError::BadName {
+                entry: 0,
+                offset: 0
+            }
         );
+        let mut empty_name = good.clone();
+        empty_name[Field::NameSize.offset()..][..FIELD_LEN].copy_from_slice(b"00000000");
+        assert_eq!(
+            Archive::parse(&empty_name).unwrap_err(),
+            ReadError::BadName {
+                entry: 0,
+                offset: 0
+            }
+        );
+    }
+
+    #[test]
+    fn every_field_of_every_entry_is_checked_by_the_archive() {
+        let good = archive(&[("a", b"hello"), ("b", b"x")]);
+        assert!(Archive::parse(&good).is_ok());
+        let second = entries(&good).nth(1).unwrap().unwrap().offset;
+        for (entry, start) in [(0, 0), (1, second)] {
+            for field in Field::ALL {
+                for position in 0..FIELD_LEN {
+                    for bad in [b'g', b'G', b'/', b':', b'@', b'`', b' ', 0, 0x80, 0xff] {
+                        let mut bytes = good.clone();
+                        bytes[start + field.offset() + position] = bad;
+                        let error = Archive::parse(&bytes).unwrap_err();
+                        assert!(
+                            matches!(error, ReadError::BadField { entry: e, field: f, .. } if e == entry && f == field),
+                            "{field} {position} {bad:#x}: {error:?}"
+                        );
+                    }
+                }
+            }
+        }
+        let mut directory = good.clone();
+        directory[Field::Mode.offset()..][..FIELD_LEN].copy_from_slice(b"000041ed");
+        assert_eq!(
+            Archive::parse(&directory).unwrap_err(),
+            ReadError::NotAFile {
+                entry: "a",
+                mode: 0o40755
+            }
+        );
+        for word in [*b"0123abcd", *b"ABCDEF98", *b"ffffffff"] {
+            assert!(all_hex(u64::from_le_bytes(word)));
+        }
     }
 
     #[test]
@@ -720,24 +971,39 @@ mod tests {
     fn errors_read_well() {
         assert_eq!(
             ReadError::BadField {
+                entry: 3,
                 offset: 0x74,
-                field: Field::Check
+                field: Field::FileSize,
+                digits: *b"00zz\x1b000"
             }
             .to_string(),
-            "header at offset 0x74: field check is not 8 hex digits"
+            "entry 3 at offset 0x74: field filesize: \"00zz\\x1b000\" is not 8 hex digits; \
+             rebuild the package with `tessera package`"
+        );
+        assert_eq!(
+            ReadError::TooLarge {
+                entry: 1,
+                offset: 0x88,
+                field: Field::NameSize,
+                value: 0xffff_ffff
+            }
+            .to_string(),
+            "entry 1 at offset 0x88: field namesize: 0xffffffff bytes run past the end of the \
+             archive; rebuild the package with `tessera package`"
         );
         assert_eq!(
             ReadError::NoTrailer.to_string(),
-            "the archive ends without TRAILER!!!"
+            "the archive ends without TRAILER!!!; rebuild the package with `tessera package`"
         );
         assert_eq!(
             ReadError::Checksum {
-                entry: "vm/a/image",
+                entry: "vm/a\n/image",
                 expected: 0x16b,
                 actual: 0x18b
             }
             .to_string(),
-            "vm/a/image: checksum 0x0000016b in its header, but its data sums to 0x0000018b"
+            "vm/a\\x0a/image: field check: 0x0000016b in its header, but its data sums to \
+             0x0000018b; rebuild the package with `tessera package`"
         );
     }
 }

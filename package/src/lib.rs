@@ -5,6 +5,9 @@
 //!
 //! - [`cpio`]: the container, a `070702` cpio archive: its header layout,
 //!   the reader (entries, checksums) and typed errors.
+//! - [`rules`]: the rules every system obeys (sizes, alignment, ranges,
+//!   names, CPUs, board, GIC version, counts), which the tool applies to a
+//!   configuration and the hypervisor to the manifest it boots.
 //!
 //! `no_std` and free of `unsafe`, so the hypervisor can link it; unit-tested
 //! on the host.
@@ -12,3 +15,4 @@
 #![forbid(unsafe_code)]
 
 pub mod cpio;
+pub mod rules;

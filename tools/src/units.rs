@@ -1,9 +1,9 @@
 //! Sizes and addresses as people write them in configurations and read
 //! them in messages: `"64M"`, `0x4000_0000`.
 
-pub const KIB: u64 = 1 << 10;
-pub const MIB: u64 = 1 << 20;
-pub const GIB: u64 = 1 << 30;
+use tessera_package::rules;
+
+pub use tessera_package::rules::{GIB, KIB, MIB};
 
 /// Parses `<digits><unit>` with unit `K`, `M` or `G` (powers of 1024).
 /// The error is a reason to put after the value in a message.
@@ -33,35 +33,19 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 /// The shortest exact form with the largest unit that divides `bytes`:
 /// `1G`, `64M`, `1536K`, or plain bytes.
 pub fn format_size(bytes: u64) -> String {
-    for (unit, scale) in [("G", GIB), ("M", MIB), ("K", KIB)] {
-        if bytes != 0 && bytes.is_multiple_of(scale) {
-            return format!("{}{unit}", bytes / scale);
-        }
-    }
-    format!("{bytes} bytes")
+    rules::Size(bytes).to_string()
 }
 
 /// Hexadecimal with `_` every four digits, as offsets are written in the
 /// docs: `0x8_0000`.
 pub fn hex(value: u64) -> String {
-    grouped(format!("{value:x}"))
+    rules::Hex(value).to_string()
 }
 
 /// A guest-physical address: like [`hex`], at least eight digits, so
 /// addresses in one message line up: `0x0800_0000`, `0x4000_0000`.
 pub fn address(value: u64) -> String {
-    grouped(format!("{value:08x}"))
-}
-
-fn grouped(digits: String) -> String {
-    let mut grouped = String::with_capacity(digits.len() + digits.len() / 4 + 2);
-    for (index, digit) in digits.chars().enumerate() {
-        if index > 0 && (digits.len() - index).is_multiple_of(4) {
-            grouped.push('_');
-        }
-        grouped.push(digit);
-    }
-    format!("0x{grouped}")
+    rules::Address(value).to_string()
 }
 
 #[cfg(test)]

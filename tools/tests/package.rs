@@ -39,6 +39,7 @@ fn package_then_inspect() {
     let names: Vec<&str> = listing
         .lines()
         .skip(2)
+        .take(5)
         .filter_map(|line| line.split_whitespace().nth(3))
         .collect();
     assert_eq!(
@@ -49,6 +50,25 @@ fn package_then_inspect() {
             "vm/alpha/guest.dtb",
             "vm/beta/image",
             "vm/beta/guest.dtb",
+        ]
+    );
+    // The system, as the manifest (read by the hypervisor's code) has it.
+    let raw_size = std::fs::metadata(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images/raw.bin"),
+    )
+    .unwrap()
+    .len();
+    let system: Vec<&str> = listing.lines().skip(7).take(3).collect();
+    assert_eq!(
+        system,
+        [
+            "system: board qemu-virt, GICv3, 2 VM(s) on 3 CPU(s)".to_string(),
+            format!(
+                "vm[0] alpha: RAM 64M at 0x4000_0000, CPUs [1], image {raw_size} bytes at offset 0x0"
+            ),
+            format!(
+                "vm[1] beta: RAM 32M at 0x8000_0000, CPUs [2, 3], image {raw_size} bytes at offset 0x0"
+            ),
         ]
     );
     assert!(listing.ends_with(&format!("{out_text}: OK\n")), "{listing}");
@@ -69,7 +89,8 @@ fn package_then_inspect() {
     assert_eq!(
         String::from_utf8_lossy(&corrupted.stderr),
         format!(
-            "{out_text}: vm/beta/image: checksum 0x00000140 in its header, but its data sums to 0x00000141\n"
+            "{out_text}: vm/beta/image: field check: 0x00000140 in its header, but its data sums \
+             to 0x00000141; rebuild the package with `tessera package`\n"
         )
     );
     std::fs::remove_dir_all(dir).unwrap();

@@ -1,37 +1,187 @@
 //! The compiled system configuration (`tessera/manifest.dtb` in the
 //! package): which VMs to build, with what RAM, CPUs, image and device tree.
-//! The host tool has already checked the configuration; the hypervisor
-//! checks again what it depends on (see `check_against_machine`), because a
-//! package may be built for a different machine than the one it meets.
+//!
+//! A package is data from outside, so the manifest is checked here as
+//! strictly as the tool checks the configuration, by the same rules
+//! (`tessera_package::rules`): [`parse`] reads every field strictly (a
+//! number has exactly the cells the format gives it, a string is exactly
+//! one NUL-terminated string) and applies every rule about the system;
+//! [`SystemManifest::check_against_machine`] checks the board, GIC version
+//! and CPUs against the machine met at boot, and
+//! [`SystemManifest::check_package`] the images against the VMs' RAM. All
+//! of it but the last happens before any VM is built; the image sizes are
+//! checked by the VM builder before it copies anything (a walk over the
+//! package here would cost the boot budget). `tessera inspect` calls the
+//! same functions, so its verdict on a package is the hypervisor's.
 
-use crate::boot::flat_tree::{FlatTree, Token, read_cells, string_list_contains, string_value};
+use core::fmt;
+
+use tessera_package::cpio::Archive;
+use tessera_package::rules::{self, CpuClaims, Hex, RuleError};
 
 use crate::MAX_CPUS;
+use crate::boot::flat_tree::{FlatTree, Token, read_cells, string_list_contains};
+use crate::console::escape::Escaped;
 
 /// How many VMs a system may have (at most one per CPU).
-pub const MAX_VMS: usize = MAX_CPUS;
+pub const MAX_VMS: usize = rules::MAX_VMS;
+const _: () = assert!(
+    MAX_CPUS == rules::MAX_CPUS,
+    "the rules and the hypervisor agree"
+);
 /// The manifest format this hypervisor reads.
 pub const FORMAT_VERSION: u32 = 1;
+/// The manifest's entry in the package.
+pub const MANIFEST_ENTRY: &str = "tessera/manifest.dtb";
 
-/// Why a manifest was refused.
+/// A VM, as an error names it: its index under `/vms` and, once read, its
+/// name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmRef<'a> {
+    pub index: usize,
+    pub name: Option<&'a str>,
+}
+
+/// A value as read from the manifest, for a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Value<'a> {
+    /// An address or a size: shown in hex.
+    Hex(u64),
+    /// A count, a CPU or a version: shown in decimal.
+    Number(u64),
+    /// A string or raw property bytes: shown quoted and escaped.
+    Bytes(&'a [u8]),
+}
+
+impl fmt::Display for Value<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::Hex(value) => write!(f, "{}", Hex(value)),
+            Self::Number(value) => write!(f, "{value}"),
+            Self::Bytes(bytes) => write!(f, "\"{}\"", Escaped(bytes)),
+        }
+    }
+}
+
+/// Why a manifest was refused. Every case names the field; the `Display`
+/// text names the entry, the VM, the value and what to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ManifestError<'a> {
     /// Not a device tree, or not a Tessera manifest.
     NotAManifest,
     /// A format version this hypervisor does not read.
     UnsupportedVersion(u32),
-    /// A property is missing or malformed; names the VM (if any) and property.
-    Property {
-        vm: Option<&'a str>,
+    /// A property is missing.
+    Missing {
+        vm: Option<VmRef<'a>>,
         property: &'static str,
     },
-    /// More VMs than `MAX_VMS`, or more vCPUs than `MAX_CPUS`.
-    TooMany,
+    /// A property is not of its type (the wrong number of cells, not one
+    /// NUL-terminated UTF-8 string).
+    Malformed {
+        vm: Option<VmRef<'a>>,
+        property: &'static str,
+        value: &'a [u8],
+    },
+    /// A value breaks one of the system rules.
+    Rule {
+        vm: Option<VmRef<'a>>,
+        property: &'static str,
+        value: Value<'a>,
+        rule: RuleError,
+    },
+    /// A file the manifest names is not in the package.
+    MissingEntry { vm: VmRef<'a>, entry: &'a str },
     /// Built for another board or GIC version.
-    WrongMachine,
-    /// A VM names a CPU the machine does not have, or one already taken.
-    BadCpu { vm: &'a str, cpu: u32 },
+    WrongMachine {
+        board: &'a str,
+        gic_version: u32,
+        this_board: &'static str,
+        this_gic_version: u32,
+    },
 }
+
+const REBUILD: &str = "rebuild the package with `tessera package`";
+
+fn write_place(f: &mut fmt::Formatter<'_>, vm: Option<VmRef<'_>>) -> fmt::Result {
+    write!(f, "{MANIFEST_ENTRY}: ")?;
+    if let Some(vm) = vm {
+        write!(f, "vm[{}]", vm.index)?;
+        if let Some(name) = vm.name {
+            write!(f, " \"{}\"", Escaped::str(name))?;
+        }
+        f.write_str(": ")?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for ManifestError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::NotAManifest => write!(
+                f,
+                "{MANIFEST_ENTRY}: not a device tree with compatible \"tessera,system\"; {REBUILD}"
+            ),
+            Self::UnsupportedVersion(version) => write!(
+                f,
+                "{MANIFEST_ENTRY}: field tessera,format-version: {version}, but this hypervisor \
+                 reads version {FORMAT_VERSION}; {REBUILD} of the same release"
+            ),
+            Self::Missing { vm, property } => {
+                write_place(f, vm)?;
+                write!(f, "field {property}: missing; {REBUILD}")
+            }
+            Self::Malformed {
+                vm,
+                property,
+                value,
+            } => {
+                write_place(f, vm)?;
+                write!(
+                    f,
+                    "field {property}: {} ({} bytes) is not a value of its type; {REBUILD}",
+                    Value::Bytes(value),
+                    value.len()
+                )
+            }
+            Self::Rule {
+                vm,
+                property,
+                value,
+                rule,
+            } => {
+                write_place(f, vm)?;
+                if rule.has_subject() {
+                    write!(f, "field {property}: {value} {rule}; {REBUILD}")
+                } else {
+                    write!(f, "field {property}: {value}: {rule}; {REBUILD}")
+                }
+            }
+            Self::MissingEntry { vm, entry } => {
+                write_place(f, Some(vm))?;
+                write!(
+                    f,
+                    "the package has no entry \"{}\"; {REBUILD}",
+                    Escaped::str(entry)
+                )
+            }
+            Self::WrongMachine {
+                board,
+                gic_version,
+                this_board,
+                this_gic_version,
+            } => write!(
+                f,
+                "{MANIFEST_ENTRY}: fields board, gic-version: it was built for {} with GICv{gic_version}, \
+                 this is {this_board} with GICv{this_gic_version}; run it there, or rebuild it for \
+                 this machine with `tessera package`",
+                Value::Bytes(board.as_bytes())
+            ),
+        }
+    }
+}
+
+impl core::error::Error for ManifestError<'_> {}
 
 /// One VM of the manifest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,7 +216,7 @@ pub struct SystemManifest<'a> {
 
 impl<'a> SystemManifest<'a> {
     pub fn vms(&self) -> impl Iterator<Item = &VmManifest<'a>> {
-        self.vms[..self.vm_count].iter().flatten()
+        self.vms.iter().take(self.vm_count).flatten()
     }
 
     #[must_use]
@@ -78,25 +228,136 @@ impl<'a> SystemManifest<'a> {
     /// GIC version, and CPUs that exist and are used once.
     ///
     /// # Errors
-    /// `WrongMachine` or `BadCpu`.
+    /// `WrongMachine`, or a `Rule` error on a VM's `cpus`.
     pub fn check_against_machine(
         &self,
-        board: &str,
+        board: &'static str,
         gic_version: u32,
         cpu_count: usize,
     ) -> Result<(), ManifestError<'a>> {
         if self.board != board || self.gic_version != gic_version {
-            return Err(ManifestError::WrongMachine);
+            return Err(ManifestError::WrongMachine {
+                board: self.board,
+                gic_version: self.gic_version,
+                this_board: board,
+                this_gic_version: gic_version,
+            });
         }
-        let mut taken = [false; MAX_CPUS];
-        for vm in self.vms() {
+        let cpu_count = u32::try_from(cpu_count).unwrap_or(u32::MAX);
+        let mut claims = CpuClaims::default();
+        for (index, vm) in self.vms().enumerate() {
             for &cpu in vm.physical_cpus() {
-                let index = cpu as usize;
-                if index >= cpu_count || taken[index] {
-                    return Err(ManifestError::BadCpu { vm: vm.name, cpu });
-                }
-                taken[index] = true;
+                claims
+                    .claim(index, cpu, cpu_count)
+                    .map_err(|rule| ManifestError::Rule {
+                        vm: Some(VmRef {
+                            index,
+                            name: Some(vm.name),
+                        }),
+                        property: "cpus",
+                        value: Value::Number(u64::from(cpu)),
+                        rule,
+                    })?;
             }
+        }
+        Ok(())
+    }
+
+    /// Checks the files the manifest names against `package`: each VM's
+    /// image and device tree are there, and the image fits its RAM below
+    /// the device tree's 64 KiB (the rule the tool applies). Looks only at
+    /// headers, never at the files' bytes.
+    ///
+    /// # Errors
+    /// `MissingEntry`, or a `Rule` error on `image` or `device-tree`.
+    pub fn check_package(&self, package: &Archive<'a>) -> Result<(), ManifestError<'a>> {
+        // One walk over the headers for all VMs: this is on every boot's
+        // path. The first entry of a name is the one `Archive::file` finds.
+        let mut sizes = [[None; 2]; MAX_VMS];
+        for entry in package.entries() {
+            for (vm, found) in self.vms().zip(sizes.iter_mut()) {
+                for (wanted, size) in [vm.image, vm.device_tree].into_iter().zip(found.iter_mut()) {
+                    if size.is_none() && entry.name == wanted {
+                        *size = Some(entry.data.len() as u64);
+                    }
+                }
+            }
+        }
+        for ((index, vm), [image, device_tree]) in self.vms().enumerate().zip(sizes) {
+            let at = VmRef {
+                index,
+                name: Some(vm.name),
+            };
+            let image = image.ok_or(ManifestError::MissingEntry {
+                vm: at,
+                entry: vm.image,
+            })?;
+            rules::check_image_fit(vm.ram_base, vm.ram_size, vm.image_load_offset, image).map_err(
+                |rule| ManifestError::Rule {
+                    vm: Some(at),
+                    property: "image-load-offset",
+                    value: Value::Hex(vm.image_load_offset),
+                    rule,
+                },
+            )?;
+            let device_tree = device_tree.ok_or(ManifestError::MissingEntry {
+                vm: at,
+                entry: vm.device_tree,
+            })?;
+            if device_tree > rules::DEVICE_TREE_ROOM {
+                return Err(ManifestError::Malformed {
+                    vm: Some(at),
+                    property: "device-tree",
+                    value: vm.device_tree.as_bytes(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies every system rule that needs only the manifest.
+    fn validate(&self) -> Result<(), ManifestError<'a>> {
+        let root = |property, value, rule| ManifestError::Rule {
+            vm: None,
+            property,
+            value,
+            rule,
+        };
+        let board = rules::board(self.board)
+            .map_err(|rule| root("board", Value::Bytes(self.board.as_bytes()), rule))?;
+        board
+            .check_gic_version(self.gic_version)
+            .map_err(|rule| root("gic-version", Value::Number(self.gic_version.into()), rule))?;
+        rules::check_vm_count(self.vm_count)
+            .map_err(|rule| root("vms", Value::Number(self.vm_count as u64), rule))?;
+        for (index, vm) in self.vms().enumerate() {
+            let fail = |property, value, rule| ManifestError::Rule {
+                vm: Some(VmRef {
+                    index,
+                    name: Some(vm.name),
+                }),
+                property,
+                value,
+                rule,
+            };
+            let name = Value::Bytes(vm.name.as_bytes());
+            rules::check_vm_name(vm.name).map_err(|rule| fail("name", name, rule))?;
+            let earlier = self.vms().take(index).map(|other| other.name);
+            rules::check_unique_name(vm.name, earlier).map_err(|rule| fail("name", name, rule))?;
+            rules::check_vcpu_count(vm.vcpu_count)
+                .map_err(|rule| fail("cpus", Value::Number(vm.vcpu_count as u64), rule))?;
+            rules::check_ram(vm.ram_base, vm.ram_size).map_err(|(base, rule)| {
+                if base {
+                    fail("ram-base", Value::Hex(vm.ram_base), rule)
+                } else {
+                    fail("ram-size", Value::Hex(vm.ram_size), rule)
+                }
+            })?;
+            // The image's size is the package's (`check_package`); its
+            // offset alone must leave it room below the device tree.
+            rules::check_image_fit(vm.ram_base, vm.ram_size, vm.image_load_offset, 0).map_err(
+                |rule| fail("image-load-offset", Value::Hex(vm.image_load_offset), rule),
+            )?;
         }
         Ok(())
     }
@@ -105,67 +366,93 @@ impl<'a> SystemManifest<'a> {
 /// The VM node being read, before its properties are checked.
 #[derive(Clone, Copy, Default)]
 struct VmFields<'a> {
-    name: Option<&'a str>,
-    ram_base: Option<u64>,
-    ram_size: Option<u64>,
+    name: Option<&'a [u8]>,
+    ram_base: Option<&'a [u8]>,
+    ram_size: Option<&'a [u8]>,
     cpus: Option<&'a [u8]>,
-    image: Option<&'a str>,
-    image_load_offset: Option<u64>,
-    device_tree: Option<&'a str>,
+    image: Option<&'a [u8]>,
+    image_load_offset: Option<&'a [u8]>,
+    device_tree: Option<&'a [u8]>,
 }
 
-/// A 4- or 8-byte big-endian number.
-fn number(value: &[u8]) -> Option<u64> {
-    read_cells(value, value.len() / 4).filter(|_| value.len() == 4 || value.len() == 8)
+/// A number of exactly `cells` big-endian 32-bit cells.
+fn cells(value: &[u8], cells: usize) -> Option<u64> {
+    read_cells(value, cells).filter(|_| value.len() == cells * 4)
+}
+
+/// Exactly one NUL-terminated UTF-8 string, without a NUL inside.
+fn strict_string(value: &[u8]) -> Option<&str> {
+    let (last, text) = value.split_last()?;
+    if *last != 0 || text.contains(&0) {
+        return None;
+    }
+    core::str::from_utf8(text).ok()
+}
+
+/// Reads property `property` (`value`, if present) with `read`.
+fn read<'a, T>(
+    vm: Option<VmRef<'a>>,
+    property: &'static str,
+    value: Option<&'a [u8]>,
+    read: impl FnOnce(&'a [u8]) -> Option<T>,
+) -> Result<T, ManifestError<'a>> {
+    let value = value.ok_or(ManifestError::Missing { vm, property })?;
+    read(value).ok_or(ManifestError::Malformed {
+        vm,
+        property,
+        value,
+    })
 }
 
 impl<'a> VmFields<'a> {
     fn set(&mut self, name: &[u8], value: &'a [u8]) {
         match name {
-            b"name" => self.name = string_value(value),
-            b"ram-base" => self.ram_base = number(value),
-            b"ram-size" => self.ram_size = number(value),
+            b"name" => self.name = Some(value),
+            b"ram-base" => self.ram_base = Some(value),
+            b"ram-size" => self.ram_size = Some(value),
             b"cpus" => self.cpus = Some(value),
-            b"image" => self.image = string_value(value),
-            b"image-load-offset" => self.image_load_offset = number(value),
-            b"device-tree" => self.device_tree = string_value(value),
+            b"image" => self.image = Some(value),
+            b"image-load-offset" => self.image_load_offset = Some(value),
+            b"device-tree" => self.device_tree = Some(value),
             _ => {}
         }
     }
 
-    fn finish(self) -> Result<VmManifest<'a>, ManifestError<'a>> {
-        let name = self.name.ok_or(ManifestError::Property {
-            vm: None,
-            property: "name",
+    fn finish(self, index: usize) -> Result<VmManifest<'a>, ManifestError<'a>> {
+        let mut at = VmRef { index, name: None };
+        let name = read(Some(at), "name", self.name, strict_string)?;
+        at.name = Some(name);
+        let vm = Some(at);
+        let cpus = read(vm, "cpus", self.cpus, |cpus| {
+            (cpus.len() % 4 == 0).then_some(cpus)
         })?;
-        let vm = Some(name);
-        let missing = |property| ManifestError::Property { vm, property };
-        let cpus = self.cpus.ok_or(missing("cpus"))?;
-        if cpus.is_empty() || cpus.len() % 4 != 0 {
-            return Err(missing("cpus"));
-        }
         let vcpu_count = cpus.len() / 4;
-        if vcpu_count > MAX_CPUS {
-            return Err(ManifestError::TooMany);
-        }
+        rules::check_vcpu_count(vcpu_count).map_err(|rule| ManifestError::Rule {
+            vm,
+            property: "cpus",
+            value: Value::Number(vcpu_count as u64),
+            rule,
+        })?;
         let mut physical_cpus = [0; MAX_CPUS];
         for (slot, chunk) in physical_cpus.iter_mut().zip(cpus.chunks_exact(4)) {
             *slot = u32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
         }
+        let u64_value = |value| cells(value, 2);
         Ok(VmManifest {
             name,
-            ram_base: self.ram_base.ok_or(missing("ram-base"))?,
-            ram_size: self.ram_size.ok_or(missing("ram-size"))?,
+            ram_base: read(vm, "ram-base", self.ram_base, u64_value)?,
+            ram_size: read(vm, "ram-size", self.ram_size, u64_value)?,
             physical_cpus,
             vcpu_count,
-            image: self.image.ok_or(missing("image"))?,
-            image_load_offset: self.image_load_offset.ok_or(missing("image-load-offset"))?,
-            device_tree: self.device_tree.ok_or(missing("device-tree"))?,
+            image: read(vm, "image", self.image, strict_string)?,
+            image_load_offset: read(vm, "image-load-offset", self.image_load_offset, u64_value)?,
+            device_tree: read(vm, "device-tree", self.device_tree, strict_string)?,
         })
     }
 }
 
-/// Parses the manifest blob, in one pass over its tokens.
+/// Parses the manifest blob, in one pass over its tokens, and applies
+/// every system rule that needs only the manifest.
 ///
 /// # Errors
 /// See [`ManifestError`].
@@ -177,6 +464,7 @@ pub fn parse(blob: &[u8]) -> Result<SystemManifest<'_>, ManifestError<'_>> {
     let mut gic_version = None;
     let mut saw_vms = false;
     let mut vms = [None; MAX_VMS];
+    // Every VM node, also those past `MAX_VMS`, so the count is reported.
     let mut vm_count = 0;
     let mut current = VmFields::default();
     // Depth 1: the root; 2: `/vms`; 3: a VM node.
@@ -195,16 +483,18 @@ pub fn parse(blob: &[u8]) -> Result<SystemManifest<'_>, ManifestError<'_>> {
             }
             Token::Property { name, value } => match (depth, name.bytes()) {
                 (1, b"compatible") => is_manifest = string_list_contains(value, b"tessera,system"),
-                (1, b"tessera,format-version") => version = number(value),
-                (1, b"board") => board = string_value(value),
-                (1, b"gic-version") => gic_version = number(value),
+                (1, b"tessera,format-version") => version = Some(value),
+                (1, b"board") => board = Some(value),
+                (1, b"gic-version") => gic_version = Some(value),
                 (3, name) if in_vms => current.set(name, value),
                 _ => {}
             },
             Token::EndNode => {
                 if depth == 3 && in_vms {
-                    let entry = current.finish()?;
-                    *vms.get_mut(vm_count).ok_or(ManifestError::TooMany)? = Some(entry);
+                    let entry = current.finish(vm_count)?;
+                    if let Some(slot) = vms.get_mut(vm_count) {
+                        *slot = Some(entry);
+                    }
                     vm_count += 1;
                 }
                 depth = depth.checked_sub(1).ok_or(ManifestError::NotAManifest)?;
@@ -214,20 +504,25 @@ pub fn parse(blob: &[u8]) -> Result<SystemManifest<'_>, ManifestError<'_>> {
     if !is_manifest {
         return Err(ManifestError::NotAManifest);
     }
-    let property = |property| ManifestError::Property { vm: None, property };
-    let version = version.ok_or(property("tessera,format-version"))? as u32;
+    let one_cell = |value| cells(value, 1).map(|value| value as u32);
+    let version = read(None, "tessera,format-version", version, one_cell)?;
     if version != FORMAT_VERSION {
         return Err(ManifestError::UnsupportedVersion(version));
     }
     if !saw_vms {
-        return Err(property("vms"));
+        return Err(ManifestError::Missing {
+            vm: None,
+            property: "vms",
+        });
     }
-    Ok(SystemManifest {
-        board: board.ok_or(property("board"))?,
-        gic_version: gic_version.ok_or(property("gic-version"))? as u32,
+    let manifest = SystemManifest {
+        board: read(None, "board", board, strict_string)?,
+        gic_version: read(None, "gic-version", gic_version, one_cell)?,
         vms,
         vm_count,
-    })
+    };
+    manifest.validate()?;
+    Ok(manifest)
 }
 
 #[cfg(test)]
@@ -288,28 +583,375 @@ pub(crate) mod tests {
     fn refuses_packages_for_another_machine() {
         let blob = manifest(&[("alpha", &[1]), ("beta", &[1])]);
         let system = parse(&blob).unwrap();
+        let wrong = |board, gic_version| ManifestError::WrongMachine {
+            board: "qemu-virt",
+            gic_version: 3,
+            this_board: board,
+            this_gic_version: gic_version,
+        };
         assert_eq!(
             system.check_against_machine("rpi4", 2, 4),
-            Err(ManifestError::WrongMachine)
+            Err(wrong("rpi4", 2))
         );
         assert_eq!(
             system.check_against_machine("qemu-virt", 2, 4),
-            Err(ManifestError::WrongMachine)
+            Err(wrong("qemu-virt", 2))
         );
         assert_eq!(
-            system.check_against_machine("qemu-virt", 3, 4),
-            Err(ManifestError::BadCpu { vm: "beta", cpu: 1 })
+            wrong("rpi4", 2).to_string(),
+            "tessera/manifest.dtb: fields board, gic-version: it was built for \"qemu-virt\" with \
+             GICv3, this is rpi4 with GICv2; run it there, or rebuild it for this machine with \
+             `tessera package`"
+        );
+        let taken = system.check_against_machine("qemu-virt", 3, 4).unwrap_err();
+        assert_eq!(
+            taken,
+            ManifestError::Rule {
+                vm: Some(VmRef {
+                    index: 1,
+                    name: Some("beta")
+                }),
+                property: "cpus",
+                value: Value::Number(1),
+                rule: RuleError::CpuTaken { cpu: 1, vm: 0 },
+            }
+        );
+        assert_eq!(
+            taken.to_string(),
+            "tessera/manifest.dtb: vm[1] \"beta\": field cpus: 1: CPU 1 is already used by vm[0]; \
+             rebuild the package with `tessera package`"
         );
         let blob = manifest(&[("alpha", &[5])]);
-        assert_eq!(
+        assert!(matches!(
             parse(&blob)
                 .unwrap()
                 .check_against_machine("qemu-virt", 3, 4),
-            Err(ManifestError::BadCpu {
-                vm: "alpha",
-                cpu: 5
+            Err(ManifestError::Rule {
+                rule: RuleError::CpuMissing { cpu: 5, count: 4 },
+                ..
             })
+        ));
+        let blob = manifest(&[("alpha", &[2, 2])]);
+        assert!(matches!(
+            parse(&blob)
+                .unwrap()
+                .check_against_machine("qemu-virt", 3, 4),
+            Err(ManifestError::Rule {
+                rule: RuleError::CpuTwice { cpu: 2 },
+                ..
+            })
+        ));
+    }
+
+    /// One VM's properties, each replaceable.
+    pub struct VmSpec<'s> {
+        pub name: &'s [u8],
+        pub ram_base: u64,
+        pub ram_size: u64,
+        pub cpus: &'s [u32],
+        pub load_offset: u64,
+    }
+
+    impl Default for VmSpec<'_> {
+        fn default() -> Self {
+            Self {
+                name: b"alpha",
+                ram_base: 0x4000_0000,
+                ram_size: 0x400_0000,
+                cpus: &[1],
+                load_offset: 0x8_0000,
+            }
+        }
+    }
+
+    /// A manifest with every root property given as raw bytes.
+    pub fn raw_manifest(board: &[u8], gic_version: &[u8], vms: &[VmSpec<'_>]) -> Vec<u8> {
+        let mut writer = FdtWriter::new().unwrap();
+        let root = writer.begin_node("").unwrap();
+        writer
+            .property_string("compatible", "tessera,system")
+            .unwrap();
+        writer.property_u32("tessera,format-version", 1).unwrap();
+        writer.property("board", board).unwrap();
+        writer.property("gic-version", gic_version).unwrap();
+        let vms_node = writer.begin_node("vms").unwrap();
+        for (index, vm) in vms.iter().enumerate() {
+            let node = writer.begin_node(&format!("vm@{index}")).unwrap();
+            let mut name = vm.name.to_vec();
+            name.push(0);
+            writer.property("name", &name).unwrap();
+            writer.property_u64("ram-base", vm.ram_base).unwrap();
+            writer.property_u64("ram-size", vm.ram_size).unwrap();
+            writer.property_array_u32("cpus", vm.cpus).unwrap();
+            writer.property_string("image", "vm/a/image").unwrap();
+            writer
+                .property_u64("image-load-offset", vm.load_offset)
+                .unwrap();
+            writer
+                .property_string("device-tree", "vm/a/guest.dtb")
+                .unwrap();
+            writer.end_node(node).unwrap();
+        }
+        writer.end_node(vms_node).unwrap();
+        writer.end_node(root).unwrap();
+        writer.finish().unwrap()
+    }
+
+    fn refusal(board: &[u8], gic_version: &[u8], vms: &[VmSpec<'_>]) -> String {
+        let blob = raw_manifest(board, gic_version, vms);
+        parse(&blob).unwrap_err().to_string()
+    }
+
+    const VIRT: &[u8] = b"qemu-virt\0";
+    const GIC3: &[u8] = &[0, 0, 0, 3];
+
+    #[test]
+    fn every_system_rule_is_applied_with_a_message_naming_the_field() {
+        let good = raw_manifest(VIRT, GIC3, &[VmSpec::default()]);
+        assert!(parse(&good).is_ok());
+        let vm = |spec: VmSpec<'static>| refusal(VIRT, GIC3, &[spec]);
+        let rebuild = "; rebuild the package with `tessera package`";
+        let cases = [
+            (
+                refusal(VIRT, GIC3, &[]),
+                "tessera/manifest.dtb: field vms: 0: a system with no VMs; it needs at least one",
+            ),
+            (
+                vm(VmSpec {
+                    ram_size: 0x10_0000,
+                    ..VmSpec::default()
+                }),
+                "tessera/manifest.dtb: vm[0] \"alpha\": field ram-size: 0x10_0000 is not a multiple of 2 MiB",
+            ),
+            (
+                vm(VmSpec {
+                    ram_size: 0x30_0000,
+                    ..VmSpec::default()
+                }),
+                "tessera/manifest.dtb: vm[0] \"alpha\": field ram-size: 0x30_0000 is not a multiple of 2 MiB",
+            ),
+            (
+                vm(VmSpec {
+                    ram_size: 0,
+                    ..VmSpec::default()
+                }),
+                "tessera/manifest.dtb: vm[0] \"alpha\": field ram-size: 0x0 is zero; a VM needs at least 2 MiB",
+            ),
+            (
+                vm(VmSpec {
+                    ram_base: 0x4010_0000,
+                    ..VmSpec::default()
+                }),
+                "tessera/manifest.dtb: vm[0] \"alpha\": field ram-base: 0x4010_0000 is not 2 MiB aligned",
+            ),
+            (
+                vm(VmSpec {
+                    ram_base: 0x0800_0000,
+                    ..VmSpec::default()
+                }),
+                "tessera/manifest.dtb: vm[0] \"alpha\": field ram-base: 0x800_0000: guest RAM \
+                 0x0800_0000..0x0c00_0000 overlaps the device window 0x0800_0000..0x0a00_0000 (GIC, UART)",
+            ),
+            (
+                vm(VmSpec {
+                    ram_base: 0x80_0000_0000,
+                    ..VmSpec::default()
+                }),
+                "tessera/manifest.dtb: vm[0] \"alpha\": field ram-base: 0x80_0000_0000: guest RAM \
+                 0x80_0000_0000..0x80_0400_0000 ends past the 39-bit guest-physical space (0x80_0000_0000)",
+            ),
+            (
+                vm(VmSpec {
+                    ram_base: 0xffff_ffff_ffe0_0000,
+                    ..VmSpec::default()
+                }),
+                "tessera/manifest.dtb: vm[0] \"alpha\": field ram-base: 0xffff_ffff_ffe0_0000: guest RAM \
+                 of 64M at 0xffff_ffff_ffe0_0000 ends past 2^64, so past the 39-bit guest-physical \
+                 space (0x80_0000_0000)",
+            ),
+            (
+                vm(VmSpec {
+                    name: b"",
+                    ..VmSpec::default()
+                }),
+                "tessera/manifest.dtb: vm[0] \"\": field name: \"\" is not a VM name (1 to 15 of a-z, \
+                 0-9 and -, starting with a letter)",
+            ),
+            (
+                vm(VmSpec {
+                    name: b"a\x1b[2K\ntessera: OK",
+                    ..VmSpec::default()
+                }),
+                "tessera/manifest.dtb: vm[0] \"a\\x1b[2K\\x0atessera: OK\": field name: \
+                 \"a\\x1b[2K\\x0atessera: OK\" is not a VM name (1 to 15 of a-z, 0-9 and -, starting \
+                 with a letter)",
+            ),
+            (
+                vm(VmSpec {
+                    cpus: &[],
+                    ..VmSpec::default()
+                }),
+                "tessera/manifest.dtb: vm[0] \"alpha\": field cpus: 0: empty; a VM needs at least one CPU",
+            ),
+            (
+                vm(VmSpec {
+                    cpus: &[0, 1, 2, 3, 4, 5, 6, 7, 0],
+                    ..VmSpec::default()
+                }),
+                "tessera/manifest.dtb: vm[0] \"alpha\": field cpus: 9: 9 CPUs, more than the 8 a VM may have",
+            ),
+            (
+                refusal(
+                    VIRT,
+                    GIC3,
+                    &[
+                        VmSpec::default(),
+                        VmSpec {
+                            cpus: &[2],
+                            ..VmSpec::default()
+                        },
+                    ],
+                ),
+                "tessera/manifest.dtb: vm[1] \"alpha\": field name: \"alpha\" is also the name of vm[0]",
+            ),
+            (
+                vm(VmSpec {
+                    load_offset: 0x400_0000,
+                    ..VmSpec::default()
+                }),
+                "tessera/manifest.dtb: vm[0] \"alpha\": field image-load-offset: 0x400_0000: the \
+                 image, loaded at 0x4400_0000, ends at 0x4400_0000, past the device tree at \
+                 0x43ff_0000 (the last 64 KiB of the VM's RAM)",
+            ),
+            (
+                vm(VmSpec {
+                    load_offset: u64::MAX,
+                    ..VmSpec::default()
+                }),
+                "tessera/manifest.dtb: vm[0] \"alpha\": field image-load-offset: \
+                 0xffff_ffff_ffff_ffff: an image of 0 bytes at load offset 0xffff_ffff_ffff_ffff \
+                 would end past 2^64",
+            ),
+            (
+                refusal(b"pi5\0", GIC3, &[VmSpec::default()]),
+                "tessera/manifest.dtb: field board: \"pi5\" is not a board Tessera knows (expected one \
+                 of: qemu-virt, rpi4)",
+            ),
+            (
+                refusal(b"rpi4\0", GIC3, &[VmSpec::default()]),
+                "tessera/manifest.dtb: field gic-version: 3: rpi4 supports GIC version 2 only, not 3",
+            ),
+        ];
+        for (message, expected) in cases {
+            assert_eq!(message, format!("{expected}{rebuild}"));
+        }
+        let names: Vec<VmSpec<'_>> = (0..9u32)
+            .map(|cpu| VmSpec {
+                cpus: &[0],
+                name: [b"a", b"b", b"c", b"d", b"e", b"f", b"g", b"h", b"i"][cpu as usize],
+                ..VmSpec::default()
+            })
+            .collect();
+        assert_eq!(
+            refusal(VIRT, GIC3, &names),
+            format!(
+                "tessera/manifest.dtb: field vms: 9: 9 VMs, more than the 8 a system may have \
+                 (one per CPU){rebuild}"
+            )
         );
+    }
+
+    #[test]
+    fn the_package_must_hold_each_file_and_the_image_must_fit() {
+        use tessera_package::cpio::{Field, REGULAR_FILE_MODE, TRAILER, align4, checksum};
+        fn archive(files: &[(&str, &[u8])]) -> Vec<u8> {
+            let mut out = Vec::new();
+            for (name, data) in files.iter().copied().chain([(TRAILER, &[][..])]) {
+                out.extend_from_slice(&tessera_package::cpio::encode_header(|field| match field {
+                    Field::Mode => REGULAR_FILE_MODE,
+                    Field::FileSize => data.len() as u32,
+                    Field::NameSize => name.len() as u32 + 1,
+                    Field::Check => checksum(data),
+                    _ => 0,
+                }));
+                out.extend_from_slice(name.as_bytes());
+                out.push(0);
+                out.resize(align4(out.len()), 0);
+                out.extend_from_slice(data);
+                out.resize(align4(out.len()), 0);
+            }
+            out
+        }
+        let blob = raw_manifest(
+            VIRT,
+            GIC3,
+            &[VmSpec {
+                ram_size: 0x20_0000,
+                ..VmSpec::default()
+            }],
+        );
+        let system = parse(&blob).unwrap();
+        let fits = vec![0u8; 0x20_0000 - 0x1_0000 - 0x8_0000];
+        let bytes = archive(&[("vm/a/image", &fits), ("vm/a/guest.dtb", b"d")]);
+        let package = Archive::parse(&bytes).unwrap();
+        assert_eq!(system.check_package(&package), Ok(()));
+
+        let too_big = vec![0u8; fits.len() + 1];
+        let bytes = archive(&[("vm/a/image", &too_big), ("vm/a/guest.dtb", b"d")]);
+        let package = Archive::parse(&bytes).unwrap();
+        assert_eq!(
+            system.check_package(&package).unwrap_err().to_string(),
+            "tessera/manifest.dtb: vm[0] \"alpha\": field image-load-offset: 0x8_0000: the image, \
+             loaded at 0x4008_0000, ends at 0x401f_0001, past the device tree at 0x401f_0000 (the \
+             last 64 KiB of the VM's RAM); rebuild the package with `tessera package`"
+        );
+
+        let bytes = archive(&[("vm/a/image", b"i")]);
+        let package = Archive::parse(&bytes).unwrap();
+        assert_eq!(
+            system.check_package(&package).unwrap_err().to_string(),
+            "tessera/manifest.dtb: vm[0] \"alpha\": the package has no entry \"vm/a/guest.dtb\"; \
+             rebuild the package with `tessera package`"
+        );
+    }
+
+    #[test]
+    fn fields_are_read_strictly() {
+        let vms = [VmSpec::default()];
+        let rebuild = "; rebuild the package with `tessera package`";
+        // A gic-version of two cells, the last being the right one.
+        assert_eq!(
+            refusal(VIRT, &[0, 0, 0, 7, 0, 0, 0, 3], &vms),
+            format!(
+                "tessera/manifest.dtb: field gic-version: \"\\x00\\x00\\x00\\x07\\x00\\x00\\x00\\x03\" \
+                 (8 bytes) is not a value of its type{rebuild}"
+            )
+        );
+        assert!(parse(&raw_manifest(VIRT, &[0, 0, 3], &vms)).is_err());
+        // A board string with a NUL inside, or none at its end.
+        assert_eq!(
+            refusal(b"rpi4\0qemu-virt\0", GIC3, &vms),
+            format!(
+                "tessera/manifest.dtb: field board: \"rpi4\\x00qemu-virt\\x00\" (15 bytes) is not a \
+                 value of its type{rebuild}"
+            )
+        );
+        assert!(parse(&raw_manifest(b"qemu-virt", GIC3, &vms)).is_err());
+        let name = [VmSpec {
+            name: b"al\0pha",
+            ..VmSpec::default()
+        }];
+        assert!(matches!(
+            parse(&raw_manifest(VIRT, GIC3, &name)),
+            Err(ManifestError::Malformed {
+                vm: Some(VmRef {
+                    index: 0,
+                    name: None
+                }),
+                property: "name",
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -326,5 +968,10 @@ pub(crate) mod tests {
         writer.end_node(root).unwrap();
         let blob = writer.finish().unwrap();
         assert_eq!(parse(&blob).unwrap_err(), ManifestError::NotAManifest);
+        assert_eq!(
+            ManifestError::NotAManifest.to_string(),
+            "tessera/manifest.dtb: not a device tree with compatible \"tessera,system\"; \
+             rebuild the package with `tessera package`"
+        );
     }
 }

@@ -137,22 +137,44 @@ mod tests {
     #[test]
     fn broken_archives_are_refused_with_the_offset() {
         let good = archive(&[("a", b"hello")]);
-        assert_eq!(read(b"not cpio"), Err(ReadError::BadMagic { offset: 0 }));
+        assert_eq!(
+            read(b"not cpio"),
+            Err(ReadError::BadMagic {
+                entry: 0,
+                offset: 0
+            })
+        );
         assert_eq!(read(&[]), Err(ReadError::NoTrailer));
 
         let without_trailer = &good[..good.len() - 124];
         assert_eq!(read(without_trailer), Err(ReadError::NoTrailer));
 
-        assert_eq!(read(&good[..50]), Err(ReadError::Truncated { offset: 0 }));
-        assert_eq!(read(&good[..114]), Err(ReadError::Truncated { offset: 0 }));
+        assert_eq!(
+            read(&good[..50]),
+            Err(ReadError::Truncated {
+                entry: 0,
+                offset: 0
+            })
+        );
+        assert_eq!(
+            read(&good[..111]),
+            Err(ReadError::TooLarge {
+                entry: 0,
+                offset: 0,
+                field: Field::NameSize,
+                value: 2
+            })
+        );
 
         let mut bad_field = good.clone();
         bad_field[6 + 6 * 8] = b'z';
         assert_eq!(
             read(&bad_field),
             Err(ReadError::BadField {
+                entry: 0,
                 offset: 0,
-                field: Field::FileSize
+                field: Field::FileSize,
+                digits: *b"z0000005"
             })
         );
 
@@ -162,14 +184,22 @@ mod tests {
         assert_eq!(
             read(&bad_mode),
             Err(ReadError::BadField {
+                entry: 0,
                 offset: 0,
-                field: Field::Mode
+                field: Field::Mode,
+                digits: *b"g00081a4"
             })
         );
 
         let mut unterminated = good.clone();
         unterminated[HEADER_LEN + 1] = b'x';
-        assert_eq!(read(&unterminated), Err(ReadError::BadName { offset: 0 }));
+        assert_eq!(
+            read(&unterminated),
+            Err(ReadError::BadName {
+                entry: 0,
+                offset: 0
+            })
+        );
     }
 
     #[test]

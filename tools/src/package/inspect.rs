@@ -1,8 +1,15 @@
 //! `tessera inspect`: lists a package's entries and verifies what the
 //! hypervisor will verify (magic, checksums, the manifest) before a boot
-//! is spent finding out.
+//! is spent finding out. The manifest is read and checked by the
+//! hypervisor's own code (`tessera_hypervisor::boot::manifest`, which
+//! applies `tessera_package::rules`), so the verdict on a package is the
+//! hypervisor's.
 
 use std::collections::BTreeSet;
+
+use tessera_hypervisor::boot::manifest::{self, SystemManifest};
+use tessera_package::cpio::Archive;
+use tessera_package::rules::{self, Address, Size};
 
 use super::cpio;
 use super::manifest::MANIFEST_ENTRY;
@@ -21,8 +28,9 @@ pub fn inspect(bytes: &[u8]) -> Inspection {
     let mut inspection = Inspection::default();
     let entries = match cpio::read(bytes) {
         Ok(entries) => entries,
+        // The reader's messages escape what they quote from the package.
         Err(err) => {
-            inspection.problems.push(escape(&err.to_string()));
+            inspection.problems.push(err.to_string());
             return inspection;
         }
     };
@@ -50,7 +58,7 @@ pub fn inspect(bytes: &[u8]) -> Inspection {
     let mut seen = BTreeSet::new();
     for entry in &entries {
         if let Err(err) = entry.verify_checksum() {
-            inspection.problems.push(escape(&err.to_string()));
+            inspection.problems.push(err.to_string());
         }
         if let Ok(mode) = entry.mode()
             && !entry.is_regular_file()
@@ -65,6 +73,9 @@ pub fn inspect(bytes: &[u8]) -> Inspection {
                 .problems
                 .push(format!("{}: appears more than once", escaped(entry.name)));
         }
+    }
+    if let Some(entry) = entries.iter().find(|entry| entry.name == MANIFEST_ENTRY) {
+        check_manifest(bytes, &entries, entry.data, &mut inspection);
     }
     if entries.first().map(|entry| entry.name) != Some(MANIFEST_ENTRY) {
         inspection
@@ -91,6 +102,74 @@ pub fn inspect(bytes: &[u8]) -> Inspection {
     inspection
 }
 
+/// Reads the manifest as the hypervisor does, lists the system, and adds
+/// the hypervisor's refusal, if any, to the problems. The machine is the
+/// one the package was built for: its board and GIC version, and as many
+/// CPUs as that board may have.
+fn check_manifest(
+    archive: &[u8],
+    entries: &[cpio::Entry<'_>],
+    blob: &[u8],
+    inspection: &mut Inspection,
+) {
+    // Messages of the hypervisor's errors are escaped already.
+    let system = match manifest::parse(blob) {
+        Ok(system) => system,
+        Err(error) => {
+            inspection.problems.push(error.to_string());
+            return;
+        }
+    };
+    list_system(&system, entries, inspection);
+    // `parse` has checked the board is one the rules know.
+    let Ok(board) = rules::board(system.board) else {
+        return;
+    };
+    let cpus = *board.cpus.end() as usize;
+    let mut verdict = system.check_against_machine(board.name, system.gic_version, cpus);
+    if verdict.is_ok()
+        && let Ok(package) = Archive::parse(archive)
+    {
+        verdict = system.check_package(&package);
+    }
+    if let Err(error) = verdict {
+        inspection.problems.push(error.to_string());
+    }
+}
+
+fn list_system(
+    system: &SystemManifest<'_>,
+    entries: &[cpio::Entry<'_>],
+    inspection: &mut Inspection,
+) {
+    let cpus: usize = system.vms().map(|vm| vm.physical_cpus().len()).sum();
+    inspection.listing.push(format!(
+        "system: board {}, GICv{}, {} VM(s) on {cpus} CPU(s)",
+        escaped(system.board),
+        system.gic_version,
+        system.vm_count()
+    ));
+    let image_size = |name: &str| {
+        entries
+            .iter()
+            .find(|entry| entry.name == name)
+            .map(|entry| entry.data.len() as u64)
+    };
+    for (index, vm) in system.vms().enumerate() {
+        let image = image_size(vm.image)
+            .map_or_else(|| "missing".to_string(), |size| Size(size).to_string());
+        inspection.listing.push(format!(
+            "vm[{index}] {}: RAM {} at {}, CPUs {:?}, image {} at offset {}",
+            escaped(vm.name),
+            Size(vm.ram_size),
+            Address(vm.ram_base),
+            vm.physical_cpus(),
+            image,
+            rules::Hex(vm.image_load_offset)
+        ));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,22 +182,107 @@ mod tests {
         writer.finish()
     }
 
+    /// A manifest of VMs with these names, each on the CPU of its index
+    /// plus `first_cpu`, as `tessera package` writes it.
+    pub fn manifest(names: &[&str], first_cpu: u32) -> Vec<u8> {
+        let mut fdt = vm_fdt::FdtWriter::new().unwrap();
+        let root = fdt.begin_node("").unwrap();
+        fdt.property_string("compatible", "tessera,system").unwrap();
+        fdt.property_u32("tessera,format-version", 1).unwrap();
+        fdt.property_string("board", "qemu-virt").unwrap();
+        fdt.property_u32("gic-version", 3).unwrap();
+        let vms = fdt.begin_node("vms").unwrap();
+        for (index, name) in names.iter().enumerate() {
+            let node = fdt.begin_node(&format!("vm@{index}")).unwrap();
+            fdt.property_string("name", name).unwrap();
+            fdt.property_u64("ram-base", 0x4000_0000).unwrap();
+            fdt.property_u64("ram-size", 0x400_0000).unwrap();
+            fdt.property_array_u32("cpus", &[first_cpu + index as u32])
+                .unwrap();
+            fdt.property_string("image", &format!("vm/{name}/image"))
+                .unwrap();
+            fdt.property_u64("image-load-offset", 0x8_0000).unwrap();
+            fdt.property_string("device-tree", &format!("vm/{name}/guest.dtb"))
+                .unwrap();
+            fdt.end_node(node).unwrap();
+        }
+        fdt.end_node(vms).unwrap();
+        fdt.end_node(root).unwrap();
+        fdt.finish().unwrap()
+    }
+
     #[test]
-    fn lists_every_entry() {
+    fn lists_every_entry_and_the_system() {
+        let blob = manifest(&["a"], 1);
         let bytes = package(&[
-            (MANIFEST_ENTRY, b"m"),
+            (MANIFEST_ENTRY, &blob),
             ("vm/a/image", b"abc"),
             ("vm/a/guest.dtb", b"d"),
         ]);
         let inspection = inspect(&bytes);
         assert!(inspection.problems.is_empty(), "{:?}", inspection.problems);
+        // 110 header bytes and "tessera/manifest.dtb\0", padded to 4.
+        let image_at = 0x84 + blob.len().div_ceil(4) * 4;
         assert_eq!(
-            inspection.listing,
+            inspection.listing[0],
+            "    offset        size    checksum  name"
+        );
+        assert!(inspection.listing[1].ends_with("  tessera/manifest.dtb"));
+        assert_eq!(
+            inspection.listing[2],
+            format!("{image_at:#10x}           3  0x00000126  vm/a/image")
+        );
+        assert!(inspection.listing[3].ends_with("  0x00000064  vm/a/guest.dtb"));
+        assert_eq!(
+            inspection.listing[4..],
             [
-                "    offset        size    checksum  name",
-                "       0x0           1  0x0000006d  tessera/manifest.dtb",
-                "      0x88           3  0x00000126  vm/a/image",
-                "     0x108           1  0x00000064  vm/a/guest.dtb",
+                "system: board qemu-virt, GICv3, 1 VM(s) on 1 CPU(s)",
+                "vm[0] a: RAM 64M at 0x4000_0000, CPUs [1], image 3 bytes at offset 0x8_0000",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_verdict_on_the_manifest_is_the_hypervisors() {
+        let files = |blob: &[u8]| {
+            package(&[
+                (MANIFEST_ENTRY, blob),
+                ("vm/a/image", b"abc"),
+                ("vm/a/guest.dtb", b"d"),
+                ("vm/b/image", b"abc"),
+                ("vm/b/guest.dtb", b"d"),
+            ])
+        };
+        // CPUs the board cannot have.
+        let blob = manifest(&["a", "b"], 8);
+        let expected = "tessera/manifest.dtb: vm[0] \"a\": field cpus: 8: CPU 8 does not exist; \
+                        the board has CPUs 0 to 7; rebuild the package with `tessera package`";
+        assert_eq!(inspect(&files(&blob)).problems, [expected]);
+        // A name the rules refuse, printed escaped.
+        let blob = manifest(&["a", "b\x1b[2K"], 0);
+        let problems = inspect(&files(&blob)).problems;
+        assert_eq!(
+            problems[0],
+            "tessera/manifest.dtb: vm[1] \"b\\x1b[2K\": field name: \"b\\x1b[2K\" is not a VM \
+             name (1 to 15 of a-z, 0-9 and -, starting with a letter); rebuild the package with \
+             `tessera package`"
+        );
+        // No VMs at all.
+        let blob = manifest(&[], 0);
+        assert_eq!(
+            inspect(&files(&blob)).problems,
+            [
+                "tessera/manifest.dtb: field vms: 0: a system with no VMs; it needs at least one; \
+              rebuild the package with `tessera package`"
+            ]
+        );
+        // A missing image.
+        let blob = manifest(&["a", "c"], 0);
+        assert_eq!(
+            inspect(&files(&blob)).problems,
+            [
+                "tessera/manifest.dtb: vm[1] \"c\": the package has no entry \"vm/c/image\"; \
+              rebuild the package with `tessera package`"
             ]
         );
     }
@@ -126,10 +290,16 @@ mod tests {
     #[test]
     fn a_crafted_entry_name_is_escaped_in_the_listing_and_the_problems() {
         let name = "vm/a\n/tmp/p.cpio: OK\x1b[2K/image";
-        let bytes = package(&[(MANIFEST_ENTRY, b"m"), (name, b"abc")]);
+        let blob = manifest(&["a"], 1);
+        let bytes = package(&[
+            (MANIFEST_ENTRY, &blob),
+            ("vm/a/image", b"abc"),
+            ("vm/a/guest.dtb", b"d"),
+            (name, b"abc"),
+        ]);
         let inspection = inspect(&bytes);
         let escaped = "vm/a\\x0a/tmp/p.cpio: OK\\x1b[2K/image";
-        assert!(inspection.listing[2].ends_with(&format!("  {escaped}")));
+        assert!(inspection.listing[4].ends_with(&format!("  {escaped}")));
         assert_eq!(
             inspection.problems,
             [format!(
@@ -157,7 +327,10 @@ mod tests {
         );
         assert_eq!(
             inspect(b"hello").problems,
-            ["no \"070702\" cpio header at offset 0x0 (not a package, or corrupted)"]
+            [
+                "entry 0 at offset 0x0: no \"070702\" cpio header (not a package, or corrupted); \
+              rebuild the package with `tessera package`"
+            ]
         );
     }
 }

@@ -2,6 +2,8 @@
 //! the manifest, then each VM's image and device tree, which the
 //! hypervisor is given as its initrd.
 
+#[cfg(test)]
+mod corpus;
 pub mod cpio;
 mod guest_dt;
 mod inspect;
@@ -224,7 +226,10 @@ mod tests {
         let inspection = inspect(&bytes);
         assert_eq!(
             inspection.problems,
-            ["vm/beta/image: checksum 0x00000392 in its header, but its data sums to 0x00000372"]
+            [
+                "vm/beta/image: field check: 0x00000392 in its header, but its data sums to \
+                 0x00000372; rebuild the package with `tessera package`"
+            ]
         );
     }
 

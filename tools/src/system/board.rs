@@ -3,11 +3,16 @@
 
 use std::ops::RangeInclusive;
 
+use tessera_package::rules::{self, BoardRules};
+
 use crate::machine::{Board, Machine};
 use crate::units::MIB;
 
 #[derive(Debug)]
 pub struct BoardSpec {
+    /// The rules both the tool and the hypervisor apply; `name`,
+    /// `gic_versions` and `cpus` are copied from them.
+    pub rules: &'static BoardRules,
     /// As written in `board.name`, and in the manifest's `board`.
     pub name: &'static str,
     /// The hypervisor build this board needs.
@@ -20,28 +25,30 @@ pub struct BoardSpec {
 
 pub const BOARDS: &[BoardSpec] = &[
     BoardSpec {
-        name: "qemu-virt",
+        rules: &rules::QEMU_VIRT,
+        name: rules::QEMU_VIRT.name,
         build: Board::Virt,
-        gic_versions: &[2, 3],
-        // The hypervisor runs on at most 8 CPUs, which is also all that a
-        // GICv2 can address.
-        cpus: 1..=8,
+        gic_versions: rules::QEMU_VIRT.gic_versions,
+        cpus: rules::QEMU_VIRT.cpus,
         // QEMU is started with the configured -m.
         max_memory: None,
     },
     BoardSpec {
-        name: "rpi4",
+        rules: &rules::RPI4,
+        name: rules::RPI4.name,
         build: Board::Rpi4,
-        gic_versions: &[2],
-        cpus: 4..=4,
+        gic_versions: rules::RPI4.gic_versions,
+        cpus: rules::RPI4.cpus,
         // The firmware keeps everything above this for the VideoCore.
         max_memory: Some(948 * MIB),
     },
 ];
 
 impl BoardSpec {
+    /// The board the shared rules know by `name`.
     pub fn find(name: &str) -> Option<&'static BoardSpec> {
-        BOARDS.iter().find(|board| board.name == name)
+        let rules = rules::board(name).ok()?;
+        BOARDS.iter().find(|board| board.rules == rules)
     }
 
     /// The board a hypervisor build is for, and so its limits.
@@ -103,6 +110,18 @@ mod tests {
         );
         assert!(BoardSpec::find("virt").is_none());
         assert_eq!(BoardSpec::names(), "qemu-virt, rpi4");
+    }
+
+    #[test]
+    fn every_board_is_the_shared_rules_board() {
+        assert_eq!(BOARDS.len(), rules::BOARDS.len());
+        for (board, shared) in BOARDS.iter().zip(rules::BOARDS) {
+            assert_eq!(board.rules, shared);
+            assert_eq!(board.name, shared.name);
+            assert_eq!(board.gic_versions, shared.gic_versions);
+            assert_eq!(board.cpus, shared.cpus);
+            assert_eq!(BoardSpec::find(board.name).unwrap().build, board.build);
+        }
     }
 
     #[test]

@@ -9,12 +9,14 @@ use std::path::{Path, PathBuf};
 use crate::image::{
     ELF_MAGIC, HEADER_LEN, IMAGE_SIZE_OFFSET, MAGIC, MAGIC_OFFSET, TEXT_OFFSET_OFFSET, read_u64_le,
 };
-use crate::units::{KIB, address, format_size, hex};
+use tessera_package::rules::{self, RuleError};
+
+use crate::units::{address, format_size, hex};
 use crate::workspace;
 
 /// Room the hypervisor keeps at the top of each VM's RAM for its device
 /// tree.
-pub const DEVICE_TREE_ROOM: u64 = 64 * KIB;
+pub use tessera_package::rules::DEVICE_TREE_ROOM;
 
 /// Where an image goes in its VM's RAM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,29 +101,20 @@ pub fn layout(bytes: &[u8], shown: &str) -> Result<ImageLayout, String> {
 /// header, so any 64-bit values: every sum is checked, and one past 2^64 is
 /// reported by its parts, never wrapped.
 pub fn check_fit(layout: ImageLayout, ram_base: u64, ram: u64, shown: &str) -> Result<(), String> {
-    let ram_end = ram_base.checked_add(ram).ok_or_else(|| {
-        format!(
+    // The rule is the one the hypervisor applies (`rules::check_image_fit`);
+    // the messages here name the file.
+    match rules::check_image_fit(ram_base, ram, layout.load_offset, layout.size) {
+        Ok(()) => Ok(()),
+        Err(RuleError::RamPast2To64 { .. }) => Err(format!(
             "the VM's {} of RAM at {} ends past 2^64",
             format_size(ram),
             address(ram_base)
-        )
-    })?;
-    let device_tree = ram_end.saturating_sub(DEVICE_TREE_ROOM);
-    let placed = ram_base
-        .checked_add(layout.load_offset)
-        .and_then(|load| Some((load, load.checked_add(layout.size)?)));
-    let Some((load, end)) = placed else {
-        return Err(format!(
-            "{shown} ({}, load offset {}) does not fit the VM's {} of RAM at {}: it would end \
-             past 2^64",
-            format_size(layout.size),
-            hex(layout.load_offset),
-            format_size(ram),
-            address(ram_base)
-        ));
-    };
-    if end > device_tree {
-        return Err(format!(
+        )),
+        Err(RuleError::ImageOverlapsDeviceTree {
+            load,
+            end,
+            device_tree,
+        }) => Err(format!(
             "{shown} ({}, loaded at {}) ends at {}, past the device tree at {} \
              (the last 64 KiB of the VM's {} of RAM); give the VM more RAM",
             format_size(layout.size),
@@ -129,9 +122,16 @@ pub fn check_fit(layout: ImageLayout, ram_base: u64, ram: u64, shown: &str) -> R
             address(end),
             address(device_tree),
             format_size(ram)
-        ));
+        )),
+        Err(_) => Err(format!(
+            "{shown} ({}, load offset {}) does not fit the VM's {} of RAM at {}: it would end \
+             past 2^64",
+            format_size(layout.size),
+            hex(layout.load_offset),
+            format_size(ram),
+            address(ram_base)
+        )),
     }
-    Ok(())
 }
 
 /// An arm64 Image header followed by zeros up to `file_size`, as a

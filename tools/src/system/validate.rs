@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use tessera_package::rules::{self, RuleError};
 use toml::{Table, Value};
 
 use super::board::BoardSpec;
@@ -19,19 +20,12 @@ const VM_KEYS: &[&str] = &["name", "image", "ram", "ram-base", "cpus", "bootargs
 
 /// What the hypervisor keeps for itself out of the board's memory.
 pub const HYPERVISOR_RESERVE: u64 = 32 * MIB;
-/// Guest RAM comes in 2 MiB blocks, the stage-2 block size.
-pub const RAM_GRANULE: u64 = 2 * MIB;
+// The rules about sizes, ranges, names, CPUs, the board and counts are
+// `tessera_package::rules`, which the hypervisor applies to the manifest
+// too; this file reads the values and words the messages.
 pub const DEFAULT_RAM_BASE: u64 = tessera_platform::guest::DEFAULT_RAM_BASE;
-/// The guest-physical addresses of the virtual GIC and UART, as the
-/// guest platform (shared with the hypervisor) defines them; guest RAM
-/// must stay clear of them.
-pub const DEVICE_WINDOW: std::ops::Range<u64> = tessera_platform::guest::DEVICE_WINDOW.base
-    ..tessera_platform::guest::DEVICE_WINDOW.base + tessera_platform::guest::DEVICE_WINDOW.size;
-/// The stage-2 translation covers this much guest-physical space.
-pub const GUEST_PHYSICAL_LIMIT: u64 = 1 << tessera_platform::guest::PHYSICAL_ADDRESS_BITS;
 /// Linux's `COMMAND_LINE_SIZE` on arm64, NUL included.
 const MAX_BOOTARGS: usize = 2048;
-const MAX_NAME_LEN: usize = 15;
 pub const EXAMPLE_PREFIX: &str = "example:";
 
 /// The configuration as far as it could be read.
@@ -113,8 +107,10 @@ pub fn check_table(table: &Table, file: &Path, problems: &mut Problems) -> Draft
         problems,
     );
     if let Some(entries) = vm_tables {
-        if entries.is_empty() {
-            problems.add("vm", "empty; give at least one [[vm]] table");
+        match rules::check_vm_count(entries.len()) {
+            Ok(()) => {}
+            Err(RuleError::NoVms) => problems.add("vm", "empty; give at least one [[vm]] table"),
+            Err(error) => problems.add("vm", error.to_string()),
         }
         let mut cross = CrossChecks::default();
         for (index, entry) in entries.iter().enumerate() {
@@ -157,12 +153,16 @@ fn check_board(fields: &Fields<'_>, problems: &mut Problems) -> BoardDraft {
         }
     }
 
-    if let Some(version) = fields.integer("gic-version", true, problems) {
-        match (draft.spec, u32::try_from(version)) {
-            (Some(spec), Ok(version)) if spec.gic_versions.contains(&version) => {
-                draft.gic_version = Some(version);
-            }
-            (Some(spec), _) => problems.add(
+    // Which versions and counts are right depends on the board.
+    if let Some(version) = fields.integer("gic-version", true, problems)
+        && let Some(spec) = draft.spec
+    {
+        match u32::try_from(version) {
+            Ok(version) => match spec.rules.check_gic_version(version) {
+                Ok(()) => draft.gic_version = Some(version),
+                Err(error) => problems.add(fields.key("gic-version"), error.to_string()),
+            },
+            Err(_) => problems.add(
                 fields.key("gic-version"),
                 format!(
                     "{} supports GIC version {}, not {version}",
@@ -170,19 +170,22 @@ fn check_board(fields: &Fields<'_>, problems: &mut Problems) -> BoardDraft {
                     spec.gic_versions_text()
                 ),
             ),
-            // Which versions are right depends on the board.
-            (None, _) => {}
         }
     }
 
-    if let Some(cpus) = fields.integer("cpus", true, problems) {
-        match (draft.spec, u32::try_from(cpus)) {
-            (Some(spec), Ok(cpus)) if spec.cpus.contains(&cpus) => draft.cpus = Some(cpus),
-            (Some(spec), _) => problems.add(
+    if let Some(cpus) = fields.integer("cpus", true, problems)
+        && let Some(spec) = draft.spec
+    {
+        match u64::try_from(cpus) {
+            Ok(count) => match spec.rules.check_cpu_count(count) {
+                // The rule bounds it by the board's count, a u32.
+                Ok(()) => draft.cpus = u32::try_from(count).ok(),
+                Err(error) => problems.add(fields.key("cpus"), error.to_string()),
+            },
+            Err(_) => problems.add(
                 fields.key("cpus"),
                 format!("{} has {}, not {cpus}", spec.name, spec.cpus_text()),
             ),
-            (None, _) => {}
         }
     }
 
@@ -248,11 +251,9 @@ fn check_vm(
     if let Some(name) = fields.string("name", true, problems) {
         if let Err(reason) = check_vm_name(name) {
             problems.add(fields.key("name"), reason);
-        } else if let Some(first) = cross.names.get(name) {
-            problems.add(
-                fields.key("name"),
-                format!("\"{name}\" is also the name of vm[{first}]"),
-            );
+        } else if let Some(&first) = cross.names.get(name) {
+            let taken = RuleError::NameTaken { first };
+            problems.add(fields.key("name"), format!("\"{name}\" {taken}"));
         } else {
             cross.names.insert(name.to_string(), index);
             draft.name = Some(name.to_string());
@@ -330,19 +331,9 @@ fn check_vm(
 }
 
 /// VM names become package entry names and console tags, so they stay
-/// short and plain.
+/// short and plain (`rules::check_vm_name`).
 fn check_vm_name(name: &str) -> Result<(), String> {
-    let plain = name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    let starts_with_letter = name.starts_with(|c: char| c.is_ascii_lowercase());
-    if plain && starts_with_letter && name.len() <= MAX_NAME_LEN {
-        Ok(())
-    } else {
-        Err(format!(
-            "\"{name}\" is not a VM name (1 to {MAX_NAME_LEN} of a-z, 0-9 and -, starting with a letter)"
-        ))
-    }
+    rules::check_vm_name(name).map_err(|error| format!("\"{name}\" {error}"))
 }
 
 fn parse_image_source(text: &str, file: &Path) -> Result<ImageSource, String> {
@@ -380,50 +371,18 @@ fn example_needs_default_base(base: u64, example: &str) -> String {
 
 fn check_ram(text: &str) -> Result<u64, String> {
     let bytes = parse_size(text)?;
-    if bytes == 0 {
-        return Err(format!("\"{text}\" is zero; a VM needs at least 2 MiB"));
-    }
-    if !bytes.is_multiple_of(RAM_GRANULE) {
-        return Err(format!("\"{text}\" is not a multiple of 2 MiB"));
-    }
+    rules::check_ram_size(bytes).map_err(|error| format!("\"{text}\" {error}"))?;
     Ok(bytes)
 }
 
 fn check_ram_base(base: i64) -> Result<u64, String> {
     let base = u64::try_from(base).map_err(|_| format!("{base} is negative"))?;
-    if !base.is_multiple_of(RAM_GRANULE) {
-        return Err(format!("{} is not 2 MiB aligned", address(base)));
-    }
+    rules::check_ram_base(base).map_err(|error| format!("{} {error}", address(base)))?;
     Ok(base)
 }
 
 fn check_guest_ram_range(base: u64, size: u64) -> Result<(), String> {
-    let limit = address(GUEST_PHYSICAL_LIMIT);
-    let Some(end) = base.checked_add(size) else {
-        // The end is past 2^64 and would print wrapped: name base and size.
-        return Err(format!(
-            "guest RAM of {} at {} ends past 2^64, so past the 39-bit guest-physical space ({limit})",
-            format_size(size),
-            address(base),
-        ));
-    };
-    if end > GUEST_PHYSICAL_LIMIT {
-        return Err(format!(
-            "guest RAM {}..{} ends past the 39-bit guest-physical space ({limit})",
-            address(base),
-            address(end),
-        ));
-    }
-    if base < DEVICE_WINDOW.end && end > DEVICE_WINDOW.start {
-        return Err(format!(
-            "guest RAM {}..{} overlaps the device window {}..{} (GIC, UART)",
-            address(base),
-            address(end),
-            address(DEVICE_WINDOW.start),
-            address(DEVICE_WINDOW.end)
-        ));
-    }
-    Ok(())
+    rules::check_ram_range(base, size).map_err(|error| error.to_string())
 }
 
 /// The VM's CPU list, or `None` when it is unusable. CPUs are claimed in
@@ -444,8 +403,8 @@ fn check_vm_cpus(
         Value::as_array,
         problems,
     )?;
-    if entries.is_empty() {
-        problems.add(&key, "empty; a VM needs at least one CPU");
+    if let Err(error @ RuleError::NoCpus) = rules::check_vcpu_count(entries.len()) {
+        problems.add(&key, error.to_string());
         return None;
     }
     let mut cpus = Vec::new();
@@ -463,20 +422,14 @@ fn check_vm_cpus(
             continue;
         };
         if let Some(count) = board.cpus
-            && cpu >= count
+            && let Err(error) = rules::check_cpu_exists(cpu, count)
         {
-            problems.add(
-                &key,
-                format!(
-                    "CPU {cpu} does not exist; the board has CPUs 0 to {}",
-                    count - 1
-                ),
-            );
+            problems.add(&key, error.to_string());
             all_good = false;
             continue;
         }
         if !listed.insert(cpu) {
-            problems.add(&key, format!("CPU {cpu} is listed twice"));
+            problems.add(&key, RuleError::CpuTwice { cpu }.to_string());
             all_good = false;
             continue;
         }
