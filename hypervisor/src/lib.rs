@@ -25,7 +25,7 @@ pub mod boot {
 /// The console's output queue, shared by every VM, and the escaping rule
 /// for everything from outside that reaches the console.
 pub mod console {
-    pub mod escape;
+    pub use tessera_package::escape;
     pub mod queue;
 }
 /// Emulated devices: each VM's device map.

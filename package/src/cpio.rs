@@ -12,6 +12,8 @@
 
 use core::fmt;
 
+use crate::escape::Escaped;
+
 use zerocopy::FromBytes;
 
 /// The first six bytes of every header.
@@ -251,25 +253,6 @@ pub enum ReadError<'a> {
 /// What to do about a package that breaks the format.
 const REBUILD: &str = "rebuild the package with `tessera package`";
 
-/// Text from the archive, printed by the escaping rule of both the tool
-/// and the hypervisor: printable ASCII as it is, `\` doubled, every other
-/// byte as `\xNN`. So a crafted entry name cannot end a message and print a
-/// line of its own.
-struct Shown<'a>(&'a [u8]);
-
-impl fmt::Display for Shown<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for &byte in self.0 {
-            match byte {
-                b'\\' => f.write_str("\\\\")?,
-                0x20..=0x7E => write!(f, "{}", char::from(byte))?,
-                _ => write!(f, "\\x{byte:02x}")?,
-            }
-        }
-        Ok(())
-    }
-}
-
 impl fmt::Display for ReadError<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
@@ -287,7 +270,7 @@ impl fmt::Display for ReadError<'_> {
                 f,
                 "entry {entry} at offset {offset:#x}: field {field}: \"{}\" is not 8 hex digits; \
                  {REBUILD}",
-                Shown(&digits)
+                Escaped(&digits)
             ),
             Self::Truncated { entry, offset } => write!(
                 f,
@@ -315,7 +298,7 @@ impl fmt::Display for ReadError<'_> {
             Self::NotAFile { entry, mode } => write!(
                 f,
                 "{}: field mode: {mode:#o} is not a regular file; {REBUILD}",
-                Shown(entry.as_bytes())
+                Escaped(entry.as_bytes())
             ),
             Self::Checksum {
                 entry,
@@ -325,12 +308,12 @@ impl fmt::Display for ReadError<'_> {
                 f,
                 "{}: field check: {expected:#010x} in its header, but its data sums to \
                  {actual:#010x}; {REBUILD}",
-                Shown(entry.as_bytes())
+                Escaped(entry.as_bytes())
             ),
             Self::Missing { entry } => write!(
                 f,
                 "the archive has no entry {}; {REBUILD}",
-                Shown(entry.as_bytes())
+                Escaped(entry.as_bytes())
             ),
         }
     }

@@ -8,6 +8,8 @@
 //! - [`rules`]: the rules every system obeys (sizes, alignment, ranges,
 //!   names, CPUs, board, GIC version, counts), which the tool applies to a
 //!   configuration and the hypervisor to the manifest it boots.
+//! - [`escape`]: how bytes from outside (names, values, guest output) are
+//!   printed, by the tool and the hypervisor alike.
 //!
 //! `no_std` and free of `unsafe`, so the hypervisor can link it; unit-tested
 //! on the host.
@@ -15,4 +17,5 @@
 #![forbid(unsafe_code)]
 
 pub mod cpio;
+pub mod escape;
 pub mod rules;

@@ -1,6 +1,7 @@
 //! Text from a config, a package or a file name, made safe to print.
 //!
-//! The rule is the hypervisor's (`tessera_hypervisor::console::escape`):
+//! The rule is `tessera_package::escape`, the one the hypervisor prints
+//! by too:
 //! printable ASCII (`0x20..=0x7E`) passes, the backslash is doubled (`\\`),
 //! and every other byte of the text's UTF-8 — control characters (line
 //! feed, carriage return, ESC, backspace, tab, DEL) and everything above
@@ -9,11 +10,7 @@
 //! terminal: `ESC [ 3 1 m` prints as `\x1b[31m`. The text reads back to
 //! exactly the bytes it was.
 
-use std::fmt;
-
-/// Displays the text it wraps by the module's rule.
-#[derive(Clone, Copy, Debug)]
-pub struct Escaped<'a>(pub &'a [u8]);
+pub use tessera_package::escape::Escaped;
 
 /// Wraps `text` for printing: `format!("{}", escaped(name))`.
 #[must_use]
@@ -25,35 +22,6 @@ pub fn escaped(text: &str) -> Escaped<'_> {
 #[must_use]
 pub fn escape(text: &str) -> String {
     escaped(text).to_string()
-}
-
-impl fmt::Display for Escaped<'_> {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut rest = self.0;
-        while !rest.is_empty() {
-            let plain = rest
-                .iter()
-                .position(|&byte| !passes(byte))
-                .unwrap_or(rest.len());
-            let (run, after) = rest.split_at(plain);
-            // Only printable ASCII passes, so the run is valid UTF-8.
-            formatter.write_str(std::str::from_utf8(run).map_err(|_| fmt::Error)?)?;
-            rest = after;
-            if let Some((&byte, after)) = rest.split_first() {
-                if byte == b'\\' {
-                    formatter.write_str("\\\\")?;
-                } else {
-                    write!(formatter, "\\x{byte:02x}")?;
-                }
-                rest = after;
-            }
-        }
-        Ok(())
-    }
-}
-
-fn passes(byte: u8) -> bool {
-    (0x20..=0x7E).contains(&byte) && byte != b'\\'
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
-//! The one rule for putting bytes from outside the hypervisor on the
-//! console: a guest's console lines, and the VM names and other values a
-//! system package supplies.
+//! The one rule for printing bytes from outside — a guest's console lines,
+//! the VM names and other values a system package or a configuration
+//! supplies, file names — used by the hypervisor's console, its messages,
+//! the package reader's errors and the host tool alike.
 //!
 //! Printable ASCII (`0x20..=0x7E`) passes through, except the backslash,
 //! which is doubled (`\\`). Every other byte — control characters (ESC,
@@ -136,6 +137,8 @@ impl fmt::Display for Escaped<'_> {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+
     use super::*;
     use std::format;
     use std::string::String;
