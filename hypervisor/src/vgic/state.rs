@@ -186,9 +186,24 @@ pub struct PendingIrq {
     /// Also active (active and pending): the guest is still handling an
     /// earlier instance.
     pub active: bool,
+    /// Pending and forwarded to the vCPU. Always true in `pending_for`'s
+    /// list; `active_for` also lists interrupts that are only active.
+    pub deliverable: bool,
     /// For a GICv2 SGI, the vCPU that sent it (the guest reads it in
     /// GICC_IAR.CPUID); the lowest-numbered one when several did.
     pub source: Option<VcpuId>,
+}
+
+impl PendingIrq {
+    /// A placeholder for unused entries of fixed-size lists.
+    pub const NONE: Self = Self {
+        intid: 0,
+        priority: 0,
+        group1: false,
+        active: false,
+        deliverable: false,
+        source: None,
+    };
 }
 
 /// The most entries `pending_for` returns: more than any GIC's list
@@ -207,13 +222,7 @@ pub struct PendingList {
 impl PendingList {
     const fn new() -> Self {
         Self {
-            entries: [PendingIrq {
-                intid: 0,
-                priority: 0,
-                group1: false,
-                active: false,
-                source: None,
-            }; PENDING_LIST_LEN],
+            entries: [PendingIrq::NONE; PENDING_LIST_LEN],
             len: 0,
         }
     }
@@ -264,6 +273,10 @@ pub struct VgicState {
     /// RES0 as GICD_TYPER.A3V is 0, IRM is RAZ/WI as No1N is 1).
     pub(super) spi_routes: [u32; SPI_COUNT],
     pub(super) owned: SpiSet,
+    /// PPIs linked to the physical PPI of the same number on the vCPU's
+    /// CPU (its timers, its PMU): list registers carry them with the HW
+    /// bit, so the guest's deactivation reaches the physical interrupt.
+    pub(super) hardware_ppis: u32,
 }
 
 impl VgicState {
@@ -288,7 +301,59 @@ impl VgicState {
             spi_targets: [0; SPI_COUNT],
             spi_routes: [0; SPI_COUNT],
             owned,
+            hardware_ppis: 0,
         }
+    }
+
+    /// Links the PPIs in the bitmask `ppis` to the physical PPIs of the same
+    /// number on each vCPU's CPU.
+    pub fn set_hardware_ppis(&mut self, ppis: u32) {
+        self.hardware_ppis = ppis & 0xFFFF_0000;
+    }
+
+    /// Whether `intid` of `vcpu` is linked to a physical interrupt.
+    #[must_use]
+    pub const fn is_hardware_linked(&self, _vcpu: VcpuId, intid: u32) -> bool {
+        intid < 32 && self.hardware_ppis & (1 << intid) != 0
+    }
+
+    /// The physical interrupt linked to `intid` of `vcpu` fired, and the
+    /// hypervisor left it active: one pending instance, whatever the
+    /// configured trigger (the physical interrupt cannot fire again until
+    /// the guest deactivates this one).
+    pub fn hardware_fired(&mut self, vcpu: VcpuId, intid: u32) -> Effects {
+        if !self.is_hardware_linked(vcpu, intid) {
+            return Effects::NONE;
+        }
+        self.update(vcpu, intid, |irq| irq.pending_latch = true)
+    }
+
+    /// Whether `intid` is an SGI whose pending state is kept per source
+    /// (GICv2).
+    pub(super) const fn is_v2_sgi(&self, intid: u32) -> bool {
+        matches!(self.version, GicVersion::V2) && (intid as usize) < SGI_COUNT
+    }
+
+    /// A GICv2 SGI from `source` moved into a list register: that source's
+    /// instance is no longer pending in the model.
+    pub(super) fn clear_sgi_source(&mut self, vcpu: VcpuId, intid: u32, source: VcpuId) {
+        if !self.is_v2_sgi(intid) || !self.vcpu_in_range(vcpu) {
+            return;
+        }
+        let sources = &mut self.sgi_sources[vcpu.index()][intid as usize];
+        *sources &= !(1 << source.index());
+        let still_pending = *sources != 0;
+        self.private[vcpu.index()][intid as usize].pending_latch = still_pending;
+    }
+
+    /// A GICv2 SGI from `source` came back from a list register still
+    /// pending.
+    pub(super) fn restore_sgi_source(&mut self, vcpu: VcpuId, intid: u32, source: VcpuId) {
+        if !self.is_v2_sgi(intid) || !self.vcpu_in_range(vcpu) {
+            return;
+        }
+        self.sgi_sources[vcpu.index()][intid as usize] |= 1 << source.index();
+        self.private[vcpu.index()][intid as usize].pending_latch = true;
     }
 
     #[must_use]
@@ -527,6 +592,7 @@ impl VgicState {
                     priority: irq.priority,
                     group1: irq.group1,
                     active: irq.active,
+                    deliverable: true,
                     source,
                 });
             }
@@ -539,8 +605,43 @@ impl VgicState {
                     priority: irq.priority,
                     group1: irq.group1,
                     active: irq.active,
+                    deliverable: true,
                     source: None,
                 });
+            }
+        }
+        list
+    }
+
+    /// The interrupts `vcpu` has active, by priority then INTID: each must
+    /// keep a list register, or the guest's EOI of it would find nothing
+    /// (the list-register policy in `list_registers.rs`). `deliverable`
+    /// says whether one is also pending and forwarded.
+    #[must_use]
+    pub fn active_for(&self, vcpu: VcpuId) -> PendingList {
+        let mut list = PendingList::new();
+        if !self.vcpu_in_range(vcpu) {
+            return list;
+        }
+        let mut consider = |intid: u32, irq: &IrqState| {
+            if irq.active {
+                list.offer(PendingIrq {
+                    intid,
+                    priority: irq.priority,
+                    group1: irq.group1,
+                    active: true,
+                    deliverable: irq.pending() && irq.enabled && self.group_enabled(irq.group1),
+                    source: None,
+                });
+            }
+        };
+        for (intid, irq) in self.private[vcpu.index()].iter().enumerate() {
+            consider(intid as u32, irq);
+        }
+        for (index, irq) in self.spis.iter().enumerate() {
+            let intid = SPI_BASE + index as u32;
+            if irq.active && self.spi_target(intid) == Some(vcpu) {
+                consider(intid, irq);
             }
         }
         list
