@@ -11,26 +11,48 @@ use super::state::{GicVersion, MAX_VCPUS, SpiSet, VgicState};
 use crate::vm::ids::VcpuId;
 
 /// A VM's virtual GIC.
+///
+/// All zero bytes are a valid (empty) value, [`VmInterrupts::ZERO`]: every
+/// field is an integer, a bool, an array of them or `GicVersion`
+/// (`repr(u8)`, 0 valid). The hypervisor relies on this to build a VM's
+/// vGIC in zeroed heap memory and [`initialise`](Self::initialise) it in
+/// place: the value is several kilobytes, and copying it around at build
+/// time cost boot tens of thousands of instructions.
 #[derive(Clone, Debug)]
 pub struct VmInterrupts {
     pub state: VgicState,
     shadows: [ListRegisterShadow; MAX_VCPUS],
-    hardware_ppis: u32,
 }
 
 impl VmInterrupts {
+    /// The all-zero value (see the type's documentation).
+    pub const ZERO: Self = Self {
+        state: VgicState::ZERO,
+        shadows: [ListRegisterShadow::new(); MAX_VCPUS],
+    };
+
+    /// Puts a VM's vGIC, wherever it is, in the reset state `new`
+    /// describes.
+    pub fn initialise(
+        &mut self,
+        version: GicVersion,
+        vcpu_count: usize,
+        owned: SpiSet,
+        hardware_ppis: u32,
+    ) {
+        self.state.reset_in_place(version, vcpu_count, owned);
+        self.state.set_hardware_ppis(hardware_ppis);
+        self.shadows = [ListRegisterShadow::new(); MAX_VCPUS];
+    }
+
     /// The reset state of a VM with `vcpu_count` vCPUs, owning the SPIs in
     /// `owned`, whose PPIs in the bitmask `hardware_ppis` are linked to the
     /// physical PPIs of its CPUs (timers, PMU).
     #[must_use]
     pub fn new(version: GicVersion, vcpu_count: usize, owned: SpiSet, hardware_ppis: u32) -> Self {
-        let mut state = VgicState::new(version, vcpu_count, owned);
-        state.set_hardware_ppis(hardware_ppis);
-        Self {
-            state,
-            shadows: [ListRegisterShadow::new(); MAX_VCPUS],
-            hardware_ppis,
-        }
+        let mut interrupts = Self::ZERO;
+        interrupts.initialise(version, vcpu_count, owned, hardware_ppis);
+        interrupts
     }
 
     /// Brings `vcpu`'s list registers (on the calling CPU, which runs it)
@@ -53,13 +75,14 @@ impl VmInterrupts {
     /// called while none of its vCPUs runs (each clears its registers when
     /// it starts again).
     pub fn reset(&mut self) {
-        let owned = self.state.owned;
-        *self = Self::new(
+        let (version, vcpu_count, owned) = (
             self.state.version(),
             self.state.vcpu_count(),
-            owned,
-            self.hardware_ppis,
+            self.state.owned,
         );
+        // The hardware-linked PPIs are kept by the model's reset.
+        self.state.reset_in_place(version, vcpu_count, owned);
+        self.shadows = [ListRegisterShadow::new(); MAX_VCPUS];
     }
 }
 

@@ -221,9 +221,11 @@ pub trait ListRegisters {
     fn set_no_pending_maintenance(&mut self, enabled: bool);
 }
 
-/// What the hypervisor wrote to one list register, to fold it back.
+/// What the hypervisor wrote to one list register, to fold it back. All
+/// zero is an unused register (see `VgicState::ZERO` for why that matters).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Resident {
+    in_use: bool,
     intid: u32,
     /// The pending instance moved out of the model's latch into the
     /// register (edge, SGI, hardware-linked): a register still pending gives
@@ -232,13 +234,31 @@ struct Resident {
     /// Written pending (for a level interrupt: a guest that no longer has
     /// it pending acknowledged it).
     written_pending: bool,
-    source: Option<VcpuId>,
+    /// For a GICv2 SGI, the sending vCPU's index plus one; 0 for none.
+    source: u8,
 }
 
-/// One vCPU's view of its CPU's list registers: what each holds.
+impl Resident {
+    const UNUSED: Self = Self {
+        in_use: false,
+        intid: 0,
+        moved_latch: false,
+        written_pending: false,
+        source: 0,
+    };
+
+    fn source(&self) -> Option<VcpuId> {
+        usize::from(self.source)
+            .checked_sub(1)
+            .and_then(VcpuId::new)
+    }
+}
+
+/// One vCPU's view of its CPU's list registers: what each holds. All zero
+/// is the empty view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ListRegisterShadow {
-    resident: [Option<Resident>; MAX_LIST_REGISTERS],
+    resident: [Resident; MAX_LIST_REGISTERS],
     /// Some deliverable interrupt did not fit at the last sync.
     overflow: bool,
 }
@@ -253,7 +273,7 @@ impl ListRegisterShadow {
     #[must_use]
     pub const fn new() -> Self {
         Self {
-            resident: [None; MAX_LIST_REGISTERS],
+            resident: [Resident::UNUSED; MAX_LIST_REGISTERS],
             overflow: false,
         }
     }
@@ -267,7 +287,9 @@ impl ListRegisterShadow {
 
     /// The INTIDs the list registers hold, register by register.
     pub fn resident_intids(&self) -> impl Iterator<Item = Option<u32>> + '_ {
-        self.resident.iter().map(|slot| slot.map(|r| r.intid))
+        self.resident
+            .iter()
+            .map(|slot| slot.in_use.then_some(slot.intid))
     }
 }
 
@@ -275,7 +297,7 @@ impl VgicState {
     /// Folds one list register's state back into the model: what the guest
     /// did with the interrupt since it was written.
     fn fold(&mut self, vcpu: VcpuId, resident: Resident, now: LrState) {
-        let sgi_source = self.is_v2_sgi(resident.intid).then_some(resident.source);
+        let sgi_source = self.is_v2_sgi(resident.intid).then(|| resident.source());
         let _ = self.update(vcpu, resident.intid, |irq| {
             irq.active = now.active();
             if resident.moved_latch && now.pending() {
@@ -325,12 +347,14 @@ pub fn sync(
     registers: &mut impl ListRegisters,
 ) {
     let count = registers.count().min(MAX_LIST_REGISTERS);
-    for index in 0..count {
-        if let Some(resident) = shadow.resident[index].take() {
+    for (index, resident) in shadow.resident.iter_mut().enumerate().take(count) {
+        if resident.in_use {
             let now = registers.read(index).state;
-            state.fold(vcpu, resident, now);
+            state.fold(vcpu, *resident, now);
+            *resident = Resident::UNUSED;
         }
     }
+    state.prune_marks(vcpu);
     // What to show: every active interrupt keeps a register; then the
     // pending ones in order, each in its own register if active, else in a
     // free one, until one finds no room. The guest so always sees a prefix
@@ -383,12 +407,16 @@ pub fn sync(
                 source: if pending { irq.source } else { None },
             },
         );
-        shadow.resident[index] = Some(Resident {
+        shadow.resident[index] = Resident {
+            in_use: true,
             intid: irq.intid,
             moved_latch,
             written_pending: pending,
-            source: if pending { irq.source } else { None },
-        });
+            source: match irq.source {
+                Some(source) if pending => source.index() as u8 + 1,
+                _ => 0,
+            },
+        };
     }
     shadow.overflow = overflow;
     registers.set_no_pending_maintenance(overflow && any_pending);

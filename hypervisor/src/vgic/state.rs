@@ -51,11 +51,15 @@ const _: () = assert!(SPI_COUNT.is_multiple_of(32), "SPIs come in blocks of 32")
 pub const SPI_WORDS: usize = SPI_COUNT / 32;
 
 /// Which GIC architecture the guest is shown.
+///
+/// `repr(u8)` with GICv2 as 0, so an all-zero `VgicState` is a valid value
+/// (see [`VgicState::ZERO`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 pub enum GicVersion {
     /// GICv2 (IHI 0048B): memory-mapped CPU interface, SGIs by GICD_SGIR,
     /// SPIs by CPU target lists.
-    V2,
+    V2 = 0,
     /// GICv3 (IHI 0069H) with affinity routing always on, one security
     /// state (GICD_CTLR.DS = 1), no LPIs.
     V3,
@@ -83,7 +87,7 @@ pub struct IrqState {
 impl IrqState {
     /// The reset state. SGIs are always edge-triggered; PPIs and SPIs reset
     /// level-sensitive, which is what the timers and most devices are.
-    const fn reset(edge: bool) -> Self {
+    pub(super) const fn reset(edge: bool) -> Self {
         Self {
             group1: false,
             enabled: false,
@@ -128,6 +132,18 @@ impl SpiSet {
             None => false,
         }
     }
+}
+
+/// The positions of the set bits of `word`, lowest first.
+fn set_bits(word: u32) -> impl Iterator<Item = u32> {
+    let mut rest = word;
+    core::iter::from_fn(move || {
+        (rest != 0).then(|| {
+            let bit = rest.trailing_zeros();
+            rest &= rest - 1;
+            bit
+        })
+    })
 }
 
 /// The index of SPI `intid` in the SPI arrays, if it is one we model.
@@ -277,32 +293,74 @@ pub struct VgicState {
     /// CPU (its timers, its PMU): list registers carry them with the HW
     /// bit, so the guest's deactivation reaches the physical interrupt.
     pub(super) hardware_ppis: u32,
+    /// Per vCPU, the SGIs and PPIs that may be pending or active; for the
+    /// VM, the SPIs that may be. Set whenever an interrupt becomes pending
+    /// or active, pruned by [`prune_marks`](Self::prune_marks): the scans
+    /// behind every list-register sync look at these bits, not at all 256
+    /// interrupts.
+    pub(super) private_marks: [u32; MAX_VCPUS],
+    pub(super) spi_marks: [u32; SPI_WORDS],
 }
 
 impl VgicState {
+    /// All zero bytes: no vCPU, nothing owned, every interrupt disabled
+    /// and idle. Not a usable state until [`reset_in_place`] gives it a
+    /// version and vCPUs; it exists because every field is an integer, a
+    /// bool, an array of them, or `GicVersion` (`repr(u8)`, GICv2 = 0), so
+    /// the hypervisor can build the state in zeroed memory, in place,
+    /// without a multi-kilobyte copy (boot time, `boot.hypervisor_insns`).
+    ///
+    /// [`reset_in_place`]: Self::reset_in_place
+    pub const ZERO: Self = Self {
+        version: GicVersion::V2,
+        vcpu_count: 0,
+        enable_group0: false,
+        enable_group1: false,
+        private: [[IrqState::reset(false); PRIVATE_COUNT]; MAX_VCPUS],
+        sgi_sources: [[0; SGI_COUNT]; MAX_VCPUS],
+        processor_sleep: [false; MAX_VCPUS],
+        spis: [IrqState::reset(false); SPI_COUNT],
+        spi_targets: [0; SPI_COUNT],
+        spi_routes: [0; SPI_COUNT],
+        owned: SpiSet::EMPTY,
+        hardware_ppis: 0,
+        private_marks: [0; MAX_VCPUS],
+        spi_marks: [0; SPI_WORDS],
+    };
+
     /// The reset state of a VM with `vcpu_count` vCPUs (clamped to 1 ..=
     /// `MAX_VCPUS`) that owns the SPIs in `owned`: its emulated devices'
     /// and those its configuration passes through.
     #[must_use]
     pub fn new(version: GicVersion, vcpu_count: usize, owned: SpiSet) -> Self {
-        let mut private = [IrqState::reset(false); PRIVATE_COUNT];
-        for sgi in &mut private[..SGI_COUNT] {
-            sgi.edge = true;
+        let mut state = Self::ZERO;
+        state.reset_in_place(version, vcpu_count, owned);
+        state
+    }
+
+    /// Puts this state in the reset state [`new`](Self::new) describes,
+    /// writing every field where it is. The hardware-linked PPIs are kept.
+    pub fn reset_in_place(&mut self, version: GicVersion, vcpu_count: usize, owned: SpiSet) {
+        self.version = version;
+        self.vcpu_count = vcpu_count.clamp(1, MAX_VCPUS);
+        self.enable_group0 = false;
+        self.enable_group1 = false;
+        // Whole-array stores of the all-zero level-sensitive reset state
+        // compile to memset; then the SGIs become edge-triggered.
+        self.private = [[IrqState::reset(false); PRIVATE_COUNT]; MAX_VCPUS];
+        for bank in &mut self.private {
+            for sgi in &mut bank[..SGI_COUNT] {
+                sgi.edge = true;
+            }
         }
-        Self {
-            version,
-            vcpu_count: vcpu_count.clamp(1, MAX_VCPUS),
-            enable_group0: false,
-            enable_group1: false,
-            private: [private; MAX_VCPUS],
-            sgi_sources: [[0; SGI_COUNT]; MAX_VCPUS],
-            processor_sleep: [true; MAX_VCPUS],
-            spis: [IrqState::reset(false); SPI_COUNT],
-            spi_targets: [0; SPI_COUNT],
-            spi_routes: [0; SPI_COUNT],
-            owned,
-            hardware_ppis: 0,
-        }
+        self.sgi_sources = [[0; SGI_COUNT]; MAX_VCPUS];
+        self.processor_sleep = [true; MAX_VCPUS];
+        self.spis = [IrqState::reset(false); SPI_COUNT];
+        self.spi_targets = [0; SPI_COUNT];
+        self.spi_routes = [0; SPI_COUNT];
+        self.owned = owned;
+        self.private_marks = [0; MAX_VCPUS];
+        self.spi_marks = [0; SPI_WORDS];
     }
 
     /// Links the PPIs in the bitmask `ppis` to the physical PPIs of the same
@@ -354,6 +412,61 @@ impl VgicState {
         }
         self.sgi_sources[vcpu.index()][intid as usize] |= 1 << source.index();
         self.private[vcpu.index()][intid as usize].pending_latch = true;
+        self.mark(vcpu, intid);
+    }
+
+    /// Notes that `intid` (banked to `vcpu` if private) may be pending or
+    /// active, for the scans.
+    pub(super) fn mark(&mut self, vcpu: VcpuId, intid: u32) {
+        if (intid as usize) < PRIVATE_COUNT {
+            if let Some(marks) = self.private_marks.get_mut(vcpu.index()) {
+                *marks |= 1 << intid;
+            }
+        } else if let Some(index) = spi_index(intid) {
+            self.spi_marks[index / 32] |= 1 << (index % 32);
+        }
+    }
+
+    /// Drops the marks of `vcpu`'s private interrupts and of the SPIs that
+    /// are neither pending nor active any more.
+    pub fn prune_marks(&mut self, vcpu: VcpuId) {
+        if self.vcpu_in_range(vcpu) {
+            let bank = &self.private[vcpu.index()];
+            let marks = &mut self.private_marks[vcpu.index()];
+            for intid in set_bits(*marks) {
+                let irq = &bank[intid as usize];
+                if !irq.pending() && !irq.active {
+                    *marks &= !(1 << intid);
+                }
+            }
+        }
+        for (word, marks) in self.spi_marks.iter_mut().enumerate() {
+            for bit in set_bits(*marks) {
+                let irq = &self.spis[word * 32 + bit as usize];
+                if !irq.pending() && !irq.active {
+                    *marks &= !(1 << bit);
+                }
+            }
+        }
+    }
+
+    /// The marked interrupts `vcpu` may be shown, in INTID order: its own
+    /// SGIs and PPIs, then the SPIs (whose target the caller checks).
+    fn marked(&self, vcpu: VcpuId) -> impl Iterator<Item = (u32, &IrqState)> + '_ {
+        let bank = &self.private[vcpu.index()];
+        let private = set_bits(self.private_marks[vcpu.index()])
+            .map(move |intid| (intid, &bank[intid as usize]));
+        let spis = self
+            .spi_marks
+            .iter()
+            .enumerate()
+            .flat_map(move |(word, marks)| {
+                set_bits(*marks).map(move |bit| {
+                    let index = word * 32 + bit as usize;
+                    (SPI_BASE + index as u32, &self.spis[index])
+                })
+            });
+        private.chain(spis)
     }
 
     #[must_use]
@@ -475,6 +588,9 @@ impl VgicState {
         if *slot == before {
             return Effects::NONE;
         }
+        if slot.pending() || slot.active {
+            self.mark(vcpu, intid);
+        }
         Effects {
             reevaluate: self.affected(vcpu, intid),
             sgi: None,
@@ -516,6 +632,7 @@ impl VgicState {
                 self.sgi_sources[target.index()][sgi as usize] |= 1 << source.index();
             }
             self.private[target.index()][sgi as usize].pending_latch = true;
+            self.private_marks[target.index()] |= 1 << sgi;
             sent.insert(target);
         }
         if sent.is_empty() {
@@ -577,40 +694,31 @@ impl VgicState {
         if !self.vcpu_in_range(vcpu) {
             return list;
         }
-        let deliverable =
-            |irq: &IrqState| irq.pending() && irq.enabled && self.group_enabled(irq.group1);
-        for (intid, irq) in self.private[vcpu.index()].iter().enumerate() {
-            if deliverable(irq) {
-                let source = (self.version == GicVersion::V2 && intid < SGI_COUNT)
-                    .then(|| {
-                        let sources = self.sgi_sources[vcpu.index()][intid];
-                        VcpuId::new(sources.trailing_zeros() as usize)
-                    })
-                    .flatten();
-                list.offer(PendingIrq {
-                    intid: intid as u32,
-                    priority: irq.priority,
-                    group1: irq.group1,
-                    active: irq.active,
-                    deliverable: true,
-                    source,
-                });
+        for (intid, irq) in self.marked(vcpu) {
+            let deliverable = irq.pending() && irq.enabled && self.group_enabled(irq.group1);
+            if !deliverable || (intid >= SPI_BASE && self.spi_target(intid) != Some(vcpu)) {
+                continue;
             }
-        }
-        for (index, irq) in self.spis.iter().enumerate() {
-            let intid = SPI_BASE + index as u32;
-            if deliverable(irq) && self.spi_target(intid) == Some(vcpu) {
-                list.offer(PendingIrq {
-                    intid,
-                    priority: irq.priority,
-                    group1: irq.group1,
-                    active: irq.active,
-                    deliverable: true,
-                    source: None,
-                });
-            }
+            list.offer(PendingIrq {
+                intid,
+                priority: irq.priority,
+                group1: irq.group1,
+                active: irq.active,
+                deliverable: true,
+                source: self.first_sgi_source(vcpu, intid),
+            });
         }
         list
+    }
+
+    /// For a GICv2 SGI pending on `vcpu`, the lowest-numbered vCPU it is
+    /// pending from.
+    fn first_sgi_source(&self, vcpu: VcpuId, intid: u32) -> Option<VcpuId> {
+        if !self.is_v2_sgi(intid) {
+            return None;
+        }
+        let sources = self.sgi_sources[vcpu.index()][intid as usize];
+        VcpuId::new(sources.trailing_zeros() as usize)
     }
 
     /// The interrupts `vcpu` has active, by priority then INTID: each must
@@ -623,26 +731,18 @@ impl VgicState {
         if !self.vcpu_in_range(vcpu) {
             return list;
         }
-        let mut consider = |intid: u32, irq: &IrqState| {
-            if irq.active {
-                list.offer(PendingIrq {
-                    intid,
-                    priority: irq.priority,
-                    group1: irq.group1,
-                    active: true,
-                    deliverable: irq.pending() && irq.enabled && self.group_enabled(irq.group1),
-                    source: None,
-                });
+        for (intid, irq) in self.marked(vcpu) {
+            if !irq.active || (intid >= SPI_BASE && self.spi_target(intid) != Some(vcpu)) {
+                continue;
             }
-        };
-        for (intid, irq) in self.private[vcpu.index()].iter().enumerate() {
-            consider(intid as u32, irq);
-        }
-        for (index, irq) in self.spis.iter().enumerate() {
-            let intid = SPI_BASE + index as u32;
-            if irq.active && self.spi_target(intid) == Some(vcpu) {
-                consider(intid, irq);
-            }
+            list.offer(PendingIrq {
+                intid,
+                priority: irq.priority,
+                group1: irq.group1,
+                active: true,
+                deliverable: irq.pending() && irq.enabled && self.group_enabled(irq.group1),
+                source: None,
+            });
         }
         list
     }
