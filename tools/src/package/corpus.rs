@@ -111,14 +111,17 @@ fn archive<'a>(
 /// `package` with its manifest read into the model, changed, and written
 /// back, every other entry kept as it was; the checksums are recomputed,
 /// so only the change is wrong.
-fn with_manifest(package: &[u8], change: impl FnOnce(&mut System)) -> Result<Vec<u8>, String> {
+fn with_manifest(
+    package: &[u8],
+    change: impl FnOnce(&mut System) -> Result<(), String>,
+) -> Result<Vec<u8>, String> {
     let entries = cpio::read(package).map_err(|error| error.to_string())?;
     let (first, rest) = entries
         .split_first()
         .filter(|(first, _)| first.name == manifest::MANIFEST_ENTRY)
         .ok_or_else(|| format!("its first entry is not {}", manifest::MANIFEST_ENTRY))?;
     let mut system = System::read(first.data)?;
-    change(&mut system);
+    change(&mut system)?;
     let blob =
         manifest_blob(&system).map_err(|error| format!("cannot write the manifest: {error}"))?;
     archive(&blob, rest.iter().map(|entry| (entry.name, entry.data)))
@@ -195,19 +198,24 @@ impl Corruption {
     /// A good package (as `tessera package` writes it), corrupted; the
     /// error says why it cannot be (a package without a VM, say).
     pub fn apply(self, package: &[u8]) -> Result<Vec<u8>, String> {
+        // A manifest that reads back has a VM (the rules refuse none);
+        // still, a change that finds nothing to change says so.
         let first_vm = |system: &mut System, change: &dyn Fn(&mut Vm)| {
-            if let Some(vm) = system.vms.first_mut() {
-                change(vm);
-            }
+            let vm = system.vms.first_mut().ok_or("its manifest lists no VM")?;
+            change(vm);
+            Ok(())
         };
         let corrupted = match self {
-            Self::ZeroVms => with_manifest(package, |system| system.vms.clear()),
+            Self::ZeroVms => with_manifest(package, |system| {
+                system.vms.clear();
+                Ok(())
+            }),
             Self::OddRamSize => with_manifest(package, |system| {
-                first_vm(system, &|vm| vm.ram_size = 0x30_0000);
+                first_vm(system, &|vm| vm.ram_size = 0x30_0000)
             }),
             Self::NonHexFileSize => with_header_digit(package, 1, Field::FileSize, 0),
             Self::ControlCharsInName => with_manifest(package, |system| {
-                first_vm(system, &|vm| vm.name = FORGING_NAME.to_vec());
+                first_vm(system, &|vm| vm.name = FORGING_NAME.to_vec())
             }),
         };
         corrupted.map_err(|reason| format!("cannot apply corruption {}: {reason}", self.name()))
@@ -547,8 +555,12 @@ mod tests {
         // model and written back: the same bytes, so a corruption changes
         // only what it means to.
         let real = super::super::build(&super::super::tests::system()).unwrap();
-        assert_eq!(with_manifest(&real, |_| {}), Ok(real.clone()));
-        let changed = with_manifest(&real, |system| system.vms[1].ram_size = 0x200_0000).unwrap();
+        assert_eq!(with_manifest(&real, |_| Ok(())), Ok(real.clone()));
+        let changed = with_manifest(&real, |system| {
+            system.vms[1].ram_size = 0x200_0000;
+            Ok(())
+        })
+        .unwrap();
         assert_ne!(changed, real);
         assert_eq!(changed.len(), real.len());
     }
