@@ -34,8 +34,13 @@ impl TableStore for PoolStore {
     fn allocate_table(&mut self) -> Option<PhysAddr> {
         let table = self.tables.get_mut(self.used)?;
         self.used += 1;
-        *table = Table::EMPTY;
-        Some(PhysAddr(table as *mut Table as u64))
+        let address = table as *mut Table;
+        // SAFETY: a whole page of the pool (tables are 4 KiB and aligned
+        // to it), handed out once, so nothing else refers to it. Zeroed
+        // with pairs of stores rather than `*table = Table::EMPTY` (memset):
+        // boot builds several tables.
+        unsafe { crate::arch::zero_page(address.cast()) };
+        Some(PhysAddr(address as u64))
     }
 
     fn table_mut(&mut self, address: PhysAddr) -> &mut Table {

@@ -15,7 +15,8 @@ use crate::vm::ids::VcpuId;
 /// All zero bytes are a valid (empty) value, [`VmInterrupts::ZERO`]: every
 /// field is an integer, a bool, an array of them or `GicVersion`
 /// (`repr(u8)`, 0 valid). The hypervisor relies on this to build a VM's
-/// vGIC in zeroed heap memory and [`initialise`](Self::initialise) it in
+/// vGIC in zeroed heap memory and
+/// [`initialise_zeroed`](Self::initialise_zeroed) it in
 /// place: the value is several kilobytes, and copying it around at build
 /// time cost boot tens of thousands of instructions.
 #[derive(Clone, Debug)]
@@ -31,18 +32,18 @@ impl VmInterrupts {
         shadows: [ListRegisterShadow::new(); MAX_VCPUS],
     };
 
-    /// Puts a VM's vGIC, wherever it is, in the reset state `new`
-    /// describes.
-    pub fn initialise(
+    /// Turns [`ZERO`](Self::ZERO) into the reset state `new` describes,
+    /// writing only its non-zero fields (see
+    /// `VgicState::initialise_zeroed`): only for a value that is all zero.
+    pub fn initialise_zeroed(
         &mut self,
         version: GicVersion,
         vcpu_count: usize,
         owned: SpiSet,
         hardware_ppis: u32,
     ) {
-        self.state.reset_in_place(version, vcpu_count, owned);
+        self.state.initialise_zeroed(version, vcpu_count, owned);
         self.state.set_hardware_ppis(hardware_ppis);
-        self.shadows = [ListRegisterShadow::new(); MAX_VCPUS];
     }
 
     /// The reset state of a VM with `vcpu_count` vCPUs, owning the SPIs in
@@ -51,7 +52,7 @@ impl VmInterrupts {
     #[must_use]
     pub fn new(version: GicVersion, vcpu_count: usize, owned: SpiSet, hardware_ppis: u32) -> Self {
         let mut interrupts = Self::ZERO;
-        interrupts.initialise(version, vcpu_count, owned, hardware_ppis);
+        interrupts.initialise_zeroed(version, vcpu_count, owned, hardware_ppis);
         interrupts
     }
 
@@ -63,11 +64,12 @@ impl VmInterrupts {
         }
     }
 
-    /// Empties `vcpu`'s list registers as it starts on the calling CPU:
+    /// Forgets what `vcpu`'s list registers held, as it starts on a CPU
+    /// whose registers were just emptied (`VirtualInterface::reset`):
     /// nothing of an earlier run is shown to it.
-    pub fn clear_vcpu(&mut self, vcpu: VcpuId, registers: &mut impl ListRegisters) {
+    pub fn forget_list_registers(&mut self, vcpu: VcpuId) {
         if let Some(shadow) = self.shadows.get_mut(vcpu.index()) {
-            list_registers::clear(shadow, registers);
+            *shadow = ListRegisterShadow::new();
         }
     }
 
@@ -120,7 +122,9 @@ mod tests {
         assert!(vgic.state.pending_for(vcpu(0)).as_slice().is_empty());
         assert!(vgic.state.owned.contains(33));
         assert!(vgic.state.is_hardware_linked(vcpu(1), 27));
-        vgic.clear_vcpu(vcpu(0), &mut registers);
+        vgic.forget_list_registers(vcpu(0));
+        registers.0 = [ListEntry::EMPTY; 4];
+        vgic.sync(vcpu(0), &mut registers);
         assert!(registers.0.iter().all(|entry| *entry == ListEntry::EMPTY));
     }
 }

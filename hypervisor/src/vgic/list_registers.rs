@@ -261,6 +261,8 @@ pub struct ListRegisterShadow {
     resident: [Resident; MAX_LIST_REGISTERS],
     /// Some deliverable interrupt did not fit at the last sync.
     overflow: bool,
+    /// The no-pending maintenance interrupt is enabled.
+    no_pending_maintenance: bool,
 }
 
 impl Default for ListRegisterShadow {
@@ -275,6 +277,7 @@ impl ListRegisterShadow {
         Self {
             resident: [Resident::UNUSED; MAX_LIST_REGISTERS],
             overflow: false,
+            no_pending_maintenance: false,
         }
     }
 
@@ -347,11 +350,15 @@ pub fn sync(
     registers: &mut impl ListRegisters,
 ) {
     let count = registers.count().min(MAX_LIST_REGISTERS);
+    // Which registers held something: the others hold EMPTY already (an
+    // unused register is always written EMPTY), so they need no write.
+    let mut was_in_use = [false; MAX_LIST_REGISTERS];
     for (index, resident) in shadow.resident.iter_mut().enumerate().take(count) {
         if resident.in_use {
             let now = registers.read(index).state;
             state.fold(vcpu, *resident, now);
             *resident = Resident::UNUSED;
+            was_in_use[index] = true;
         }
     }
     state.prune_marks(vcpu);
@@ -386,7 +393,9 @@ pub fn sync(
     let mut any_pending = false;
     for (index, &(irq, pending)) in plan.iter().enumerate().take(count) {
         if index >= planned {
-            registers.write(index, ListEntry::EMPTY);
+            if was_in_use[index] {
+                registers.write(index, ListEntry::EMPTY);
+            }
             continue;
         }
         let physical = state
@@ -419,17 +428,11 @@ pub fn sync(
         };
     }
     shadow.overflow = overflow;
-    registers.set_no_pending_maintenance(overflow && any_pending);
-}
-
-/// Empties the list registers without folding them, as when the vCPU's VM
-/// resets or stops: nothing they held survives.
-pub fn clear(shadow: &mut ListRegisterShadow, registers: &mut impl ListRegisters) {
-    for index in 0..registers.count().min(MAX_LIST_REGISTERS) {
-        registers.write(index, ListEntry::EMPTY);
+    let no_pending_maintenance = overflow && any_pending;
+    if no_pending_maintenance != shadow.no_pending_maintenance {
+        registers.set_no_pending_maintenance(no_pending_maintenance);
+        shadow.no_pending_maintenance = no_pending_maintenance;
     }
-    *shadow = ListRegisterShadow::new();
-    registers.set_no_pending_maintenance(false);
 }
 
 #[cfg(test)]
@@ -630,6 +633,12 @@ mod tests {
         let mut registers = FakeRegisters::new(4);
         let taken = drain(&mut state, &mut shadow, &mut registers);
         assert_eq!(taken, [27, 9, 2, 3, 20, 33, 30, 1, 23, 7]);
+        assert!(
+            registers
+                .entries
+                .iter()
+                .all(|entry| entry.state == LrState::Invalid)
+        );
         assert!(state.pending_for(vcpu(0)).as_slice().is_empty());
         assert!(!registers.maintenance(), "no maintenance storm at the end");
     }
@@ -807,21 +816,26 @@ mod tests {
     }
 
     #[test]
-    fn clearing_leaves_nothing_behind() {
+    fn registers_that_stay_unused_are_not_written_again() {
         let mut state = enabled(GicVersion::V3, 1);
         state.pulse(vcpu(0), 20);
         let mut shadow = ListRegisterShadow::new();
         let mut registers = FakeRegisters::new(4);
         sync(&mut state, vcpu(0), &mut shadow, &mut registers);
-        clear(&mut shadow, &mut registers);
-        assert!(
-            registers
-                .entries
-                .iter()
-                .all(|entry| *entry == ListEntry::EMPTY)
+        // Poison the unused ones: a sync that wrote them would clean them.
+        registers.entries[2].intid = 999;
+        registers.acknowledge();
+        registers.complete(20);
+        sync(&mut state, vcpu(0), &mut shadow, &mut registers);
+        assert_eq!(
+            registers.entries[0],
+            ListEntry::EMPTY,
+            "the used one is emptied"
         );
-        assert!(shadow.resident_intids().all(|slot| slot.is_none()));
-        assert!(!registers.no_pending_maintenance);
+        assert_eq!(
+            registers.entries[2].intid, 999,
+            "unused ones are left alone"
+        );
     }
 
     #[test]

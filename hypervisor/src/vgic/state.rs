@@ -334,8 +334,25 @@ impl VgicState {
     #[must_use]
     pub fn new(version: GicVersion, vcpu_count: usize, owned: SpiSet) -> Self {
         let mut state = Self::ZERO;
-        state.reset_in_place(version, vcpu_count, owned);
+        state.initialise_zeroed(version, vcpu_count, owned);
         state
+    }
+
+    /// Turns [`ZERO`](Self::ZERO) into the reset state [`new`](Self::new)
+    /// describes, writing only what is not zero in it (the SGIs'
+    /// edge-triggering, the redistributors' sleep). Only for a state that
+    /// is all zero: anything else keeps what it held. The hypervisor builds
+    /// a VM's state in zeroed memory and calls this once.
+    pub fn initialise_zeroed(&mut self, version: GicVersion, vcpu_count: usize, owned: SpiSet) {
+        self.version = version;
+        self.vcpu_count = vcpu_count.clamp(1, MAX_VCPUS);
+        for bank in &mut self.private {
+            for sgi in &mut bank[..SGI_COUNT] {
+                sgi.edge = true;
+            }
+        }
+        self.processor_sleep = [true; MAX_VCPUS];
+        self.owned = owned;
     }
 
     /// Puts this state in the reset state [`new`](Self::new) describes,
@@ -786,6 +803,26 @@ pub(super) mod tests {
 
     fn intids(list: &PendingList) -> Vec<u32> {
         list.as_slice().iter().map(|irq| irq.intid).collect()
+    }
+
+    #[test]
+    fn a_state_reset_in_place_is_a_fresh_one() {
+        for version in [GicVersion::V2, GicVersion::V3] {
+            let fresh = VgicState::new(version, 2, owned());
+            let mut used = enabled_state(version);
+            used.pulse(vcpu(0), 20);
+            used.send_sgi(vcpu(1), 3, set_of(&[0, 1]));
+            used.acknowledge(vcpu(1), 3, Some(vcpu(1)));
+            used.set_line_level(vcpu(0), 33, true);
+            used.spi_routes[1] = 1;
+            used.spi_targets[1] = 2;
+            used.processor_sleep[0] = false;
+            used.reset_in_place(version, 2, owned());
+            assert!(
+                format!("{used:?}") == format!("{fresh:?}"),
+                "a reset in place differs from a fresh state"
+            );
+        }
     }
 
     #[test]

@@ -318,7 +318,8 @@ fn build_vm(
         .map_err(|_| BuildError::Devices { vm: name })?;
     let mut owned = SpiSet::EMPTY;
     owned.insert(32 + tessera_platform::guest::UART_SPI);
-    let vgic = interrupts::guest::new_vgic(manifest.vcpu_count, owned);
+    let vgic = interrupts::guest::new_vgic(manifest.vcpu_count, owned)
+        .ok_or(BuildError::Devices { vm: name })?;
     SYSTEM
         .add(Vm::new(
             description,
