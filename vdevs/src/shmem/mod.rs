@@ -23,7 +23,8 @@
 //!
 //! # What the hypervisor calls
 //!
-//! - at boot: [`Shmem::new`] with the page limit, [`Shmem::add_device`] for
+//! - at boot: [`Shmem::new`] (or [`Shmem::set_page_limit`] on a `static`
+//!   made with `Shmem::new(0)`) with the page limit, [`Shmem::add_device`] for
 //!   each configured instance, [`Shmem::add_boot_region`] for each region of
 //!   the system config;
 //! - on a trapped access: [`Shmem::route`] to find the device and page
@@ -59,6 +60,18 @@
 //! unread bits of the bytes it returned (a 32-bit read clears all). A
 //! device's vector is asserted while any of its connections has an unread
 //! bit, so no signal is lost and several may share one interrupt.
+//!
+//! # Lifetime
+//!
+//! A request for a missing name creates the region: host pages are taken
+//! and zeroed ([`HostPages`]) before the first connection maps them, so a
+//! region always starts as zero, whoever had its pages before. When the
+//! last connection of a guest-made region detaches, its pages go back and
+//! its slot is *retired*: it keeps the name and counters for the report,
+//! and a later create of the same name continues them. Boot regions are
+//! created (and zeroed) at boot and never freed; their data outlives every
+//! connection. A VM that stops, crashes or resets ([`Shmem::detach_vm`])
+//! detaches each of its connections exactly as a guest detach would.
 
 mod names;
 
@@ -574,6 +587,21 @@ impl Shmem {
             pages_in_use: 0,
             core_refusals: 0,
         }
+    }
+
+    /// Sets the page limit, at boot: a `static` starts as
+    /// `Shmem::new(0)` (all zero, so it costs the image nothing) and is
+    /// given the configured limit before any region is added.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::OverLimit`] when regions already hold more pages.
+    pub const fn set_page_limit(&mut self, pages: u64) -> Result<(), ConfigError> {
+        if pages < self.pages_in_use {
+            return Err(ConfigError::OverLimit);
+        }
+        self.page_limit = pages;
+        Ok(())
     }
 
     /// Adds a configured device instance, at boot.

@@ -1198,7 +1198,11 @@ fn boot_regions_are_checked() {
         shmem.add_boot_region(b"y", 5, &mut core),
         Err(ConfigError::OverLimit)
     );
-    let mut shmem = Shmem::new(100);
+    assert_eq!(shmem.set_page_limit(5), Err(ConfigError::OverLimit));
+    shmem.set_page_limit(11).unwrap();
+    shmem.add_boot_region(b"y", 5, &mut core).unwrap();
+    let mut shmem = Shmem::new(0);
+    shmem.set_page_limit(100).unwrap();
     assert_eq!(
         shmem.add_boot_region(b"y", 17, &mut core),
         Err(ConfigError::NoMemory)
