@@ -1618,3 +1618,69 @@ impl System {
             .any(|report| report.live && report.name.as_bytes() == name)
     }
 }
+
+#[test]
+fn the_name_takes_stores_of_every_width_at_every_offset() {
+    let mut system = System::new(1, 64);
+    let mut reference = [0u8; NAME_FIELD_BYTES];
+    let mut byte = 0x21u8;
+    for width in WIDTHS {
+        let bytes = usize::from(width.bytes());
+        for at in 0..=NAME_FIELD_BYTES - bytes {
+            let mut value = 0;
+            for shift in 0..bytes {
+                byte = if byte == 0x7e { 0x21 } else { byte + 1 };
+                reference[at + shift] = byte;
+                value |= u64::from(byte) << (shift * 8);
+            }
+            system.set_factory(0, factory::NAME + at as u64, width, value);
+            for check in (0..NAME_FIELD_BYTES).step_by(4) {
+                assert_eq!(
+                    system.factory(0, factory::NAME + check as u64, Word),
+                    little_endian(&reference[check..check + 4]),
+                    "after {width:?} at {at}"
+                );
+            }
+        }
+    }
+    // 32 name bytes and no NUL: illegal, and nothing else was touched.
+    system.set_factory(0, factory::SIZE, Word, 1);
+    assert_eq!(system.outcome(0), (ILLEGAL_NAME, 0, 0));
+    // A NUL at byte 31 makes it the longest legal name.
+    system.set_factory(0, factory::NAME + 31, Byte, 0);
+    system.set_factory(0, factory::SIZE, Word, 1);
+    assert_eq!(system.outcome(0), (OK, WINDOW, 1));
+    assert_eq!(
+        system.report(&reference[..31]).name.as_bytes(),
+        &reference[..31]
+    );
+}
+
+#[test]
+fn checks_run_in_the_abi_order() {
+    // Existence before the limit: nothing may be created at all here.
+    let mut system = System::new(2, 0);
+    assert_eq!(system.find(0, b"x").0, DOES_NOT_EXIST);
+    assert_eq!(system.create(0, b"x", 0).0, DOES_NOT_EXIST);
+    assert_eq!(system.create(0, b"x", 1).0, NOMEM);
+    // CLIENT_MAX before window room: VM 0's window is full and the region
+    // has 16 connections.
+    let mut system = System::new(2, 1000);
+    system.connect(0, b"filler", 63);
+    for _ in 0..16 {
+        system.connect(1, b"full", 1);
+    }
+    assert_eq!(system.create(0, b"full", 1).0, CLIENT_MAX);
+    assert_eq!(system.create(0, b"other", 1).0, NOMEM);
+    // The rules before CLIENT_MAX.
+    let deny = [Rule {
+        kind: RuleKind::Deny,
+        pattern: Pattern::new(b"fu*").unwrap(),
+    }];
+    let mut system = System::with_rules(2, 1000, &deny);
+    for _ in 0..16 {
+        system.connect(1, b"full", 1);
+    }
+    assert_eq!(system.find(0, b"full").0, NO_PERMISSION);
+    system.check_invariants();
+}
