@@ -1,5 +1,7 @@
 //! How a device model drives its interrupt output.
 
+use crate::services::VmIndex;
+
 /// A level-sensitive interrupt output of a device model, wired by the
 /// hypervisor to a virtual interrupt (for example an SPI of the vGIC).
 ///
@@ -15,5 +17,24 @@ pub trait InterruptLine {
 impl<T: InterruptLine + ?Sized> InterruptLine for &mut T {
     fn set_level(&mut self, asserted: bool) {
         (**self).set_level(asserted);
+    }
+}
+
+/// The interrupt lines of every VM, for a model that serves several VMs
+/// (vdev-shmem raises a peer's vector when it is signalled). Levels, as
+/// [`InterruptLine`]: the model calls only on changes of the level it
+/// computes, and implementations must not count calls as edges.
+///
+/// The VM named may run on another physical CPU; the implementation
+/// reaches it there (on the target, through the vGIC's cross-CPU path).
+pub trait VmLines {
+    /// `true` asserts interrupt `intid` of VM `vm`, `false` deasserts it.
+    fn set_level(&mut self, vm: VmIndex, intid: u32, asserted: bool);
+}
+
+/// Lets the hypervisor keep ownership of the lines and lend them to a model.
+impl<T: VmLines + ?Sized> VmLines for &mut T {
+    fn set_level(&mut self, vm: VmIndex, intid: u32, asserted: bool) {
+        (**self).set_level(vm, intid, asserted);
     }
 }
