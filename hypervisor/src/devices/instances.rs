@@ -75,7 +75,9 @@ pub fn emulate(vm: &RunningVm, frame: &mut AccessFrame<'_>, access: &MmioAccess)
         return false;
     };
     if slot != UART_SLOT {
-        return emulate_gic(vm, slot, offset, data, access);
+        // By value: a reference would make the fast path spill the access
+        // to the stack just in case.
+        return emulate_gic(vm, slot, offset, data, *access);
     }
     let mut uart = vm.device_state.uart.lock();
     if access.is_write {
@@ -112,7 +114,7 @@ fn emulate_gic(
     slot: tessera_hypervisor::devices::map::DeviceSlot,
     offset: u64,
     data: DataRegister<'_>,
-    access: &MmioAccess,
+    access: MmioAccess,
 ) -> bool {
     let Some((id, vcpu)) = vm::current() else {
         return false;
@@ -139,7 +141,7 @@ fn emulate_gic(
         } else {
             return false;
         };
-        data.complete_load(access, value);
+        data.complete_load(&access, value);
     }
     true
 }

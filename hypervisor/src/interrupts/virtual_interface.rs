@@ -40,28 +40,28 @@ static COUNTS: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(0) }; MAX_CPUS];
 macro_rules! list_register_access {
     ($index:expr, $read:ident, $value:expr) => {{
         macro_rules! one {
-                        ($name:literal) => {{
-                            if $read {
-                                let value: u64;
-                                // SAFETY: reading a list register of this CPU's
-                                // virtual CPU interface has no side effects.
-                                unsafe {
-                                    asm!(concat!("mrs {v}, ", $name), v = out(reg) value,
-                                        options(nomem, nostack, preserves_flags));
+                            ($name:literal) => {{
+                                if $read {
+                                    let value: u64;
+                                    // SAFETY: reading a list register of this CPU's
+                                    // virtual CPU interface has no side effects.
+                                    unsafe {
+                                        asm!(concat!("mrs {v}, ", $name), v = out(reg) value,
+                                            options(nomem, nostack, preserves_flags));
+                                    }
+                                    value
+                                } else {
+                                    // SAFETY: the list registers only affect what this
+                                    // CPU's guest is shown; the policy keeps them in step
+                                    // with the VM's interrupt model.
+                                    unsafe {
+                                        asm!(concat!("msr ", $name, ", {v}"), v = in(reg) $value,
+                                            options(nomem, nostack, preserves_flags));
+                                    }
+                                    0
                                 }
-                                value
-                            } else {
-                                // SAFETY: the list registers only affect what this
-                                // CPU's guest is shown; the policy keeps them in step
-                                // with the VM's interrupt model.
-                                unsafe {
-                                    asm!(concat!("msr ", $name, ", {v}"), v = in(reg) $value,
-                                        options(nomem, nostack, preserves_flags));
-                                }
-                                0
-                            }
-                        }};
-                    }
+                            }};
+                        }
         match $index {
             0 => one!("ich_lr0_el2"),
             1 => one!("ich_lr1_el2"),

@@ -46,9 +46,10 @@ const HALT_LINE: &str = "tessera: system halted";
 /// Targets set by issues.
 const BOOT_TARGET: u64 = 250_000;
 const VUART_READ_TARGET: u64 = 150;
-/// Issue 7 lowered it from 128 KiB: unwinding tables are not emitted and
-/// statics that start zeroed live in `.bss`.
-const IMAGE_TARGET: u64 = 112 * 1024;
+/// Issue 9 sets it at 128 KiB with the vGIC's register files in (issue 7
+/// had lowered it to 112 KiB before them, with no unwind tables and
+/// zero-initialised statics in `.bss`).
+const IMAGE_TARGET: u64 = 128 * 1024;
 
 pub fn run_bench(root: &Path) -> Result<ExitCode> {
     let logs = root.join(BENCH_DIR).join("logs");
@@ -312,7 +313,7 @@ mod tests {
         let image = &figures[2];
         assert_eq!((image.min, image.max), (115_424, 115_424));
         assert_eq!(image.native_median, None);
-        assert_eq!(image.target, Some(114_688));
+        assert_eq!(image.target, Some(131_072));
     }
 
     #[test]
