@@ -107,8 +107,9 @@ fn set_uart_line(vm: &RunningVm, level: bool) {
 }
 
 /// A trapped access to the VM's distributor or redistributors, by the
-/// vCPU running here.
-#[inline(never)]
+/// vCPU running here. Reads and writes go separate ways: a read (the
+/// frequent one, `mmio.gicd_read`) keeps a small frame.
+#[inline(always)]
 fn emulate_gic(
     vm: &RunningVm,
     slot: tessera_hypervisor::devices::map::DeviceSlot,
@@ -116,32 +117,57 @@ fn emulate_gic(
     data: DataRegister<'_>,
     access: MmioAccess,
 ) -> bool {
+    if access.is_write {
+        write_gic(vm, slot, offset, access.width, data.stored_value())
+    } else {
+        match read_gic(vm, slot, offset, access.width) {
+            Some(value) => {
+                data.complete_load(&access, value);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+#[inline(never)]
+fn read_gic(
+    vm: &RunningVm,
+    slot: tessera_hypervisor::devices::map::DeviceSlot,
+    offset: u64,
+    width: tessera_vdevs::AccessWidth,
+) -> Option<u64> {
+    let (_, vcpu) = vm::current()?;
+    let vgic = vm.device_state.vgic.lock();
+    if slot == GICD_SLOT {
+        Some(vgic.state.distributor_read(vcpu, offset, width))
+    } else if slot == GICR_SLOT {
+        Some(vgic.state.redistributor_read(vcpu, offset, width))
+    } else {
+        None
+    }
+}
+
+#[inline(never)]
+fn write_gic(
+    vm: &RunningVm,
+    slot: tessera_hypervisor::devices::map::DeviceSlot,
+    offset: u64,
+    width: tessera_vdevs::AccessWidth,
+    value: u64,
+) -> bool {
     let Some((id, vcpu)) = vm::current() else {
         return false;
     };
     let vcpu: VcpuId = vcpu;
     let mut vgic = vm.device_state.vgic.lock();
-    if access.is_write {
-        let value = data.stored_value();
-        let effects = if slot == GICD_SLOT {
-            vgic.state
-                .distributor_write(vcpu, offset, access.width, value)
-        } else if slot == GICR_SLOT {
-            vgic.state
-                .redistributor_write(vcpu, offset, access.width, value)
-        } else {
-            return false;
-        };
-        guest_interrupts::deliver(id, vcpu, &mut vgic, effects);
+    let effects = if slot == GICD_SLOT {
+        vgic.state.distributor_write(vcpu, offset, width, value)
+    } else if slot == GICR_SLOT {
+        vgic.state.redistributor_write(vcpu, offset, width, value)
     } else {
-        let value = if slot == GICD_SLOT {
-            vgic.state.distributor_read(vcpu, offset, access.width)
-        } else if slot == GICR_SLOT {
-            vgic.state.redistributor_read(vcpu, offset, access.width)
-        } else {
-            return false;
-        };
-        data.complete_load(&access, value);
-    }
+        return false;
+    };
+    guest_interrupts::deliver(id, vcpu, &mut vgic, effects);
     true
 }

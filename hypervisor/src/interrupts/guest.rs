@@ -137,9 +137,11 @@ pub fn linked_interrupt(interrupt: Interrupt) {
     // Left active: the guest's deactivation, through the HW list
     // register, ends it, so the timer cannot fire again before that.
     gic::drop_priority(interrupt);
-    let mut vgic = vm.device_state.vgic.lock();
-    let _ = vgic.state.hardware_fired(vcpu, interrupt.id());
-    vgic.sync(vcpu, &mut VirtualInterface::this_cpu());
+    let intid = interrupt.id();
+    vm.device_state
+        .vgic
+        .lock()
+        .linked_fired(vcpu, intid, &mut VirtualInterface::this_cpu());
 }
 
 /// The vGIC's maintenance interrupt: the running vCPU completed an

@@ -28,6 +28,7 @@ mod gich {
     pub const HCR: usize = 0x000;
     pub const VTR: usize = 0x004;
     pub const VMCR: usize = 0x008;
+    pub const ELRSR0: usize = 0x030;
     pub const APR: usize = 0x0F0;
     pub const LR: usize = 0x100;
 }
@@ -219,6 +220,21 @@ impl ListRegisters for VirtualInterface {
             None => {
                 let value = entry.to_gicv3();
                 let _ = list_register_access!(index, false, value);
+            }
+        }
+    }
+
+    fn empty(&self) -> u32 {
+        match self.gich {
+            Some(base) => Self::gich_read(base, gich::ELRSR0),
+            None => {
+                let value: u64;
+                // SAFETY: reading ICH_ELRSR_EL2 has no side effects.
+                unsafe {
+                    asm!("mrs {v}, ich_elrsr_el2", v = out(reg) value,
+                        options(nomem, nostack, preserves_flags));
+                }
+                value as u32
             }
         }
     }

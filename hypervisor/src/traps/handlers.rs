@@ -13,8 +13,8 @@ use crate::{arch, boot::board::BOARD, boot::power, console, devices, interrupts,
 /// Vector slots: groups of four (sync, IRQ, FIQ, SError) for current EL with
 /// SP_EL0, current EL with SP_ELx, lower EL AArch64, lower EL AArch32.
 const CURRENT_EL_SPX_IRQ: u64 = 5;
-// Slot 8 (synchronous, lower EL AArch64) has its own entry path in
-// `arch::vectors` and never reaches `handle_exception`.
+// Slots 8 and 9 (synchronous and IRQ, lower EL AArch64) have their own
+// entry paths in `arch::vectors` and never reach `handle_exception`.
 const LOWER_EL_IRQ: u64 = 9;
 const LOWER_EL_FIQ: u64 = 10;
 const LOWER_EL_SERROR: u64 = 11;
@@ -47,6 +47,12 @@ pub extern "C" fn handle_device_access(frame: &mut CallerSavedFrame) -> bool {
         return true;
     }
     false
+}
+
+/// An IRQ while an AArch64 guest ran (slot 9), with only the caller-saved
+/// registers saved (see `arch::vectors`).
+pub extern "C" fn handle_guest_irq() {
+    vm::handle_guest_interrupt();
 }
 
 /// Step two of a synchronous exit from an AArch64 guest, with the whole

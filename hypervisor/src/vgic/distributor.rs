@@ -164,13 +164,32 @@ impl BitRegister {
 
 /// Whether an access of `width` at `offset` is one the register allows:
 /// one of `allowed`, naturally aligned.
-pub(super) fn width_allowed(offset: u64, width: AccessWidth, allowed: &[AccessWidth]) -> bool {
-    allowed.contains(&width) && offset.is_multiple_of(u64::from(width.bytes()))
+#[inline(always)]
+pub(super) fn width_allowed(offset: u64, width: AccessWidth, allowed: Widths) -> bool {
+    allowed.0 & (1 << width as u8) != 0 && offset & (u64::from(width.bytes()) - 1) == 0
 }
 
-const WORD: &[AccessWidth] = &[AccessWidth::Word];
-const BYTE_OR_WORD: &[AccessWidth] = &[AccessWidth::Byte, AccessWidth::Word];
-const WORD_OR_DOUBLEWORD: &[AccessWidth] = &[AccessWidth::Word, AccessWidth::DoubleWord];
+/// The access widths a register allows, one bit per `AccessWidth` (a mask
+/// rather than a list: this is on the trapped-access path, `mmio.gicd_read`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Widths(u8);
+
+impl Widths {
+    const fn of(widths: &[AccessWidth]) -> Self {
+        let mut mask = 0;
+        let mut index = 0;
+        while index < widths.len() {
+            mask |= 1 << widths[index] as u8;
+            index += 1;
+        }
+        Self(mask)
+    }
+}
+
+pub(super) const WORD: Widths = Widths::of(&[AccessWidth::Word]);
+pub(super) const BYTE_OR_WORD: Widths = Widths::of(&[AccessWidth::Byte, AccessWidth::Word]);
+pub(super) const WORD_OR_DOUBLEWORD: Widths =
+    Widths::of(&[AccessWidth::Word, AccessWidth::DoubleWord]);
 
 impl VgicState {
     // ---- helpers shared with the redistributor's SGI frame ----

@@ -64,6 +64,38 @@ impl VmInterrupts {
         }
     }
 
+    /// The physical interrupt linked to `intid` of `vcpu` fired (and was
+    /// left active): shown at once through the fast path when the last sync
+    /// allows, else marked pending in the model and synced.
+    #[inline]
+    pub fn linked_fired(&mut self, vcpu: VcpuId, intid: u32, registers: &mut impl ListRegisters) {
+        let Some(shadow) = self.shadows.get_mut(vcpu.index()) else {
+            return;
+        };
+        if list_registers::show_linked(intid, shadow, registers, &mut self.state, vcpu) {
+            return;
+        }
+        let _ = self.state.hardware_fired(vcpu, intid);
+        self.show_new_pending(vcpu, intid, registers);
+    }
+
+    /// `intid` of `vcpu` just became pending, nothing else changed: shown
+    /// at once in a free list register when the policy allows, else by a
+    /// whole sync.
+    pub fn show_new_pending(
+        &mut self,
+        vcpu: VcpuId,
+        intid: u32,
+        registers: &mut impl ListRegisters,
+    ) {
+        let Some(shadow) = self.shadows.get_mut(vcpu.index()) else {
+            return;
+        };
+        if !list_registers::show_new_pending(&mut self.state, vcpu, intid, shadow, registers) {
+            list_registers::sync(&mut self.state, vcpu, shadow, registers);
+        }
+    }
+
     /// Forgets what `vcpu`'s list registers held, as it starts on a CPU
     /// whose registers were just emptied (`VirtualInterface::reset`):
     /// nothing of an earlier run is shown to it.
@@ -105,6 +137,9 @@ mod tests {
         }
         fn write(&mut self, index: usize, entry: ListEntry) {
             self.0[index] = entry;
+        }
+        fn empty(&self) -> u32 {
+            0
         }
         fn set_no_pending_maintenance(&mut self, _enabled: bool) {}
     }

@@ -216,6 +216,9 @@ pub trait ListRegisters {
     fn count(&self) -> usize;
     fn read(&self, index: usize) -> ListEntry;
     fn write(&mut self, index: usize, entry: ListEntry);
+    /// The registers the guest is done with (ICH_ELRSR_EL2, GICH_ELRSR0):
+    /// bit n set when register n is invalid and asks for no maintenance.
+    fn empty(&self) -> u32;
     /// ICH_HCR_EL2.NPIE / GICH_HCR.NPIE: a maintenance interrupt while no
     /// list register holds a pending interrupt.
     fn set_no_pending_maintenance(&mut self, enabled: bool);
@@ -263,7 +266,18 @@ pub struct ListRegisterShadow {
     overflow: bool,
     /// The no-pending maintenance interrupt is enabled.
     no_pending_maintenance: bool,
+    /// The hardware-linked PPIs [`show_linked`] may put straight into a
+    /// free register, with the entry to write: forwarded (enabled, group
+    /// on) and nothing waiting outside the registers at the last sync.
+    /// Every change that could alter this is followed by a sync, which
+    /// recomputes it.
+    linked_ready: u32,
+    linked_entries: [ListEntry; LINKED_FAST_SLOTS],
 }
+
+/// How many hardware-linked PPIs the fast path keeps an entry for: the
+/// virtual timer, the EL1 physical timer and the PMU overflow.
+const LINKED_FAST_SLOTS: usize = 3;
 
 impl Default for ListRegisterShadow {
     fn default() -> Self {
@@ -278,6 +292,8 @@ impl ListRegisterShadow {
             resident: [Resident::UNUSED; MAX_LIST_REGISTERS],
             overflow: false,
             no_pending_maintenance: false,
+            linked_ready: 0,
+            linked_entries: [ListEntry::EMPTY; LINKED_FAST_SLOTS],
         }
     }
 
@@ -428,11 +444,167 @@ pub fn sync(
         };
     }
     shadow.overflow = overflow;
+    prepare_linked(state, vcpu, shadow);
     let no_pending_maintenance = overflow && any_pending;
     if no_pending_maintenance != shadow.no_pending_maintenance {
         registers.set_no_pending_maintenance(no_pending_maintenance);
         shadow.no_pending_maintenance = no_pending_maintenance;
     }
+}
+
+/// Works out which hardware-linked PPIs [`show_linked`] may show at once,
+/// and the entries it writes for them.
+fn prepare_linked(state: &VgicState, vcpu: VcpuId, shadow: &mut ListRegisterShadow) {
+    shadow.linked_ready = 0;
+    if shadow.overflow {
+        return;
+    }
+    let mut slot = 0;
+    for intid in 16..32 {
+        if slot == LINKED_FAST_SLOTS {
+            break;
+        }
+        if !state.is_hardware_linked(vcpu, intid) {
+            continue;
+        }
+        if let Some(entry) = state.forwarded_entry(vcpu, intid) {
+            shadow.linked_entries[slot] = ListEntry {
+                state: LrState::Pending,
+                physical: Some(intid),
+                ..entry
+            };
+            shadow.linked_ready |= 1 << intid;
+        } else {
+            shadow.linked_entries[slot] = ListEntry::EMPTY;
+        }
+        slot += 1;
+    }
+}
+
+/// The fast path of a hardware-linked interrupt (the guest's timers): its
+/// physical interrupt fired, and `show_linked` puts it straight into a list
+/// register when the last sync said that is what a sync would do now
+/// (`linked_ready`). The model is not touched: the pending instance lives
+/// in the register, exactly as a sync would have moved it there. Returns
+/// false when the caller must mark it pending in the model and sync.
+pub fn show_linked(
+    vcpu_intid: u32,
+    shadow: &mut ListRegisterShadow,
+    registers: &mut impl ListRegisters,
+    state: &mut VgicState,
+    vcpu: VcpuId,
+) -> bool {
+    let intid = vcpu_intid;
+    if intid >= 32 || shadow.linked_ready & (1 << intid) == 0 {
+        return false;
+    }
+    let entry = shadow
+        .linked_entries
+        .iter()
+        .find(|entry| entry.physical == Some(intid));
+    let Some(&entry) = entry else {
+        return false;
+    };
+    let count = registers.count().min(MAX_LIST_REGISTERS);
+    let empty = registers.empty();
+    let mut chosen = None;
+    for (index, resident) in shadow.resident.iter().enumerate().take(count) {
+        if resident.in_use {
+            if resident.intid == intid {
+                // Its previous instance: only a completed one can be
+                // there (the physical interrupt stays active until then).
+                if empty & (1 << index) == 0 {
+                    return false;
+                }
+                chosen = Some(index);
+                break;
+            }
+        } else if chosen.is_none() {
+            chosen = Some(index);
+        }
+    }
+    let Some(index) = chosen else {
+        return false;
+    };
+    if shadow.resident[index].in_use {
+        // The completed instance's fold: it is no longer active (a
+        // hardware-linked interrupt has no latch to give back).
+        state.clear_active(vcpu, intid);
+    }
+    registers.write(index, entry);
+    shadow.resident[index] = Resident {
+        in_use: true,
+        intid,
+        moved_latch: true,
+        written_pending: true,
+        source: 0,
+    };
+    true
+}
+
+/// Shows `intid` of `vcpu`, which just became pending with nothing else
+/// changed, in a free list register without a whole sync, when that gives
+/// exactly what a sync would: no interrupt waits outside the registers
+/// (so every deliverable one is in one, and this one joins them), it is
+/// in none yet, and a register is free. Returns false, having changed
+/// nothing, when a sync is needed instead. This is the path of a guest's
+/// timer interrupt.
+pub fn show_new_pending(
+    state: &mut VgicState,
+    vcpu: VcpuId,
+    intid: u32,
+    shadow: &mut ListRegisterShadow,
+    registers: &mut impl ListRegisters,
+) -> bool {
+    let count = registers.count().min(MAX_LIST_REGISTERS);
+    if shadow.overflow {
+        return false;
+    }
+    // Registers the guest completed are folded back first (one register
+    // read says which): a timer's own previous tick leaves one.
+    let empty = registers.empty();
+    let mut free = None;
+    for (index, resident) in shadow.resident.iter_mut().enumerate().take(count) {
+        if resident.in_use && empty & (1 << index) != 0 {
+            state.fold(vcpu, *resident, LrState::Invalid);
+            *resident = Resident::UNUSED;
+        }
+        if !resident.in_use {
+            free = free.or(Some(index));
+        } else if resident.intid == intid {
+            return false;
+        }
+    }
+    let Some(index) = free else {
+        return false;
+    };
+    let Some(irq) = state.deliverable(vcpu, intid) else {
+        // Not deliverable (disabled, its group off): it waits in the model,
+        // as a sync would leave it.
+        return true;
+    };
+    let physical = state.is_hardware_linked(vcpu, intid).then_some(intid);
+    let moved_latch = state.take_pending(vcpu, &irq);
+    registers.write(
+        index,
+        ListEntry {
+            intid,
+            priority: irq.priority,
+            group1: irq.group1,
+            state: LrState::of(true, irq.active),
+            physical,
+            eoi_maintenance: !moved_latch && physical.is_none(),
+            source: irq.source,
+        },
+    );
+    shadow.resident[index] = Resident {
+        in_use: true,
+        intid,
+        moved_latch,
+        written_pending: true,
+        source: irq.source.map_or(0, |source| source.index() as u8 + 1),
+    };
+    true
 }
 
 #[cfg(test)]
@@ -508,6 +680,16 @@ mod tests {
         }
         fn write(&mut self, index: usize, entry: ListEntry) {
             self.entries[index] = entry;
+        }
+        fn empty(&self) -> u32 {
+            self.entries
+                .iter()
+                .enumerate()
+                .filter(|(_, entry)| {
+                    entry.state == LrState::Invalid
+                        && (entry.physical.is_some() || !entry.eoi_maintenance)
+                })
+                .fold(0, |mask, (index, _)| mask | 1 << index)
         }
         fn set_no_pending_maintenance(&mut self, enabled: bool) {
             self.no_pending_maintenance = enabled;
@@ -813,6 +995,114 @@ mod tests {
         sync(state, vcpu(0), shadow, registers);
         state.enable_group0 = group0;
         state.enable_group1 = group1;
+    }
+
+    #[test]
+    fn a_new_pending_interrupt_shown_directly_is_what_a_sync_would_show() {
+        let mut state = enabled(GicVersion::V3, 1);
+        state.set_hardware_ppis(1 << 27);
+        state.update(vcpu(0), 27, |irq| irq.priority = 0x20);
+        state.update(vcpu(0), 20, |irq| irq.priority = 0x80);
+        state.pulse(vcpu(0), 20);
+        let mut shadow = ListRegisterShadow::new();
+        let mut registers = FakeRegisters::new(2);
+        sync(&mut state, vcpu(0), &mut shadow, &mut registers);
+        let mut synced = (state.clone(), shadow, FakeRegisters::new(2));
+        synced.2.entries = registers.entries.clone();
+        state.hardware_fired(vcpu(0), 27);
+        synced.0.hardware_fired(vcpu(0), 27);
+        assert!(show_new_pending(
+            &mut state,
+            vcpu(0),
+            27,
+            &mut shadow,
+            &mut registers
+        ));
+        sync(&mut synced.0, vcpu(0), &mut synced.1, &mut synced.2);
+        let mut direct: Vec<ListEntry> = registers.entries.clone();
+        let mut full: Vec<ListEntry> = synced.2.entries.clone();
+        direct.sort_by_key(|entry| entry.intid);
+        full.sort_by_key(|entry| entry.intid);
+        assert_eq!(direct, full);
+        assert_eq!(drain(&mut state, &mut shadow, &mut registers), [27, 20]);
+        // The next tick reuses the register the guest completed, without
+        // a sync.
+        state.hardware_fired(vcpu(0), 27);
+        assert!(show_new_pending(
+            &mut state,
+            vcpu(0),
+            27,
+            &mut shadow,
+            &mut registers
+        ));
+        assert_eq!(registers.acknowledge().map(|entry| entry.intid), Some(27));
+        registers.complete(27);
+        // Registers full: the caller must sync.
+        state.pulse(vcpu(0), 20);
+        state.hardware_fired(vcpu(0), 27);
+        sync(&mut state, vcpu(0), &mut shadow, &mut registers);
+        state.pulse(vcpu(0), 5);
+        assert!(!show_new_pending(
+            &mut state,
+            vcpu(0),
+            5,
+            &mut shadow,
+            &mut registers
+        ));
+    }
+
+    #[test]
+    fn the_linked_fast_path_agrees_with_a_sync() {
+        let mut state = enabled(GicVersion::V3, 1);
+        state.set_hardware_ppis(1 << 27);
+        state.update(vcpu(0), 27, |irq| {
+            irq.priority = 0x40;
+            irq.group1 = true;
+        });
+        let mut shadow = ListRegisterShadow::new();
+        let mut registers = FakeRegisters::new(2);
+        sync(&mut state, vcpu(0), &mut shadow, &mut registers);
+        for _ in 0..3 {
+            assert!(show_linked(
+                27,
+                &mut shadow,
+                &mut registers,
+                &mut state,
+                vcpu(0)
+            ));
+            let entry = registers.entries[0];
+            assert_eq!(
+                (entry.intid, entry.physical, entry.priority, entry.group1),
+                (27, Some(27), 0x40, true)
+            );
+            assert_eq!(registers.acknowledge().map(|entry| entry.intid), Some(27));
+            registers.complete(27);
+        }
+        assert_eq!(registers.physically_deactivated, [27, 27, 27]);
+        // Disabled by the guest (a register write, then a sync): the fast
+        // path declines and the model keeps it.
+        state.update(vcpu(0), 27, |irq| irq.enabled = false);
+        sync(&mut state, vcpu(0), &mut shadow, &mut registers);
+        assert!(!show_linked(
+            27,
+            &mut shadow,
+            &mut registers,
+            &mut state,
+            vcpu(0)
+        ));
+        // With something waiting outside the registers, too.
+        state.update(vcpu(0), 27, |irq| irq.enabled = true);
+        for intid in [20, 21, 22] {
+            state.pulse(vcpu(0), intid);
+        }
+        sync(&mut state, vcpu(0), &mut shadow, &mut registers);
+        assert!(!show_linked(
+            27,
+            &mut shadow,
+            &mut registers,
+            &mut state,
+            vcpu(0)
+        ));
     }
 
     #[test]

@@ -15,7 +15,9 @@
 
 use tessera_vdevs::AccessWidth;
 
-use super::distributor::{BitRegister, IIDR, identification, width_allowed};
+use super::distributor::{
+    BYTE_OR_WORD, BitRegister, IIDR, WORD, WORD_OR_DOUBLEWORD, identification, width_allowed,
+};
 use super::state::{Effects, GicVersion, VgicState};
 use crate::vm::ids::VcpuId;
 
@@ -58,10 +60,6 @@ const WAKER_PROCESSOR_SLEEP: u32 = 1 << 1;
 const WAKER_CHILDREN_ASLEEP: u32 = 1 << 2;
 /// GICR_TYPER.Last: this is the last redistributor of the region.
 const TYPER_LAST: u64 = 1 << 4;
-
-const WORD: &[AccessWidth] = &[AccessWidth::Word];
-const BYTE_OR_WORD: &[AccessWidth] = &[AccessWidth::Byte, AccessWidth::Word];
-const WORD_OR_DOUBLEWORD: &[AccessWidth] = &[AccessWidth::Word, AccessWidth::DoubleWord];
 
 /// Where an access into the redistributor region lands.
 enum Frame {

@@ -728,6 +728,53 @@ impl VgicState {
         list
     }
 
+    /// The guest completed `intid` of `vcpu` through a list register the
+    /// model was not told of yet: it is no longer active.
+    pub(super) fn clear_active(&mut self, vcpu: VcpuId, intid: u32) {
+        if let Some(irq) = self.slot_mut(vcpu, intid) {
+            irq.active = false;
+        }
+    }
+
+    /// A list-register entry for `intid` of `vcpu` (its priority and
+    /// group), if the distributor forwards it (enabled, group enabled),
+    /// pending or not.
+    #[must_use]
+    pub fn forwarded_entry(
+        &self,
+        vcpu: VcpuId,
+        intid: u32,
+    ) -> Option<super::list_registers::ListEntry> {
+        let irq = self.slot(vcpu, intid)?;
+        (irq.enabled && self.group_enabled(irq.group1)).then_some(
+            super::list_registers::ListEntry {
+                intid,
+                priority: irq.priority,
+                group1: irq.group1,
+                ..super::list_registers::ListEntry::EMPTY
+            },
+        )
+    }
+
+    /// `intid` of `vcpu` as the list registers need it, if it is pending
+    /// and forwarded to `vcpu`.
+    #[must_use]
+    pub fn deliverable(&self, vcpu: VcpuId, intid: u32) -> Option<PendingIrq> {
+        let irq = self.slot(vcpu, intid)?;
+        let forwarded = irq.pending() && irq.enabled && self.group_enabled(irq.group1);
+        if !forwarded || (intid >= SPI_BASE && self.spi_target(intid) != Some(vcpu)) {
+            return None;
+        }
+        Some(PendingIrq {
+            intid,
+            priority: irq.priority,
+            group1: irq.group1,
+            active: irq.active,
+            deliverable: true,
+            source: self.first_sgi_source(vcpu, intid),
+        })
+    }
+
     /// For a GICv2 SGI pending on `vcpu`, the lowest-numbered vCPU it is
     /// pending from.
     fn first_sgi_source(&self, vcpu: VcpuId, intid: u32) -> Option<VcpuId> {

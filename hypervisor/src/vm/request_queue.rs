@@ -246,6 +246,17 @@ impl<const N: usize> RequestQueue<N> {
     /// was acknowledged) is within it. A request is taken out only just
     /// before `handle` gets it, so when `handle` does not return (it parks
     /// the vCPU and idles) the rest stay queued.
+    /// Whether nothing waits: checked before a drain on the interrupt
+    /// exit path, which most interrupts (a guest's timer) take with no
+    /// request at all.
+    #[inline]
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.stops.load(Ordering::Acquire) == 0
+            && self.interrupt_syncs.load(Ordering::Acquire) == 0
+            && self.ring.is_empty()
+    }
+
     pub fn drain(&self, mut handle: impl FnMut(Request)) -> usize {
         let mut handed = 0;
         while let Some(vm) = take_lowest_bit(&self.stops) {
@@ -414,6 +425,14 @@ impl<T: Copy, const N: usize> RequestRing<T, N> {
         }
     }
 
+    /// Whether no producer has claimed a position the consumer has not
+    /// taken. One that claims one just after is followed by its SGI.
+    #[inline]
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.tail.load(Ordering::Acquire) == self.head.load(Ordering::Relaxed)
+    }
+
     /// Takes the oldest value; `None` when the ring is empty, or when the
     /// oldest position is claimed by a producer that has not published yet.
     /// Never waits.
@@ -562,6 +581,23 @@ mod tests {
         assert_eq!(queue.post(stop(1)), Ok(Posted::Coalesced));
         assert_eq!(drained(&queue), [stop(1), stop(3), start(2, 7)]);
         assert_eq!(queue.pop(), None);
+    }
+
+    #[test]
+    fn a_queue_is_empty_until_anything_is_posted_and_again_after_the_drain() {
+        let queue: RequestQueue<4> = RequestQueue::new();
+        assert!(queue.is_empty());
+        queue.post(start(0, 1)).unwrap();
+        assert!(!queue.is_empty());
+        drained(&queue);
+        assert!(queue.is_empty());
+        queue.post(Request::SyncInterrupts { vm: vm(1) }).unwrap();
+        assert!(!queue.is_empty());
+        drained(&queue);
+        queue.post(Request::StopVcpu { vm: vm(2) }).unwrap();
+        assert!(!queue.is_empty());
+        drained(&queue);
+        assert!(queue.is_empty());
     }
 
     #[test]

@@ -465,7 +465,11 @@ fn enter_vcpu(request: VcpuEntry) {
 /// Acts on this CPU's requests while its vCPU is in the guest: a stop for
 /// its VM parks it (and does not return).
 fn take_requests(running: VmId, vcpu: VcpuId) {
-    SYSTEM.requests(this_cpu()).drain(|request| match request {
+    let requests = SYSTEM.requests(this_cpu());
+    if requests.is_empty() {
+        return;
+    }
+    requests.drain(|request| match request {
         Request::StopVcpu { vm } if vm == running => park_current_vcpu(),
         Request::SyncInterrupts { vm } if vm == running => {
             interrupts::guest::sync_this_cpu(self::vm(vm), vcpu);

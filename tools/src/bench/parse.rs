@@ -32,6 +32,11 @@ pub struct GuestReport {
     /// One trapped (under Tessera) or device (natively) read of UARTFR,
     /// the calibration already taken off.
     pub vuart_read: Stats,
+    /// One trapped (under Tessera) or device (natively) read of
+    /// GICD_TYPER, the calibration already taken off.
+    pub gicd_read: Stats,
+    /// Virtual-timer deadline to the guest's IRQ vector.
+    pub vtimer_latency: Stats,
     /// The timing sequence with nothing in it, as the guest measured it.
     pub calibration: Stats,
 }
@@ -57,6 +62,8 @@ pub fn parse_report(log: &str, tag: Option<&str>) -> Result<GuestReport, String>
     let report = GuestReport {
         boot_counter: value(&lines, "boot_counter")?,
         vuart_read: summary(&lines, "mmio.vuart_read")?,
+        gicd_read: summary(&lines, "mmio.gicd_read")?,
+        vtimer_latency: summary(&lines, "vtimer.irq_latency")?,
         calibration: summary(&lines, "calibration")?,
     };
     if !lines.contains(&"done") {
@@ -153,6 +160,8 @@ bench: boot_counter=32877\r
 bench: cntfrq=1000000000\r
 bench: calibration min=2 median=2 max=2\r
 bench: mmio.vuart_read min=1 median=1 max=1\r
+bench: mmio.gicd_read min=1 median=1 max=1\r
+bench: vtimer.irq_latency min=9 median=10 max=12\r
 bench: done\r
 qemu-system-aarch64: warning: icount sleep disabled and no active timers
 ";
@@ -165,6 +174,8 @@ tessera: 1 VM(s) built; starting them
 [other] bench: boot_counter=5
 [bench] bench: calibration min=2 median=2 max=9
 [bench] bench: mmio.vuart_read min=358 median=360 max=1200
+[bench] bench: mmio.gicd_read min=140 median=141 max=150
+[bench] bench: vtimer.irq_latency min=90 median=95 max=99
 [bench] bench: done
 tessera: vm bench: stopped cleanly
 ";
@@ -180,6 +191,16 @@ tessera: vm bench: stopped cleanly
                     min: 1,
                     median: 1,
                     max: 1
+                },
+                gicd_read: Stats {
+                    min: 1,
+                    median: 1,
+                    max: 1
+                },
+                vtimer_latency: Stats {
+                    min: 9,
+                    median: 10,
+                    max: 12
                 },
                 calibration: Stats {
                     min: 2,
