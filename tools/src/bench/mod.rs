@@ -27,7 +27,7 @@ use crate::system;
 use crate::variant::Variant;
 use crate::workspace;
 
-use parse::{GuestReport, parse_report};
+use parse::{GuestReport, InterruptReport, parse_interrupt_report, parse_report};
 use report::{Figure, RunFacts};
 
 /// Everything `tessera bench` writes, relative to the workspace root.
@@ -37,6 +37,9 @@ const DOC_FILE: &str = "docs/benchmarks.md";
 /// The system the hosted run boots: one CPU, one VM running the bench
 /// guest.
 const SYSTEM_FILE: &str = "bench/systems/one-vm.toml";
+/// The same for the interrupt figures, with the `bench-interrupts` guest
+/// (apart, so its vector table does not weigh on the boot figure).
+const INTERRUPT_SYSTEM_FILE: &str = "bench/systems/interrupts.toml";
 /// Each QEMU run; both take well under a second.
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 /// What the production hypervisor prints before it halts without ending
@@ -65,50 +68,44 @@ pub fn run_bench(root: &Path) -> Result<ExitCode> {
         .with_context(|| format!("cannot read {}", image.display()))?
         .len();
 
-    let system_file = root.join(SYSTEM_FILE);
-    let system = system::load(&system_file, &mut ExampleBuilder::new(root))
-        .map_err(|errors| anyhow!("{errors}"))?;
-    let [vm] = &system.config.vms[..] else {
-        bail!("{SYSTEM_FILE} must have exactly one VM, the bench guest");
-    };
-    let package = root.join(BENCH_DIR).join("one-vm.cpio");
-    package::write(&system, &package)?;
-    let memory = system.config.qemu_memory();
-    let guest_image = relative(root, &system.images[0].path);
-    let package = relative(root, &package);
-
-    let native_request = QemuRequest {
-        machine: Machine::VirtEl1,
-        cpus: system.config.board.cpus,
-        memory: memory.as_deref(),
-        semihosting: false,
-        image: &guest_image,
-        initrd: None,
-        // Benchmarks run on virt, where QEMU writes the device tree.
-        device_tree: None,
-        extra_args: &[],
-        clock: Clock::Instructions,
-    };
     let hypervisor_image = variant.image_path();
-    let hosted_request = QemuRequest {
-        machine: system.config.machine(),
-        image: &hypervisor_image,
-        initrd: Some(&package),
-        ..native_request
-    };
-    let native = run(root, "native", &native_request, &logs)?;
-    let hosted = run(root, "tessera", &hosted_request, &logs)?;
-    let native_report = native.guest_report(None)?;
-    let hosted_report = hosted.guest_report(Some(&vm.name))?;
+    let main = run_pair(root, SYSTEM_FILE, "", &hypervisor_image, &logs)?;
+    let native_report = main.native.report(None, parse_report)?;
+    let hosted_report = main.hosted.report(Some(&main.vm_name), parse_report)?;
+    let interrupts = run_pair(
+        root,
+        INTERRUPT_SYSTEM_FILE,
+        "-interrupts",
+        &hypervisor_image,
+        &logs,
+    )?;
+    let native_interrupts = interrupts.native.report(None, parse_interrupt_report)?;
+    let hosted_interrupts = interrupts
+        .hosted
+        .report(Some(&interrupts.vm_name), parse_interrupt_report)?;
 
-    let figures = figures(&native_report, &hosted_report, image_bytes)?;
+    let figures = figures(
+        &native_report,
+        &hosted_report,
+        &native_interrupts,
+        &hosted_interrupts,
+        image_bytes,
+    )?;
     let facts = RunFacts {
         qemu_version: qemu_version()?,
         commands: vec![
-            ("native: the bench guest at EL1".into(), native.command),
+            ("native: the bench guest at EL1".into(), main.native.command),
             (
                 format!("under Tessera: the production image, {SYSTEM_FILE}"),
-                hosted.command,
+                main.hosted.command,
+            ),
+            (
+                "native: the bench-interrupts guest at EL1".into(),
+                interrupts.native.command,
+            ),
+            (
+                format!("under Tessera: the production image, {INTERRUPT_SYSTEM_FILE}"),
+                interrupts.hosted.command,
             ),
         ],
     };
@@ -117,8 +114,12 @@ pub fn run_bench(root: &Path) -> Result<ExitCode> {
 
     print!("{}", report::table(&figures));
     println!(
-        "tessera: timing overhead taken off (calibration median): {} natively, {} under Tessera",
-        native_report.calibration.median, hosted_report.calibration.median
+        "tessera: timing overhead taken off (calibration median): {} natively, {} under Tessera; \
+         interrupt guest {} and {}",
+        native_report.calibration.median,
+        hosted_report.calibration.median,
+        native_interrupts.calibration.median,
+        hosted_interrupts.calibration.median
     );
     println!(
         "tessera: wrote {} and {}",
@@ -129,7 +130,13 @@ pub fn run_bench(root: &Path) -> Result<ExitCode> {
 }
 
 /// The figures, in the order the documentation lists them.
-fn figures(native: &GuestReport, hosted: &GuestReport, image_bytes: u64) -> Result<Vec<Figure>> {
+fn figures(
+    native: &GuestReport,
+    hosted: &GuestReport,
+    native_interrupts: &InterruptReport,
+    hosted_interrupts: &InterruptReport,
+    image_bytes: u64,
+) -> Result<Vec<Figure>> {
     let boot = hosted
         .boot_counter
         .checked_sub(native.boot_counter)
@@ -175,25 +182,27 @@ fn figures(native: &GuestReport, hosted: &GuestReport, image_bytes: u64) -> Resu
         Figure {
             name: "mmio.gicd_read",
             unit: "instructions",
-            min: hosted.gicd_read.min,
-            median: hosted.gicd_read.median,
-            max: hosted.gicd_read.max,
-            native_median: Some(native.gicd_read.median),
+            min: hosted_interrupts.gicd_read.min,
+            median: hosted_interrupts.gicd_read.median,
+            max: hosted_interrupts.gicd_read.max,
+            native_median: Some(native_interrupts.gicd_read.median),
             target: Some(GICD_READ_TARGET),
             what: "one 32-bit load of the GIC distributor's GICD_TYPER (0x0800_0004), \
-                   round trip, timed as `mmio.vuart_read` is: under Tessera it traps to \
-                   EL2 and the virtual distributor answers; natively QEMU's GICv3 does.",
+                   round trip, timed as `mmio.vuart_read` is, by the `bench-interrupts` \
+                   guest (bench/systems/interrupts.toml): under Tessera it traps to EL2 \
+                   and the virtual distributor answers; natively QEMU's GICv3 does.",
         },
         Figure {
             name: "vtimer.irq_latency",
             unit: "instructions",
-            min: hosted.vtimer_latency.min,
-            median: hosted.vtimer_latency.median,
-            max: hosted.vtimer_latency.max,
-            native_median: Some(native.vtimer_latency.median),
+            min: hosted_interrupts.vtimer_latency.min,
+            median: hosted_interrupts.vtimer_latency.median,
+            max: hosted_interrupts.vtimer_latency.max,
+            native_median: Some(native_interrupts.vtimer_latency.median),
             target: Some(VTIMER_LATENCY_TARGET),
             what: "the guest's IRQ vector entry less the virtual timer's programmed \
-                   deadline (CNTV_CVAL_EL0), 101 rounds: the guest arms the timer 20,000 \
+                   deadline (CNTV_CVAL_EL0), 101 rounds of the `bench-interrupts` guest: \
+                   it arms the timer 20,000 \
                    ticks ahead and waits in WFI; its IRQ vector saves two registers and \
                    reads CNTVCT_EL0. Natively the GICv3 signals PPI 27 to EL1; under \
                    Tessera the physical PPI 27 is taken at EL2, which writes a \
@@ -226,10 +235,15 @@ struct Run {
 }
 
 impl Run {
-    /// The guest's report, provided QEMU also ended cleanly.
-    fn guest_report(&self, tag: Option<&str>) -> Result<GuestReport> {
+    /// The guest's report as `parse` reads it, provided QEMU also ended
+    /// cleanly.
+    fn report<T>(
+        &self,
+        tag: Option<&str>,
+        parse: fn(&str, Option<&str>) -> Result<T, String>,
+    ) -> Result<T> {
         let log = workspace::display(&self.log);
-        match (parse_report(&self.output, tag), self.ending) {
+        match (parse(&self.output, tag), self.ending) {
             (Ok(report), Ending::Exited(0)) => Ok(report),
             (Ok(_), ending) => bail!(
                 "{} run: the guest reported, but QEMU ended with {ending} instead of exit status 0 (log: {log})",
@@ -240,6 +254,67 @@ impl Run {
             }
         }
     }
+}
+
+/// A guest run natively and under Tessera.
+struct Pair {
+    native: Run,
+    hosted: Run,
+    /// The VM's name, which tags its lines under Tessera.
+    vm_name: String,
+}
+
+/// Builds the one-VM system `system_file`, writes its package, and runs its
+/// guest natively and under Tessera (`hypervisor_image`). Logs are named
+/// `native{suffix}` and `tessera{suffix}`.
+fn run_pair(
+    root: &Path,
+    system_file: &str,
+    suffix: &'static str,
+    hypervisor_image: &Path,
+    logs: &Path,
+) -> Result<Pair> {
+    let system = system::load(&root.join(system_file), &mut ExampleBuilder::new(root))
+        .map_err(|errors| anyhow!("{errors}"))?;
+    let [vm] = &system.config.vms[..] else {
+        bail!("{system_file} must have exactly one VM, a bench guest");
+    };
+    let stem = Path::new(system_file)
+        .file_stem()
+        .and_then(|stem| stem.to_str())
+        .unwrap_or("bench");
+    let package = root.join(BENCH_DIR).join(format!("{stem}.cpio"));
+    package::write(&system, &package)?;
+    let memory = system.config.qemu_memory();
+    let guest_image = relative(root, &system.images[0].path);
+    let package = relative(root, &package);
+    let native_request = QemuRequest {
+        machine: Machine::VirtEl1,
+        cpus: system.config.board.cpus,
+        memory: memory.as_deref(),
+        semihosting: false,
+        image: &guest_image,
+        initrd: None,
+        // Benchmarks run on virt, where QEMU writes the device tree.
+        device_tree: None,
+        extra_args: &[],
+        clock: Clock::Instructions,
+    };
+    let hosted_request = QemuRequest {
+        machine: system.config.machine(),
+        image: hypervisor_image,
+        initrd: Some(&package),
+        ..native_request
+    };
+    let (native_label, hosted_label) = match suffix {
+        "" => ("native", "tessera"),
+        _ => ("native-interrupts", "tessera-interrupts"),
+    };
+    Ok(Pair {
+        native: run(root, native_label, &native_request, logs)?,
+        hosted: run(root, hosted_label, &hosted_request, logs)?,
+        vm_name: vm.name.clone(),
+    })
 }
 
 fn run(root: &Path, label: &'static str, request: &QemuRequest<'_>, logs: &Path) -> Result<Run> {
@@ -312,15 +387,33 @@ mod tests {
                 median: read + 1,
                 max: read + 50,
             },
-            gicd_read: stats(read + 2),
-            vtimer_latency: stats(read / 4),
+            calibration: stats(2),
+        }
+    }
+
+    fn interrupts(read: u64, latency: u64) -> InterruptReport {
+        let stats = |value| Stats {
+            min: value,
+            median: value,
+            max: value,
+        };
+        InterruptReport {
+            gicd_read: stats(read),
+            vtimer_latency: stats(latency),
             calibration: stats(2),
         }
     }
 
     #[test]
     fn figures_set_tessera_against_native() {
-        let figures = figures(&report(32_877, 1), &report(1_257_082, 358), 115_424).unwrap();
+        let figures = figures(
+            &report(32_877, 1),
+            &report(1_257_082, 358),
+            &interrupts(3, 0),
+            &interrupts(360, 89),
+            115_424,
+        )
+        .unwrap();
         let names: Vec<&str> = figures.iter().map(|f| f.name).collect();
         assert_eq!(
             names,
@@ -357,7 +450,14 @@ mod tests {
 
     #[test]
     fn a_hosted_boot_counter_below_the_native_one_is_an_error() {
-        let err = figures(&report(40_000, 1), &report(30_000, 358), 1).unwrap_err();
+        let err = figures(
+            &report(40_000, 1),
+            &report(30_000, 358),
+            &interrupts(1, 1),
+            &interrupts(1, 1),
+            1,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("earlier under Tessera"), "{err}");
     }
 
@@ -366,9 +466,7 @@ mod tests {
         let output = "\
 [bench] bench: boot_counter=10\n[bench] bench: cntfrq=1000000000\n\
 [bench] bench: calibration min=2 median=2 max=2\n\
-[bench] bench: mmio.vuart_read min=3 median=3 max=3\n\
-[bench] bench: mmio.gicd_read min=3 median=3 max=3\n\
-[bench] bench: vtimer.irq_latency min=3 median=3 max=3\n[bench] bench: done\n";
+[bench] bench: mmio.vuart_read min=3 median=3 max=3\n[bench] bench: done\n";
         let run = |ending, output: &str| Run {
             label: "tessera",
             command: String::new(),
@@ -378,11 +476,11 @@ mod tests {
         };
         assert!(
             run(Ending::Exited(0), output)
-                .guest_report(Some("bench"))
+                .report(Some("bench"), parse_report)
                 .is_ok()
         );
         let err = run(Ending::Stopped, output)
-            .guest_report(Some("bench"))
+            .report(Some("bench"), parse_report)
             .unwrap_err()
             .to_string();
         assert!(
@@ -390,7 +488,7 @@ mod tests {
             "{err}"
         );
         let err = run(Ending::TimedOut(RUN_TIMEOUT), "")
-            .guest_report(Some("bench"))
+            .report(Some("bench"), parse_report)
             .unwrap_err()
             .to_string();
         assert_eq!(
