@@ -24,9 +24,12 @@
 //! 3. a VM's stage-2 lock (`Vm::stage2`);
 //! 4. one device lock of a VM (the hypervisor's per-slot device locks):
 //!    never two at once;
-//! 5. the console: the UART lock, then the output queue lock
+//! 5. a VM's vGIC lock (`VmInterrupts`, `interrupts/guest.rs`): a device
+//!    releases its own lock before it drives its line into the vGIC;
+//!    requests are posted (and SGIs sent) under it;
+//! 6. the console: the UART lock, then the output queue lock
 //!    (`console/output.rs`);
-//! 6. the GICv2 driver lock (`interrupts/gic.rs`), taken only with IRQs masked, and
+//! 7. the GICv2 driver lock (`interrupts/gic.rs`), taken only with IRQs masked, and
 //!    never held while an interrupt's handler runs.
 //!
 //! Two locks of the same kind are never held at once: no code holds two
