@@ -24,13 +24,56 @@ pub struct VmDevices {
     /// redistributors; the GICv2 CPU interface is the hardware's virtual
     /// one, mapped in stage 2.
     pub vgic: &'static VmVgic,
+    /// The distributor's registers that never change, answered without
+    /// the vGIC's lock.
+    pub gicd_constants: GicdConstants,
+}
+
+/// The distributor's identification and type registers (GICD_TYPER,
+/// GICD_IIDR, GICD_PIDR2): fixed when the VM is built, so a read of them
+/// (a driver probing the GIC) takes no lock.
+pub struct GicdConstants {
+    offsets: [u64; 3],
+    values: [u32; 3],
+}
+
+impl GicdConstants {
+    /// Reads them off `vgic`'s distributor once.
+    pub fn of(vgic: &VmVgic) -> Self {
+        use tessera_hypervisor::vgic::distributor::offset;
+        use tessera_vdevs::AccessWidth;
+        let vgic = vgic.lock();
+        let pidr2 = match vgic.state.version() {
+            tessera_hypervisor::vgic::state::GicVersion::V2 => offset::V2_PIDR2,
+            tessera_hypervisor::vgic::state::GicVersion::V3 => offset::V3_PIDR2,
+        };
+        let offsets = [offset::TYPER, offset::IIDR, pidr2];
+        let read = |offset| {
+            vgic.state
+                .distributor_read(VcpuId::FIRST, offset, AccessWidth::Word) as u32
+        };
+        Self {
+            offsets,
+            values: offsets.map(read),
+        }
+    }
+
+    #[inline(always)]
+    fn read(&self, offset: u64, width: tessera_vdevs::AccessWidth) -> Option<u64> {
+        if width != tessera_vdevs::AccessWidth::Word {
+            return None;
+        }
+        let index = self.offsets.iter().position(|known| *known == offset)?;
+        Some(u64::from(self.values[index]))
+    }
 }
 
 impl VmDevices {
     /// VM `id`'s devices in their reset state, at build time.
-    pub const fn new(id: VmId, vm_name: &'static str, vgic: &'static VmVgic) -> Self {
+    pub fn new(id: VmId, vm_name: &'static str, vgic: &'static VmVgic) -> Self {
         Self {
             uart: Mutex::new(VirtualUart::new(id.index(), vm_name)),
+            gicd_constants: GicdConstants::of(vgic),
             vgic,
         }
     }
@@ -97,9 +140,7 @@ pub fn emulate(vm: &RunningVm, frame: &mut AccessFrame<'_>, access: &MmioAccess)
 /// Drives the virtual UART's SPI to `level` in its VM's vGIC.
 #[inline(never)]
 fn set_uart_line(vm: &RunningVm, level: bool) {
-    let Some((id, vcpu)) = vm::current() else {
-        return;
-    };
+    let (id, vcpu) = (vm.description.id, vm::running_vcpu());
     let mut vgic = vm.device_state.vgic.lock();
     // An SPI belongs to the VM, not to the vCPU named here.
     let effects = vgic.state.set_line_level(vcpu, UART_INTID, level);
@@ -137,7 +178,12 @@ fn read_gic(
     offset: u64,
     width: tessera_vdevs::AccessWidth,
 ) -> Option<u64> {
-    let (_, vcpu) = vm::current()?;
+    if slot == GICD_SLOT
+        && let Some(value) = vm.device_state.gicd_constants.read(offset, width)
+    {
+        return Some(value);
+    }
+    let vcpu = vm::running_vcpu();
     let vgic = vm.device_state.vgic.lock();
     if slot == GICD_SLOT {
         Some(vgic.state.distributor_read(vcpu, offset, width))
@@ -156,10 +202,7 @@ fn write_gic(
     width: tessera_vdevs::AccessWidth,
     value: u64,
 ) -> bool {
-    let Some((id, vcpu)) = vm::current() else {
-        return false;
-    };
-    let vcpu: VcpuId = vcpu;
+    let (id, vcpu) = (vm.description.id, vm::running_vcpu());
     let mut vgic = vm.device_state.vgic.lock();
     let effects = if slot == GICD_SLOT {
         vgic.state.distributor_write(vcpu, offset, width, value)

@@ -126,8 +126,7 @@ pub fn virtual_interrupt_pending() -> bool {
 
 /// A physical interrupt linked to a guest's (a timer) was acknowledged.
 pub fn linked_interrupt(interrupt: Interrupt) {
-    let running = vm::running_vm().zip(vm::current());
-    let Some((vm, (_, vcpu))) = running else {
+    let Some(vm) = vm::running_vm() else {
         // No vCPU here (it parked with its timer armed): silence the
         // timer and end the interrupt.
         crate::arch::guest::stop_guest_timers();
@@ -138,18 +137,19 @@ pub fn linked_interrupt(interrupt: Interrupt) {
     // register, ends it, so the timer cannot fire again before that.
     gic::drop_priority(interrupt);
     let intid = interrupt.id();
-    vm.device_state
-        .vgic
-        .lock()
-        .linked_fired(vcpu, intid, &mut VirtualInterface::this_cpu());
+    vm.device_state.vgic.lock().linked_fired(
+        vm::running_vcpu(),
+        intid,
+        &mut VirtualInterface::this_cpu(),
+    );
 }
 
 /// The vGIC's maintenance interrupt: the running vCPU completed an
 /// interrupt whose line must be looked at again, or took everything it was
 /// shown while more waits. Syncing removes the cause, then it ends.
 pub fn maintenance(interrupt: Interrupt) {
-    if let Some((vm, (_, vcpu))) = vm::running_vm().zip(vm::current()) {
-        sync_this_cpu(vm, vcpu);
+    if let Some(vm) = vm::running_vm() {
+        sync_this_cpu(vm, vm::running_vcpu());
     } else {
         VirtualInterface::this_cpu().reset(false);
     }

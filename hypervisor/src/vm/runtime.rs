@@ -8,7 +8,7 @@
 //! once, in `tessera_hypervisor::vm::system`.
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 
 use spin::Once;
 use tessera_hypervisor::MAX_CPUS;
@@ -151,6 +151,19 @@ static CPU_AFFINITIES: Once<[u64; MAX_CPUS]> = Once::new();
 /// when it enters a vCPU.
 static RUNNING_VM: [AtomicPtr<RunningVm>; MAX_CPUS] =
     [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
+
+/// The index of the vCPU each CPU runs (meaningful while its `RUNNING_VM`
+/// slot is set), for the device and interrupt fast paths.
+static RUNNING_VCPU: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(0) }; MAX_CPUS];
+
+/// The vCPU this CPU runs, while `running_vm` is `Some`: one load.
+#[inline(always)]
+pub fn running_vcpu() -> VcpuId {
+    // Relaxed: only this CPU writes its slot. Every stored index is a
+    // vCPU's, so `new` cannot fail; vCPU 0 stands in all the same.
+    let index = RUNNING_VCPU[arch::cpu_index()].load(Ordering::Relaxed);
+    VcpuId::new(usize::from(index)).unwrap_or(VcpuId::FIRST)
+}
 
 /// The VM this CPU is running a vCPU of, for the device fast path.
 #[inline(always)]
@@ -443,6 +456,7 @@ fn enter_vcpu(request: VcpuEntry) {
         return;
     }
     let cpu = arch::cpu_index();
+    RUNNING_VCPU[cpu].store(request.vcpu.index() as u8, Ordering::Relaxed);
     RUNNING_VM[cpu].store(
         core::ptr::from_ref(vm(request.vm)).cast_mut(),
         Ordering::Relaxed,
