@@ -282,6 +282,7 @@ pub fn deactivate(intid: u32) {
 /// Drops the running priority of an acknowledged interrupt and leaves it
 /// active: a guest's deactivation, through a hardware-linked list
 /// register, ends it.
+#[inline(always)]
 pub fn drop_priority(interrupt: Interrupt) {
     match version() {
         3 => GicCpuInterface::end_interrupt(interrupt.0, InterruptGroup::Group1),

@@ -37,6 +37,7 @@ pub fn hardware_ppis() -> u32 {
 }
 
 /// Whether `intid` is a physical interrupt linked to the running vCPU's.
+#[inline(always)]
 pub fn is_linked(intid: u32) -> bool {
     intid < 32 && hardware_ppis() & (1 << intid) != 0
 }
@@ -125,6 +126,7 @@ pub fn virtual_interrupt_pending() -> bool {
 }
 
 /// A physical interrupt linked to a guest's (a timer) was acknowledged.
+#[inline(always)]
 pub fn linked_interrupt(interrupt: Interrupt) {
     let Some(vm) = vm::running_vm() else {
         // No vCPU here (it parked with its timer armed): silence the

@@ -214,6 +214,7 @@ impl ListRegisters for VirtualInterface {
         }
     }
 
+    #[inline(always)]
     fn write(&mut self, index: usize, entry: ListEntry) {
         match self.gich {
             Some(base) => Self::gich_write(base, gich::LR + 4 * index, entry.to_gicv2()),
