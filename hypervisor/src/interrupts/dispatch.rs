@@ -42,6 +42,15 @@ pub fn handle_irq() {
     let Some(interrupt) = gic::acknowledge() else {
         return;
     };
+    handle_acknowledged(interrupt);
+}
+
+/// Hands an acknowledged interrupt to its owner (a spurious one is
+/// dropped).
+pub fn handle_acknowledged(interrupt: gic::Interrupt) {
+    if interrupt.is_spurious() {
+        return;
+    }
     match owner(interrupt.id()) {
         Owner::HypervisorTimer => {
             // Re-armed before the end, so the level-sensitive timer line is

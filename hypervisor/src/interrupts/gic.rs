@@ -220,6 +220,19 @@ pub fn version() -> u8 {
 pub struct Interrupt(IntId);
 
 impl Interrupt {
+    /// A GICv3 ICC_IAR1_EL1 value read outside this module (the IRQ
+    /// entry's fast path); `None` for a value no interrupt has.
+    #[must_use]
+    pub fn from_iar(iar: u32) -> Option<Self> {
+        IntId::try_from(iar & 0xFF_FFFF).ok().map(Self)
+    }
+
+    /// INTIDs 1020-1023: nothing was pending for this interface.
+    #[must_use]
+    pub fn is_spurious(self) -> bool {
+        (1020..1024).contains(&u32::from(self.0))
+    }
+
     /// The interrupt number: on GICv2 without the source-CPU bits an SGI's
     /// IAR value carries (which EOIR must get back, so they are kept);
     /// GICv3 IDs are whole (they may exceed 10 bits).

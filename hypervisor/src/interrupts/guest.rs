@@ -30,6 +30,82 @@ use crate::vm::{self, RunningVm};
 /// before the request queues and the physical GIC's).
 pub type VmVgic = Mutex<&'static mut VmInterrupts>;
 
+/// What the assembly fast path of a guest's virtual-timer interrupt
+/// (`arch::vectors`, slot 9) needs, per CPU: whether it may act, the
+/// physical INTID it acts for, the list register and the GICv3 entry to
+/// write. Written only by its own CPU, under its vCPU's vGIC lock, after
+/// every change to that vCPU's list registers (`arm_fast_path`); read only
+/// by the same CPU's IRQ entry, which runs with IRQs masked, so never
+/// while it is being written.
+#[repr(C, align(16))]
+pub struct FastLinked {
+    armed: u8,
+    index: u8,
+    _reserved: [u8; 2],
+    intid: u32,
+    entry: u64,
+}
+
+/// One per CPU, all zero (disarmed) at start.
+#[unsafe(no_mangle)]
+pub static mut TESSERA_FAST_LINKED: [FastLinked; tessera_hypervisor::MAX_CPUS] = [const {
+    FastLinked {
+        armed: 0,
+        index: 0,
+        _reserved: [0; 2],
+        intid: 0,
+        entry: 0,
+    }
+};
+    tessera_hypervisor::MAX_CPUS];
+
+const _: () = {
+    assert!(core::mem::size_of::<FastLinked>() == 16);
+    assert!(core::mem::offset_of!(FastLinked, index) == 1);
+    assert!(core::mem::offset_of!(FastLinked, intid) == 4);
+    assert!(core::mem::offset_of!(FastLinked, entry) == 8);
+};
+
+/// Sets this CPU's fast path for the virtual timer from `vgic`'s view of
+/// `vcpu` (running here): armed only on GICv3, while the timer's previous
+/// instance holds a list register and the policy would show the next one
+/// there at once (`VmInterrupts::linked_slot`).
+fn arm_fast_path(vgic: &VmInterrupts, vcpu: VcpuId) {
+    let intid = BOARD.timer_interrupts.virtual_timer;
+    let slot = if gic::version() == 3 {
+        vgic.linked_slot(vcpu, intid)
+    } else {
+        None
+    };
+    let cpu = crate::arch::cpu_index();
+    let value = match slot {
+        Some((index, entry)) => FastLinked {
+            armed: 1,
+            index: index as u8,
+            _reserved: [0; 2],
+            intid,
+            entry: entry.to_gicv3(),
+        },
+        None => FastLinked {
+            armed: 0,
+            index: 0,
+            _reserved: [0; 2],
+            intid: 0,
+            entry: 0,
+        },
+    };
+    // SAFETY: this CPU's own slot; its IRQ entry, the only reader, cannot
+    // run now (EL2 runs with IRQs masked).
+    unsafe { (&raw mut TESSERA_FAST_LINKED[cpu]).write(value) };
+}
+
+/// Disarms this CPU's fast path (its vCPU leaves).
+fn disarm_fast_path() {
+    let cpu = crate::arch::cpu_index();
+    // SAFETY: as in `arm_fast_path`.
+    unsafe { (&raw mut TESSERA_FAST_LINKED[cpu].armed).write(0) };
+}
+
 /// The PPIs linked to the physical PPI of the same number on the vCPU's
 /// CPU: the virtual timer and the EL1 physical timer.
 pub fn hardware_ppis() -> u32 {
@@ -77,16 +153,16 @@ pub fn deliver(id: VmId, vcpu: VcpuId, vgic: &mut VmInterrupts, effects: Effects
     }
     if vm::request_interrupt_sync(id, effects.reevaluate) {
         vgic.sync(vcpu, &mut VirtualInterface::this_cpu());
+        arm_fast_path(vgic, vcpu);
     }
 }
 
 /// Brings the list registers of the vCPU running here in step with its
 /// VM's interrupt model.
 pub fn sync_this_cpu(vm: &RunningVm, vcpu: VcpuId) {
-    vm.device_state
-        .vgic
-        .lock()
-        .sync(vcpu, &mut VirtualInterface::this_cpu());
+    let mut vgic = vm.device_state.vgic.lock();
+    vgic.sync(vcpu, &mut VirtualInterface::this_cpu());
+    arm_fast_path(&vgic, vcpu);
 }
 
 /// A vCPU starts on this CPU: its virtual CPU interface starts empty and
@@ -100,6 +176,7 @@ pub fn vcpu_starting(vm: &RunningVm, vcpu: VcpuId) {
     let mut vgic = vm.device_state.vgic.lock();
     vgic.forget_list_registers(vcpu);
     vgic.sync(vcpu, &mut interface);
+    arm_fast_path(&vgic, vcpu);
 }
 
 /// The vCPU running here leaves for good (it parks): its timers stop, its
@@ -107,6 +184,7 @@ pub fn vcpu_starting(vm: &RunningVm, vcpu: VcpuId) {
 /// longer active, so nothing of it fires on an idle CPU or reaches the
 /// next vCPU run here.
 pub fn vcpu_leaving() {
+    disarm_fast_path();
     crate::arch::guest::stop_guest_timers();
     VirtualInterface::this_cpu().reset(false);
     for intid in [
@@ -139,11 +217,10 @@ pub fn linked_interrupt(interrupt: Interrupt) {
     // register, ends it, so the timer cannot fire again before that.
     gic::drop_priority(interrupt);
     let intid = interrupt.id();
-    vm.device_state.vgic.lock().linked_fired(
-        vm::running_vcpu(),
-        intid,
-        &mut VirtualInterface::this_cpu(),
-    );
+    let vcpu = vm::running_vcpu();
+    let mut vgic = vm.device_state.vgic.lock();
+    vgic.linked_fired(vcpu, intid, &mut VirtualInterface::this_cpu());
+    arm_fast_path(&vgic, vcpu);
 }
 
 /// The vGIC's maintenance interrupt: the running vCPU completed an

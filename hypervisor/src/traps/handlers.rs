@@ -49,10 +49,18 @@ pub extern "C" fn handle_device_access(frame: &mut CallerSavedFrame) -> bool {
     false
 }
 
+/// What slot 9's fast path passes when it acknowledged nothing (a value no
+/// IAR read returns: INTIDs are at most 24 bits).
+pub const NO_INTERRUPT_ACKNOWLEDGED: u64 = u64::MAX;
+
 /// An IRQ while an AArch64 guest ran (slot 9), with only the caller-saved
-/// registers saved (see `arch::vectors`).
-pub extern "C" fn handle_guest_irq() {
-    vm::handle_guest_interrupt();
+/// registers saved (see `arch::vectors`), when the assembly fast path did
+/// not take it. `acknowledged` is the IAR value the fast path already read
+/// (GICv3), or `NO_INTERRUPT_ACKNOWLEDGED`.
+pub extern "C" fn handle_guest_irq(acknowledged: u64) {
+    vm::handle_guest_interrupt(
+        (acknowledged != NO_INTERRUPT_ACKNOWLEDGED).then_some(acknowledged as u32),
+    );
 }
 
 /// Step two of a synchronous exit from an AArch64 guest, with the whole
@@ -68,7 +76,7 @@ pub extern "C" fn handle_exception(frame: &mut TrapFrame, slot: u64) {
         // Interrupts while a guest ran, whichever state it was in (EL1 is
         // always AArch64, but a guest may run AArch32 code at EL0).
         LOWER_EL_IRQ | LOWER_EL_FIQ | AARCH32_LOWER_EL_IRQ | AARCH32_LOWER_EL_FIQ => {
-            return vm::handle_guest_interrupt();
+            return vm::handle_guest_interrupt(None);
         }
         // An asynchronous abort while a guest ran, such as a bus error from
         // one of its accesses: that guest's VM stops, the others go on.

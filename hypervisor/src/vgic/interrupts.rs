@@ -96,6 +96,16 @@ impl VmInterrupts {
         }
     }
 
+    /// See `list_registers::linked_slot`.
+    #[must_use]
+    pub fn linked_slot(
+        &self,
+        vcpu: VcpuId,
+        intid: u32,
+    ) -> Option<(usize, super::list_registers::ListEntry)> {
+        list_registers::linked_slot(self.shadows.get(vcpu.index())?, intid)
+    }
+
     /// Forgets what `vcpu`'s list registers held, as it starts on a CPU
     /// whose registers were just emptied (`VirtualInterface::reset`):
     /// nothing of an earlier run is shown to it.

@@ -542,6 +542,30 @@ pub fn show_linked(
     true
 }
 
+/// Where the next instance of the hardware-linked `intid` may go without
+/// the model being asked: the register its previous instance holds, with
+/// the entry to write, while the last sync found it forwarded and nothing
+/// waiting outside the registers (`linked_ready`). The physical interrupt
+/// cannot fire again before the guest completed that previous instance
+/// (it stays active until then), so when it fires the register is the
+/// guest's no longer, and the shadow already describes what the new entry
+/// holds. The hypervisor's assembly fast path writes it there.
+#[must_use]
+pub fn linked_slot(shadow: &ListRegisterShadow, intid: u32) -> Option<(usize, ListEntry)> {
+    if intid >= 32 || shadow.linked_ready & (1 << intid) == 0 {
+        return None;
+    }
+    let entry = *shadow
+        .linked_entries
+        .iter()
+        .find(|entry| entry.physical == Some(intid))?;
+    let index = shadow
+        .resident
+        .iter()
+        .position(|resident| resident.in_use && resident.intid == intid && resident.moved_latch)?;
+    Some((index, entry))
+}
+
 /// Shows `intid` of `vcpu`, which just became pending with nothing else
 /// changed, in a free list register without a whole sync, when that gives
 /// exactly what a sync would: no interrupt waits outside the registers
@@ -1103,6 +1127,42 @@ mod tests {
             &mut state,
             vcpu(0)
         ));
+    }
+
+    #[test]
+    fn a_linked_slot_is_offered_only_where_the_previous_instance_sits() {
+        let mut state = enabled(GicVersion::V3, 1);
+        state.set_hardware_ppis(1 << 27);
+        let mut shadow = ListRegisterShadow::new();
+        let mut registers = FakeRegisters::new(2);
+        sync(&mut state, vcpu(0), &mut shadow, &mut registers);
+        assert_eq!(linked_slot(&shadow, 27), None, "not resident yet");
+        state.pulse(vcpu(0), 20);
+        sync(&mut state, vcpu(0), &mut shadow, &mut registers);
+        assert!(show_linked(
+            27,
+            &mut shadow,
+            &mut registers,
+            &mut state,
+            vcpu(0)
+        ));
+        let (index, entry) = linked_slot(&shadow, 27).unwrap();
+        assert_eq!(registers.entries[index], entry);
+        // The guest completes it; the next instance written by the fast
+        // path is what the policy would have shown.
+        registers.acknowledge();
+        registers.complete(20);
+        registers.acknowledge();
+        registers.complete(27);
+        registers.write(index, entry);
+        assert_eq!(drain(&mut state, &mut shadow, &mut registers), [27]);
+        assert!(!state.slot(vcpu(0), 27).unwrap().pending());
+        // Overflowing: none.
+        for intid in [20, 21, 22] {
+            state.pulse(vcpu(0), intid);
+        }
+        sync(&mut state, vcpu(0), &mut shadow, &mut registers);
+        assert_eq!(linked_slot(&shadow, 27), None);
     }
 
     #[test]

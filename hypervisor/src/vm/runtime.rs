@@ -555,9 +555,17 @@ fn stop_vm(id: VmId, outcome: Outcome) -> ! {
     park_current_vcpu()
 }
 
-/// An IRQ taken while a guest ran.
-pub fn handle_guest_interrupt() {
-    interrupts::handle_irq();
+/// An IRQ taken while a guest ran; `acknowledged` is one the assembly
+/// fast path already acknowledged (`arch::vectors`).
+pub fn handle_guest_interrupt(acknowledged: Option<u32>) {
+    match acknowledged {
+        Some(iar) => {
+            if let Some(interrupt) = gic::Interrupt::from_iar(iar) {
+                interrupts::handle_acknowledged(interrupt);
+            }
+        }
+        None => interrupts::handle_irq(),
+    }
     // Most interrupts (a guest's timer) come with no request: one check.
     if let Some(vm) = running_vm()
         && !SYSTEM.requests(this_cpu()).is_empty()
