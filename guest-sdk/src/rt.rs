@@ -204,10 +204,12 @@ tessera_exception_entry:
     stp     q30, q31, [sp, #0x1e0]
     mrs     x2, fpcr
     mrs     x3, fpsr
-    stp     x2, x3, [sp, #0x200]
+    str     x2, [sp, #0x200]
+    str     x3, [sp, #0x208]
     add     x0, sp, #{fp_size}
     bl      {handler}
-    ldp     x2, x3, [sp, #0x200]
+    ldr     x2, [sp, #0x200]
+    ldr     x3, [sp, #0x208]
     msr     fpcr, x2
     msr     fpsr, x3
     ldp     q0, q1, [sp, #0x000]
