@@ -115,8 +115,8 @@ fn main(_device_tree: usize) -> ! {
             fail(format_args!("CPU_ON({mpidr:#x}) = {error}"));
         }
     }
-    for index in 1..count {
-        if !wait_until(START_TIMEOUT_MS, || READY[index].load(Ordering::Acquire)) {
+    for (index, ready) in READY.iter().enumerate().take(count).skip(1) {
+        if !wait_until(START_TIMEOUT_MS, || ready.load(Ordering::Acquire)) {
             fail(format_args!("vCPU {index} did not come up"));
         }
     }
@@ -136,7 +136,7 @@ fn main(_device_tree: usize) -> ! {
     let mut passed = pings == wanted && pongs == wanted;
 
     // 2. Every vCPU sends to its target list and to all but itself.
-    for sender in 0..count {
+    for (sender, done) in DONE.iter().enumerate().take(count) {
         TURN.store(sender, Ordering::Release);
         if sender == 0 {
             if let Err(problem) = send_rounds() {
@@ -146,7 +146,7 @@ fn main(_device_tree: usize) -> ! {
             send(SGI_COMMAND, SgiTarget::List(1 << sender));
             if !wait_until(
                 DELIVERY_TIMEOUT_MS * ROUNDS.load(Ordering::Relaxed) * 2,
-                || DONE[sender].load(Ordering::Acquire),
+                || done.load(Ordering::Acquire),
             ) {
                 fail(format_args!("vCPU {sender} did not finish sending"));
             }
