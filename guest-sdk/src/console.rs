@@ -53,6 +53,66 @@ pub(crate) fn print_args_emergency(args: fmt::Arguments<'_>) {
     let _ = Uart.write_fmt(args);
 }
 
+/// The PL011's interrupt registers (PL011 TRM 3.3.10..3.3.13), for guests
+/// that test the UART's interrupt (`gic::UART_INTID`). The console itself
+/// stays polled: it never needs these.
+pub mod uart_interrupts {
+    use crate::arch;
+
+    /// The PL011 of the guest interface (and of QEMU `virt`).
+    const BASE: usize = 0x0900_0000;
+    const IMSC: usize = 0x38;
+    const RIS: usize = 0x3C;
+    const MIS: usize = 0x40;
+    const ICR: usize = 0x44;
+
+    /// The receive interrupt (RXIM/RXRIS/RXMIS/RXIC).
+    pub const RX: u32 = 1 << 4;
+    /// The transmit interrupt (TXIM/...): asserted while the transmit FIFO
+    /// is below its trigger level (Tessera: while it is not full).
+    pub const TX: u32 = 1 << 5;
+
+    fn read(offset: usize) -> u32 {
+        // SAFETY: a 32-bit register of the guest's PL011; reading the mask
+        // and status registers has no side effects.
+        unsafe { arch::mmio_read32(BASE + offset) }
+    }
+
+    fn write(offset: usize, value: u32) {
+        // SAFETY: IMSC and ICR of the guest's PL011: writing them changes
+        // which causes interrupt, nothing else.
+        unsafe { arch::mmio_write32(BASE + offset, value) }
+    }
+
+    /// UARTIMSC: the causes that raise the interrupt.
+    #[must_use]
+    pub fn enabled() -> u32 {
+        read(IMSC)
+    }
+
+    /// Sets UARTIMSC to `causes`.
+    pub fn set_enabled(causes: u32) {
+        write(IMSC, causes);
+    }
+
+    /// UARTRIS: the causes present, enabled or not.
+    #[must_use]
+    pub fn raw_status() -> u32 {
+        read(RIS)
+    }
+
+    /// UARTMIS: the causes present and enabled (what drives the line).
+    #[must_use]
+    pub fn masked_status() -> u32 {
+        read(MIS)
+    }
+
+    /// UARTICR: clears `causes` (those that stay true come back).
+    pub fn clear(causes: u32) {
+        write(ICR, causes);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
