@@ -389,6 +389,32 @@ pub fn init(layout: &Layout) -> Result<(), GicError> {
     init_this_cpu()
 }
 
+/// Turns the distributor back on as [`init`] left it (GICv3: affinity
+/// routing and both Group 1 enables; GICv2: Group 0), without touching any
+/// interrupt's settings.
+///
+/// # Errors
+/// `NotInitialized`; `Timeout` if the write does not complete.
+pub fn enable_distributor() -> Result<(), GicError> {
+    let version = require_version()?;
+    let ctlr = DISTRIBUTOR.load(Ordering::Relaxed) + reg::CTLR;
+    match version {
+        Version::V3 => {
+            write32(
+                ctlr,
+                reg::CTLR_AFFINITY_ROUTING
+                    | reg::CTLR_ENABLE_GROUP1A
+                    | reg::CTLR_ENABLE_GROUP0_OR_1,
+            );
+            wait_for_distributor_writes(version)
+        }
+        Version::V2 => {
+            write32(ctlr, reg::CTLR_ENABLE_GROUP0_OR_1);
+            Ok(())
+        }
+    }
+}
+
 /// GICD_TYPER.ITLinesNumber as a count of INTIDs (capped at 1020).
 #[must_use]
 pub const fn interrupt_lines(typer: u32) -> u32 {

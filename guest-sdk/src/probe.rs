@@ -1,7 +1,8 @@
 //! Accesses a test expects to abort.
 //!
 //! [`probe_read`] and [`probe_write`] make one 64-bit access each
-//! ([`probe_read32`] and [`probe_write32`] one 32-bit access). If it
+//! ([`probe_read32`] and [`probe_write32`] one 32-bit access,
+//! [`probe_write8`] one byte). If it
 //! takes a data abort, the exception handler does not stop the VM: it hands
 //! the syndrome and fault address back and the probe returns
 //! `Err(Abort { .. })`. The handler recognises a probe by the address of the
@@ -133,6 +134,27 @@ pub unsafe fn probe_write32(address: u64, value: u32) -> Result<(), Abort> {
     }
 }
 
+/// Writes the byte `value` to `address`; `Err` if the write took a data
+/// abort.
+///
+/// # Safety
+/// As [`probe_write`], for the byte at `address`.
+///
+/// # Errors
+/// The abort's syndrome and fault address.
+pub unsafe fn probe_write8(address: u64, value: u8) -> Result<(), Abort> {
+    // SAFETY: the caller vouches for the write.
+    let outcome = unsafe { arch::probe_write8(address, value) };
+    if outcome.esr == 0 {
+        Ok(())
+    } else {
+        Err(Abort {
+            esr: outcome.esr,
+            far: outcome.far,
+        })
+    }
+}
+
 /// The exception handler's half of the probe protocol: if `frame` is a data
 /// abort at EL1 of one of the probe accesses, hands ESR and FAR back in the
 /// registers the accessor expects, steps over the access and returns true.
@@ -166,6 +188,7 @@ mod tests {
         write: 0x4008_1020,
         read32: 0x4008_1040,
         write32: 0x4008_1060,
+        write8: 0x4008_1080,
     };
 
     fn frame_at(elr: u64) -> TrapFrame {
@@ -178,7 +201,13 @@ mod tests {
 
     #[test]
     fn data_abort_at_a_probe_site_is_handed_back() {
-        for site in [SITES.read, SITES.write, SITES.read32, SITES.write32] {
+        for site in [
+            SITES.read,
+            SITES.write,
+            SITES.read32,
+            SITES.write32,
+            SITES.write8,
+        ] {
             let mut frame = frame_at(site);
             assert!(recover(
                 &mut frame,

@@ -173,6 +173,9 @@ unsafe extern "C" {
     fn tessera_probe_read32_access();
     /// The 32-bit store in `tessera_probe_write32` (only its address is used).
     fn tessera_probe_write32_access();
+    fn tessera_probe_write8(address: u64, outcome: *mut ProbeOutcome, value: u64);
+    /// The byte store in `tessera_probe_write8` (only its address is used).
+    fn tessera_probe_write8_access();
     /// The PSCI CPU_ON entry point, in `rt.rs` (only its address is used).
     fn tessera_secondary_entry();
     static __guest_image_start: u8;
@@ -238,6 +241,19 @@ tessera_probe_write32_access:
     str     x2, [x1, #{esr}]
     str     x3, [x1, #{far}]
     ret
+
+    .global tessera_probe_write8
+tessera_probe_write8:               // as tessera_probe_write, one byte
+    mov     x4, x2
+    mov     x2, #0
+    mov     x3, #0
+    .global tessera_probe_write8_access
+tessera_probe_write8_access:
+    strb    w4, [x0]
+    str     xzr, [x1, #{value}]
+    str     x2, [x1, #{esr}]
+    str     x3, [x1, #{far}]
+    ret
     "#,
     value = const offset_of!(ProbeOutcome, value),
     esr = const offset_of!(ProbeOutcome, esr),
@@ -286,12 +302,24 @@ pub unsafe fn probe_write32(address: u64, value: u32) -> ProbeOutcome {
     outcome
 }
 
+/// A byte store of `value` to `address` that survives a data abort.
+///
+/// # Safety
+/// As [`probe_write`], for the byte at `address`.
+pub unsafe fn probe_write8(address: u64, value: u8) -> ProbeOutcome {
+    let mut outcome = ProbeOutcome::default();
+    // SAFETY: the caller vouches for the store; as `probe_write` otherwise.
+    unsafe { tessera_probe_write8(address, &raw mut outcome, u64::from(value)) };
+    outcome
+}
+
 pub fn probe_sites() -> ProbeSites {
     ProbeSites {
         read: tessera_probe_read_access as *const () as u64,
         write: tessera_probe_write_access as *const () as u64,
         read32: tessera_probe_read32_access as *const () as u64,
         write32: tessera_probe_write32_access as *const () as u64,
+        write8: tessera_probe_write8_access as *const () as u64,
     }
 }
 

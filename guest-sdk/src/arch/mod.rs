@@ -28,7 +28,7 @@ pub struct ProbeOutcome {
     pub far: u64,
 }
 
-/// The addresses of the probe accessors' loads and stores (64 and 32 bits):
+/// The addresses of the probe accessors' loads and stores (64, 32 and 8 bits):
 /// the exception handler recovers only from aborts of these instructions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProbeSites {
@@ -36,6 +36,7 @@ pub struct ProbeSites {
     pub write: u64,
     pub read32: u64,
     pub write32: u64,
+    pub write8: u64,
 }
 
 impl ProbeSites {
@@ -45,6 +46,7 @@ impl ProbeSites {
             || address == self.write
             || address == self.read32
             || address == self.write32
+            || address == self.write8
     }
 }
 
