@@ -8,7 +8,8 @@
 //! period — the SDK re-arms a period after handling, so anything shorter
 //! is an interrupt delivered before its deadline — and at most the period
 //! plus `slack_ms`; no handler may run before its deadline (in the timer's
-//! own counter).
+//! own counter). Then a one-shot deadline a period ahead: taken exactly
+//! once, not before its deadline, at most `slack_ms` after it.
 //!
 //! Bootargs (all optional): `period_ms=N` (default 10), `ticks=N` (20),
 //! `slack_ms=N` (100), `only=virtual` or `only=physical`.
@@ -19,8 +20,12 @@
 //! vgic-timer: GICv3, counter 62500000 Hz, period 10 ms = 625000 ticks, slack 100 ms
 //! vgic-timer: virtual timer: ticks 20, spacing min 625408 max 641232 mean 630112, early 0
 //! vgic-timer: virtual timer: PASS
+//! vgic-timer: virtual timer: one-shot taken 1 times, 8704 ticks after its deadline
+//! vgic-timer: virtual timer: one-shot PASS
 //! vgic-timer: physical timer: ticks 20, spacing min 625376 max 640912 mean 629872, early 0
 //! vgic-timer: physical timer: PASS
+//! vgic-timer: physical timer: one-shot taken 1 times, 9120 ticks after its deadline
+//! vgic-timer: physical timer: one-shot PASS
 //! vgic-timer: PASS
 //! ```
 //!
@@ -48,6 +53,8 @@ static MIN_SPACING: AtomicU64 = AtomicU64::new(u64::MAX);
 static MAX_SPACING: AtomicU64 = AtomicU64::new(0);
 static EARLY: AtomicU64 = AtomicU64::new(0);
 static WANTED: AtomicU64 = AtomicU64::new(0);
+static ONE_SHOT_TAKEN: AtomicU64 = AtomicU64::new(0);
+static ONE_SHOT_LATE: AtomicU64 = AtomicU64::new(0);
 
 fn main(_device_tree: usize) -> ! {
     let tree =
@@ -80,6 +87,7 @@ fn main(_device_tree: usize) -> ! {
             continue;
         }
         passed &= run(timer, period, ticks, limit);
+        passed &= one_shot(timer, period, limit);
     }
     let (unhandled, last) = gic::unhandled();
     if unhandled != 0 {
@@ -147,6 +155,39 @@ fn run(timer: Timer, period: u64, ticks: u64, limit: u64) -> bool {
             true
         }
     }
+}
+
+/// Arms `timer` once, a period from now: its handler must run exactly
+/// once, not before the deadline and at most `limit` after arming.
+fn one_shot(timer: Timer, period: u64, limit: u64) -> bool {
+    let name = timer_name(timer);
+    ONE_SHOT_TAKEN.store(0, Ordering::Relaxed);
+    ONE_SHOT_LATE.store(u64::MAX, Ordering::Relaxed);
+    let deadline = timer.now() + period;
+    if let Err(error) = timer::start_one_shot(timer, deadline, PRIORITY, on_one_shot) {
+        println!("vgic-timer: {name} timer: FAIL: cannot arm a one-shot: {error}");
+        return false;
+    }
+    // Wait for it, then as long again for a second one that must not come.
+    time::delay_ms(2 * time::ticks_to_ms(limit, time::frequency()));
+    let taken = ONE_SHOT_TAKEN.load(Ordering::Acquire);
+    let late = ONE_SHOT_LATE.load(Ordering::Acquire);
+    println!(
+        "vgic-timer: {name} timer: one-shot taken {taken} times, {} ticks after its deadline",
+        late as i64
+    );
+    if taken != 1 || late > limit - period {
+        println!("vgic-timer: {name} timer: FAIL: one-shot not taken exactly once, in time");
+        return false;
+    }
+    println!("vgic-timer: {name} timer: one-shot PASS");
+    true
+}
+
+fn on_one_shot(tick: Tick) {
+    ONE_SHOT_TAKEN.fetch_add(1, Ordering::AcqRel);
+    // Negative (wrapped, hence huge) if it ran before its deadline.
+    ONE_SHOT_LATE.store(tick.now.wrapping_sub(tick.deadline), Ordering::Release);
 }
 
 fn on_tick(tick: Tick) {

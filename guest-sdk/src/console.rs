@@ -1,8 +1,8 @@
 //! The guest console: the PL011 at `0x0900_0000`, polled, output only.
 //!
 //! [`crate::print!`] and [`crate::println!`] format straight to the UART
-//! while holding one lock, so a line printed by one vCPU is never split by
-//! another's. Newlines go out as CR LF, as a terminal expects.
+//! while holding one lock (with IRQs masked), so a line printed by one
+//! vCPU is never split by another's, and interrupt handlers may print. Newlines go out as CR LF, as a terminal expects.
 
 use core::fmt::{self, Write};
 
@@ -38,12 +38,16 @@ fn write_translated(text: &str, mut put: impl FnMut(u8)) {
     }
 }
 
-/// What [`crate::print!`] calls.
+/// What [`crate::print!`] calls. IRQs are masked while the lock is held,
+/// so an interrupt handler that prints cannot wait for a lock its own vCPU
+/// holds.
 pub fn print_args(args: fmt::Arguments<'_>) {
-    let _guard = CONSOLE_LOCK.lock();
-    // Writing to the UART cannot fail; only a Display impl can, and then
-    // there is nothing better to do than to carry on.
-    let _ = Uart.write_fmt(args);
+    crate::interrupts::without(|| {
+        let _guard = CONSOLE_LOCK.lock();
+        // Writing to the UART cannot fail; only a Display impl can, and
+        // then there is nothing better to do than to carry on.
+        let _ = Uart.write_fmt(args);
+    });
 }
 
 /// Prints even if the console lock cannot be had: for the exception and
