@@ -52,6 +52,8 @@ pub mod traps {
 /// redistributor register files.
 pub mod vgic {
     pub mod distributor;
+    pub mod interrupts;
+    pub mod list_registers;
     pub mod redistributor;
     pub mod state;
 }

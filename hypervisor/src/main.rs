@@ -41,7 +41,9 @@ mod devices {
 mod interrupts {
     mod dispatch;
     pub mod gic;
+    pub mod guest;
     pub mod timer;
+    pub mod virtual_interface;
     pub use dispatch::*;
 }
 #[cfg(target_os = "none")]

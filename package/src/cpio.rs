@@ -617,31 +617,7 @@ mod tests {
     use std::vec::Vec;
 
     use super::*;
-
-    /// Writes a `070702` archive the way `tessera package` does.
-    fn archive(files: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut add = |name: &str, data: &[u8], mode: u32| {
-            out.extend_from_slice(&encode_header(|field| match field {
-                Field::Mode => mode,
-                Field::Nlink => 1,
-                Field::FileSize => data.len() as u32,
-                Field::NameSize => name.len() as u32 + 1,
-                Field::Check => checksum(data),
-                _ => 0,
-            }));
-            out.extend_from_slice(name.as_bytes());
-            out.push(0);
-            out.resize(align4(out.len()), 0);
-            out.extend_from_slice(data);
-            out.resize(align4(out.len()), 0);
-        };
-        for (name, data) in files {
-            add(name, data, REGULAR_FILE_MODE);
-        }
-        add(TRAILER, &[], 0);
-        out
-    }
+    use crate::test_support::archive;
 
     #[test]
     fn checksum_is_the_byte_sum_for_every_length_and_value() {

@@ -10,6 +10,9 @@
 //!   configuration and the hypervisor to the manifest it boots.
 //! - [`escape`]: how bytes from outside (names, values, guest output) are
 //!   printed, by the tool and the hypervisor alike.
+//! - `test_support` (tests, and the `test-support` feature): archives built
+//!   from a list of files, for tests here and in the crates that read
+//!   packages.
 //!
 //! `no_std` and free of `unsafe`, so the hypervisor can link it; unit-tested
 //! on the host.
@@ -19,3 +22,5 @@
 pub mod cpio;
 pub mod escape;
 pub mod rules;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;

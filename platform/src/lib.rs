@@ -142,6 +142,8 @@ pub struct Board {
     pub cpu_start: CpuStartMethod,
     pub power_off: PowerOffMethod,
     pub timer_interrupts: TimerInterrupts,
+    /// The GIC's virtual CPU interface maintenance interrupt (a PPI).
+    pub gic_maintenance_interrupt: u32,
     /// Number of CPUs assumed when there is no device tree.
     pub fallback_cpu_count: usize,
 }
@@ -166,6 +168,8 @@ pub const QEMU_VIRT: Board = Board {
     cpu_start: CpuStartMethod::PsciSmc,
     power_off: PowerOffMethod::PsciSmc,
     timer_interrupts: STANDARD_TIMER_INTERRUPTS,
+    // PPI 9 in QEMU's device tree (`interrupts` of the GIC node).
+    gic_maintenance_interrupt: 25,
     fallback_cpu_count: 1,
 };
 
@@ -197,6 +201,8 @@ pub const RASPBERRY_PI_4: Board = Board {
     },
     power_off: PowerOffMethod::ParkCpus,
     timer_interrupts: STANDARD_TIMER_INTERRUPTS,
+    // PPI 9 in the BCM2711 device tree (`interrupts` of the GIC-400 node).
+    gic_maintenance_interrupt: 25,
     fallback_cpu_count: 4,
 };
 

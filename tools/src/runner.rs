@@ -18,6 +18,7 @@ use crate::guests::ExampleBuilder;
 use crate::machine::{Clock, QEMU_PROGRAM, QemuRequest, qemu_args, shell_words};
 use crate::matcher::{Expectations, Mismatch};
 use crate::package;
+use crate::package::corpus::Corruption;
 use crate::process::{Ending, run_logged};
 use crate::scenario::{self, Scenario, ScenarioError, SystemMachine};
 use crate::system;
@@ -26,6 +27,9 @@ use crate::workspace;
 
 const TESTS_DIR: &str = "tests";
 const LOG_DIR: &str = "target/e2e-logs";
+/// Where the corrupted packages of `corrupt` scenarios go, one directory
+/// per corruption, away from the packages `tessera package` writes.
+const CORRUPT_PACKAGE_DIR: &str = "target/corrupt-packages";
 /// A failure line shows this many reasons; the log has the rest.
 const MAX_REASONS_SHOWN: usize = 3;
 
@@ -77,19 +81,23 @@ pub fn run_tests(root: &Path, options: &TestOptions) -> Result<ExitCode> {
         let verdict = match &entry.loaded {
             Err(err) => Verdict::failed_before_boot(err.to_string()),
             Ok(scenario) => {
-                let package = scenario.system.as_ref().map(|system| &packages[system]);
+                let package = scenario
+                    .system
+                    .as_ref()
+                    .map(|system| &packages[&(system.clone(), scenario.corrupt)]);
                 match (&images[&scenario.variant], package) {
                     (Err(reason), _) => Verdict::failed_before_boot(format!(
                         "image {} did not build: {reason}",
                         scenario.variant.name()
                     )),
                     (Ok(_), Some(Err(reason))) => Verdict::failed_before_boot(format!(
-                        "the package of system {} was not built: {reason}",
+                        "the package of system {}{} was not built: {reason}",
                         scenario
                             .system
                             .as_deref()
                             .unwrap_or(Path::new(""))
-                            .display()
+                            .display(),
+                        corrupted(scenario.corrupt)
                     )),
                     (Ok(_), Some(Ok(package))) => {
                         run_scenario(root, scenario, Some(package), &mut firmware_trees, &log)
@@ -269,7 +277,11 @@ fn list(entries: &[Entry]) -> ExitCode {
                 scenario
                     .system
                     .as_ref()
-                    .map(|system| format!("system {}, ", system.display()))
+                    .map(|system| format!(
+                        "system {}{}, ",
+                        system.display(),
+                        corrupted(scenario.corrupt)
+                    ))
                     .unwrap_or_default(),
                 scenario.file.display(),
                 scenario
@@ -310,37 +322,88 @@ fn build_images(root: &Path, entries: &[Entry]) -> BTreeMap<Variant, Result<Path
     images
 }
 
-/// Each distinct system's package once, after the images: its guests are
-/// built and its images checked here. Keyed by the configuration's path
-/// relative to the root.
-fn build_packages(root: &Path, entries: &[Entry]) -> BTreeMap<PathBuf, Result<PathBuf, String>> {
+/// A package a run boots: a system's (by its configuration's path,
+/// relative to the root), as built or with a corruption applied.
+type PackageKey = (PathBuf, Option<Corruption>);
+
+/// `" (corrupted: NAME)"` after a system's path, or nothing.
+fn corrupted(corruption: Option<Corruption>) -> String {
+    corruption
+        .map(|corruption| format!(" (corrupted: {})", corruption.name()))
+        .unwrap_or_default()
+}
+
+/// Each distinct package once, after the images: each system's (its guests
+/// are built and its images checked here), then each corruption of it a
+/// scenario asks for, made from its bytes.
+fn build_packages(root: &Path, entries: &[Entry]) -> BTreeMap<PackageKey, Result<PathBuf, String>> {
     let mut examples = ExampleBuilder::new(root);
     let mut packages = BTreeMap::new();
     for entry in entries {
         let Ok(Scenario {
             system: Some(system),
+            corrupt,
             ..
         }) = &entry.loaded
         else {
             continue;
         };
-        if packages.contains_key(system) {
+        let good = (system.clone(), None);
+        if !packages.contains_key(&good) {
+            let out = package::default_path(root, &root.join(system));
+            let built = system::load(&root.join(system), &mut examples)
+                .map_err(|errors| one_line(&errors))
+                .and_then(|loaded| package::write(&loaded, &out).map_err(|err| format!("{err:#}")))
+                .map(|()| out);
+            if let Err(reason) = &built {
+                eprintln!(
+                    "tessera: the package of system {} was not built: {reason}",
+                    system.display()
+                );
+            }
+            packages.insert(good.clone(), built);
+        }
+        let Some(corruption) = *corrupt else {
+            continue;
+        };
+        let key = (system.clone(), Some(corruption));
+        if packages.contains_key(&key) {
             continue;
         }
-        let out = package::default_path(root, &root.join(system));
-        let built = system::load(&root.join(system), &mut examples)
-            .map_err(|errors| one_line(&errors))
-            .and_then(|loaded| package::write(&loaded, &out).map_err(|err| format!("{err:#}")))
-            .map(|()| out);
-        if let Err(reason) = &built {
-            eprintln!(
-                "tessera: the package of system {} was not built: {reason}",
-                system.display()
-            );
-        }
-        packages.insert(system.clone(), built);
+        // A system whose package did not build has been reported once.
+        let corrupted_package = match &packages[&good] {
+            Err(reason) => Err(reason.clone()),
+            Ok(good) => write_corrupted(root, system, good, corruption).inspect_err(|reason| {
+                eprintln!(
+                    "tessera: the package of system {}{} was not built: {reason}",
+                    system.display(),
+                    corrupted(Some(corruption))
+                );
+            }),
+        };
+        packages.insert(key, corrupted_package);
     }
     packages
+}
+
+/// Writes `good` (the package of `system`) with `corruption` applied, to
+/// `target/corrupt-packages/<corruption>/<the configuration's path, .toml
+/// as .cpio>`.
+fn write_corrupted(
+    root: &Path,
+    system: &Path,
+    good: &Path,
+    corruption: Corruption,
+) -> Result<PathBuf, String> {
+    let bytes = std::fs::read(good)
+        .map_err(|err| format!("cannot read {}: {err}", workspace::display(good)))?;
+    let out = root
+        .join(CORRUPT_PACKAGE_DIR)
+        .join(corruption.name())
+        .join(system.with_extension("cpio"));
+    workspace::write_whole_file(&out, &corruption.apply(&bytes)?)
+        .map_err(|err| format!("{err:#}"))?;
+    Ok(out)
 }
 
 #[derive(Debug)]
@@ -759,7 +822,7 @@ cpus = [1]
         let entries = load_all(&root, &discover(&root).unwrap());
         let packages = build_packages(&root, &entries);
         assert_eq!(packages.len(), 1);
-        let built = packages[Path::new("tests/guests/systems/pair.toml")]
+        let built = packages[&(PathBuf::from("tests/guests/systems/pair.toml"), None)]
             .as_ref()
             .unwrap();
         assert_eq!(
@@ -772,6 +835,99 @@ cpus = [1]
         let entries = package::cpio::read(&bytes).unwrap();
         assert_eq!(entries[1].name, "vm/alpha/image");
         assert_eq!(entries[1].data, b"raw guest code");
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_scenario_boots_its_systems_package_corrupted() {
+        let pair = "tests/guests/systems/pair.toml";
+        let corrupt = |name: &str| {
+            format!("system = '{pair}'\ncorrupt = '{name}'\nexit_status = 1\nexpect = ['x']\n")
+        };
+        let root = scratch_workspace(
+            "corrupt",
+            &[
+                (pair, SYSTEM),
+                ("tests/guests/systems/guest.bin", "raw guest code"),
+                ("tests/guests/a.toml", &corrupt("zero-vms")),
+                ("tests/guests/b.toml", &corrupt("zero-vms")),
+                ("tests/guests/c.toml", &corrupt("non-hex-filesize")),
+            ],
+        );
+        let entries = load_all(&root, &discover(&root).unwrap());
+        let packages = build_packages(&root, &entries);
+        // The system's own package, and one per corruption asked for.
+        let keys: Vec<&PackageKey> = packages.keys().collect();
+        assert_eq!(
+            keys,
+            [
+                &(PathBuf::from(pair), None),
+                &(PathBuf::from(pair), Some(Corruption::ZeroVms)),
+                &(PathBuf::from(pair), Some(Corruption::NonHexFileSize)),
+            ]
+        );
+        let good = packages[&(PathBuf::from(pair), None)].as_ref().unwrap();
+        let good_bytes = std::fs::read(good).unwrap();
+        assert!(package::inspect(&good_bytes).problems.is_empty());
+
+        let zero_vms = packages[&(PathBuf::from(pair), Some(Corruption::ZeroVms))]
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            zero_vms,
+            &root.join("target/corrupt-packages/zero-vms/tests/guests/systems/pair.cpio")
+        );
+        let bytes = std::fs::read(zero_vms).unwrap();
+        assert_eq!(bytes, Corruption::ZeroVms.apply(&good_bytes).unwrap());
+        assert_eq!(
+            package::inspect(&bytes).problems,
+            [
+                "tessera/manifest.dtb: field vms: 0: a system with no VMs; it needs at least one; \
+                 rebuild the package with `tessera package`"
+            ]
+        );
+        let non_hex = packages[&(PathBuf::from(pair), Some(Corruption::NonHexFileSize))]
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            non_hex,
+            &root.join("target/corrupt-packages/non-hex-filesize/tests/guests/systems/pair.cpio")
+        );
+        let problems = package::inspect(&std::fs::read(non_hex).unwrap()).problems;
+        assert!(
+            problems.len() == 1 && problems[0].contains("entry 1 at offset 0x"),
+            "{problems:?}"
+        );
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_corruption_of_a_system_that_did_not_build_is_not_built() {
+        let root = scratch_workspace(
+            "corrupt-unbuilt",
+            &[
+                ("tests/guests/systems/pair.toml", SYSTEM),
+                (
+                    "tests/guests/a.toml",
+                    "system = 'tests/guests/systems/pair.toml'\ncorrupt = 'zero-vms'\n\
+                     exit_status = 1\nexpect = ['x']\n",
+                ),
+            ],
+        );
+        // No guest.bin: the system's package cannot be built.
+        let entries = load_all(&root, &discover(&root).unwrap());
+        let packages = build_packages(&root, &entries);
+        let good = packages[&(PathBuf::from("tests/guests/systems/pair.toml"), None)]
+            .as_ref()
+            .unwrap_err();
+        let corrupted = packages[&(
+            PathBuf::from("tests/guests/systems/pair.toml"),
+            Some(Corruption::ZeroVms),
+        )]
+            .as_ref()
+            .unwrap_err();
+        assert_eq!(corrupted, good);
+        assert!(!root.join("target/corrupt-packages").exists());
         std::fs::remove_dir_all(root).unwrap();
     }
 }

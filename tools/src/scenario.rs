@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::machine::{Machine, PRESETS};
 use crate::matcher::{Expectations, Pattern};
+use crate::package::corpus::Corruption;
 use crate::units::{format_size, parse_size};
 use crate::variant::{SEMIHOSTING_FEATURE, Variant};
 
@@ -25,6 +26,11 @@ const ALWAYS_FORBIDDEN: &[&str] = &["PANIC", "panicked at"];
 /// crash report (and the guest's `FAIL` line that may come with it) on
 /// purpose.
 const CRASH_FORBIDDEN: &[&str] = &["CRASH REPORT", r"(^|\W)FAIL(\W|$)"];
+/// Forbidden when the scenario boots a corrupted package (`corrupt`), which
+/// the hypervisor must refuse before it builds any VM: the line that
+/// follows building them, the line of each VM built (or stopped), and a
+/// VM's output, which starts with its tag.
+const CORRUPT_FORBIDDEN: &[&str] = &[r"VM\(s\) built", r"^tessera: vm ", r"^\[[^\]]*\] "];
 
 /// QEMU options that the machine preset or a scenario key already sets;
 /// giving them again in `qemu_args` would quietly contradict those.
@@ -42,6 +48,8 @@ struct ScenarioFile {
     /// entry number and the list of machines.
     machines: Option<Vec<String>>,
     system: Option<SystemKey>,
+    /// A corruption's name; see [`Corruption`].
+    corrupt: Option<String>,
     cpus: Option<i64>,
     memory: Option<String>,
     #[serde(default)]
@@ -155,6 +163,9 @@ pub struct Scenario {
     /// The system configuration booted, relative to the workspace root;
     /// its package is passed as QEMU's -initrd.
     pub system: Option<PathBuf>,
+    /// Boot the system's package with this corruption applied, instead of
+    /// the package itself.
+    pub corrupt: Option<Corruption>,
     pub machine: Machine,
     pub cpus: u32,
     pub memory: Option<String>,
@@ -258,6 +269,10 @@ pub fn parse(
         Some(names) => Some(check_machine_list(names).map_err(error)?),
     };
     let placements = placements(&raw, listed.as_deref()).map_err(error)?;
+    let corrupt = match &raw.corrupt {
+        None => None,
+        Some(name) => Some(check_corrupt(name, &placements, raw.exit_status).map_err(error)?),
+    };
 
     let cpus = match raw.cpus {
         None => None,
@@ -303,6 +318,9 @@ pub fn parse(
     let mut default_sources: Vec<String> = ALWAYS_FORBIDDEN.iter().map(|s| s.to_string()).collect();
     if !raw.allow_crash {
         default_sources.extend(CRASH_FORBIDDEN.iter().map(|s| s.to_string()));
+    }
+    if corrupt.is_some() {
+        default_sources.extend(CORRUPT_FORBIDDEN.iter().map(|s| s.to_string()));
     }
     let default_forbidden = compile_patterns("default forbid", &default_sources)
         .expect("the default forbidden patterns are valid regexes");
@@ -362,6 +380,7 @@ pub fn parse(
             file: file.to_path_buf(),
             description: raw.description.clone(),
             system: placement.system,
+            corrupt,
             machine,
             cpus,
             memory,
@@ -505,6 +524,45 @@ fn placements(
             })
         })
         .collect()
+}
+
+/// The `corrupt` key: a corruption of the corpus, applied to a system's
+/// package, which the hypervisor must refuse, so the run must end with a
+/// failure status.
+fn check_corrupt(
+    name: &str,
+    placements: &[Placement],
+    exit_status: i64,
+) -> Result<Corruption, KeyedReason> {
+    let corruption = Corruption::named(name).ok_or_else(|| {
+        (
+            "corrupt".to_string(),
+            format!(
+                "`{name}` is not a corruption (one of {})",
+                Corruption::names()
+            ),
+        )
+    })?;
+    if placements
+        .iter()
+        .any(|placement| placement.system.is_none())
+    {
+        return Err((
+            "corrupt".into(),
+            "corrupts the package of the system booted, and this scenario boots none; give \
+             system (or, with machines, a [system] table)"
+                .into(),
+        ));
+    }
+    if exit_status == 0 {
+        return Err((
+            "exit_status".into(),
+            "0 (the default) is a clean run, but a corrupted package is refused and the \
+             hypervisor powers off with status 1; give exit_status = 1"
+                .into(),
+        ));
+    }
+    Ok(corruption)
 }
 
 /// The machine, CPU count and QEMU memory of one run; `several` when the
@@ -1529,6 +1587,117 @@ virt-gicv2 = 'tests/guests/systems/two-vms-gicv2.toml'
         .unwrap_err();
         assert!(
             err.starts_with(&format!("{PSCI}:2:")) && err.contains("unknown field `machine`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_scenario_boots_a_corrupted_package_and_forbids_any_vm() {
+        let runs = parse_file(
+            PSCI,
+            &format!("corrupt = 'zero-vms'\nexit_status = 1\nforbid = ['oops']\n{SYSTEM_TABLE}"),
+        )
+        .unwrap();
+        assert_eq!(runs.len(), 3);
+        for run in &runs {
+            assert_eq!(run.corrupt, Some(Corruption::ZeroVms));
+            assert!(run.system.is_some());
+            assert_eq!(run.exit_status, 1);
+            assert_eq!(
+                sources(&run.expectations.forbidden),
+                [
+                    "oops",
+                    "PANIC",
+                    "panicked at",
+                    "CRASH REPORT",
+                    r"(^|\W)FAIL(\W|$)",
+                    r"VM\(s\) built",
+                    "^tessera: vm ",
+                    r"^\[[^\]]*\] ",
+                ]
+            );
+        }
+        let one = parse_ok(
+            "system = 'tests/guests/systems/two-vms.toml'\ncorrupt = 'control-chars-in-name'\n\
+             exit_status = 1\nexpect = ['x']\n",
+        );
+        assert_eq!(one.corrupt, Some(Corruption::ControlCharsInName));
+        // Without the key, the package is the system's own.
+        let plain = parse_ok("system = 'tests/guests/systems/two-vms.toml'\nexpect = ['x']\n");
+        assert_eq!(plain.corrupt, None);
+    }
+
+    #[test]
+    fn the_forbidden_lines_of_a_corrupt_scenario_are_those_of_a_vm() {
+        let forbidden: Vec<Pattern> = CORRUPT_FORBIDDEN
+            .iter()
+            .map(|source| Pattern::new(source).unwrap())
+            .collect();
+        let forbidden_line = |line: &str| forbidden.iter().any(|pattern| pattern.is_match(line));
+        for line in [
+            "tessera: 2 VM(s) built; starting them",
+            "tessera: vm alpha: 64 MiB RAM at guest 0x40000000 (host 0x48200000), 1 vCPU(s) on \
+             CPU(s) [1]",
+            "tessera: vm beta: stopped cleanly",
+            "[alpha] Hello from a Tessera guest (vCPU 0), RAM 0x40000000..0x44000000",
+            "[a\\x1b] x",
+        ] {
+            assert!(forbidden_line(line), "{line}");
+        }
+        for line in [
+            "tessera[cpu0] ERROR: system package: tessera/manifest.dtb: vm[0] \"alpha\": field \
+             ram-size: 0x30_0000 is not a multiple of 2 MiB; rebuild the package with `tessera \
+             package`",
+            "tessera: power off, status 1",
+            "Tessera 0.1.0 (EL2 hypervisor) on rpi4, GICv2, 4 CPUs",
+        ] {
+            assert!(!forbidden_line(line), "{line}");
+        }
+    }
+
+    #[test]
+    fn corrupt_is_checked() {
+        let two_vms = "system = 'tests/guests/systems/two-vms.toml'\nexpect = ['x']\n";
+        let cases = [
+            (
+                format!("{two_vms}corrupt = 'zero'\nexit_status = 1"),
+                "corrupt: `zero` is not a corruption (one of zero-vms, odd-ram-size, \
+                 non-hex-filesize, control-chars-in-name)",
+            ),
+            (
+                "machine = 'virt-gicv3'\nexpect = ['x']\ncorrupt = 'zero-vms'\nexit_status = 1"
+                    .to_string(),
+                "corrupt: corrupts the package of the system booted, and this scenario boots \
+                 none; give system (or, with machines, a [system] table)",
+            ),
+            (
+                "machines = ['virt-gicv3', 'raspi4b']\nexpect = ['x']\ncorrupt = 'zero-vms'\n\
+                 exit_status = 1"
+                    .to_string(),
+                "corrupt: corrupts the package of the system booted, and this scenario boots \
+                 none; give system (or, with machines, a [system] table)",
+            ),
+            (
+                format!("{two_vms}corrupt = 'odd-ram-size'"),
+                "exit_status: 0 (the default) is a clean run, but a corrupted package is refused \
+                 and the hypervisor powers off with status 1; give exit_status = 1",
+            ),
+            (
+                format!("{two_vms}corrupt = 'odd-ram-size'\nexit_status = 0"),
+                "exit_status: 0 (the default) is a clean run, but a corrupted package is refused \
+                 and the hypervisor powers off with status 1; give exit_status = 1",
+            ),
+        ];
+        for (keys, reason) in cases {
+            assert_eq!(
+                parse_file(PSCI, &format!("{keys}\n")).unwrap_err(),
+                format!("{PSCI}: {reason}"),
+                "{keys}"
+            );
+        }
+        let err = parse_file(PSCI, &format!("{two_vms}corrupt = ['zero-vms']\n")).unwrap_err();
+        assert!(
+            err.starts_with(&format!("{PSCI}:3:11: corrupt: invalid type: sequence")),
             "{err}"
         );
     }

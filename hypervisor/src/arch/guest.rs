@@ -14,7 +14,11 @@ use tessera_hypervisor::vm::vcpu_state::El1Context;
 /// - FMO, IMO, AMO: physical FIQ/IRQ/SError go to EL2.
 /// - FB, BSU=inner shareable: broadcast guest TLB/cache maintenance to the
 ///   inner-shareable domain, so a vCPU moving CPUs later stays coherent.
-/// - TWI, TWE: trap WFI/WFE, so an idle guest gives the CPU back to EL2.
+/// - TWE: trap WFE, so a guest spinning on WFE gives the CPU back to EL2.
+///   WFI is not trapped: each vCPU has its CPU to itself, so a guest's WFI
+///   may sleep the CPU, and it wakes for what should wake it — a virtual
+///   interrupt in its list registers (which EL2 cannot wait for) or a
+///   physical one, taken to EL2.
 /// - TSC: trap SMC (guests reach firmware through the hypervisor only).
 /// - TSW: trap data cache maintenance by set/way (it cannot work as written
 ///   under virtualization; `set_way` says what is done instead). TVM, the
@@ -29,7 +33,6 @@ pub const HCR_EL2_GUEST: u64 = (1 << 0)
     | (1 << 5)
     | (1 << 9)
     | (1 << 10)
-    | (1 << 13)
     | (1 << 14)
     | (1 << 19)
     | (1 << 20)
@@ -128,6 +131,21 @@ pub fn activate_vm(vmid: u8, stage2_root: u64, counter_offset: u64) {
             cntvoff = in(reg) counter_offset,
             scratch = out(reg) _,
             options(nostack, preserves_flags)
+        );
+    }
+}
+
+/// Stops this CPU's EL1 timers (virtual and physical), as when a vCPU
+/// starts or leaves: nothing armed by an earlier run fires.
+pub fn stop_guest_timers() {
+    // SAFETY: the EL1 timers belong to the vCPU on this CPU, which is
+    // starting or leaving; turning them off affects nothing else.
+    unsafe {
+        asm!(
+            "msr cntv_ctl_el0, xzr",
+            "msr cntp_ctl_el0, xzr",
+            "isb",
+            options(nomem, nostack, preserves_flags)
         );
     }
 }

@@ -79,6 +79,12 @@ pub fn disable_interrupts() -> bool {
     was_unmasked
 }
 
+/// Makes earlier system-register writes take effect before what follows.
+pub fn instruction_barrier() {
+    // SAFETY: ISB only synchronises the instruction stream.
+    unsafe { asm!("isb", options(nomem, nostack, preserves_flags)) };
+}
+
 /// Waits for an interrupt.
 pub fn wait_for_interrupt() {
     // SAFETY: WFI only suspends execution until an interrupt or event.

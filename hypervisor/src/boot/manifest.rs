@@ -863,25 +863,7 @@ pub(crate) mod tests {
 
     #[test]
     fn the_package_must_hold_each_file_and_the_image_must_fit() {
-        use tessera_package::cpio::{Field, REGULAR_FILE_MODE, TRAILER, align4, checksum};
-        fn archive(files: &[(&str, &[u8])]) -> Vec<u8> {
-            let mut out = Vec::new();
-            for (name, data) in files.iter().copied().chain([(TRAILER, &[][..])]) {
-                out.extend_from_slice(&tessera_package::cpio::encode_header(|field| match field {
-                    Field::Mode => REGULAR_FILE_MODE,
-                    Field::FileSize => data.len() as u32,
-                    Field::NameSize => name.len() as u32 + 1,
-                    Field::Check => checksum(data),
-                    _ => 0,
-                }));
-                out.extend_from_slice(name.as_bytes());
-                out.push(0);
-                out.resize(align4(out.len()), 0);
-                out.extend_from_slice(data);
-                out.resize(align4(out.len()), 0);
-            }
-            out
-        }
+        use tessera_package::test_support::archive;
         let blob = raw_manifest(
             VIRT,
             GIC3,

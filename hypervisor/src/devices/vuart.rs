@@ -1,7 +1,7 @@
 //! Each VM's virtual PL011: the `tessera-vdevs` model, with its output lines
-//! tagged with the VM's name on the hypervisor console. The VM has no
-//! interrupt controller yet, so the UART's interrupt line goes nowhere; it
-//! is recorded so the vGIC can pick it up.
+//! tagged with the VM's name on the hypervisor console. Its interrupt line
+//! is recorded by the model and handed to the VM's vGIC (`devices`) once
+//! the UART's lock is released.
 
 use core::sync::atomic::AtomicUsize;
 
@@ -37,14 +37,17 @@ impl ConsoleSink for TaggedConsole {
     }
 }
 
-/// The UART's interrupt output, kept until a virtual GIC consumes it.
+/// The UART's interrupt output: the level the model last drove, and
+/// whether the vGIC has yet to hear of it.
 #[derive(Default)]
 pub struct PendingLevel {
     pub asserted: bool,
+    pub changed: bool,
 }
 
 impl InterruptLine for PendingLevel {
     fn set_level(&mut self, asserted: bool) {
+        self.changed |= self.asserted != asserted;
         self.asserted = asserted;
     }
 }
@@ -65,7 +68,10 @@ impl VirtualUart {
                         tessera_hypervisor::console::escape::escaped_len(name.as_bytes()),
                     ),
                 },
-                PendingLevel { asserted: false },
+                PendingLevel {
+                    asserted: false,
+                    changed: false,
+                },
             ),
         }
     }
@@ -79,6 +85,17 @@ impl VirtualUart {
         self.model.write(offset, width, value);
     }
 
+    /// The new level of the interrupt line, if it changed since asked last.
+    #[inline(always)]
+    pub fn take_line_change(&mut self) -> Option<bool> {
+        let line = self.model.interrupt_line_mut();
+        if !line.changed {
+            return None;
+        }
+        line.changed = false;
+        Some(line.asserted)
+    }
+
     /// Pushes out a partial last line (when the VM stops or resets).
     pub fn flush(&mut self) {
         self.model.flush();
@@ -86,5 +103,7 @@ impl VirtualUart {
 
     pub fn reset(&mut self) {
         self.model.reset();
+        // The model starts with its line low; the vGIC is reset with it.
+        *self.model.interrupt_line_mut() = PendingLevel::default();
     }
 }

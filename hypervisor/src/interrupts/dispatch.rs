@@ -1,9 +1,11 @@
 //! Physical interrupts taken at EL2: one dispatcher acknowledges each and
 //! hands it to its owner — the EL2 tick (`interrupts::timer`), the request SGI (whose
-//! requests the caller takes afterwards, see `vm`), and next the vGIC's
-//! maintenance interrupt and passed-through SPIs. No lock is held while an
-//! owner runs, so an owner may send SGIs, log or take the console.
+//! requests the caller takes afterwards, see `vm`), the vGIC's maintenance
+//! interrupt, and the physical interrupts linked to a guest's (its timers;
+//! `interrupts::guest`). No lock is held while an owner runs, so an owner
+//! may send SGIs, log or take the console.
 
+use crate::interrupts::guest;
 use crate::{boot::board::BOARD, console, interrupts::gic, interrupts::timer};
 
 /// Who an interrupt belongs to.
@@ -11,6 +13,9 @@ use crate::{boot::board::BOARD, console, interrupts::gic, interrupts::timer};
 enum Owner {
     HypervisorTimer,
     Request,
+    VgicMaintenance,
+    /// Linked to the running vCPU's interrupt of the same number.
+    Guest,
     Unexpected(u32),
 }
 
@@ -19,6 +24,10 @@ fn owner(intid: u32) -> Owner {
         Owner::HypervisorTimer
     } else if intid == gic::REQUEST_SGI {
         Owner::Request
+    } else if intid == BOARD.gic_maintenance_interrupt {
+        Owner::VgicMaintenance
+    } else if guest::is_linked(intid) {
+        Owner::Guest
     } else {
         Owner::Unexpected(intid)
     }
@@ -42,6 +51,8 @@ pub fn handle_irq() {
         }
         // A request: the caller takes this CPU's requests after this.
         Owner::Request => gic::end(interrupt),
+        Owner::VgicMaintenance => guest::maintenance(interrupt),
+        Owner::Guest => guest::linked_interrupt(interrupt),
         Owner::Unexpected(intid) => {
             gic::end(interrupt);
             log::debug!("unexpected interrupt {intid}");

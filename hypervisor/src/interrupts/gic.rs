@@ -6,6 +6,14 @@
 //! masked and only for the register access itself: an interrupt is
 //! acknowledged and ended in two short holds, and handled in between
 //! without it (`interrupts`), so a handler may send an SGI.
+//!
+//! Every CPU interface runs with EOImode = 1 (GICv3 ICC_CTLR_EL1.EOImode,
+//! GICv2 GICC_CTLR.EOImodeNS): an EOI only drops the running priority, and
+//! deactivation is a separate write (ICC_DIR_EL1, GICC_DIR). The
+//! hypervisor's own interrupts get both at once ([`end`]); an interrupt
+//! linked to a guest's (its timers) gets only the priority drop
+//! ([`drop_priority`]) and stays active until the guest deactivates it
+//! through its list register, so it cannot fire again meanwhile.
 
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU8, Ordering};
@@ -34,6 +42,63 @@ unsafe impl Send for Controller {}
 
 static CONTROLLER: Mutex<Option<Controller>> = Mutex::new(None);
 static VERSION: AtomicU8 = AtomicU8::new(0);
+static LAYOUT: spin::Once<GicLayout> = spin::Once::new();
+
+/// GICC_CTLR.EOImodeNS (GICv2, IHI 0048B §4.4.1; bit 9 in the Non-secure
+/// view and in a GIC without the Security Extensions).
+const GICC_CTLR_EOI_MODE: u32 = 1 << 9;
+/// GICC_CTLR at offset 0, GICC_DIR at 0x1000 (IHI 0048B §4.4).
+const GICC_CTLR: usize = 0x0;
+const GICC_DIR: usize = 0x1000;
+/// ICC_CTLR_EL1.EOImode (IHI 0069H §12.2.6).
+const ICC_CTLR_EOI_MODE: u64 = 1 << 1;
+
+/// The GIC's register frames, once initialised.
+pub fn layout() -> Option<GicLayout> {
+    LAYOUT.get().copied()
+}
+
+/// This CPU's GICv2 CPU interface register at `offset` (the frame is
+/// banked per CPU, so no lock is needed to reach the caller's own).
+fn gicc_register(offset: usize) -> Option<*mut u32> {
+    match LAYOUT.get()? {
+        GicLayout::V2 { cpu_interface, .. } => {
+            Some((cpu_interface.base as usize + offset) as *mut u32)
+        }
+        GicLayout::V3 { .. } => None,
+    }
+}
+
+/// Splits priority drop from deactivation on this CPU's interface.
+fn set_split_eoi_mode() {
+    match version() {
+        3 => {
+            // SAFETY: ICC_CTLR_EL1 at EL2 is the physical CPU interface's
+            // control register; only the EOI mode bit changes, and every
+            // end of an interrupt follows it (`end` deactivates too).
+            unsafe {
+                core::arch::asm!(
+                    "mrs {value}, icc_ctlr_el1",
+                    "orr {value}, {value}, {mode}",
+                    "msr icc_ctlr_el1, {value}",
+                    "isb",
+                    value = out(reg) _,
+                    mode = in(reg) ICC_CTLR_EOI_MODE,
+                    options(nostack, preserves_flags)
+                );
+            }
+        }
+        _ => {
+            if let Some(ctlr) = gicc_register(GICC_CTLR) {
+                // SAFETY: this CPU's banked GICC_CTLR, mapped as device
+                // memory in the EL2 map; reading it has no side effects.
+                let value = unsafe { ctlr.read_volatile() };
+                // SAFETY: as above; only the EOI mode bit changes.
+                unsafe { ctlr.write_volatile(value | GICC_CTLR_EOI_MODE) };
+            }
+        }
+    }
+}
 
 /// The errors of bringing the GIC up. All are board description faults.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,7 +159,9 @@ pub fn init_boot_cpu(layout: GicLayout, cpu_count: usize) -> Result<(), GicError
         }
     };
     VERSION.store(layout.version(), Ordering::Release);
+    LAYOUT.call_once(|| layout);
     *CONTROLLER.lock() = Some(controller);
+    set_split_eoi_mode();
     Ok(())
 }
 
@@ -114,6 +181,7 @@ pub fn init_secondary_cpu(cpu: usize) {
             gic.set_priority_mask(0xFF);
         }
     });
+    set_split_eoi_mode();
 }
 
 /// Enables a private (SGI/PPI) interrupt on `cpu` at the hypervisor's
@@ -185,6 +253,36 @@ pub fn acknowledge() -> Option<Interrupt> {
 
 /// Ends (drops the priority of and deactivates) an acknowledged interrupt.
 pub fn end(interrupt: Interrupt) {
+    drop_priority(interrupt);
+    // The whole IAR value: a GICv2 SGI's source CPU bits included.
+    deactivate(u32::from(interrupt.0));
+}
+
+/// Deactivates interrupt `intid` on this CPU (it must be active).
+pub fn deactivate(intid: u32) {
+    match version() {
+        3 => {
+            // SAFETY: ICC_DIR_EL1 deactivates one interrupt of this CPU's
+            // interface; EOImode = 1 makes this the only way it happens.
+            unsafe {
+                core::arch::asm!("msr icc_dir_el1, {intid}", intid = in(reg) u64::from(intid),
+                    options(nostack, preserves_flags));
+            }
+        }
+        _ => {
+            if let Some(dir) = gicc_register(GICC_DIR) {
+                // SAFETY: this CPU's banked GICC_DIR, device memory in the
+                // EL2 map.
+                unsafe { dir.write_volatile(intid) };
+            }
+        }
+    }
+}
+
+/// Drops the running priority of an acknowledged interrupt and leaves it
+/// active: a guest's deactivation, through a hardware-linked list
+/// register, ends it.
+pub fn drop_priority(interrupt: Interrupt) {
     match version() {
         3 => GicCpuInterface::end_interrupt(interrupt.0, InterruptGroup::Group1),
         _ => {
@@ -235,4 +333,31 @@ pub fn send_request_sgi(index: usize, affinity: u64) {
             });
         }
     }
+}
+
+/// Clears the active state of private interrupt `intid` (SGI or PPI) of
+/// this CPU, through its redistributor's GICR_ICACTIVER0 (GICv3) or the
+/// banked GICD_ICACTIVER0 (GICv2): for a linked guest interrupt left active
+/// when its vCPU stops. Clearing one that is not active changes nothing.
+pub fn clear_active_private(intid: u32) {
+    /// GICD_ICACTIVER0 and GICR_ICACTIVER0 (in the SGI_base frame, 64 KiB
+    /// after RD_base) share the offset.
+    const ICACTIVER0: u64 = 0x380;
+    const SGI_FRAME: u64 = 0x1_0000;
+    const FRAMES_PER_CPU: u64 = 0x2_0000;
+    if intid >= 32 {
+        return;
+    }
+    let register = match LAYOUT.get() {
+        Some(GicLayout::V3 { redistributors, .. }) => {
+            redistributors.base + arch::cpu_index() as u64 * FRAMES_PER_CPU + SGI_FRAME + ICACTIVER0
+        }
+        Some(GicLayout::V2 { distributor, .. }) => distributor.base + ICACTIVER0,
+        None => return,
+    };
+    // SAFETY: this CPU's own redistributor frame (the driver indexes them
+    // by CPU the same way) or its banked distributor register, device
+    // memory in the EL2 map; the write clears one bit of this CPU's
+    // private interrupts and nothing else.
+    unsafe { (register as *mut u32).write_volatile(1 << intid) };
 }

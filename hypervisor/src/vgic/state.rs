@@ -51,11 +51,15 @@ const _: () = assert!(SPI_COUNT.is_multiple_of(32), "SPIs come in blocks of 32")
 pub const SPI_WORDS: usize = SPI_COUNT / 32;
 
 /// Which GIC architecture the guest is shown.
+///
+/// `repr(u8)` with GICv2 as 0, so an all-zero `VgicState` is a valid value
+/// (see [`VgicState::ZERO`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 pub enum GicVersion {
     /// GICv2 (IHI 0048B): memory-mapped CPU interface, SGIs by GICD_SGIR,
     /// SPIs by CPU target lists.
-    V2,
+    V2 = 0,
     /// GICv3 (IHI 0069H) with affinity routing always on, one security
     /// state (GICD_CTLR.DS = 1), no LPIs.
     V3,
@@ -83,7 +87,7 @@ pub struct IrqState {
 impl IrqState {
     /// The reset state. SGIs are always edge-triggered; PPIs and SPIs reset
     /// level-sensitive, which is what the timers and most devices are.
-    const fn reset(edge: bool) -> Self {
+    pub(super) const fn reset(edge: bool) -> Self {
         Self {
             group1: false,
             enabled: false,
@@ -128,6 +132,18 @@ impl SpiSet {
             None => false,
         }
     }
+}
+
+/// The positions of the set bits of `word`, lowest first.
+fn set_bits(word: u32) -> impl Iterator<Item = u32> {
+    let mut rest = word;
+    core::iter::from_fn(move || {
+        (rest != 0).then(|| {
+            let bit = rest.trailing_zeros();
+            rest &= rest - 1;
+            bit
+        })
+    })
 }
 
 /// The index of SPI `intid` in the SPI arrays, if it is one we model.
@@ -186,9 +202,24 @@ pub struct PendingIrq {
     /// Also active (active and pending): the guest is still handling an
     /// earlier instance.
     pub active: bool,
+    /// Pending and forwarded to the vCPU. Always true in `pending_for`'s
+    /// list; `active_for` also lists interrupts that are only active.
+    pub deliverable: bool,
     /// For a GICv2 SGI, the vCPU that sent it (the guest reads it in
     /// GICC_IAR.CPUID); the lowest-numbered one when several did.
     pub source: Option<VcpuId>,
+}
+
+impl PendingIrq {
+    /// A placeholder for unused entries of fixed-size lists.
+    pub const NONE: Self = Self {
+        intid: 0,
+        priority: 0,
+        group1: false,
+        active: false,
+        deliverable: false,
+        source: None,
+    };
 }
 
 /// The most entries `pending_for` returns: more than any GIC's list
@@ -207,13 +238,7 @@ pub struct PendingList {
 impl PendingList {
     const fn new() -> Self {
         Self {
-            entries: [PendingIrq {
-                intid: 0,
-                priority: 0,
-                group1: false,
-                active: false,
-                source: None,
-            }; PENDING_LIST_LEN],
+            entries: [PendingIrq::NONE; PENDING_LIST_LEN],
             len: 0,
         }
     }
@@ -264,31 +289,184 @@ pub struct VgicState {
     /// RES0 as GICD_TYPER.A3V is 0, IRM is RAZ/WI as No1N is 1).
     pub(super) spi_routes: [u32; SPI_COUNT],
     pub(super) owned: SpiSet,
+    /// PPIs linked to the physical PPI of the same number on the vCPU's
+    /// CPU (its timers, its PMU): list registers carry them with the HW
+    /// bit, so the guest's deactivation reaches the physical interrupt.
+    pub(super) hardware_ppis: u32,
+    /// Per vCPU, the SGIs and PPIs that may be pending or active; for the
+    /// VM, the SPIs that may be. Set whenever an interrupt becomes pending
+    /// or active, pruned by [`prune_marks`](Self::prune_marks): the scans
+    /// behind every list-register sync look at these bits, not at all 256
+    /// interrupts.
+    pub(super) private_marks: [u32; MAX_VCPUS],
+    pub(super) spi_marks: [u32; SPI_WORDS],
 }
 
 impl VgicState {
+    /// All zero bytes: no vCPU, nothing owned, every interrupt disabled
+    /// and idle. Not a usable state until [`reset_in_place`] gives it a
+    /// version and vCPUs; it exists because every field is an integer, a
+    /// bool, an array of them, or `GicVersion` (`repr(u8)`, GICv2 = 0), so
+    /// the hypervisor can build the state in zeroed memory, in place,
+    /// without a multi-kilobyte copy (boot time, `boot.hypervisor_insns`).
+    ///
+    /// [`reset_in_place`]: Self::reset_in_place
+    pub const ZERO: Self = Self {
+        version: GicVersion::V2,
+        vcpu_count: 0,
+        enable_group0: false,
+        enable_group1: false,
+        private: [[IrqState::reset(false); PRIVATE_COUNT]; MAX_VCPUS],
+        sgi_sources: [[0; SGI_COUNT]; MAX_VCPUS],
+        processor_sleep: [false; MAX_VCPUS],
+        spis: [IrqState::reset(false); SPI_COUNT],
+        spi_targets: [0; SPI_COUNT],
+        spi_routes: [0; SPI_COUNT],
+        owned: SpiSet::EMPTY,
+        hardware_ppis: 0,
+        private_marks: [0; MAX_VCPUS],
+        spi_marks: [0; SPI_WORDS],
+    };
+
     /// The reset state of a VM with `vcpu_count` vCPUs (clamped to 1 ..=
     /// `MAX_VCPUS`) that owns the SPIs in `owned`: its emulated devices'
     /// and those its configuration passes through.
     #[must_use]
     pub fn new(version: GicVersion, vcpu_count: usize, owned: SpiSet) -> Self {
-        let mut private = [IrqState::reset(false); PRIVATE_COUNT];
-        for sgi in &mut private[..SGI_COUNT] {
-            sgi.edge = true;
+        let mut state = Self::ZERO;
+        state.reset_in_place(version, vcpu_count, owned);
+        state
+    }
+
+    /// Puts this state in the reset state [`new`](Self::new) describes,
+    /// writing every field where it is. The hardware-linked PPIs are kept.
+    pub fn reset_in_place(&mut self, version: GicVersion, vcpu_count: usize, owned: SpiSet) {
+        self.version = version;
+        self.vcpu_count = vcpu_count.clamp(1, MAX_VCPUS);
+        self.enable_group0 = false;
+        self.enable_group1 = false;
+        // Whole-array stores of the all-zero level-sensitive reset state
+        // compile to memset; then the SGIs become edge-triggered.
+        self.private = [[IrqState::reset(false); PRIVATE_COUNT]; MAX_VCPUS];
+        for bank in &mut self.private {
+            for sgi in &mut bank[..SGI_COUNT] {
+                sgi.edge = true;
+            }
         }
-        Self {
-            version,
-            vcpu_count: vcpu_count.clamp(1, MAX_VCPUS),
-            enable_group0: false,
-            enable_group1: false,
-            private: [private; MAX_VCPUS],
-            sgi_sources: [[0; SGI_COUNT]; MAX_VCPUS],
-            processor_sleep: [true; MAX_VCPUS],
-            spis: [IrqState::reset(false); SPI_COUNT],
-            spi_targets: [0; SPI_COUNT],
-            spi_routes: [0; SPI_COUNT],
-            owned,
+        self.sgi_sources = [[0; SGI_COUNT]; MAX_VCPUS];
+        self.processor_sleep = [true; MAX_VCPUS];
+        self.spis = [IrqState::reset(false); SPI_COUNT];
+        self.spi_targets = [0; SPI_COUNT];
+        self.spi_routes = [0; SPI_COUNT];
+        self.owned = owned;
+        self.private_marks = [0; MAX_VCPUS];
+        self.spi_marks = [0; SPI_WORDS];
+    }
+
+    /// Links the PPIs in the bitmask `ppis` to the physical PPIs of the same
+    /// number on each vCPU's CPU.
+    pub fn set_hardware_ppis(&mut self, ppis: u32) {
+        self.hardware_ppis = ppis & 0xFFFF_0000;
+    }
+
+    /// Whether `intid` of `vcpu` is linked to a physical interrupt.
+    #[must_use]
+    pub const fn is_hardware_linked(&self, _vcpu: VcpuId, intid: u32) -> bool {
+        intid < 32 && self.hardware_ppis & (1 << intid) != 0
+    }
+
+    /// The physical interrupt linked to `intid` of `vcpu` fired, and the
+    /// hypervisor left it active: one pending instance, whatever the
+    /// configured trigger (the physical interrupt cannot fire again until
+    /// the guest deactivates this one).
+    pub fn hardware_fired(&mut self, vcpu: VcpuId, intid: u32) -> Effects {
+        if !self.is_hardware_linked(vcpu, intid) {
+            return Effects::NONE;
         }
+        self.update(vcpu, intid, |irq| irq.pending_latch = true)
+    }
+
+    /// Whether `intid` is an SGI whose pending state is kept per source
+    /// (GICv2).
+    pub(super) const fn is_v2_sgi(&self, intid: u32) -> bool {
+        matches!(self.version, GicVersion::V2) && (intid as usize) < SGI_COUNT
+    }
+
+    /// A GICv2 SGI from `source` moved into a list register: that source's
+    /// instance is no longer pending in the model.
+    pub(super) fn clear_sgi_source(&mut self, vcpu: VcpuId, intid: u32, source: VcpuId) {
+        if !self.is_v2_sgi(intid) || !self.vcpu_in_range(vcpu) {
+            return;
+        }
+        let sources = &mut self.sgi_sources[vcpu.index()][intid as usize];
+        *sources &= !(1 << source.index());
+        let still_pending = *sources != 0;
+        self.private[vcpu.index()][intid as usize].pending_latch = still_pending;
+    }
+
+    /// A GICv2 SGI from `source` came back from a list register still
+    /// pending.
+    pub(super) fn restore_sgi_source(&mut self, vcpu: VcpuId, intid: u32, source: VcpuId) {
+        if !self.is_v2_sgi(intid) || !self.vcpu_in_range(vcpu) {
+            return;
+        }
+        self.sgi_sources[vcpu.index()][intid as usize] |= 1 << source.index();
+        self.private[vcpu.index()][intid as usize].pending_latch = true;
+        self.mark(vcpu, intid);
+    }
+
+    /// Notes that `intid` (banked to `vcpu` if private) may be pending or
+    /// active, for the scans.
+    pub(super) fn mark(&mut self, vcpu: VcpuId, intid: u32) {
+        if (intid as usize) < PRIVATE_COUNT {
+            if let Some(marks) = self.private_marks.get_mut(vcpu.index()) {
+                *marks |= 1 << intid;
+            }
+        } else if let Some(index) = spi_index(intid) {
+            self.spi_marks[index / 32] |= 1 << (index % 32);
+        }
+    }
+
+    /// Drops the marks of `vcpu`'s private interrupts and of the SPIs that
+    /// are neither pending nor active any more.
+    pub fn prune_marks(&mut self, vcpu: VcpuId) {
+        if self.vcpu_in_range(vcpu) {
+            let bank = &self.private[vcpu.index()];
+            let marks = &mut self.private_marks[vcpu.index()];
+            for intid in set_bits(*marks) {
+                let irq = &bank[intid as usize];
+                if !irq.pending() && !irq.active {
+                    *marks &= !(1 << intid);
+                }
+            }
+        }
+        for (word, marks) in self.spi_marks.iter_mut().enumerate() {
+            for bit in set_bits(*marks) {
+                let irq = &self.spis[word * 32 + bit as usize];
+                if !irq.pending() && !irq.active {
+                    *marks &= !(1 << bit);
+                }
+            }
+        }
+    }
+
+    /// The marked interrupts `vcpu` may be shown, in INTID order: its own
+    /// SGIs and PPIs, then the SPIs (whose target the caller checks).
+    fn marked(&self, vcpu: VcpuId) -> impl Iterator<Item = (u32, &IrqState)> + '_ {
+        let bank = &self.private[vcpu.index()];
+        let private = set_bits(self.private_marks[vcpu.index()])
+            .map(move |intid| (intid, &bank[intid as usize]));
+        let spis = self
+            .spi_marks
+            .iter()
+            .enumerate()
+            .flat_map(move |(word, marks)| {
+                set_bits(*marks).map(move |bit| {
+                    let index = word * 32 + bit as usize;
+                    (SPI_BASE + index as u32, &self.spis[index])
+                })
+            });
+        private.chain(spis)
     }
 
     #[must_use]
@@ -410,6 +588,9 @@ impl VgicState {
         if *slot == before {
             return Effects::NONE;
         }
+        if slot.pending() || slot.active {
+            self.mark(vcpu, intid);
+        }
         Effects {
             reevaluate: self.affected(vcpu, intid),
             sgi: None,
@@ -451,6 +632,7 @@ impl VgicState {
                 self.sgi_sources[target.index()][sgi as usize] |= 1 << source.index();
             }
             self.private[target.index()][sgi as usize].pending_latch = true;
+            self.private_marks[target.index()] |= 1 << sgi;
             sent.insert(target);
         }
         if sent.is_empty() {
@@ -512,36 +694,55 @@ impl VgicState {
         if !self.vcpu_in_range(vcpu) {
             return list;
         }
-        let deliverable =
-            |irq: &IrqState| irq.pending() && irq.enabled && self.group_enabled(irq.group1);
-        for (intid, irq) in self.private[vcpu.index()].iter().enumerate() {
-            if deliverable(irq) {
-                let source = (self.version == GicVersion::V2 && intid < SGI_COUNT)
-                    .then(|| {
-                        let sources = self.sgi_sources[vcpu.index()][intid];
-                        VcpuId::new(sources.trailing_zeros() as usize)
-                    })
-                    .flatten();
-                list.offer(PendingIrq {
-                    intid: intid as u32,
-                    priority: irq.priority,
-                    group1: irq.group1,
-                    active: irq.active,
-                    source,
-                });
+        for (intid, irq) in self.marked(vcpu) {
+            let deliverable = irq.pending() && irq.enabled && self.group_enabled(irq.group1);
+            if !deliverable || (intid >= SPI_BASE && self.spi_target(intid) != Some(vcpu)) {
+                continue;
             }
+            list.offer(PendingIrq {
+                intid,
+                priority: irq.priority,
+                group1: irq.group1,
+                active: irq.active,
+                deliverable: true,
+                source: self.first_sgi_source(vcpu, intid),
+            });
         }
-        for (index, irq) in self.spis.iter().enumerate() {
-            let intid = SPI_BASE + index as u32;
-            if deliverable(irq) && self.spi_target(intid) == Some(vcpu) {
-                list.offer(PendingIrq {
-                    intid,
-                    priority: irq.priority,
-                    group1: irq.group1,
-                    active: irq.active,
-                    source: None,
-                });
+        list
+    }
+
+    /// For a GICv2 SGI pending on `vcpu`, the lowest-numbered vCPU it is
+    /// pending from.
+    fn first_sgi_source(&self, vcpu: VcpuId, intid: u32) -> Option<VcpuId> {
+        if !self.is_v2_sgi(intid) {
+            return None;
+        }
+        let sources = self.sgi_sources[vcpu.index()][intid as usize];
+        VcpuId::new(sources.trailing_zeros() as usize)
+    }
+
+    /// The interrupts `vcpu` has active, by priority then INTID: each must
+    /// keep a list register, or the guest's EOI of it would find nothing
+    /// (the list-register policy in `list_registers.rs`). `deliverable`
+    /// says whether one is also pending and forwarded.
+    #[must_use]
+    pub fn active_for(&self, vcpu: VcpuId) -> PendingList {
+        let mut list = PendingList::new();
+        if !self.vcpu_in_range(vcpu) {
+            return list;
+        }
+        for (intid, irq) in self.marked(vcpu) {
+            if !irq.active || (intid >= SPI_BASE && self.spi_target(intid) != Some(vcpu)) {
+                continue;
             }
+            list.offer(PendingIrq {
+                intid,
+                priority: irq.priority,
+                group1: irq.group1,
+                active: true,
+                deliverable: irq.pending() && irq.enabled && self.group_enabled(irq.group1),
+                source: None,
+            });
         }
         list
     }

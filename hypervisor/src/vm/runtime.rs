@@ -23,7 +23,8 @@ use tessera_hypervisor::traps::crash_report::TrapFrame;
 use tessera_hypervisor::traps::exception_syndrome::ExceptionSyndrome;
 use tessera_hypervisor::traps::guest_exit::{self, AccessFrame, GuestExit, MmioAccess};
 use tessera_hypervisor::traps::reflect::{self, AbortKind, CannotReflect, GuestState};
-use tessera_hypervisor::vm::ids::{CpuId, VcpuId, VmId};
+use tessera_hypervisor::vgic::state::SpiSet;
+use tessera_hypervisor::vm::ids::{CpuId, VcpuId, VcpuSet, VmId};
 use tessera_hypervisor::vm::image::PristineImage;
 use tessera_hypervisor::vm::lifecycle::{Outcome, Parked, StopOrder};
 use tessera_hypervisor::vm::psci::{self, Call, status};
@@ -36,9 +37,14 @@ use tessera_hypervisor::vm::vcpu_state::{self, El1Context};
 use crate::arch::{self, entry, guest, vectors};
 use crate::devices::{self, VmDevices};
 use crate::{boot::power, interrupts, interrupts::gic, memory, println};
+use tessera_platform::GicLayout;
 
 /// The device slot of each VM's virtual UART (`devices`).
 pub const UART_SLOT: DeviceSlot = DeviceSlot(0);
+/// The device slots of each VM's virtual distributor and (GICv3)
+/// redistributors.
+pub const GICD_SLOT: DeviceSlot = DeviceSlot(1);
+pub const GICR_SLOT: DeviceSlot = DeviceSlot(2);
 
 /// A VM's stage-2 tables: pages from the page allocator (identity-mapped
 /// at EL2, so a table's physical address is where EL2 writes it), and the
@@ -202,6 +208,7 @@ pub enum BuildError {
     Stage2 { vm: &'static str },
     ImageTooLarge { vm: &'static str },
     Placement { vm: &'static str },
+    Devices { vm: &'static str },
 }
 
 impl core::fmt::Display for BuildError {
@@ -219,6 +226,10 @@ impl core::fmt::Display for BuildError {
             Self::Placement { vm } => {
                 let vm = Escaped::str(vm);
                 write!(f, "vm {vm}: a physical CPU is given to two vCPUs")
+            }
+            Self::Devices { vm } => {
+                let vm = Escaped::str(vm);
+                write!(f, "vm {vm}: could not set up its virtual devices")
             }
         }
     }
@@ -303,26 +314,77 @@ fn build_vm(
         counter_offset: guest::physical_counter(),
         pristine,
     };
-    let mut devices = DeviceMap::new();
-    let uart = tessera_platform::guest::UART;
-    devices
-        .insert(
-            Window {
-                base: GuestPhysAddr(uart.base),
-                size: uart.size,
-            },
-            UART_SLOT,
-        )
-        .map_err(|_| BuildError::Placement { vm: name })?;
+    let devices = device_map(manifest.vcpu_count, &mut stage2)
+        .map_err(|_| BuildError::Devices { vm: name })?;
+    let mut owned = SpiSet::EMPTY;
+    owned.insert(32 + tessera_platform::guest::UART_SPI);
+    let vgic = interrupts::guest::new_vgic(manifest.vcpu_count, owned);
     SYSTEM
         .add(Vm::new(
             description,
             stage2,
             devices,
-            VmDevices::new(id, name),
+            VmDevices::new(id, name, vgic),
         ))
         .map_err(|_| BuildError::Placement { vm: name })?;
     Ok(())
+}
+
+/// A VM's device windows, the same for every VM (the guest platform,
+/// `tessera_platform::guest`): the UART, the distributor, and for GICv3 the
+/// redistributors of its `vcpu_count` vCPUs. For GICv2 the guest's CPU
+/// interface is the GIC's own virtual CPU interface (GICV), mapped into
+/// `stage2` at the guest's GICC address: the guest's acknowledges and EOIs
+/// never trap.
+fn device_map(vcpu_count: usize, stage2: &mut Stage2<Stage2Tables>) -> Result<DeviceMap, ()> {
+    use tessera_platform::guest;
+    let mut devices = DeviceMap::new();
+    let mut add = |base: u64, size: u64, slot| {
+        devices
+            .insert(
+                Window {
+                    base: GuestPhysAddr(base),
+                    size,
+                },
+                slot,
+            )
+            .map_err(|_| ())
+    };
+    add(guest::UART.base, guest::UART.size, UART_SLOT)?;
+    add(
+        guest::GIC_DISTRIBUTOR.base,
+        guest::GIC_DISTRIBUTOR.size,
+        GICD_SLOT,
+    )?;
+    match gic::layout() {
+        Some(GicLayout::V3 { .. }) => add(
+            guest::GICV3_REDISTRIBUTORS_BASE,
+            vcpu_count as u64 * guest::GICV3_REDISTRIBUTOR_STRIDE,
+            GICR_SLOT,
+        )?,
+        Some(GicLayout::V2 {
+            virtual_cpu_interface,
+            ..
+        }) => {
+            // GICC_DIR is in the second page: the guest needs both.
+            const GICV_SIZE: u64 = 0x2000;
+            stage2
+                .map_device(
+                    GuestPhysAddr(guest::GICV2_CPU_INTERFACE.base),
+                    PhysAddr(virtual_cpu_interface.base),
+                    GICV_SIZE.min(virtual_cpu_interface.size),
+                )
+                .map_err(|_| ())?;
+        }
+        None => return Err(()),
+    }
+    Ok(devices)
+}
+
+/// Asks the CPUs running `vcpus` of VM `id` to sync their list registers;
+/// true when this CPU runs one of them (the caller syncs it).
+pub fn request_interrupt_sync(id: VmId, vcpus: VcpuSet) -> bool {
+    SYSTEM.request_interrupt_sync(id, vcpus, &Aarch64)
 }
 
 /// Starts vCPU 0 of every VM; with no VM there is nothing to run, and the
@@ -384,6 +446,7 @@ fn enter_vcpu(request: VcpuEntry) {
         core::ptr::from_ref(vm(request.vm)).cast_mut(),
         Ordering::Relaxed,
     );
+    interrupts::guest::vcpu_starting(vm(request.vm), request.vcpu);
     let mut entry_frame = TrapFrame {
         exception_link: request.entry.0,
         saved_state: vcpu_state::ENTRY_SAVED_STATE,
@@ -400,11 +463,15 @@ fn enter_vcpu(request: VcpuEntry) {
 
 /// Acts on this CPU's requests while its vCPU is in the guest: a stop for
 /// its VM parks it (and does not return).
-fn take_requests(running: VmId) {
+fn take_requests(running: VmId, vcpu: VcpuId) {
     SYSTEM.requests(this_cpu()).drain(|request| match request {
         Request::StopVcpu { vm } if vm == running => park_current_vcpu(),
+        Request::SyncInterrupts { vm } if vm == running => {
+            interrupts::guest::sync_this_cpu(self::vm(vm), vcpu);
+        }
         // A start while a vCPU runs here is stale (its vCPU was started
-        // and stopped since); injection arrives with the vGIC.
+        // and stopped since), as is a request for another VM. Injection
+        // is made through the model and a sync, never by slot.
         Request::StopVcpu { .. }
         | Request::StartVcpu { .. }
         | Request::InjectInterrupt { .. }
@@ -418,6 +485,7 @@ fn take_requests(running: VmId) {
 fn park_current_vcpu() -> ! {
     // Relaxed: only this CPU reads its slot.
     RUNNING_VM[arch::cpu_index()].store(core::ptr::null_mut(), Ordering::Relaxed);
+    interrupts::guest::vcpu_leaving();
     if let Some((id, vcpu)) = current()
         && let Parked::VmEnded(outcome) = SYSTEM.park(id, vcpu, &Aarch64)
     {
@@ -471,8 +539,8 @@ fn stop_vm(id: VmId, outcome: Outcome) -> ! {
 /// An IRQ taken while a guest ran.
 pub fn handle_guest_interrupt() {
     interrupts::handle_irq();
-    if let Some((id, _)) = current() {
-        take_requests(id);
+    if let Some((id, vcpu)) = current() {
+        take_requests(id, vcpu);
     }
 }
 
@@ -535,14 +603,29 @@ pub fn handle_guest_exit(frame: &mut TrapFrame) {
             frame.step_over_trapped_instruction();
         }
         GuestExit::WaitForInterrupt => {
-            // No virtual interrupts exist yet, so the vCPU sleeps until the
-            // next physical interrupt (at the latest the EL2 tick).
-            // The interrupt that wakes the CPU is taken to EL2 as soon as
-            // the guest resumes (HCR_EL2.IMO routes it here).
-            arch::wait_for_interrupt();
+            // WFI does not trap (HCR_EL2.TWI is clear: a guest's WFI sleeps
+            // its own CPU and wakes for its virtual interrupts); should one
+            // arrive anyway, it completes at once, as a WFI may.
             frame.step_over_trapped_instruction();
         }
         GuestExit::WaitForEvent => frame.step_over_trapped_instruction(),
+        GuestExit::SystemRegister {
+            is_read: false,
+            register,
+            encoding,
+        } if interrupts::guest::sgi_register_write(
+            id,
+            vcpu,
+            encoding,
+            frame
+                .registers
+                .get(usize::from(register))
+                .copied()
+                .unwrap_or(0),
+        ) =>
+        {
+            frame.step_over_trapped_instruction();
+        }
         GuestExit::SystemRegister { encoding, .. } if set_way::is_set_way_operation(encoding) => {
             follow_set_way(id, vcpu, SetWayTracker::set_way_operation);
             frame.step_over_trapped_instruction();
@@ -607,7 +690,7 @@ pub fn handle_guest_exit(frame: &mut TrapFrame) {
             );
         }
     }
-    take_requests(id);
+    take_requests(id, vcpu);
 }
 
 fn handle_mmio(id: VmId, frame: &mut TrapFrame, access: &MmioAccess) {
@@ -780,8 +863,13 @@ fn handle_firmware_call(id: VmId, vcpu: VcpuId, frame: &mut TrapFrame) {
             lowest_level,
         } => SYSTEM.affinity_info(id, target, lowest_level),
         Call::CpuSuspend => {
-            // Standby: wake on the next interrupt, as a WFI would.
-            arch::wait_for_interrupt();
+            // Standby: wake on the next interrupt, as a WFI would. A
+            // virtual interrupt already in a list register cannot wake a
+            // WFI at EL2, so with one shown the call returns at once;
+            // anything new arrives as a physical interrupt, which does.
+            if !interrupts::guest::virtual_interrupt_pending() {
+                arch::wait_for_interrupt();
+            }
             status::SUCCESS
         }
         // The core ends the VM when this was its last vCPU on.

@@ -61,6 +61,23 @@ impl<T: TableStore + TlbMaintenance> Stage2<T> {
             .map(guest.0, host, size, GUEST_RAM, &mut self.owner)
     }
 
+    /// Maps device registers the VM reaches directly (the GICv2 virtual
+    /// CPU interface; passed-through devices), at build time: Device-nGnRE,
+    /// never executable, so the guest's accesses reach the device as it
+    /// issued them.
+    ///
+    /// # Errors
+    /// See [`MapError`].
+    pub fn map_device(
+        &mut self,
+        guest: GuestPhysAddr,
+        host: PhysAddr,
+        size: u64,
+    ) -> Result<(), MapError> {
+        self.table
+            .map(guest.0, host, size, MapAttributes::DEVICE, &mut self.owner)
+    }
+
     /// Where `guest` translates to, if anywhere.
     pub fn translate(&mut self, guest: GuestPhysAddr) -> Option<PhysAddr> {
         self.table
@@ -208,6 +225,32 @@ mod tests {
             .map_ram(GuestPhysAddr(RAM), PhysAddr(HOST_RAM), 4 << 20)
             .unwrap();
         stage2
+    }
+
+    #[test]
+    fn device_registers_map_as_device_memory_beside_ram() {
+        let mut stage2 = vm_with_ram();
+        stage2
+            .map_device(
+                GuestPhysAddr(0x0801_0000),
+                PhysAddr(0xFF84_6000),
+                2 * PAGE_SIZE,
+            )
+            .unwrap();
+        assert_eq!(
+            stage2.translate(GuestPhysAddr(0x0801_1004)),
+            Some(PhysAddr(0xFF84_7004))
+        );
+        let (_, attributes) = stage2
+            .table
+            .translate(0x0801_0000, &mut stage2.owner)
+            .unwrap();
+        assert_eq!(
+            attributes & 0xFFC,
+            Regime::Stage2.leaf_attributes(MapAttributes::DEVICE) & 0xFFC,
+            "Device-nGnRE, as the stage-2 leaf for device memory has it"
+        );
+        assert_eq!(stage2.translate(GuestPhysAddr(0x0801_2000)), None);
     }
 
     #[test]

@@ -343,6 +343,36 @@ impl<T, D> VmSystem<T, D> {
         Ok(())
     }
 
+    /// Asks the CPUs running `vcpus` of VM `vm` to bring their list
+    /// registers in step with the VM's interrupt model (after a change the
+    /// vGIC reported for them). Other CPUs get a coalesced
+    /// [`Request::SyncInterrupts`] and the request SGI: no CPU touches
+    /// another's list registers. Returns whether this CPU's own vCPU is
+    /// among them, for the caller to sync at once.
+    pub fn request_interrupt_sync(
+        &self,
+        vm: VmId,
+        vcpus: VcpuSet,
+        hardware: &impl Hardware,
+    ) -> bool {
+        let this_cpu = hardware.this_cpu();
+        let mut here = false;
+        let the_vm = self.vm(vm);
+        for vcpu in vcpus.iter() {
+            if vcpu.index() >= the_vm.description.vcpu_count {
+                continue;
+            }
+            let cpu = the_vm.cpu_of(vcpu);
+            if cpu == this_cpu {
+                here = true;
+            } else {
+                // A sync needs no ring slot: it cannot be refused.
+                let _ = self.post(cpu, Request::SyncInterrupts { vm }, hardware);
+            }
+        }
+        here
+    }
+
     /// Starts vCPU 0 of every VM. With no VM at all there is nothing to
     /// wait for: the verdict comes at once.
     pub fn start_all(&self, hardware: &impl Hardware) -> Option<Verdict> {
@@ -751,6 +781,26 @@ pub(crate) mod tests {
                 _ => false,
             })
             .count()
+    }
+
+    #[test]
+    fn an_interrupt_sync_goes_to_the_cpus_of_the_vcpus_it_concerns() {
+        let hardware = FakeHardware::default();
+        let system = system(&[&[1], &[2, 3, 0]]);
+        let mut vcpus = VcpuSet::EMPTY;
+        for index in [0, 1, 2, 5] {
+            vcpus.insert(vcpu(index));
+        }
+        // CPU 0 runs VM 1's vCPU 2 itself: it syncs at once, no request.
+        assert!(system.request_interrupt_sync(vm(1), vcpus, hardware.on(0)));
+        assert_eq!(*hardware.interrupts_sent.borrow(), [2, 3]);
+        assert_eq!(drain(&system, 2), [Request::SyncInterrupts { vm: vm(1) }]);
+        assert_eq!(drain(&system, 3), [Request::SyncInterrupts { vm: vm(1) }]);
+        assert!(drain(&system, 0).is_empty());
+        // vCPU 5 does not exist; asked again, CPU 2 still has one request.
+        assert!(!system.request_interrupt_sync(vm(1), vcpus, hardware.on(1)));
+        assert!(!system.request_interrupt_sync(vm(1), vcpus, hardware.on(1)));
+        assert_eq!(drain(&system, 2), [Request::SyncInterrupts { vm: vm(1) }]);
     }
 
     #[test]

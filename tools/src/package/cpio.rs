@@ -125,6 +125,16 @@ mod tests {
     }
 
     #[test]
+    fn the_archives_other_crates_tests_build_are_what_the_writer_writes() {
+        let files: &[(&str, &[u8])] = &[("a", b"hello"), ("dir/b", &[]), ("c", &[0xff; 7])];
+        assert_eq!(
+            tessera_package::test_support::archive(files),
+            archive(files)
+        );
+        assert_eq!(tessera_package::test_support::archive(&[]), archive(&[]));
+    }
+
+    #[test]
     fn a_changed_byte_fails_its_checksum_only() {
         let mut bytes = archive(&[("a", b"hello"), ("b", b"world")]);
         let position = bytes.windows(5).position(|w| w == b"world").unwrap();

@@ -2,8 +2,7 @@
 //! the manifest, then each VM's image and device tree, which the
 //! hypervisor is given as its initrd.
 
-#[cfg(test)]
-mod corpus;
+pub mod corpus;
 pub mod cpio;
 mod guest_dt;
 mod inspect;
@@ -105,7 +104,9 @@ mod tests {
     use crate::system::{BoardConfig, BoardSpec, GuestImage, ImageSource, SystemConfig, VmConfig};
     use fdt::Fdt;
 
-    fn system() -> LoadedSystem {
+    /// Two VMs, one image with a header and one raw; also the good package
+    /// the corpus (`corpus.rs`) corrupts.
+    pub(super) fn system() -> LoadedSystem {
         let vm = |name: &str, cpus: &[u32], ram_base: u64| VmConfig {
             name: name.into(),
             image: ImageSource::Example("hello".into()),

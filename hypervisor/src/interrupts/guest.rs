@@ -1,0 +1,171 @@
+//! A guest's interrupts at EL2: the physical interrupts linked to its
+//! vCPU's (the timers), the vGIC's maintenance interrupt, the SGIs a
+//! GICv3 guest sends through ICC_SGI*R_EL1, and bringing a vCPU's list
+//! registers in step with its VM's interrupt model after any change.
+//!
+//! The path of an interrupt (docs/ARCHITECTURE.md, "Interrupts"): a
+//! physical interrupt is taken at EL2 (HCR_EL2.IMO); if it is linked to the
+//! running vCPU (its virtual or EL1 physical timer), its priority is
+//! dropped, it stays active, and the vGIC marks the guest's interrupt of
+//! the same number pending; the sync writes it into a list register with
+//! the HW bit, and the guest's own deactivation ends the physical one. A
+//! change made on one CPU for a vCPU running on another (an SGI, a device
+//! line, a distributor write) reaches it as a `SyncInterrupts` request and
+//! the request SGI; that CPU syncs its own list registers.
+
+use alloc::boxed::Box;
+
+use spin::Mutex;
+use tessera_hypervisor::vgic::interrupts::VmInterrupts;
+use tessera_hypervisor::vgic::state::{Effects, GicVersion, SpiSet};
+use tessera_hypervisor::vm::ids::{VcpuId, VmId};
+
+use crate::boot::board::BOARD;
+use crate::interrupts::gic::{self, Interrupt};
+use crate::interrupts::virtual_interface::VirtualInterface;
+use crate::vm::{self, RunningVm};
+
+/// A VM's vGIC behind its lock (`vgic` in the lock order of
+/// `tessera_hypervisor::vm::system`: after a device's lock is released,
+/// before the request queues and the physical GIC's).
+pub type VmVgic = Mutex<Box<VmInterrupts>>;
+
+/// The PPIs linked to the physical PPI of the same number on the vCPU's
+/// CPU: the virtual timer and the EL1 physical timer.
+pub fn hardware_ppis() -> u32 {
+    (1 << BOARD.timer_interrupts.virtual_timer) | (1 << BOARD.timer_interrupts.physical)
+}
+
+/// Whether `intid` is a physical interrupt linked to the running vCPU's.
+pub fn is_linked(intid: u32) -> bool {
+    intid < 32 && hardware_ppis() & (1 << intid) != 0
+}
+
+/// A new VM's vGIC, in its reset state, of the physical GIC's generation.
+/// From the heap at build time: it lives as long as the VM (all run).
+pub fn new_vgic(vcpu_count: usize, owned: SpiSet) -> &'static VmVgic {
+    let version = if gic::version() == 3 {
+        GicVersion::V3
+    } else {
+        GicVersion::V2
+    };
+    // SAFETY: all-zero bytes are a valid `VmInterrupts` (its
+    // documentation says why, field by field); building it in zeroed memory
+    // spares boot copying several kilobytes around.
+    let mut interrupts: Box<VmInterrupts> = unsafe { Box::new_zeroed().assume_init() };
+    interrupts.initialise(version, vcpu_count, owned, hardware_ppis());
+    Box::leak(Box::new(Mutex::new(interrupts)))
+}
+
+/// Acts on `effects` of a change to VM `id`'s interrupts, made by its
+/// vCPU `vcpu` running here with `vgic` locked: every vCPU they concern is
+/// synced, this one at once, the others by their own CPUs.
+pub fn deliver(id: VmId, vcpu: VcpuId, vgic: &mut VmInterrupts, effects: Effects) {
+    if effects.reevaluate.is_empty() {
+        return;
+    }
+    if vm::request_interrupt_sync(id, effects.reevaluate) {
+        vgic.sync(vcpu, &mut VirtualInterface::this_cpu());
+    }
+}
+
+/// Brings the list registers of the vCPU running here in step with its
+/// VM's interrupt model.
+pub fn sync_this_cpu(vm: &RunningVm, vcpu: VcpuId) {
+    vm.device_state
+        .vgic
+        .lock()
+        .sync(vcpu, &mut VirtualInterface::this_cpu());
+}
+
+/// A vCPU starts on this CPU: its virtual CPU interface starts empty and
+/// enabled, its EL1 physical timer off (the virtual timer is part of its
+/// EL1 context), and whatever its VM's model already holds for it (an SGI
+/// sent before it was on) is shown.
+pub fn vcpu_starting(vm: &RunningVm, vcpu: VcpuId) {
+    crate::arch::guest::stop_guest_timers();
+    let mut interface = VirtualInterface::this_cpu();
+    interface.reset(true);
+    let mut vgic = vm.device_state.vgic.lock();
+    vgic.clear_vcpu(vcpu, &mut interface);
+    vgic.sync(vcpu, &mut interface);
+}
+
+/// The vCPU running here leaves for good (it parks): its timers stop, its
+/// list registers are emptied and its linked physical interrupts are no
+/// longer active, so nothing of it fires on an idle CPU or reaches the
+/// next vCPU run here.
+pub fn vcpu_leaving() {
+    crate::arch::guest::stop_guest_timers();
+    VirtualInterface::this_cpu().reset(false);
+    for intid in [
+        BOARD.timer_interrupts.virtual_timer,
+        BOARD.timer_interrupts.physical,
+    ] {
+        gic::clear_active_private(intid);
+    }
+}
+
+/// Whether a list register of this CPU shows the guest a pending
+/// interrupt.
+pub fn virtual_interrupt_pending() -> bool {
+    use tessera_hypervisor::vgic::list_registers::ListRegisters;
+    let interface = VirtualInterface::this_cpu();
+    (0..interface.count()).any(|index| interface.read(index).state.pending())
+}
+
+/// A physical interrupt linked to a guest's (a timer) was acknowledged.
+pub fn linked_interrupt(interrupt: Interrupt) {
+    let running = vm::running_vm().zip(vm::current());
+    let Some((vm, (_, vcpu))) = running else {
+        // No vCPU here (it parked with its timer armed): silence the
+        // timer and end the interrupt.
+        crate::arch::guest::stop_guest_timers();
+        gic::end(interrupt);
+        return;
+    };
+    // Left active: the guest's deactivation, through the HW list
+    // register, ends it, so the timer cannot fire again before that.
+    gic::drop_priority(interrupt);
+    let mut vgic = vm.device_state.vgic.lock();
+    let _ = vgic.state.hardware_fired(vcpu, interrupt.id());
+    vgic.sync(vcpu, &mut VirtualInterface::this_cpu());
+}
+
+/// The vGIC's maintenance interrupt: the running vCPU completed an
+/// interrupt whose line must be looked at again, or took everything it was
+/// shown while more waits. Syncing removes the cause, then it ends.
+pub fn maintenance(interrupt: Interrupt) {
+    if let Some((vm, (_, vcpu))) = vm::running_vm().zip(vm::current()) {
+        sync_this_cpu(vm, vcpu);
+    } else {
+        VirtualInterface::this_cpu().reset(false);
+    }
+    gic::end(interrupt);
+}
+
+/// ICC_SGI1R_EL1 and its group-0 and alternate forms (op0 3, op1 0,
+/// CRn 12, CRm 11, op2 5/7/6): a GICv3 guest's SGI, which always traps
+/// while HCR_EL2.IMO is set. Returns whether the encoding was one of them.
+pub fn sgi_register_write(
+    id: VmId,
+    vcpu: VcpuId,
+    encoding: tessera_hypervisor::traps::guest_exit::SystemRegisterEncoding,
+    value: u64,
+) -> bool {
+    if (encoding.op0, encoding.op1, encoding.crn, encoding.crm) != (3, 0, 12, 11) {
+        return false;
+    }
+    // With one security state (GICD_CTLR.DS = 1) only ICC_SGI1R_EL1 may
+    // send group-1 SGIs; ICC_SGI0R_EL1 and ICC_ASGI1R_EL1 send group 0.
+    let group1 = match encoding.op2 {
+        5 => true,
+        6 | 7 => false,
+        _ => return false,
+    };
+    let vm = vm::vm(id);
+    let mut vgic = vm.device_state.vgic.lock();
+    let effects = vgic.state.generate_sgi(vcpu, value, group1);
+    deliver(id, vcpu, &mut vgic, effects);
+    true
+}

@@ -1,0 +1,237 @@
+//! This CPU's hardware virtual CPU interface: GICv3's ICH_*_EL2 system
+//! registers or GICv2's GICH frame (Arm IHI 0069H §12.4, IHI 0048B
+//! chapter 5), behind the library's `ListRegisters` trait, whose policy
+//! (`tessera_hypervisor::vgic::list_registers`) decides what they hold.
+//!
+//! Each CPU touches only its own interface: ICH_* registers are per CPU by
+//! nature, and the GICH frame at its architected address is banked, each
+//! CPU seeing its own. `arm-gic` has no hypervisor interface, so this is
+//! the project's own.
+
+use core::arch::asm;
+use core::sync::atomic::{AtomicU8, Ordering};
+
+use tessera_hypervisor::MAX_CPUS;
+use tessera_hypervisor::vgic::list_registers::{ListEntry, ListRegisters, MAX_LIST_REGISTERS};
+use tessera_platform::GicLayout;
+
+use crate::{arch, interrupts::gic};
+
+/// ICH_HCR_EL2 and GICH_HCR share these bits: En (the virtual CPU
+/// interface works) and NPIE (maintenance while no list register is
+/// pending).
+const HCR_ENABLE: u64 = 1 << 0;
+const HCR_NO_PENDING_MAINTENANCE: u64 = 1 << 3;
+
+/// GICH register offsets (IHI 0048B §5.3).
+mod gich {
+    pub const HCR: usize = 0x000;
+    pub const VTR: usize = 0x004;
+    pub const VMCR: usize = 0x008;
+    pub const APR: usize = 0x0F0;
+    pub const LR: usize = 0x100;
+}
+
+/// The list-register count of each CPU, read once at its bring-up (0
+/// until then: no list register is touched).
+static COUNTS: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(0) }; MAX_CPUS];
+
+/// Reads ICH_LR<n>_EL2 or writes it, for `n` known only at run time.
+macro_rules! list_register_access {
+    ($index:expr, $read:ident, $value:expr) => {{
+        macro_rules! one {
+                    ($name:literal) => {{
+                        if $read {
+                            let value: u64;
+                            // SAFETY: reading a list register of this CPU's
+                            // virtual CPU interface has no side effects.
+                            unsafe {
+                                asm!(concat!("mrs {v}, ", $name), v = out(reg) value,
+                                    options(nomem, nostack, preserves_flags));
+                            }
+                            value
+                        } else {
+                            // SAFETY: the list registers only affect what this
+                            // CPU's guest is shown; the policy keeps them in step
+                            // with the VM's interrupt model.
+                            unsafe {
+                                asm!(concat!("msr ", $name, ", {v}"), v = in(reg) $value,
+                                    options(nomem, nostack, preserves_flags));
+                            }
+                            0
+                        }
+                    }};
+                }
+        match $index {
+            0 => one!("ich_lr0_el2"),
+            1 => one!("ich_lr1_el2"),
+            2 => one!("ich_lr2_el2"),
+            3 => one!("ich_lr3_el2"),
+            4 => one!("ich_lr4_el2"),
+            5 => one!("ich_lr5_el2"),
+            6 => one!("ich_lr6_el2"),
+            7 => one!("ich_lr7_el2"),
+            8 => one!("ich_lr8_el2"),
+            9 => one!("ich_lr9_el2"),
+            10 => one!("ich_lr10_el2"),
+            11 => one!("ich_lr11_el2"),
+            12 => one!("ich_lr12_el2"),
+            13 => one!("ich_lr13_el2"),
+            14 => one!("ich_lr14_el2"),
+            _ => one!("ich_lr15_el2"),
+        }
+    }};
+}
+
+/// This CPU's virtual CPU interface.
+pub struct VirtualInterface {
+    count: usize,
+    /// GICv2: this CPU's (banked) GICH frame; GICv3: none, the ICH_*
+    /// system registers are used.
+    gich: Option<usize>,
+}
+
+impl VirtualInterface {
+    /// The calling CPU's interface.
+    #[inline(always)]
+    pub fn this_cpu() -> Self {
+        let count = usize::from(COUNTS[arch::cpu_index()].load(Ordering::Relaxed));
+        let gich = match gic::layout() {
+            Some(GicLayout::V2 {
+                hypervisor_interface,
+                ..
+            }) => Some(hypervisor_interface.base as usize),
+            _ => None,
+        };
+        Self { count, gich }
+    }
+
+    fn gich_read(base: usize, offset: usize) -> u32 {
+        // SAFETY: this CPU's banked GICH frame, mapped as device memory in
+        // the EL2 map; the offsets are GICH registers.
+        unsafe { ((base + offset) as *const u32).read_volatile() }
+    }
+
+    fn gich_write(base: usize, offset: usize, value: u32) {
+        // SAFETY: as for `gich_read`; GICH only affects this CPU's guest.
+        unsafe { ((base + offset) as *mut u32).write_volatile(value) }
+    }
+
+    fn hcr(&self) -> u64 {
+        match self.gich {
+            Some(base) => u64::from(Self::gich_read(base, gich::HCR)),
+            None => {
+                let value: u64;
+                // SAFETY: reading ICH_HCR_EL2 has no side effects.
+                unsafe {
+                    asm!("mrs {v}, ich_hcr_el2", v = out(reg) value,
+                        options(nomem, nostack, preserves_flags));
+                }
+                value
+            }
+        }
+    }
+
+    fn set_hcr(&self, value: u64) {
+        match self.gich {
+            Some(base) => Self::gich_write(base, gich::HCR, value as u32),
+            None => {
+                // SAFETY: ICH_HCR_EL2 controls this CPU's virtual CPU
+                // interface only.
+                unsafe {
+                    asm!("msr ich_hcr_el2, {v}", v = in(reg) value,
+                        options(nomem, nostack, preserves_flags));
+                }
+            }
+        }
+    }
+
+    /// Brings up this CPU's virtual CPU interface at its bring-up: learns
+    /// its list-register count and leaves it empty and disabled.
+    pub fn init_this_cpu() {
+        let gich = Self::this_cpu().gich;
+        let count = match gich {
+            Some(base) => (Self::gich_read(base, gich::VTR) & 0x3F) as usize + 1,
+            None => {
+                let vtr: u64;
+                // SAFETY: reading ICH_VTR_EL2 has no side effects.
+                unsafe {
+                    asm!("mrs {v}, ich_vtr_el2", v = out(reg) vtr,
+                        options(nomem, nostack, preserves_flags));
+                }
+                (vtr & 0x1F) as usize + 1
+            }
+        };
+        let count = count.min(MAX_LIST_REGISTERS);
+        COUNTS[arch::cpu_index()].store(count as u8, Ordering::Relaxed);
+        Self::this_cpu().reset(false);
+    }
+
+    /// Empties the list registers and the active-priority registers,
+    /// zeroes the guest's interface controls (ICH_VMCR_EL2 / GICH_VMCR:
+    /// a fresh vCPU finds its CPU interface disabled, as at reset), and
+    /// enables the interface if `enable`. Called when a vCPU starts on this
+    /// CPU, so nothing of an earlier run survives.
+    pub fn reset(&mut self, enable: bool) {
+        for index in 0..self.count {
+            self.write(index, ListEntry::EMPTY);
+        }
+        let hcr = if enable { HCR_ENABLE } else { 0 };
+        match self.gich {
+            Some(base) => {
+                Self::gich_write(base, gich::VMCR, 0);
+                Self::gich_write(base, gich::APR, 0);
+            }
+            None => {
+                // SAFETY: zeroing this CPU's virtual interface controls
+                // and active priorities, with no vCPU running on it.
+                unsafe {
+                    asm!(
+                        "msr ich_vmcr_el2, xzr",
+                        "msr ich_ap0r0_el2, xzr",
+                        "msr ich_ap1r0_el2, xzr",
+                        options(nomem, nostack, preserves_flags)
+                    );
+                }
+            }
+        }
+        self.set_hcr(hcr);
+        arch::instruction_barrier();
+    }
+}
+
+impl ListRegisters for VirtualInterface {
+    #[inline(always)]
+    fn count(&self) -> usize {
+        self.count
+    }
+
+    fn read(&self, index: usize) -> ListEntry {
+        match self.gich {
+            Some(base) => ListEntry::from_gicv2(Self::gich_read(base, gich::LR + 4 * index)),
+            None => ListEntry::from_gicv3(list_register_access!(index, true, 0u64)),
+        }
+    }
+
+    fn write(&mut self, index: usize, entry: ListEntry) {
+        match self.gich {
+            Some(base) => Self::gich_write(base, gich::LR + 4 * index, entry.to_gicv2()),
+            None => {
+                let value = entry.to_gicv3();
+                let _ = list_register_access!(index, false, value);
+            }
+        }
+    }
+
+    fn set_no_pending_maintenance(&mut self, enabled: bool) {
+        let hcr = self.hcr();
+        let wanted = if enabled {
+            hcr | HCR_NO_PENDING_MAINTENANCE
+        } else {
+            hcr & !HCR_NO_PENDING_MAINTENANCE
+        };
+        if wanted != hcr {
+            self.set_hcr(wanted);
+        }
+    }
+}

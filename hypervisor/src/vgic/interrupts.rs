@@ -1,0 +1,126 @@
+//! One VM's virtual GIC as the hypervisor keeps it: the interrupt model
+//! (`state.rs`, read and written by the register files) and, per vCPU,
+//! what its CPU's list registers hold. One lock guards both (the VM's
+//! `vgic` lock in the lock order, `vm::system`), so a register write, a
+//! device's line and a list-register sync never see each other half done.
+
+#![forbid(unsafe_code)]
+
+use super::list_registers::{self, ListRegisterShadow, ListRegisters};
+use super::state::{GicVersion, MAX_VCPUS, SpiSet, VgicState};
+use crate::vm::ids::VcpuId;
+
+/// A VM's virtual GIC.
+///
+/// All zero bytes are a valid (empty) value, [`VmInterrupts::ZERO`]: every
+/// field is an integer, a bool, an array of them or `GicVersion`
+/// (`repr(u8)`, 0 valid). The hypervisor relies on this to build a VM's
+/// vGIC in zeroed heap memory and [`initialise`](Self::initialise) it in
+/// place: the value is several kilobytes, and copying it around at build
+/// time cost boot tens of thousands of instructions.
+#[derive(Clone, Debug)]
+pub struct VmInterrupts {
+    pub state: VgicState,
+    shadows: [ListRegisterShadow; MAX_VCPUS],
+}
+
+impl VmInterrupts {
+    /// The all-zero value (see the type's documentation).
+    pub const ZERO: Self = Self {
+        state: VgicState::ZERO,
+        shadows: [ListRegisterShadow::new(); MAX_VCPUS],
+    };
+
+    /// Puts a VM's vGIC, wherever it is, in the reset state `new`
+    /// describes.
+    pub fn initialise(
+        &mut self,
+        version: GicVersion,
+        vcpu_count: usize,
+        owned: SpiSet,
+        hardware_ppis: u32,
+    ) {
+        self.state.reset_in_place(version, vcpu_count, owned);
+        self.state.set_hardware_ppis(hardware_ppis);
+        self.shadows = [ListRegisterShadow::new(); MAX_VCPUS];
+    }
+
+    /// The reset state of a VM with `vcpu_count` vCPUs, owning the SPIs in
+    /// `owned`, whose PPIs in the bitmask `hardware_ppis` are linked to the
+    /// physical PPIs of its CPUs (timers, PMU).
+    #[must_use]
+    pub fn new(version: GicVersion, vcpu_count: usize, owned: SpiSet, hardware_ppis: u32) -> Self {
+        let mut interrupts = Self::ZERO;
+        interrupts.initialise(version, vcpu_count, owned, hardware_ppis);
+        interrupts
+    }
+
+    /// Brings `vcpu`'s list registers (on the calling CPU, which runs it)
+    /// in step with the model.
+    pub fn sync(&mut self, vcpu: VcpuId, registers: &mut impl ListRegisters) {
+        if let Some(shadow) = self.shadows.get_mut(vcpu.index()) {
+            list_registers::sync(&mut self.state, vcpu, shadow, registers);
+        }
+    }
+
+    /// Empties `vcpu`'s list registers as it starts on the calling CPU:
+    /// nothing of an earlier run is shown to it.
+    pub fn clear_vcpu(&mut self, vcpu: VcpuId, registers: &mut impl ListRegisters) {
+        if let Some(shadow) = self.shadows.get_mut(vcpu.index()) {
+            list_registers::clear(shadow, registers);
+        }
+    }
+
+    /// Returns the whole model to its reset state, as when the VM resets;
+    /// called while none of its vCPUs runs (each clears its registers when
+    /// it starts again).
+    pub fn reset(&mut self) {
+        let (version, vcpu_count, owned) = (
+            self.state.version(),
+            self.state.vcpu_count(),
+            self.state.owned,
+        );
+        // The hardware-linked PPIs are kept by the model's reset.
+        self.state.reset_in_place(version, vcpu_count, owned);
+        self.shadows = [ListRegisterShadow::new(); MAX_VCPUS];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::list_registers::ListEntry;
+    use super::super::state::tests::{owned, vcpu};
+    use super::*;
+
+    struct Registers([ListEntry; 4]);
+
+    impl ListRegisters for Registers {
+        fn count(&self) -> usize {
+            4
+        }
+        fn read(&self, index: usize) -> ListEntry {
+            self.0[index]
+        }
+        fn write(&mut self, index: usize, entry: ListEntry) {
+            self.0[index] = entry;
+        }
+        fn set_no_pending_maintenance(&mut self, _enabled: bool) {}
+    }
+
+    #[test]
+    fn a_reset_forgets_every_interrupt_but_keeps_what_the_vm_owns() {
+        let mut vgic = VmInterrupts::new(GicVersion::V3, 2, owned(), 1 << 27);
+        vgic.state.enable_group0 = true;
+        let _ = vgic.state.update(vcpu(0), 27, |irq| irq.enabled = true);
+        let _ = vgic.state.hardware_fired(vcpu(0), 27);
+        let mut registers = Registers([ListEntry::EMPTY; 4]);
+        vgic.sync(vcpu(0), &mut registers);
+        assert_eq!(registers.0[0].physical, Some(27));
+        vgic.reset();
+        assert!(vgic.state.pending_for(vcpu(0)).as_slice().is_empty());
+        assert!(vgic.state.owned.contains(33));
+        assert!(vgic.state.is_hardware_linked(vcpu(1), 27));
+        vgic.clear_vcpu(vcpu(0), &mut registers);
+        assert!(registers.0.iter().all(|entry| *entry == ListEntry::EMPTY));
+    }
+}
