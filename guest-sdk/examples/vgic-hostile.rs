@@ -22,7 +22,10 @@
 //! timer keeps its period).
 //!
 //! Bootargs: `period_ms=N` (default 10), `restore_every=N`,
-//! `spare=OFFSET,...` (distributor word offsets not to write: natively,
+//! `spare=OFFSET,...` (word offsets not to write with the word values, from
+//! the distributor's base or a redistributor's RD_base — its SGI frame's
+//! registers are at 0x10000 and up: for finding which write does what;
+//! natively,
 //! QEMU 10's own GICv2 model stops the whole emulator on an assertion
 //! (`gic_clear_pending_sgi`) after these writes to GICD_SPENDSGIRn, so a
 //! native run on `gic-version=2` needs `spare=0xf20,0xf24,0xf28,0xf2c`;
@@ -105,10 +108,9 @@ struct Attack {
     restore_every: u64,
     since_restore: u64,
     period: u64,
-    /// Distributor offsets not to write (bootargs `spare=`).
+    /// Frame offsets not to write (bootargs `spare=`).
     spared: [u64; MAX_SPARED],
     spared_count: usize,
-    distributor: u64,
 }
 
 const MAX_SPARED: usize = 8;
@@ -129,7 +131,6 @@ fn main(_device_tree: usize) -> ! {
         period: time::ms_to_ticks(period_ms, time::frequency()),
         spared: [0; MAX_SPARED],
         spared_count: 0,
-        distributor: 0,
     };
     for text in args
         .get("spare")
@@ -166,9 +167,8 @@ fn main(_device_tree: usize) -> ! {
     let ticks_before = TICKS.load(Ordering::Acquire);
 
     let distributor = layout.distributor;
-    attack.distributor = distributor;
     let mut counts = Counts::default();
-    attack.sweep(distributor..distributor + FRAME, &mut counts);
+    attack.sweep(distributor, distributor..distributor + FRAME, &mut counts);
     attack.bytes(distributor, &mut counts);
     if layout.version == Version::V3 {
         attack.routes(distributor, &mut counts);
@@ -182,7 +182,7 @@ fn main(_device_tree: usize) -> ! {
         let (frames, beyond) = redistributor_frames(layout.redistributors.clone());
         for frame_pair in frames {
             let mut counts = Counts::default();
-            attack.sweep(frame_pair..frame_pair + 2 * FRAME, &mut counts);
+            attack.sweep(frame_pair, frame_pair..frame_pair + 2 * FRAME, &mut counts);
             println!(
                 "vgic-hostile: redistributor {frame_pair:#x}: read {} (aborted {}), wrote {} (aborted {})",
                 counts.read, counts.read_aborted, counts.written, counts.write_aborted
@@ -191,8 +191,8 @@ fn main(_device_tree: usize) -> ! {
         if beyond + 2 * FRAME <= UART_BASE {
             let mut counts = Counts::default();
             for frame in [beyond, beyond + FRAME] {
-                attack.sweep(frame..frame + PAGE, &mut counts);
-                attack.sweep(frame + FRAME - PAGE..frame + FRAME, &mut counts);
+                attack.sweep(beyond, frame..frame + PAGE, &mut counts);
+                attack.sweep(beyond, frame + FRAME - PAGE..frame + FRAME, &mut counts);
             }
             println!(
                 "vgic-hostile: beyond the last redistributor {beyond:#x}: read {} (aborted {}), wrote {} (aborted {})",
@@ -239,7 +239,15 @@ fn main(_device_tree: usize) -> ! {
         ));
     }
     if after < TICKS_AFTER || min < attack.period {
-        fail(format_args!("own timer broken after the attack"));
+        let intid = Timer::Virtual.intid();
+        fail(format_args!(
+            "own timer broken after the attack (INTID {intid}: enabled {:?}, pending {:?}, active {:?}; timer condition met {}, {} ticks since armed)",
+            gic::is_enabled(intid),
+            gic::is_pending(intid),
+            gic::is_active(intid),
+            Timer::Virtual.has_fired(),
+            Timer::Virtual.now() as i64 - Timer::Virtual.deadline() as i64,
+        ));
     }
     println!("vgic-hostile: PASS");
     exit(exit_status::SUCCESS)
@@ -247,8 +255,9 @@ fn main(_device_tree: usize) -> ! {
 
 impl Attack {
     /// Reads every word of `range`, then writes every word with each of
-    /// [`WORD_VALUES`].
-    fn sweep(&mut self, range: Range<u64>, counts: &mut Counts) {
+    /// [`WORD_VALUES`] but those spared at their offset from `base` (the
+    /// distributor, or the redistributor's RD_base).
+    fn sweep(&mut self, base: u64, range: Range<u64>, counts: &mut Counts) {
         for address in range.clone().step_by(4) {
             counts.read += 1;
             if probe::probe_read32(address).is_err() {
@@ -257,7 +266,7 @@ impl Attack {
         }
         for value in WORD_VALUES {
             for address in range.clone().step_by(4) {
-                if self.is_spared(address) {
+                if self.is_spared(address - base) {
                     continue;
                 }
                 // SAFETY: `address` is in a GIC frame (or past the
@@ -291,10 +300,8 @@ impl Attack {
         }
     }
 
-    fn is_spared(&self, address: u64) -> bool {
-        self.spared[..self.spared_count]
-            .iter()
-            .any(|&offset| address == self.distributor + offset)
+    fn is_spared(&self, offset: u64) -> bool {
+        self.spared[..self.spared_count].contains(&offset)
     }
 
     fn count_write(&mut self, aborted: bool, counts: &mut Counts) {
