@@ -21,7 +21,8 @@
 //! attack did to others is for the system test to check (a second VM's
 //! timer keeps its period).
 //!
-//! Bootargs: `period_ms=N` (default 10), `restore_every=N`,
+//! Bootargs: `period_ms=N` (default 10), `restore_every=N`, `progress`
+//! (a line at each 4 KiB page written),
 //! `spare=OFFSET,...` (word offsets not to write with the word values, from
 //! the distributor's base or a redistributor's RD_base — its SGI frame's
 //! registers are at 0x10000 and up: for finding which write does what;
@@ -108,6 +109,8 @@ struct Attack {
     restore_every: u64,
     since_restore: u64,
     period: u64,
+    /// Print a line at each 4 KiB page (bootargs `progress`).
+    progress: bool,
     /// Frame offsets not to write (bootargs `spare=`).
     spared: [u64; MAX_SPARED],
     spared_count: usize,
@@ -131,6 +134,7 @@ fn main(_device_tree: usize) -> ! {
         period: time::ms_to_ticks(period_ms, time::frequency()),
         spared: [0; MAX_SPARED],
         spared_count: 0,
+        progress: args.get("progress").is_some(),
     };
     for text in args
         .get("spare")
@@ -266,6 +270,9 @@ impl Attack {
         }
         for value in WORD_VALUES {
             for address in range.clone().step_by(4) {
+                if self.progress && address % PAGE == 0 {
+                    println!("vgic-hostile: writing {value:#x} from {address:#x}");
+                }
                 if self.is_spared(address - base) {
                     continue;
                 }
