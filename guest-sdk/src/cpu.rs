@@ -53,18 +53,20 @@ pub const fn index_of(mpidr: u64) -> Option<usize> {
 pub(crate) struct Start {
     pub entry: fn(usize) -> !,
     pub argument: usize,
+    /// Set up this vCPU's GIC interface before `entry` ([`crate::smp::start`]).
+    pub init_interrupts: bool,
 }
 
 static STARTS: [Mutex<Option<Start>>; MAX_VCPUS] = [const { Mutex::new(None) }; MAX_VCPUS];
 
 /// Leaves a start record for vCPU `index`; false if one is already waiting
 /// (an earlier CPU_ON whose target has not started yet).
-pub(crate) fn post_start(index: usize, entry: fn(usize) -> !, argument: usize) -> bool {
+pub(crate) fn post_start(index: usize, start: Start) -> bool {
     let mut slot = STARTS[index].lock();
     if slot.is_some() {
         return false;
     }
-    *slot = Some(Start { entry, argument });
+    *slot = Some(start);
     true
 }
 
@@ -100,13 +102,18 @@ mod tests {
 
     #[test]
     fn one_start_record_per_vcpu_at_a_time() {
+        let start = |argument| Start {
+            entry: never,
+            argument,
+            init_interrupts: false,
+        };
         // Slot 6 is used by this test only.
-        assert!(post_start(6, never, 42));
-        assert!(!post_start(6, never, 43), "second start before pick-up");
-        let start = take_start(6).expect("record is there");
-        assert_eq!(start.argument, 42);
+        assert!(post_start(6, start(42)));
+        assert!(!post_start(6, start(43)), "second start before pick-up");
+        let taken = take_start(6).expect("record is there");
+        assert_eq!(taken.argument, 42);
         assert!(take_start(6).is_none());
-        assert!(post_start(6, never, 44));
+        assert!(post_start(6, start(44)));
         withdraw_start(6);
         assert!(take_start(6).is_none());
         assert!(take_start(MAX_VCPUS).is_none());

@@ -19,6 +19,9 @@ const SIZE_FIELDS_LEN: usize = 8;
 /// own is 1 MiB.)
 const MAX_SIZE: usize = 16 * 1024 * 1024;
 
+/// How many `reg` ranges [`DeviceTree::compatible_regs`] returns.
+pub const MAX_REGS: usize = 4;
+
 /// Why there is no device tree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceTreeError {
@@ -95,6 +98,22 @@ impl<'a> DeviceTree<'a> {
         let value = self.fdt.find_node("/chosen")?.property("bootargs")?.value;
         let text = value.split(|&byte| byte == 0).next().unwrap_or(value);
         core::str::from_utf8(text).ok()
+    }
+
+    /// The first [`MAX_REGS`] ranges of the `reg` of the first node whose
+    /// `compatible` list names `compatible`; `None` without such a node.
+    /// A range without a size is left out.
+    #[must_use]
+    pub fn compatible_regs(&self, compatible: &str) -> Option<[Option<Range<u64>>; MAX_REGS]> {
+        let node = self.fdt.find_compatible(&[compatible])?;
+        let mut ranges = [const { None }; MAX_REGS];
+        for (slot, region) in ranges.iter_mut().zip(node.reg().into_iter().flatten()) {
+            let start = region.starting_address as u64;
+            *slot = region
+                .size
+                .and_then(|size| Some(start..start.checked_add(size as u64)?));
+        }
+        Some(ranges)
     }
 
     /// The `reg` (MPIDR affinity) of each `/cpus/cpu@N` node, in tree order.
@@ -206,6 +225,11 @@ mod tests {
             fdt.end_node(node).unwrap();
         }
         fdt.end_node(cpus_node).unwrap();
+        let gic = fdt.begin_node("intc@8000000").unwrap();
+        fdt.property_string("compatible", "arm,gic-v3").unwrap();
+        fdt.property_array_u64("reg", &[0x800_0000, 0x1_0000, 0x80A_0000, 0x4_0000])
+            .unwrap();
+        fdt.end_node(gic).unwrap();
         let chosen = fdt.begin_node("chosen").unwrap();
         fdt.property_string("stdout-path", "/pl011@9000000")
             .unwrap();
@@ -227,6 +251,22 @@ mod tests {
         let footprint = tree.memory_footprint();
         assert_eq!(footprint.start, bytes.as_ptr() as u64);
         assert_eq!(footprint.end - footprint.start, bytes.len() as u64);
+    }
+
+    #[test]
+    fn finds_the_regs_of_a_compatible_node() {
+        let bytes = guest_tree(None, 2);
+        let tree = DeviceTree::from_bytes(&bytes).unwrap();
+        assert_eq!(
+            tree.compatible_regs("arm,gic-v3"),
+            Some([
+                Some(0x800_0000..0x801_0000),
+                Some(0x80A_0000..0x80E_0000),
+                None,
+                None
+            ])
+        );
+        assert_eq!(tree.compatible_regs("arm,cortex-a15-gic"), None);
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //! - EL1 exception vectors that report anything unexpected and stop the VM
 //!   with a failure status ([`exception`]), plus [`probe`] for the accesses a
 //!   test *expects* to abort,
+//! - interrupts: the GIC (v2 or v3, from the device tree) with handler
+//!   registration and SGIs ([`gic`]), IRQ masking ([`interrupts`]), the
+//!   EL1 timers with periodic and one-shot ticks ([`timer`]) and
+//!   secondary vCPUs that come up with their interrupts set up ([`smp`]),
 //! - a polled PL011 console ([`print!`], [`println!`]),
 //! - PSCI and Tessera's own hypercalls over HVC ([`psci`], [`exit`]),
 //! - device-tree and bootargs helpers ([`device_tree`], [`bootargs`]), the
@@ -70,13 +74,17 @@ pub mod console;
 pub mod cpu;
 pub mod device_tree;
 pub mod exception;
+pub mod gic;
+pub mod interrupts;
 pub mod memory;
 pub mod probe;
 pub mod psci;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod rt;
+pub mod smp;
 pub mod tessera;
 pub mod time;
+pub mod timer;
 
 pub use probe::{Abort, probe_read, probe_write};
 pub use tessera::{exit, exit_status};

@@ -1,6 +1,8 @@
 //! Accesses a test expects to abort.
 //!
-//! [`probe_read`] and [`probe_write`] make one 64-bit access each. If it
+//! [`probe_read`] and [`probe_write`] make one 64-bit access each
+//! ([`probe_read32`] and [`probe_write32`] one 32-bit access,
+//! [`probe_write8`] one byte). If it
 //! takes a data abort, the exception handler does not stop the VM: it hands
 //! the syndrome and fault address back and the probe returns
 //! `Err(Abort { .. })`. The handler recognises a probe by the address of the
@@ -94,6 +96,65 @@ pub unsafe fn probe_write(address: u64, value: u64) -> Result<(), Abort> {
     }
 }
 
+/// Reads 32 bits at `address` (4-byte aligned); `Err` if the read took a
+/// data abort. As [`probe_read`] otherwise.
+///
+/// # Errors
+/// The abort's syndrome and fault address.
+pub fn probe_read32(address: u64) -> Result<u32, Abort> {
+    let outcome = arch::probe_read32(address);
+    if outcome.esr == 0 {
+        Ok(outcome.value as u32)
+    } else {
+        Err(Abort {
+            esr: outcome.esr,
+            far: outcome.far,
+        })
+    }
+}
+
+/// Writes `value` (32 bits) to `address` (4-byte aligned); `Err` if the
+/// write took a data abort.
+///
+/// # Safety
+/// As [`probe_write`], for the 4 bytes at `address`.
+///
+/// # Errors
+/// The abort's syndrome and fault address.
+pub unsafe fn probe_write32(address: u64, value: u32) -> Result<(), Abort> {
+    // SAFETY: the caller vouches for the write.
+    let outcome = unsafe { arch::probe_write32(address, value) };
+    if outcome.esr == 0 {
+        Ok(())
+    } else {
+        Err(Abort {
+            esr: outcome.esr,
+            far: outcome.far,
+        })
+    }
+}
+
+/// Writes the byte `value` to `address`; `Err` if the write took a data
+/// abort.
+///
+/// # Safety
+/// As [`probe_write`], for the byte at `address`.
+///
+/// # Errors
+/// The abort's syndrome and fault address.
+pub unsafe fn probe_write8(address: u64, value: u8) -> Result<(), Abort> {
+    // SAFETY: the caller vouches for the write.
+    let outcome = unsafe { arch::probe_write8(address, value) };
+    if outcome.esr == 0 {
+        Ok(())
+    } else {
+        Err(Abort {
+            esr: outcome.esr,
+            far: outcome.far,
+        })
+    }
+}
+
 /// The exception handler's half of the probe protocol: if `frame` is a data
 /// abort at EL1 of one of the probe accesses, hands ESR and FAR back in the
 /// registers the accessor expects, steps over the access and returns true.
@@ -104,7 +165,7 @@ pub(crate) fn recover(
     fault_address: u64,
     sites: ProbeSites,
 ) -> bool {
-    let at_probe = frame.elr == sites.read || frame.elr == sites.write;
+    let at_probe = sites.contains(frame.elr);
     if !at_probe || syndrome.class() != class::DATA_ABORT_SAME_EL {
         return false;
     }
@@ -125,6 +186,9 @@ mod tests {
     const SITES: ProbeSites = ProbeSites {
         read: 0x4008_1000,
         write: 0x4008_1020,
+        read32: 0x4008_1040,
+        write32: 0x4008_1060,
+        write8: 0x4008_1080,
     };
 
     fn frame_at(elr: u64) -> TrapFrame {
@@ -137,7 +201,13 @@ mod tests {
 
     #[test]
     fn data_abort_at_a_probe_site_is_handed_back() {
-        for site in [SITES.read, SITES.write] {
+        for site in [
+            SITES.read,
+            SITES.write,
+            SITES.read32,
+            SITES.write32,
+            SITES.write8,
+        ] {
             let mut frame = frame_at(site);
             assert!(recover(
                 &mut frame,

@@ -155,8 +155,20 @@ pub fn migrate_info_type() -> Result<u32, PsciError> {
 /// otherwise what CPU_ON returned (`AlreadyOn`, `InvalidParameters` for a
 /// vCPU the VM does not have, ...).
 pub fn cpu_on(target_mpidr: u64, entry: fn(usize) -> !, argument: usize) -> Result<(), PsciError> {
+    cpu_on_with(
+        target_mpidr,
+        cpu::Start {
+            entry,
+            argument,
+            init_interrupts: false,
+        },
+    )
+}
+
+/// CPU_ON with the whole start record (see [`cpu_on`]).
+pub(crate) fn cpu_on_with(target_mpidr: u64, start: cpu::Start) -> Result<(), PsciError> {
     let index = cpu::index_of(target_mpidr).ok_or(PsciError::InvalidParameters)?;
-    if !cpu::post_start(index, entry, argument) {
+    if !cpu::post_start(index, start) {
         return Err(PsciError::OnPending);
     }
     let result = call(

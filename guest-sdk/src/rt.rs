@@ -15,13 +15,16 @@ use core::mem::offset_of;
 use crate::exception::{
     ExceptionOrigin, ExceptionReport, ExceptionType, Syndrome, TrapFrame, VectorKind,
 };
-use crate::{arch, console, cpu, device_tree, probe, tessera};
+use crate::{arch, console, cpu, device_tree, gic, probe, tessera};
 
 /// The Image header's text_offset: the image is loaded 512 KiB above the
 /// start of RAM, like Linux's.
 const TEXT_OFFSET: u64 = 0x8_0000;
 /// CPACR_EL1.FPEN = 0b11: FP/SIMD instructions do not trap at EL1 or EL0.
 const CPACR_FP_ENABLED: u64 = 0b11 << 20;
+/// The exception entry's FP/SIMD save area: q0..q31, then FPCR and FPSR
+/// (a multiple of 16 bytes, so SP stays aligned).
+const FP_STATE_SIZE: usize = 32 * 16 + 16;
 
 unsafe extern "C" {
     /// The guest's main, defined by `entry!`.
@@ -179,8 +182,53 @@ tessera_exception_entry:
     stp     x30, x2, [sp, #{elr_offset} - 8]
     mrs     x3, spsr_el1
     str     x3, [sp, #{elr_offset} + 8]
-    mov     x0, sp
+    // The FP/SIMD registers too, below the frame: the handler is Rust,
+    // which may use them, and an interrupt handler returns to code that
+    // was using them.
+    sub     sp, sp, #{fp_size}
+    stp     q0, q1, [sp, #0x000]
+    stp     q2, q3, [sp, #0x020]
+    stp     q4, q5, [sp, #0x040]
+    stp     q6, q7, [sp, #0x060]
+    stp     q8, q9, [sp, #0x080]
+    stp     q10, q11, [sp, #0x0a0]
+    stp     q12, q13, [sp, #0x0c0]
+    stp     q14, q15, [sp, #0x0e0]
+    stp     q16, q17, [sp, #0x100]
+    stp     q18, q19, [sp, #0x120]
+    stp     q20, q21, [sp, #0x140]
+    stp     q22, q23, [sp, #0x160]
+    stp     q24, q25, [sp, #0x180]
+    stp     q26, q27, [sp, #0x1a0]
+    stp     q28, q29, [sp, #0x1c0]
+    stp     q30, q31, [sp, #0x1e0]
+    mrs     x2, fpcr
+    mrs     x3, fpsr
+    str     x2, [sp, #0x200]
+    str     x3, [sp, #0x208]
+    add     x0, sp, #{fp_size}
     bl      {handler}
+    ldr     x2, [sp, #0x200]
+    ldr     x3, [sp, #0x208]
+    msr     fpcr, x2
+    msr     fpsr, x3
+    ldp     q0, q1, [sp, #0x000]
+    ldp     q2, q3, [sp, #0x020]
+    ldp     q4, q5, [sp, #0x040]
+    ldp     q6, q7, [sp, #0x060]
+    ldp     q8, q9, [sp, #0x080]
+    ldp     q10, q11, [sp, #0x0a0]
+    ldp     q12, q13, [sp, #0x0c0]
+    ldp     q14, q15, [sp, #0x0e0]
+    ldp     q16, q17, [sp, #0x100]
+    ldp     q18, q19, [sp, #0x120]
+    ldp     q20, q21, [sp, #0x140]
+    ldp     q22, q23, [sp, #0x160]
+    ldp     q24, q25, [sp, #0x180]
+    ldp     q26, q27, [sp, #0x1a0]
+    ldp     q28, q29, [sp, #0x1c0]
+    ldp     q30, q31, [sp, #0x1e0]
+    add     sp, sp, #{fp_size}
     ldr     x3, [sp, #{elr_offset} + 8]
     msr     spsr_el1, x3
     ldp     x30, x2, [sp, #{elr_offset} - 8]
@@ -210,6 +258,7 @@ tessera_exception_entry:
     stacks_size = const cpu::STACK_SIZE * cpu::MAX_VCPUS,
     wrong_address_status = const tessera::exit_status::WRONG_LOAD_ADDRESS,
     frame_size = const TrapFrame::SIZE,
+    fp_size = const FP_STATE_SIZE,
     elr_offset = const TrapFrame::ELR_OFFSET,
     primary_main = sym primary_main,
     secondary_main = sym secondary_main,
@@ -232,7 +281,17 @@ extern "C" fn primary_main(device_tree: usize) -> ! {
 extern "C" fn secondary_main(slot: usize) -> ! {
     let index = cpu::index();
     match cpu::take_start(slot) {
-        Some(start) if slot == index => (start.entry)(start.argument),
+        Some(start) if slot == index => {
+            if start.init_interrupts
+                && let Err(error) = gic::init_this_cpu()
+            {
+                console::print_args_emergency(format_args!(
+                    "tessera-guest-sdk: vCPU {index} could not set up its GIC interface: {error}\n"
+                ));
+                tessera::exit(tessera::exit_status::GIC_SETUP_FAILED)
+            }
+            (start.entry)(start.argument)
+        }
         _ => {
             console::print_args_emergency(format_args!(
                 "tessera-guest-sdk: vCPU {index} started without a start record (context ID {slot:#x})\n"
@@ -242,9 +301,20 @@ extern "C" fn secondary_main(slot: usize) -> ! {
     }
 }
 
-/// Every exception lands here. Returns (and the vector resumes `frame`) only
+/// Every exception lands here. Returns (and the vector resumes `frame`) for
+/// an IRQ once the GIC is set up (the dispatcher handles one interrupt) and
 /// for an aborted probe; anything else is reported and stops the VM.
 extern "C" fn handle_exception(frame: &mut TrapFrame, vector: u64) {
+    let is_irq_at_el1 = matches!(
+        VectorKind::from_index(vector),
+        Some(VectorKind {
+            origin: ExceptionOrigin::CurrentElSpx | ExceptionOrigin::CurrentElSp0,
+            exception_type: ExceptionType::Irq,
+        })
+    );
+    if is_irq_at_el1 && gic::handle_irq() {
+        return;
+    }
     let syndrome = Syndrome(esr_el1());
     let fault_address = far_el1();
     let kind = VectorKind::from_index(vector).unwrap_or(VectorKind {

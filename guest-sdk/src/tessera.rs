@@ -30,6 +30,9 @@ pub mod exit_status {
     /// The image was loaded somewhere other than its link address; the entry
     /// code stops before running any Rust (it cannot print either).
     pub const WRONG_LOAD_ADDRESS: u32 = 0xE5;
+    /// A secondary vCPU started by `smp::start` could not set up its GIC
+    /// interface (reported first).
+    pub const GIC_SETUP_FAILED: u32 = 0xE6;
 }
 
 /// TESSERA_VM_EXIT: stops this VM with `status` (non-zero marks it failed).

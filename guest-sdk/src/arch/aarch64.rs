@@ -167,6 +167,15 @@ unsafe extern "C" {
     fn tessera_probe_read_access();
     /// The store in `tessera_probe_write` (only its address is used).
     fn tessera_probe_write_access();
+    fn tessera_probe_read32(address: u64, outcome: *mut ProbeOutcome);
+    fn tessera_probe_write32(address: u64, outcome: *mut ProbeOutcome, value: u64);
+    /// The 32-bit load in `tessera_probe_read32` (only its address is used).
+    fn tessera_probe_read32_access();
+    /// The 32-bit store in `tessera_probe_write32` (only its address is used).
+    fn tessera_probe_write32_access();
+    fn tessera_probe_write8(address: u64, outcome: *mut ProbeOutcome, value: u64);
+    /// The byte store in `tessera_probe_write8` (only its address is used).
+    fn tessera_probe_write8_access();
     /// The PSCI CPU_ON entry point, in `rt.rs` (only its address is used).
     fn tessera_secondary_entry();
     static __guest_image_start: u8;
@@ -206,6 +215,45 @@ tessera_probe_write_access:
     str     x2, [x1, #{esr}]
     str     x3, [x1, #{far}]
     ret
+
+    .global tessera_probe_read32
+tessera_probe_read32:               // as tessera_probe_read, 32 bits
+    mov     x2, #0
+    mov     x3, #0
+    mov     x4, #0
+    .global tessera_probe_read32_access
+tessera_probe_read32_access:
+    ldr     w4, [x0]
+    str     x4, [x1, #{value}]
+    str     x2, [x1, #{esr}]
+    str     x3, [x1, #{far}]
+    ret
+
+    .global tessera_probe_write32
+tessera_probe_write32:              // as tessera_probe_write, 32 bits
+    mov     x4, x2
+    mov     x2, #0
+    mov     x3, #0
+    .global tessera_probe_write32_access
+tessera_probe_write32_access:
+    str     w4, [x0]
+    str     xzr, [x1, #{value}]
+    str     x2, [x1, #{esr}]
+    str     x3, [x1, #{far}]
+    ret
+
+    .global tessera_probe_write8
+tessera_probe_write8:               // as tessera_probe_write, one byte
+    mov     x4, x2
+    mov     x2, #0
+    mov     x3, #0
+    .global tessera_probe_write8_access
+tessera_probe_write8_access:
+    strb    w4, [x0]
+    str     xzr, [x1, #{value}]
+    str     x2, [x1, #{esr}]
+    str     x3, [x1, #{far}]
+    ret
     "#,
     value = const offset_of!(ProbeOutcome, value),
     esr = const offset_of!(ProbeOutcome, esr),
@@ -235,10 +283,43 @@ pub unsafe fn probe_write(address: u64, value: u64) -> ProbeOutcome {
     outcome
 }
 
+/// A 32-bit load from `address` that survives a data abort.
+pub fn probe_read32(address: u64) -> ProbeOutcome {
+    let mut outcome = ProbeOutcome::default();
+    // SAFETY: as `probe_read`, with a 32-bit load.
+    unsafe { tessera_probe_read32(address, &raw mut outcome) };
+    outcome
+}
+
+/// A 32-bit store of `value` to `address` that survives a data abort.
+///
+/// # Safety
+/// As [`probe_write`], for the 4 bytes at `address`.
+pub unsafe fn probe_write32(address: u64, value: u32) -> ProbeOutcome {
+    let mut outcome = ProbeOutcome::default();
+    // SAFETY: the caller vouches for the store; as `probe_write` otherwise.
+    unsafe { tessera_probe_write32(address, &raw mut outcome, u64::from(value)) };
+    outcome
+}
+
+/// A byte store of `value` to `address` that survives a data abort.
+///
+/// # Safety
+/// As [`probe_write`], for the byte at `address`.
+pub unsafe fn probe_write8(address: u64, value: u8) -> ProbeOutcome {
+    let mut outcome = ProbeOutcome::default();
+    // SAFETY: the caller vouches for the store; as `probe_write` otherwise.
+    unsafe { tessera_probe_write8(address, &raw mut outcome, u64::from(value)) };
+    outcome
+}
+
 pub fn probe_sites() -> ProbeSites {
     ProbeSites {
         read: tessera_probe_read_access as *const () as u64,
         write: tessera_probe_write_access as *const () as u64,
+        read32: tessera_probe_read32_access as *const () as u64,
+        write32: tessera_probe_write32_access as *const () as u64,
+        write8: tessera_probe_write8_access as *const () as u64,
     }
 }
 
@@ -252,4 +333,181 @@ pub fn secondary_entry_address() -> u64 {
 /// (stacks included).
 pub fn image_range() -> Range<u64> {
     (&raw const __guest_image_start) as u64..(&raw const __guest_image_end) as u64
+}
+
+// Device registers. Each access is one `ldr`/`str` with a plain base
+// register, written out in assembly: a volatile pointer access lets the
+// compiler pick post-indexed or paired forms in a loop, which carry no
+// syndrome a hypervisor can emulate (it answers them with an external
+// abort, docs/guest-interface.md).
+
+/// One 32-bit load from a device register.
+///
+/// # Safety
+/// `address` must be 4-byte aligned and a device register (or RAM) this
+/// guest may read; a read with side effects is the caller's business.
+pub unsafe fn mmio_read32(address: usize) -> u32 {
+    let value: u32;
+    // SAFETY: the caller vouches for the address; the load touches nothing else.
+    unsafe {
+        asm!("ldr {value:w}, [{address}]", value = out(reg) value, address = in(reg) address,
+             options(nostack, preserves_flags));
+    }
+    value
+}
+
+/// One 32-bit store to a device register.
+///
+/// # Safety
+/// `address` must be 4-byte aligned and a device register this guest may
+/// write, where the write does what the caller intends.
+pub unsafe fn mmio_write32(address: usize, value: u32) {
+    // SAFETY: the caller vouches for the address and the effect of the store.
+    unsafe {
+        asm!("str {value:w}, [{address}]", value = in(reg) value, address = in(reg) address,
+             options(nostack, preserves_flags));
+    }
+}
+
+/// One 8-bit store to a device register.
+///
+/// # Safety
+/// As [`mmio_write32`], for a byte-accessible register.
+pub unsafe fn mmio_write8(address: usize, value: u8) {
+    // SAFETY: the caller vouches for the address and the effect of the store.
+    unsafe {
+        asm!("strb {value:w}, [{address}]", value = in(reg) u32::from(value), address = in(reg) address,
+             options(nostack, preserves_flags));
+    }
+}
+
+/// One 64-bit store to a device register.
+///
+/// # Safety
+/// As [`mmio_write32`], 8-byte aligned, for a register that takes 64-bit
+/// accesses.
+pub unsafe fn mmio_write64(address: usize, value: u64) {
+    // SAFETY: the caller vouches for the address and the effect of the store.
+    unsafe {
+        asm!("str {value}, [{address}]", value = in(reg) value, address = in(reg) address,
+             options(nostack, preserves_flags));
+    }
+}
+
+/// Defines a reader of a system register the guest owns at EL1 (the GIC
+/// CPU interface, the generic timers).
+macro_rules! read_system_register {
+    ($read:ident, $name:literal) => {
+        #[doc = concat!("Reads ", $name, ".")]
+        pub fn $read() -> u64 {
+            let value: u64;
+            // SAFETY: reading this register at EL1 has no side effects on
+            // memory; the ones with side effects on the GIC (the IARs) are
+            // read through their own functions.
+            unsafe { asm!(concat!("mrs {}, ", $name), out(reg) value, options(nomem, nostack, preserves_flags)) };
+            value
+        }
+    };
+}
+
+/// Defines a writer of such a register. It ends with an ISB, so the effect
+/// is in place when it returns (a timer's new deadline, a new priority
+/// mask).
+macro_rules! write_system_register {
+    ($write:ident, $name:literal) => {
+        #[doc = concat!("Writes ", $name, ", then an ISB.")]
+        pub fn $write(value: u64) {
+            // SAFETY: the register belongs to this vCPU's EL1 state (its
+            // GIC CPU interface or timers); writing it changes no memory.
+            unsafe { asm!(concat!("msr ", $name, ", {}"), "isb", in(reg) value, options(nostack, preserves_flags)) };
+        }
+    };
+}
+
+read_system_register!(icc_sre_read, "icc_sre_el1");
+write_system_register!(icc_sre_write, "icc_sre_el1");
+write_system_register!(icc_pmr_write, "icc_pmr_el1");
+write_system_register!(icc_bpr1_write, "icc_bpr1_el1");
+read_system_register!(icc_ctlr_read, "icc_ctlr_el1");
+write_system_register!(icc_ctlr_write, "icc_ctlr_el1");
+write_system_register!(icc_igrpen1_write, "icc_igrpen1_el1");
+read_system_register!(cntv_ctl_read, "cntv_ctl_el0");
+write_system_register!(cntv_ctl_write, "cntv_ctl_el0");
+read_system_register!(cntv_cval_read, "cntv_cval_el0");
+write_system_register!(cntv_cval_write, "cntv_cval_el0");
+read_system_register!(cntp_ctl_read, "cntp_ctl_el0");
+write_system_register!(cntp_ctl_write, "cntp_ctl_el0");
+read_system_register!(cntp_cval_read, "cntp_cval_el0");
+write_system_register!(cntp_cval_write, "cntp_cval_el0");
+
+/// Reads ICC_IAR1_EL1: acknowledges the highest-priority pending Group 1
+/// interrupt (it becomes active).
+pub fn icc_iar1_read() -> u64 {
+    let value: u64;
+    // SAFETY: acknowledging changes the GIC's state, not memory; the
+    // dispatcher that calls this completes every acknowledged interrupt.
+    unsafe {
+        asm!("mrs {}, icc_iar1_el1", out(reg) value, options(nomem, nostack, preserves_flags))
+    };
+    value
+}
+
+/// Writes ICC_EOIR1_EL1 (priority drop, and deactivation in EOImode 0).
+pub fn icc_eoir1_write(value: u64) {
+    // SAFETY: changes the GIC's state only.
+    unsafe {
+        asm!("msr icc_eoir1_el1, {}", "isb", in(reg) value, options(nostack, preserves_flags))
+    };
+}
+
+/// Writes ICC_DIR_EL1 (deactivation, for EOImode 1).
+pub fn icc_dir_write(value: u64) {
+    // SAFETY: changes the GIC's state only.
+    unsafe { asm!("msr icc_dir_el1, {}", "isb", in(reg) value, options(nostack, preserves_flags)) };
+}
+
+/// Writes ICC_SGI1R_EL1 after a DSB, so that what this vCPU wrote before
+/// is visible to the vCPUs the SGI reaches before their handlers run.
+pub fn icc_sgi1r_write(value: u64) {
+    // SAFETY: sends an SGI; changes no memory.
+    unsafe {
+        asm!("dsb sy", "msr icc_sgi1r_el1, {}", "isb", in(reg) value, options(nostack, preserves_flags))
+    };
+}
+
+/// A full-system DSB: earlier memory accesses complete before later ones
+/// (an SGI sent by a device-register write after it, for one).
+pub fn data_barrier() {
+    // SAFETY: a barrier only orders accesses.
+    unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
+}
+
+/// DAIF.
+pub fn daif() -> u64 {
+    let value: u64;
+    // SAFETY: reading DAIF has no side effects.
+    unsafe { asm!("mrs {}, daif", out(reg) value, options(nomem, nostack, preserves_flags)) };
+    value
+}
+
+/// Sets PSTATE.I: IRQs are no longer taken.
+pub fn irq_mask() {
+    // SAFETY: masking IRQs changes no memory. Not `nomem`: the compiler
+    // must not move memory accesses out of the masked section.
+    unsafe { asm!("msr daifset, #2", options(nostack, preserves_flags)) };
+}
+
+/// Clears PSTATE.I: pending IRQs are taken from here on.
+pub fn irq_unmask() {
+    // SAFETY: unmasking runs the SDK's IRQ handler, which saves and
+    // restores everything it touches. Not `nomem`: memory the handler
+    // writes must be re-read after this point.
+    unsafe { asm!("msr daifclr, #2", "isb", options(nostack, preserves_flags)) };
+}
+
+/// Waits for an interrupt (or returns at once if one is pending, masked or
+/// not).
+pub fn wait_for_interrupt() {
+    // SAFETY: WFI only waits. Not `nomem`: a handler may have written memory.
+    unsafe { asm!("dsb sy", "wfi", options(nostack, preserves_flags)) };
 }

@@ -65,8 +65,30 @@ pub unsafe fn probe_write(_address: u64, _value: u64) -> ProbeOutcome {
     ProbeOutcome::default()
 }
 
+pub fn probe_read32(address: u64) -> ProbeOutcome {
+    probe_read(address)
+}
+
+/// # Safety
+/// Always safe on the host, where it does nothing; see the real one.
+pub unsafe fn probe_write32(_address: u64, _value: u32) -> ProbeOutcome {
+    ProbeOutcome::default()
+}
+
+/// # Safety
+/// Always safe on the host, where it does nothing; see the real one.
+pub unsafe fn probe_write8(_address: u64, _value: u8) -> ProbeOutcome {
+    ProbeOutcome::default()
+}
+
 pub fn probe_sites() -> ProbeSites {
-    ProbeSites { read: 0, write: 0 }
+    ProbeSites {
+        read: 0,
+        write: 0,
+        read32: 0,
+        write32: 0,
+        write8: 0,
+    }
 }
 
 pub fn secondary_entry_address() -> u64 {
@@ -76,3 +98,68 @@ pub fn secondary_entry_address() -> u64 {
 pub fn image_range() -> Range<u64> {
     0..0
 }
+
+/// # Safety
+/// Always safe on the host, where it reads nothing; see the real one.
+pub unsafe fn mmio_read32(_address: usize) -> u32 {
+    0
+}
+
+/// # Safety
+/// Always safe on the host, where it does nothing; see the real one.
+pub unsafe fn mmio_write32(_address: usize, _value: u32) {}
+
+/// # Safety
+/// Always safe on the host, where it does nothing; see the real one.
+pub unsafe fn mmio_write8(_address: usize, _value: u8) {}
+
+/// # Safety
+/// Always safe on the host, where it does nothing; see the real one.
+pub unsafe fn mmio_write64(_address: usize, _value: u64) {}
+
+/// System registers read as 0 and ignore writes on the host.
+macro_rules! system_register {
+    ($read:ident, $write:ident) => {
+        pub fn $read() -> u64 {
+            0
+        }
+
+        pub fn $write(_value: u64) {}
+    };
+}
+
+system_register!(icc_sre_read, icc_sre_write);
+pub fn icc_pmr_write(_value: u64) {}
+
+pub fn icc_bpr1_write(_value: u64) {}
+
+pub fn icc_igrpen1_write(_value: u64) {}
+system_register!(icc_ctlr_read, icc_ctlr_write);
+system_register!(cntv_ctl_read, cntv_ctl_write);
+system_register!(cntv_cval_read, cntv_cval_write);
+system_register!(cntp_ctl_read, cntp_ctl_write);
+system_register!(cntp_cval_read, cntp_cval_write);
+
+/// The spurious INTID: nothing is ever pending on the host.
+pub fn icc_iar1_read() -> u64 {
+    1023
+}
+
+pub fn icc_eoir1_write(_value: u64) {}
+
+pub fn icc_dir_write(_value: u64) {}
+
+pub fn icc_sgi1r_write(_value: u64) {}
+
+pub fn data_barrier() {}
+
+/// All of DAIF set, as at a guest's entry.
+pub fn daif() -> u64 {
+    0x3C0
+}
+
+pub fn irq_mask() {}
+
+pub fn irq_unmask() {}
+
+pub fn wait_for_interrupt() {}

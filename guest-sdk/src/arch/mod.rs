@@ -28,12 +28,26 @@ pub struct ProbeOutcome {
     pub far: u64,
 }
 
-/// The addresses of the probe accessors' one load and one store: the
-/// exception handler recovers only from aborts of these two instructions.
+/// The addresses of the probe accessors' loads and stores (64, 32 and 8 bits):
+/// the exception handler recovers only from aborts of these instructions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProbeSites {
     pub read: u64,
     pub write: u64,
+    pub read32: u64,
+    pub write32: u64,
+    pub write8: u64,
+}
+
+impl ProbeSites {
+    /// Whether `address` is one of the probe accesses.
+    pub const fn contains(&self, address: u64) -> bool {
+        address == self.read
+            || address == self.write
+            || address == self.read32
+            || address == self.write32
+            || address == self.write8
+    }
 }
 
 /// In an aborted probe, the exception handler puts ESR_EL1 in this
