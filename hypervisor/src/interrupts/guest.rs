@@ -94,16 +94,21 @@ fn arm_fast_path(vgic: &VmInterrupts, vcpu: VcpuId) {
             entry: 0,
         },
     };
-    // SAFETY: this CPU's own slot; its IRQ entry, the only reader, cannot
-    // run now (EL2 runs with IRQs masked).
-    unsafe { (&raw mut TESSERA_FAST_LINKED[cpu]).write(value) };
+    // SAFETY: a pointer to this CPU's own slot (no reference to the
+    // mutable static is formed); its IRQ entry, the only reader, cannot run
+    // now (EL2 runs with IRQs masked), and no other CPU touches the slot.
+    let slot = unsafe { &raw mut TESSERA_FAST_LINKED[cpu] };
+    // SAFETY: as above; the pointer is valid and aligned.
+    unsafe { slot.write(value) };
 }
 
 /// Disarms this CPU's fast path (its vCPU leaves).
 fn disarm_fast_path() {
     let cpu = crate::arch::cpu_index();
     // SAFETY: as in `arm_fast_path`.
-    unsafe { (&raw mut TESSERA_FAST_LINKED[cpu].armed).write(0) };
+    let armed = unsafe { &raw mut TESSERA_FAST_LINKED[cpu].armed };
+    // SAFETY: as in `arm_fast_path`.
+    unsafe { armed.write(0) };
 }
 
 /// The PPIs linked to the physical PPI of the same number on the vCPU's
