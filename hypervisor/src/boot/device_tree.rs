@@ -281,7 +281,10 @@ fn finish_node(
     {
         machine.gic_version = gic_version_of(compatible);
     }
-    let parent_name = unit_name(parent.name);
+    // Only the depth-2 checks need the parent's name: scanning it for every
+    // node (most of them a bus's many children) cost boot thousands of
+    // instructions.
+    let parent_name = || unit_name(parent.name);
     if depth == 1 && (node.is_memory || unit_name(node.name) == b"memory") {
         if let Some(reg) = node.reg {
             add_reg_ranges(
@@ -291,7 +294,7 @@ fn finish_node(
                 parent.size_cells,
             )?;
         }
-    } else if depth == 2 && parent_name == b"reserved-memory" {
+    } else if depth == 2 && parent_name() == b"reserved-memory" {
         if let Some(reg) = node.reg {
             add_reg_ranges(
                 &mut machine.reserved,
@@ -301,7 +304,7 @@ fn finish_node(
             )?;
         }
     } else if depth == 2
-        && parent_name == b"cpus"
+        && parent_name() == b"cpus"
         && (node.is_cpu || unit_name(node.name) == b"cpu")
     {
         let affinity = node
