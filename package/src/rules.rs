@@ -438,11 +438,7 @@ pub fn check_passthrough_range(
         .iter()
         .find(|device| overlaps(base, end, device.range))
     {
-        return Err(RuleError::PassthroughHypervisorDevice {
-            base,
-            end,
-            device: *device,
-        });
+        return Err(RuleError::PassthroughHypervisorDevice { base, end, device });
     }
     if end > GUEST_PHYSICAL_LIMIT {
         return Err(RuleError::PassthroughPastLimit { base, end });
@@ -451,11 +447,7 @@ pub fn check_passthrough_range(
         .iter()
         .find(|device| overlaps(base, end, device.range))
     {
-        return Err(RuleError::PassthroughGuestDevice {
-            base,
-            end,
-            device: *device,
-        });
+        return Err(RuleError::PassthroughGuestDevice { base, end, device });
     }
     Ok(())
 }
@@ -477,7 +469,6 @@ pub const fn check_passthrough_ram(
     if base < ram_end && end > ram_base {
         Err(RuleError::PassthroughOverlapsRam {
             base,
-            end,
             ram_base,
             ram_end,
         })
@@ -502,7 +493,7 @@ pub fn check_passthrough_spi(board: &'static BoardRules, spi: u32) -> Result<(),
         .chain(GUEST_SPIS)
         .find(|used| used.spi == spi)
     {
-        Some(used) => Err(RuleError::SpiReserved { used: *used }),
+        Some(used) => Err(RuleError::SpiReserved { used }),
         None => Ok(()),
     }
 }
@@ -555,8 +546,6 @@ impl PassthroughClaims {
             match *slot {
                 Some((other_base, other_end, owner)) if base < other_end && end > other_base => {
                     return Err(RuleError::PassthroughTaken {
-                        base,
-                        end,
                         other_base,
                         other_end,
                         vm: owner,
@@ -686,7 +675,7 @@ pub enum RuleError {
     PassthroughHypervisorDevice {
         base: u64,
         end: u64,
-        device: NamedRange,
+        device: &'static NamedRange,
     },
     /// Ends past the 39-bit guest-physical space it is mapped into.
     PassthroughPastLimit {
@@ -696,18 +685,16 @@ pub enum RuleError {
     PassthroughGuestDevice {
         base: u64,
         end: u64,
-        device: NamedRange,
+        device: &'static NamedRange,
     },
+    /// Overlaps the VM's RAM, `ram_base..ram_end`.
     PassthroughOverlapsRam {
         base: u64,
-        end: u64,
         ram_base: u64,
         ram_end: u64,
     },
     /// Overlaps `other_base..other_end`, given to VM `vm` already.
     PassthroughTaken {
-        base: u64,
-        end: u64,
         other_base: u64,
         other_end: u64,
         vm: usize,
@@ -723,7 +710,7 @@ pub enum RuleError {
         spi: u32,
     },
     SpiReserved {
-        used: NamedSpi,
+        used: &'static NamedSpi,
     },
     /// The same VM lists the SPI twice.
     SpiTwice {
@@ -735,6 +722,10 @@ pub enum RuleError {
         vm: usize,
     },
 }
+
+// The hypervisor returns these by value on its boot path, inside its
+// manifest errors: keep them small (references, not copies, of tables).
+const _: () = assert!(core::mem::size_of::<RuleError>() <= 32);
 
 impl RuleError {
     /// Whether the reason is a predicate that reads after the value
@@ -921,29 +912,23 @@ impl fmt::Display for RuleError {
             ),
             Self::PassthroughOverlapsRam {
                 base,
-                end,
                 ram_base,
                 ram_end,
             } => write!(
                 f,
-                "the range {}..{} overlaps the VM's RAM {}..{}; a passthrough device appears at \
-                 its own address",
+                "the range at {} overlaps the VM's RAM {}..{}; a passthrough device appears \
+                 at its own address",
                 Address(base),
-                Address(end),
                 Address(ram_base),
                 Address(ram_end)
             ),
             Self::PassthroughTaken {
-                base,
-                end,
                 other_base,
                 other_end,
                 vm,
             } => write!(
                 f,
-                "the range {}..{} overlaps {}..{}, already given to vm[{vm}]",
-                Address(base),
-                Address(end),
+                "overlaps the range {}..{}, already given to vm[{vm}]",
                 Address(other_base),
                 Address(other_end)
             ),
@@ -1434,7 +1419,6 @@ mod tests {
             check_passthrough_ram(0x4000_0000, 0x1000, 0x4000_0000, 64 * MIB),
             Err(RuleError::PassthroughOverlapsRam {
                 base: 0x4000_0000,
-                end: 0x4000_1000,
                 ram_base: 0x4000_0000,
                 ram_end: 0x4400_0000
             })
@@ -1496,8 +1480,6 @@ mod tests {
         assert_eq!(
             claims.claim_range(1, 0x0901_0000, 0x1000),
             Err(RuleError::PassthroughTaken {
-                base: 0x0901_0000,
-                end: 0x0901_1000,
                 other_base: 0x0901_0000,
                 other_end: 0x0901_1000,
                 vm: 0
