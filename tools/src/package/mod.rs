@@ -74,8 +74,14 @@ pub fn build(system: &LoadedSystem) -> Result<Vec<u8>, String> {
     let mut archive = cpio::Writer::new();
     archive.add_file(MANIFEST_ENTRY, &manifest)?;
     let gic_version = system.config.board.gic_version;
-    for (vm, image) in system.config.vms.iter().zip(&system.images) {
-        let dtb = guest_dt::guest_dtb(vm, gic_version)
+    let vms = system
+        .config
+        .vms
+        .iter()
+        .zip(&system.images)
+        .zip(&system.devices);
+    for ((vm, image), devices) in vms {
+        let dtb = guest_dt::guest_dtb(vm, gic_version, devices)
             .map_err(|err| format!("vm \"{}\": cannot write its device tree: {err}", vm.name))?;
         // The hypervisor copies it into the last 64 KiB of the VM's RAM.
         if dtb.len() as u64 >= DEVICE_TREE_ROOM {
@@ -113,6 +119,7 @@ mod tests {
             ram_base,
             cpus: cpus.to_vec(),
             bootargs: None,
+            passthrough: Vec::new(),
         };
         let image = |load_offset: u64, bytes: Vec<u8>| GuestImage {
             path: PathBuf::from("target/guests/hello.bin"),
@@ -139,6 +146,7 @@ mod tests {
                 image(0x8_0000, fake_image(0x8_0000, 0, 4096)),
                 image(0, b"raw guest".to_vec()),
             ],
+            devices: vec![Vec::new(), Vec::new()],
         }
     }
 

@@ -40,6 +40,18 @@ impl ImageLocator for Examples {
             .cloned()
             .ok_or_else(|| format!("guest-sdk has no example \"{name}\""))
     }
+
+    /// The trees QEMU 10 itself writes for virt (`dumpdtb`), which the
+    /// hypervisor's tests read too.
+    fn board_device_tree(&mut self, machine: Machine) -> Result<Vec<u8>, String> {
+        Ok(match machine {
+            Machine::VirtGicv2 => {
+                include_bytes!("../../../hypervisor/testdata/qemu-virt-gicv2-2cpu.dtb").to_vec()
+            }
+            Machine::Raspi4b => crate::firmware_dt::raspi4b_dtb().map_err(|err| err.to_string())?,
+            _ => include_bytes!("../../../hypervisor/testdata/qemu-virt-gicv3-4cpu.dtb").to_vec(),
+        })
+    }
 }
 
 /// A directory of its own for each test.
@@ -123,6 +135,7 @@ bootargs = \"console=ttyAMA0\"
             ram_base: 0x4000_0000,
             cpus: vec![1],
             bootargs: None,
+            passthrough: Vec::new(),
         }
     );
     assert_eq!(config.vms[1].ram_base, 0x8000_0000);
@@ -262,7 +275,7 @@ fn unknown_keys_name_the_expected_ones() {
             "",
             "unknown-vm"
         ),
-        "systems/demo.toml: vm[0].memory: unknown key (expected one of: name, image, ram, ram-base, cpus, bootargs)"
+        "systems/demo.toml: vm[0].memory: unknown key (expected one of: name, image, ram, ram-base, cpus, bootargs, passthrough)"
     );
     assert_eq!(
         only_error(
@@ -270,7 +283,7 @@ fn unknown_keys_name_the_expected_ones() {
             "",
             "unknown-board"
         ),
-        "systems/demo.toml: board.colour: unknown key (expected one of: name, gic-version, cpus, memory)"
+        "systems/demo.toml: board.colour: unknown key (expected one of: name, gic-version, cpus, memory, device-tree)"
     );
     let errors = errors(&format!("version = 1\n{BOARD}{ALPHA}"), "unknown-top");
     assert_eq!(
@@ -709,7 +722,7 @@ memory = \"2M\"
             "systems/demo.toml: vm[0].name: \"Alpha\" is not a VM name (1 to 15 of a-z, 0-9 and -, starting with a letter)",
             "systems/demo.toml: vm[0].ram: \"64\" is not a size: expected digits and a unit K, M or G, e.g. \"64M\"",
             "systems/demo.toml: vm[0].cpus: CPU 5 does not exist; the board has CPUs 0 to 1",
-            "systems/demo.toml: vm[1].memory: unknown key (expected one of: name, image, ram, ram-base, cpus, bootargs)",
+            "systems/demo.toml: vm[1].memory: unknown key (expected one of: name, image, ram, ram-base, cpus, bootargs, passthrough)",
             "systems/demo.toml: vm[1].ram-base: guest RAM 0x0800_0000..0x0be0_0000 overlaps the device window 0x0800_0000..0x0a00_0000 (GIC, UART)",
             "systems/demo.toml: vm[1].cpus: CPU 1 is already used by vm[0]",
             "systems/demo.toml: board.memory: the VMs' RAM (62M) plus the hypervisor's reserve (32M) is 94M, more than the board's 64M",
