@@ -165,7 +165,10 @@ impl ImageLocator for ExampleBuilder {
         let args = dump_tree_args(machine, &out);
         run_checked(
             Command::new(QEMU_PROGRAM).args(&args),
-            &format!("{} (writing the board's device tree)", shell_words(QEMU_PROGRAM, &args)),
+            &format!(
+                "{} (writing the board's device tree)",
+                shell_words(QEMU_PROGRAM, &args)
+            ),
         )
         .map_err(|err| format!("{err:#}; give board.device-tree instead"))?;
         std::fs::read(&out).map_err(|err| format!("cannot read {}: {err}", out.display()))

@@ -191,7 +191,10 @@ fn uart_clock() -> ClockNode {
         properties: vec![
             ("compatible".into(), string("fixed-clock")),
             ("#clock-cells".into(), 0u32.to_be_bytes().to_vec()),
-            ("clock-frequency".into(), UART_CLOCK_HZ.to_be_bytes().to_vec()),
+            (
+                "clock-frequency".into(),
+                UART_CLOCK_HZ.to_be_bytes().to_vec(),
+            ),
             ("clock-output-names".into(), string("clk24mhz")),
         ],
     }
@@ -272,7 +275,10 @@ fn passthrough_device(
 ) -> Result<(), Error> {
     let node = fdt.begin_node(&device.name)?;
     fdt.property("compatible", &device.compatible)?;
-    let reg: Vec<u64> = ranges.iter().flat_map(|&(base, size)| [base, size]).collect();
+    let reg: Vec<u64> = ranges
+        .iter()
+        .flat_map(|&(base, size)| [base, size])
+        .collect();
     fdt.property_array_u64("reg", &reg)?;
     if !device.interrupts.is_empty() {
         fdt.property_array_u32("interrupts", &device.interrupts)?;
@@ -448,5 +454,103 @@ mod tests {
         assert_eq!(cells(clock, "#clock-cells"), [0]);
         assert_eq!(cells(clock, "clock-frequency"), [24_000_000]);
         assert_eq!(string(clock, "clock-output-names"), "clk24mhz");
+    }
+
+    /// QEMU's own virt tree (`dumpdtb`), as the hypervisor's tests read it.
+    const VIRT_BOARD: &[u8] =
+        include_bytes!("../../../hypervisor/testdata/qemu-virt-gicv3-4cpu.dtb");
+
+    fn given(paths: &[&str]) -> Vec<PassthroughDevice> {
+        let board = Fdt::new(VIRT_BOARD).unwrap();
+        paths
+            .iter()
+            .map(|path| {
+                let spec = crate::system::PassthroughSpec::Node((*path).to_string());
+                crate::system::passthrough::resolve(&spec, Some(&board)).unwrap()
+            })
+            .collect()
+    }
+
+    /// A node's properties but its phandle, sorted by name.
+    fn properties<'a>(node: fdt::node::FdtNode<'_, 'a>) -> Vec<(&'a str, &'a [u8])> {
+        let mut found: Vec<_> = node
+            .properties()
+            .filter(|property| property.name != "phandle")
+            .map(|property| (property.name, property.value))
+            .collect();
+        found.sort();
+        found
+    }
+
+    #[test]
+    fn a_passthrough_pl031_appears_as_the_board_tree_describes_it() {
+        let devices = given(&["/pl031@9010000"]);
+        let blob = guest_dtb(&vm(&[1], None), 3, &devices).unwrap();
+        let tree = Fdt::new(&blob).unwrap();
+        let board = Fdt::new(VIRT_BOARD).unwrap();
+        let theirs = board.find_node("/pl031@9010000").unwrap();
+        let ours = tree.find_node("/pl031@9010000").unwrap();
+        for property in ["compatible", "reg", "interrupts", "clock-names"] {
+            assert_eq!(
+                ours.property(property).unwrap().value,
+                theirs.property(property).unwrap().value,
+                "{property}"
+            );
+        }
+        // Its interrupt parent is the guest's GIC (the root's), as on the
+        // board it is the board's.
+        assert!(ours.property("interrupt-parent").is_none());
+        assert_eq!(
+            cells(tree.find_node("/").unwrap(), "interrupt-parent"),
+            [GIC_PHANDLE]
+        );
+        // Its clock is the board's apb-pclk, which is the guest's UART
+        // clock already: one node, with the board's properties.
+        let [clock] = cells(ours, "clocks")[..] else {
+            panic!("one clock");
+        };
+        assert_eq!(clock, CLOCK_PHANDLE);
+        let board_clock = board.find_phandle(cells(theirs, "clocks")[0]).unwrap();
+        let guest_clock = tree.find_phandle(clock).unwrap();
+        assert_eq!(guest_clock.name, board_clock.name);
+        assert_eq!(properties(guest_clock), properties(board_clock));
+        assert_eq!(
+            tree.find_node("/")
+                .unwrap()
+                .children()
+                .filter(|node| node.name.starts_with("apb-pclk"))
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_clock_unlike_the_uarts_is_copied_once_with_a_phandle_of_its_own() {
+        let mut devices = given(&["/pl031@9010000", "/pl061@9030000"]);
+        for device in &mut devices {
+            let clock = &mut device.node.as_mut().unwrap().clocks[0];
+            clock
+                .properties
+                .retain(|(name, _)| name != "clock-frequency");
+            clock.properties.push((
+                "clock-frequency".into(),
+                1_000_000u32.to_be_bytes().to_vec(),
+            ));
+        }
+        let blob = guest_dtb(&vm(&[1], None), 2, &devices).unwrap();
+        let tree = Fdt::new(&blob).unwrap();
+        let rtc = tree.find_node("/pl031@9010000").unwrap();
+        let gpio = tree.find_node("/pl061@9030000").unwrap();
+        assert_eq!(cells(rtc, "clocks"), [FIRST_COPIED_PHANDLE]);
+        assert_eq!(cells(gpio, "clocks"), [FIRST_COPIED_PHANDLE]);
+        let copied = tree.find_phandle(FIRST_COPIED_PHANDLE).unwrap();
+        assert_eq!(copied.name, "apb-pclk-3");
+        assert_eq!(cells(copied, "clock-frequency"), [1_000_000]);
+        // The UART keeps its own.
+        assert_eq!(
+            cells(tree.find_phandle(CLOCK_PHANDLE).unwrap(), "clock-frequency"),
+            [24_000_000]
+        );
+        assert_eq!(cells(gpio, "interrupts"), [0, 7, 4]);
     }
 }

@@ -167,6 +167,24 @@ fn list_system(
             image,
             rules::Hex(vm.image_load_offset)
         ));
+        if vm.passthrough_ranges().is_empty() && vm.passthrough_spis().is_empty() {
+            continue;
+        }
+        let mut given: Vec<String> = vm
+            .passthrough_ranges()
+            .iter()
+            .map(|&(base, size)| format!("{}..{}", Address(base), Address(base + size)))
+            .collect();
+        given.extend(
+            vm.passthrough_spis()
+                .iter()
+                .map(|spi| format!("SPI {spi} (INTID {})", spi + 32)),
+        );
+        inspection.listing.push(format!(
+            "vm[{index}] {}: passthrough {}",
+            escaped(vm.name),
+            given.join(", ")
+        ));
     }
 }
 

@@ -359,12 +359,8 @@ fn board_tree(
 ) -> Option<Vec<u8>> {
     let key = "board.device-tree";
     let bytes = match (&draft.board.device_tree, draft.board.spec) {
-        (Some(path), _) => std::fs::read(path).map_err(|err| {
-            format!(
-                "cannot read {}: {err}",
-                workspace::display(path)
-            )
-        }),
+        (Some(path), _) => std::fs::read(path)
+            .map_err(|err| format!("cannot read {}: {err}", workspace::display(path))),
         (None, Some(spec)) => {
             let machine = spec.machine(draft.board.gic_version.unwrap_or(spec.gic_versions[0]));
             locator.board_device_tree(machine)
@@ -374,7 +370,9 @@ fn board_tree(
     };
     let checked = bytes.and_then(|bytes| match fdt::Fdt::new(&bytes) {
         Ok(_) => Ok(bytes),
-        Err(err) => Err(format!("the board's device tree is not a device tree blob: {err:?}")),
+        Err(err) => Err(format!(
+            "the board's device tree is not a device tree blob: {err:?}"
+        )),
     });
     checked.map_err(|reason| problems.add(key, reason)).ok()
 }
@@ -387,10 +385,11 @@ fn check_devices(
     locator: &mut dyn ImageLocator,
     problems: &mut Problems,
 ) -> Vec<Option<Vec<PassthroughDevice>>> {
-    let wanted = draft
-        .vms
-        .iter()
-        .any(|vm| vm.passthrough.as_deref().is_some_and(passthrough::needs_board_tree));
+    let wanted = draft.vms.iter().any(|vm| {
+        vm.passthrough
+            .as_deref()
+            .is_some_and(passthrough::needs_board_tree)
+    });
     let bytes = if wanted {
         board_tree(draft, locator, problems)
     } else {

@@ -41,7 +41,10 @@ pub enum PassthroughSpec {
     /// `reg` and `spis`: ranges (CPU physical addresses) and SPI numbers,
     /// for a device the board's tree does not describe. The guest's tree
     /// gets no node for it.
-    Explicit { reg: Vec<(u64, u64)>, spis: Vec<u32> },
+    Explicit {
+        reg: Vec<(u64, u64)>,
+        spis: Vec<u32>,
+    },
 }
 
 /// A device given to a VM, resolved: what the manifest and the guest's
@@ -178,6 +181,14 @@ fn parse_reg(fields: &Fields<'_>, problems: &mut Problems) -> Option<Vec<(u64, u
         Value::as_array,
         problems,
     )?;
+    if !entries.is_empty() && entries.iter().all(Value::is_integer) {
+        problems.add(
+            fields.key("reg"),
+            "is a flat list of numbers; write each range as a [base, size] pair, e.g. \
+             [[0x9010000, 0x1000]]",
+        );
+        return None;
+    }
     let mut ranges = Vec::new();
     let mut all_good = true;
     for entry in entries {
@@ -229,10 +240,7 @@ fn parse_spis(fields: &Fields<'_>, problems: &mut Problems) -> Option<Vec<u32>> 
                     Value::Integer(number) => number.to_string(),
                     other => describe(other),
                 };
-                problems.add(
-                    fields.key("spis"),
-                    format!("{shown} is not an SPI number"),
-                );
+                problems.add(fields.key("spis"), format!("{shown} is not an SPI number"));
                 all_good = false;
             }
         }
@@ -243,7 +251,10 @@ fn parse_spis(fields: &Fields<'_>, problems: &mut Problems) -> Option<Vec<u32>> 
 /// The device `spec` names; `tree` is the board's device tree, there
 /// whenever a spec names a node. The error is a reason for a message
 /// about the entry's `path`.
-pub fn resolve(spec: &PassthroughSpec, tree: Option<&Fdt<'_>>) -> Result<PassthroughDevice, String> {
+pub fn resolve(
+    spec: &PassthroughSpec,
+    tree: Option<&Fdt<'_>>,
+) -> Result<PassthroughDevice, String> {
     match spec {
         PassthroughSpec::Explicit { reg, spis } => Ok(PassthroughDevice {
             ranges: reg.clone(),
@@ -429,11 +440,9 @@ fn gic_spis(
         .find_map(|node| cell(*node, "interrupt-parent"))
         .and_then(|phandle| tree.find_phandle(phandle))
         .ok_or("its interrupt parent cannot be found")?;
-    let is_gic = parent.compatible().is_some_and(|compatible| {
-        compatible
-            .all()
-            .any(|name| GIC_COMPATIBLES.contains(&name))
-    });
+    let is_gic = parent
+        .compatible()
+        .is_some_and(|compatible| compatible.all().any(|name| GIC_COMPATIBLES.contains(&name)));
     if !is_gic || cell(parent, "#interrupt-cells") != Some(3) {
         return Err(format!(
             "its interrupt parent {} is not the GIC; only the GIC's SPIs can be given to a VM",
