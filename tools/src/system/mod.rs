@@ -7,7 +7,9 @@
 //! Checking runs in two stages so callers that only need the board (the
 //! scenario loader) need not build guests: [`load_config`] does every
 //! check that needs only the text, [`load`] adds the image checks, which
-//! may build guest-sdk examples through an [`ImageLocator`].
+//! may build guest-sdk examples through an [`ImageLocator`], and the
+//! passthrough checks (`passthrough`), which may read the board's device
+//! tree.
 
 mod board;
 mod fields;
