@@ -18,8 +18,7 @@ use core::fmt;
 
 use tessera_package::cpio::Archive;
 use tessera_package::rules::{
-    self, CpuClaims, Hex, MAX_PASSTHROUGH_RANGES, MAX_PASSTHROUGH_SPIS, PassthroughClaims,
-    RuleError,
+    self, CpuClaims, Hex, MAX_PASSTHROUGH_RANGES, PassthroughClaims, RuleError,
 };
 
 use crate::MAX_CPUS;
@@ -204,15 +203,13 @@ pub struct VmManifest<'a> {
     pub image: &'a str,
     pub image_load_offset: u64,
     pub device_tree: &'a str,
-    /// The physical devices given to the VM (`passthrough-reg`): `(base,
-    /// size)` of each range, mapped at the same guest-physical address;
-    /// the first `passthrough_range_count` count.
-    pub passthrough_ranges: [(u64, u64); MAX_PASSTHROUGH_RANGES],
-    pub passthrough_range_count: usize,
-    /// Their SPIs (`passthrough-spis`), by SPI number (INTID - 32); the
-    /// first `passthrough_spi_count` count.
-    pub passthrough_spis: [u32; MAX_PASSTHROUGH_SPIS],
-    pub passthrough_spi_count: usize,
+    /// The physical devices given to the VM: the `passthrough-reg` cells
+    /// (whole `<base size>` u64 pairs, mapped at the same guest-physical
+    /// address) and the `passthrough-spis` cells (SPI numbers, INTID - 32),
+    /// as read; empty for a VM without devices. Kept as the properties'
+    /// bytes, so a manifest without devices costs the boot nothing more.
+    passthrough_reg: &'a [u8],
+    passthrough_spis: &'a [u8],
 }
 
 impl VmManifest<'_> {
@@ -222,15 +219,17 @@ impl VmManifest<'_> {
     }
 
     /// `(base, size)` of each passthrough range.
-    #[must_use]
-    pub fn passthrough_ranges(&self) -> &[(u64, u64)] {
-        &self.passthrough_ranges[..self.passthrough_range_count]
+    pub fn passthrough_ranges(&self) -> impl ExactSizeIterator<Item = (u64, u64)> + '_ {
+        self.passthrough_reg
+            .chunks_exact(16)
+            .map(|entry| (be64(&entry[..8]), be64(&entry[8..])))
     }
 
     /// The SPI number of each passthrough interrupt.
-    #[must_use]
-    pub fn passthrough_spis(&self) -> &[u32] {
-        &self.passthrough_spis[..self.passthrough_spi_count]
+    pub fn passthrough_spis(&self) -> impl ExactSizeIterator<Item = u32> + '_ {
+        self.passthrough_spis
+            .chunks_exact(4)
+            .map(|cell| u32::from_be_bytes([cell[0], cell[1], cell[2], cell[3]]))
     }
 
     /// The passthrough SPIs as the virtual GIC names them: by INTID, which
@@ -238,7 +237,7 @@ impl VmManifest<'_> {
     #[must_use]
     pub fn passthrough_spi_set(&self) -> SpiSet {
         let mut set = SpiSet::EMPTY;
-        for &spi in self.passthrough_spis() {
+        for spi in self.passthrough_spis() {
             // `parse` checked each against the SPIs the vGIC models.
             let modelled = set.insert(SPI_BASE + spi);
             debug_assert!(modelled, "SPI {spi} was checked");
@@ -372,7 +371,8 @@ impl<'a> SystemManifest<'a> {
             .map_err(|rule| root("gic-version", Value::Number(self.gic_version.into()), rule))?;
         rules::check_vm_count(self.vm_count)
             .map_err(|rule| root("vms", Value::Number(self.vm_count as u64), rule))?;
-        let mut claims = PassthroughClaims::default();
+        // Only a system with devices pays for the claims table.
+        let mut claims: Option<PassthroughClaims> = None;
         for (index, vm) in self.vms().enumerate() {
             let fail = |property, value, rule| ManifestError::Rule {
                 vm: Some(VmRef {
@@ -401,7 +401,8 @@ impl<'a> SystemManifest<'a> {
             rules::check_image_fit(vm.ram_base, vm.ram_size, vm.image_load_offset, 0).map_err(
                 |rule| fail("image-load-offset", Value::Hex(vm.image_load_offset), rule),
             )?;
-            for &(base, size) in vm.passthrough_ranges() {
+            for (base, size) in vm.passthrough_ranges() {
+                let claims = claims.get_or_insert_with(PassthroughClaims::default);
                 rules::check_passthrough_range(board, base, size)
                     .and_then(|()| {
                         rules::check_passthrough_ram(base, size, vm.ram_base, vm.ram_size)
@@ -409,7 +410,8 @@ impl<'a> SystemManifest<'a> {
                     .and_then(|()| claims.claim_range(index, base, size))
                     .map_err(|rule| fail("passthrough-reg", Value::Hex(base), rule))?;
             }
-            for &spi in vm.passthrough_spis() {
+            for spi in vm.passthrough_spis() {
+                let claims = claims.get_or_insert_with(PassthroughClaims::default);
                 rules::check_passthrough_spi(board, spi)
                     .and_then(|()| claims.claim_spi(index, spi))
                     .map_err(|rule| fail("passthrough-spis", Value::Number(spi.into()), rule))?;
@@ -436,6 +438,13 @@ struct VmFields<'a> {
 /// A number of exactly `cells` big-endian 32-bit cells.
 fn cells(value: &[u8], cells: usize) -> Option<u64> {
     read_cells(value, cells).filter(|_| value.len() == cells * 4)
+}
+
+/// A big-endian u64 from exactly eight bytes.
+fn be64(bytes: &[u8]) -> u64 {
+    let mut value = [0; 8];
+    value.copy_from_slice(bytes);
+    u64::from_be_bytes(value)
 }
 
 /// Exactly one NUL-terminated UTF-8 string, without a NUL inside.
@@ -526,15 +535,6 @@ impl<'a> VmFields<'a> {
                 rule,
             }
         })?;
-        let mut passthrough_ranges = [(0, 0); MAX_PASSTHROUGH_RANGES];
-        for (slot, entry) in passthrough_ranges.iter_mut().zip(reg.chunks_exact(16)) {
-            let (base, size) = entry.split_at(8);
-            *slot = (cells(base, 2).unwrap_or(0), cells(size, 2).unwrap_or(0));
-        }
-        let mut passthrough_spis = [0; MAX_PASSTHROUGH_SPIS];
-        for (slot, chunk) in passthrough_spis.iter_mut().zip(spis.chunks_exact(4)) {
-            *slot = u32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        }
         Ok(VmManifest {
             name,
             ram_base: read(vm, "ram-base", self.ram_base, u64_value)?,
@@ -544,10 +544,8 @@ impl<'a> VmFields<'a> {
             image: read(vm, "image", self.image, strict_string)?,
             image_load_offset: read(vm, "image-load-offset", self.image_load_offset, u64_value)?,
             device_tree: read(vm, "device-tree", self.device_tree, strict_string)?,
-            passthrough_ranges,
-            passthrough_range_count: range_count,
-            passthrough_spis,
-            passthrough_spi_count: spi_count,
+            passthrough_reg: reg,
+            passthrough_spis: spis,
         })
     }
 }
@@ -1102,16 +1100,16 @@ pub(crate) mod tests {
         let system = parse(&blob).unwrap();
         let vms: Vec<_> = system.vms().collect();
         assert_eq!(
-            vms[0].passthrough_ranges(),
-            &[(0x0901_0000, 0x1000), (0x0903_0000, 0x1000)]
+            vms[0].passthrough_ranges().collect::<Vec<_>>(),
+            [(0x0901_0000, 0x1000), (0x0903_0000, 0x1000)]
         );
-        assert_eq!(vms[0].passthrough_spis(), &[2, 7]);
+        assert_eq!(vms[0].passthrough_spis().collect::<Vec<_>>(), [2, 7]);
         let set = vms[0].passthrough_spi_set();
         assert!(set.contains(34) && set.contains(39));
         assert!(!set.contains(33) && !set.contains(2) && !set.contains(7));
         assert_eq!(vms[1].passthrough_spi_set(), SpiSet::EMPTY);
-        assert!(vms[1].passthrough_ranges().is_empty());
-        assert!(vms[1].passthrough_spis().is_empty());
+        assert_eq!(vms[1].passthrough_ranges().len(), 0);
+        assert_eq!(vms[1].passthrough_spis().len(), 0);
     }
 
     #[test]

@@ -285,7 +285,7 @@ fn build_vm(
     // hypervisor's devices, the guest's emulated ones and its RAM. Mapped,
     // the guest's accesses reach the device without a trap; the device map
     // below never sees them.
-    for &(base, size) in manifest.passthrough_ranges() {
+    for (base, size) in manifest.passthrough_ranges() {
         stage2
             .map_device(GuestPhysAddr(base), PhysAddr(base), size)
             .map_err(|_| stage2_error)?;
