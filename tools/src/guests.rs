@@ -197,6 +197,15 @@ mod tests {
     }
 
     #[test]
+    fn the_board_tree_comes_from_qemu_as_it_boots_the_hypervisor() {
+        assert_eq!(
+            dump_tree_args(Machine::VirtGicv2, Path::new("target/machines/x.dtb")).join(" "),
+            "-M virt,virtualization=on,gic-version=2,dumpdtb=target/machines/x.dtb \
+             -cpu cortex-a72 -display none -nic none"
+        );
+    }
+
+    #[test]
     fn unknown_examples_are_refused_before_cargo_runs() {
         let root = std::env::temp_dir().join(format!("tessera-guests-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);

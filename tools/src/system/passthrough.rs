@@ -181,7 +181,14 @@ fn parse_reg(fields: &Fields<'_>, problems: &mut Problems) -> Option<Vec<(u64, u
         Value::as_array,
         problems,
     )?;
-    if !entries.is_empty() && entries.iter().all(Value::is_integer) {
+    if entries.is_empty() {
+        problems.add(
+            fields.key("reg"),
+            "empty; give each register range as a [base, size] pair, e.g. [[0x9010000, 0x1000]]",
+        );
+        return None;
+    }
+    if entries.iter().all(Value::is_integer) {
         problems.add(
             fields.key("reg"),
             "is a flat list of numbers; write each range as a [base, size] pair, e.g. \

@@ -1122,6 +1122,11 @@ fn passthrough_entries_that_name_no_usable_device() {
              [base, size] pair, e.g. [[0x9010000, 0x1000]]",
         ),
         (
+            "reg = []",
+            "vm[0].passthrough[0].reg: empty; give each register range as a [base, size] pair, \
+             e.g. [[0x9010000, 0x1000]]",
+        ),
+        (
             "reg = [[0x9010000, -1]]",
             "vm[0].passthrough[0].reg: an array is not a [base, size] pair of non-negative \
              integers",
