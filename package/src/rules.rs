@@ -16,7 +16,7 @@
 use core::fmt;
 use core::ops::{Range, RangeInclusive};
 
-use tessera_platform::guest;
+use tessera_platform::{PhysRange, QEMU_VIRT as VIRT_BOARD, RASPBERRY_PI_4, guest};
 
 pub const KIB: u64 = 1 << 10;
 pub const MIB: u64 = 1 << 20;
@@ -41,6 +41,20 @@ pub const MAX_CPUS: usize = 8;
 /// At most one VM per CPU.
 pub const MAX_VMS: usize = MAX_CPUS;
 
+/// A range of addresses with what it is, for messages: "the console UART".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NamedRange {
+    pub name: &'static str,
+    pub range: PhysRange,
+}
+
+/// An SPI something else already uses, with what uses it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NamedSpi {
+    pub name: &'static str,
+    pub spi: u32,
+}
+
 /// What the rules know about a board a system can be built for.
 #[derive(Debug, PartialEq, Eq)]
 pub struct BoardRules {
@@ -48,18 +62,59 @@ pub struct BoardRules {
     pub name: &'static str,
     pub gic_versions: &'static [u32],
     pub cpus: RangeInclusive<u32>,
+    /// Where the board's devices are (`tessera_platform::Board::
+    /// device_windows`): a passthrough range must lie inside one.
+    pub device_space: &'static [PhysRange],
+    /// The devices the hypervisor keeps for itself: no VM gets them.
+    pub hypervisor_devices: &'static [NamedRange],
+    /// The physical SPIs of those devices.
+    pub hypervisor_spis: &'static [NamedSpi],
 }
 
 pub const QEMU_VIRT: BoardRules = BoardRules {
     name: "qemu-virt",
     gic_versions: &[2, 3],
     cpus: 1..=MAX_CPUS as u32,
+    device_space: VIRT_BOARD.device_windows,
+    hypervisor_devices: &[
+        NamedRange {
+            name: "the console UART",
+            range: VIRT_BOARD.console_uart,
+        },
+        // Distributor, ITS, redistributors of up to 8 CPUs, and the GICv2
+        // CPU, hypervisor and virtual CPU interfaces: whichever version
+        // QEMU is started with, the GIC is in here.
+        NamedRange {
+            name: "the GIC",
+            range: PhysRange::new(0x0800_0000, 0x0100_0000),
+        },
+    ],
+    hypervisor_spis: &[NamedSpi {
+        name: "the console UART",
+        spi: 1,
+    }],
 };
 
 pub const RPI4: BoardRules = BoardRules {
     name: "rpi4",
     gic_versions: &[2],
     cpus: 4..=4,
+    device_space: RASPBERRY_PI_4.device_windows,
+    hypervisor_devices: &[
+        NamedRange {
+            name: "the console UART",
+            range: RASPBERRY_PI_4.console_uart,
+        },
+        // The GIC-400's 32 KiB: distributor, CPU interface, GICH, GICV.
+        NamedRange {
+            name: "the GIC",
+            range: PhysRange::new(0xFF84_0000, 0x8000),
+        },
+    ],
+    hypervisor_spis: &[NamedSpi {
+        name: "the console UART",
+        spi: 121,
+    }],
 };
 
 /// Every board, in the order messages list them.
@@ -301,6 +356,238 @@ pub const fn check_vm_count(count: usize) -> Result<(), RuleError> {
     }
 }
 
+/// Passthrough ranges are mapped page by page into stage 2: base and size
+/// are multiples of this.
+pub const PASSTHROUGH_GRANULE: u64 = 4 * KIB;
+/// SPIs the virtual GIC models: SPI numbers `0..SPI_COUNT` (INTIDs 32 to
+/// 255).
+pub const SPI_COUNT: u32 = 224;
+/// At most this many passthrough ranges per VM.
+pub const MAX_PASSTHROUGH_RANGES: usize = 8;
+/// At most this many passthrough SPIs per VM.
+pub const MAX_PASSTHROUGH_SPIS: usize = 8;
+
+/// The guest's emulated devices, at the addresses every guest sees them
+/// (`tessera_platform::guest`). A passthrough range is mapped at its own
+/// physical address, so it must stay clear of these.
+pub const GUEST_DEVICES: &[NamedRange] = &[
+    // Distributor, GICv2 CPU interface, and the GICv3 redistributors of up
+    // to MAX_CPUS vCPUs.
+    NamedRange {
+        name: "the guest's virtual GIC",
+        range: PhysRange::new(
+            guest::GIC_DISTRIBUTOR.base,
+            guest::GICV3_REDISTRIBUTORS_BASE + MAX_CPUS as u64 * guest::GICV3_REDISTRIBUTOR_STRIDE
+                - guest::GIC_DISTRIBUTOR.base,
+        ),
+    },
+    NamedRange {
+        name: "the guest's virtual UART",
+        range: guest::UART,
+    },
+];
+
+const _: () = assert!(
+    guest::GICV2_CPU_INTERFACE.base + guest::GICV2_CPU_INTERFACE.size
+        <= guest::GICV3_REDISTRIBUTORS_BASE,
+    "the GICv2 CPU interface lies inside the virtual GIC's range"
+);
+
+/// The SPIs every guest's emulated devices use.
+pub const GUEST_SPIS: &[NamedSpi] = &[NamedSpi {
+    name: "the guest's virtual UART",
+    spi: guest::UART_SPI,
+}];
+
+const fn overlaps(base: u64, end: u64, range: PhysRange) -> bool {
+    base < range.base + range.size && end > range.base
+}
+
+/// One passthrough range on `board`: whole pages, not empty, inside the
+/// board's device space, clear of the hypervisor's own devices, and (as
+/// it is mapped at its own address) inside the guest-physical space and
+/// clear of the guest's emulated devices.
+///
+/// # Errors
+/// `PassthroughEmpty`, `PassthroughUnaligned`, `PassthroughPast2To64`,
+/// `PassthroughOutsideDevices`, `PassthroughHypervisorDevice`,
+/// `PassthroughPastLimit` or `PassthroughGuestDevice`.
+pub fn check_passthrough_range(
+    board: &'static BoardRules,
+    base: u64,
+    size: u64,
+) -> Result<(), RuleError> {
+    if size == 0 {
+        return Err(RuleError::PassthroughEmpty { base });
+    }
+    if !base.is_multiple_of(PASSTHROUGH_GRANULE) || !size.is_multiple_of(PASSTHROUGH_GRANULE) {
+        return Err(RuleError::PassthroughUnaligned { base, size });
+    }
+    let Some(end) = base.checked_add(size) else {
+        return Err(RuleError::PassthroughPast2To64 { base, size });
+    };
+    let inside = board
+        .device_space
+        .iter()
+        .any(|window| window.base <= base && end <= window.base + window.size);
+    if !inside {
+        return Err(RuleError::PassthroughOutsideDevices { board, base, end });
+    }
+    if let Some(device) = board
+        .hypervisor_devices
+        .iter()
+        .find(|device| overlaps(base, end, device.range))
+    {
+        return Err(RuleError::PassthroughHypervisorDevice { base, end, device });
+    }
+    if end > GUEST_PHYSICAL_LIMIT {
+        return Err(RuleError::PassthroughPastLimit { base, end });
+    }
+    if let Some(device) = GUEST_DEVICES
+        .iter()
+        .find(|device| overlaps(base, end, device.range))
+    {
+        return Err(RuleError::PassthroughGuestDevice { base, end, device });
+    }
+    Ok(())
+}
+
+/// A passthrough range against the VM's RAM: the device appears at its
+/// own address, so that address cannot be RAM too. The range has passed
+/// [`check_passthrough_range`] (so it does not wrap).
+///
+/// # Errors
+/// `PassthroughOverlapsRam`.
+pub const fn check_passthrough_ram(
+    base: u64,
+    size: u64,
+    ram_base: u64,
+    ram_size: u64,
+) -> Result<(), RuleError> {
+    let end = base.saturating_add(size);
+    let ram_end = ram_base.saturating_add(ram_size);
+    if base < ram_end && end > ram_base {
+        Err(RuleError::PassthroughOverlapsRam {
+            base,
+            ram_base,
+            ram_end,
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// One passthrough SPI (its number, as a device tree's `<0 N flags>`
+/// writes it): one the virtual GIC models, used neither by the
+/// hypervisor's devices nor by the guest's emulated ones.
+///
+/// # Errors
+/// `NotAnSpi` or `SpiReserved`.
+pub fn check_passthrough_spi(board: &'static BoardRules, spi: u32) -> Result<(), RuleError> {
+    if spi >= SPI_COUNT {
+        return Err(RuleError::NotAnSpi { spi });
+    }
+    match board
+        .hypervisor_spis
+        .iter()
+        .chain(GUEST_SPIS)
+        .find(|used| used.spi == spi)
+    {
+        Some(used) => Err(RuleError::SpiReserved { used }),
+        None => Ok(()),
+    }
+}
+
+/// How many passthrough ranges or SPIs one VM has.
+///
+/// # Errors
+/// `TooManyPassthroughRanges` or `TooManyPassthroughSpis`.
+pub const fn check_passthrough_counts(ranges: usize, spis: usize) -> Result<(), RuleError> {
+    if ranges > MAX_PASSTHROUGH_RANGES {
+        Err(RuleError::TooManyPassthroughRanges { count: ranges })
+    } else if spis > MAX_PASSTHROUGH_SPIS {
+        Err(RuleError::TooManyPassthroughSpis { count: spis })
+    } else {
+        Ok(())
+    }
+}
+
+/// Which VM was given each passthrough range and SPI so far, so each
+/// device goes to one VM, once.
+#[derive(Clone, Copy, Debug)]
+pub struct PassthroughClaims {
+    /// Each range claimed: `(base, end, vm)`.
+    ranges: [Option<(u64, u64, usize)>; MAX_VMS * MAX_PASSTHROUGH_RANGES],
+    /// The VM that claimed each SPI.
+    spis: [Option<u8>; SPI_COUNT as usize],
+}
+
+impl Default for PassthroughClaims {
+    fn default() -> Self {
+        Self {
+            ranges: [None; MAX_VMS * MAX_PASSTHROUGH_RANGES],
+            spis: [None; SPI_COUNT as usize],
+        }
+    }
+}
+
+impl PassthroughClaims {
+    /// VM `vm` claims the range `base..base + size` (checked already by
+    /// [`check_passthrough_range`]).
+    ///
+    /// # Errors
+    /// `PassthroughTaken` when it overlaps a range claimed before, by
+    /// this VM or another; `TooManyPassthroughRanges` past the system's
+    /// room.
+    pub fn claim_range(&mut self, vm: usize, base: u64, size: u64) -> Result<(), RuleError> {
+        let end = base.saturating_add(size);
+        let mut free = None;
+        for (index, slot) in self.ranges.iter().enumerate() {
+            match *slot {
+                Some((other_base, other_end, owner)) if base < other_end && end > other_base => {
+                    return Err(RuleError::PassthroughTaken {
+                        other_base,
+                        other_end,
+                        vm: owner,
+                    });
+                }
+                None if free.is_none() => free = Some(index),
+                _ => {}
+            }
+        }
+        let slot = free.ok_or(RuleError::TooManyPassthroughRanges {
+            count: MAX_PASSTHROUGH_RANGES + 1,
+        })?;
+        self.ranges[slot] = Some((base, end, vm));
+        Ok(())
+    }
+
+    /// VM `vm` claims SPI `spi` (checked already by
+    /// [`check_passthrough_spi`]).
+    ///
+    /// # Errors
+    /// `NotAnSpi`; `SpiTwice` when `vm` listed it already; `SpiTaken`
+    /// when another VM did.
+    pub fn claim_spi(&mut self, vm: usize, spi: u32) -> Result<(), RuleError> {
+        let slot = self
+            .spis
+            .get_mut(spi as usize)
+            .ok_or(RuleError::NotAnSpi { spi })?;
+        match *slot {
+            Some(owner) if usize::from(owner) == vm => Err(RuleError::SpiTwice { spi }),
+            Some(owner) => Err(RuleError::SpiTaken {
+                spi,
+                vm: usize::from(owner),
+            }),
+            None => {
+                // At most MAX_VMS VMs, so the index fits.
+                *slot = Some(vm as u8);
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Which rule a value breaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RuleError {
@@ -367,7 +654,78 @@ pub enum RuleError {
     TooManyVms {
         count: usize,
     },
+    PassthroughEmpty {
+        base: u64,
+    },
+    /// Base or size not a multiple of 4 KiB.
+    PassthroughUnaligned {
+        base: u64,
+        size: u64,
+    },
+    PassthroughPast2To64 {
+        base: u64,
+        size: u64,
+    },
+    /// Not inside one of the board's device windows.
+    PassthroughOutsideDevices {
+        board: &'static BoardRules,
+        base: u64,
+        end: u64,
+    },
+    PassthroughHypervisorDevice {
+        base: u64,
+        end: u64,
+        device: &'static NamedRange,
+    },
+    /// Ends past the 39-bit guest-physical space it is mapped into.
+    PassthroughPastLimit {
+        base: u64,
+        end: u64,
+    },
+    PassthroughGuestDevice {
+        base: u64,
+        end: u64,
+        device: &'static NamedRange,
+    },
+    /// Overlaps the VM's RAM, `ram_base..ram_end`.
+    PassthroughOverlapsRam {
+        base: u64,
+        ram_base: u64,
+        ram_end: u64,
+    },
+    /// Overlaps `other_base..other_end`, given to VM `vm` already.
+    PassthroughTaken {
+        other_base: u64,
+        other_end: u64,
+        vm: usize,
+    },
+    TooManyPassthroughRanges {
+        count: usize,
+    },
+    TooManyPassthroughSpis {
+        count: usize,
+    },
+    /// Past the SPIs the virtual GIC models.
+    NotAnSpi {
+        spi: u32,
+    },
+    SpiReserved {
+        used: &'static NamedSpi,
+    },
+    /// The same VM lists the SPI twice.
+    SpiTwice {
+        spi: u32,
+    },
+    /// VM `vm` was given the SPI already.
+    SpiTaken {
+        spi: u32,
+        vm: usize,
+    },
 }
+
+// The hypervisor returns these by value on its boot path, inside its
+// manifest errors: keep them small (references, not copies, of tables).
+const _: () = assert!(core::mem::size_of::<RuleError>() <= 32);
 
 impl RuleError {
     /// Whether the reason is a predicate that reads after the value
@@ -489,6 +847,116 @@ impl fmt::Display for RuleError {
                 f,
                 "{count} VMs, more than the {MAX_VMS} a system may have (one per CPU)"
             ),
+            Self::PassthroughEmpty { base } => {
+                write!(f, "the range at {} is empty", Address(base))
+            }
+            Self::PassthroughUnaligned { base, size } => write!(
+                f,
+                "the range {} of {} is not in whole 4 KiB pages (base and size must be \
+                 multiples of 0x1000)",
+                Address(base),
+                Hex(size)
+            ),
+            Self::PassthroughPast2To64 { base, size } => write!(
+                f,
+                "the range {} of {} ends past 2^64",
+                Address(base),
+                Hex(size)
+            ),
+            Self::PassthroughOutsideDevices { board, base, end } => {
+                write!(
+                    f,
+                    "the range {}..{} is outside {}'s device space (",
+                    Address(base),
+                    Address(end),
+                    board.name
+                )?;
+                for (index, window) in board.device_space.iter().enumerate() {
+                    if index > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(
+                        f,
+                        "{}..{}",
+                        Address(window.base),
+                        Address(window.base + window.size)
+                    )?;
+                }
+                f.write_str(")")
+            }
+            Self::PassthroughHypervisorDevice { base, end, device } => write!(
+                f,
+                "the range {}..{} overlaps {} at {}..{}, which the hypervisor keeps for itself",
+                Address(base),
+                Address(end),
+                device.name,
+                Address(device.range.base),
+                Address(device.range.base + device.range.size)
+            ),
+            Self::PassthroughPastLimit { base, end } => write!(
+                f,
+                "the range {}..{} ends past the 39-bit guest-physical space ({limit}) it is \
+                 mapped into at the same address",
+                Address(base),
+                Address(end)
+            ),
+            Self::PassthroughGuestDevice { base, end, device } => write!(
+                f,
+                "the range {}..{} overlaps {} at {}..{}; a passthrough device appears at its \
+                 own address",
+                Address(base),
+                Address(end),
+                device.name,
+                Address(device.range.base),
+                Address(device.range.base + device.range.size)
+            ),
+            Self::PassthroughOverlapsRam {
+                base,
+                ram_base,
+                ram_end,
+            } => write!(
+                f,
+                "the range at {} overlaps the VM's RAM {}..{}; a passthrough device appears \
+                 at its own address",
+                Address(base),
+                Address(ram_base),
+                Address(ram_end)
+            ),
+            Self::PassthroughTaken {
+                other_base,
+                other_end,
+                vm,
+            } => write!(
+                f,
+                "overlaps the range {}..{}, already given to vm[{vm}]",
+                Address(other_base),
+                Address(other_end)
+            ),
+            Self::TooManyPassthroughRanges { count } => write!(
+                f,
+                "{count} passthrough ranges, more than the {MAX_PASSTHROUGH_RANGES} a VM may have"
+            ),
+            Self::TooManyPassthroughSpis { count } => write!(
+                f,
+                "{count} passthrough SPIs, more than the {MAX_PASSTHROUGH_SPIS} a VM may have"
+            ),
+            Self::NotAnSpi { spi } => write!(
+                f,
+                "SPI {spi} is not an SPI the virtual GIC has (SPIs 0 to {}, INTIDs 32 to {})",
+                SPI_COUNT - 1,
+                SPI_COUNT + 31
+            ),
+            Self::SpiReserved { used } => write!(
+                f,
+                "SPI {} (INTID {}) is the interrupt of {}",
+                used.spi,
+                used.spi + 32,
+                used.name
+            ),
+            Self::SpiTwice { spi } => write!(f, "SPI {spi} is listed twice"),
+            Self::SpiTaken { spi, vm } => {
+                write!(f, "SPI {spi} is already given to vm[{vm}]")
+            }
         }
     }
 }
@@ -825,6 +1293,245 @@ mod tests {
             .map(RuleError::has_subject)
             .collect();
         assert_eq!(subjects, [true, false]);
+    }
+
+    #[test]
+    fn passthrough_ranges_are_board_devices_the_hypervisor_and_guest_do_not_use() {
+        let virt = &QEMU_VIRT;
+        // The PL031 RTC: inside the board's device space and the guest's
+        // device window, but clear of every emulated device.
+        assert_eq!(check_passthrough_range(virt, 0x0901_0000, 0x1000), Ok(()));
+        assert_eq!(
+            check_passthrough_range(virt, 0x0901_0000, 0),
+            Err(RuleError::PassthroughEmpty { base: 0x0901_0000 })
+        );
+        assert_eq!(
+            check_passthrough_range(virt, 0x0901_0800, 0x1000),
+            Err(RuleError::PassthroughUnaligned {
+                base: 0x0901_0800,
+                size: 0x1000
+            })
+        );
+        assert_eq!(
+            check_passthrough_range(virt, 0x0901_0000, 0x800),
+            Err(RuleError::PassthroughUnaligned {
+                base: 0x0901_0000,
+                size: 0x800
+            })
+        );
+        assert_eq!(
+            check_passthrough_range(virt, u64::MAX - 0xFFF, 0x2000),
+            Err(RuleError::PassthroughPast2To64 {
+                base: u64::MAX - 0xFFF,
+                size: 0x2000
+            })
+        );
+        // virtio-mmio at 0x0A00_0000 is past the device space the
+        // hypervisor knows; RAM is no device at all.
+        assert!(matches!(
+            check_passthrough_range(virt, 0x0A00_0000, 0x1000),
+            Err(RuleError::PassthroughOutsideDevices {
+                base: 0x0A00_0000,
+                end: 0x0A00_1000,
+                ..
+            })
+        ));
+        // Straddling the end of the window is outside too.
+        assert!(matches!(
+            check_passthrough_range(virt, 0x09FF_F000, 0x2000),
+            Err(RuleError::PassthroughOutsideDevices { .. })
+        ));
+        assert!(matches!(
+            check_passthrough_range(virt, 0x4000_0000, 0x1000),
+            Err(RuleError::PassthroughOutsideDevices { .. })
+        ));
+        // The console UART and any GIC frame are the hypervisor's.
+        for (base, device) in [
+            (0x0900_0000, "the console UART"),
+            (0x0800_0000, "the GIC"),
+            (0x0804_0000, "the GIC"),
+            (0x08FF_F000, "the GIC"),
+        ] {
+            match check_passthrough_range(virt, base, 0x1000) {
+                Err(RuleError::PassthroughHypervisorDevice { device: found, .. }) => {
+                    assert_eq!(found.name, device, "{base:#x}");
+                }
+                other => panic!("{base:#x}: {other:?}"),
+            }
+        }
+        // A range that covers the UART among others is refused too.
+        assert!(matches!(
+            check_passthrough_range(virt, 0x0900_0000, 0x2_0000),
+            Err(RuleError::PassthroughHypervisorDevice { .. })
+        ));
+        let rpi4 = &RPI4;
+        assert_eq!(check_passthrough_range(rpi4, 0xFE20_0000, 0x1000), Ok(()));
+        assert!(matches!(
+            check_passthrough_range(rpi4, 0xFE20_1000, 0x1000),
+            Err(RuleError::PassthroughHypervisorDevice { .. })
+        ));
+        assert!(matches!(
+            check_passthrough_range(rpi4, 0xFF84_2000, 0x1000),
+            Err(RuleError::PassthroughHypervisorDevice { .. })
+        ));
+        assert!(matches!(
+            check_passthrough_range(rpi4, 0x0901_0000, 0x1000),
+            Err(RuleError::PassthroughOutsideDevices { .. })
+        ));
+    }
+
+    #[test]
+    fn passthrough_ranges_stay_clear_of_the_guests_own_devices_and_ram() {
+        // A board whose device space covers the guest's device window and
+        // more, so the guest-side rules are reached.
+        static WIDE: BoardRules = BoardRules {
+            name: "wide",
+            gic_versions: &[3],
+            cpus: 1..=1,
+            device_space: &[PhysRange::new(0, 1 << 40)],
+            hypervisor_devices: &[],
+            hypervisor_spis: &[],
+        };
+        assert!(matches!(
+            check_passthrough_range(&WIDE, 0x0800_0000, 0x1000),
+            Err(RuleError::PassthroughGuestDevice { device, .. })
+                if device.name == "the guest's virtual GIC"
+        ));
+        // The redistributors of an eighth vCPU.
+        assert!(matches!(
+            check_passthrough_range(&WIDE, 0x0819_F000, 0x1000),
+            Err(RuleError::PassthroughGuestDevice { .. })
+        ));
+        assert_eq!(check_passthrough_range(&WIDE, 0x081A_0000, 0x1000), Ok(()));
+        assert!(matches!(
+            check_passthrough_range(&WIDE, 0x0900_0000, 0x1000),
+            Err(RuleError::PassthroughGuestDevice { device, .. })
+                if device.name == "the guest's virtual UART"
+        ));
+        assert_eq!(
+            check_passthrough_range(&WIDE, GUEST_PHYSICAL_LIMIT, 0x1000),
+            Err(RuleError::PassthroughPastLimit {
+                base: GUEST_PHYSICAL_LIMIT,
+                end: GUEST_PHYSICAL_LIMIT + 0x1000
+            })
+        );
+        assert_eq!(
+            check_passthrough_ram(0x4000_0000, 0x1000, 0x4000_0000, 64 * MIB),
+            Err(RuleError::PassthroughOverlapsRam {
+                base: 0x4000_0000,
+                ram_base: 0x4000_0000,
+                ram_end: 0x4400_0000
+            })
+        );
+        assert_eq!(
+            check_passthrough_ram(0x4400_0000, 0x1000, 0x4000_0000, 64 * MIB),
+            Ok(())
+        );
+        assert_eq!(
+            check_passthrough_ram(0x3FFF_F000, 0x1000, 0x4000_0000, 64 * MIB),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn passthrough_spis_exist_are_free_and_go_to_one_vm() {
+        assert_eq!(check_passthrough_spi(&QEMU_VIRT, 2), Ok(()));
+        assert_eq!(check_passthrough_spi(&QEMU_VIRT, SPI_COUNT - 1), Ok(()));
+        assert_eq!(
+            check_passthrough_spi(&QEMU_VIRT, SPI_COUNT),
+            Err(RuleError::NotAnSpi { spi: SPI_COUNT })
+        );
+        assert_eq!(
+            check_passthrough_spi(&QEMU_VIRT, u32::MAX),
+            Err(RuleError::NotAnSpi { spi: u32::MAX })
+        );
+        // SPI 1 is the console's on virt, and every guest's virtual UART's.
+        assert!(matches!(
+            check_passthrough_spi(&QEMU_VIRT, 1),
+            Err(RuleError::SpiReserved { .. })
+        ));
+        assert!(matches!(
+            check_passthrough_spi(&RPI4, 121),
+            Err(RuleError::SpiReserved { used }) if used.name == "the console UART"
+        ));
+        assert!(matches!(
+            check_passthrough_spi(&RPI4, 1),
+            Err(RuleError::SpiReserved { used }) if used.name == "the guest's virtual UART"
+        ));
+        let mut claims = PassthroughClaims::default();
+        assert_eq!(claims.claim_spi(0, 2), Ok(()));
+        assert_eq!(claims.claim_spi(0, 2), Err(RuleError::SpiTwice { spi: 2 }));
+        assert_eq!(
+            claims.claim_spi(1, 2),
+            Err(RuleError::SpiTaken { spi: 2, vm: 0 })
+        );
+        assert_eq!(claims.claim_spi(1, 3), Ok(()));
+        assert_eq!(
+            claims.claim_spi(1, SPI_COUNT),
+            Err(RuleError::NotAnSpi { spi: SPI_COUNT })
+        );
+    }
+
+    #[test]
+    fn a_passthrough_range_goes_to_one_vm_once() {
+        let mut claims = PassthroughClaims::default();
+        assert_eq!(claims.claim_range(0, 0x0901_0000, 0x1000), Ok(()));
+        assert_eq!(claims.claim_range(0, 0x0902_0000, 0x1000), Ok(()));
+        assert_eq!(
+            claims.claim_range(1, 0x0901_0000, 0x1000),
+            Err(RuleError::PassthroughTaken {
+                other_base: 0x0901_0000,
+                other_end: 0x0901_1000,
+                vm: 0
+            })
+        );
+        // Partial overlap, and the same VM naming it twice.
+        assert!(matches!(
+            claims.claim_range(0, 0x0900_F000, 0x2000),
+            Err(RuleError::PassthroughTaken { vm: 0, .. })
+        ));
+        assert_eq!(claims.claim_range(1, 0x0903_0000, 0x1000), Ok(()));
+        assert_eq!(check_passthrough_counts(8, 8), Ok(()));
+        assert_eq!(
+            check_passthrough_counts(9, 0),
+            Err(RuleError::TooManyPassthroughRanges { count: 9 })
+        );
+        assert_eq!(
+            check_passthrough_counts(0, 9),
+            Err(RuleError::TooManyPassthroughSpis { count: 9 })
+        );
+    }
+
+    #[test]
+    fn passthrough_reasons_read_well() {
+        let text = |error: RuleError| error.to_string();
+        assert_eq!(
+            text(check_passthrough_range(&QEMU_VIRT, 0x0900_0000, 0x1000).unwrap_err()),
+            "the range 0x0900_0000..0x0900_1000 overlaps the console UART at \
+             0x0900_0000..0x0900_1000, which the hypervisor keeps for itself"
+        );
+        assert_eq!(
+            text(check_passthrough_range(&QEMU_VIRT, 0x0A00_0000, 0x1000).unwrap_err()),
+            "the range 0x0a00_0000..0x0a00_1000 is outside qemu-virt's device space \
+             (0x0800_0000..0x0a00_0000)"
+        );
+        assert_eq!(
+            text(check_passthrough_range(&RPI4, 0x1000, 0x1000).unwrap_err()),
+            "the range 0x0000_1000..0x0000_2000 is outside rpi4's device space \
+             (0xfc00_0000..0xff80_0000, 0xff80_0000..0x1_0000_0000)"
+        );
+        assert_eq!(
+            text(check_passthrough_spi(&QEMU_VIRT, 1).unwrap_err()),
+            "SPI 1 (INTID 33) is the interrupt of the console UART"
+        );
+        assert_eq!(
+            text(RuleError::NotAnSpi { spi: 224 }),
+            "SPI 224 is not an SPI the virtual GIC has (SPIs 0 to 223, INTIDs 32 to 255)"
+        );
+        assert_eq!(
+            text(RuleError::SpiTaken { spi: 2, vm: 0 }),
+            "SPI 2 is already given to vm[0]"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::builder::{cargo_program, flatten, run_checked};
-use crate::machine::shell_words;
+use crate::machine::{Machine, QEMU_PROGRAM, shell_words};
 use crate::system::ImageLocator;
 
 pub const GUEST_PACKAGE: &str = "tessera-guest-sdk";
@@ -16,6 +16,8 @@ pub const GUEST_TARGET: &str = "aarch64-unknown-none";
 const EXAMPLES_DIR: &str = "guest-sdk/examples";
 const TARGET_DIR: &str = "target";
 const IMAGE_DIR: &str = "target/guests";
+/// Where the board device trees QEMU writes (`dumpdtb`) go.
+const BOARD_TREE_DIR: &str = "target/machines";
 
 /// Arguments to `cargo` that build example `name`. The target directory
 /// is given so CARGO_TARGET_DIR cannot move the ELF elsewhere.
@@ -120,6 +122,23 @@ impl ExampleBuilder {
     }
 }
 
+/// QEMU's arguments that write `machine`'s own device tree to `out` and
+/// exit: the tree QEMU would hand the hypervisor, whose device nodes do
+/// not depend on the CPU count or memory size.
+pub fn dump_tree_args(machine: Machine, out: &Path) -> Vec<String> {
+    let preset = machine.preset();
+    let mut args = vec![
+        "-M".to_string(),
+        format!("{},dumpdtb={}", preset.qemu_machine, out.display()),
+    ];
+    if let Some(cpu) = preset.cpu_model {
+        args.extend(["-cpu".to_string(), cpu.to_string()]);
+    }
+    args.extend(["-display", "none"].map(str::to_string));
+    args.extend(preset.extra_args.iter().map(|arg| arg.to_string()));
+    args
+}
+
 impl ImageLocator for ExampleBuilder {
     fn example_image(&mut self, name: &str) -> Result<PathBuf, String> {
         if let Some(outcome) = self.built.get(name) {
@@ -128,6 +147,31 @@ impl ImageLocator for ExampleBuilder {
         let outcome = self.build(name);
         self.built.insert(name.to_string(), outcome.clone());
         outcome
+    }
+
+    /// The tree the machine hands the hypervisor: the one the tool writes
+    /// for a machine whose firmware passes one (raspi4b, which holds only
+    /// the GIC and the console UART), else the one QEMU writes itself.
+    fn board_device_tree(&mut self, machine: Machine) -> Result<Vec<u8>, String> {
+        if let Some(build) = machine.preset().firmware_tree {
+            return build().map_err(|err| format!("cannot build its device tree: {err}"));
+        }
+        let out = self
+            .root
+            .join(BOARD_TREE_DIR)
+            .join(format!("{}-board.dtb", machine.name()));
+        std::fs::create_dir_all(self.root.join(BOARD_TREE_DIR))
+            .map_err(|err| format!("cannot create {BOARD_TREE_DIR}: {err}"))?;
+        let args = dump_tree_args(machine, &out);
+        run_checked(
+            Command::new(QEMU_PROGRAM).args(&args),
+            &format!(
+                "{} (writing the board's device tree)",
+                shell_words(QEMU_PROGRAM, &args)
+            ),
+        )
+        .map_err(|err| format!("{err:#}; give board.device-tree instead"))?;
+        std::fs::read(&out).map_err(|err| format!("cannot read {}: {err}", out.display()))
     }
 }
 
@@ -149,6 +193,15 @@ mod tests {
         assert_eq!(
             image_path("hello"),
             PathBuf::from("target/guests/hello.bin")
+        );
+    }
+
+    #[test]
+    fn the_board_tree_comes_from_qemu_as_it_boots_the_hypervisor() {
+        assert_eq!(
+            dump_tree_args(Machine::VirtGicv2, Path::new("target/machines/x.dtb")).join(" "),
+            "-M virt,virtualization=on,gic-version=2,dumpdtb=target/machines/x.dtb \
+             -cpu cortex-a72 -display none -nic none"
         );
     }
 

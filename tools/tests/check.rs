@@ -74,7 +74,7 @@ fn unknown_keys() {
     assert_rejected(
         "unknown-key.toml",
         &[
-            "unknown-key.toml: vm[0].memory: unknown key (expected one of: name, image, ram, ram-base, cpus, bootargs)",
+            "unknown-key.toml: vm[0].memory: unknown key (expected one of: name, image, ram, ram-base, cpus, bootargs, passthrough)",
         ],
     );
 }
@@ -237,4 +237,20 @@ fn at_most_40_mistakes_then_a_count() {
     // The other 199,960 entries, and the image, which does not exist.
     expected.push("long.toml: 199961 more mistakes not shown (the first 40 are above)");
     assert_output("long.toml", &output, &expected);
+}
+
+#[test]
+fn passthrough() {
+    assert_rejected(
+        "passthrough.toml",
+        &[
+            "passthrough.toml: vm[1].passthrough[0].path: \"/pl031@9010000\": overlaps the range \
+             0x0901_0000..0x0901_1000, already given to vm \"alpha\"",
+            "passthrough.toml: vm[1].passthrough[0].path: \"/pl031@9010000\": SPI 2 is already \
+             given to vm \"alpha\"",
+            "passthrough.toml: vm[1].passthrough[1].reg: the range 0x0900_0000..0x0900_1000 \
+             overlaps the console UART at 0x0900_0000..0x0900_1000, which the hypervisor keeps \
+             for itself",
+        ],
+    );
 }

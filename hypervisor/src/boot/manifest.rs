@@ -17,17 +17,24 @@
 use core::fmt;
 
 use tessera_package::cpio::Archive;
-use tessera_package::rules::{self, CpuClaims, Hex, RuleError};
+use tessera_package::rules::{
+    self, CpuClaims, Hex, MAX_PASSTHROUGH_RANGES, PassthroughClaims, RuleError,
+};
 
 use crate::MAX_CPUS;
 use crate::boot::flat_tree::{FlatTree, Token, read_cells, string_list_contains};
 use crate::console::escape::Escaped;
+use crate::vgic::state::{self as vgic_state, SPI_BASE, SpiSet};
 
 /// How many VMs a system may have (at most one per CPU).
 pub const MAX_VMS: usize = rules::MAX_VMS;
 const _: () = assert!(
     MAX_CPUS == rules::MAX_CPUS,
     "the rules and the hypervisor agree"
+);
+const _: () = assert!(
+    rules::SPI_COUNT as usize == vgic_state::SPI_COUNT,
+    "the rules allow exactly the SPIs the virtual GIC models"
 );
 /// The manifest format this hypervisor reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -196,12 +203,46 @@ pub struct VmManifest<'a> {
     pub image: &'a str,
     pub image_load_offset: u64,
     pub device_tree: &'a str,
+    /// The physical devices given to the VM: the `passthrough-reg` cells
+    /// (whole `<base size>` u64 pairs, mapped at the same guest-physical
+    /// address) and the `passthrough-spis` cells (SPI numbers, INTID - 32),
+    /// as read; empty for a VM without devices. Kept as the properties'
+    /// bytes, so a manifest without devices costs the boot nothing more.
+    passthrough_reg: &'a [u8],
+    passthrough_spis: &'a [u8],
 }
 
 impl VmManifest<'_> {
     #[must_use]
     pub fn physical_cpus(&self) -> &[u32] {
         &self.physical_cpus[..self.vcpu_count]
+    }
+
+    /// `(base, size)` of each passthrough range.
+    pub fn passthrough_ranges(&self) -> impl ExactSizeIterator<Item = (u64, u64)> + '_ {
+        self.passthrough_reg
+            .chunks_exact(16)
+            .map(|entry| (be64(&entry[..8]), be64(&entry[8..])))
+    }
+
+    /// The SPI number of each passthrough interrupt.
+    pub fn passthrough_spis(&self) -> impl ExactSizeIterator<Item = u32> + '_ {
+        self.passthrough_spis
+            .chunks_exact(4)
+            .map(|cell| u32::from_be_bytes([cell[0], cell[1], cell[2], cell[3]]))
+    }
+
+    /// The passthrough SPIs as the virtual GIC names them: by INTID, which
+    /// is the physical one (SPI number + 32).
+    #[must_use]
+    pub fn passthrough_spi_set(&self) -> SpiSet {
+        let mut set = SpiSet::EMPTY;
+        for spi in self.passthrough_spis() {
+            // `parse` checked each against the SPIs the vGIC models.
+            let modelled = set.insert(SPI_BASE + spi);
+            debug_assert!(modelled, "SPI {spi} was checked");
+        }
+        set
     }
 }
 
@@ -330,6 +371,8 @@ impl<'a> SystemManifest<'a> {
             .map_err(|rule| root("gic-version", Value::Number(self.gic_version.into()), rule))?;
         rules::check_vm_count(self.vm_count)
             .map_err(|rule| root("vms", Value::Number(self.vm_count as u64), rule))?;
+        // Only a system with devices pays for the claims table.
+        let mut claims: Option<PassthroughClaims> = None;
         for (index, vm) in self.vms().enumerate() {
             let fail = |property, value, rule| ManifestError::Rule {
                 vm: Some(VmRef {
@@ -358,6 +401,21 @@ impl<'a> SystemManifest<'a> {
             rules::check_image_fit(vm.ram_base, vm.ram_size, vm.image_load_offset, 0).map_err(
                 |rule| fail("image-load-offset", Value::Hex(vm.image_load_offset), rule),
             )?;
+            for (base, size) in vm.passthrough_ranges() {
+                let claims = claims.get_or_insert_with(PassthroughClaims::default);
+                rules::check_passthrough_range(board, base, size)
+                    .and_then(|()| {
+                        rules::check_passthrough_ram(base, size, vm.ram_base, vm.ram_size)
+                    })
+                    .and_then(|()| claims.claim_range(index, base, size))
+                    .map_err(|rule| fail("passthrough-reg", Value::Hex(base), rule))?;
+            }
+            for spi in vm.passthrough_spis() {
+                let claims = claims.get_or_insert_with(PassthroughClaims::default);
+                rules::check_passthrough_spi(board, spi)
+                    .and_then(|()| claims.claim_spi(index, spi))
+                    .map_err(|rule| fail("passthrough-spis", Value::Number(spi.into()), rule))?;
+            }
         }
         Ok(())
     }
@@ -373,11 +431,20 @@ struct VmFields<'a> {
     image: Option<&'a [u8]>,
     image_load_offset: Option<&'a [u8]>,
     device_tree: Option<&'a [u8]>,
+    passthrough_reg: Option<&'a [u8]>,
+    passthrough_spis: Option<&'a [u8]>,
 }
 
 /// A number of exactly `cells` big-endian 32-bit cells.
 fn cells(value: &[u8], cells: usize) -> Option<u64> {
     read_cells(value, cells).filter(|_| value.len() == cells * 4)
+}
+
+/// A big-endian u64 from exactly eight bytes.
+fn be64(bytes: &[u8]) -> u64 {
+    let mut value = [0; 8];
+    value.copy_from_slice(bytes);
+    u64::from_be_bytes(value)
 }
 
 /// Exactly one NUL-terminated UTF-8 string, without a NUL inside.
@@ -414,6 +481,8 @@ impl<'a> VmFields<'a> {
             b"image" => self.image = Some(value),
             b"image-load-offset" => self.image_load_offset = Some(value),
             b"device-tree" => self.device_tree = Some(value),
+            b"passthrough-reg" => self.passthrough_reg = Some(value),
+            b"passthrough-spis" => self.passthrough_spis = Some(value),
             _ => {}
         }
     }
@@ -438,6 +507,34 @@ impl<'a> VmFields<'a> {
             *slot = u32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
         }
         let u64_value = |value| cells(value, 2);
+        // Both optional (a VM without devices has neither); when present,
+        // whole entries: four cells per range, one per SPI.
+        let reg = match self.passthrough_reg {
+            None => &[][..],
+            Some(value) => read(vm, "passthrough-reg", Some(value), |reg| {
+                (reg.len() % 16 == 0).then_some(reg)
+            })?,
+        };
+        let spis = match self.passthrough_spis {
+            None => &[][..],
+            Some(value) => read(vm, "passthrough-spis", Some(value), |spis| {
+                (spis.len() % 4 == 0).then_some(spis)
+            })?,
+        };
+        let (range_count, spi_count) = (reg.len() / 16, spis.len() / 4);
+        rules::check_passthrough_counts(range_count, spi_count).map_err(|rule| {
+            let (property, count) = if range_count > MAX_PASSTHROUGH_RANGES {
+                ("passthrough-reg", range_count)
+            } else {
+                ("passthrough-spis", spi_count)
+            };
+            ManifestError::Rule {
+                vm,
+                property,
+                value: Value::Number(count as u64),
+                rule,
+            }
+        })?;
         Ok(VmManifest {
             name,
             ram_base: read(vm, "ram-base", self.ram_base, u64_value)?,
@@ -447,6 +544,8 @@ impl<'a> VmFields<'a> {
             image: read(vm, "image", self.image, strict_string)?,
             image_load_offset: read(vm, "image-load-offset", self.image_load_offset, u64_value)?,
             device_tree: read(vm, "device-tree", self.device_tree, strict_string)?,
+            passthrough_reg: reg,
+            passthrough_spis: spis,
         })
     }
 }
@@ -650,6 +749,9 @@ pub(crate) mod tests {
         pub ram_size: u64,
         pub cpus: &'s [u32],
         pub load_offset: u64,
+        /// Written only when given.
+        pub passthrough_reg: Option<&'s [u8]>,
+        pub passthrough_spis: Option<&'s [u8]>,
     }
 
     impl Default for VmSpec<'_> {
@@ -660,6 +762,8 @@ pub(crate) mod tests {
                 ram_size: 0x400_0000,
                 cpus: &[1],
                 load_offset: 0x8_0000,
+                passthrough_reg: None,
+                passthrough_spis: None,
             }
         }
     }
@@ -690,6 +794,12 @@ pub(crate) mod tests {
             writer
                 .property_string("device-tree", "vm/a/guest.dtb")
                 .unwrap();
+            if let Some(reg) = vm.passthrough_reg {
+                writer.property("passthrough-reg", reg).unwrap();
+            }
+            if let Some(spis) = vm.passthrough_spis {
+                writer.property("passthrough-spis", spis).unwrap();
+            }
             writer.end_node(node).unwrap();
         }
         writer.end_node(vms_node).unwrap();
@@ -931,6 +1041,199 @@ pub(crate) mod tests {
                     name: None
                 }),
                 property: "name",
+                ..
+            })
+        ));
+    }
+
+    /// `passthrough-reg` cells for `(base, size)` pairs.
+    fn reg(ranges: &[(u64, u64)]) -> Vec<u8> {
+        ranges
+            .iter()
+            .flat_map(|&(base, size)| [base.to_be_bytes(), size.to_be_bytes()])
+            .flatten()
+            .collect()
+    }
+
+    fn spis(spis: &[u32]) -> Vec<u8> {
+        spis.iter().flat_map(|spi| spi.to_be_bytes()).collect()
+    }
+
+    #[test]
+    fn reads_passthrough_devices() {
+        let rtc = reg(&[(0x0901_0000, 0x1000), (0x0903_0000, 0x1000)]);
+        let irqs = spis(&[2, 7]);
+        let blob = raw_manifest(
+            VIRT,
+            GIC3,
+            &[
+                VmSpec {
+                    passthrough_reg: Some(&rtc),
+                    passthrough_spis: Some(&irqs),
+                    ..VmSpec::default()
+                },
+                VmSpec {
+                    name: b"beta",
+                    cpus: &[2],
+                    ..VmSpec::default()
+                },
+            ],
+        );
+        let system = parse(&blob).unwrap();
+        let vms: Vec<_> = system.vms().collect();
+        assert_eq!(
+            vms[0].passthrough_ranges().collect::<Vec<_>>(),
+            [(0x0901_0000, 0x1000), (0x0903_0000, 0x1000)]
+        );
+        assert_eq!(vms[0].passthrough_spis().collect::<Vec<_>>(), [2, 7]);
+        let set = vms[0].passthrough_spi_set();
+        assert!(set.contains(34) && set.contains(39));
+        assert!(!set.contains(33) && !set.contains(2) && !set.contains(7));
+        assert_eq!(vms[1].passthrough_spi_set(), SpiSet::EMPTY);
+        assert_eq!(vms[1].passthrough_ranges().len(), 0);
+        assert_eq!(vms[1].passthrough_spis().len(), 0);
+    }
+
+    #[test]
+    fn passthrough_devices_obey_the_rules_at_boot_too() {
+        let rebuild = "; rebuild the package with `tessera package`";
+        let one = |range: &[(u64, u64)], irqs: &[u32]| {
+            let (range, irqs) = (reg(range), spis(irqs));
+            refusal(
+                VIRT,
+                GIC3,
+                &[VmSpec {
+                    passthrough_reg: Some(&range),
+                    passthrough_spis: Some(&irqs),
+                    ..VmSpec::default()
+                }],
+            )
+        };
+        let cases = [
+            (
+                one(&[(0x0900_0000, 0x1000)], &[]),
+                "field passthrough-reg: 0x900_0000: the range 0x0900_0000..0x0900_1000 overlaps \
+                 the console UART at 0x0900_0000..0x0900_1000, which the hypervisor keeps for itself",
+            ),
+            (
+                one(&[(0x0808_0000, 0x2_0000)], &[]),
+                "field passthrough-reg: 0x808_0000: the range 0x0808_0000..0x080a_0000 overlaps \
+                 the GIC at 0x0800_0000..0x0900_0000, which the hypervisor keeps for itself",
+            ),
+            (
+                one(&[(0x0A00_0000, 0x1000)], &[]),
+                "field passthrough-reg: 0xa00_0000: the range 0x0a00_0000..0x0a00_1000 is outside \
+                 qemu-virt's device space (0x0800_0000..0x0a00_0000)",
+            ),
+            (
+                one(&[(0x0901_0010, 0x1000)], &[]),
+                "field passthrough-reg: 0x901_0010: the range 0x0901_0010 of 0x1000 is not in \
+                 whole 4 KiB pages (base and size must be multiples of 0x1000)",
+            ),
+            (
+                one(&[(0x0901_0000, 0x1000), (0x0901_0000, 0x1000)], &[]),
+                "field passthrough-reg: 0x901_0000: overlaps the range 0x0901_0000..0x0901_1000, \
+                 already given to vm[0]",
+            ),
+            (
+                one(&[], &[1]),
+                "field passthrough-spis: 1: SPI 1 (INTID 33) is the interrupt of the console UART",
+            ),
+            (
+                one(&[], &[224]),
+                "field passthrough-spis: 224: SPI 224 is not an SPI the virtual GIC has (SPIs 0 to \
+                 223, INTIDs 32 to 255)",
+            ),
+            (
+                one(&[], &[2, 2]),
+                "field passthrough-spis: 2: SPI 2 is listed twice",
+            ),
+            (
+                one(&[], &[2, 3, 4, 5, 6, 7, 8, 9, 10]),
+                "field passthrough-spis: 9: 9 passthrough SPIs, more than the 8 a VM may have",
+            ),
+        ];
+        for (message, expected) in cases {
+            assert_eq!(
+                message,
+                format!("tessera/manifest.dtb: vm[0] \"alpha\": {expected}{rebuild}")
+            );
+        }
+        // The same device for two VMs.
+        let (rtc, irq) = (reg(&[(0x0901_0000, 0x1000)]), spis(&[2]));
+        let twice = refusal(
+            VIRT,
+            GIC3,
+            &[
+                VmSpec {
+                    passthrough_reg: Some(&rtc),
+                    passthrough_spis: Some(&irq),
+                    ..VmSpec::default()
+                },
+                VmSpec {
+                    name: b"beta",
+                    cpus: &[2],
+                    passthrough_spis: Some(&irq),
+                    ..VmSpec::default()
+                },
+            ],
+        );
+        assert_eq!(
+            twice,
+            format!(
+                "tessera/manifest.dtb: vm[1] \"beta\": field passthrough-spis: 2: SPI 2 is already \
+                 given to vm[0]{rebuild}"
+            )
+        );
+        // On the Pi the device space is where a VM's RAM may be too: a
+        // device at its own address cannot also be RAM.
+        let gpio = reg(&[(0xFE20_0000, 0x1000)]);
+        let clash = refusal(
+            b"rpi4\0",
+            &[0, 0, 0, 2],
+            &[VmSpec {
+                ram_base: 0xFC00_0000,
+                passthrough_reg: Some(&gpio),
+                ..VmSpec::default()
+            }],
+        );
+        assert_eq!(
+            clash,
+            format!(
+                "tessera/manifest.dtb: vm[0] \"alpha\": field passthrough-reg: 0xfe20_0000: the \
+                 range at 0xfe20_0000 overlaps the VM's RAM 0xfc00_0000..0x1_0000_0000; \
+                 a passthrough device appears at its own address{rebuild}"
+            )
+        );
+        // Malformed: not whole entries.
+        let ragged = [0u8; 12];
+        let blob = raw_manifest(
+            VIRT,
+            GIC3,
+            &[VmSpec {
+                passthrough_reg: Some(&ragged),
+                ..VmSpec::default()
+            }],
+        );
+        assert!(matches!(
+            parse(&blob),
+            Err(ManifestError::Malformed {
+                property: "passthrough-reg",
+                ..
+            })
+        ));
+        let blob = raw_manifest(
+            VIRT,
+            GIC3,
+            &[VmSpec {
+                passthrough_spis: Some(&[0, 0, 2]),
+                ..VmSpec::default()
+            }],
+        );
+        assert!(matches!(
+            parse(&blob),
+            Err(ManifestError::Malformed {
+                property: "passthrough-spis",
                 ..
             })
         ));

@@ -304,6 +304,16 @@ fn build_vm(
     stage2
         .map_ram(ram.guest, ram.host, ram.size)
         .map_err(|_| stage2_error)?;
+    // Passthrough devices appear at their own address: the manifest's
+    // rules kept each range inside the board's device space, clear of the
+    // hypervisor's devices, the guest's emulated ones and its RAM. Mapped,
+    // the guest's accesses reach the device without a trap; the device map
+    // below never sees them.
+    for (base, size) in manifest.passthrough_ranges() {
+        stage2
+            .map_device(GuestPhysAddr(base), PhysAddr(base), size)
+            .map_err(|_| stage2_error)?;
+    }
     let mut cpus = [CpuId::new(0).expect("CPU 0 exists"); MAX_CPUS];
     for (slot, &cpu) in cpus.iter_mut().zip(manifest.physical_cpus()) {
         *slot = CpuId::new(cpu as usize).ok_or(BuildError::Placement { vm: name })?;
@@ -326,6 +336,7 @@ fn build_vm(
         entry_argument: PristineImage::device_tree_address(&ram),
         counter_offset: guest::physical_counter(),
         pristine,
+        passthrough_spis: manifest.passthrough_spi_set(),
     };
     let devices = device_map(manifest.vcpu_count, &mut stage2)
         .map_err(|_| BuildError::Devices { vm: name })?;

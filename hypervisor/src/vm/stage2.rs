@@ -29,6 +29,15 @@ const GUEST_RAM: MapAttributes = MapAttributes {
     executable: true,
 };
 
+/// Device registers the VM reaches directly: Device-nGnRE (stage-2
+/// MemAttr 0b0001), so the guest's own attributes can make it no weaker
+/// than device memory, never executable.
+const DEVICE: MapAttributes = MapAttributes {
+    kind: MemoryKind::Device,
+    writable: true,
+    executable: false,
+};
+
 impl<T> Stage2<T> {
     /// The root table, for VTTBR_EL2.
     #[must_use]
@@ -75,7 +84,7 @@ impl<T: TableStore + TlbMaintenance> Stage2<T> {
         size: u64,
     ) -> Result<(), MapError> {
         self.table
-            .map(guest.0, host, size, MapAttributes::DEVICE, &mut self.owner)
+            .map(guest.0, host, size, DEVICE, &mut self.owner)
     }
 
     /// Where `guest` translates to, if anywhere.
@@ -312,6 +321,36 @@ mod tests {
             stage2.translate(GuestPhysAddr(RAM)),
             Some(PhysAddr(HOST_RAM))
         );
+    }
+
+    #[test]
+    fn passthrough_devices_are_device_memory_the_guest_cannot_execute() {
+        let mut stage2 = vm_with_ram();
+        let rtc = 0x0901_0000;
+        stage2
+            .map_device(GuestPhysAddr(rtc), PhysAddr(rtc), PAGE_SIZE)
+            .unwrap();
+        assert_eq!(stage2.owner.access(rtc + 0xFE0), Some(PhysAddr(rtc)));
+        let walker = PageTable::for_root(stage2.root(), Regime::Stage2);
+        let (_, descriptor) = walker
+            .translate(rtc, &mut stage2.owner.tables)
+            .expect("mapped");
+        // Arm ARM D8.5.5: stage-2 MemAttr[3:0] (bits 5:2) 0b0001 is
+        // Device-nGnRE; S2AP (bits 7:6) 0b11 read/write; XN bit 54.
+        assert_eq!((descriptor >> 2) & 0b1111, 0b0001);
+        assert_eq!((descriptor >> 6) & 0b11, 0b11);
+        assert_ne!(descriptor & (1 << 54), 0);
+        // Nothing beside it, and no second map over it.
+        assert_eq!(stage2.translate(GuestPhysAddr(rtc + PAGE_SIZE)), None);
+        assert_eq!(
+            stage2.map_device(GuestPhysAddr(rtc), PhysAddr(rtc), PAGE_SIZE),
+            Err(MapError::AlreadyMapped { input: rtc })
+        );
+        // RAM stays normal memory.
+        let (_, ram) = walker
+            .translate(RAM, &mut stage2.owner.tables)
+            .expect("mapped");
+        assert_eq!((ram >> 2) & 0b1111, 0b1111);
     }
 
     #[test]

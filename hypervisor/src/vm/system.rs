@@ -54,6 +54,7 @@ use crate::MAX_CPUS;
 use crate::boot::manifest::MAX_VMS;
 use crate::devices::map::DeviceMap;
 use crate::memory::address::{GuestPhysAddr, PhysAddr};
+use crate::vgic::state::SpiSet;
 use crate::vm::psci::status;
 use crate::vm::set_way::SetWayTracker;
 use crate::vm::vcpu_state::{self, El1Context};
@@ -139,6 +140,12 @@ pub struct VmDescription {
     pub counter_offset: u64,
     /// What its RAM is loaded from, at build time and on every reset.
     pub pristine: PristineImage,
+    /// The physical SPIs its configuration passes through to it, by INTID
+    /// (the virtual INTID is the physical one). Its devices' registers are
+    /// mapped into stage 2 at build; these interrupts are for the virtual
+    /// GIC to route to it alone: the VM's owned set is these plus its
+    /// emulated devices' SPIs (docs/system-image.md, "Passthrough").
+    pub passthrough_spis: SpiSet,
 }
 
 /// One VM: `T` owns its stage-2 tables' memory and TLB maintenance, `D`
@@ -737,6 +744,7 @@ pub(crate) mod tests {
                     image_load_offset: 0x8_0000,
                     device_tree: b"tree",
                 },
+                passthrough_spis: SpiSet::EMPTY,
             };
             let mut stage2 = Stage2::new(Tables::default()).unwrap();
             stage2.map_ram(RAM.guest, RAM.host, RAM.size).unwrap();
@@ -1090,6 +1098,7 @@ pub(crate) mod tests {
                 image_load_offset: 0,
                 device_tree: b"",
             },
+            passthrough_spis: SpiSet::EMPTY,
         };
         let stage2 = || Stage2::new(Tables::default()).unwrap();
         assert_eq!(

@@ -9,6 +9,7 @@ use tessera_platform::guest;
 use vm_fdt::{Error, FdtWriter};
 
 use crate::system::VmConfig;
+use crate::system::passthrough::{ClockNode, DeviceNode, PassthroughDevice};
 
 // The guest-visible platform, shared with the hypervisor's trap routing.
 
@@ -24,6 +25,9 @@ const UART_CLOCK_HZ: u32 = 24_000_000;
 
 const GIC_PHANDLE: u32 = 1;
 const CLOCK_PHANDLE: u32 = 2;
+/// Clocks copied from the board's tree for passthrough devices get
+/// phandles from here on.
+const FIRST_COPIED_PHANDLE: u32 = 3;
 
 /// Interrupt specifier cells for the GIC binding: type, number, flags.
 const GIC_SPI: u32 = 0;
@@ -34,8 +38,13 @@ const UART_SPI: u32 = guest::UART_SPI;
 /// the arm,armv8-timer binding lists them.
 const TIMER_PPIS: [u32; 4] = [13, 14, 11, 10];
 
-/// The device tree blob for `vm` on a GIC of `gic_version`.
-pub fn guest_dtb(vm: &VmConfig, gic_version: u32) -> Result<Vec<u8>, Error> {
+/// The device tree blob for `vm` on a GIC of `gic_version`, with the
+/// physical devices `devices` given to it.
+pub fn guest_dtb(
+    vm: &VmConfig,
+    gic_version: u32,
+    devices: &[PassthroughDevice],
+) -> Result<Vec<u8>, Error> {
     let vcpus = vm.cpus.len() as u32;
     let mut fdt = FdtWriter::new()?;
     let root = fdt.begin_node("")?;
@@ -50,7 +59,13 @@ pub fn guest_dtb(vm: &VmConfig, gic_version: u32) -> Result<Vec<u8>, Error> {
     timer(&mut fdt, gic_version, vcpus)?;
     gic(&mut fdt, gic_version, vcpus)?;
     uart(&mut fdt)?;
-    clock(&mut fdt)?;
+    let clocks = Clocks::for_devices(devices);
+    for device in devices {
+        if let Some(node) = &device.node {
+            passthrough_device(&mut fdt, node, &device.ranges, &clocks)?;
+        }
+    }
+    clocks.write(&mut fdt)?;
     chosen(&mut fdt, vm)?;
 
     fdt.end_node(root)?;
@@ -168,13 +183,117 @@ fn uart(fdt: &mut FdtWriter) -> Result<(), Error> {
     fdt.end_node(node)
 }
 
-fn clock(fdt: &mut FdtWriter) -> Result<(), Error> {
-    let node = fdt.begin_node("apb-pclk")?;
-    fdt.property_string("compatible", "fixed-clock")?;
-    fdt.property_u32("#clock-cells", 0)?;
-    fdt.property_u32("clock-frequency", UART_CLOCK_HZ)?;
-    fdt.property_string("clock-output-names", "clk24mhz")?;
-    fdt.property_phandle(CLOCK_PHANDLE)?;
+/// The UART's fixed 24 MHz clock, as QEMU's `virt` tree has it.
+fn uart_clock() -> ClockNode {
+    let string = |text: &str| [text.as_bytes(), b"\0"].concat();
+    ClockNode {
+        name: "apb-pclk".into(),
+        properties: vec![
+            ("compatible".into(), string("fixed-clock")),
+            ("#clock-cells".into(), 0u32.to_be_bytes().to_vec()),
+            (
+                "clock-frequency".into(),
+                UART_CLOCK_HZ.to_be_bytes().to_vec(),
+            ),
+            ("clock-output-names".into(), string("clk24mhz")),
+        ],
+    }
+}
+
+/// Whether two clock nodes are the same clock: the same name and
+/// properties, in whatever order the trees list them.
+fn same_clock(a: &ClockNode, b: &ClockNode) -> bool {
+    let sorted = |clock: &ClockNode| {
+        let mut properties = clock.properties.clone();
+        properties.sort();
+        properties
+    };
+    a.name == b.name && sorted(a) == sorted(b)
+}
+
+/// The guest's clock nodes: the UART's, then each clock a passthrough
+/// device names, once however many devices name it. A clock that is the
+/// UART's (QEMU `virt`'s PL031 and PL061 use the same `apb-pclk`) is
+/// that node.
+struct Clocks {
+    /// Each node and its phandle.
+    nodes: Vec<(String, ClockNode, u32)>,
+}
+
+impl Clocks {
+    fn for_devices(devices: &[PassthroughDevice]) -> Self {
+        let mut nodes = vec![("apb-pclk".to_string(), uart_clock(), CLOCK_PHANDLE)];
+        let mut next = FIRST_COPIED_PHANDLE;
+        for clock in devices
+            .iter()
+            .filter_map(|device| device.node.as_ref())
+            .flat_map(|node| &node.clocks)
+        {
+            if nodes.iter().any(|(_, known, _)| same_clock(known, clock)) {
+                continue;
+            }
+            // Another clock of the same name: the node names must differ.
+            let name = if nodes.iter().any(|(name, ..)| *name == clock.name) {
+                format!("{}-{next}", clock.name)
+            } else {
+                clock.name.clone()
+            };
+            nodes.push((name, clock.clone(), next));
+            next += 1;
+        }
+        Self { nodes }
+    }
+
+    fn phandle(&self, clock: &ClockNode) -> u32 {
+        self.nodes
+            .iter()
+            .find(|(_, known, _)| same_clock(known, clock))
+            .map_or(CLOCK_PHANDLE, |(.., phandle)| *phandle)
+    }
+
+    fn write(&self, fdt: &mut FdtWriter) -> Result<(), Error> {
+        for (name, clock, phandle) in &self.nodes {
+            let node = fdt.begin_node(name)?;
+            for (property, value) in &clock.properties {
+                fdt.property(property, value)?;
+            }
+            fdt.property_phandle(*phandle)?;
+            fdt.end_node(node)?;
+        }
+        Ok(())
+    }
+}
+
+/// A physical device given to the VM, as the board's tree describes it,
+/// at its own address. Its interrupts are the GIC's, the root's
+/// interrupt parent.
+fn passthrough_device(
+    fdt: &mut FdtWriter,
+    device: &DeviceNode,
+    ranges: &[(u64, u64)],
+    clocks: &Clocks,
+) -> Result<(), Error> {
+    let node = fdt.begin_node(&device.name)?;
+    fdt.property("compatible", &device.compatible)?;
+    let reg: Vec<u64> = ranges
+        .iter()
+        .flat_map(|&(base, size)| [base, size])
+        .collect();
+    fdt.property_array_u64("reg", &reg)?;
+    if !device.interrupts.is_empty() {
+        fdt.property_array_u32("interrupts", &device.interrupts)?;
+    }
+    if !device.clocks.is_empty() {
+        let phandles: Vec<u32> = device
+            .clocks
+            .iter()
+            .map(|clock| clocks.phandle(clock))
+            .collect();
+        fdt.property_array_u32("clocks", &phandles)?;
+    }
+    if let Some(names) = &device.clock_names {
+        fdt.property("clock-names", names)?;
+    }
     fdt.end_node(node)
 }
 
@@ -202,12 +321,13 @@ mod tests {
             ram_base: 0x4000_0000,
             cpus: cpus.to_vec(),
             bootargs: bootargs.map(str::to_string),
+            passthrough: Vec::new(),
         }
     }
 
     #[test]
     fn root_memory_and_chosen() {
-        let blob = guest_dtb(&vm(&[1], Some("console=ttyAMA0")), 3).unwrap();
+        let blob = guest_dtb(&vm(&[1], Some("console=ttyAMA0")), 3, &[]).unwrap();
         let tree = Fdt::new(&blob).unwrap();
         let root = tree.find_node("/").unwrap();
         assert_eq!(strings(root, "compatible"), ["linux,dummy-virt"]);
@@ -233,14 +353,14 @@ mod tests {
 
     #[test]
     fn bootargs_only_when_given() {
-        let blob = guest_dtb(&vm(&[1], None), 3).unwrap();
+        let blob = guest_dtb(&vm(&[1], None), 3, &[]).unwrap();
         let tree = Fdt::new(&blob).unwrap();
         assert_eq!(tree.chosen().bootargs(), None);
     }
 
     #[test]
     fn one_cpu_node_per_vcpu() {
-        let blob = guest_dtb(&vm(&[3, 1, 2], None), 3).unwrap();
+        let blob = guest_dtb(&vm(&[3, 1, 2], None), 3, &[]).unwrap();
         let tree = Fdt::new(&blob).unwrap();
         let cpus = tree.find_node("/cpus").unwrap();
         assert_eq!(cells(cpus, "#address-cells"), [1]);
@@ -259,7 +379,7 @@ mod tests {
 
     #[test]
     fn psci_over_hvc() {
-        let blob = guest_dtb(&vm(&[1], None), 3).unwrap();
+        let blob = guest_dtb(&vm(&[1], None), 3, &[]).unwrap();
         let tree = Fdt::new(&blob).unwrap();
         let psci = tree.find_node("/psci").unwrap();
         assert_eq!(
@@ -273,7 +393,7 @@ mod tests {
 
     #[test]
     fn gicv3_with_one_redistributor_per_vcpu() {
-        let blob = guest_dtb(&vm(&[1, 2], None), 3).unwrap();
+        let blob = guest_dtb(&vm(&[1, 2], None), 3, &[]).unwrap();
         let tree = Fdt::new(&blob).unwrap();
         let gic = tree.find_node("/intc@8000000").unwrap();
         assert_eq!(strings(gic, "compatible"), ["arm,gic-v3"]);
@@ -301,7 +421,7 @@ mod tests {
 
     #[test]
     fn gicv2_with_a_cpu_interface_and_cpu_masks_on_ppis() {
-        let blob = guest_dtb(&vm(&[1, 2, 3], None), 2).unwrap();
+        let blob = guest_dtb(&vm(&[1, 2, 3], None), 2, &[]).unwrap();
         let tree = Fdt::new(&blob).unwrap();
         let gic = tree.find_node("/intc@8000000").unwrap();
         assert_eq!(strings(gic, "compatible"), ["arm,cortex-a15-gic"]);
@@ -319,7 +439,7 @@ mod tests {
 
     #[test]
     fn pl011_with_its_fixed_clock() {
-        let blob = guest_dtb(&vm(&[1], None), 3).unwrap();
+        let blob = guest_dtb(&vm(&[1], None), 3, &[]).unwrap();
         let tree = Fdt::new(&blob).unwrap();
         let uart = tree.find_node("/pl011@9000000").unwrap();
         assert_eq!(strings(uart, "compatible"), ["arm,pl011", "arm,primecell"]);
@@ -334,5 +454,103 @@ mod tests {
         assert_eq!(cells(clock, "#clock-cells"), [0]);
         assert_eq!(cells(clock, "clock-frequency"), [24_000_000]);
         assert_eq!(string(clock, "clock-output-names"), "clk24mhz");
+    }
+
+    /// QEMU's own virt tree (`dumpdtb`), as the hypervisor's tests read it.
+    const VIRT_BOARD: &[u8] =
+        include_bytes!("../../../hypervisor/testdata/qemu-virt-gicv3-4cpu.dtb");
+
+    fn given(paths: &[&str]) -> Vec<PassthroughDevice> {
+        let board = Fdt::new(VIRT_BOARD).unwrap();
+        paths
+            .iter()
+            .map(|path| {
+                let spec = crate::system::PassthroughSpec::Node((*path).to_string());
+                crate::system::passthrough::resolve(&spec, Some(&board)).unwrap()
+            })
+            .collect()
+    }
+
+    /// A node's properties but its phandle, sorted by name.
+    fn properties<'a>(node: fdt::node::FdtNode<'_, 'a>) -> Vec<(&'a str, &'a [u8])> {
+        let mut found: Vec<_> = node
+            .properties()
+            .filter(|property| property.name != "phandle")
+            .map(|property| (property.name, property.value))
+            .collect();
+        found.sort();
+        found
+    }
+
+    #[test]
+    fn a_passthrough_pl031_appears_as_the_board_tree_describes_it() {
+        let devices = given(&["/pl031@9010000"]);
+        let blob = guest_dtb(&vm(&[1], None), 3, &devices).unwrap();
+        let tree = Fdt::new(&blob).unwrap();
+        let board = Fdt::new(VIRT_BOARD).unwrap();
+        let theirs = board.find_node("/pl031@9010000").unwrap();
+        let ours = tree.find_node("/pl031@9010000").unwrap();
+        for property in ["compatible", "reg", "interrupts", "clock-names"] {
+            assert_eq!(
+                ours.property(property).unwrap().value,
+                theirs.property(property).unwrap().value,
+                "{property}"
+            );
+        }
+        // Its interrupt parent is the guest's GIC (the root's), as on the
+        // board it is the board's.
+        assert!(ours.property("interrupt-parent").is_none());
+        assert_eq!(
+            cells(tree.find_node("/").unwrap(), "interrupt-parent"),
+            [GIC_PHANDLE]
+        );
+        // Its clock is the board's apb-pclk, which is the guest's UART
+        // clock already: one node, with the board's properties.
+        let [clock] = cells(ours, "clocks")[..] else {
+            panic!("one clock");
+        };
+        assert_eq!(clock, CLOCK_PHANDLE);
+        let board_clock = board.find_phandle(cells(theirs, "clocks")[0]).unwrap();
+        let guest_clock = tree.find_phandle(clock).unwrap();
+        assert_eq!(guest_clock.name, board_clock.name);
+        assert_eq!(properties(guest_clock), properties(board_clock));
+        assert_eq!(
+            tree.find_node("/")
+                .unwrap()
+                .children()
+                .filter(|node| node.name.starts_with("apb-pclk"))
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_clock_unlike_the_uarts_is_copied_once_with_a_phandle_of_its_own() {
+        let mut devices = given(&["/pl031@9010000", "/pl061@9030000"]);
+        for device in &mut devices {
+            let clock = &mut device.node.as_mut().unwrap().clocks[0];
+            clock
+                .properties
+                .retain(|(name, _)| name != "clock-frequency");
+            clock.properties.push((
+                "clock-frequency".into(),
+                1_000_000u32.to_be_bytes().to_vec(),
+            ));
+        }
+        let blob = guest_dtb(&vm(&[1], None), 2, &devices).unwrap();
+        let tree = Fdt::new(&blob).unwrap();
+        let rtc = tree.find_node("/pl031@9010000").unwrap();
+        let gpio = tree.find_node("/pl061@9030000").unwrap();
+        assert_eq!(cells(rtc, "clocks"), [FIRST_COPIED_PHANDLE]);
+        assert_eq!(cells(gpio, "clocks"), [FIRST_COPIED_PHANDLE]);
+        let copied = tree.find_phandle(FIRST_COPIED_PHANDLE).unwrap();
+        assert_eq!(copied.name, "apb-pclk-3");
+        assert_eq!(cells(copied, "clock-frequency"), [1_000_000]);
+        // The UART keeps its own.
+        assert_eq!(
+            cells(tree.find_phandle(CLOCK_PHANDLE).unwrap(), "clock-frequency"),
+            [24_000_000]
+        );
+        assert_eq!(cells(gpio, "interrupts"), [0, 7, 4]);
     }
 }

@@ -167,6 +167,22 @@ fn list_system(
             image,
             rules::Hex(vm.image_load_offset)
         ));
+        if vm.passthrough_ranges().len() == 0 && vm.passthrough_spis().len() == 0 {
+            continue;
+        }
+        let mut given: Vec<String> = vm
+            .passthrough_ranges()
+            .map(|(base, size)| format!("{}..{}", Address(base), Address(base + size)))
+            .collect();
+        given.extend(
+            vm.passthrough_spis()
+                .map(|spi| format!("SPI {spi} (INTID {})", spi + 32)),
+        );
+        inspection.listing.push(format!(
+            "vm[{index}] {}: passthrough {}",
+            escaped(vm.name),
+            given.join(", ")
+        ));
     }
 }
 

@@ -29,7 +29,13 @@ pub fn manifest_dtb(system: &LoadedSystem) -> Result<Vec<u8>, Error> {
     fdt.property_u32("gic-version", board.gic_version)?;
 
     let vms = fdt.begin_node("vms")?;
-    for (index, (vm, image)) in system.config.vms.iter().zip(&system.images).enumerate() {
+    let each = system
+        .config
+        .vms
+        .iter()
+        .zip(&system.images)
+        .zip(&system.devices);
+    for (index, ((vm, image), devices)) in each.enumerate() {
         let node = fdt.begin_node(&format!("vm@{index}"))?;
         fdt.property_string("name", &vm.name)?;
         fdt.property_u64("ram-base", vm.ram_base)?;
@@ -38,6 +44,22 @@ pub fn manifest_dtb(system: &LoadedSystem) -> Result<Vec<u8>, Error> {
         fdt.property_string("image", &image_entry(&vm.name))?;
         fdt.property_u64("image-load-offset", image.layout.load_offset)?;
         fdt.property_string("device-tree", &device_tree_entry(&vm.name))?;
+        // Only for a VM that has devices, as `<base size>` u64 pairs and
+        // u32 SPI numbers.
+        let reg: Vec<u64> = devices
+            .iter()
+            .flat_map(|device| device.ranges.iter().flat_map(|&(base, size)| [base, size]))
+            .collect();
+        if !reg.is_empty() {
+            fdt.property_array_u64("passthrough-reg", &reg)?;
+        }
+        let spis: Vec<u32> = devices
+            .iter()
+            .flat_map(|device| device.spis.iter().copied())
+            .collect();
+        if !spis.is_empty() {
+            fdt.property_array_u32("passthrough-spis", &spis)?;
+        }
         fdt.end_node(node)?;
     }
     fdt.end_node(vms)?;

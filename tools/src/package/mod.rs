@@ -73,8 +73,14 @@ pub fn build(system: &LoadedSystem) -> Result<Vec<u8>, String> {
     let mut archive = cpio::Writer::new();
     archive.add_file(MANIFEST_ENTRY, &manifest)?;
     let gic_version = system.config.board.gic_version;
-    for (vm, image) in system.config.vms.iter().zip(&system.images) {
-        let dtb = guest_dt::guest_dtb(vm, gic_version)
+    let vms = system
+        .config
+        .vms
+        .iter()
+        .zip(&system.images)
+        .zip(&system.devices);
+    for ((vm, image), devices) in vms {
+        let dtb = guest_dt::guest_dtb(vm, gic_version, devices)
             .map_err(|err| format!("vm \"{}\": cannot write its device tree: {err}", vm.name))?;
         // The hypervisor copies it into the last 64 KiB of the VM's RAM.
         if dtb.len() as u64 >= DEVICE_TREE_ROOM {
@@ -114,6 +120,7 @@ mod tests {
             ram_base,
             cpus: cpus.to_vec(),
             bootargs: None,
+            passthrough: Vec::new(),
         };
         let image = |load_offset: u64, bytes: Vec<u8>| GuestImage {
             path: PathBuf::from("target/guests/hello.bin"),
@@ -140,6 +147,7 @@ mod tests {
                 image(0x8_0000, fake_image(0x8_0000, 0, 4096)),
                 image(0, b"raw guest".to_vec()),
             ],
+            devices: vec![Vec::new(), Vec::new()],
         }
     }
 
@@ -217,6 +225,74 @@ mod tests {
             [0, 0, 0, 2, 0, 0, 0, 3]
         );
         assert_eq!(vms[1].property("image-load-offset").unwrap().value, [0; 8]);
+    }
+
+    #[test]
+    fn passthrough_devices_reach_the_manifest_inspect_and_the_guest_tree() {
+        use crate::system::PassthroughDevice;
+        use crate::system::passthrough::DeviceNode;
+        let mut system = system();
+        system.devices[0] = vec![
+            PassthroughDevice {
+                ranges: vec![(0x0901_0000, 0x1000)],
+                spis: vec![2],
+                node: Some(DeviceNode {
+                    name: "pl031@9010000".into(),
+                    compatible: b"arm,pl031\0arm,primecell\0".to_vec(),
+                    interrupts: vec![0, 2, 4],
+                    clocks: Vec::new(),
+                    clock_names: None,
+                }),
+            },
+            PassthroughDevice {
+                ranges: vec![(0x0903_0000, 0x1000)],
+                spis: vec![7],
+                node: None,
+            },
+        ];
+        let bytes = build(&system).unwrap();
+        let entries = cpio::read(&bytes).unwrap();
+        let tree = Fdt::new(entry(&entries, MANIFEST_ENTRY).data).unwrap();
+        let alpha = tree.find_node("/vms/vm@0").unwrap();
+        assert_eq!(
+            crate::device_tree_reading::cells(alpha, "passthrough-reg"),
+            [0, 0x0901_0000, 0, 0x1000, 0, 0x0903_0000, 0, 0x1000]
+        );
+        assert_eq!(
+            crate::device_tree_reading::cells(alpha, "passthrough-spis"),
+            [2, 7]
+        );
+        // A VM without devices has neither field.
+        let beta = tree.find_node("/vms/vm@1").unwrap();
+        assert!(beta.property("passthrough-reg").is_none());
+        assert!(beta.property("passthrough-spis").is_none());
+
+        let inspection = inspect(&bytes);
+        assert!(inspection.problems.is_empty(), "{:?}", inspection.problems);
+        assert!(
+            inspection.listing.contains(
+                &"vm[0] alpha: passthrough 0x0901_0000..0x0901_1000, 0x0903_0000..0x0903_1000, \
+              SPI 2 (INTID 34), SPI 7 (INTID 39)"
+                    .to_string()
+            )
+        );
+        let guest = Fdt::new(entry(&entries, "vm/alpha/guest.dtb").data).unwrap();
+        assert!(guest.find_node("/pl031@9010000").is_some());
+        assert!(
+            guest.find_node("/pl061@9030000").is_none(),
+            "no node: not named by path"
+        );
+        // Given to beta as well: the hypervisor's own rules refuse it.
+        system.devices[1] = vec![system.devices[0][1].clone()];
+        let inspection = inspect(&build(&system).unwrap());
+        assert_eq!(
+            inspection.problems,
+            [
+                "tessera/manifest.dtb: vm[1] \"beta\": field passthrough-reg: 0x903_0000: overlaps \
+                 the range 0x0903_0000..0x0903_1000, already given to vm[0]; rebuild the package \
+                 with `tessera package`"
+            ]
+        );
     }
 
     #[test]

@@ -7,13 +7,16 @@
 //! Checking runs in two stages so callers that only need the board (the
 //! scenario loader) need not build guests: [`load_config`] does every
 //! check that needs only the text, [`load`] adds the image checks, which
-//! may build guest-sdk examples through an [`ImageLocator`].
+//! may build guest-sdk examples through an [`ImageLocator`], and the
+//! passthrough checks (`passthrough`), which may read the board's device
+//! tree.
 
 mod board;
 mod fields;
 #[cfg(test)]
 mod fuzz;
 pub mod guest_image;
+pub mod passthrough;
 mod validate;
 
 use std::fmt;
@@ -22,6 +25,7 @@ use std::path::{Path, PathBuf};
 pub use board::BoardSpec;
 use fields::Problems;
 pub use guest_image::GuestImage;
+pub use passthrough::{PassthroughDevice, PassthroughSpec};
 use validate::Draft;
 
 use crate::escape::escaped;
@@ -56,6 +60,8 @@ pub struct VmConfig {
     /// The physical CPU of each vCPU.
     pub cpus: Vec<u32>,
     pub bootargs: Option<String>,
+    /// The physical devices given to it, as written.
+    pub passthrough: Vec<PassthroughSpec>,
 }
 
 /// Where a VM's image comes from.
@@ -85,12 +91,14 @@ impl SystemConfig {
     }
 }
 
-/// A configuration whose images have been found, read and checked.
-/// `images[n]` belongs to `config.vms[n]`.
+/// A configuration whose images have been found, read and checked, and
+/// whose passthrough devices have been resolved and checked. `images[n]`
+/// and `devices[n]` belong to `config.vms[n]`.
 #[derive(Clone, Debug)]
 pub struct LoadedSystem {
     pub config: SystemConfig,
     pub images: Vec<GuestImage>,
+    pub devices: Vec<Vec<PassthroughDevice>>,
 }
 
 /// Finds the image file of a guest-sdk example, building it if need be.
@@ -98,6 +106,17 @@ pub trait ImageLocator {
     /// The flat binary of example `name`; the error is a reason for a
     /// message about the VM's `image` key.
     fn example_image(&mut self, name: &str) -> Result<PathBuf, String>;
+
+    /// The device tree `machine` hands the hypervisor, for passthrough
+    /// devices named by path when the configuration gives no
+    /// `board.device-tree`; the error is a reason for a message about
+    /// that key.
+    fn board_device_tree(&mut self, machine: Machine) -> Result<Vec<u8>, String> {
+        Err(format!(
+            "no device tree of {} is at hand; give board.device-tree",
+            machine.name()
+        ))
+    }
 }
 
 /// One mistake: `FILE: KEY: REASON`, or `FILE:LINE:COLUMN: REASON` where
@@ -203,13 +222,23 @@ pub fn check(
 ) -> Result<LoadedSystem, ConfigErrors> {
     let (draft, mut problems) = check_source(source, file)?;
     let images = check_images(&draft, locator, &mut problems);
+    let devices = check_devices(&draft, locator, &mut problems);
     let config = finish(draft, problems)?;
-    // Without problems, every VM had an image and it was checked.
+    // Without problems, every VM had an image and it was checked, and
+    // every device was resolved.
     let images = images
         .into_iter()
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| internal_error(file, "an image was not checked"))?;
-    Ok(LoadedSystem { config, images })
+    let devices = devices
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| internal_error(file, "a passthrough device was not resolved"))?;
+    Ok(LoadedSystem {
+        config,
+        images,
+        devices,
+    })
 }
 
 /// The file's bytes; a file that cannot be read at all is not a mistake
@@ -320,6 +349,91 @@ fn check_image(
         bytes,
         layout,
     })
+}
+
+/// The board's device tree, read when some VM names a node of it: the
+/// configuration's `board.device-tree`, or the one the machine hands the
+/// hypervisor. `None` (reported) when it cannot be had.
+fn board_tree(
+    draft: &Draft,
+    locator: &mut dyn ImageLocator,
+    problems: &mut Problems,
+) -> Option<Vec<u8>> {
+    let key = "board.device-tree";
+    let bytes = match (&draft.board.device_tree, draft.board.spec) {
+        (Some(path), _) => std::fs::read(path)
+            .map_err(|err| format!("cannot read {}: {err}", workspace::display(path))),
+        (None, Some(spec)) => {
+            let machine = spec.machine(draft.board.gic_version.unwrap_or(spec.gic_versions[0]));
+            locator.board_device_tree(machine)
+        }
+        // The board's mistake is reported already.
+        (None, None) => return None,
+    };
+    let checked = bytes.and_then(|bytes| match fdt::Fdt::new(&bytes) {
+        Ok(_) => Ok(bytes),
+        Err(err) => Err(format!(
+            "the board's device tree is not a device tree blob: {err:?}"
+        )),
+    });
+    checked.map_err(|reason| problems.add(key, reason)).ok()
+}
+
+/// Resolves every VM's passthrough entries (against the board's device
+/// tree where they name a node of it) and applies the shared rules to
+/// them. `None` for a VM whose devices could not all be resolved.
+fn check_devices(
+    draft: &Draft,
+    locator: &mut dyn ImageLocator,
+    problems: &mut Problems,
+) -> Vec<Option<Vec<PassthroughDevice>>> {
+    let wanted = draft.vms.iter().any(|vm| {
+        vm.passthrough
+            .as_deref()
+            .is_some_and(passthrough::needs_board_tree)
+    });
+    let bytes = if wanted {
+        board_tree(draft, locator, problems)
+    } else {
+        None
+    };
+    let tree = bytes.as_deref().and_then(|bytes| fdt::Fdt::new(bytes).ok());
+    let resolved: Vec<_> = draft
+        .vms
+        .iter()
+        .enumerate()
+        .map(|(index, vm)| {
+            passthrough::resolve_all(index, vm.passthrough.as_ref()?, tree.as_ref(), problems)
+        })
+        .collect();
+    if let Some(board) = draft.board.spec {
+        let labels: Vec<String> = draft
+            .vms
+            .iter()
+            .enumerate()
+            .map(|(index, vm)| {
+                vm.name
+                    .as_ref()
+                    .map_or_else(|| format!("vm[{index}]"), |name| format!("vm \"{name}\""))
+            })
+            .collect();
+        let vms: Vec<passthrough::VmDevices<'_>> = draft
+            .vms
+            .iter()
+            .zip(&resolved)
+            .enumerate()
+            .map(|(index, (vm, entries))| passthrough::VmDevices {
+                key: format!("vm[{index}].passthrough"),
+                ram: vm.ram_base.zip(vm.ram),
+                entries: entries.as_deref().unwrap_or_default(),
+            })
+            .collect();
+        passthrough::check_rules(board.rules, &vms, &labels, problems);
+    }
+    resolved
+        .into_iter()
+        .map(|entries| Some(entries?.into_iter().map(|entry| entry.device).collect()))
+        .collect()
 }
 
 /// One line for a TOML syntax error, at its position.

@@ -40,6 +40,18 @@ impl ImageLocator for Examples {
             .cloned()
             .ok_or_else(|| format!("guest-sdk has no example \"{name}\""))
     }
+
+    /// The trees QEMU 10 itself writes for virt (`dumpdtb`), which the
+    /// hypervisor's tests read too.
+    fn board_device_tree(&mut self, machine: Machine) -> Result<Vec<u8>, String> {
+        Ok(match machine {
+            Machine::VirtGicv2 => {
+                include_bytes!("../../../hypervisor/testdata/qemu-virt-gicv2-2cpu.dtb").to_vec()
+            }
+            Machine::Raspi4b => crate::firmware_dt::raspi4b_dtb().map_err(|err| err.to_string())?,
+            _ => include_bytes!("../../../hypervisor/testdata/qemu-virt-gicv3-4cpu.dtb").to_vec(),
+        })
+    }
 }
 
 /// A directory of its own for each test.
@@ -123,6 +135,7 @@ bootargs = \"console=ttyAMA0\"
             ram_base: 0x4000_0000,
             cpus: vec![1],
             bootargs: None,
+            passthrough: Vec::new(),
         }
     );
     assert_eq!(config.vms[1].ram_base, 0x8000_0000);
@@ -262,7 +275,7 @@ fn unknown_keys_name_the_expected_ones() {
             "",
             "unknown-vm"
         ),
-        "systems/demo.toml: vm[0].memory: unknown key (expected one of: name, image, ram, ram-base, cpus, bootargs)"
+        "systems/demo.toml: vm[0].memory: unknown key (expected one of: name, image, ram, ram-base, cpus, bootargs, passthrough)"
     );
     assert_eq!(
         only_error(
@@ -270,7 +283,7 @@ fn unknown_keys_name_the_expected_ones() {
             "",
             "unknown-board"
         ),
-        "systems/demo.toml: board.colour: unknown key (expected one of: name, gic-version, cpus, memory)"
+        "systems/demo.toml: board.colour: unknown key (expected one of: name, gic-version, cpus, memory, device-tree)"
     );
     let errors = errors(&format!("version = 1\n{BOARD}{ALPHA}"), "unknown-top");
     assert_eq!(
@@ -709,7 +722,7 @@ memory = \"2M\"
             "systems/demo.toml: vm[0].name: \"Alpha\" is not a VM name (1 to 15 of a-z, 0-9 and -, starting with a letter)",
             "systems/demo.toml: vm[0].ram: \"64\" is not a size: expected digits and a unit K, M or G, e.g. \"64M\"",
             "systems/demo.toml: vm[0].cpus: CPU 5 does not exist; the board has CPUs 0 to 1",
-            "systems/demo.toml: vm[1].memory: unknown key (expected one of: name, image, ram, ram-base, cpus, bootargs)",
+            "systems/demo.toml: vm[1].memory: unknown key (expected one of: name, image, ram, ram-base, cpus, bootargs, passthrough)",
             "systems/demo.toml: vm[1].ram-base: guest RAM 0x0800_0000..0x0be0_0000 overlaps the device window 0x0800_0000..0x0a00_0000 (GIC, UART)",
             "systems/demo.toml: vm[1].cpus: CPU 1 is already used by vm[0]",
             "systems/demo.toml: board.memory: the VMs' RAM (62M) plus the hypervisor's reserve (32M) is 94M, more than the board's 64M",
@@ -885,5 +898,304 @@ fn keys_that_are_not_bare_are_quoted_and_control_characters_escaped() {
             "systems/demo.toml: board.name: unknown board \"\\x1b[32mOK\\x0a\" (expected one of: \
              qemu-virt, rpi4)",
         ]
+    );
+}
+
+// Passthrough (docs/system-image.md, "Passthrough"). The virt board tree
+// is QEMU's own (`dumpdtb`), from hypervisor/testdata.
+
+const BETA: &str = "\
+[[vm]]
+name = \"beta\"
+image = \"example:hello\"
+ram = \"64M\"
+ram-base = 0x40000000
+cpus = [2]
+";
+
+/// `ALPHA` given the passthrough entries `entries` (TOML table bodies).
+fn alpha_with(entries: &[&str]) -> String {
+    let mut source = format!("{BOARD}{ALPHA}");
+    for entry in entries {
+        source.push_str(&format!("[[vm.passthrough]]\n{entry}\n"));
+    }
+    source
+}
+
+#[test]
+fn a_board_device_tree_node_is_given_with_what_the_board_tree_says() {
+    let system = load_ok(&alpha_with(&["path = \"/pl031@9010000\""]), "pt-rtc");
+    assert_eq!(
+        system.config.vms[0].passthrough,
+        [PassthroughSpec::Node("/pl031@9010000".into())]
+    );
+    let device = &system.devices[0][0];
+    assert_eq!(device.ranges, [(0x0901_0000, 0x1000)]);
+    assert_eq!(device.spis, [2]);
+    let node = device.node.as_ref().unwrap();
+    assert_eq!(node.name, "pl031@9010000");
+    assert_eq!(node.compatible, b"arm,pl031\0arm,primecell\0");
+    assert_eq!(node.interrupts, [0, 2, 4]);
+    assert_eq!(node.clock_names.as_deref(), Some(&b"apb_pclk\0"[..]));
+    assert_eq!(node.clocks.len(), 1);
+    assert_eq!(node.clocks[0].name, "apb-pclk");
+    // The same node found by its name without a unit address; a VM
+    // without devices has none.
+    let source = format!("{}{BETA}", alpha_with(&["path = \"/pl061\""]));
+    let system = load_ok(&source, "pt-gpio");
+    assert_eq!(system.devices[0][0].ranges, [(0x0903_0000, 0x1000)]);
+    assert_eq!(system.devices[0][0].spis, [7]);
+    assert!(system.devices[1].is_empty());
+}
+
+#[test]
+fn a_device_without_a_node_is_given_by_reg_and_spis() {
+    let system = load_ok(
+        &alpha_with(&["reg = [[0x9010000, 0x1000]]\nspis = [2]"]),
+        "pt-explicit",
+    );
+    assert_eq!(
+        system.devices[0],
+        [PassthroughDevice {
+            ranges: vec![(0x0901_0000, 0x1000)],
+            spis: vec![2],
+            node: None
+        }]
+    );
+}
+
+#[test]
+fn a_device_given_to_two_vms_is_refused() {
+    let source = format!(
+        "{}{BETA}[[vm.passthrough]]\npath = \"/pl031@9010000\"\n",
+        alpha_with(&["path = \"/pl031@9010000\""])
+    );
+    assert_eq!(
+        errors(&source, "pt-twice"),
+        [
+            "systems/demo.toml: vm[1].passthrough[0].path: \"/pl031@9010000\": overlaps the range \
+             0x0901_0000..0x0901_1000, already given to vm \"alpha\"",
+            "systems/demo.toml: vm[1].passthrough[0].path: \"/pl031@9010000\": SPI 2 is already \
+             given to vm \"alpha\"",
+        ]
+    );
+    // Its SPI alone, named twice by one VM.
+    assert_eq!(
+        errors(
+            &alpha_with(&[
+                "path = \"/pl031@9010000\"",
+                "reg = [[0x9020000, 0x1000]]\nspis = [2]"
+            ]),
+            "pt-spi-twice"
+        ),
+        ["systems/demo.toml: vm[0].passthrough[1].spis: SPI 2 is listed twice"]
+    );
+}
+
+#[test]
+fn passthrough_ranges_the_rules_refuse() {
+    let one = |entry: &str, test: &str| {
+        let errors = errors(&alpha_with(&[entry]), test);
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        errors[0].clone()
+    };
+    let cases = [
+        (
+            "reg = [[0x9000000, 0x1000]]",
+            "vm[0].passthrough[0].reg: the range 0x0900_0000..0x0900_1000 overlaps the console \
+             UART at 0x0900_0000..0x0900_1000, which the hypervisor keeps for itself",
+        ),
+        (
+            "reg = [[0x8000000, 0x10000]]",
+            "vm[0].passthrough[0].reg: the range 0x0800_0000..0x0801_0000 overlaps the GIC at \
+             0x0800_0000..0x0900_0000, which the hypervisor keeps for itself",
+        ),
+        (
+            "reg = [[0xa000000, 0x200]]",
+            "vm[0].passthrough[0].reg: the range 0x0a00_0000 of 0x200 is not in whole 4 KiB \
+             pages (base and size must be multiples of 0x1000)",
+        ),
+        (
+            "path = \"/virtio_mmio@a000000\"",
+            "vm[0].passthrough[0].path: \"/virtio_mmio@a000000\": the range 0x0a00_0000 of \
+             0x200 is not in whole 4 KiB pages (base and size must be multiples of 0x1000)",
+        ),
+        (
+            "reg = [[0xa000000, 0x1000]]",
+            "vm[0].passthrough[0].reg: the range 0x0a00_0000..0x0a00_1000 is outside \
+             qemu-virt's device space (0x0800_0000..0x0a00_0000)",
+        ),
+        (
+            "reg = [[0x40000000, 0x1000]]",
+            "vm[0].passthrough[0].reg: the range 0x4000_0000..0x4000_1000 is outside \
+             qemu-virt's device space (0x0800_0000..0x0a00_0000)",
+        ),
+        (
+            "reg = [[0x9010000, 0]]",
+            "vm[0].passthrough[0].reg: the range at 0x0901_0000 is empty",
+        ),
+    ];
+    for (index, (entry, expected)) in cases.into_iter().enumerate() {
+        assert_eq!(
+            one(entry, &format!("pt-range-{index}")),
+            format!("systems/demo.toml: {expected}")
+        );
+    }
+    // The console UART by its node: its registers and its interrupt.
+    assert_eq!(
+        errors(&alpha_with(&["path = \"/pl011@9000000\""]), "pt-range-uart"),
+        [
+            "systems/demo.toml: vm[0].passthrough[0].path: \"/pl011@9000000\": the range \
+             0x0900_0000..0x0900_1000 overlaps the console UART at 0x0900_0000..0x0900_1000, \
+             which the hypervisor keeps for itself",
+            "systems/demo.toml: vm[0].passthrough[0].path: \"/pl011@9000000\": SPI 1 (INTID 33) \
+             is the interrupt of the console UART",
+        ]
+    );
+}
+
+#[test]
+fn passthrough_spis_the_rules_refuse() {
+    let one = |spis: &str, test: &str| {
+        let errors = errors(
+            &alpha_with(&[&format!("reg = [[0x9010000, 0x1000]]\nspis = {spis}")]),
+            test,
+        );
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        errors[0].clone()
+    };
+    assert_eq!(
+        one("[224]", "pt-spi-range"),
+        "systems/demo.toml: vm[0].passthrough[0].spis: SPI 224 is not an SPI the virtual GIC \
+         has (SPIs 0 to 223, INTIDs 32 to 255)"
+    );
+    assert_eq!(
+        one("[1]", "pt-spi-console"),
+        "systems/demo.toml: vm[0].passthrough[0].spis: SPI 1 (INTID 33) is the interrupt of \
+         the console UART"
+    );
+    assert_eq!(
+        one("[-3]", "pt-spi-negative"),
+        "systems/demo.toml: vm[0].passthrough[0].spis: -3 is not an SPI number"
+    );
+    assert_eq!(
+        one("[2, 3, 4, 5, 6, 7, 8, 9, 10]", "pt-spi-count"),
+        "systems/demo.toml: vm[0].passthrough: 9 passthrough SPIs, more than the 8 a VM may have"
+    );
+}
+
+#[test]
+fn passthrough_entries_that_name_no_usable_device() {
+    let one = |entry: &str, test: &str| {
+        let errors = errors(&alpha_with(&[entry]), test);
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        errors[0].clone()
+    };
+    let cases = [
+        (
+            "path = \"/rtc@9010000\"",
+            "vm[0].passthrough[0].path: \"/rtc@9010000\": the board's device tree has no such \
+             node",
+        ),
+        (
+            "path = \"pl031@9010000\"",
+            "vm[0].passthrough[0].path: \"pl031@9010000\" is not the full path of a device node \
+             (e.g. \"/pl031@9010000\")",
+        ),
+        (
+            "path = \"/timer\"",
+            "vm[0].passthrough[0].path: \"/timer\": it has no reg",
+        ),
+        (
+            "path = \"/pl031@9010000\"\nreg = [[0x9010000, 0x1000]]",
+            "vm[0].passthrough[0]: give either path (a node of the board's device tree) or reg \
+             and spis, not both",
+        ),
+        ("spis = [2]", "vm[0].passthrough[0].reg: missing"),
+        (
+            "path = \"/pl031@9010000\"\nsize = 4",
+            "vm[0].passthrough[0].size: unknown key (expected one of: path, reg, spis)",
+        ),
+        (
+            "reg = [0x9010000, 0x1000]",
+            "vm[0].passthrough[0].reg: is a flat list of numbers; write each range as a \
+             [base, size] pair, e.g. [[0x9010000, 0x1000]]",
+        ),
+        (
+            "reg = []",
+            "vm[0].passthrough[0].reg: empty; give each register range as a [base, size] pair, \
+             e.g. [[0x9010000, 0x1000]]",
+        ),
+        (
+            "reg = [[0x9010000, -1]]",
+            "vm[0].passthrough[0].reg: an array is not a [base, size] pair of non-negative \
+             integers",
+        ),
+    ];
+    for (index, (entry, expected)) in cases.into_iter().enumerate() {
+        let found = one(entry, &format!("pt-bad-{index}"));
+        assert_eq!(found, format!("systems/demo.toml: {expected}"));
+    }
+    let source = format!("{BOARD}{ALPHA}passthrough = 3\n");
+    assert_eq!(
+        errors(&source, "pt-bad-type"),
+        [
+            "systems/demo.toml: vm[0].passthrough: must be an array of tables ([[vm.passthrough]]), \
+             not the integer 3"
+        ]
+    );
+}
+
+#[test]
+fn rpi4_addresses_are_translated_through_the_bus_ranges() {
+    // The tool's own rpi4 tree has uart0 under /soc at its VideoCore bus
+    // address 0x7e20_1000, which the CPU sees at 0xfe20_1000: the console.
+    let board = BOARD
+        .replace("qemu-virt", "rpi4")
+        .replace("= 3", "= 2")
+        .replace("1G", "948M");
+    let source = format!("{board}{ALPHA}[[vm.passthrough]]\npath = \"/soc/serial@7e201000\"\n");
+    assert_eq!(
+        errors(&source, "pt-rpi4"),
+        [
+            "systems/demo.toml: vm[0].passthrough[0].path: \"/soc/serial@7e201000\": the range \
+             0xfe20_1000..0xfe20_2000 overlaps the console UART at 0xfe20_1000..0xfe20_2000, which \
+             the hypervisor keeps for itself",
+            "systems/demo.toml: vm[0].passthrough[0].path: \"/soc/serial@7e201000\": SPI 121 \
+             (INTID 153) is the interrupt of the console UART",
+        ]
+    );
+    // A peripheral the board has, given by hand.
+    let source =
+        format!("{board}{ALPHA}[[vm.passthrough]]\nreg = [[0xfe200000, 0x1000]]\nspis = [113]\n");
+    let system = load_ok(&source, "pt-rpi4-gpio");
+    assert_eq!(system.devices[0][0].ranges, [(0xFE20_0000, 0x1000)]);
+}
+
+#[test]
+fn a_board_device_tree_file_of_the_users_own() {
+    let dir = scratch("pt-own-tree");
+    let file = dir.join("demo.toml");
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../hypervisor/testdata/qemu-virt-gicv2-2cpu.dtb"
+        ),
+        dir.join("virt.dtb"),
+    )
+    .unwrap();
+    let source = alpha_with(&["path = \"/pl031@9010000\""]).replace(
+        "memory = \"1G\"",
+        "memory = \"1G\"\ndevice-tree = \"virt.dtb\"",
+    );
+    let system = check_in(&source, &file, "pt-own-tree-examples").unwrap();
+    assert_eq!(system.devices[0][0].ranges, [(0x0901_0000, 0x1000)]);
+    let source = source.replace("virt.dtb", "absent.dtb");
+    let errors = check_in(&source, &file, "pt-own-tree-examples").unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].contains("board.device-tree: cannot read ") && errors[0].contains("absent.dtb"),
+        "{}",
+        errors[0]
     );
 }

@@ -4,19 +4,28 @@
 //! every mistake; what a failed check leaves unknown is `None` in the draft.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tessera_package::rules::{self, RuleError};
 use toml::{Table, Value};
 
 use super::board::BoardSpec;
 use super::fields::{Fields, Problems, describe};
+use super::passthrough::{self, PassthroughSpec};
 use super::{BoardConfig, ImageSource, SystemConfig, VmConfig};
 use crate::units::{MIB, address, format_size, parse_size};
 
 const TOP_KEYS: &[&str] = &["board", "vm"];
-const BOARD_KEYS: &[&str] = &["name", "gic-version", "cpus", "memory"];
-const VM_KEYS: &[&str] = &["name", "image", "ram", "ram-base", "cpus", "bootargs"];
+const BOARD_KEYS: &[&str] = &["name", "gic-version", "cpus", "memory", "device-tree"];
+const VM_KEYS: &[&str] = &[
+    "name",
+    "image",
+    "ram",
+    "ram-base",
+    "cpus",
+    "bootargs",
+    "passthrough",
+];
 
 /// What the hypervisor keeps for itself out of the board's memory.
 pub const HYPERVISOR_RESERVE: u64 = 32 * MIB;
@@ -42,6 +51,8 @@ pub struct BoardDraft {
     /// Only when within what the board has.
     pub cpus: Option<u32>,
     pub memory: Option<u64>,
+    /// `device-tree`, joined to the configuration's directory.
+    pub device_tree: Option<PathBuf>,
 }
 
 #[derive(Debug, Default)]
@@ -52,6 +63,7 @@ pub struct VmDraft {
     pub ram_base: Option<u64>,
     pub cpus: Option<Vec<u32>>,
     pub bootargs: Option<String>,
+    pub passthrough: Option<Vec<PassthroughSpec>>,
 }
 
 impl Draft {
@@ -75,6 +87,7 @@ impl Draft {
                     ram_base: vm.ram_base?,
                     cpus: vm.cpus?,
                     bootargs: vm.bootargs,
+                    passthrough: vm.passthrough?,
                 })
             })
             .collect::<Option<Vec<_>>>()?;
@@ -94,7 +107,7 @@ pub fn check_table(table: &Table, file: &Path, problems: &mut Problems) -> Draft
         Value::as_table,
         problems,
     ) {
-        Some(board) => check_board(&Fields::new("board", board), problems),
+        Some(board) => check_board(&Fields::new("board", board), file, problems),
         None => BoardDraft::default(),
     };
 
@@ -136,7 +149,7 @@ pub fn check_table(table: &Table, file: &Path, problems: &mut Problems) -> Draft
     Draft { board, vms }
 }
 
-fn check_board(fields: &Fields<'_>, problems: &mut Problems) -> BoardDraft {
+fn check_board(fields: &Fields<'_>, file: &Path, problems: &mut Problems) -> BoardDraft {
     fields.reject_unknown(BOARD_KEYS, problems);
     let mut draft = BoardDraft::default();
 
@@ -200,6 +213,19 @@ fn check_board(fields: &Fields<'_>, problems: &mut Problems) -> BoardDraft {
         match check_board_memory(text, draft.spec) {
             Ok(bytes) => draft.memory = Some(bytes),
             Err(reason) => problems.add(fields.key("memory"), reason),
+        }
+    }
+
+    // Read when a VM names one of its nodes, with the images.
+    if let Some(path) = fields.string("device-tree", false, problems) {
+        if path.is_empty() {
+            problems.add(
+                fields.key("device-tree"),
+                "empty; give the path of the board's device tree blob",
+            );
+        } else {
+            let dir = file.parent().unwrap_or(Path::new(""));
+            draft.device_tree = Some(dir.join(path));
         }
     }
     draft
@@ -327,6 +353,7 @@ fn check_vm(
             Err(reason) => problems.add(fields.key("bootargs"), reason),
         }
     }
+    draft.passthrough = passthrough::parse(fields, problems);
     draft
 }
 
