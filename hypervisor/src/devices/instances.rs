@@ -13,6 +13,7 @@ use tessera_platform::guest::UART_SPI;
 
 use crate::devices::vuart::VirtualUart;
 use crate::interrupts::guest::{self as guest_interrupts, VmVgic};
+use crate::interrupts::virtual_interface::VirtualInterface;
 use crate::vm::{self, GICD_SLOT, GICR_SLOT, RunningVm, UART_SLOT};
 
 /// One VM's emulated devices, each behind a lock of its own; the VM's
@@ -184,13 +185,39 @@ fn read_gic(
         return Some(value);
     }
     let vcpu = vm::running_vcpu();
-    let vgic = vm.device_state.vgic.lock();
-    if slot == GICD_SLOT {
-        Some(vgic.state.distributor_read(vcpu, offset, width))
+    let mut vgic = vm.device_state.vgic.lock();
+    let state_register = reaches_interrupt_state(slot, offset);
+    if state_register {
+        // What the list registers hold is the model's too.
+        let _ = vgic.fold_all(vcpu, &mut VirtualInterface::this_cpu());
+    }
+    let value = if slot == GICD_SLOT {
+        vgic.state.distributor_read(vcpu, offset, width)
     } else if slot == GICR_SLOT {
-        Some(vgic.state.redistributor_read(vcpu, offset, width))
+        vgic.state.redistributor_read(vcpu, offset, width)
     } else {
-        None
+        return None;
+    };
+    if state_register {
+        guest_interrupts::resync(&mut vgic, vcpu);
+    }
+    Some(value)
+}
+
+/// Whether a register at `offset` of the distributor (`GICD_SLOT`) or the
+/// redistributors (`GICR_SLOT`) reads or changes pending or active state:
+/// I[SC]PENDR and I[SC]ACTIVER, and GICv2's SGI pending registers. The
+/// accessing vCPU's list registers are folded into the model first, so the
+/// access sees and changes what the guest would on hardware. (Another
+/// vCPU's list registers are folded when its own CPU next syncs: an
+/// access to its redistributor sees its state as of then.)
+fn reaches_interrupt_state(slot: tessera_hypervisor::devices::map::DeviceSlot, offset: u64) -> bool {
+    if slot == GICD_SLOT {
+        (0x200..0x400).contains(&offset) || (0xF10..0xF30).contains(&offset)
+    } else if slot == GICR_SLOT {
+        (0x1_0200..0x1_0400).contains(&(offset % 0x2_0000))
+    } else {
+        false
     }
 }
 
@@ -204,13 +231,29 @@ fn write_gic(
 ) -> bool {
     let (id, vcpu) = (vm.description.id, vm::running_vcpu());
     let mut vgic = vm.device_state.vgic.lock();
-    let effects = if slot == GICD_SLOT {
+    let folded = reaches_interrupt_state(slot, offset)
+        .then(|| vgic.fold_all(vcpu, &mut VirtualInterface::this_cpu()));
+    let mut effects = if slot == GICD_SLOT {
         vgic.state.distributor_write(vcpu, offset, width, value)
     } else if slot == GICR_SLOT {
         vgic.state.redistributor_write(vcpu, offset, width, value)
     } else {
         return false;
     };
+    if folded.is_some() {
+        // A linked interrupt the write left neither pending nor active (its
+        // pending or active state cleared by register) has no instance
+        // left for the guest to complete: its physical interrupt, left
+        // active when it fired, is made inactive too, as a deactivation
+        // through the list register would have, or the timer would never
+        // fire again. Clearing one that is not active changes nothing.
+        for intid in guest_interrupts::linked_ppis() {
+            if vgic.is_idle(vcpu, intid) {
+                crate::interrupts::gic::clear_active_private(intid);
+            }
+        }
+        effects.reevaluate.insert(vcpu);
+    }
     guest_interrupts::deliver(id, vcpu, &mut vgic, effects);
     true
 }

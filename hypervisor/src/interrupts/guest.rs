@@ -117,6 +117,12 @@ pub fn hardware_ppis() -> u32 {
     (1 << BOARD.timer_interrupts.virtual_timer) | (1 << BOARD.timer_interrupts.physical)
 }
 
+/// The linked PPIs, in INTID order.
+pub fn linked_ppis() -> impl Iterator<Item = u32> {
+    let ppis = hardware_ppis();
+    (16..32).filter(move |intid| ppis & (1 << intid) != 0)
+}
+
 /// Whether `intid` is a physical interrupt linked to the running vCPU's.
 #[inline(always)]
 pub fn is_linked(intid: u32) -> bool {
@@ -160,6 +166,12 @@ pub fn deliver(id: VmId, vcpu: VcpuId, vgic: &mut VmInterrupts, effects: Effects
         vgic.sync(vcpu, &mut VirtualInterface::this_cpu());
         arm_fast_path(vgic, vcpu);
     }
+}
+
+/// Syncs `vcpu` (running here) with its VM's vGIC locked by the caller.
+pub fn resync(vgic: &mut VmInterrupts, vcpu: VcpuId) {
+    vgic.sync(vcpu, &mut VirtualInterface::this_cpu());
+    arm_fast_path(vgic, vcpu);
 }
 
 /// Brings the list registers of the vCPU running here in step with its

@@ -96,6 +96,25 @@ impl VmInterrupts {
         }
     }
 
+    /// See `list_registers::fold_all`.
+    pub fn fold_all(
+        &mut self,
+        vcpu: VcpuId,
+        registers: &mut impl ListRegisters,
+    ) -> list_registers::FoldedLinked {
+        match self.shadows.get_mut(vcpu.index()) {
+            Some(shadow) => list_registers::fold_all(&mut self.state, vcpu, shadow, registers),
+            None => list_registers::FoldedLinked::default(),
+        }
+    }
+
+    /// Whether `intid` of `vcpu` is neither pending nor active in the
+    /// model.
+    #[must_use]
+    pub fn is_idle(&self, vcpu: VcpuId, intid: u32) -> bool {
+        self.state.is_idle(vcpu, intid)
+    }
+
     /// See `list_registers::linked_slot`.
     #[must_use]
     pub fn linked_slot(

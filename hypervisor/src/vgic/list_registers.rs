@@ -542,6 +542,53 @@ pub fn show_linked(
     true
 }
 
+/// The hardware-linked interrupts a [`fold_all`] took out of the list
+/// registers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FoldedLinked {
+    intids: [u32; MAX_LIST_REGISTERS],
+    count: usize,
+}
+
+impl FoldedLinked {
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.intids[..self.count].iter().copied()
+    }
+}
+
+/// Folds every list register of `vcpu` back into the model and empties
+/// them, so that the model alone holds the truth: before a register access
+/// that reads or changes pending or active state (ISPENDR, ICACTIVER, ...),
+/// which would otherwise miss what sits in the registers. The caller syncs
+/// afterwards. Returns the hardware-linked interrupts that were in a
+/// register: their physical interrupt is still active, and if the access
+/// leaves one neither pending nor active, the caller must deactivate the
+/// physical one too (as a deactivation through the register would have).
+pub fn fold_all(
+    state: &mut VgicState,
+    vcpu: VcpuId,
+    shadow: &mut ListRegisterShadow,
+    registers: &mut impl ListRegisters,
+) -> FoldedLinked {
+    let mut linked = FoldedLinked::default();
+    let count = registers.count().min(MAX_LIST_REGISTERS);
+    for (index, resident) in shadow.resident.iter_mut().enumerate().take(count) {
+        if !resident.in_use {
+            continue;
+        }
+        let entry = registers.read(index);
+        state.fold(vcpu, *resident, entry.state);
+        if entry.physical.is_some() && entry.state != LrState::Invalid {
+            linked.intids[linked.count] = resident.intid;
+            linked.count += 1;
+        }
+        registers.write(index, ListEntry::EMPTY);
+        *resident = Resident::UNUSED;
+    }
+    shadow.linked_ready = 0;
+    linked
+}
+
 /// Where the next instance of the hardware-linked `intid` may go without
 /// the model being asked: the register its previous instance holds, with
 /// the entry to write, while the last sync found it forwarded and nothing
@@ -1163,6 +1210,35 @@ mod tests {
         }
         sync(&mut state, vcpu(0), &mut shadow, &mut registers);
         assert_eq!(linked_slot(&shadow, 27), None);
+    }
+
+    #[test]
+    fn folding_everything_shows_the_model_what_the_registers_held() {
+        let mut state = enabled(GicVersion::V3, 1);
+        state.set_hardware_ppis(1 << 27);
+        state.update(vcpu(0), 20, |irq| {
+            irq.edge = true;
+            irq.priority = 0x80;
+        });
+        state.pulse(vcpu(0), 20);
+        state.hardware_fired(vcpu(0), 27);
+        let mut shadow = ListRegisterShadow::new();
+        let mut registers = FakeRegisters::new(4);
+        sync(&mut state, vcpu(0), &mut shadow, &mut registers);
+        assert!(!state.slot(vcpu(0), 20).unwrap().pending(), "in a register");
+        assert_eq!(registers.acknowledge().map(|entry| entry.intid), Some(27));
+        let linked = fold_all(&mut state, vcpu(0), &mut shadow, &mut registers);
+        assert_eq!(linked.iter().collect::<Vec<_>>(), [27]);
+        assert!(state.slot(vcpu(0), 20).unwrap().pending());
+        assert!(state.slot(vcpu(0), 27).unwrap().active);
+        assert!(registers.entries.iter().all(|entry| *entry == ListEntry::EMPTY));
+        // The guest clears 27's active state by register: the caller sees
+        // it is neither pending nor active and deactivates the physical one.
+        state.update(vcpu(0), 27, |irq| irq.active = false);
+        let irq = state.slot(vcpu(0), 27).unwrap();
+        assert!(!irq.pending() && !irq.active);
+        sync(&mut state, vcpu(0), &mut shadow, &mut registers);
+        assert_eq!(registers.acknowledge().map(|entry| entry.intid), Some(20));
     }
 
     #[test]

@@ -728,6 +728,14 @@ impl VgicState {
         list
     }
 
+    /// Whether `intid` of `vcpu` is neither pending nor active (or not the
+    /// VM's).
+    #[must_use]
+    pub fn is_idle(&self, vcpu: VcpuId, intid: u32) -> bool {
+        self.slot(vcpu, intid)
+            .is_none_or(|irq| !irq.pending() && !irq.active)
+    }
+
     /// The guest completed `intid` of `vcpu` through a list register the
     /// model was not told of yet: it is no longer active.
     pub(super) fn clear_active(&mut self, vcpu: VcpuId, intid: u32) {
