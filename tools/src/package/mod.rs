@@ -73,8 +73,9 @@ pub fn build(system: &LoadedSystem) -> Result<Vec<u8>, String> {
     let mut archive = cpio::Writer::new();
     archive.add_file(MANIFEST_ENTRY, &manifest)?;
     let gic_version = system.config.board.gic_version;
+    let pmu = system.config.board.spec.pmu;
     for (vm, image) in system.config.vms.iter().zip(&system.images) {
-        let dtb = guest_dt::guest_dtb(vm, gic_version)
+        let dtb = guest_dt::guest_dtb(vm, gic_version, pmu)
             .map_err(|err| format!("vm \"{}\": cannot write its device tree: {err}", vm.name))?;
         // The hypervisor copies it into the last 64 KiB of the VM's RAM.
         if dtb.len() as u64 >= DEVICE_TREE_ROOM {
