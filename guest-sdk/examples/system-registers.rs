@@ -2,8 +2,9 @@
 //! the guest, look like from inside a VM (docs/ARCHITECTURE.md, "Trap
 //! configuration"):
 //!
-//! - the performance monitors (PMCR_EL0, PMCNTENSET_EL0, PMCCNTR_EL0) read
-//!   as zero, and writes to them are ignored;
+//! - the performance monitors are the guest's own (its CPU has a PMUv3):
+//!   PMCR_EL0.E and PMCNTENSET_EL0.C read back as written and PMCCNTR_EL0
+//!   counts (the `pmu` example checks counting and the PMU's reset);
 //! - an implementation-defined register (S3_1_C11_C0_2, L2CTLR_EL1 on the
 //!   Cortex-A72) reads as zero;
 //! - the debug registers are the guest's own: MDSCR_EL1 starts at zero and
@@ -14,15 +15,15 @@
 //! Output, then exit status 0:
 //!
 //! ```text
-//! system-registers: performance monitor registers read as zero and ignore writes
+//! system-registers: performance monitor registers are the guest's own (PMCR_EL0.E and PMCNTENSET_EL0.C read back, PMCCNTR_EL0 counts)
 //! system-registers: implementation-defined L2CTLR_EL1 reads as zero
 //! system-registers: debug registers are the guest's own (MDSCR_EL1 0x8000, OSLSR_EL1 0xa)
 //! system-registers: MIDR_EL1 0x410fd083
 //! ```
 //!
 //! Each register that does not behave prints `system-registers: FAIL: ...`
-//! and the VM exits with status 1. (Natively, without Tessera, the first two
-//! checks fail: QEMU gives EL1 a real PMU and L2CTLR_EL1.)
+//! and the VM exits with status 1. (Natively, without Tessera, the second
+//! check fails: QEMU gives EL1 a real L2CTLR_EL1.)
 #![cfg_attr(target_os = "none", no_std)]
 #![no_main]
 
@@ -32,17 +33,21 @@ entry!(main);
 
 fn main(_device_tree: usize) -> ! {
     let mdscr_at_start = debug_control();
-    let mut failed = false;
-    for (name, value) in performance_monitor_readings() {
-        if value != 0 {
-            println!("system-registers: FAIL: {name} reads {value:#x} after a write");
-            failed = true;
-        }
-    }
-    if failed {
+    const ENABLE: u64 = 1;
+    const CYCLE_COUNTER: u64 = 1 << 31;
+    let [pmcr, pmcntenset, pmccntr] = performance_monitor_readings();
+    if pmcr & ENABLE == 0 || pmcntenset & CYCLE_COUNTER == 0 || pmccntr == 0 {
+        println!(
+            "system-registers: FAIL: performance monitors: PMCR_EL0 {pmcr:#x}, \
+             PMCNTENSET_EL0 {pmcntenset:#x} after enabling the cycle counter, \
+             PMCCNTR_EL0 {pmccntr:#x}"
+        );
         exit(exit_status::FAILURE)
     }
-    println!("system-registers: performance monitor registers read as zero and ignore writes");
+    println!(
+        "system-registers: performance monitor registers are the guest's own \
+         (PMCR_EL0.E and PMCNTENSET_EL0.C read back, PMCCNTR_EL0 counts)"
+    );
     let l2ctlr = implementation_defined_register();
     if l2ctlr != 0 {
         println!("system-registers: FAIL: L2CTLR_EL1 reads {l2ctlr:#x}");
@@ -71,13 +76,13 @@ fn main(_device_tree: usize) -> ! {
     exit(exit_status::SUCCESS)
 }
 
-/// Writes something that would show into each performance monitor
-/// register, then reads each.
+/// Enables the cycle counter, lets it run over a short loop, reads
+/// PMCR_EL0, PMCNTENSET_EL0 and PMCCNTR_EL0, and turns it off again.
 #[cfg(target_os = "none")]
-fn performance_monitor_readings() -> [(&'static str, u64); 3] {
+fn performance_monitor_readings() -> [u64; 3] {
     let (pmcr, pmcntenset, pmccntr): (u64, u64, u64);
-    // SAFETY: enabling the cycle counter changes nothing this program
-    // relies on; under Tessera the writes are ignored.
+    // SAFETY: the cycle counter, running for a moment, changes nothing
+    // this program relies on.
     unsafe {
         core::arch::asm!(
             "mov {scratch}, #1",
@@ -85,21 +90,26 @@ fn performance_monitor_readings() -> [(&'static str, u64); 3] {
             "mov {scratch}, #(1 << 31)",
             "msr pmcntenset_el0, {scratch}",    // C: the cycle counter
             "isb",
+            "mov {scratch}, #1000",
+            "1:",
+            "subs {scratch}, {scratch}, #1",
+            "b.ne 1b",
+            "isb",
             "mrs {pmcr}, pmcr_el0",
             "mrs {pmcntenset}, pmcntenset_el0",
             "mrs {pmccntr}, pmccntr_el0",
+            "msr pmcr_el0, xzr",
+            "mov {scratch}, #(1 << 31)",
+            "msr pmcntenclr_el0, {scratch}",
+            "isb",
             scratch = out(reg) _,
             pmcr = out(reg) pmcr,
             pmcntenset = out(reg) pmcntenset,
             pmccntr = out(reg) pmccntr,
-            options(nostack, preserves_flags)
+            options(nostack)
         );
     }
-    [
-        ("PMCR_EL0", pmcr),
-        ("PMCNTENSET_EL0", pmcntenset),
-        ("PMCCNTR_EL0", pmccntr),
-    ]
+    [pmcr, pmcntenset, pmccntr]
 }
 
 #[cfg(target_os = "none")]
@@ -168,7 +178,7 @@ fn main_id() -> u64 {
 
 // The host only compiles the examples (`entry!` never calls `main` there).
 #[cfg(not(target_os = "none"))]
-fn performance_monitor_readings() -> [(&'static str, u64); 3] {
+fn performance_monitor_readings() -> [u64; 3] {
     unreachable!("a guest runs only on aarch64-unknown-none")
 }
 #[cfg(not(target_os = "none"))]

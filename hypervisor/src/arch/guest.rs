@@ -46,14 +46,59 @@ pub const HCR_EL2_GUEST: u64 = (1 << 0)
 /// trapped, which Tessera does not context-switch.
 const CPTR_EL2_GUEST: u64 = 0x33FF;
 
-/// MDCR_EL2 while guests run: their accesses to the performance monitors
-/// trap (TPM, TPMCR) and read as zero with writes ignored, so a guest cannot
-/// count what other software on its CPU does (the guest device tree
-/// describes no PMU, so Linux does not look for one; ID_AA64DFR0_EL1 still
-/// shows the CPU's). The statistical profiling registers (TPMS) trap too on
-/// cores that have them (ID_AA64DFR0_EL1.PMSVer != 0; the bit is RES0
-/// elsewhere). HPMN, the counters EL1 would be given, is kept as it was (0
-/// has constraints on older cores).
+/// ID_AA64DFR0_EL1: which debug, trace and performance monitor features
+/// this CPU has.
+fn debug_features() -> u64 {
+    let value: u64;
+    // SAFETY: reading ID_AA64DFR0_EL1 has no side effects.
+    unsafe {
+        asm!("mrs {}, id_aa64dfr0_el1", out(reg) value, options(nomem, nostack, preserves_flags));
+    }
+    value
+}
+
+/// The architectural PMU in `debug_features` (ID_AA64DFR0_EL1): its
+/// PMUVer, or `None` when the CPU has none (0b0000) or only an
+/// IMPLEMENTATION DEFINED one (0b1111), whose registers are not PMUv3's.
+fn pmu_version(debug_features: u64) -> Option<u64> {
+    match (debug_features >> 8) & 0xF {
+        0 | 0xF => None,
+        version => Some(version),
+    }
+}
+
+/// ID_AA64DFR0_EL1.PMUVer of FEAT_PMUv3p1 (MDCR_EL2.HPMD) and of
+/// FEAT_PMUv3p5 (MDCR_EL2.HCCD).
+const PMU_V3P1: u64 = 0b0100;
+const PMU_V3P5: u64 = 0b0110;
+
+/// PMCR_EL0.N: how many event counters the PMU has (read at EL2, where it
+/// is not limited by MDCR_EL2.HPMN).
+fn pmu_event_counters() -> u64 {
+    let pmcr: u64;
+    // SAFETY: reading PMCR_EL0 has no side effects; callers have checked
+    // that the CPU has a PMUv3.
+    unsafe { asm!("mrs {}, pmcr_el0", out(reg) pmcr, options(nomem, nostack, preserves_flags)) };
+    (pmcr >> 11) & 0x1F
+}
+
+/// MDCR_EL2 while guests run. Each vCPU has its physical CPU to itself, so
+/// on a CPU with an architectural PMU (PMUv3) the guest owns it: its
+/// registers do not trap (TPM, TPMCR clear) and HPMN gives EL1 every event
+/// counter (HPME clear: none is left for EL2). EL2 is kept out of what the
+/// guest counts as far as the CPU allows: HPMD (FEAT_PMUv3p1) stops the
+/// event counters at EL2 and HCCD (FEAT_PMUv3p5) the cycle counter. On an
+/// older PMUv3, such as the Cortex-A72's, neither exists: counters skip
+/// EL2 unless the guest sets the NSH bit of their filter (PMEVTYPER<n>_EL0,
+/// PMCCFILTR_EL0), which `reset_guest_pmu` clears; a guest that sets it
+/// counts the hypervisor's work on its behalf (its own traps) as well.
+///
+/// Without an architectural PMU (ID_AA64DFR0_EL1.PMUVer none or
+/// IMPLEMENTATION DEFINED) the performance monitor registers trap (TPM,
+/// TPMCR) and read as zero with writes ignored, HPMN is kept as it was, and
+/// the guest device tree describes no PMU. The statistical profiling
+/// registers (TPMS) trap on cores that have them (ID_AA64DFR0_EL1.PMSVer
+/// != 0; the bit is RES0 elsewhere).
 ///
 /// The debug registers are the guest's own, as on hardware: breakpoints,
 /// watchpoints and single-step aimed at EL1 cannot fire at EL2, and a vCPU
@@ -64,19 +109,77 @@ fn mdcr_el2_guest() -> u64 {
     const TPMCR: u64 = 1 << 5;
     const TPM: u64 = 1 << 6;
     const TPMS: u64 = 1 << 14;
-    let (mdcr, debug_features): (u64, u64);
-    // SAFETY: reading MDCR_EL2 and ID_AA64DFR0_EL1 has no side effects.
+    const HPMD: u64 = 1 << 17;
+    const HCCD: u64 = 1 << 23;
+    let mdcr: u64;
+    // SAFETY: reading MDCR_EL2 has no side effects.
+    unsafe { asm!("mrs {}, mdcr_el2", out(reg) mdcr, options(nomem, nostack, preserves_flags)) };
+    let debug_features = debug_features();
+    let statistical_profiling = (debug_features >> 32) & 0xF != 0;
+    let profiling = if statistical_profiling { TPMS } else { 0 };
+    let Some(version) = pmu_version(debug_features) else {
+        return (mdcr & HPMN) | TPMCR | TPM | profiling;
+    };
+    // HPMN = 0 is CONSTRAINED UNPREDICTABLE before FEAT_HPMN0; a PMU
+    // without event counters keeps the value it had.
+    let counters = match pmu_event_counters() {
+        0 => mdcr & HPMN,
+        counters => counters,
+    };
+    let event_counters_off_at_el2 = if version >= PMU_V3P1 { HPMD } else { 0 };
+    let cycle_counter_off_at_el2 = if version >= PMU_V3P5 { HCCD } else { 0 };
+    counters | event_counters_off_at_el2 | cycle_counter_off_at_el2 | profiling
+}
+
+/// Puts this CPU's PMU in a quiet state as a vCPU starts or leaves, so
+/// nothing an earlier run counted (or armed to interrupt) reaches the
+/// guest: counting and overflow interrupts off, every counter zero, no
+/// overflow flag set, EL0 access denied, every filter and event type 0
+/// (EL0 and EL1 counted, EL2 not), PMSELR_EL0 = 0. Nothing to do on a CPU
+/// without an architectural PMU.
+pub fn reset_guest_pmu() {
+    if pmu_version(debug_features()).is_none() {
+        return;
+    }
+    const RESET_EVENT_COUNTERS: u64 = 1 << 1;
+    const RESET_CYCLE_COUNTER: u64 = 1 << 2;
+    // SAFETY: the PMU belongs to the vCPU on this CPU, which is starting or
+    // leaving; EL2 does not use it. The CPU has a PMUv3, so these
+    // registers exist.
     unsafe {
         asm!(
-            "mrs {mdcr}, mdcr_el2",
-            "mrs {dfr0}, id_aa64dfr0_el1",
-            mdcr = out(reg) mdcr,
-            dfr0 = out(reg) debug_features,
+            "msr pmcr_el0, {reset}",
+            "msr pmcntenclr_el0, {all}",
+            "msr pmintenclr_el1, {all}",
+            "msr pmovsclr_el0, {all}",
+            "msr pmuserenr_el0, xzr",
+            "msr pmccfiltr_el0, xzr",
+            reset = in(reg) RESET_EVENT_COUNTERS | RESET_CYCLE_COUNTER,
+            all = in(reg) u64::MAX,
             options(nomem, nostack, preserves_flags)
         );
     }
-    let statistical_profiling = (debug_features >> 32) & 0xF != 0;
-    (mdcr & HPMN) | TPMCR | TPM | if statistical_profiling { TPMS } else { 0 }
+    for counter in 0..pmu_event_counters() {
+        // SAFETY: as above; `counter` is below PMCR_EL0.N, so PMSELR_EL0
+        // selects an event counter that exists.
+        unsafe {
+            asm!(
+                "msr pmselr_el0, {counter}",
+                "isb",
+                "msr pmxevtyper_el0, xzr",
+                counter = in(reg) counter,
+                options(nomem, nostack, preserves_flags)
+            );
+        }
+    }
+    // SAFETY: as above.
+    unsafe {
+        asm!(
+            "msr pmselr_el0, xzr",
+            "isb",
+            options(nomem, nostack, preserves_flags)
+        )
+    };
 }
 
 /// CNTHCTL_EL2: EL1PCTEN | EL1PCEN: guests may read the physical counter

@@ -211,7 +211,10 @@ fn read_gic(
 /// access sees and changes what the guest would on hardware. (Another
 /// vCPU's list registers are folded when its own CPU next syncs: an
 /// access to its redistributor sees its state as of then.)
-fn reaches_interrupt_state(slot: tessera_hypervisor::devices::map::DeviceSlot, offset: u64) -> bool {
+fn reaches_interrupt_state(
+    slot: tessera_hypervisor::devices::map::DeviceSlot,
+    offset: u64,
+) -> bool {
     if slot == GICD_SLOT {
         (0x200..0x400).contains(&offset) || (0xF10..0xF30).contains(&offset)
     } else if slot == GICR_SLOT {

@@ -184,10 +184,11 @@ pub fn sync_this_cpu(vm: &RunningVm, vcpu: VcpuId) {
 
 /// A vCPU starts on this CPU: its virtual CPU interface starts empty and
 /// enabled, its EL1 physical timer off (the virtual timer is part of its
-/// EL1 context), and whatever its VM's model already holds for it (an SGI
-/// sent before it was on) is shown.
+/// EL1 context), its PMU reset, and whatever its VM's model already holds
+/// for it (an SGI sent before it was on) is shown.
 pub fn vcpu_starting(vm: &RunningVm, vcpu: VcpuId) {
     crate::arch::guest::stop_guest_timers();
+    crate::arch::guest::reset_guest_pmu();
     let mut interface = VirtualInterface::this_cpu();
     interface.reset(true);
     let mut vgic = vm.device_state.vgic.lock();
@@ -197,12 +198,13 @@ pub fn vcpu_starting(vm: &RunningVm, vcpu: VcpuId) {
 }
 
 /// The vCPU running here leaves for good (it parks): its timers stop, its
-/// list registers are emptied and its linked physical interrupts are no
-/// longer active, so nothing of it fires on an idle CPU or reaches the
+/// PMU is reset, its list registers are emptied and its linked physical
+/// interrupts are no longer active, so nothing of it fires on an idle CPU or reaches the
 /// next vCPU run here.
 pub fn vcpu_leaving() {
     disarm_fast_path();
     crate::arch::guest::stop_guest_timers();
+    crate::arch::guest::reset_guest_pmu();
     VirtualInterface::this_cpu().reset(false);
     for intid in [
         BOARD.timer_interrupts.virtual_timer,

@@ -76,24 +76,7 @@ impl VmInterrupts {
             return;
         }
         let _ = self.state.hardware_fired(vcpu, intid);
-        self.show_new_pending(vcpu, intid, registers);
-    }
-
-    /// `intid` of `vcpu` just became pending, nothing else changed: shown
-    /// at once in a free list register when the policy allows, else by a
-    /// whole sync.
-    pub fn show_new_pending(
-        &mut self,
-        vcpu: VcpuId,
-        intid: u32,
-        registers: &mut impl ListRegisters,
-    ) {
-        let Some(shadow) = self.shadows.get_mut(vcpu.index()) else {
-            return;
-        };
-        if !list_registers::show_new_pending(&mut self.state, vcpu, intid, shadow, registers) {
-            list_registers::sync(&mut self.state, vcpu, shadow, registers);
-        }
+        list_registers::sync(&mut self.state, vcpu, shadow, registers);
     }
 
     /// See `list_registers::fold_all`.

@@ -613,71 +613,6 @@ pub fn linked_slot(shadow: &ListRegisterShadow, intid: u32) -> Option<(usize, Li
     Some((index, entry))
 }
 
-/// Shows `intid` of `vcpu`, which just became pending with nothing else
-/// changed, in a free list register without a whole sync, when that gives
-/// exactly what a sync would: no interrupt waits outside the registers
-/// (so every deliverable one is in one, and this one joins them), it is
-/// in none yet, and a register is free. Returns false, having changed
-/// nothing, when a sync is needed instead. This is the path of a guest's
-/// timer interrupt.
-pub fn show_new_pending(
-    state: &mut VgicState,
-    vcpu: VcpuId,
-    intid: u32,
-    shadow: &mut ListRegisterShadow,
-    registers: &mut impl ListRegisters,
-) -> bool {
-    let count = registers.count().min(MAX_LIST_REGISTERS);
-    if shadow.overflow {
-        return false;
-    }
-    // Registers the guest completed are folded back first (one register
-    // read says which): a timer's own previous tick leaves one.
-    let empty = registers.empty();
-    let mut free = None;
-    for (index, resident) in shadow.resident.iter_mut().enumerate().take(count) {
-        if resident.in_use && empty & (1 << index) != 0 {
-            state.fold(vcpu, *resident, LrState::Invalid);
-            *resident = Resident::UNUSED;
-        }
-        if !resident.in_use {
-            free = free.or(Some(index));
-        } else if resident.intid == intid {
-            return false;
-        }
-    }
-    let Some(index) = free else {
-        return false;
-    };
-    let Some(irq) = state.deliverable(vcpu, intid) else {
-        // Not deliverable (disabled, its group off): it waits in the model,
-        // as a sync would leave it.
-        return true;
-    };
-    let physical = state.is_hardware_linked(vcpu, intid).then_some(intid);
-    let moved_latch = state.take_pending(vcpu, &irq);
-    registers.write(
-        index,
-        ListEntry {
-            intid,
-            priority: irq.priority,
-            group1: irq.group1,
-            state: LrState::of(true, irq.active),
-            physical,
-            eoi_maintenance: !moved_latch && physical.is_none(),
-            source: irq.source,
-        },
-    );
-    shadow.resident[index] = Resident {
-        in_use: true,
-        intid,
-        moved_latch,
-        written_pending: true,
-        source: irq.source.map_or(0, |source| source.index() as u8 + 1),
-    };
-    true
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::state::tests::{owned, vcpu};
@@ -1069,60 +1004,6 @@ mod tests {
     }
 
     #[test]
-    fn a_new_pending_interrupt_shown_directly_is_what_a_sync_would_show() {
-        let mut state = enabled(GicVersion::V3, 1);
-        state.set_hardware_ppis(1 << 27);
-        state.update(vcpu(0), 27, |irq| irq.priority = 0x20);
-        state.update(vcpu(0), 20, |irq| irq.priority = 0x80);
-        state.pulse(vcpu(0), 20);
-        let mut shadow = ListRegisterShadow::new();
-        let mut registers = FakeRegisters::new(2);
-        sync(&mut state, vcpu(0), &mut shadow, &mut registers);
-        let mut synced = (state.clone(), shadow, FakeRegisters::new(2));
-        synced.2.entries = registers.entries.clone();
-        state.hardware_fired(vcpu(0), 27);
-        synced.0.hardware_fired(vcpu(0), 27);
-        assert!(show_new_pending(
-            &mut state,
-            vcpu(0),
-            27,
-            &mut shadow,
-            &mut registers
-        ));
-        sync(&mut synced.0, vcpu(0), &mut synced.1, &mut synced.2);
-        let mut direct: Vec<ListEntry> = registers.entries.clone();
-        let mut full: Vec<ListEntry> = synced.2.entries.clone();
-        direct.sort_by_key(|entry| entry.intid);
-        full.sort_by_key(|entry| entry.intid);
-        assert_eq!(direct, full);
-        assert_eq!(drain(&mut state, &mut shadow, &mut registers), [27, 20]);
-        // The next tick reuses the register the guest completed, without
-        // a sync.
-        state.hardware_fired(vcpu(0), 27);
-        assert!(show_new_pending(
-            &mut state,
-            vcpu(0),
-            27,
-            &mut shadow,
-            &mut registers
-        ));
-        assert_eq!(registers.acknowledge().map(|entry| entry.intid), Some(27));
-        registers.complete(27);
-        // Registers full: the caller must sync.
-        state.pulse(vcpu(0), 20);
-        state.hardware_fired(vcpu(0), 27);
-        sync(&mut state, vcpu(0), &mut shadow, &mut registers);
-        state.pulse(vcpu(0), 5);
-        assert!(!show_new_pending(
-            &mut state,
-            vcpu(0),
-            5,
-            &mut shadow,
-            &mut registers
-        ));
-    }
-
-    #[test]
     fn the_linked_fast_path_agrees_with_a_sync() {
         let mut state = enabled(GicVersion::V3, 1);
         state.set_hardware_ppis(1 << 27);
@@ -1231,7 +1112,12 @@ mod tests {
         assert_eq!(linked.iter().collect::<Vec<_>>(), [27]);
         assert!(state.slot(vcpu(0), 20).unwrap().pending());
         assert!(state.slot(vcpu(0), 27).unwrap().active);
-        assert!(registers.entries.iter().all(|entry| *entry == ListEntry::EMPTY));
+        assert!(
+            registers
+                .entries
+                .iter()
+                .all(|entry| *entry == ListEntry::EMPTY)
+        );
         // The guest clears 27's active state by register: the caller sees
         // it is neither pending nor active and deactivates the physical one.
         state.update(vcpu(0), 27, |irq| irq.active = false);

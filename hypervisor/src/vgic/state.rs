@@ -764,25 +764,6 @@ impl VgicState {
         )
     }
 
-    /// `intid` of `vcpu` as the list registers need it, if it is pending
-    /// and forwarded to `vcpu`.
-    #[must_use]
-    pub fn deliverable(&self, vcpu: VcpuId, intid: u32) -> Option<PendingIrq> {
-        let irq = self.slot(vcpu, intid)?;
-        let forwarded = irq.pending() && irq.enabled && self.group_enabled(irq.group1);
-        if !forwarded || (intid >= SPI_BASE && self.spi_target(intid) != Some(vcpu)) {
-            return None;
-        }
-        Some(PendingIrq {
-            intid,
-            priority: irq.priority,
-            group1: irq.group1,
-            active: irq.active,
-            deliverable: true,
-            source: self.first_sgi_source(vcpu, intid),
-        })
-    }
-
     /// For a GICv2 SGI pending on `vcpu`, the lowest-numbered vCPU it is
     /// pending from.
     fn first_sgi_source(&self, vcpu: VcpuId, intid: u32) -> Option<VcpuId> {

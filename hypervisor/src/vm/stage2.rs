@@ -83,8 +83,7 @@ impl<T: TableStore + TlbMaintenance> Stage2<T> {
         host: PhysAddr,
         size: u64,
     ) -> Result<(), MapError> {
-        self.table
-            .map(guest.0, host, size, DEVICE, &mut self.owner)
+        self.table.map(guest.0, host, size, DEVICE, &mut self.owner)
     }
 
     /// Where `guest` translates to, if anywhere.

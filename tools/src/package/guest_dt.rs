@@ -37,13 +37,17 @@ const UART_SPI: u32 = guest::UART_SPI;
 /// Secure physical, non-secure physical, virtual, hypervisor: the order
 /// the arm,armv8-timer binding lists them.
 const TIMER_PPIS: [u32; 4] = [13, 14, 11, 10];
+/// The PMU overflow interrupt, PPI 7 (INTID 23), as on QEMU `virt`.
+const PMU_PPI: u32 = 7;
 
 /// The device tree blob for `vm` on a GIC of `gic_version`, with the
-/// physical devices `devices` given to it.
+/// physical devices `devices` given to it; `pmu` when the board's CPUs
+/// have a PMUv3, which the vCPUs then own.
 pub fn guest_dtb(
     vm: &VmConfig,
     gic_version: u32,
     devices: &[PassthroughDevice],
+    pmu: bool,
 ) -> Result<Vec<u8>, Error> {
     let vcpus = vm.cpus.len() as u32;
     let mut fdt = FdtWriter::new()?;
@@ -57,6 +61,9 @@ pub fn guest_dtb(
     memory(&mut fdt, vm)?;
     cpus(&mut fdt, vcpus)?;
     timer(&mut fdt, gic_version, vcpus)?;
+    if pmu {
+        performance_monitors(&mut fdt, gic_version, vcpus)?;
+    }
     gic(&mut fdt, gic_version, vcpus)?;
     uart(&mut fdt)?;
     let clocks = Clocks::for_devices(devices);
@@ -112,14 +119,19 @@ fn cpus(fdt: &mut FdtWriter, vcpus: u32) -> Result<(), Error> {
     fdt.end_node(node)
 }
 
-fn timer(fdt: &mut FdtWriter, gic_version: u32, vcpus: u32) -> Result<(), Error> {
-    // The GICv2 binding adds to PPI flags a mask of the CPUs the interrupt
-    // goes to; GICv3's has none. QEMU writes both this way.
-    let flags = if gic_version == 2 {
+/// The flags cell of a level-high PPI. The GICv2 binding adds a mask of
+/// the CPUs the interrupt goes to; GICv3's has none. QEMU writes both this
+/// way.
+fn ppi_flags(gic_version: u32, vcpus: u32) -> u32 {
+    if gic_version == 2 {
         IRQ_LEVEL_HIGH | (((1 << vcpus) - 1) << 8)
     } else {
         IRQ_LEVEL_HIGH
-    };
+    }
+}
+
+fn timer(fdt: &mut FdtWriter, gic_version: u32, vcpus: u32) -> Result<(), Error> {
+    let flags = ppi_flags(gic_version, vcpus);
     let interrupts: Vec<u32> = TIMER_PPIS
         .iter()
         .flat_map(|&ppi| [GIC_PPI, ppi, flags])
@@ -131,6 +143,18 @@ fn timer(fdt: &mut FdtWriter, gic_version: u32, vcpus: u32) -> Result<(), Error>
     )?;
     fdt.property_array_u32("interrupts", &interrupts)?;
     fdt.property_null("always-on")?;
+    fdt.end_node(node)
+}
+
+/// The PMUv3 each vCPU owns, with its overflow interrupt as a PPI on every
+/// board (the hypervisor links the guest's PPI to the board's own line).
+fn performance_monitors(fdt: &mut FdtWriter, gic_version: u32, vcpus: u32) -> Result<(), Error> {
+    let node = fdt.begin_node("pmu")?;
+    fdt.property_string("compatible", "arm,armv8-pmuv3")?;
+    fdt.property_array_u32(
+        "interrupts",
+        &[GIC_PPI, PMU_PPI, ppi_flags(gic_version, vcpus)],
+    )?;
     fdt.end_node(node)
 }
 
@@ -313,6 +337,8 @@ mod tests {
     use crate::system::ImageSource;
     use fdt::Fdt;
 
+    const PMU: bool = true;
+
     fn vm(cpus: &[u32], bootargs: Option<&str>) -> VmConfig {
         VmConfig {
             name: "alpha".into(),
@@ -327,7 +353,7 @@ mod tests {
 
     #[test]
     fn root_memory_and_chosen() {
-        let blob = guest_dtb(&vm(&[1], Some("console=ttyAMA0")), 3, &[]).unwrap();
+        let blob = guest_dtb(&vm(&[1], Some("console=ttyAMA0")), 3, &[], PMU).unwrap();
         let tree = Fdt::new(&blob).unwrap();
         let root = tree.find_node("/").unwrap();
         assert_eq!(strings(root, "compatible"), ["linux,dummy-virt"]);
@@ -353,14 +379,14 @@ mod tests {
 
     #[test]
     fn bootargs_only_when_given() {
-        let blob = guest_dtb(&vm(&[1], None), 3, &[]).unwrap();
+        let blob = guest_dtb(&vm(&[1], None), 3, &[], PMU).unwrap();
         let tree = Fdt::new(&blob).unwrap();
         assert_eq!(tree.chosen().bootargs(), None);
     }
 
     #[test]
     fn one_cpu_node_per_vcpu() {
-        let blob = guest_dtb(&vm(&[3, 1, 2], None), 3, &[]).unwrap();
+        let blob = guest_dtb(&vm(&[3, 1, 2], None), 3, &[], PMU).unwrap();
         let tree = Fdt::new(&blob).unwrap();
         let cpus = tree.find_node("/cpus").unwrap();
         assert_eq!(cells(cpus, "#address-cells"), [1]);
@@ -379,7 +405,7 @@ mod tests {
 
     #[test]
     fn psci_over_hvc() {
-        let blob = guest_dtb(&vm(&[1], None), 3, &[]).unwrap();
+        let blob = guest_dtb(&vm(&[1], None), 3, &[], PMU).unwrap();
         let tree = Fdt::new(&blob).unwrap();
         let psci = tree.find_node("/psci").unwrap();
         assert_eq!(
@@ -393,7 +419,7 @@ mod tests {
 
     #[test]
     fn gicv3_with_one_redistributor_per_vcpu() {
-        let blob = guest_dtb(&vm(&[1, 2], None), 3, &[]).unwrap();
+        let blob = guest_dtb(&vm(&[1, 2], None), 3, &[], PMU).unwrap();
         let tree = Fdt::new(&blob).unwrap();
         let gic = tree.find_node("/intc@8000000").unwrap();
         assert_eq!(strings(gic, "compatible"), ["arm,gic-v3"]);
@@ -421,7 +447,7 @@ mod tests {
 
     #[test]
     fn gicv2_with_a_cpu_interface_and_cpu_masks_on_ppis() {
-        let blob = guest_dtb(&vm(&[1, 2, 3], None), 2, &[]).unwrap();
+        let blob = guest_dtb(&vm(&[1, 2, 3], None), 2, &[], PMU).unwrap();
         let tree = Fdt::new(&blob).unwrap();
         let gic = tree.find_node("/intc@8000000").unwrap();
         assert_eq!(strings(gic, "compatible"), ["arm,cortex-a15-gic"]);
@@ -438,8 +464,30 @@ mod tests {
     }
 
     #[test]
+    fn pmu_with_its_overflow_ppi() {
+        let blob = guest_dtb(&vm(&[1, 2], None), 3, &[], PMU).unwrap();
+        let tree = Fdt::new(&blob).unwrap();
+        let pmu = tree.find_node("/pmu").unwrap();
+        assert_eq!(strings(pmu, "compatible"), ["arm,armv8-pmuv3"]);
+        assert_eq!(cells(pmu, "interrupts"), [1, 7, 4]);
+
+        let blob = guest_dtb(&vm(&[1, 2, 3], None), 2, &[], PMU).unwrap();
+        let tree = Fdt::new(&blob).unwrap();
+        let pmu = tree.find_node("/pmu").unwrap();
+        assert_eq!(cells(pmu, "interrupts"), [1, 7, 0x704]);
+    }
+
+    #[test]
+    fn no_pmu_node_when_the_board_has_none() {
+        let blob = guest_dtb(&vm(&[1], None), 3, &[], false).unwrap();
+        let tree = Fdt::new(&blob).unwrap();
+        assert!(tree.find_node("/pmu").is_none());
+        assert!(tree.find_node("/timer").is_some());
+    }
+
+    #[test]
     fn pl011_with_its_fixed_clock() {
-        let blob = guest_dtb(&vm(&[1], None), 3, &[]).unwrap();
+        let blob = guest_dtb(&vm(&[1], None), 3, &[], PMU).unwrap();
         let tree = Fdt::new(&blob).unwrap();
         let uart = tree.find_node("/pl011@9000000").unwrap();
         assert_eq!(strings(uart, "compatible"), ["arm,pl011", "arm,primecell"]);
@@ -485,7 +533,7 @@ mod tests {
     #[test]
     fn a_passthrough_pl031_appears_as_the_board_tree_describes_it() {
         let devices = given(&["/pl031@9010000"]);
-        let blob = guest_dtb(&vm(&[1], None), 3, &devices).unwrap();
+        let blob = guest_dtb(&vm(&[1], None), 3, &devices, PMU).unwrap();
         let tree = Fdt::new(&blob).unwrap();
         let board = Fdt::new(VIRT_BOARD).unwrap();
         let theirs = board.find_node("/pl031@9010000").unwrap();
@@ -537,7 +585,7 @@ mod tests {
                 1_000_000u32.to_be_bytes().to_vec(),
             ));
         }
-        let blob = guest_dtb(&vm(&[1], None), 2, &devices).unwrap();
+        let blob = guest_dtb(&vm(&[1], None), 2, &devices, PMU).unwrap();
         let tree = Fdt::new(&blob).unwrap();
         let rtc = tree.find_node("/pl031@9010000").unwrap();
         let gpio = tree.find_node("/pl061@9030000").unwrap();

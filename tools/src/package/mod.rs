@@ -79,8 +79,9 @@ pub fn build(system: &LoadedSystem) -> Result<Vec<u8>, String> {
         .iter()
         .zip(&system.images)
         .zip(&system.devices);
+    let pmu = system.config.board.spec.pmu;
     for ((vm, image), devices) in vms {
-        let dtb = guest_dt::guest_dtb(vm, gic_version, devices)
+        let dtb = guest_dt::guest_dtb(vm, gic_version, devices, pmu)
             .map_err(|err| format!("vm \"{}\": cannot write its device tree: {err}", vm.name))?;
         // The hypervisor copies it into the last 64 KiB of the VM's RAM.
         if dtb.len() as u64 >= DEVICE_TREE_ROOM {

@@ -21,6 +21,10 @@ pub struct BoardSpec {
     pub cpus: RangeInclusive<u32>,
     /// Memory the hypervisor can use, where the board fixes it.
     pub max_memory: Option<u64>,
+    /// Whether its CPUs have an architectural PMU (PMUv3) that Tessera
+    /// hands to each vCPU, so guest device trees describe one
+    /// (docs/ARCHITECTURE.md, "Trap configuration").
+    pub pmu: bool,
 }
 
 pub const BOARDS: &[BoardSpec] = &[
@@ -32,6 +36,8 @@ pub const BOARDS: &[BoardSpec] = &[
         cpus: rules::QEMU_VIRT.cpus,
         // QEMU is started with the configured -m.
         max_memory: None,
+        // The machine presets run QEMU's cortex-a72 model, a PMUv3.
+        pmu: true,
     },
     BoardSpec {
         rules: &rules::RPI4,
@@ -41,6 +47,8 @@ pub const BOARDS: &[BoardSpec] = &[
         cpus: rules::RPI4.cpus,
         // The firmware keeps everything above this for the VideoCore.
         max_memory: Some(948 * MIB),
+        // The Cortex-A72 has a PMUv3 (QEMU's raspi4b model too).
+        pmu: true,
     },
 ];
 
