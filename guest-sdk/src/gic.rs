@@ -341,6 +341,10 @@ pub fn init_from_device_tree() -> Result<Layout, GicError> {
 /// # Errors
 /// As [`init_this_cpu`]; `Timeout` if GICD_CTLR writes do not complete.
 pub fn init(layout: &Layout) -> Result<(), GicError> {
+    #[cfg(target_os = "none")]
+    crate::rt::set_interrupt_hooks(handle_irq, || {
+        init_this_cpu().map_err(report_setup_error).is_ok()
+    });
     DISTRIBUTOR.store(layout.distributor as usize, Ordering::Relaxed);
     CPU_INTERFACE.store(layout.cpu_interface as usize, Ordering::Relaxed);
     REDISTRIBUTORS_START.store(layout.redistributors.start, Ordering::Relaxed);
@@ -938,6 +942,16 @@ pub fn set_priority_mask(mask: u8) -> Result<(), GicError> {
 /// ends it. An interrupt without a handler is disabled and counted (see
 /// [`unhandled`]) so a level one cannot storm. Returns false when the GIC
 /// is not set up (the IRQ is then a real surprise).
+/// A secondary vCPU's interface set-up failed: said on the console before
+/// the runtime stops the VM.
+#[cfg(target_os = "none")]
+fn report_setup_error(error: GicError) -> GicError {
+    crate::console::print_args_emergency(format_args!(
+        "tessera-guest-sdk: GIC interface set-up: {error}\n"
+    ));
+    error
+}
+
 pub(crate) fn handle_irq() -> bool {
     let Some(version) = version() else {
         return false;

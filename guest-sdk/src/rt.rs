@@ -15,7 +15,9 @@ use core::mem::offset_of;
 use crate::exception::{
     ExceptionOrigin, ExceptionReport, ExceptionType, Syndrome, TrapFrame, VectorKind,
 };
-use crate::{arch, console, cpu, device_tree, gic, probe, tessera};
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::{arch, console, cpu, device_tree, probe, tessera};
 
 /// The Image header's text_offset: the image is loaded 512 KiB above the
 /// start of RAM, like Linux's.
@@ -276,17 +278,37 @@ extern "C" fn primary_main(device_tree: usize) -> ! {
     unsafe { tessera_guest_main(device_tree) }
 }
 
+/// What the runtime calls into the GIC support for, set by `gic::init`:
+/// the IRQ dispatcher and a secondary vCPU's interface set-up. Through
+/// these (not direct calls) a guest that never sets up its GIC does not
+/// link the GIC support at all, which keeps such guests small (the
+/// hypervisor copies and checks every byte of a guest image at boot).
+static IRQ_DISPATCH: AtomicUsize = AtomicUsize::new(0);
+static CPU_INTERRUPT_SETUP: AtomicUsize = AtomicUsize::new(0);
+
+/// Called by `gic::init`.
+pub(crate) fn set_interrupt_hooks(dispatch: fn() -> bool, setup_this_cpu: fn() -> bool) {
+    IRQ_DISPATCH.store(dispatch as usize, Ordering::Release);
+    CPU_INTERRUPT_SETUP.store(setup_this_cpu as usize, Ordering::Release);
+}
+
+/// The hook stored in `slot`, if set.
+fn hook(slot: &AtomicUsize) -> Option<fn() -> bool> {
+    let address = slot.load(Ordering::Acquire);
+    // SAFETY: a non-zero value was stored by `set_interrupt_hooks` from a
+    // `fn() -> bool`, so it is one.
+    (address != 0).then(|| unsafe { core::mem::transmute::<usize, fn() -> bool>(address) })
+}
+
 /// A vCPU started by `psci::cpu_on`, on its stack; `slot` is PSCI's context
 /// ID, the index of its start record.
 extern "C" fn secondary_main(slot: usize) -> ! {
     let index = cpu::index();
     match cpu::take_start(slot) {
         Some(start) if slot == index => {
-            if start.init_interrupts
-                && let Err(error) = gic::init_this_cpu()
-            {
+            if start.init_interrupts && !hook(&CPU_INTERRUPT_SETUP).is_some_and(|setup| setup()) {
                 console::print_args_emergency(format_args!(
-                    "tessera-guest-sdk: vCPU {index} could not set up its GIC interface: {error}\n"
+                    "tessera-guest-sdk: vCPU {index} could not set up its GIC interface\n"
                 ));
                 tessera::exit(tessera::exit_status::GIC_SETUP_FAILED)
             }
@@ -312,7 +334,7 @@ extern "C" fn handle_exception(frame: &mut TrapFrame, vector: u64) {
             exception_type: ExceptionType::Irq,
         })
     );
-    if is_irq_at_el1 && gic::handle_irq() {
+    if is_irq_at_el1 && hook(&IRQ_DISPATCH).is_some_and(|dispatch| dispatch()) {
         return;
     }
     let syndrome = Syndrome(esr_el1());

@@ -126,7 +126,10 @@ impl Hardware for Aarch64 {
         // SAFETY: as above: the caller vouches the range is a VM's own RAM
         // that no vCPU uses.
         let target = unsafe { core::slice::from_raw_parts_mut(host.0 as *mut u8, bytes.len()) };
-        fast_copy::copy_bytes(target, bytes);
+        // SAFETY: `target` and `bytes` are distinct Normal memory (the VM's
+        // RAM, the package), both mapped at EL2.
+        let done = unsafe { arch::copy_blocks(target.as_mut_ptr(), bytes.as_ptr(), bytes.len()) };
+        fast_copy::copy_bytes(&mut target[done..], &bytes[done..]);
         // The guest starts with its MMU and caches off: what was copied
         // must be in memory, not only in this CPU's cache.
         arch::clean_to_point_of_coherency(host.0 as usize, bytes.len());
