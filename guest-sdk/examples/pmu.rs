@@ -11,6 +11,9 @@
 //!   the CPU implements INST_RETIRED (0x08, PMCEID0_EL0 bit 8; QEMU only
 //!   with -icount), event counter 1 counts at least the loop's
 //!   instructions;
+//! - the cycle counter's overflow interrupt, PPI 23 (the `pmu` node of the
+//!   device tree), is taken exactly once when the counter, preset near the
+//!   top of its 64 bits, wraps, and its handler finds the overflow flag;
 //! - under Tessera, the first boot leaves the PMU counting with an
 //!   overflow flag, EL0 access, PMSELR_EL0 and an event type set, and asks
 //!   for SYSTEM_RESET; the second boot must find it quiet again.
@@ -24,6 +27,7 @@
 //! pmu: PMCCNTR_EL0 advanced by 412345 across 100000 iterations
 //! pmu: CPU_CYCLES event counter advanced by 412345
 //! pmu: INST_RETIRED not implemented (PMCEID0_EL0 bit 8 clear)
+//! pmu: overflow interrupt INTID 23 taken 1 time(s), overflow flag set in the handler
 //! pmu: leaving the PMU counting and flagged, requesting SYSTEM_RESET
 //! pmu: boot 1
 //! ...
@@ -36,8 +40,11 @@
 #![cfg_attr(target_os = "none", no_std)]
 #![no_main]
 
+use core::sync::atomic::{AtomicU32, Ordering};
 use tessera_guest_sdk::tessera::reset_count;
-use tessera_guest_sdk::{entry, exit, exit_status, println, psci};
+
+use tessera_guest_sdk::gic::{self, Config, Interrupt};
+use tessera_guest_sdk::{entry, exit, exit_status, interrupts, println, psci};
 
 entry!(main);
 
@@ -115,6 +122,7 @@ fn main(_device_tree: usize) -> ! {
     let counters = check_identification();
     check_quiet_start(counters);
     check_counting(counters);
+    check_overflow_interrupt();
     if boot == Some(0) {
         leave_dirty();
         println!("pmu: leaving the PMU counting and flagged, requesting SYSTEM_RESET");
@@ -122,6 +130,80 @@ fn main(_device_tree: usize) -> ! {
     }
     println!("pmu: PASS");
     exit(exit_status::SUCCESS)
+}
+
+/// The PMU's overflow interrupt: PPI 7, INTID 23.
+const PMU_INTID: u32 = 23;
+/// PMCR_EL0.LC: the cycle counter overflows at 64 bits, not 32.
+const LONG_CYCLE_COUNTER: u64 = 1 << 6;
+/// Overflow interrupts the handler took, and how many of them found the
+/// cycle counter's overflow flag set.
+static OVERFLOWS: AtomicU32 = AtomicU32::new(0);
+static FLAGGED: AtomicU32 = AtomicU32::new(0);
+
+fn on_overflow(_interrupt: Interrupt) {
+    // The cause goes: counting off, the flag and the interrupt cleared.
+    write_register!("pmcr_el0", read_register!("pmcr_el0") & !ENABLE);
+    if read_register!("pmovsset_el0") & CYCLE_COUNTER != 0 {
+        FLAGGED.fetch_add(1, Ordering::Relaxed);
+    }
+    write_register!("pmovsclr_el0", CYCLE_COUNTER);
+    write_register!("pmintenclr_el1", CYCLE_COUNTER);
+    OVERFLOWS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Presets the cycle counter a few thousand cycles below the top of its
+/// 64 bits, enables its overflow interrupt, and waits for it.
+fn check_overflow_interrupt() {
+    if let Err(error) = gic::init_from_device_tree()
+        .map(|_| ())
+        .and_then(|()| gic::register_handler(PMU_INTID, on_overflow))
+        .and_then(|()| {
+            gic::enable_interrupt(
+                PMU_INTID,
+                Config {
+                    priority: 0x80,
+                    trigger: None,
+                },
+            )
+        })
+    {
+        fail(format_args!("cannot set up the PMU interrupt: {error}"));
+    }
+    write_register!("pmcr_el0", read_register!("pmcr_el0") | LONG_CYCLE_COUNTER);
+    write_register!("pmccntr_el0", u64::MAX - 20_000);
+    write_register!("pmovsclr_el0", CYCLE_COUNTER);
+    write_register!("pmintenset_el1", CYCLE_COUNTER);
+    write_register!("pmcntenset_el0", CYCLE_COUNTER);
+    interrupts::enable();
+    write_register!("pmcr_el0", read_register!("pmcr_el0") | ENABLE);
+    let mut spins = 0_u64;
+    while OVERFLOWS.load(Ordering::Relaxed) == 0 && spins < 50_000_000 {
+        spins += 1;
+        core::hint::spin_loop();
+    }
+    // A second one would come only if the handler failed to clear its cause.
+    counted_loop(10_000);
+    interrupts::disable();
+    write_register!(
+        "pmcr_el0",
+        read_register!("pmcr_el0") & !(ENABLE | LONG_CYCLE_COUNTER)
+    );
+    write_register!("pmcntenclr_el0", u64::MAX);
+    write_register!("pmintenclr_el1", u64::MAX);
+    write_register!("pmovsclr_el0", u64::MAX);
+    let (taken, flagged) = (
+        OVERFLOWS.load(Ordering::Relaxed),
+        FLAGGED.load(Ordering::Relaxed),
+    );
+    if taken != 1 || flagged != 1 {
+        fail(format_args!(
+            "overflow interrupt taken {taken} time(s), {flagged} with the flag set (expected 1 and 1)"
+        ));
+    }
+    println!(
+        "pmu: overflow interrupt INTID {PMU_INTID} taken {taken} time(s), overflow flag set in the handler"
+    );
 }
 
 fn fail(message: core::fmt::Arguments) -> ! {

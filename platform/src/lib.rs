@@ -144,6 +144,9 @@ pub struct Board {
     pub timer_interrupts: TimerInterrupts,
     /// The GIC's virtual CPU interface maintenance interrupt (a PPI).
     pub gic_maintenance_interrupt: u32,
+    /// The PMU's overflow interrupt as each CPU sees it, if it is a PPI:
+    /// the hypervisor links it to the guest's PPI 23.
+    pub pmu_interrupt: Option<u32>,
     /// Number of CPUs assumed when there is no device tree.
     pub fallback_cpu_count: usize,
 }
@@ -170,6 +173,8 @@ pub const QEMU_VIRT: Board = Board {
     timer_interrupts: STANDARD_TIMER_INTERRUPTS,
     // PPI 9 in QEMU's device tree (`interrupts` of the GIC node).
     gic_maintenance_interrupt: 25,
+    // PPI 7 (the `pmu` node of QEMU's device tree).
+    pmu_interrupt: Some(23),
     fallback_cpu_count: 1,
 };
 
@@ -203,6 +208,11 @@ pub const RASPBERRY_PI_4: Board = Board {
     timer_interrupts: STANDARD_TIMER_INTERRUPTS,
     // PPI 9 in the BCM2711 device tree (`interrupts` of the GIC-400 node).
     gic_maintenance_interrupt: 25,
+    // QEMU's raspi4b wires each core's PMU to PPI 7 (INTID 23). The real
+    // BCM2711 signals it on SPIs 16-19 (INTIDs 48-51), one per core, which
+    // Tessera does not link yet: on the board the guest's PMU counts but
+    // raises no overflow interrupt.
+    pmu_interrupt: Some(23),
     fallback_cpu_count: 4,
 };
 

@@ -112,9 +112,14 @@ fn disarm_fast_path() {
 }
 
 /// The PPIs linked to the physical PPI of the same number on the vCPU's
-/// CPU: the virtual timer and the EL1 physical timer.
+/// CPU: the virtual timer, the EL1 physical timer and the PMU's overflow
+/// interrupt (the guest owns its CPU's PMU).
 pub fn hardware_ppis() -> u32 {
-    (1 << BOARD.timer_interrupts.virtual_timer) | (1 << BOARD.timer_interrupts.physical)
+    let pmu = match BOARD.pmu_interrupt {
+        Some(intid) if intid < 32 => 1 << intid,
+        _ => 0,
+    };
+    (1 << BOARD.timer_interrupts.virtual_timer) | (1 << BOARD.timer_interrupts.physical) | pmu
 }
 
 /// The linked PPIs, in INTID order.
@@ -206,10 +211,7 @@ pub fn vcpu_leaving() {
     crate::arch::guest::stop_guest_timers();
     crate::arch::guest::reset_guest_pmu();
     VirtualInterface::this_cpu().reset(false);
-    for intid in [
-        BOARD.timer_interrupts.virtual_timer,
-        BOARD.timer_interrupts.physical,
-    ] {
+    for intid in linked_ppis() {
         gic::clear_active_private(intid);
     }
 }
@@ -226,9 +228,10 @@ pub fn virtual_interrupt_pending() -> bool {
 #[inline(always)]
 pub fn linked_interrupt(interrupt: Interrupt) {
     let Some(vm) = vm::running_vm() else {
-        // No vCPU here (it parked with its timer armed): silence the
-        // timer and end the interrupt.
+        // No vCPU here (it parked with its timer armed or its PMU
+        // flagged): silence them and end the interrupt.
         crate::arch::guest::stop_guest_timers();
+        crate::arch::guest::reset_guest_pmu();
         gic::end(interrupt);
         return;
     };

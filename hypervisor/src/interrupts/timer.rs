@@ -22,13 +22,11 @@ pub fn start_on_this_cpu() -> Result<(), gic::GicError> {
     let cpu = arch::cpu_index();
     gic::enable_private_interrupt(BOARD.timer_interrupts.hypervisor_physical, cpu)?;
     gic::enable_private_interrupt(gic::REQUEST_SGI, cpu)?;
-    // The vGIC's: its maintenance interrupt, and the guest timers' PPIs,
-    // taken here and passed to the vCPU running on this CPU.
-    for intid in [
-        BOARD.gic_maintenance_interrupt,
-        BOARD.timer_interrupts.virtual_timer,
-        BOARD.timer_interrupts.physical,
-    ] {
+    // The vGIC's: its maintenance interrupt, and the PPIs linked to the
+    // guest's (its timers, its PMU), taken here and passed to the vCPU
+    // running on this CPU.
+    gic::enable_private_interrupt(BOARD.gic_maintenance_interrupt, cpu)?;
+    for intid in crate::interrupts::guest::linked_ppis() {
         gic::enable_private_interrupt(intid, cpu)?;
     }
     crate::interrupts::virtual_interface::VirtualInterface::init_this_cpu();
