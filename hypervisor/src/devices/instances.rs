@@ -97,7 +97,11 @@ pub fn reset(id: VmId) {
         uart.flush();
         uart.reset();
     }
-    devices.vgic.lock().reset();
+    let mut vgic = devices.vgic.lock();
+    guest_interrupts::quiesce_passthrough(&vgic);
+    vgic.reset();
+    // The guest's routing is back to its reset state: so is the physical.
+    guest_interrupts::follow_guest_routing(id, &vgic);
 }
 
 /// Carries out a trapped `access` of `vm`; the caller then steps the
@@ -204,6 +208,12 @@ fn read_gic(
     Some(value)
 }
 
+/// Whether a distributor register at `offset` routes SPIs: GICv2's
+/// GICD_ITARGETSR, GICv3's GICD_IROUTER.
+fn routes_spis(offset: u64) -> bool {
+    (0x820..0xC00).contains(&offset) || (0x6100..0x8000).contains(&offset)
+}
+
 /// Whether a register at `offset` of the distributor (`GICD_SLOT`) or the
 /// redistributors (`GICR_SLOT`) reads or changes pending or active state:
 /// I[SC]PENDR and I[SC]ACTIVER, and GICv2's SGI pending registers. The
@@ -243,6 +253,10 @@ fn write_gic(
     } else {
         return false;
     };
+    if slot == GICD_SLOT && routes_spis(offset) {
+        // The guest moved an SPI: its passed-through ones follow physically.
+        guest_interrupts::follow_guest_routing(id, &vgic);
+    }
     if folded.is_some() {
         // A linked interrupt the write left neither pending nor active (its
         // pending or active state cleared by register) has no instance
@@ -253,6 +267,11 @@ fn write_gic(
         for intid in guest_interrupts::linked_ppis() {
             if vgic.is_idle(vcpu, intid) {
                 crate::interrupts::gic::clear_active_private(intid);
+            }
+        }
+        for intid in vgic.state.hardware_spis().iter() {
+            if vgic.is_idle(vcpu, intid) {
+                crate::interrupts::gic::clear_spi(intid);
             }
         }
         effects.reevaluate.insert(vcpu);

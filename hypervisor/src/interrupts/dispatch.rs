@@ -16,6 +16,8 @@ enum Owner {
     VgicMaintenance,
     /// Linked to the running vCPU's interrupt of the same number.
     Guest,
+    /// A passed-through device's SPI, linked to its VM's.
+    Passthrough(tessera_hypervisor::vm::ids::VmId),
     Unexpected(u32),
 }
 
@@ -31,6 +33,8 @@ fn owner(intid: u32) -> Owner {
         Owner::Request
     } else if intid == BOARD.gic_maintenance_interrupt {
         Owner::VgicMaintenance
+    } else if let Some(vm) = guest::passthrough_owner(intid) {
+        Owner::Passthrough(vm)
     } else {
         Owner::Unexpected(intid)
     }
@@ -65,6 +69,7 @@ pub fn handle_acknowledged(interrupt: gic::Interrupt) {
         Owner::Request => gic::end(interrupt),
         Owner::VgicMaintenance => guest::maintenance(interrupt),
         Owner::Guest => guest::linked_interrupt(interrupt),
+        Owner::Passthrough(vm) => guest::passthrough_interrupt(interrupt, vm),
         Owner::Unexpected(intid) => {
             gic::end(interrupt);
             log::debug!("unexpected interrupt {intid}");

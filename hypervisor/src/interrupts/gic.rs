@@ -375,3 +375,79 @@ pub fn clear_active_private(intid: u32) {
     // private interrupts and nothing else.
     unsafe { (register as *mut u32).write_volatile(1 << intid) };
 }
+
+/// Sets a passed-through device's SPI `intid` up at the hypervisor's
+/// priority, routed to the CPU with logical `index` and MPIDR `affinity`,
+/// and enables it. Its trigger stays as the GIC has it (the device's).
+pub fn enable_spi(intid: u32, index: usize, affinity: u64) -> Result<(), GicError> {
+    if !(32..1020).contains(&intid) {
+        return Err(GicError::InvalidInterrupt(intid));
+    }
+    route_spi(intid, index, affinity);
+    let id = IntId::spi(intid - 32);
+    with_controller(|controller| match controller {
+        Controller::V3(gic) => {
+            gic.set_interrupt_priority(id, None, HYPERVISOR_PRIORITY)
+                .map_err(|_| GicError::InvalidInterrupt(intid))?;
+            gic.enable_interrupt(id, None, true)
+                .map_err(|_| GicError::InvalidInterrupt(intid))
+        }
+        Controller::V2(gic) => {
+            gic.set_interrupt_priority(id, HYPERVISOR_PRIORITY);
+            gic.enable_interrupt(id, true)
+                .map_err(|_| GicError::InvalidInterrupt(intid))
+        }
+    })
+    .unwrap_or(Err(GicError::InvalidInterrupt(intid)))
+}
+
+/// Routes SPI `intid` to the CPU with logical `index` and MPIDR
+/// `affinity`: GICD_IROUTER (GICv3, affinity routing) or the byte of
+/// GICD_ITARGETSR (GICv2).
+pub fn route_spi(intid: u32, index: usize, affinity: u64) {
+    const ITARGETSR: u64 = 0x800;
+    const IROUTER: u64 = 0x6000;
+    if !(32..1020).contains(&intid) {
+        return;
+    }
+    match LAYOUT.get() {
+        Some(GicLayout::V3 { distributor, .. }) => {
+            // Aff3 in [39:32], Aff2.Aff1.Aff0 in [23:0]; IRM 0.
+            let route = (affinity & 0xFF_FFFF) | ((affinity >> 32) & 0xFF) << 32;
+            let register = distributor.base + IROUTER + 8 * u64::from(intid);
+            // SAFETY: the distributor's GICD_IROUTER<intid>, device memory
+            // in the EL2 map; it routes only this SPI, which the
+            // hypervisor owns.
+            unsafe { (register as *mut u64).write_volatile(route) };
+        }
+        Some(GicLayout::V2 { distributor, .. }) => {
+            let register = distributor.base + ITARGETSR + u64::from(intid);
+            // SAFETY: the byte of GICD_ITARGETSR for this SPI (byte
+            // accesses are allowed, IHI 0048B §4.3.12), device memory in the
+            // EL2 map.
+            unsafe { (register as *mut u8).write_volatile(1 << (index & 7)) };
+        }
+        None => {}
+    }
+}
+
+/// Clears the pending and active state of SPI `intid` (GICD_ICPENDR,
+/// GICD_ICACTIVER): a passed-through device's interrupt left over from a
+/// VM run that ended or restarted.
+pub fn clear_spi(intid: u32) {
+    const ICPENDR: u64 = 0x280;
+    const ICACTIVER: u64 = 0x380;
+    if !(32..1020).contains(&intid) {
+        return;
+    }
+    let Some(layout) = LAYOUT.get() else {
+        return;
+    };
+    let word = u64::from(intid / 32) * 4;
+    for offset in [ICPENDR, ICACTIVER] {
+        let register = layout.distributor().base + offset + word;
+        // SAFETY: a word of GICD_ICPENDR/ICACTIVER, device memory in the
+        // EL2 map; the one bit written touches only this SPI.
+        unsafe { (register as *mut u32).write_volatile(1 << (intid % 32)) };
+    }
+}

@@ -139,7 +139,7 @@ pub fn is_linked(intid: u32) -> bool {
 /// allocator, which come zeroed (by DC ZVA, far faster than the heap's
 /// `memset`), and initialised in place: it lives as long as the VM (for
 /// the whole run).
-pub fn new_vgic(vcpu_count: usize, owned: SpiSet) -> Option<&'static VmVgic> {
+pub fn new_vgic(vcpu_count: usize, owned: SpiSet, passthrough: SpiSet) -> Option<&'static VmVgic> {
     use tessera_hypervisor::memory::address::PAGE_SIZE;
     let version = if gic::version() == 3 {
         GicVersion::V3
@@ -156,7 +156,7 @@ pub fn new_vgic(vcpu_count: usize, owned: SpiSet) -> Option<&'static VmVgic> {
     // says why, field by field). They are never given back, so the
     // reference may be 'static.
     let interrupts = unsafe { &mut *(memory.0 as *mut VmInterrupts) };
-    interrupts.initialise_zeroed(version, vcpu_count, owned, hardware_ppis());
+    interrupts.initialise_zeroed(version, vcpu_count, owned, hardware_ppis(), passthrough);
     Some(Box::leak(Box::new(Mutex::new(interrupts))))
 }
 
@@ -213,6 +213,81 @@ pub fn vcpu_leaving() {
     VirtualInterface::this_cpu().reset(false);
     for intid in linked_ppis() {
         gic::clear_active_private(intid);
+    }
+}
+
+/// Which VM each physical SPI is passed through to: the VM's index plus
+/// one, 0 for none (the hypervisor's own or nobody's). Set at build, read
+/// by the dispatcher.
+static SPI_OWNERS: [core::sync::atomic::AtomicU8; 224] =
+    [const { core::sync::atomic::AtomicU8::new(0) }; 224];
+
+/// Gives VM `id` the physical SPIs in `spis` (its passed-through devices'):
+/// each is routed to the CPU of the VM's vCPU 0 (`cpu`, `affinity`), as the
+/// guest's own routing starts, and enabled. A physical SPI can belong to
+/// one VM only (the shared rules refuse a package that gives one twice).
+pub fn pass_through(
+    id: VmId,
+    spis: SpiSet,
+    cpu: usize,
+    affinity: u64,
+) -> Result<(), gic::GicError> {
+    for intid in spis.iter() {
+        SPI_OWNERS[(intid - 32) as usize]
+            .store(id.index() as u8 + 1, core::sync::atomic::Ordering::Release);
+        gic::enable_spi(intid, cpu, affinity)?;
+    }
+    Ok(())
+}
+
+/// The VM a physical SPI is passed through to, if any.
+#[inline(always)]
+pub fn passthrough_owner(intid: u32) -> Option<VmId> {
+    let owner = SPI_OWNERS
+        .get(intid.checked_sub(32)? as usize)?
+        .load(core::sync::atomic::Ordering::Acquire);
+    VmId::new(usize::from(owner).checked_sub(1)?)
+}
+
+/// A passed-through device's SPI fired: its priority is dropped and it
+/// stays active until the guest deactivates it through a list register
+/// (HW bit), so a level device's line cannot storm meanwhile. The vCPU the
+/// guest routes it to is synced: here, or through its CPU's request queue.
+pub fn passthrough_interrupt(interrupt: Interrupt, owner: VmId) {
+    gic::drop_priority(interrupt);
+    let intid = interrupt.id();
+    let mut vgic = vm::vm(owner).device_state.vgic.lock();
+    let effects = vgic.state.hardware_fired(VcpuId::FIRST, intid);
+    if effects.reevaluate.is_empty() {
+        // The guest routes it nowhere (or it is not the VM's, which the
+        // owner table rules out): it stays pending in the model.
+        return;
+    }
+    if vm::request_interrupt_sync(owner, effects.reevaluate) {
+        // A vCPU it concerns runs here, so this CPU runs the owner.
+        let vcpu = vm::running_vcpu();
+        vgic.sync(vcpu, &mut VirtualInterface::this_cpu());
+        arm_fast_path(&vgic, vcpu);
+    }
+}
+
+/// Routes VM `id`'s passed-through SPIs physically to the CPUs of the
+/// vCPUs its guest routes them to (after a write to its routing
+/// registers), so the physical interrupt arrives where the guest wants it.
+pub fn follow_guest_routing(id: VmId, vgic: &VmInterrupts) {
+    let description = &vm::vm(id).description;
+    for intid in vgic.state.hardware_spis().iter() {
+        let vcpu = vgic.state.spi_target(intid).unwrap_or(VcpuId::FIRST);
+        let cpu = description.cpus[vcpu.index()].index();
+        gic::route_spi(intid, cpu, vm::cpu_affinity(cpu));
+    }
+}
+
+/// Clears VM `id`'s passed-through SPIs' pending and active state, as
+/// when it restarts: nothing of the old run reaches the new one.
+pub fn quiesce_passthrough(vgic: &VmInterrupts) {
+    for intid in vgic.state.hardware_spis().iter() {
+        gic::clear_spi(intid);
     }
 }
 

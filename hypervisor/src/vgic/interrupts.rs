@@ -41,9 +41,11 @@ impl VmInterrupts {
         vcpu_count: usize,
         owned: SpiSet,
         hardware_ppis: u32,
+        hardware_spis: SpiSet,
     ) {
         self.state.initialise_zeroed(version, vcpu_count, owned);
         self.state.set_hardware_ppis(hardware_ppis);
+        self.state.set_hardware_spis(hardware_spis);
     }
 
     /// The reset state of a VM with `vcpu_count` vCPUs, owning the SPIs in
@@ -52,7 +54,7 @@ impl VmInterrupts {
     #[must_use]
     pub fn new(version: GicVersion, vcpu_count: usize, owned: SpiSet, hardware_ppis: u32) -> Self {
         let mut interrupts = Self::ZERO;
-        interrupts.initialise_zeroed(version, vcpu_count, owned, hardware_ppis);
+        interrupts.initialise_zeroed(version, vcpu_count, owned, hardware_ppis, SpiSet::EMPTY);
         interrupts
     }
 
@@ -126,7 +128,7 @@ impl VmInterrupts {
             self.state.vcpu_count(),
             self.state.owned,
         );
-        // The hardware-linked PPIs are kept by the model's reset.
+        // The hardware-linked PPIs and SPIs are kept by the model's reset.
         self.state.reset_in_place(version, vcpu_count, owned);
         self.shadows = [ListRegisterShadow::new(); MAX_VCPUS];
     }

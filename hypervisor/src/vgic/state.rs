@@ -132,6 +132,13 @@ impl SpiSet {
             None => false,
         }
     }
+
+    /// The INTIDs in the set, in order.
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.0.iter().enumerate().flat_map(|(word, bits)| {
+            set_bits(*bits).map(move |bit| SPI_BASE + word as u32 * 32 + bit)
+        })
+    }
 }
 
 /// The positions of the set bits of `word`, lowest first.
@@ -293,6 +300,9 @@ pub struct VgicState {
     /// CPU (its timers, its PMU): list registers carry them with the HW
     /// bit, so the guest's deactivation reaches the physical interrupt.
     pub(super) hardware_ppis: u32,
+    /// SPIs linked to the physical SPI of the same number (passed-through
+    /// devices'), in the list registers with the HW bit like the PPIs.
+    pub(super) hardware_spis: SpiSet,
     /// Per vCPU, the SGIs and PPIs that may be pending or active; for the
     /// VM, the SPIs that may be. Set whenever an interrupt becomes pending
     /// or active, pruned by [`prune_marks`](Self::prune_marks): the scans
@@ -324,6 +334,7 @@ impl VgicState {
         spi_routes: [0; SPI_COUNT],
         owned: SpiSet::EMPTY,
         hardware_ppis: 0,
+        hardware_spis: SpiSet::EMPTY,
         private_marks: [0; MAX_VCPUS],
         spi_marks: [0; SPI_WORDS],
     };
@@ -386,10 +397,30 @@ impl VgicState {
         self.hardware_ppis = ppis & 0xFFFF_0000;
     }
 
+    /// Links the SPIs in `spis` (those the VM owns) to the physical SPIs of
+    /// the same number.
+    pub fn set_hardware_spis(&mut self, spis: SpiSet) {
+        let mut linked = SpiSet::EMPTY;
+        for word in 0..SPI_WORDS {
+            linked.0[word] = spis.0[word] & self.owned.0[word];
+        }
+        self.hardware_spis = linked;
+    }
+
     /// Whether `intid` of `vcpu` is linked to a physical interrupt.
     #[must_use]
     pub const fn is_hardware_linked(&self, _vcpu: VcpuId, intid: u32) -> bool {
-        intid < 32 && self.hardware_ppis & (1 << intid) != 0
+        if intid < 32 {
+            self.hardware_ppis & (1 << intid) != 0
+        } else {
+            self.hardware_spis.contains(intid)
+        }
+    }
+
+    /// The SPIs linked to physical ones.
+    #[must_use]
+    pub const fn hardware_spis(&self) -> SpiSet {
+        self.hardware_spis
     }
 
     /// The physical interrupt linked to `intid` of `vcpu` fired, and the
@@ -859,6 +890,20 @@ pub(super) mod tests {
                 "a reset in place differs from a fresh state"
             );
         }
+    }
+
+    #[test]
+    fn only_owned_spis_can_be_hardware_linked() {
+        let mut state = VgicState::new(GicVersion::V3, 1, owned());
+        let mut wanted = SpiSet::EMPTY;
+        for intid in [33, 34, 40] {
+            assert!(wanted.insert(intid));
+        }
+        state.set_hardware_spis(wanted);
+        assert!(state.is_hardware_linked(vcpu(0), 33));
+        assert!(state.is_hardware_linked(vcpu(0), 40));
+        assert!(!state.is_hardware_linked(vcpu(0), 34), "not the VM's");
+        assert_eq!(state.hardware_spis().iter().collect::<Vec<_>>(), [33, 40]);
     }
 
     #[test]

@@ -345,8 +345,15 @@ fn build_vm(
         .map_err(|_| BuildError::Devices { vm: name })?;
     let mut owned = SpiSet::EMPTY;
     owned.insert(32 + tessera_platform::guest::UART_SPI);
-    let vgic = interrupts::guest::new_vgic(manifest.vcpu_count, owned)
+    let passthrough = manifest.passthrough_spi_set();
+    for intid in passthrough.iter() {
+        owned.insert(intid);
+    }
+    let vgic = interrupts::guest::new_vgic(manifest.vcpu_count, owned, passthrough)
         .ok_or(BuildError::Devices { vm: name })?;
+    let first_cpu = cpus[0].index();
+    interrupts::guest::pass_through(id, passthrough, first_cpu, cpu_affinity(first_cpu))
+        .map_err(|_| BuildError::Devices { vm: name })?;
     SYSTEM
         .add(Vm::new(
             description,
@@ -407,6 +414,13 @@ fn device_map(vcpu_count: usize, stage2: &mut Stage2<Stage2Tables>) -> Result<De
         None => return Err(()),
     }
     Ok(devices)
+}
+
+/// The MPIDR of the CPU with logical `index`.
+pub fn cpu_affinity(index: usize) -> u64 {
+    CPU_AFFINITIES
+        .get()
+        .map_or(index as u64, |affinities| affinities[index % MAX_CPUS])
 }
 
 /// Asks the CPUs running `vcpus` of VM `id` to sync their list registers;
