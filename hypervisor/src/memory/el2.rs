@@ -4,7 +4,7 @@
 
 use core::alloc::Layout;
 
-use buddy_system_allocator::{FrameAllocator, LockedHeap};
+use buddy_system_allocator::{Heap, LockedHeap};
 use spin::Mutex;
 use tessera_hypervisor::memory::address::{PAGE_SIZE, PhysAddr, PhysRange};
 use tessera_hypervisor::memory::map::RangeSet;
@@ -181,7 +181,17 @@ const HEAP_SIZE: u64 = 4 << 20;
 #[global_allocator]
 static HEAP: LockedHeap<32> = LockedHeap::empty();
 
-static PAGES: Mutex<FrameAllocator<32>> = Mutex::new(FrameAllocator::new());
+/// The pages: a buddy allocator whose free lists live in the free pages
+/// themselves (`buddy_system_allocator::Heap`), handing out page-aligned
+/// runs of pages. Its frame allocator would keep them in B-tree sets on
+/// the heap instead, which brought the B-tree code into the image (about
+/// 4 KiB, `image.hypervisor_bytes`).
+static PAGES: Mutex<Heap<32>> = Mutex::new(Heap::empty());
+
+/// The layout of a run of `count` pages.
+fn pages_layout(count: usize) -> Option<Layout> {
+    Layout::from_size_align(count.checked_mul(PAGE_SIZE as usize)?, PAGE_SIZE as usize).ok()
+}
 
 /// What `init_allocators` set up, for the banner.
 #[derive(Clone, Copy, Debug)]
@@ -204,17 +214,26 @@ pub fn init_allocators(free: &mut RangeSet) -> Option<AllocatorSummary> {
     let mut pages = PAGES.lock();
     let mut free_pages = 0;
     for range in free.ranges() {
-        let first = (range.start.0 / PAGE_SIZE) as usize;
-        let end = (range.end.0 / PAGE_SIZE) as usize;
-        pages.add_frame(first, end);
-        free_pages += (end - first) as u64;
+        let first = range.start.0.div_ceil(PAGE_SIZE);
+        let end = range.end.0 / PAGE_SIZE;
+        if end <= first {
+            continue;
+        }
+        // SAFETY: free RAM no one else uses (the memory map excludes the
+        // image, the device tree, the initrd, the heap and every
+        // reservation), mapped read/write at EL2: the allocator may keep
+        // its free lists in it.
+        unsafe {
+            pages.add_to_heap((first * PAGE_SIZE) as usize, (end * PAGE_SIZE) as usize);
+        }
+        free_pages += end - first;
     }
     Some(AllocatorSummary { heap, free_pages })
 }
 
 /// Allocates `count` physically contiguous, zeroed pages.
 pub fn allocate_pages(count: usize) -> Option<PhysAddr> {
-    let address = PAGES.lock().alloc(count)? as u64 * PAGE_SIZE;
+    let address = PAGES.lock().alloc(pages_layout(count)?).ok()?.as_ptr() as u64;
     // SAFETY: the allocator just handed out these pages (page-aligned, so
     // 1 KiB aligned), which are normal read/write RAM that nothing else
     // references. Cleaning them too costs little and keeps tables that a
@@ -238,6 +257,12 @@ pub fn self_check() -> bool {
     let Some(page) = allocate_pages(1) else {
         return false;
     };
-    PAGES.lock().dealloc((page.0 / PAGE_SIZE) as usize, 1);
+    if let (Some(pointer), Some(layout)) =
+        (core::ptr::NonNull::new(page.0 as *mut u8), pages_layout(1))
+    {
+        // SAFETY: `page` came from `allocate_pages(1)` above, with this
+        // layout, and is not used after.
+        unsafe { PAGES.lock().dealloc(pointer, layout) };
+    }
     true
 }

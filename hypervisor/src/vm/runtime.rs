@@ -12,7 +12,7 @@ use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 
 use spin::Once;
 use tessera_hypervisor::MAX_CPUS;
-use tessera_hypervisor::boot::manifest::{SystemManifest, VmManifest};
+use tessera_hypervisor::boot::manifest::{MAX_VMS, SystemManifest, VmManifest};
 use tessera_hypervisor::boot::package::Package;
 use tessera_hypervisor::console::escape::Escaped;
 use tessera_hypervisor::devices::map::{DeviceMap, DeviceSlot, Window};
@@ -262,11 +262,32 @@ pub fn build_all(
     let mut affinities = [0; MAX_CPUS];
     affinities[..cpu_affinities.len()].copy_from_slice(cpu_affinities);
     CPU_AFFINITIES.call_once(|| affinities);
+    // Every VM's image and device tree must be in the package and fit its
+    // RAM before any VM is built: a package that breaks this for one VM
+    // builds none (and its refusal names that VM).
+    let mut images: [Option<(&'static [u8], &'static [u8])>; MAX_VMS] = [None; MAX_VMS];
+    for (slot, description) in images.iter_mut().zip(manifest.vms()) {
+        let files = guest_files(description, package)?;
+        let pristine = PristineImage {
+            image: files.0,
+            image_load_offset: description.image_load_offset,
+            device_tree: files.1,
+        };
+        pristine
+            .fit(description.ram_size)
+            .map_err(|_| BuildError::ImageTooLarge {
+                vm: description.name,
+            })?;
+        *slot = Some(files);
+    }
     for (index, description) in manifest.vms().enumerate() {
         let id = VmId::new(index).ok_or(BuildError::Placement {
             vm: description.name,
         })?;
-        build_vm(id, description, package, guest_ram[index])?;
+        let files = images[index].ok_or(BuildError::Placement {
+            vm: description.name,
+        })?;
+        build_vm(id, description, files, guest_ram[index])?;
         println!(
             "tessera: vm {}: {} MiB RAM at guest {} (host {}), {} vCPU(s) on CPU(s) {:?}",
             description.name,
@@ -280,19 +301,27 @@ pub fn build_all(
     Ok(SYSTEM.count())
 }
 
-fn build_vm(
-    id: VmId,
+/// A VM's image and device tree, from the package.
+fn guest_files(
     manifest: &VmManifest<'static>,
     package: &Package<'static>,
-    ram_host: PhysAddr,
-) -> Result<(), BuildError> {
-    let name = manifest.name;
+) -> Result<(&'static [u8], &'static [u8]), BuildError> {
     let image = package
         .file(manifest.image)
         .map_err(|_| BuildError::Package(manifest.image))?;
     let device_tree = package
         .file(manifest.device_tree)
         .map_err(|_| BuildError::Package(manifest.device_tree))?;
+    Ok((image, device_tree))
+}
+
+fn build_vm(
+    id: VmId,
+    manifest: &VmManifest<'static>,
+    (image, device_tree): (&'static [u8], &'static [u8]),
+    ram_host: PhysAddr,
+) -> Result<(), BuildError> {
+    let name = manifest.name;
     let stage2_error = BuildError::Stage2 { vm: name };
     let mut stage2 = Stage2::new(Stage2Tables {
         vmid: id.vmid(),
