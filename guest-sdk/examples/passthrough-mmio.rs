@@ -19,7 +19,7 @@
 //! probe that).
 //!
 //! With the bootarg `role=listener` it touches no device: it enables INTID
-//! 34 in its own GIC, waits while the owner's RTC fires, and reports that
+//! 34 (or the `intid=N` of its bootargs) in its own GIC, waits while the owner's RTC fires, and reports that
 //! the enable did not stick (the SPI is not its own) and that nothing
 //! arrived: `passthrough-mmio: listener: INTID 34 enabled false, taken 0
 //! time(s)`.
@@ -72,13 +72,13 @@ fn on_rtc(_interrupt: Interrupt) {
     TAKEN.fetch_add(1, Ordering::Relaxed);
 }
 
-fn set_up_interrupt() {
+fn set_up_interrupt(intid: u32) {
     if let Err(error) = gic::init_from_device_tree()
         .map(|_| ())
-        .and_then(|()| gic::register_handler(RTC_INTID, on_rtc))
+        .and_then(|()| gic::register_handler(intid, on_rtc))
         .and_then(|()| {
             gic::enable_interrupt(
-                RTC_INTID,
+                intid,
                 Config {
                     priority: 0x80,
                     trigger: None,
@@ -86,7 +86,7 @@ fn set_up_interrupt() {
             )
         })
     {
-        println!("passthrough-mmio: FAIL: cannot set up INTID {RTC_INTID}: {error}");
+        println!("passthrough-mmio: FAIL: cannot set up INTID {intid}: {error}");
         exit(exit_status::FAILURE)
     }
 }
@@ -101,14 +101,12 @@ fn wait_with_interrupts(milliseconds: u64) {
     interrupts::disable();
 }
 
-fn listener() -> ! {
-    set_up_interrupt();
-    let enabled = gic::is_enabled(RTC_INTID).unwrap_or(true);
+fn listener(intid: u32) -> ! {
+    set_up_interrupt(intid);
+    let enabled = gic::is_enabled(intid).unwrap_or(true);
     wait_with_interrupts(300);
     let taken = TAKEN.load(Ordering::Relaxed);
-    println!(
-        "passthrough-mmio: listener: INTID {RTC_INTID} enabled {enabled}, taken {taken} time(s)"
-    );
+    println!("passthrough-mmio: listener: INTID {intid} enabled {enabled}, taken {taken} time(s)");
     if enabled || taken != 0 {
         println!("passthrough-mmio: FAIL: another VM's device interrupt reached this one");
         exit(exit_status::FAILURE)
@@ -128,7 +126,11 @@ fn main(_device_tree: usize) -> ! {
     let tree = DeviceTree::boot().ok();
     let bootargs = Bootargs::new(tree.as_ref().and_then(|tree| tree.bootargs()).unwrap_or(""));
     if bootargs.get("role") == Some("listener") {
-        listener()
+        let intid = bootargs
+            .get("intid")
+            .and_then(|text| text.parse().ok())
+            .unwrap_or(RTC_INTID);
+        listener(intid)
     }
     let periph = PERIPH_ID.map(read);
     let pcell = PCELL_ID.map(read);
@@ -148,7 +150,7 @@ fn main(_device_tree: usize) -> ! {
          {:#04x} {:#04x}, data register nonzero",
         periph[0], periph[1], pcell[0], pcell[1], pcell[2], pcell[3]
     );
-    set_up_interrupt();
+    set_up_interrupt(RTC_INTID);
     // A match at the current count: the RTC raises its interrupt at once.
     write(INTERRUPT_MASK, 1);
     write(MATCH, read(DATA));
