@@ -14,9 +14,7 @@
 //!   another line ([`ConsoleSink::ready`]): then it reads `TXFF = 1`,
 //!   `BUSY = 1`, `TXFE = 0`, so a guest that polls `TXFF` before each byte
 //!   (as Linux's console and the guest SDK do) waits for the console to
-//!   drain. The transmit interrupt below does not follow that yet; it
-//!   matters once a virtual GIC delivers it (an interrupt-driven driver
-//!   would be told to write into a full FIFO).
+//!   drain. The transmit interrupt follows it (below).
 //! - **Transmit interrupt.** Hardware raises `TXRIS` when the transmit FIFO
 //!   level drops to the trigger level and clears it when the FIFO is filled
 //!   above that level or the guest writes `UARTICR.TXIC`. With a FIFO that
@@ -26,7 +24,13 @@
 //!   whenever `TXIM` goes from masked to unmasked (the FIFO being empty),
 //!   cleared only by `UARTICR` bit 5. Linux fits this: `pl011_int` never
 //!   clears `TXIS` through `UARTICR`, refills up to half a FIFO per pass and
-//!   masks `TXIM` once its buffer is empty, which ends the loop.
+//!   masks `TXIM` once its buffer is empty, which ends the loop. While the
+//!   sink cannot take another line (`TXFF` reads 1) the latch is not set:
+//!   the byte that filled the FIFO, or an unmask then, leaves the interrupt
+//!   *owed*, and [`transmit_space_changed`](Pl011::transmit_space_changed)
+//!   (which the hypervisor calls when the console has drained) sets it once
+//!   there is room, as hardware raises it when the level drops, so an
+//!   interrupt-driven driver is never told to write into a full FIFO.
 //! - **Receive interrupts.** The receive trigger level of `UARTIFLS` is
 //!   stored but not used: both `RXRIS` and `RTRIS` are set when a byte
 //!   arrives (as if the receive timeout expired at once, since nothing more
@@ -299,6 +303,8 @@ pub struct Pl011<S: ConsoleSink, L: InterruptLine> {
     receive_fifo: ReceiveFifo,
     /// The level last given to `interrupt_line`.
     interrupt_asserted: bool,
+    /// A transmit interrupt is owed for when the sink has room again.
+    transmit_owed: bool,
 }
 
 impl<S: ConsoleSink, L: InterruptLine> Pl011<S, L> {
@@ -312,6 +318,7 @@ impl<S: ConsoleSink, L: InterruptLine> Pl011<S, L> {
             registers: Registers::RESET,
             receive_fifo: ReceiveFifo::EMPTY,
             interrupt_asserted: false,
+            transmit_owed: false,
         }
     }
 
@@ -320,6 +327,7 @@ impl<S: ConsoleSink, L: InterruptLine> Pl011<S, L> {
     /// pending input is discarded, and the interrupt line is deasserted.
     pub fn reset(&mut self) {
         self.flush();
+        self.transmit_owed = false;
         self.registers = Registers::RESET;
         self.receive_fifo = ReceiveFifo::EMPTY;
         self.update_interrupt();
@@ -388,7 +396,28 @@ impl<S: ConsoleSink, L: InterruptLine> Pl011<S, L> {
 
     fn transmit(&mut self, byte: u8) {
         self.output.push(byte, &mut self.sink);
-        self.registers.raw_interrupt_status |= interrupt::TRANSMIT;
+        self.raise_transmit();
+    }
+
+    /// The FIFO has room at or below the trigger level: set `TXRIS`, or
+    /// owe it while the sink cannot take another line (`TXFF`).
+    fn raise_transmit(&mut self) {
+        if self.sink.ready() {
+            self.registers.raw_interrupt_status |= interrupt::TRANSMIT;
+            self.transmit_owed = false;
+        } else {
+            self.transmit_owed = true;
+        }
+    }
+
+    /// The console may have made room since the sink was last asked: an
+    /// owed transmit interrupt is raised once the sink can take a line.
+    /// The hypervisor calls this after draining the console.
+    pub fn transmit_space_changed(&mut self) {
+        if self.transmit_owed && self.sink.ready() {
+            self.raise_transmit();
+            self.update_interrupt();
+        }
     }
 
     fn receive(&mut self) -> u16 {
@@ -403,9 +432,9 @@ impl<S: ConsoleSink, L: InterruptLine> Pl011<S, L> {
     fn set_interrupt_mask(&mut self, mask: u32) {
         let newly_unmasked = mask & !self.registers.interrupt_mask;
         if newly_unmasked & interrupt::TRANSMIT != 0 {
-            // The transmit FIFO is modelled as empty (see the module notes
-            // for when the sink is full), hence at or below any trigger level.
-            self.registers.raw_interrupt_status |= interrupt::TRANSMIT;
+            // The transmit FIFO is modelled as empty, hence at or below any
+            // trigger level, unless the sink is full (see the module notes).
+            self.raise_transmit();
         }
         self.registers.interrupt_mask = mask;
     }
@@ -641,6 +670,36 @@ mod tests {
         fn ready(&self) -> bool {
             self.ready
         }
+    }
+
+    #[test]
+    fn the_transmit_interrupt_waits_for_room_in_the_sink() {
+        let mut sink = Busy {
+            ready: true,
+            lines: Vec::new(),
+        };
+        let mut line = RecordingLine::default();
+        let mut uart = Pl011::new(&mut sink, &mut line);
+        uart.write(IMSC, AccessWidth::Word, TXIM);
+        assert!(uart.interrupt_line().level(), "room: raised at unmask");
+        uart.write(ICR, AccessWidth::Word, TXIM);
+        assert!(!uart.interrupt_line().level());
+        // The console fills: the byte that fills it raises nothing.
+        uart.sink_mut().ready = false;
+        uart.write(DR, AccessWidth::Word, u64::from(b'a'));
+        assert!(
+            !uart.interrupt_line().level(),
+            "no interrupt into a full FIFO"
+        );
+        uart.transmit_space_changed();
+        assert!(!uart.interrupt_line().level(), "still full");
+        // It drains: the owed interrupt comes, once.
+        uart.sink_mut().ready = true;
+        uart.transmit_space_changed();
+        assert!(uart.interrupt_line().level());
+        uart.write(ICR, AccessWidth::Word, TXIM);
+        uart.transmit_space_changed();
+        assert!(!uart.interrupt_line().level(), "owed once, not again");
     }
 
     #[test]

@@ -142,6 +142,21 @@ pub fn emulate(vm: &RunningVm, frame: &mut AccessFrame<'_>, access: &MmioAccess)
     true
 }
 
+/// The console may have drained (the EL2 tick moves it on): the virtual
+/// UART of the VM running here raises the transmit interrupt it owes, if
+/// any (the PL011 model raises none while its FIFO shows full).
+pub fn console_drained() {
+    let Some(vm) = vm::running_vm() else {
+        return;
+    };
+    let mut uart = vm.device_state.uart.lock();
+    uart.transmit_space_changed();
+    if let Some(level) = uart.take_line_change() {
+        drop(uart);
+        set_uart_line(vm, level);
+    }
+}
+
 /// Drives the virtual UART's SPI to `level` in its VM's vGIC.
 #[inline(never)]
 fn set_uart_line(vm: &RunningVm, level: bool) {

@@ -85,6 +85,12 @@ impl VirtualUart {
         self.model.write(offset, width, value);
     }
 
+    /// The console may have drained: a transmit interrupt the model owes
+    /// (TXFF was set when it came due) is raised if there is room now.
+    pub fn transmit_space_changed(&mut self) {
+        self.model.transmit_space_changed();
+    }
+
     /// The new level of the interrupt line, if it changed since asked last.
     #[inline(always)]
     pub fn take_line_change(&mut self) -> Option<bool> {

@@ -62,8 +62,10 @@ pub fn handle_acknowledged(interrupt: gic::Interrupt) {
             timer::tick();
             gic::end(interrupt);
             // Queued console output moves on at least every tick, even
-            // when no VM prints.
+            // when no VM prints; a UART that showed its FIFO full then owes
+            // its guest a transmit interrupt.
             console::try_drain();
+            crate::devices::console_drained();
         }
         // A request: the caller takes this CPU's requests after this.
         Owner::Request => gic::end(interrupt),
