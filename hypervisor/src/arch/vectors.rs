@@ -204,10 +204,10 @@ guest_synchronous:
 
     // Slot 9: an IRQ while a guest ran. First the fast path of a guest's
     // virtual-timer interrupt (`interrupts::guest::FastLinked`, armed by
-    // the vGIC for this CPU): acknowledge, and if it is the armed INTID,
-    // write the prepared list register, drop the priority (the physical
-    // interrupt stays active until the guest's deactivation ends it) and
-    // return. x0..x3 only; requests always come with their own SGI, taken
+    // the vGIC for this CPU): acknowledge, and if it is the armed INTID and
+    // its list register is empty, write the prepared entry there, drop the
+    // priority (the physical interrupt stays active until the guest's
+    // deactivation ends it) and return. x0..x3 only; requests always come with their own SGI, taken
     // as soon as the guest resumes.
 guest_irq:
     stp     x2, x3, [sp, #16]
@@ -223,8 +223,13 @@ guest_irq:
     ldr     w2, [x3, #4]
     cmp     w1, w2
     b.ne    3f
-    ldr     x2, [x3, #8]
+    // Only into a register the guest is done with (ICH_ELRSR_EL2): a
+    // previous instance it has not completed goes the ordinary way.
     ldrb    w1, [x3, #1]
+    mrs     x2, ich_elrsr_el2
+    lsr     x2, x2, x1
+    tbz     x2, #0, 3f
+    ldr     x2, [x3, #8]
     adr     x3, 4f
     add     x3, x3, x1, lsl #3
     br      x3

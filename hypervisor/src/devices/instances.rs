@@ -223,6 +223,34 @@ fn read_gic(
     Some(value)
 }
 
+/// The interrupts a write of `value` explicitly clears the pending or
+/// active state of (GICD/GICR ICPENDR, ICACTIVER), as the first INTID of
+/// the register and its bits; a redistributor write counts only in the
+/// accessing vCPU's own frame (its PPIs are this CPU's).
+fn cleared_interrupts(
+    slot: tessera_hypervisor::devices::map::DeviceSlot,
+    offset: u64,
+    width: tessera_vdevs::AccessWidth,
+    value: u64,
+    vcpu: VcpuId,
+) -> Option<(u32, u32)> {
+    if width != tessera_vdevs::AccessWidth::Word {
+        return None;
+    }
+    let value = value as u32;
+    if slot == GICD_SLOT {
+        let base = [0x280, 0x380]
+            .into_iter()
+            .find(|base| (*base..*base + 0x80).contains(&offset))?;
+        Some((((offset - base) / 4 * 32) as u32, value))
+    } else if slot == GICR_SLOT {
+        let own_frame = offset / 0x2_0000 == vcpu.index() as u64;
+        (own_frame && matches!(offset % 0x2_0000, 0x1_0280 | 0x1_0380)).then_some((0, value))
+    } else {
+        None
+    }
+}
+
 /// Whether a distributor register at `offset` routes SPIs: GICv2's
 /// GICD_ITARGETSR, GICv3's GICD_IROUTER.
 fn routes_spis(offset: u64) -> bool {
@@ -273,20 +301,25 @@ fn write_gic(
         guest_interrupts::follow_guest_routing(id, &vgic);
     }
     if folded.is_some() {
-        // A linked interrupt the write left neither pending nor active (its
-        // pending or active state cleared by register) has no instance
-        // left for the guest to complete: its physical interrupt, left
-        // active when it fired, is made inactive too, as a deactivation
-        // through the list register would have, or the timer would never
-        // fire again. Clearing one that is not active changes nothing.
-        for intid in guest_interrupts::linked_ppis() {
-            if vgic.is_idle(vcpu, intid) {
-                crate::interrupts::gic::clear_active_private(intid);
-            }
-        }
-        for intid in vgic.state.hardware_spis().iter() {
-            if vgic.is_idle(vcpu, intid) {
-                crate::interrupts::gic::clear_spi(intid);
+        // A linked interrupt whose pending or active state the guest
+        // cleared by this write, left neither pending nor active, has no
+        // instance left for the guest to complete: its physical interrupt,
+        // left active when it fired, is made inactive too, as a
+        // deactivation through the list register would have, or the
+        // device (the timer) would never interrupt again. Only what the
+        // write named, and only the active state: a physical interrupt
+        // pending meanwhile is not lost.
+        if let Some((first, bits)) = cleared_interrupts(slot, offset, width, value, vcpu) {
+            for bit in (0..32).filter(|bit| bits & (1 << bit) != 0) {
+                let intid = first + bit;
+                let linked = if intid < 32 {
+                    guest_interrupts::is_linked(intid)
+                } else {
+                    vgic.state.hardware_spis().contains(intid)
+                };
+                if linked && vgic.is_idle(vcpu, intid) {
+                    crate::interrupts::gic::deactivate_physical(intid);
+                }
             }
         }
         effects.reevaluate.insert(vcpu);

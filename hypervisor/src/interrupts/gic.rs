@@ -431,6 +431,26 @@ pub fn route_spi(intid: u32, index: usize, affinity: u64) {
     }
 }
 
+/// Makes interrupt `intid` inactive: a private one of this CPU (its
+/// redistributor's or banked GICD_ICACTIVER0), or an SPI (GICD_ICACTIVER).
+/// One that is not active is left as it is.
+pub fn deactivate_physical(intid: u32) {
+    const ICACTIVER: u64 = 0x380;
+    if intid < 32 {
+        return clear_active_private(intid);
+    }
+    if intid >= 1020 {
+        return;
+    }
+    let Some(layout) = LAYOUT.get() else {
+        return;
+    };
+    let register = layout.distributor().base + ICACTIVER + u64::from(intid / 32) * 4;
+    // SAFETY: a word of GICD_ICACTIVER, device memory in the EL2 map; the
+    // one bit written touches only this SPI.
+    unsafe { (register as *mut u32).write_volatile(1 << (intid % 32)) };
+}
+
 /// Clears the pending and active state of SPI `intid` (GICD_ICPENDR,
 /// GICD_ICACTIVER): a passed-through device's interrupt left over from a
 /// VM run that ended or restarted.

@@ -194,6 +194,11 @@ pub fn sync_this_cpu(vm: &RunningVm, vcpu: VcpuId) {
 pub fn vcpu_starting(vm: &RunningVm, vcpu: VcpuId) {
     crate::arch::guest::stop_guest_timers();
     crate::arch::guest::reset_guest_pmu();
+    // Whatever ran here before, no linked physical interrupt is left
+    // active for this vCPU to inherit.
+    for intid in linked_ppis() {
+        gic::clear_active_private(intid);
+    }
     let mut interface = VirtualInterface::this_cpu();
     interface.reset(true);
     let mut vgic = vm.device_state.vgic.lock();
@@ -206,8 +211,19 @@ pub fn vcpu_starting(vm: &RunningVm, vcpu: VcpuId) {
 /// PMU is reset, its list registers are emptied and its linked physical
 /// interrupts are no longer active, so nothing of it fires on an idle CPU or reaches the
 /// next vCPU run here.
-pub fn vcpu_leaving() {
+pub fn vcpu_leaving(leaving: Option<(&RunningVm, VcpuId)>) {
     disarm_fast_path();
+    if let Some((vm, vcpu)) = leaving {
+        // What its list registers hold goes back into the model first: an
+        // SGI or device interrupt shown but not taken is not lost (the vCPU
+        // may be started again, CPU_ON), and an active one stays active
+        // where the model can see it.
+        let _ = vm
+            .device_state
+            .vgic
+            .lock()
+            .fold_all(vcpu, &mut VirtualInterface::this_cpu());
+    }
     crate::arch::guest::stop_guest_timers();
     crate::arch::guest::reset_guest_pmu();
     VirtualInterface::this_cpu().reset(false);
@@ -264,10 +280,16 @@ pub fn passthrough_interrupt(interrupt: Interrupt, owner: VmId) {
         return;
     }
     if vm::request_interrupt_sync(owner, effects.reevaluate) {
-        // A vCPU it concerns runs here, so this CPU runs the owner.
-        let vcpu = vm::running_vcpu();
-        vgic.sync(vcpu, &mut VirtualInterface::this_cpu());
-        arm_fast_path(&vgic, vcpu);
+        // A vCPU it concerns is placed on this CPU; sync it only if it is
+        // running (a parked or not yet started one shows the model's state
+        // when it starts).
+        let running_here = vm::running_vm().is_some_and(|running| running.description.id == owner)
+            && effects.reevaluate.contains(vm::running_vcpu());
+        if running_here {
+            let vcpu = vm::running_vcpu();
+            vgic.sync(vcpu, &mut VirtualInterface::this_cpu());
+            arm_fast_path(&vgic, vcpu);
+        }
     }
 }
 

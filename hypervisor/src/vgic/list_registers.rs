@@ -333,6 +333,7 @@ impl VgicState {
         {
             self.restore_sgi_source(vcpu, resident.intid, source);
         }
+        self.note_active(vcpu, resident.intid, now.active(), resident.source());
     }
 
     /// Moves the pending instance of `irq` into a list register: the
@@ -397,7 +398,23 @@ pub fn sync(
             .iter_mut()
             .find(|(planned_irq, _)| planned_irq.intid == irq.intid)
         {
-            *entry = (*irq, true);
+            // One register shows one instance's CPUID (GICv2 SGIs), and a
+            // hardware-linked one is never pending and active at once (its
+            // pending state is the physical interrupt's): such a pending
+            // instance waits until the active one is completed, with EOI
+            // maintenance asked for.
+            let other_source = entry.0.source.is_some() && entry.0.source != irq.source;
+            if other_source || state.is_hardware_linked(vcpu, irq.intid) {
+                overflow = true;
+                continue;
+            }
+            *entry = (
+                PendingIrq {
+                    source: irq.source,
+                    ..*irq
+                },
+                true,
+            );
         } else if planned < count {
             plan[planned] = (*irq, true);
             planned += 1;
@@ -429,7 +446,7 @@ pub fn sync(
                 state: LrState::of(pending, irq.active),
                 physical,
                 eoi_maintenance: physical.is_none() && (level || overflow),
-                source: if pending { irq.source } else { None },
+                source: irq.source,
             },
         );
         shadow.resident[index] = Resident {
@@ -437,10 +454,7 @@ pub fn sync(
             intid: irq.intid,
             moved_latch,
             written_pending: pending,
-            source: match irq.source {
-                Some(source) if pending => source.index() as u8 + 1,
-                _ => 0,
-            },
+            source: irq.source.map_or(0, |source| source.index() as u8 + 1),
         };
     }
     shadow.overflow = overflow;
@@ -1125,6 +1139,70 @@ mod tests {
         assert!(!irq.pending() && !irq.active);
         sync(&mut state, vcpu(0), &mut shadow, &mut registers);
         assert_eq!(registers.acknowledge().map(|entry| entry.intid), Some(20));
+    }
+
+    #[test]
+    fn a_gicv2_sgi_keeps_its_sender_while_active_across_syncs() {
+        let mut state = enabled(GicVersion::V2, 2);
+        let mut to_zero = crate::vm::ids::VcpuSet::EMPTY;
+        to_zero.insert(vcpu(0));
+        state.send_sgi(vcpu(1), 3, to_zero);
+        let mut shadow = ListRegisterShadow::new();
+        let mut registers = FakeRegisters::new(4);
+        sync(&mut state, vcpu(0), &mut shadow, &mut registers);
+        assert_eq!(
+            registers.acknowledge().map(|entry| entry.source),
+            Some(Some(vcpu(1)))
+        );
+        // Something else arrives: a sync while SGI 3 is active.
+        state.pulse(vcpu(0), 20);
+        sync(&mut state, vcpu(0), &mut shadow, &mut registers);
+        let sgi = registers
+            .entries
+            .iter()
+            .find(|entry| entry.intid == 3)
+            .unwrap();
+        assert_eq!((sgi.state, sgi.source), (LrState::Active, Some(vcpu(1))));
+    }
+
+    #[test]
+    fn an_spi_rerouted_while_active_stays_with_the_vcpu_handling_it() {
+        let mut state = enabled(GicVersion::V3, 2);
+        state.update(vcpu(0), 33, |irq| irq.edge = true);
+        state.spi_routes[1] = 0;
+        state.pulse(vcpu(0), 33);
+        let mut shadows = [ListRegisterShadow::new(), ListRegisterShadow::new()];
+        let mut registers = [FakeRegisters::new(4), FakeRegisters::new(4)];
+        sync(&mut state, vcpu(0), &mut shadows[0], &mut registers[0]);
+        assert_eq!(
+            registers[0].acknowledge().map(|entry| entry.intid),
+            Some(33)
+        );
+        // The guest moves it to vCPU 1 while vCPU 0 handles it.
+        state.spi_routes[1] = 1;
+        sync(&mut state, vcpu(0), &mut shadows[0], &mut registers[0]);
+        sync(&mut state, vcpu(1), &mut shadows[1], &mut registers[1]);
+        let held = registers[0]
+            .entries
+            .iter()
+            .find(|entry| entry.intid == 33)
+            .unwrap();
+        assert_eq!(held.state, LrState::Active, "still vCPU 0's to complete");
+        assert!(
+            registers[1]
+                .entries
+                .iter()
+                .all(|entry| entry.intid != 33 || entry.state == LrState::Invalid)
+        );
+        registers[0].complete(33);
+        sync(&mut state, vcpu(0), &mut shadows[0], &mut registers[0]);
+        // The next instance goes where it is routed now.
+        state.pulse(vcpu(0), 33);
+        sync(&mut state, vcpu(1), &mut shadows[1], &mut registers[1]);
+        assert_eq!(
+            registers[1].acknowledge().map(|entry| entry.intid),
+            Some(33)
+        );
     }
 
     #[test]

@@ -287,6 +287,11 @@ pub struct VgicState {
     /// there (IHI 0048B chapter 3: an SGI is pending once per source). The
     /// SGI's `pending_latch` is kept equal to "this mask is not empty".
     pub(super) sgi_sources: [[u8; SGI_COUNT]; MAX_VCPUS],
+    /// GICv2 only: for each vCPU and SGI, the sender of the instance the
+    /// guest has active, plus one (0: none known). A list register showing
+    /// it active must carry that CPUID, or the guest's EOI, which names it,
+    /// would match nothing (IHI 0048B §5.3.11).
+    pub(super) active_sources: [[u8; SGI_COUNT]; MAX_VCPUS],
     /// GICv3 GICR_WAKER.ProcessorSleep per vCPU (IHI 0069H §12.11).
     pub(super) processor_sleep: [bool; MAX_VCPUS],
     pub(super) spis: [IrqState; SPI_COUNT],
@@ -295,6 +300,10 @@ pub struct VgicState {
     /// GICv3 GICD_IROUTER: Aff2.Aff1.Aff0 of each SPI's target (Aff3 is
     /// RES0 as GICD_TYPER.A3V is 0, IRM is RAZ/WI as No1N is 1).
     pub(super) spi_routes: [u32; SPI_COUNT],
+    /// The vCPU an active SPI is active on, plus one (0: none): it stays
+    /// there, whatever its routing says now, until the guest completes it
+    /// on that vCPU.
+    pub(super) spi_active_on: [u8; SPI_COUNT],
     pub(super) owned: SpiSet,
     /// PPIs linked to the physical PPI of the same number on the vCPU's
     /// CPU (its timers, its PMU): list registers carry them with the HW
@@ -328,10 +337,12 @@ impl VgicState {
         enable_group1: false,
         private: [[IrqState::reset(false); PRIVATE_COUNT]; MAX_VCPUS],
         sgi_sources: [[0; SGI_COUNT]; MAX_VCPUS],
+        active_sources: [[0; SGI_COUNT]; MAX_VCPUS],
         processor_sleep: [false; MAX_VCPUS],
         spis: [IrqState::reset(false); SPI_COUNT],
         spi_targets: [0; SPI_COUNT],
         spi_routes: [0; SPI_COUNT],
+        spi_active_on: [0; SPI_COUNT],
         owned: SpiSet::EMPTY,
         hardware_ppis: 0,
         hardware_spis: SpiSet::EMPTY,
@@ -382,10 +393,12 @@ impl VgicState {
             }
         }
         self.sgi_sources = [[0; SGI_COUNT]; MAX_VCPUS];
+        self.active_sources = [[0; SGI_COUNT]; MAX_VCPUS];
         self.processor_sleep = [true; MAX_VCPUS];
         self.spis = [IrqState::reset(false); SPI_COUNT];
         self.spi_targets = [0; SPI_COUNT];
         self.spi_routes = [0; SPI_COUNT];
+        self.spi_active_on = [0; SPI_COUNT];
         self.owned = owned;
         self.private_marks = [0; MAX_VCPUS];
         self.spi_marks = [0; SPI_WORDS];
@@ -606,6 +619,57 @@ impl VgicState {
         }
     }
 
+    /// The vCPU that shows SPI `intid`: the one it is active on while it is
+    /// active there, else the one its routing names.
+    #[must_use]
+    pub fn spi_vcpu(&self, intid: u32) -> Option<VcpuId> {
+        let index = spi_index(intid)?;
+        let active_on = usize::from(self.spi_active_on[index]);
+        if self.spis[index].active && active_on != 0 {
+            return VcpuId::new(active_on - 1);
+        }
+        self.spi_target(intid)
+    }
+
+    /// The recorded sender of the GICv2 SGI `intid` active on `vcpu`.
+    #[must_use]
+    pub fn active_source(&self, vcpu: VcpuId, intid: u32) -> Option<VcpuId> {
+        if !self.is_v2_sgi(intid) || !self.vcpu_in_range(vcpu) {
+            return None;
+        }
+        let source = usize::from(self.active_sources[vcpu.index()][intid as usize]);
+        VcpuId::new(source.checked_sub(1)?)
+    }
+
+    /// Records what a list register showed about `intid` on `vcpu` being
+    /// active: a GICv2 SGI's sender, an SPI's vCPU.
+    pub(super) fn note_active(
+        &mut self,
+        vcpu: VcpuId,
+        intid: u32,
+        active: bool,
+        source: Option<VcpuId>,
+    ) {
+        if !self.vcpu_in_range(vcpu) {
+            return;
+        }
+        if self.is_v2_sgi(intid) {
+            let slot = &mut self.active_sources[vcpu.index()][intid as usize];
+            *slot = match (active, source) {
+                (true, Some(source)) => source.index() as u8 + 1,
+                (true, None) => *slot,
+                (false, _) => 0,
+            };
+        } else if let Some(index) = spi_index(intid) {
+            let slot = &mut self.spi_active_on[index];
+            if active {
+                *slot = vcpu.index() as u8 + 1;
+            } else if usize::from(*slot) == vcpu.index() + 1 {
+                *slot = 0;
+            }
+        }
+    }
+
     /// The vCPUs to re-evaluate after `intid` (banked to `vcpu` if
     /// private) changed.
     pub(super) fn affected(&self, vcpu: VcpuId, intid: u32) -> VcpuSet {
@@ -614,8 +678,13 @@ impl VgicState {
             if self.vcpu_in_range(vcpu) {
                 set.insert(vcpu);
             }
-        } else if let Some(target) = self.spi_target(intid) {
-            set.insert(target);
+        } else {
+            if let Some(target) = self.spi_target(intid) {
+                set.insert(target);
+            }
+            if let Some(shown_on) = self.spi_vcpu(intid) {
+                set.insert(shown_on);
+            }
         }
         set
     }
@@ -744,7 +813,7 @@ impl VgicState {
         }
         for (intid, irq) in self.marked(vcpu) {
             let deliverable = irq.pending() && irq.enabled && self.group_enabled(irq.group1);
-            if !deliverable || (intid >= SPI_BASE && self.spi_target(intid) != Some(vcpu)) {
+            if !deliverable || (intid >= SPI_BASE && self.spi_vcpu(intid) != Some(vcpu)) {
                 continue;
             }
             list.offer(PendingIrq {
@@ -816,7 +885,7 @@ impl VgicState {
             return list;
         }
         for (intid, irq) in self.marked(vcpu) {
-            if !irq.active || (intid >= SPI_BASE && self.spi_target(intid) != Some(vcpu)) {
+            if !irq.active || (intid >= SPI_BASE && self.spi_vcpu(intid) != Some(vcpu)) {
                 continue;
             }
             list.offer(PendingIrq {
@@ -825,7 +894,7 @@ impl VgicState {
                 group1: irq.group1,
                 active: true,
                 deliverable: irq.pending() && irq.enabled && self.group_enabled(irq.group1),
-                source: None,
+                source: self.active_source(vcpu, intid),
             });
         }
         list

@@ -559,9 +559,10 @@ fn take_requests(running: VmId, vcpu: VcpuId) {
 /// and it is off. If it was the VM's last, the VM's end is reported (and,
 /// for the last VM, the machine powered off). Then this CPU idles.
 fn park_current_vcpu() -> ! {
+    let leaving = running_vm().map(|vm| (vm, running_vcpu()));
     // Relaxed: only this CPU reads its slot.
     RUNNING_VM[arch::cpu_index()].store(core::ptr::null_mut(), Ordering::Relaxed);
-    interrupts::guest::vcpu_leaving();
+    interrupts::guest::vcpu_leaving(leaving);
     if let Some((id, vcpu)) = current()
         && let Parked::VmEnded(outcome) = SYSTEM.park(id, vcpu, &Aarch64)
     {
@@ -895,6 +896,10 @@ fn reset_vm(id: VmId, vcpu: VcpuId) -> ! {
         // just leaves.
         park_current_vcpu();
     }
+    // This vCPU leaves the guest too: its CPU runs no vCPU until the
+    // restart (its interrupt state goes with the model's reset below).
+    RUNNING_VM[arch::cpu_index()].store(core::ptr::null_mut(), Ordering::Relaxed);
+    interrupts::guest::vcpu_leaving(None);
     // The others leave the guest at their next exit, which the request SGI
     // forces; what they printed until then belongs to the old run.
     SYSTEM.wait_until_no_vcpu_on(id);
