@@ -194,6 +194,38 @@ impl VirtualInterface {
                         options(nomem, nostack, preserves_flags)
                     );
                 }
+                // With 6 or 7 preemption bits (ICH_VTR_EL2.PREbits) the
+                // active priorities span more registers (IHI 0069H
+                // §12.4.1-2); 5 bits, as QEMU and the A72 have, need one.
+                let vtr: u64;
+                // SAFETY: reading ICH_VTR_EL2 has no side effects.
+                unsafe {
+                    asm!("mrs {v}, ich_vtr_el2", v = out(reg) vtr,
+                        options(nomem, nostack, preserves_flags));
+                }
+                let preemption_bits = ((vtr >> 26) & 0b111) + 1;
+                if preemption_bits >= 6 {
+                    // SAFETY: as above; these exist with 6 or more bits.
+                    unsafe {
+                        asm!(
+                            "msr ich_ap0r1_el2, xzr",
+                            "msr ich_ap1r1_el2, xzr",
+                            options(nomem, nostack, preserves_flags)
+                        );
+                    }
+                }
+                if preemption_bits == 7 {
+                    // SAFETY: as above; these exist with 7 bits.
+                    unsafe {
+                        asm!(
+                            "msr ich_ap0r2_el2, xzr",
+                            "msr ich_ap0r3_el2, xzr",
+                            "msr ich_ap1r2_el2, xzr",
+                            "msr ich_ap1r3_el2, xzr",
+                            options(nomem, nostack, preserves_flags)
+                        );
+                    }
+                }
             }
         }
         self.set_hcr(hcr);
