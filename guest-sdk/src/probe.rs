@@ -64,14 +64,7 @@ impl fmt::Display for Abort {
 /// The abort's syndrome and fault address.
 pub fn probe_read(address: u64) -> Result<u64, Abort> {
     let outcome = arch::probe_read(address);
-    if outcome.esr == 0 {
-        Ok(outcome.value)
-    } else {
-        Err(Abort {
-            esr: outcome.esr,
-            far: outcome.far,
-        })
-    }
+    completed(&outcome).map(|()| outcome.value)
 }
 
 /// Writes `value` (64 bits) to `address`; `Err` if the write took a data
@@ -86,14 +79,7 @@ pub fn probe_read(address: u64) -> Result<u64, Abort> {
 pub unsafe fn probe_write(address: u64, value: u64) -> Result<(), Abort> {
     // SAFETY: the caller vouches for the write.
     let outcome = unsafe { arch::probe_write(address, value) };
-    if outcome.esr == 0 {
-        Ok(())
-    } else {
-        Err(Abort {
-            esr: outcome.esr,
-            far: outcome.far,
-        })
-    }
+    completed(&outcome)
 }
 
 /// Reads 32 bits at `address` (4-byte aligned); `Err` if the read took a
@@ -103,14 +89,7 @@ pub unsafe fn probe_write(address: u64, value: u64) -> Result<(), Abort> {
 /// The abort's syndrome and fault address.
 pub fn probe_read32(address: u64) -> Result<u32, Abort> {
     let outcome = arch::probe_read32(address);
-    if outcome.esr == 0 {
-        Ok(outcome.value as u32)
-    } else {
-        Err(Abort {
-            esr: outcome.esr,
-            far: outcome.far,
-        })
-    }
+    completed(&outcome).map(|()| outcome.value as u32)
 }
 
 /// Writes `value` (32 bits) to `address` (4-byte aligned); `Err` if the
@@ -124,14 +103,7 @@ pub fn probe_read32(address: u64) -> Result<u32, Abort> {
 pub unsafe fn probe_write32(address: u64, value: u32) -> Result<(), Abort> {
     // SAFETY: the caller vouches for the write.
     let outcome = unsafe { arch::probe_write32(address, value) };
-    if outcome.esr == 0 {
-        Ok(())
-    } else {
-        Err(Abort {
-            esr: outcome.esr,
-            far: outcome.far,
-        })
-    }
+    completed(&outcome)
 }
 
 /// Writes the byte `value` to `address`; `Err` if the write took a data
@@ -145,6 +117,11 @@ pub unsafe fn probe_write32(address: u64, value: u32) -> Result<(), Abort> {
 pub unsafe fn probe_write8(address: u64, value: u8) -> Result<(), Abort> {
     // SAFETY: the caller vouches for the write.
     let outcome = unsafe { arch::probe_write8(address, value) };
+    completed(&outcome)
+}
+
+/// `Ok` when the probed access completed, else the abort it took.
+fn completed(outcome: &arch::ProbeOutcome) -> Result<(), Abort> {
     if outcome.esr == 0 {
         Ok(())
     } else {
