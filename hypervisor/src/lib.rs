@@ -46,6 +46,7 @@ pub mod traps {
     pub use tessera_arm_defs::exception_syndrome;
     pub mod crash_report;
     pub mod guest_exit;
+    pub mod instruction;
     pub mod reflect;
 }
 /// The virtual GIC: each VM's interrupt state and its distributor and

@@ -1,0 +1,426 @@
+//! Decoding a guest's load or store from its instruction, for the accesses
+//! whose data abort comes without a valid syndrome (ESR_EL2.ISV = 0): load
+//! and store pairs and the writeback forms, which clients that map a
+//! device's pages as cacheable memory produce (the vdev-shmem ABI,
+//! "What counts as a plain load or store"). Everything the ABI calls plain
+//! is decoded; everything else (exclusives, atomics, SIMD/FP registers,
+//! cache maintenance, prefetches, anything unknown) is `NotPlain`, and the
+//! guest gets the synchronous external abort the ABI names.
+//!
+//! Encodings: Arm ARM (DDI 0487) C4.1.66-C4.1.68, "Loads and Stores": the
+//! load/store register (unsigned immediate, unscaled immediate,
+//! immediate pre- and post-indexed, register offset), load/store register
+//! pair (offset, pre- and post-indexed, no-allocate), and load-acquire /
+//! store-release register classes.
+
+#![forbid(unsafe_code)]
+
+use tessera_vdevs::AccessWidth;
+
+/// How one register moves to or from memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transfer {
+    pub width: AccessWidth,
+    pub is_write: bool,
+    /// The general register (31 is XZR: loads discard, stores store zero).
+    pub register: u8,
+    /// Loads: sign-extend to the register.
+    pub sign_extend: bool,
+    /// Loads: the register is 64 bits wide (else the upper half is zeroed).
+    pub sixty_four_bit_register: bool,
+}
+
+/// The base-register update of a writeback form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Writeback {
+    /// The base register (31 is the stack pointer).
+    pub base: u8,
+    /// What is added to the base.
+    pub offset: i64,
+    /// Post-indexed: the access uses the old base (else pre-indexed: the
+    /// new one).
+    pub post_index: bool,
+}
+
+/// A decoded guest instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// One register, at the faulting address.
+    Single {
+        transfer: Transfer,
+        writeback: Option<Writeback>,
+    },
+    /// Two registers, `first` at the faulting address and `second`
+    /// `first.width` bytes after it.
+    Pair {
+        first: Transfer,
+        second_register: u8,
+        writeback: Option<Writeback>,
+    },
+    /// Not a plain load or store.
+    NotPlain,
+}
+
+const fn field(instruction: u32, low: u32, bits: u32) -> u32 {
+    (instruction >> low) & ((1 << bits) - 1)
+}
+
+/// The signed value of the `bits`-wide field at `low`.
+const fn signed_field(instruction: u32, low: u32, bits: u32) -> i64 {
+    let value = field(instruction, low, bits) as i64;
+    let sign = 1 << (bits - 1);
+    (value ^ sign) - sign
+}
+
+const fn width_of(size: u32) -> AccessWidth {
+    match size {
+        0 => AccessWidth::Byte,
+        1 => AccessWidth::HalfWord,
+        2 => AccessWidth::Word,
+        _ => AccessWidth::DoubleWord,
+    }
+}
+
+/// Decodes `instruction`.
+#[must_use]
+pub const fn decode(instruction: u32) -> Decoded {
+    let register = field(instruction, 0, 5) as u8;
+    let base = field(instruction, 5, 5) as u8;
+    // Load/store register, single: size 111 V 0x opc ...
+    if instruction & 0x3A00_0000 == 0x3800_0000 {
+        if field(instruction, 26, 1) != 0 {
+            return Decoded::NotPlain; // SIMD/FP register
+        }
+        let size = field(instruction, 30, 2);
+        let opc = field(instruction, 22, 2);
+        let Some(transfer) = single_transfer(size, opc, register) else {
+            return Decoded::NotPlain;
+        };
+        if field(instruction, 24, 1) == 1 {
+            // Unsigned immediate offset: no writeback.
+            return Decoded::Single {
+                transfer,
+                writeback: None,
+            };
+        }
+        if field(instruction, 21, 1) == 1 {
+            // Register offset (bits 11:10 = 10) is plain; with 00 the
+            // class is the LSE atomics.
+            return if field(instruction, 10, 2) == 0b10 {
+                Decoded::Single {
+                    transfer,
+                    writeback: None,
+                }
+            } else {
+                Decoded::NotPlain
+            };
+        }
+        let offset = signed_field(instruction, 12, 9);
+        return match field(instruction, 10, 2) {
+            // Unscaled (LDUR/STUR) and unprivileged (LDTR/STTR).
+            0b00 | 0b10 => Decoded::Single {
+                transfer,
+                writeback: None,
+            },
+            0b01 => Decoded::Single {
+                transfer,
+                writeback: Some(Writeback {
+                    base,
+                    offset,
+                    post_index: true,
+                }),
+            },
+            _ => Decoded::Single {
+                transfer,
+                writeback: Some(Writeback {
+                    base,
+                    offset,
+                    post_index: false,
+                }),
+            },
+        };
+    }
+    // Load/store register pair: opc 101 V xxx L imm7 Rt2 Rn Rt.
+    if instruction & 0x3A00_0000 == 0x2800_0000 {
+        if field(instruction, 26, 1) != 0 {
+            return Decoded::NotPlain;
+        }
+        let opc = field(instruction, 30, 2);
+        let load = field(instruction, 22, 1) == 1;
+        let (width, sign_extend, sixty_four) = match (opc, load) {
+            (0b00, _) => (AccessWidth::Word, false, false),
+            (0b01, true) => (AccessWidth::Word, true, true), // LDPSW
+            (0b10, _) => (AccessWidth::DoubleWord, false, true),
+            _ => return Decoded::NotPlain,
+        };
+        let scale = width.bytes() as i64;
+        let offset = signed_field(instruction, 15, 7) * scale;
+        let writeback = match field(instruction, 23, 2) {
+            0b01 => Some(Writeback {
+                base,
+                offset,
+                post_index: true,
+            }),
+            0b11 => Some(Writeback {
+                base,
+                offset,
+                post_index: false,
+            }),
+            // Signed offset, and the no-allocate form.
+            _ => None,
+        };
+        return Decoded::Pair {
+            first: Transfer {
+                width,
+                is_write: !load,
+                register,
+                sign_extend,
+                sixty_four_bit_register: sixty_four,
+            },
+            second_register: field(instruction, 10, 5) as u8,
+            writeback,
+        };
+    }
+    // Load-acquire / store-release register (LDAR/STLR): size 001000 1 L 0
+    // 11111 1 11111 Rn Rt. The exclusives and other ordered forms differ in
+    // o2/o1/o0 and are not plain.
+    if instruction & 0x3FBF_FC00 == 0x089F_FC00 {
+        let size = field(instruction, 30, 2);
+        let load = field(instruction, 22, 1) == 1;
+        return Decoded::Single {
+            transfer: Transfer {
+                width: width_of(size),
+                is_write: !load,
+                register,
+                sign_extend: false,
+                sixty_four_bit_register: size == 3,
+            },
+            writeback: None,
+        };
+    }
+    Decoded::NotPlain
+}
+
+/// A single-register load or store of `size` with `opc` (C4.1.66), or
+/// `None` for a prefetch or an unallocated combination.
+const fn single_transfer(size: u32, opc: u32, register: u8) -> Option<Transfer> {
+    let width = width_of(size);
+    let (is_write, sign_extend, sixty_four) = match (size, opc) {
+        (_, 0b00) => (true, false, size == 3),
+        (_, 0b01) => (false, false, size == 3),
+        // Sign-extending to 64 bits: LDRSB/LDRSH/LDRSW (size 3 is PRFM).
+        (0..=2, 0b10) => (false, true, true),
+        // Sign-extending to 32 bits: LDRSB/LDRSH (word: unallocated).
+        (0..=1, 0b11) => (false, true, false),
+        _ => return None,
+    };
+    Some(Transfer {
+        width,
+        is_write,
+        register,
+        sign_extend,
+        sixty_four_bit_register: sixty_four,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transfer(width: AccessWidth, is_write: bool, register: u8) -> Transfer {
+        Transfer {
+            width,
+            is_write,
+            register,
+            sign_extend: false,
+            sixty_four_bit_register: width == AccessWidth::DoubleWord,
+        }
+    }
+
+    fn writeback(base: u8, offset: i64, post_index: bool) -> Option<Writeback> {
+        Some(Writeback {
+            base,
+            offset,
+            post_index,
+        })
+    }
+
+    // The encodings are those an assembler gives (llvm-mc).
+
+    #[test]
+    fn single_registers_with_and_without_writeback() {
+        use AccessWidth::*;
+        let cases = [
+            // ldr w1, [x2, #8]
+            (0xB940_0841, transfer(Word, false, 1), None),
+            // str x3, [x4], #16
+            (
+                0xF801_0483,
+                transfer(DoubleWord, true, 3),
+                writeback(4, 16, true),
+            ),
+            // ldr x5, [x6, #-8]!
+            (
+                0xF85F_8CC5,
+                transfer(DoubleWord, false, 5),
+                writeback(6, -8, false),
+            ),
+            // ldur x1, [x2, #-3]
+            (0xF85F_D041, transfer(DoubleWord, false, 1), None),
+            // strb w3, [x4, #1]!
+            (0x3800_1C83, transfer(Byte, true, 3), writeback(4, 1, false)),
+            // str xzr, [x5], #8
+            (
+                0xF800_84BF,
+                transfer(DoubleWord, true, 31),
+                writeback(5, 8, true),
+            ),
+            // ldr x1, [x2, x3]
+            (0xF863_6841, transfer(DoubleWord, false, 1), None),
+            // ldrh w1, [sp, #-2]!
+            (
+                0x785F_EFE1,
+                transfer(HalfWord, false, 1),
+                writeback(31, -2, false),
+            ),
+            // ldar w1, [x2]
+            (0x88DF_FC41, transfer(Word, false, 1), None),
+            // stlr x3, [x4]
+            (0xC89F_FC83, transfer(DoubleWord, true, 3), None),
+        ];
+        for (instruction, transfer, writeback) in cases {
+            assert_eq!(
+                decode(instruction),
+                Decoded::Single {
+                    transfer,
+                    writeback
+                },
+                "{instruction:#010x}"
+            );
+        }
+    }
+
+    #[test]
+    fn sign_extending_loads() {
+        let sign = |width, sixty_four, register| Transfer {
+            width,
+            is_write: false,
+            register,
+            sign_extend: true,
+            sixty_four_bit_register: sixty_four,
+        };
+        // ldrsh w7, [x8, #2]!
+        assert_eq!(
+            decode(0x78C0_2D07),
+            Decoded::Single {
+                transfer: sign(AccessWidth::HalfWord, false, 7),
+                writeback: writeback(8, 2, false)
+            }
+        );
+        // ldrsb x9, [x10], #1
+        assert_eq!(
+            decode(0x3880_1549),
+            Decoded::Single {
+                transfer: sign(AccessWidth::Byte, true, 9),
+                writeback: writeback(10, 1, true)
+            }
+        );
+        // ldrsw x1, [x2, #4]!
+        assert_eq!(
+            decode(0xB880_4C41),
+            Decoded::Single {
+                transfer: sign(AccessWidth::Word, true, 1),
+                writeback: writeback(2, 4, false)
+            }
+        );
+    }
+
+    #[test]
+    fn pairs_in_every_addressing_form() {
+        use AccessWidth::*;
+        let cases = [
+            // ldp x1, x2, [x3, #16]!
+            (
+                0xA9C1_0861,
+                transfer(DoubleWord, false, 1),
+                2,
+                writeback(3, 16, false),
+            ),
+            // stp w4, w5, [x6], #-8
+            (
+                0x28BF_14C4,
+                transfer(Word, true, 4),
+                5,
+                writeback(6, -8, true),
+            ),
+            // ldp x10, x11, [sp]
+            (0xA940_2FEA, transfer(DoubleWord, false, 10), 11, None),
+            // stnp x1, x2, [x3]
+            (0xA800_0861, transfer(DoubleWord, true, 1), 2, None),
+            // ldp w1, w2, [x3, #-4]
+            (0x297F_8861, transfer(Word, false, 1), 2, None),
+            // ldp x1, x2, [x3], #-32
+            (
+                0xA8FE_0861,
+                transfer(DoubleWord, false, 1),
+                2,
+                writeback(3, -32, true),
+            ),
+            // stp x29, x30, [sp, #-16]!
+            (
+                0xA9BF_7BFD,
+                transfer(DoubleWord, true, 29),
+                30,
+                writeback(31, -16, false),
+            ),
+        ];
+        for (instruction, first, second_register, writeback) in cases {
+            assert_eq!(
+                decode(instruction),
+                Decoded::Pair {
+                    first,
+                    second_register,
+                    writeback
+                },
+                "{instruction:#010x}"
+            );
+        }
+        // ldpsw x7, x8, [x9, #8]
+        assert_eq!(
+            decode(0x6941_2127),
+            Decoded::Pair {
+                first: Transfer {
+                    width: Word,
+                    is_write: false,
+                    register: 7,
+                    sign_extend: true,
+                    sixty_four_bit_register: true,
+                },
+                second_register: 8,
+                writeback: None
+            }
+        );
+    }
+
+    #[test]
+    fn everything_else_is_not_plain() {
+        for instruction in [
+            0xC85F_7C41, // ldxr x1, [x2]
+            0xC85F_FC41, // ldaxr x1, [x2]
+            0xC801_FC62, // stlxr w1, x2, [x3]
+            0xB821_0062, // ldadd w1, w2, [x3]
+            0x3DC0_0020, // ldr q0, [x1]
+            0xFC00_8C41, // str d1, [x2, #8]!
+            0xF980_0020, // prfm pldl1keep, [x1]
+            0xD50B_7421, // dc zva, x1
+            0x0000_0000,
+            0xFFFF_FFFF,
+        ] {
+            assert_eq!(
+                decode(instruction),
+                Decoded::NotPlain,
+                "{instruction:#010x}"
+            );
+        }
+    }
+}
