@@ -340,7 +340,7 @@ pub fn send_request_sgi(index: usize, affinity: u64) {
                         sgi,
                         arm_gic::gicv2::SgiTarget::List {
                             target_list_filter: arm_gic::gicv2::SgiTargetListFilter::CPUTargetList,
-                            target_list: 1 << index,
+                            target_list: u16::from(cpu_target_bit(index)),
                         },
                     );
                 }
@@ -401,9 +401,36 @@ pub fn enable_spi(intid: u32, index: usize, affinity: u64) -> Result<(), GicErro
     .unwrap_or(Err(GicError::InvalidInterrupt(intid)))
 }
 
+/// Each CPU's own bit in GICv2 CPU target lists (what its banked
+/// GICD_ITARGETSR0 reads, IHI 0048B §4.3.12), learnt at its bring-up: the
+/// GIC's CPU-interface numbering need not follow the logical CPU order.
+static CPU_TARGET_BITS: [AtomicU8; tessera_hypervisor::MAX_CPUS] =
+    [const { AtomicU8::new(0) }; tessera_hypervisor::MAX_CPUS];
+
+/// Records the calling CPU's GICv2 target bit (see `CPU_TARGET_BITS`).
+pub fn learn_cpu_target() {
+    if let Some(GicLayout::V2 { distributor, .. }) = LAYOUT.get() {
+        // SAFETY: the first byte of the banked GICD_ITARGETSR0, device
+        // memory in the EL2 map; reading it has no side effects.
+        let own = unsafe { ((distributor.base + 0x800) as *const u8).read_volatile() };
+        CPU_TARGET_BITS[arch::cpu_index()].store(own, Ordering::Relaxed);
+    }
+}
+
+/// The GICv2 target bit of the CPU with logical `index`: the one it
+/// reported, or (before it came up) its logical number's.
+fn cpu_target_bit(index: usize) -> u8 {
+    let learnt = CPU_TARGET_BITS[index % tessera_hypervisor::MAX_CPUS].load(Ordering::Relaxed);
+    if learnt != 0 {
+        learnt
+    } else {
+        1 << (index & 7)
+    }
+}
+
 /// Routes SPI `intid` to the CPU with logical `index` and MPIDR
 /// `affinity`: GICD_IROUTER (GICv3, affinity routing) or the byte of
-/// GICD_ITARGETSR (GICv2).
+/// GICD_ITARGETSR (GICv2), with that CPU's own target bit.
 pub fn route_spi(intid: u32, index: usize, affinity: u64) {
     const ITARGETSR: u64 = 0x800;
     const IROUTER: u64 = 0x6000;
@@ -422,10 +449,11 @@ pub fn route_spi(intid: u32, index: usize, affinity: u64) {
         }
         Some(GicLayout::V2 { distributor, .. }) => {
             let register = distributor.base + ITARGETSR + u64::from(intid);
+            let target = cpu_target_bit(index);
             // SAFETY: the byte of GICD_ITARGETSR for this SPI (byte
             // accesses are allowed, IHI 0048B §4.3.12), device memory in the
             // EL2 map.
-            unsafe { (register as *mut u8).write_volatile(1 << (index & 7)) };
+            unsafe { (register as *mut u8).write_volatile(target) };
         }
         None => {}
     }

@@ -30,6 +30,7 @@ pub fn start_on_this_cpu() -> Result<(), gic::GicError> {
         gic::enable_private_interrupt(intid, cpu)?;
     }
     crate::interrupts::virtual_interface::VirtualInterface::init_this_cpu();
+    gic::learn_cpu_target();
     arch::start_hypervisor_timer(tick_interval());
     Ok(())
 }
