@@ -303,13 +303,6 @@ impl ListRegisterShadow {
     pub const fn overflowed(&self) -> bool {
         self.overflow
     }
-
-    /// The INTIDs the list registers hold, register by register.
-    pub fn resident_intids(&self) -> impl Iterator<Item = Option<u32>> + '_ {
-        self.resident
-            .iter()
-            .map(|slot| slot.in_use.then_some(slot.intid))
-    }
 }
 
 impl VgicState {

@@ -289,9 +289,6 @@ impl<T, D> VmSystem<T, D> {
     /// # Errors
     /// A CPU that already runs a vCPU, or one VM too many; nothing is
     /// added then.
-    // Inlined so that the VM, several kilobytes, is built straight into its
-    // slot rather than copied there (boot time, `boot.hypervisor_insns`).
-    #[inline(always)]
     pub fn add(&self, vm: Vm<T, D>) -> Result<VmId, SetupError> {
         let id = VmId::new(self.count()).ok_or(SetupError::TooManyVms)?;
         let description = &vm.description;
