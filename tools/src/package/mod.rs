@@ -122,6 +122,7 @@ mod tests {
             cpus: cpus.to_vec(),
             bootargs: None,
             passthrough: Vec::new(),
+            shmem: Vec::new(),
         };
         let image = |load_offset: u64, bytes: Vec<u8>| GuestImage {
             path: PathBuf::from("target/guests/hello.bin"),
@@ -143,6 +144,7 @@ mod tests {
                     vm("alpha", &[1], 0x4000_0000),
                     vm("beta", &[2, 3], 0x8000_0000),
                 ],
+                shmem: crate::system::ShmemSystem::default(),
             },
             images: vec![
                 image(0x8_0000, fake_image(0x8_0000, 0, 4096)),
