@@ -17,6 +17,7 @@ use core::fmt;
 use core::ops::{Range, RangeInclusive};
 
 use tessera_platform::{PhysRange, QEMU_VIRT as VIRT_BOARD, RASPBERRY_PI_4, guest};
+use tessera_vdevs::shmem::PatternError;
 
 pub const KIB: u64 = 1 << 10;
 pub const MIB: u64 = 1 << 20;
@@ -588,6 +589,234 @@ impl PassthroughClaims {
     }
 }
 
+/// vdev-shmem (`../shared/design/vdev-shmem-abi.md`, docs/vdev-shmem.md):
+/// factory pages and windows are mapped or trapped page by page.
+pub const SHMEM_PAGE: u64 = tessera_vdevs::shmem::PAGE_SIZE;
+/// Device instances in the whole system (the model's table).
+pub const MAX_SHMEM_DEVICES: usize = tessera_vdevs::shmem::MAX_DEVICES;
+/// `allow` and `deny` patterns together, per instance.
+pub const MAX_SHMEM_RULES: usize = tessera_vdevs::shmem::MAX_RULES;
+/// Boot regions: they take registry slots for good.
+pub const MAX_SHMEM_REGIONS: usize = tessera_vdevs::shmem::MAX_REGIONS;
+/// The page-limit a system without `[shmem] limit` gets: 16 MiB.
+pub const DEFAULT_SHMEM_LIMIT_PAGES: u64 = 16 * MIB / SHMEM_PAGE;
+
+/// What a guest-physical area of an instance is, for messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShmemArea {
+    Factory,
+    Window,
+    Passthrough,
+}
+
+impl fmt::Display for ShmemArea {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Factory => "a vdev-shmem factory page",
+            Self::Window => "a vdev-shmem window",
+            Self::Passthrough => "a passthrough range",
+        })
+    }
+}
+
+/// One factory page (`size` = [`SHMEM_PAGE`]) or window of an instance:
+/// whole pages, not empty, inside the guest-physical space and clear of
+/// the guest's emulated devices.
+///
+/// # Errors
+/// `ShmemEmpty`, `ShmemUnaligned`, `ShmemPastLimit` or `ShmemGuestDevice`.
+pub fn check_shmem_area(base: u64, size: u64) -> Result<(), RuleError> {
+    if size == 0 {
+        return Err(RuleError::ShmemEmpty);
+    }
+    if !base.is_multiple_of(SHMEM_PAGE) || !size.is_multiple_of(SHMEM_PAGE) {
+        return Err(RuleError::ShmemUnaligned { base, size });
+    }
+    let end = base.saturating_add(size);
+    if end > GUEST_PHYSICAL_LIMIT {
+        return Err(RuleError::ShmemPastLimit { base, end });
+    }
+    match GUEST_DEVICES
+        .iter()
+        .find(|device| overlaps(base, end, device.range))
+    {
+        Some(device) => Err(RuleError::ShmemGuestDevice { base, end, device }),
+        None => Ok(()),
+    }
+}
+
+/// An area (checked by [`check_shmem_area`]) against the VM's RAM.
+///
+/// # Errors
+/// `ShmemOverlapsRam`.
+pub const fn check_shmem_ram(
+    base: u64,
+    size: u64,
+    ram_base: u64,
+    ram_size: u64,
+) -> Result<(), RuleError> {
+    let end = base.saturating_add(size);
+    let ram_end = ram_base.saturating_add(ram_size);
+    if base < ram_end && end > ram_base {
+        Err(RuleError::ShmemOverlapsRam {
+            base,
+            ram_base,
+            ram_end,
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// An instance's `intr`, an INTID: an SPI the virtual GIC models and not
+/// one of the guest's emulated devices.
+///
+/// # Errors
+/// `ShmemNotAnSpi` or `SpiReserved`.
+pub fn check_shmem_intr(intid: u32) -> Result<(), RuleError> {
+    let spi = intid.wrapping_sub(32);
+    if intid < 32 || spi >= SPI_COUNT {
+        return Err(RuleError::ShmemNotAnSpi { intid });
+    }
+    match GUEST_SPIS.iter().find(|used| used.spi == spi) {
+        Some(used) => Err(RuleError::SpiReserved { used }),
+        None => Ok(()),
+    }
+}
+
+/// One `allow` or `deny` pattern, by the model's own pattern rules.
+///
+/// # Errors
+/// `ShmemPattern`.
+pub fn check_shmem_pattern(pattern: &[u8]) -> Result<(), RuleError> {
+    tessera_vdevs::shmem::Pattern::new(pattern)
+        .map(|_| ())
+        .map_err(|error| RuleError::ShmemPattern { error })
+}
+
+/// How many rules one instance has, and instances the system has.
+///
+/// # Errors
+/// `TooManyShmemRules` or `TooManyShmemDevices`.
+pub const fn check_shmem_counts(devices: usize, rules: usize) -> Result<(), RuleError> {
+    if devices > MAX_SHMEM_DEVICES {
+        Err(RuleError::TooManyShmemDevices { count: devices })
+    } else if rules > MAX_SHMEM_RULES {
+        Err(RuleError::TooManyShmemRules { count: rules })
+    } else {
+        Ok(())
+    }
+}
+
+/// A boot region's name, by the model's name rules (as a guest writes it).
+///
+/// # Errors
+/// `ShmemRegionName`.
+pub fn check_shmem_region_name(name: &[u8]) -> Result<(), RuleError> {
+    match tessera_vdevs::shmem::Name::new(name) {
+        Some(_) => Ok(()),
+        None => Err(RuleError::ShmemRegionName),
+    }
+}
+
+/// A boot region's size in bytes: whole pages, at least one, a page count
+/// that fits 32 bits (the ABI's `size` field).
+///
+/// # Errors
+/// `ShmemRegionSize`.
+pub const fn check_shmem_region_size(size: u64) -> Result<(), RuleError> {
+    if size == 0 || !size.is_multiple_of(SHMEM_PAGE) || size / SHMEM_PAGE > u32::MAX as u64 {
+        Err(RuleError::ShmemRegionSize { size })
+    } else {
+        Ok(())
+    }
+}
+
+/// The boot regions' pages so far (`total`) against the limit, and how
+/// many regions there are.
+///
+/// # Errors
+/// `ShmemOverLimit` or `TooManyShmemRegions`.
+pub const fn check_shmem_regions(count: usize, total: u64, limit: u64) -> Result<(), RuleError> {
+    if count > MAX_SHMEM_REGIONS {
+        Err(RuleError::TooManyShmemRegions { count })
+    } else if total > limit {
+        Err(RuleError::ShmemOverLimit { total, limit })
+    } else {
+        Ok(())
+    }
+}
+
+/// The areas and vectors one VM has used so far: factory pages, windows
+/// and passthrough ranges may not overlap, and no INTID is used twice (a
+/// passthrough SPI included).
+#[derive(Clone, Copy, Debug)]
+pub struct ShmemClaims {
+    areas: [Option<(u64, u64, ShmemArea)>; 2 * MAX_SHMEM_DEVICES + MAX_PASSTHROUGH_RANGES],
+    intids: [u32; MAX_SHMEM_DEVICES + MAX_PASSTHROUGH_SPIS],
+    intid_count: usize,
+}
+
+impl Default for ShmemClaims {
+    fn default() -> Self {
+        Self {
+            areas: [None; 2 * MAX_SHMEM_DEVICES + MAX_PASSTHROUGH_RANGES],
+            intids: [0; MAX_SHMEM_DEVICES + MAX_PASSTHROUGH_SPIS],
+            intid_count: 0,
+        }
+    }
+}
+
+impl ShmemClaims {
+    /// Claims `base..base + size` as `area`.
+    ///
+    /// # Errors
+    /// `ShmemTaken` when it overlaps an area claimed before;
+    /// `TooManyShmemDevices` past the table's room.
+    pub fn claim_area(&mut self, base: u64, size: u64, area: ShmemArea) -> Result<(), RuleError> {
+        let end = base.saturating_add(size);
+        let mut free = None;
+        for (index, slot) in self.areas.iter().enumerate() {
+            match *slot {
+                Some((other_base, other_end, other)) if base < other_end && end > other_base => {
+                    return Err(RuleError::ShmemTaken {
+                        other_base,
+                        other_end,
+                        other,
+                    });
+                }
+                None if free.is_none() => free = Some(index),
+                _ => {}
+            }
+        }
+        let slot = free.ok_or(RuleError::TooManyShmemDevices {
+            count: MAX_SHMEM_DEVICES + 1,
+        })?;
+        self.areas[slot] = Some((base, end, area));
+        Ok(())
+    }
+
+    /// Claims INTID `intid`.
+    ///
+    /// # Errors
+    /// `IntidTwice` when the VM uses it already; `TooManyShmemDevices`
+    /// past the table's room.
+    pub fn claim_intid(&mut self, intid: u32) -> Result<(), RuleError> {
+        if self.intids[..self.intid_count].contains(&intid) {
+            return Err(RuleError::IntidTwice { intid });
+        }
+        let slot = self
+            .intids
+            .get_mut(self.intid_count)
+            .ok_or(RuleError::TooManyShmemDevices {
+                count: MAX_SHMEM_DEVICES + 1,
+            })?;
+        *slot = intid;
+        self.intid_count += 1;
+        Ok(())
+    }
+}
+
 /// Which rule a value breaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RuleError {
@@ -721,6 +950,62 @@ pub enum RuleError {
         spi: u32,
         vm: usize,
     },
+    /// An instance's area of no bytes.
+    ShmemEmpty,
+    ShmemUnaligned {
+        base: u64,
+        size: u64,
+    },
+    ShmemPastLimit {
+        base: u64,
+        end: u64,
+    },
+    ShmemGuestDevice {
+        base: u64,
+        end: u64,
+        device: &'static NamedRange,
+    },
+    ShmemOverlapsRam {
+        base: u64,
+        ram_base: u64,
+        ram_end: u64,
+    },
+    /// Overlaps `other_base..other_end`, the VM's `other`.
+    ShmemTaken {
+        other_base: u64,
+        other_end: u64,
+        other: ShmemArea,
+    },
+    /// `intr` is not the INTID of an SPI the virtual GIC models.
+    ShmemNotAnSpi {
+        intid: u32,
+    },
+    /// The VM uses the INTID already (another instance, a passthrough SPI).
+    IntidTwice {
+        intid: u32,
+    },
+    ShmemPattern {
+        error: tessera_vdevs::shmem::PatternError,
+    },
+    TooManyShmemRules {
+        count: usize,
+    },
+    TooManyShmemDevices {
+        count: usize,
+    },
+    ShmemRegionName,
+    ShmemRegionTwice,
+    ShmemRegionSize {
+        size: u64,
+    },
+    TooManyShmemRegions {
+        count: usize,
+    },
+    /// Boot regions of `total` pages, more than the `limit`.
+    ShmemOverLimit {
+        total: u64,
+        limit: u64,
+    },
 }
 
 // The hypervisor returns these by value on its boot path, inside its
@@ -741,6 +1026,10 @@ impl RuleError {
                 | Self::BadName
                 | Self::NameTaken { .. }
                 | Self::UnknownBoard
+                | Self::ShmemEmpty
+                | Self::ShmemPattern { .. }
+                | Self::ShmemRegionName
+                | Self::ShmemRegionTwice
         )
     }
 }
@@ -957,6 +1246,99 @@ impl fmt::Display for RuleError {
             Self::SpiTaken { spi, vm } => {
                 write!(f, "SPI {spi} is already given to vm[{vm}]")
             }
+            Self::ShmemEmpty => f.write_str("is empty"),
+            Self::ShmemUnaligned { base, size } => write!(
+                f,
+                "{} of {} bytes is not whole 4 KiB pages (base and size multiples of 4 KiB)",
+                Address(base),
+                Hex(size)
+            ),
+            Self::ShmemPastLimit { base, end } => write!(
+                f,
+                "{}..{} ends past the 39-bit guest-physical space ({limit})",
+                Address(base),
+                Address(end)
+            ),
+            Self::ShmemGuestDevice { base, end, device } => write!(
+                f,
+                "{}..{} overlaps {} at {}..{}",
+                Address(base),
+                Address(end),
+                device.name,
+                Address(device.range.base),
+                Address(device.range.base + device.range.size)
+            ),
+            Self::ShmemOverlapsRam {
+                base,
+                ram_base,
+                ram_end,
+            } => write!(
+                f,
+                "{} overlaps the VM's RAM {}..{}",
+                Address(base),
+                Address(ram_base),
+                Address(ram_end)
+            ),
+            Self::ShmemTaken {
+                other_base,
+                other_end,
+                other,
+            } => write!(
+                f,
+                "overlaps {other} of this VM at {}..{}",
+                Address(other_base),
+                Address(other_end)
+            ),
+            Self::ShmemNotAnSpi { intid } => write!(
+                f,
+                "INTID {intid} is not an SPI the virtual GIC has (INTIDs 32 to {})",
+                SPI_COUNT + 31
+            ),
+            Self::IntidTwice { intid } => write!(
+                f,
+                "INTID {intid} is already used by this VM (another vdev-shmem instance or a \
+                 passthrough SPI)"
+            ),
+            Self::ShmemPattern { error } => match error {
+                PatternError::Empty => f.write_str("is empty; a pattern has 1 to 31 bytes"),
+                PatternError::TooLong => write!(
+                    f,
+                    "is longer than the {} bytes a pattern may have",
+                    tessera_vdevs::shmem::MAX_PATTERN_BYTES
+                ),
+                PatternError::BadByte { index } => write!(
+                    f,
+                    "byte {index} is not printable ASCII without space (0x21 to 0x7e), so no \
+                     name can hold it"
+                ),
+            },
+            Self::TooManyShmemRules { count } => write!(
+                f,
+                "{count} allow and deny patterns, more than the {MAX_SHMEM_RULES} an instance may have"
+            ),
+            Self::TooManyShmemDevices { count } => write!(
+                f,
+                "{count} vdev-shmem instances, more than the {MAX_SHMEM_DEVICES} a system may have"
+            ),
+            Self::ShmemRegionName => f.write_str(
+                "is not a region name (1 to 31 bytes of printable ASCII without space, 0x21 to 0x7e)",
+            ),
+            Self::ShmemRegionTwice => f.write_str("names a boot region already declared"),
+            Self::ShmemRegionSize { size } => write!(
+                f,
+                "{} bytes is not a whole number of 4 KiB pages from 1 to 2^32 - 1",
+                Hex(size)
+            ),
+            Self::TooManyShmemRegions { count } => write!(
+                f,
+                "{count} boot regions, more than the {MAX_SHMEM_REGIONS} the region table holds"
+            ),
+            Self::ShmemOverLimit { total, limit } => write!(
+                f,
+                "the boot regions take {total} pages ({}), more than the limit of {limit} pages ({})",
+                Size(total.saturating_mul(SHMEM_PAGE)),
+                Size(limit.saturating_mul(SHMEM_PAGE))
+            ),
         }
     }
 }
@@ -1547,5 +1929,157 @@ mod tests {
         assert_eq!(Size(4 * KIB).to_string(), "4K");
         assert_eq!(Size(0).to_string(), "0 bytes");
         assert_eq!(Size(u64::MAX).to_string(), "18446744073709551615 bytes");
+    }
+}
+
+#[cfg(test)]
+mod shmem_tests {
+    extern crate std;
+
+    use std::string::ToString;
+
+    use super::*;
+
+    #[test]
+    fn shmem_areas_are_whole_pages_clear_of_the_guest_devices() {
+        assert_eq!(check_shmem_area(0x1_0000_0000, SHMEM_PAGE), Ok(()));
+        assert_eq!(
+            check_shmem_area(0x1_0000_0000, 0),
+            Err(RuleError::ShmemEmpty)
+        );
+        assert_eq!(
+            check_shmem_area(0x1_0000_0800, SHMEM_PAGE),
+            Err(RuleError::ShmemUnaligned {
+                base: 0x1_0000_0800,
+                size: SHMEM_PAGE
+            })
+        );
+        assert_eq!(
+            check_shmem_area(GUEST_PHYSICAL_LIMIT - SHMEM_PAGE, 2 * SHMEM_PAGE),
+            Err(RuleError::ShmemPastLimit {
+                base: GUEST_PHYSICAL_LIMIT - SHMEM_PAGE,
+                end: GUEST_PHYSICAL_LIMIT + SHMEM_PAGE
+            })
+        );
+        let uart = guest::UART.base;
+        let refused = check_shmem_area(uart, SHMEM_PAGE).unwrap_err();
+        assert!(matches!(refused, RuleError::ShmemGuestDevice { .. }));
+        assert!(refused.to_string().contains("the guest's virtual UART"));
+        assert_eq!(
+            check_shmem_ram(0x4000_0000, SHMEM_PAGE, 0x4000_0000, 64 * MIB),
+            Err(RuleError::ShmemOverlapsRam {
+                base: 0x4000_0000,
+                ram_base: 0x4000_0000,
+                ram_end: 0x4400_0000
+            })
+        );
+        assert_eq!(
+            check_shmem_ram(0x4400_0000, SHMEM_PAGE, 0x4000_0000, 64 * MIB),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn shmem_vectors_are_modelled_spis_other_than_the_uarts() {
+        assert_eq!(check_shmem_intr(40), Ok(()));
+        assert_eq!(check_shmem_intr(SPI_COUNT + 31), Ok(()));
+        for intid in [0, 16, 31, SPI_COUNT + 32, 1020, u32::MAX] {
+            assert_eq!(
+                check_shmem_intr(intid),
+                Err(RuleError::ShmemNotAnSpi { intid })
+            );
+        }
+        assert!(matches!(
+            check_shmem_intr(32 + guest::UART_SPI),
+            Err(RuleError::SpiReserved { .. })
+        ));
+        let mut claims = ShmemClaims::default();
+        assert_eq!(claims.claim_intid(40), Ok(()));
+        assert_eq!(claims.claim_intid(41), Ok(()));
+        assert_eq!(
+            claims.claim_intid(40),
+            Err(RuleError::IntidTwice { intid: 40 })
+        );
+    }
+
+    #[test]
+    fn shmem_areas_of_one_vm_do_not_overlap() {
+        let mut claims = ShmemClaims::default();
+        let base = 0x1_0000_0000;
+        assert_eq!(
+            claims.claim_area(base, SHMEM_PAGE, ShmemArea::Factory),
+            Ok(())
+        );
+        assert_eq!(
+            claims.claim_area(base + SHMEM_PAGE, 16 * SHMEM_PAGE, ShmemArea::Window),
+            Ok(())
+        );
+        let refused = claims
+            .claim_area(base + 4 * SHMEM_PAGE, SHMEM_PAGE, ShmemArea::Factory)
+            .unwrap_err();
+        assert_eq!(
+            refused,
+            RuleError::ShmemTaken {
+                other_base: base + SHMEM_PAGE,
+                other_end: base + 17 * SHMEM_PAGE,
+                other: ShmemArea::Window
+            }
+        );
+        assert_eq!(
+            refused.to_string(),
+            "overlaps a vdev-shmem window of this VM at 0x1_0000_1000..0x1_0001_1000"
+        );
+    }
+
+    #[test]
+    fn shmem_patterns_names_sizes_and_the_limit() {
+        assert_eq!(check_shmem_pattern(b"ping*"), Ok(()));
+        assert_eq!(check_shmem_pattern(b"?"), Ok(()));
+        for (pattern, error) in [
+            (&b""[..], PatternError::Empty),
+            (&[b'a'; 32][..], PatternError::TooLong),
+            (&b"a b"[..], PatternError::BadByte { index: 1 }),
+        ] {
+            assert_eq!(
+                check_shmem_pattern(pattern),
+                Err(RuleError::ShmemPattern { error })
+            );
+        }
+        assert_eq!(check_shmem_region_name(b"pingpong"), Ok(()));
+        assert_eq!(
+            check_shmem_region_name(b"two words"),
+            Err(RuleError::ShmemRegionName)
+        );
+        assert_eq!(
+            check_shmem_region_name(b""),
+            Err(RuleError::ShmemRegionName)
+        );
+        assert_eq!(check_shmem_region_size(SHMEM_PAGE), Ok(()));
+        for size in [0, 100, SHMEM_PAGE << 32] {
+            assert_eq!(
+                check_shmem_region_size(size),
+                Err(RuleError::ShmemRegionSize { size })
+            );
+        }
+        assert_eq!(check_shmem_regions(2, 16, 16), Ok(()));
+        assert_eq!(
+            check_shmem_regions(2, 17, 16),
+            Err(RuleError::ShmemOverLimit {
+                total: 17,
+                limit: 16
+            })
+        );
+        assert_eq!(
+            check_shmem_regions(MAX_SHMEM_REGIONS + 1, 1, 16),
+            Err(RuleError::TooManyShmemRegions {
+                count: MAX_SHMEM_REGIONS + 1
+            })
+        );
+        assert_eq!(
+            check_shmem_counts(MAX_SHMEM_DEVICES, MAX_SHMEM_RULES),
+            Ok(())
+        );
+        assert!(check_shmem_counts(MAX_SHMEM_DEVICES + 1, 0).is_err());
+        assert!(check_shmem_counts(1, MAX_SHMEM_RULES + 1).is_err());
     }
 }

@@ -74,7 +74,7 @@ fn unknown_keys() {
     assert_rejected(
         "unknown-key.toml",
         &[
-            "unknown-key.toml: vm[0].memory: unknown key (expected one of: name, image, ram, ram-base, cpus, bootargs, passthrough)",
+            "unknown-key.toml: vm[0].memory: unknown key (expected one of: name, image, ram, ram-base, cpus, bootargs, passthrough, vdev-shmem)",
         ],
     );
 }
@@ -251,6 +251,27 @@ fn passthrough() {
             "passthrough.toml: vm[1].passthrough[1].reg: the range 0x0900_0000..0x0900_1000 \
              overlaps the console UART at 0x0900_0000..0x0900_1000, which the hypervisor keeps \
              for itself",
+        ],
+    );
+}
+
+#[test]
+fn shared_memory() {
+    assert_rejected(
+        "shmem.toml",
+        &[
+            "shmem.toml: vm[0].vdev-shmem[0].allow: \"two words\" byte 3 is not printable ASCII \
+             without space (0x21 to 0x7e), so no name can hold it",
+            "shmem.toml: vm[0].vdev-shmem[1].loc: 0x4000_0000 overlaps the VM's RAM \
+             0x4000_0000..0x4400_0000",
+            "shmem.toml: vm[0].vdev-shmem[1].intr: INTID 40 is already used by this VM (another \
+             vdev-shmem instance or a passthrough SPI)",
+            "shmem.toml: shmem.region[1].size: the boot regions take 17 pages (68K), more than \
+             the limit of 16 pages (64K)",
+            "shmem.toml: vm[1].vdev-shmem[0].loc: overlaps a passthrough range of this VM at \
+             0x0901_0000..0x0901_1000",
+            "shmem.toml: vm[1].vdev-shmem[0].intr: INTID 34 is already used by this VM (another \
+             vdev-shmem instance or a passthrough SPI)",
         ],
     );
 }

@@ -18,7 +18,8 @@ use core::fmt;
 
 use tessera_package::cpio::Archive;
 use tessera_package::rules::{
-    self, CpuClaims, Hex, MAX_PASSTHROUGH_RANGES, PassthroughClaims, RuleError,
+    self, CpuClaims, Hex, MAX_PASSTHROUGH_RANGES, PassthroughClaims, RuleError, SHMEM_PAGE,
+    ShmemArea, ShmemClaims,
 };
 
 use crate::MAX_CPUS;
@@ -210,6 +211,82 @@ pub struct VmManifest<'a> {
     /// bytes, so a manifest without devices costs the boot nothing more.
     passthrough_reg: &'a [u8],
     passthrough_spis: &'a [u8],
+    /// The VM's vdev-shmem instances: the `vdev-shmem` cells (whole
+    /// `<loc window-base window-size>` u64 and `intr` u32 entries) and the
+    /// `vdev-shmem-rules` strings ("INSTANCE allow|deny PATTERN", in the
+    /// order the model checks them), as read; empty without instances.
+    shmem: &'a [u8],
+    shmem_rules: &'a [u8],
+}
+
+/// One vdev-shmem instance of a VM, as the manifest gives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShmemEntry {
+    /// Guest-physical address of the factory page.
+    pub loc: u64,
+    pub window_base: u64,
+    pub window_size: u64,
+    /// The vector's INTID.
+    pub intid: u32,
+}
+
+/// One allow or deny rule of an instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShmemRule<'a> {
+    /// The instance's index among the VM's.
+    pub instance: usize,
+    pub allow: bool,
+    pub pattern: &'a [u8],
+}
+
+/// Bytes of one `vdev-shmem` entry: three u64 and one u32.
+const SHMEM_ENTRY_BYTES: usize = 28;
+
+/// One `vdev-shmem-rules` string: `INSTANCE allow|deny PATTERN`, the
+/// instance in decimal without leading zeros.
+fn shmem_rule(entry: &[u8]) -> Option<ShmemRule<'_>> {
+    let mut parts = entry.splitn(3, |&byte| byte == b' ');
+    let (instance, kind, pattern) = (parts.next()?, parts.next()?, parts.next()?);
+    if instance.is_empty() || instance.len() > 2 || (instance.len() > 1 && instance[0] == b'0') {
+        return None;
+    }
+    let instance = instance.iter().try_fold(0usize, |value, &digit| {
+        digit
+            .is_ascii_digit()
+            .then(|| value * 10 + usize::from(digit - b'0'))
+    })?;
+    let allow = match kind {
+        b"allow" => true,
+        b"deny" => false,
+        _ => return None,
+    };
+    Some(ShmemRule {
+        instance,
+        allow,
+        pattern,
+    })
+}
+
+impl<'a> VmManifest<'a> {
+    /// The VM's vdev-shmem instances.
+    pub fn shmem_devices(&self) -> impl ExactSizeIterator<Item = ShmemEntry> + '_ {
+        self.shmem
+            .chunks_exact(SHMEM_ENTRY_BYTES)
+            .map(|entry| ShmemEntry {
+                loc: be64(&entry[..8]),
+                window_base: be64(&entry[8..16]),
+                window_size: be64(&entry[16..24]),
+                intid: u32::from_be_bytes([entry[24], entry[25], entry[26], entry[27]]),
+            })
+    }
+
+    /// Every instance's rules, in order (`parse` checked each).
+    pub fn shmem_rules(&self) -> impl Iterator<Item = ShmemRule<'a>> + 'a {
+        self.shmem_rules
+            .split(|&byte| byte == 0)
+            .filter(|entry| !entry.is_empty())
+            .filter_map(shmem_rule)
+    }
 }
 
 impl VmManifest<'_> {
@@ -253,9 +330,31 @@ pub struct SystemManifest<'a> {
     pub gic_version: u32,
     vms: [Option<VmManifest<'a>>; MAX_VMS],
     vm_count: usize,
+    /// `shmem-page-limit`, or the default when the system has no shared
+    /// memory.
+    pub shmem_page_limit: u64,
+    /// `shmem-regions` (NUL-separated names) and `shmem-region-pages`
+    /// (one u32 each), as read; empty without boot regions.
+    shmem_region_names: &'a [u8],
+    shmem_region_pages: &'a [u8],
 }
 
 impl<'a> SystemManifest<'a> {
+    /// The boot regions: name and pages.
+    pub fn shmem_regions(&self) -> impl Iterator<Item = (&'a [u8], u64)> + '_ {
+        let names = self.shmem_region_names;
+        names[..names.len().saturating_sub(1)]
+            .split(|&byte| byte == 0)
+            .filter(move |_| !names.is_empty())
+            .zip(self.shmem_region_pages.chunks_exact(4))
+            .map(|(name, pages)| {
+                (
+                    name,
+                    u64::from(u32::from_be_bytes([pages[0], pages[1], pages[2], pages[3]])),
+                )
+            })
+    }
+
     pub fn vms(&self) -> impl Iterator<Item = &VmManifest<'a>> {
         self.vms.iter().take(self.vm_count).flatten()
     }
@@ -373,6 +472,7 @@ impl<'a> SystemManifest<'a> {
             .map_err(|rule| root("vms", Value::Number(self.vm_count as u64), rule))?;
         // Only a system with devices pays for the claims table.
         let mut claims: Option<PassthroughClaims> = None;
+        let mut shmem_devices = 0;
         for (index, vm) in self.vms().enumerate() {
             let fail = |property, value, rule| ManifestError::Rule {
                 vm: Some(VmRef {
@@ -416,6 +516,66 @@ impl<'a> SystemManifest<'a> {
                     .and_then(|()| claims.claim_spi(index, spi))
                     .map_err(|rule| fail("passthrough-spis", Value::Number(spi.into()), rule))?;
             }
+            if vm.shmem.is_empty() {
+                continue;
+            }
+            shmem_devices += vm.shmem_devices().len();
+            rules::check_shmem_counts(shmem_devices, 0)
+                .map_err(|rule| fail("vdev-shmem", Value::Number(shmem_devices as u64), rule))?;
+            // Passthrough ranges and SPIs are apart already (above).
+            let mut shmem = ShmemClaims::default();
+            for (base, size) in vm.passthrough_ranges() {
+                let _ = shmem.claim_area(base, size, ShmemArea::Passthrough);
+            }
+            for spi in vm.passthrough_spis() {
+                let _ = shmem.claim_intid(spi + 32);
+            }
+            for device in vm.shmem_devices() {
+                for (base, size, area) in [
+                    (device.loc, SHMEM_PAGE, ShmemArea::Factory),
+                    (device.window_base, device.window_size, ShmemArea::Window),
+                ] {
+                    rules::check_shmem_area(base, size)
+                        .and_then(|()| rules::check_shmem_ram(base, size, vm.ram_base, vm.ram_size))
+                        .and_then(|()| shmem.claim_area(base, size, area))
+                        .map_err(|rule| fail("vdev-shmem", Value::Hex(base), rule))?;
+                }
+                rules::check_shmem_intr(device.intid)
+                    .and_then(|()| shmem.claim_intid(device.intid))
+                    .map_err(|rule| fail("vdev-shmem", Value::Number(device.intid.into()), rule))?;
+            }
+        }
+        self.validate_shmem_regions()
+    }
+
+    /// The page limit and the boot regions: legal, distinct names, whole
+    /// pages, together within the limit.
+    fn validate_shmem_regions(&self) -> Result<(), ManifestError<'a>> {
+        let root = |property, value, rule| ManifestError::Rule {
+            vm: None,
+            property,
+            value,
+            rule,
+        };
+        let mut total: u64 = 0;
+        for (index, (name, pages)) in self.shmem_regions().enumerate() {
+            rules::check_shmem_region_name(name)
+                .and_then(|()| {
+                    if self
+                        .shmem_regions()
+                        .take(index)
+                        .any(|(other, _)| other == name)
+                    {
+                        Err(RuleError::ShmemRegionTwice)
+                    } else {
+                        Ok(())
+                    }
+                })
+                .map_err(|rule| root("shmem-regions", Value::Bytes(name), rule))?;
+            total += pages;
+            rules::check_shmem_region_size(pages * SHMEM_PAGE)
+                .and_then(|()| rules::check_shmem_regions(index + 1, total, self.shmem_page_limit))
+                .map_err(|rule| root("shmem-region-pages", Value::Number(pages), rule))?;
         }
         Ok(())
     }
@@ -433,6 +593,8 @@ struct VmFields<'a> {
     device_tree: Option<&'a [u8]>,
     passthrough_reg: Option<&'a [u8]>,
     passthrough_spis: Option<&'a [u8]>,
+    shmem: Option<&'a [u8]>,
+    shmem_rules: Option<&'a [u8]>,
 }
 
 /// A number of exactly `cells` big-endian 32-bit cells.
@@ -483,6 +645,8 @@ impl<'a> VmFields<'a> {
             b"device-tree" => self.device_tree = Some(value),
             b"passthrough-reg" => self.passthrough_reg = Some(value),
             b"passthrough-spis" => self.passthrough_spis = Some(value),
+            b"vdev-shmem" => self.shmem = Some(value),
+            b"vdev-shmem-rules" => self.shmem_rules = Some(value),
             _ => {}
         }
     }
@@ -535,6 +699,47 @@ impl<'a> VmFields<'a> {
                 rule,
             }
         })?;
+        // Both optional (a VM without instances has neither); when
+        // present, whole entries, and rules only for instances there are,
+        // each one well-formed with a pattern the model takes.
+        let shmem = match self.shmem {
+            None => &[][..],
+            Some(value) => read(vm, "vdev-shmem", Some(value), |cells| {
+                (!cells.is_empty() && cells.len() % SHMEM_ENTRY_BYTES == 0).then_some(cells)
+            })?,
+        };
+        let instances = shmem.len() / SHMEM_ENTRY_BYTES;
+        let shmem_rules = match self.shmem_rules {
+            None => &[][..],
+            Some(value) => read(vm, "vdev-shmem-rules", Some(value), |list| {
+                let (last, entries) = list.split_last()?;
+                let well_formed = *last == 0
+                    && entries.split(|&byte| byte == 0).all(|entry| {
+                        shmem_rule(entry).is_some_and(|rule| rule.instance < instances)
+                    });
+                well_formed.then_some(list)
+            })?,
+        };
+        let mut per_instance = [0usize; rules::MAX_SHMEM_DEVICES];
+        for entry in shmem_rules[..shmem_rules.len().saturating_sub(1)].split(|&byte| byte == 0) {
+            let Some(rule) = shmem_rule(entry) else {
+                continue;
+            };
+            let fail = |rule| ManifestError::Rule {
+                vm,
+                property: "vdev-shmem-rules",
+                value: Value::Bytes(entry),
+                rule,
+            };
+            rules::check_shmem_pattern(rule.pattern).map_err(fail)?;
+            let count = per_instance.get_mut(rule.instance).ok_or(fail(
+                RuleError::TooManyShmemDevices {
+                    count: rule.instance + 1,
+                },
+            ))?;
+            *count += 1;
+            rules::check_shmem_counts(0, *count).map_err(fail)?;
+        }
         Ok(VmManifest {
             name,
             ram_base: read(vm, "ram-base", self.ram_base, u64_value)?,
@@ -546,6 +751,8 @@ impl<'a> VmFields<'a> {
             device_tree: read(vm, "device-tree", self.device_tree, strict_string)?,
             passthrough_reg: reg,
             passthrough_spis: spis,
+            shmem,
+            shmem_rules,
         })
     }
 }
@@ -561,6 +768,9 @@ pub fn parse(blob: &[u8]) -> Result<SystemManifest<'_>, ManifestError<'_>> {
     let mut version = None;
     let mut board = None;
     let mut gic_version = None;
+    let mut shmem_page_limit = None;
+    let mut shmem_regions = None;
+    let mut shmem_region_pages = None;
     let mut saw_vms = false;
     let mut vms = [None; MAX_VMS];
     // Every VM node, also those past `MAX_VMS`, so the count is reported.
@@ -585,6 +795,9 @@ pub fn parse(blob: &[u8]) -> Result<SystemManifest<'_>, ManifestError<'_>> {
                 (1, b"tessera,format-version") => version = Some(value),
                 (1, b"board") => board = Some(value),
                 (1, b"gic-version") => gic_version = Some(value),
+                (1, b"shmem-page-limit") => shmem_page_limit = Some(value),
+                (1, b"shmem-regions") => shmem_regions = Some(value),
+                (1, b"shmem-region-pages") => shmem_region_pages = Some(value),
                 (3, name) if in_vms => current.set(name, value),
                 _ => {}
             },
@@ -614,11 +827,37 @@ pub fn parse(blob: &[u8]) -> Result<SystemManifest<'_>, ManifestError<'_>> {
             property: "vms",
         });
     }
+    let shmem_page_limit = match shmem_page_limit {
+        None => rules::DEFAULT_SHMEM_LIMIT_PAGES,
+        Some(value) => read(None, "shmem-page-limit", Some(value), |value| {
+            cells(value, 2)
+        })?,
+    };
+    // Both or neither; names as NUL-terminated strings, one u32 each.
+    let (shmem_region_names, shmem_region_pages) = match (shmem_regions, shmem_region_pages) {
+        (None, None) => (&[][..], &[][..]),
+        (names, pages) => {
+            let names = read(None, "shmem-regions", names, |names| {
+                (names.last() == Some(&0)
+                    && !names.starts_with(&[0])
+                    && !names.windows(2).any(|pair| pair == [0, 0]))
+                .then_some(names)
+            })?;
+            let count = names.iter().filter(|&&byte| byte == 0).count();
+            let pages = read(None, "shmem-region-pages", pages, |pages| {
+                (pages.len() == count * 4).then_some(pages)
+            })?;
+            (names, pages)
+        }
+    };
     let manifest = SystemManifest {
         board: read(None, "board", board, strict_string)?,
         gic_version: read(None, "gic-version", gic_version, one_cell)?,
         vms,
         vm_count,
+        shmem_page_limit,
+        shmem_region_names,
+        shmem_region_pages,
     };
     manifest.validate()?;
     Ok(manifest)
@@ -752,6 +991,8 @@ pub(crate) mod tests {
         /// Written only when given.
         pub passthrough_reg: Option<&'s [u8]>,
         pub passthrough_spis: Option<&'s [u8]>,
+        pub shmem: Option<&'s [u8]>,
+        pub shmem_rules: Option<&'s [u8]>,
     }
 
     impl Default for VmSpec<'_> {
@@ -764,6 +1005,8 @@ pub(crate) mod tests {
                 load_offset: 0x8_0000,
                 passthrough_reg: None,
                 passthrough_spis: None,
+                shmem: None,
+                shmem_rules: None,
             }
         }
     }
@@ -799,6 +1042,12 @@ pub(crate) mod tests {
             }
             if let Some(spis) = vm.passthrough_spis {
                 writer.property("passthrough-spis", spis).unwrap();
+            }
+            if let Some(shmem) = vm.shmem {
+                writer.property("vdev-shmem", shmem).unwrap();
+            }
+            if let Some(rules) = vm.shmem_rules {
+                writer.property("vdev-shmem-rules", rules).unwrap();
             }
             writer.end_node(node).unwrap();
         }
@@ -1258,5 +1507,214 @@ pub(crate) mod tests {
             "tessera/manifest.dtb: not a device tree with compatible \"tessera,system\"; \
              rebuild the package with `tessera package`"
         );
+    }
+
+    /// `vdev-shmem` cells for `(loc, window-base, window-size, intid)`.
+    fn shmem(devices: &[(u64, u64, u64, u32)]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for &(loc, base, size, intid) in devices {
+            for value in [loc, base, size] {
+                bytes.extend(value.to_be_bytes());
+            }
+            bytes.extend(intid.to_be_bytes());
+        }
+        bytes
+    }
+
+    /// A manifest of one VM with `devices` and `rules`, and root `extra`
+    /// properties.
+    fn shmem_manifest(devices: &[u8], rules: Option<&[u8]>, extra: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut writer = FdtWriter::new().unwrap();
+        let root = writer.begin_node("").unwrap();
+        writer
+            .property_string("compatible", "tessera,system")
+            .unwrap();
+        writer.property_u32("tessera,format-version", 1).unwrap();
+        writer.property("board", VIRT).unwrap();
+        writer.property("gic-version", GIC3).unwrap();
+        for (name, value) in extra {
+            writer.property(name, value).unwrap();
+        }
+        let vms = writer.begin_node("vms").unwrap();
+        let node = writer.begin_node("vm@0").unwrap();
+        writer.property_string("name", "alpha").unwrap();
+        writer.property_u64("ram-base", 0x4000_0000).unwrap();
+        writer.property_u64("ram-size", 0x400_0000).unwrap();
+        writer.property_array_u32("cpus", &[1]).unwrap();
+        writer.property_string("image", "vm/a/image").unwrap();
+        writer.property_u64("image-load-offset", 0x8_0000).unwrap();
+        writer
+            .property_string("device-tree", "vm/a/guest.dtb")
+            .unwrap();
+        if !devices.is_empty() {
+            writer.property("vdev-shmem", devices).unwrap();
+        }
+        if let Some(rules) = rules {
+            writer.property("vdev-shmem-rules", rules).unwrap();
+        }
+        writer.end_node(node).unwrap();
+        writer.end_node(vms).unwrap();
+        writer.end_node(root).unwrap();
+        writer.finish().unwrap()
+    }
+
+    #[test]
+    fn reads_vdev_shmem_instances_rules_and_boot_regions() {
+        let devices = shmem(&[
+            (0x1_0000_0000, 0x1_0001_0000, 0x10_0000, 40),
+            (0x1_0020_0000, 0x1_0030_0000, 0x4000, 41),
+        ]);
+        let blob = shmem_manifest(
+            &devices,
+            Some(b"0 deny ping-secret\x000 allow ping*\x001 allow log\x00"),
+            &[
+                ("shmem-page-limit", &256u64.to_be_bytes()),
+                ("shmem-regions", b"log\x00ping\x00"),
+                ("shmem-region-pages", &[0, 0, 0, 16, 0, 0, 0, 1]),
+            ],
+        );
+        let system = parse(&blob).unwrap();
+        let vm = system.vms().next().unwrap();
+        assert_eq!(
+            vm.shmem_devices().collect::<Vec<_>>(),
+            [
+                ShmemEntry {
+                    loc: 0x1_0000_0000,
+                    window_base: 0x1_0001_0000,
+                    window_size: 0x10_0000,
+                    intid: 40
+                },
+                ShmemEntry {
+                    loc: 0x1_0020_0000,
+                    window_base: 0x1_0030_0000,
+                    window_size: 0x4000,
+                    intid: 41
+                }
+            ]
+        );
+        let rules: Vec<_> = vm
+            .shmem_rules()
+            .map(|rule| (rule.instance, rule.allow, rule.pattern))
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                (0, false, &b"ping-secret"[..]),
+                (0, true, &b"ping*"[..]),
+                (1, true, &b"log"[..])
+            ]
+        );
+        assert_eq!(system.shmem_page_limit, 256);
+        let regions: Vec<_> = system.shmem_regions().collect();
+        assert_eq!(regions, [(&b"log"[..], 16), (&b"ping"[..], 1)]);
+        // Without shared memory: the default limit, no regions.
+        let plain = raw_manifest(VIRT, GIC3, &[VmSpec::default()]);
+        let system = parse(&plain).unwrap();
+        assert_eq!(system.shmem_page_limit, rules::DEFAULT_SHMEM_LIMIT_PAGES);
+        assert_eq!(system.shmem_regions().count(), 0);
+        assert_eq!(system.vms().next().unwrap().shmem_devices().len(), 0);
+    }
+
+    #[test]
+    fn vdev_shmem_obeys_the_rules_at_boot_too() {
+        let rebuild = "; rebuild the package with `tessera package`";
+        let at = "tessera/manifest.dtb: vm[0] \"alpha\": field";
+        let one = |devices: &[(u64, u64, u64, u32)], rules: Option<&[u8]>| {
+            parse(&shmem_manifest(&shmem(devices), rules, &[]))
+                .unwrap_err()
+                .to_string()
+        };
+        let good = (0x1_0000_0000, 0x1_0001_0000, 0x10_0000, 40);
+        let cases = [
+            (
+                one(&[(0x4000_0000, 0x1_0001_0000, 0x1000, 40)], None),
+                format!(
+                    "{at} vdev-shmem: 0x4000_0000: 0x4000_0000 overlaps the VM's RAM \
+                     0x4000_0000..0x4400_0000{rebuild}"
+                ),
+            ),
+            (
+                one(&[(0x1_0000_0800, 0x1_0001_0000, 0x1000, 40)], None),
+                format!(
+                    "{at} vdev-shmem: 0x1_0000_0800: 0x1_0000_0800 of 0x1000 bytes is not whole \
+                     4 KiB pages (base and size multiples of 4 KiB){rebuild}"
+                ),
+            ),
+            (
+                one(&[(0x1_0000_0000, 0x1_0000_0000, 0x2000, 40)], None),
+                format!(
+                    "{at} vdev-shmem: 0x1_0000_0000: overlaps a vdev-shmem factory page of this \
+                     VM at 0x1_0000_0000..0x1_0000_1000{rebuild}"
+                ),
+            ),
+            (
+                one(&[(0x1_0000_0000, 0x1_0001_0000, 0x1000, 33)], None),
+                format!(
+                    "{at} vdev-shmem: 33: SPI 1 (INTID 33) is the interrupt of the guest's \
+                     virtual UART{rebuild}"
+                ),
+            ),
+            (
+                one(&[good, (0x1_0020_0000, 0x1_0030_0000, 0x1000, 40)], None),
+                format!(
+                    "{at} vdev-shmem: 40: INTID 40 is already used by this VM (another \
+                     vdev-shmem instance or a passthrough SPI){rebuild}"
+                ),
+            ),
+            (
+                one(&[good], Some(b"0 allow a b\x00")),
+                format!(
+                    "{at} vdev-shmem-rules: \"0 allow a b\" byte 1 is not printable ASCII \
+                     without space (0x21 to 0x7e), so no name can hold it{rebuild}"
+                ),
+            ),
+            (
+                one(&[good], Some(b"1 allow a\x00")),
+                format!(
+                    "{at} vdev-shmem-rules: \"1 allow a\\x00\" (10 bytes) is not a value of \
+                     its type{rebuild}"
+                ),
+            ),
+            (
+                one(&[good], Some(b"0 permit a\x00")),
+                format!(
+                    "{at} vdev-shmem-rules: \"0 permit a\\x00\" (11 bytes) is not a value of \
+                     its type{rebuild}"
+                ),
+            ),
+        ];
+        for (got, expected) in cases {
+            assert_eq!(got, expected);
+        }
+        let regions = |names: &[u8], pages: &[u8], limit: u64| {
+            parse(&shmem_manifest(
+                &shmem(&[good]),
+                None,
+                &[
+                    ("shmem-page-limit", &limit.to_be_bytes()),
+                    ("shmem-regions", names),
+                    ("shmem-region-pages", pages),
+                ],
+            ))
+            .map(|_| ())
+            .map_err(|error| error.to_string())
+        };
+        assert_eq!(regions(b"a\x00", &[0, 0, 0, 2], 2), Ok(()));
+        assert_eq!(
+            regions(b"a\x00b\x00", &[0, 0, 0, 2, 0, 0, 0, 1], 2),
+            Err(format!(
+                "tessera/manifest.dtb: field shmem-region-pages: 1: the boot regions take 3 pages \
+                 (12K), more than the limit of 2 pages (8K){rebuild}"
+            ))
+        );
+        assert_eq!(
+            regions(b"a\x00a\x00", &[0, 0, 0, 1, 0, 0, 0, 1], 2),
+            Err(format!(
+                "tessera/manifest.dtb: field shmem-regions: \"a\" names a boot region already \
+                 declared{rebuild}"
+            ))
+        );
+        assert!(regions(b"a\x00", &[0, 0, 0, 1, 0, 0, 0, 1], 2).is_err());
+        assert!(regions(b"a\x00", &[0, 0, 0, 0], 2).is_err());
     }
 }

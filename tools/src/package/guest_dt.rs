@@ -8,8 +8,8 @@ use tessera_arm_defs::psci::function as psci_function;
 use tessera_platform::guest;
 use vm_fdt::{Error, FdtWriter};
 
-use crate::system::VmConfig;
 use crate::system::passthrough::{ClockNode, DeviceNode, PassthroughDevice};
+use crate::system::{ShmemDevice, VmConfig};
 
 // The guest-visible platform, shared with the hypervisor's trap routing.
 
@@ -73,6 +73,9 @@ pub fn guest_dtb(
         }
     }
     clocks.write(&mut fdt)?;
+    for device in &vm.shmem {
+        vdev_shmem(&mut fdt, device)?;
+    }
     chosen(&mut fdt, vm)?;
 
     fdt.end_node(root)?;
@@ -321,6 +324,19 @@ fn passthrough_device(
     fdt.end_node(node)
 }
 
+/// A vdev-shmem instance exactly as vdev-shmem-abi.md's "Device tree
+/// node given to guests" shows it: at the root, named by `loc` in
+/// lowercase hex, the factory page then the window (the extension) in
+/// `reg`, the vector as a level-high SPI.
+fn vdev_shmem(fdt: &mut FdtWriter, device: &ShmemDevice) -> Result<(), Error> {
+    let node = fdt.begin_node(&format!("vdev-shmem@{:x}", device.loc))?;
+    fdt.property_string("compatible", "qvm,guest_shm")?;
+    let (window_base, window_size) = device.window;
+    fdt.property_array_u64("reg", &[device.loc, 0x1000, window_base, window_size])?;
+    fdt.property_array_u32("interrupts", &[GIC_SPI, device.intr - 32, IRQ_LEVEL_HIGH])?;
+    fdt.end_node(node)
+}
+
 fn chosen(fdt: &mut FdtWriter, vm: &VmConfig) -> Result<(), Error> {
     let node = fdt.begin_node("chosen")?;
     fdt.property_string("stdout-path", &format!("/pl011@{UART:x}"))?;
@@ -348,6 +364,7 @@ mod tests {
             cpus: cpus.to_vec(),
             bootargs: bootargs.map(str::to_string),
             passthrough: Vec::new(),
+            shmem: Vec::new(),
         }
     }
 
@@ -374,6 +391,58 @@ mod tests {
         assert_eq!(
             string(tree.find_node("/chosen").unwrap(), "stdout-path"),
             "/pl011@9000000"
+        );
+    }
+
+    #[test]
+    fn each_vdev_shmem_instance_is_a_qvm_guest_shm_node_as_the_abi_shows() {
+        let mut alpha = vm(&[1], None);
+        for (loc, intr, window) in [
+            (0x1_0000_0000, 40, (0x1_0001_0000, 0x10_0000)),
+            (0xA000_0000, 41, (0xA010_0000, 0x4000)),
+        ] {
+            alpha.shmem.push(ShmemDevice {
+                loc,
+                intr,
+                window,
+                allow: vec!["ping*".into()],
+                deny: Vec::new(),
+            });
+        }
+        for gic_version in [2, 3] {
+            let blob = guest_dtb(&alpha, gic_version, &[], PMU).unwrap();
+            let tree = Fdt::new(&blob).unwrap();
+            let node = tree.find_node("/vdev-shmem@100000000").unwrap();
+            assert_eq!(strings(node, "compatible"), ["qvm,guest_shm"]);
+            // <loc 0x1000>, <window-base window-size> in the root's two
+            // address and two size cells.
+            assert_eq!(
+                cells(node, "reg"),
+                [1, 0, 0, 0x1000, 1, 0x1_0000, 0, 0x10_0000]
+            );
+            // <GIC_SPI (intr-32) IRQ_TYPE_LEVEL_HIGH>
+            assert_eq!(cells(node, "interrupts"), [0, 8, 4]);
+            let names: Vec<_> = node.properties().map(|property| property.name).collect();
+            assert_eq!(names, ["compatible", "reg", "interrupts"]);
+            // Lowercase hex, no 0x; at the root, one per instance.
+            let second = tree.find_node("/vdev-shmem@a0000000").unwrap();
+            assert_eq!(cells(second, "interrupts"), [0, 9, 4]);
+            let root = tree.find_node("/").unwrap();
+            let shmem: Vec<_> = root
+                .children()
+                .filter(|child| child.name.starts_with("vdev-shmem@"))
+                .map(|child| child.name)
+                .collect();
+            assert_eq!(shmem, ["vdev-shmem@100000000", "vdev-shmem@a0000000"]);
+        }
+        // A VM without instances has no such node.
+        let blob = guest_dtb(&vm(&[1], None), 3, &[], PMU).unwrap();
+        let tree = Fdt::new(&blob).unwrap();
+        let root = tree.find_node("/").unwrap();
+        assert!(
+            !root
+                .children()
+                .any(|child| child.name.starts_with("vdev-shmem"))
         );
     }
 

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use tessera_hypervisor::boot::manifest::{self, SystemManifest};
+use tessera_hypervisor::boot::manifest::{self, SystemManifest, VmManifest};
 use tessera_package::cpio::Archive;
 use tessera_package::rules::{self, Address, Size};
 
@@ -149,6 +149,7 @@ fn list_system(
         system.gic_version,
         system.vm_count()
     ));
+    list_shmem_system(system, inspection);
     let image_size = |name: &str| {
         entries
             .iter()
@@ -167,6 +168,7 @@ fn list_system(
             image,
             rules::Hex(vm.image_load_offset)
         ));
+        list_shmem_devices(index, vm, inspection);
         if vm.passthrough_ranges().len() == 0 && vm.passthrough_spis().len() == 0 {
             continue;
         }
@@ -184,6 +186,63 @@ fn list_system(
             given.join(", ")
         ));
     }
+}
+
+/// A VM's vdev-shmem instances, one line each, with its rules in the
+/// order the model checks them.
+fn list_shmem_devices(index: usize, vm: &VmManifest<'_>, inspection: &mut Inspection) {
+    for (number, device) in vm.shmem_devices().enumerate() {
+        let rules: Vec<String> = vm
+            .shmem_rules()
+            .filter(|rule| rule.instance == number)
+            .map(|rule| {
+                let kind = if rule.allow { "allow" } else { "deny" };
+                format!("{kind} {}", escaped(&String::from_utf8_lossy(rule.pattern)))
+            })
+            .collect();
+        let rules = if rules.is_empty() {
+            "every name".to_string()
+        } else {
+            rules.join(", ")
+        };
+        inspection.listing.push(format!(
+            "vm[{index}] {}: vdev-shmem[{number}] factory {}, INTID {}, window {}..{}, names: {rules}",
+            escaped(vm.name),
+            Address(device.loc),
+            device.intid,
+            Address(device.window_base),
+            Address(device.window_base.saturating_add(device.window_size)),
+        ));
+    }
+}
+
+/// The system's shared memory, for a system with any: the page limit and
+/// the boot regions.
+fn list_shmem_system(system: &SystemManifest<'_>, inspection: &mut Inspection) {
+    let instances: usize = system.vms().map(|vm| vm.shmem_devices().len()).sum();
+    let regions: Vec<String> = system
+        .shmem_regions()
+        .map(|(name, pages)| {
+            format!(
+                "{} ({})",
+                escaped(&String::from_utf8_lossy(name)),
+                Size(pages * rules::SHMEM_PAGE)
+            )
+        })
+        .collect();
+    if instances == 0 && regions.is_empty() {
+        return;
+    }
+    let regions = if regions.is_empty() {
+        "none".to_string()
+    } else {
+        regions.join(", ")
+    };
+    inspection.listing.push(format!(
+        "shmem: {instances} vdev-shmem instance(s), page limit {} ({}), boot regions {regions}",
+        system.shmem_page_limit,
+        Size(system.shmem_page_limit.saturating_mul(rules::SHMEM_PAGE))
+    ));
 }
 
 #[cfg(test)]

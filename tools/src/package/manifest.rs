@@ -28,6 +28,27 @@ pub fn manifest_dtb(system: &LoadedSystem) -> Result<Vec<u8>, Error> {
     fdt.property_string("board", board.spec.name)?;
     fdt.property_u32("gic-version", board.gic_version)?;
 
+    // The system's shared memory, only for a system that has some (so a
+    // package without it is as before): the page limit, and the boot
+    // regions (names, and pages as u32) when there are any.
+    let shmem = &system.config.shmem;
+    let uses_shmem =
+        !shmem.regions.is_empty() || system.config.vms.iter().any(|vm| !vm.shmem.is_empty());
+    if uses_shmem {
+        fdt.property_u64("shmem-page-limit", shmem.limit_pages)?;
+    }
+    if !shmem.regions.is_empty() {
+        let names = shmem.regions.iter().map(|region| region.name.clone());
+        fdt.property_string_list("shmem-regions", names.collect())?;
+        let pages: Vec<u32> = shmem
+            .regions
+            .iter()
+            // Checked: a page count that fits 32 bits.
+            .map(|region| (region.size / tessera_package::rules::SHMEM_PAGE) as u32)
+            .collect();
+        fdt.property_array_u32("shmem-region-pages", &pages)?;
+    }
+
     let vms = fdt.begin_node("vms")?;
     let each = system
         .config
@@ -60,10 +81,33 @@ pub fn manifest_dtb(system: &LoadedSystem) -> Result<Vec<u8>, Error> {
         if !spis.is_empty() {
             fdt.property_array_u32("passthrough-spis", &spis)?;
         }
+        // Only for a VM with vdev-shmem instances: seven cells each,
+        // `<loc window-base window-size>` as u64 and `intr` as u32; the
+        // rules as "INSTANCE allow|deny PATTERN" strings in the order the
+        // model checks them (each instance's denies, then its allows).
+        if !vm.shmem.is_empty() {
+            let mut cells = Vec::new();
+            let mut rules = Vec::new();
+            for (index, device) in vm.shmem.iter().enumerate() {
+                for value in [device.loc, device.window.0, device.window.1] {
+                    cells.extend([(value >> 32) as u32, value as u32]);
+                }
+                cells.push(device.intr);
+                for pattern in &device.deny {
+                    rules.push(format!("{index} deny {pattern}"));
+                }
+                for pattern in &device.allow {
+                    rules.push(format!("{index} allow {pattern}"));
+                }
+            }
+            fdt.property_array_u32("vdev-shmem", &cells)?;
+            if !rules.is_empty() {
+                fdt.property_string_list("vdev-shmem-rules", rules)?;
+            }
+        }
         fdt.end_node(node)?;
     }
     fdt.end_node(vms)?;
-
     fdt.end_node(root)?;
     fdt.finish()
 }

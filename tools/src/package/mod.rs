@@ -122,6 +122,7 @@ mod tests {
             cpus: cpus.to_vec(),
             bootargs: None,
             passthrough: Vec::new(),
+            shmem: Vec::new(),
         };
         let image = |load_offset: u64, bytes: Vec<u8>| GuestImage {
             path: PathBuf::from("target/guests/hello.bin"),
@@ -143,6 +144,7 @@ mod tests {
                     vm("alpha", &[1], 0x4000_0000),
                     vm("beta", &[2, 3], 0x8000_0000),
                 ],
+                shmem: crate::system::ShmemSystem::default(),
             },
             images: vec![
                 image(0x8_0000, fake_image(0x8_0000, 0, 4096)),
@@ -226,6 +228,97 @@ mod tests {
             [0, 0, 0, 2, 0, 0, 0, 3]
         );
         assert_eq!(vms[1].property("image-load-offset").unwrap().value, [0; 8]);
+    }
+
+    #[test]
+    fn vdev_shmem_reaches_the_manifest_inspect_and_the_guest_tree() {
+        use crate::system::shmem::BootRegion;
+        use crate::system::{ShmemDevice, ShmemSystem};
+        let mut system = system();
+        system.config.vms[0].shmem = vec![ShmemDevice {
+            loc: 0x1_0000_0000,
+            intr: 40,
+            window: (0x1_0001_0000, 0x10_0000),
+            allow: vec!["ping*".into()],
+            deny: vec!["ping-secret".into()],
+        }];
+        system.config.shmem = ShmemSystem {
+            limit_pages: 256,
+            regions: vec![BootRegion {
+                name: "log".into(),
+                size: 0x1_0000,
+            }],
+        };
+        let bytes = build(&system).unwrap();
+        let entries = cpio::read(&bytes).unwrap();
+        let tree = Fdt::new(entry(&entries, MANIFEST_ENTRY).data).unwrap();
+        let root = tree.find_node("/").unwrap();
+        assert_eq!(
+            crate::device_tree_reading::cells(root, "shmem-page-limit"),
+            [0, 256]
+        );
+        assert_eq!(
+            crate::device_tree_reading::strings(root, "shmem-regions"),
+            ["log"]
+        );
+        assert_eq!(
+            crate::device_tree_reading::cells(root, "shmem-region-pages"),
+            [16]
+        );
+        let alpha = tree.find_node("/vms/vm@0").unwrap();
+        assert_eq!(
+            crate::device_tree_reading::cells(alpha, "vdev-shmem"),
+            [1, 0, 1, 0x1_0000, 0, 0x10_0000, 40]
+        );
+        // Denies first: the order the model checks them in.
+        assert_eq!(
+            crate::device_tree_reading::strings(alpha, "vdev-shmem-rules"),
+            ["0 deny ping-secret", "0 allow ping*"]
+        );
+        let beta = tree.find_node("/vms/vm@1").unwrap();
+        assert!(beta.property("vdev-shmem").is_none());
+        assert!(beta.property("vdev-shmem-rules").is_none());
+
+        let inspection = inspect(&bytes);
+        assert!(inspection.problems.is_empty(), "{:?}", inspection.problems);
+        for line in [
+            "shmem: 1 vdev-shmem instance(s), page limit 256 (1M), boot regions log (64K)",
+            "vm[0] alpha: vdev-shmem[0] factory 0x1_0000_0000, INTID 40, window \
+             0x1_0001_0000..0x1_0011_0000, names: deny ping-secret, allow ping*",
+        ] {
+            assert!(
+                inspection.listing.contains(&line.to_string()),
+                "{line}\n{:#?}",
+                inspection.listing
+            );
+        }
+        let guest = Fdt::new(entry(&entries, "vm/alpha/guest.dtb").data).unwrap();
+        let node = guest.find_node("/vdev-shmem@100000000").unwrap();
+        assert_eq!(
+            crate::device_tree_reading::strings(node, "compatible"),
+            ["qvm,guest_shm"]
+        );
+        // A system without shared memory writes none of the root fields.
+        let plain = build(&super::tests::system()).unwrap();
+        let entries = cpio::read(&plain).unwrap();
+        let tree = Fdt::new(entry(&entries, MANIFEST_ENTRY).data).unwrap();
+        assert!(
+            tree.find_node("/")
+                .unwrap()
+                .property("shmem-page-limit")
+                .is_none()
+        );
+        // The hypervisor's own rules refuse what the tool would not write.
+        system.config.vms[0].shmem[0].intr = 33;
+        let inspection = inspect(&build(&system).unwrap());
+        assert_eq!(
+            inspection.problems,
+            [
+                "tessera/manifest.dtb: vm[0] \"alpha\": field vdev-shmem: 33: SPI 1 (INTID 33) is \
+                 the interrupt of the guest's virtual UART; rebuild the package with `tessera \
+                 package`"
+            ]
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod fields;
 mod fuzz;
 pub mod guest_image;
 pub mod passthrough;
+pub mod shmem;
 mod validate;
 
 use std::fmt;
@@ -26,6 +27,7 @@ pub use board::BoardSpec;
 use fields::Problems;
 pub use guest_image::GuestImage;
 pub use passthrough::{PassthroughDevice, PassthroughSpec};
+pub use shmem::{ShmemDevice, ShmemSystem};
 use validate::Draft;
 
 use crate::escape::escaped;
@@ -38,6 +40,8 @@ use crate::workspace;
 pub struct SystemConfig {
     pub board: BoardConfig,
     pub vms: Vec<VmConfig>,
+    /// The `[shmem]` table (defaults when absent).
+    pub shmem: ShmemSystem,
 }
 
 #[derive(Clone, Debug)]
@@ -62,6 +66,8 @@ pub struct VmConfig {
     pub bootargs: Option<String>,
     /// The physical devices given to it, as written.
     pub passthrough: Vec<PassthroughSpec>,
+    /// Its vdev-shmem instances.
+    pub shmem: Vec<ShmemDevice>,
 }
 
 /// Where a VM's image comes from.
@@ -430,6 +436,13 @@ fn check_devices(
             .collect();
         passthrough::check_rules(board.rules, &vms, &labels, problems);
     }
+    let shmem_vms: Vec<_> = draft
+        .vms
+        .iter()
+        .zip(&resolved)
+        .map(|(vm, entries)| (vm.shmem.as_deref(), entries.as_deref()))
+        .collect();
+    shmem::check_against_devices(&shmem_vms, problems);
     resolved
         .into_iter()
         .map(|entries| Some(entries?.into_iter().map(|entry| entry.device).collect()))

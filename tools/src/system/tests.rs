@@ -136,6 +136,7 @@ bootargs = \"console=ttyAMA0\"
             cpus: vec![1],
             bootargs: None,
             passthrough: Vec::new(),
+            shmem: Vec::new(),
         }
     );
     assert_eq!(config.vms[1].ram_base, 0x8000_0000);
@@ -275,7 +276,7 @@ fn unknown_keys_name_the_expected_ones() {
             "",
             "unknown-vm"
         ),
-        "systems/demo.toml: vm[0].memory: unknown key (expected one of: name, image, ram, ram-base, cpus, bootargs, passthrough)"
+        "systems/demo.toml: vm[0].memory: unknown key (expected one of: name, image, ram, ram-base, cpus, bootargs, passthrough, vdev-shmem)"
     );
     assert_eq!(
         only_error(
@@ -288,7 +289,7 @@ fn unknown_keys_name_the_expected_ones() {
     let errors = errors(&format!("version = 1\n{BOARD}{ALPHA}"), "unknown-top");
     assert_eq!(
         errors,
-        ["systems/demo.toml: version: unknown key (expected one of: board, vm)"]
+        ["systems/demo.toml: version: unknown key (expected one of: board, vm, shmem)"]
     );
 }
 
@@ -718,11 +719,11 @@ memory = \"2M\"
     assert_eq!(
         errors(source, "everything"),
         [
-            "systems/demo.toml: colour: unknown key (expected one of: board, vm)",
+            "systems/demo.toml: colour: unknown key (expected one of: board, vm, shmem)",
             "systems/demo.toml: vm[0].name: \"Alpha\" is not a VM name (1 to 15 of a-z, 0-9 and -, starting with a letter)",
             "systems/demo.toml: vm[0].ram: \"64\" is not a size: expected digits and a unit K, M or G, e.g. \"64M\"",
             "systems/demo.toml: vm[0].cpus: CPU 5 does not exist; the board has CPUs 0 to 1",
-            "systems/demo.toml: vm[1].memory: unknown key (expected one of: name, image, ram, ram-base, cpus, bootargs, passthrough)",
+            "systems/demo.toml: vm[1].memory: unknown key (expected one of: name, image, ram, ram-base, cpus, bootargs, passthrough, vdev-shmem)",
             "systems/demo.toml: vm[1].ram-base: guest RAM 0x0800_0000..0x0be0_0000 overlaps the device window 0x0800_0000..0x0a00_0000 (GIC, UART)",
             "systems/demo.toml: vm[1].cpus: CPU 1 is already used by vm[0]",
             "systems/demo.toml: board.memory: the VMs' RAM (62M) plus the hypervisor's reserve (32M) is 94M, more than the board's 64M",
@@ -892,9 +893,9 @@ fn keys_that_are_not_bare_are_quoted_and_control_characters_escaped() {
     assert_eq!(
         errors(&source, "quoted"),
         [
-            "systems/demo.toml: \"\": unknown key (expected one of: board, vm)",
-            "systems/demo.toml: \"\\x1b[2J\": unknown key (expected one of: board, vm)",
-            "systems/demo.toml: \"a b\": unknown key (expected one of: board, vm)",
+            "systems/demo.toml: \"\": unknown key (expected one of: board, vm, shmem)",
+            "systems/demo.toml: \"\\x1b[2J\": unknown key (expected one of: board, vm, shmem)",
+            "systems/demo.toml: \"a b\": unknown key (expected one of: board, vm, shmem)",
             "systems/demo.toml: board.name: unknown board \"\\x1b[32mOK\\x0a\" (expected one of: \
              qemu-virt, rpi4)",
         ]
@@ -1197,5 +1198,300 @@ fn a_board_device_tree_file_of_the_users_own() {
         errors[0].contains("board.device-tree: cannot read ") && errors[0].contains("absent.dtb"),
         "{}",
         errors[0]
+    );
+}
+
+// vdev-shmem (docs/system-image.md, "Shared memory").
+
+const SHMEM: &str = "\
+[[vm.vdev-shmem]]
+loc = 0x100000000
+intr = 40
+window = [0x100010000, 0x100000]
+";
+
+/// `ALPHA` with one vdev-shmem instance (`SHMEM` with `edits` applied)
+/// and `extra` after it.
+fn shmem_error(edits: &[(&str, &str)], extra: &str, test: &str) -> Vec<String> {
+    let mut entry = SHMEM.to_string();
+    for (from, to) in edits {
+        assert!(entry.contains(from), "{from}");
+        entry = entry.replacen(from, to, 1);
+    }
+    errors(&format!("{BOARD}{ALPHA}{entry}{extra}"), test)
+}
+
+#[test]
+fn vdev_shmem_instances_and_boot_regions_load() {
+    let source = format!(
+        "{BOARD}{ALPHA}{SHMEM}allow = [\"ping*\", \"log\"]\ndeny = [\"ping-secret\"]\n\
+         [[vm.vdev-shmem]]\nloc = 0x100200000\nintr = 41\nwindow = [0x100300000, 0x4000]\n\
+         [shmem]\nlimit = \"1M\"\n[[shmem.region]]\nname = \"log\"\nsize = \"64K\"\n\
+         [[shmem.region]]\nname = \"ping\"\nsize = \"4K\"\n"
+    );
+    let system = load_ok(&source, "shmem-ok");
+    assert_eq!(
+        system.config.vms[0].shmem,
+        [
+            ShmemDevice {
+                loc: 0x1_0000_0000,
+                intr: 40,
+                window: (0x1_0001_0000, 0x10_0000),
+                allow: vec!["ping*".into(), "log".into()],
+                deny: vec!["ping-secret".into()],
+            },
+            ShmemDevice {
+                loc: 0x1_0020_0000,
+                intr: 41,
+                window: (0x1_0030_0000, 0x4000),
+                allow: Vec::new(),
+                deny: Vec::new(),
+            }
+        ]
+    );
+    assert_eq!(system.config.shmem.limit_pages, 256);
+    let regions: Vec<_> = system
+        .config
+        .shmem
+        .regions
+        .iter()
+        .map(|region| (region.name.as_str(), region.size))
+        .collect();
+    assert_eq!(regions, [("log", 0x1_0000), ("ping", 0x1000)]);
+    // Without [shmem]: the default limit, no boot regions.
+    let system = load_ok(&format!("{BOARD}{ALPHA}"), "shmem-default");
+    assert_eq!(system.config.shmem, ShmemSystem::default());
+    assert_eq!(system.config.shmem.limit_pages, 4096);
+    assert!(system.config.vms[0].shmem.is_empty());
+}
+
+#[test]
+fn vdev_shmem_areas_must_be_whole_pages_clear_of_ram_devices_and_each_other() {
+    assert_eq!(
+        shmem_error(
+            &[("loc = 0x100000000", "loc = 0x100000800")],
+            "",
+            "shmem-align"
+        ),
+        [
+            "systems/demo.toml: vm[0].vdev-shmem[0].loc: 0x1_0000_0800 of 0x1000 bytes is not \
+             whole 4 KiB pages (base and size multiples of 4 KiB)"
+        ]
+    );
+    assert_eq!(
+        shmem_error(
+            &[(
+                "window = [0x100010000, 0x100000]",
+                "window = [0x100010000, 0]"
+            )],
+            "",
+            "shmem-empty"
+        ),
+        ["systems/demo.toml: vm[0].vdev-shmem[0].window: 0x1_0001_0000 is empty"]
+    );
+    assert_eq!(
+        shmem_error(
+            &[("loc = 0x100000000", "loc = 0x40001000")],
+            "",
+            "shmem-ram"
+        ),
+        [
+            "systems/demo.toml: vm[0].vdev-shmem[0].loc: 0x4000_1000 overlaps the VM's RAM \
+             0x4000_0000..0x4400_0000"
+        ]
+    );
+    assert_eq!(
+        shmem_error(
+            &[("loc = 0x100000000", "loc = 0x9000000")],
+            "",
+            "shmem-uart"
+        ),
+        [
+            "systems/demo.toml: vm[0].vdev-shmem[0].loc: 0x0900_0000..0x0900_1000 overlaps the \
+             guest's virtual UART at 0x0900_0000..0x0900_1000"
+        ]
+    );
+    assert_eq!(
+        shmem_error(
+            &[(
+                "window = [0x100010000, 0x100000]",
+                "window = [0x7fffff0000, 0x20000]"
+            )],
+            "",
+            "shmem-limit"
+        ),
+        [
+            "systems/demo.toml: vm[0].vdev-shmem[0].window: 0x7f_ffff_0000..0x80_0001_0000 ends \
+             past the 39-bit guest-physical space (0x80_0000_0000)"
+        ]
+    );
+    // The factory page inside its own window, and a second instance on
+    // the first one's window.
+    assert_eq!(
+        shmem_error(
+            &[("loc = 0x100000000", "loc = 0x100020000")],
+            "",
+            "shmem-own"
+        ),
+        [
+            "systems/demo.toml: vm[0].vdev-shmem[0].window: overlaps a vdev-shmem factory page \
+             of this VM at 0x1_0002_0000..0x1_0002_1000"
+        ]
+    );
+    assert_eq!(
+        shmem_error(
+            &[],
+            "[[vm.vdev-shmem]]\nloc = 0x100200000\nintr = 41\nwindow = [0x100080000, 0x1000]\n",
+            "shmem-two"
+        ),
+        [
+            "systems/demo.toml: vm[0].vdev-shmem[1].window: overlaps a vdev-shmem window of \
+             this VM at 0x1_0001_0000..0x1_0011_0000"
+        ]
+    );
+    // Another VM's guest-physical space is its own: the same addresses
+    // are fine there.
+    let source = format!(
+        "{BOARD}{ALPHA}{SHMEM}[[vm]]\nname = \"beta\"\nimage = \"example:hello\"\nram = \"64M\"\n\
+         cpus = [2]\n{SHMEM}"
+    );
+    load_ok(&source, "shmem-two-vms");
+}
+
+#[test]
+fn vdev_shmem_areas_and_vectors_stay_off_passthrough_devices() {
+    let source = format!(
+        "{}{}",
+        alpha_with(&["path = \"/pl031@9010000\""]),
+        SHMEM
+            .replace("loc = 0x100000000", "loc = 0x9010000")
+            .replace("intr = 40", "intr = 34")
+    );
+    assert_eq!(
+        errors(&source, "shmem-pt"),
+        [
+            "systems/demo.toml: vm[0].vdev-shmem[0].loc: overlaps a passthrough range of this VM \
+             at 0x0901_0000..0x0901_1000",
+            "systems/demo.toml: vm[0].vdev-shmem[0].intr: INTID 34 is already used by this VM \
+             (another vdev-shmem instance or a passthrough SPI)",
+        ]
+    );
+}
+
+#[test]
+fn vdev_shmem_vectors_are_spis_used_once() {
+    for (intr, reason) in [
+        (
+            "31",
+            "INTID 31 is not an SPI the virtual GIC has (INTIDs 32 to 255)",
+        ),
+        (
+            "256",
+            "INTID 256 is not an SPI the virtual GIC has (INTIDs 32 to 255)",
+        ),
+        (
+            "-1",
+            "-1 is not an SPI the virtual GIC has (INTIDs 32 to 255)",
+        ),
+        (
+            "33",
+            "SPI 1 (INTID 33) is the interrupt of the guest's virtual UART",
+        ),
+    ] {
+        assert_eq!(
+            shmem_error(
+                &[("intr = 40", &format!("intr = {intr}"))],
+                "",
+                "shmem-intr"
+            ),
+            [format!(
+                "systems/demo.toml: vm[0].vdev-shmem[0].intr: {reason}"
+            )]
+        );
+    }
+    assert_eq!(
+        shmem_error(
+            &[],
+            "[[vm.vdev-shmem]]\nloc = 0x100200000\nintr = 40\nwindow = [0x100300000, 0x1000]\n",
+            "shmem-intr-twice"
+        ),
+        [
+            "systems/demo.toml: vm[0].vdev-shmem[1].intr: INTID 40 is already used by this VM \
+             (another vdev-shmem instance or a passthrough SPI)"
+        ]
+    );
+}
+
+#[test]
+fn vdev_shmem_patterns_follow_the_models_rules() {
+    assert_eq!(
+        shmem_error(
+            &[],
+            "allow = [\"two words\", \"\", \"0123456789012345678901234567890123\", 3]\n",
+            "shmem-patterns"
+        ),
+        [
+            "systems/demo.toml: vm[0].vdev-shmem[0].allow: \"two words\" byte 3 is not printable \
+             ASCII without space (0x21 to 0x7e), so no name can hold it",
+            "systems/demo.toml: vm[0].vdev-shmem[0].allow: \"\" is empty; a pattern has 1 to 31 \
+             bytes",
+            "systems/demo.toml: vm[0].vdev-shmem[0].allow: \"0123456789012345678901234567890123\" \
+             is longer than the 31 bytes a pattern may have",
+            "systems/demo.toml: vm[0].vdev-shmem[0].allow: the integer 3 is not a pattern (a \
+             string)",
+        ]
+    );
+    let nine: Vec<String> = (0..9).map(|n| format!("\"p{n}\"")).collect();
+    assert_eq!(
+        shmem_error(
+            &[],
+            &format!("allow = [{}]\ndeny = [\"x\"]\n", nine[..5].join(", ")).replace(
+                "deny = [\"x\"]",
+                &format!("deny = [{}]", nine[5..].join(", "))
+            ),
+            "shmem-rules"
+        ),
+        [
+            "systems/demo.toml: vm[0].vdev-shmem[0].allow: 9 allow and deny patterns, more than \
+             the 8 an instance may have"
+        ]
+    );
+}
+
+#[test]
+fn boot_regions_are_named_sized_and_within_the_limit() {
+    let with = |shmem: &str, test: &str| errors(&format!("{BOARD}{ALPHA}[shmem]\n{shmem}"), test);
+    assert_eq!(
+        with(
+            "limit = \"8K\"\n[[shmem.region]]\nname = \"a\"\nsize = \"4K\"\n\
+             [[shmem.region]]\nname = \"b\"\nsize = \"8K\"\n",
+            "shmem-over"
+        ),
+        [
+            "systems/demo.toml: shmem.region[1].size: the boot regions take 3 pages (12K), more \
+             than the limit of 2 pages (8K)"
+        ]
+    );
+    assert_eq!(
+        with(
+            "[[shmem.region]]\nname = \"a b\"\nsize = \"6K\"\n\
+             [[shmem.region]]\nname = \"c\"\nsize = \"4K\"\n\
+             [[shmem.region]]\nname = \"c\"\nsize = \"4K\"\n",
+            "shmem-regions"
+        ),
+        [
+            "systems/demo.toml: shmem.region[0].name: \"a b\" is not a region name (1 to 31 bytes \
+             of printable ASCII without space, 0x21 to 0x7e)",
+            "systems/demo.toml: shmem.region[0].size: 0x1800 bytes is not a whole number of 4 KiB \
+             pages from 1 to 2^32 - 1",
+            "systems/demo.toml: shmem.region[2].name: \"c\" names a boot region already declared",
+        ]
+    );
+    assert_eq!(
+        with("limit = \"6K\"\nsize = 3\n", "shmem-keys"),
+        [
+            "systems/demo.toml: shmem.size: unknown key (expected one of: limit, region)",
+            "systems/demo.toml: shmem.limit: \"6K\" is not a whole number of 4 KiB pages",
+        ]
     );
 }

@@ -12,10 +12,11 @@ use toml::{Table, Value};
 use super::board::BoardSpec;
 use super::fields::{Fields, Problems, describe};
 use super::passthrough::{self, PassthroughSpec};
+use super::shmem::{self, ShmemDevice, ShmemSystem};
 use super::{BoardConfig, ImageSource, SystemConfig, VmConfig};
 use crate::units::{MIB, address, format_size, parse_size};
 
-const TOP_KEYS: &[&str] = &["board", "vm"];
+const TOP_KEYS: &[&str] = &["board", "vm", "shmem"];
 const BOARD_KEYS: &[&str] = &["name", "gic-version", "cpus", "memory", "device-tree"];
 const VM_KEYS: &[&str] = &[
     "name",
@@ -25,6 +26,7 @@ const VM_KEYS: &[&str] = &[
     "cpus",
     "bootargs",
     "passthrough",
+    "vdev-shmem",
 ];
 
 /// What the hypervisor keeps for itself out of the board's memory.
@@ -42,6 +44,7 @@ pub const EXAMPLE_PREFIX: &str = "example:";
 pub struct Draft {
     pub board: BoardDraft,
     pub vms: Vec<VmDraft>,
+    pub shmem: Option<ShmemSystem>,
 }
 
 #[derive(Debug, Default)]
@@ -64,6 +67,7 @@ pub struct VmDraft {
     pub cpus: Option<Vec<u32>>,
     pub bootargs: Option<String>,
     pub passthrough: Option<Vec<PassthroughSpec>>,
+    pub shmem: Option<Vec<ShmemDevice>>,
 }
 
 impl Draft {
@@ -88,10 +92,15 @@ impl Draft {
                     cpus: vm.cpus?,
                     bootargs: vm.bootargs,
                     passthrough: vm.passthrough?,
+                    shmem: vm.shmem?,
                 })
             })
             .collect::<Option<Vec<_>>>()?;
-        Some(SystemConfig { board, vms })
+        Some(SystemConfig {
+            board,
+            vms,
+            shmem: self.shmem?,
+        })
     }
 }
 
@@ -145,8 +154,9 @@ pub fn check_table(table: &Table, file: &Path, problems: &mut Problems) -> Draft
         }
     }
 
+    let shmem = shmem::parse_system(&top, problems);
     check_memory_budget(&board, &vms, problems);
-    Draft { board, vms }
+    Draft { board, vms, shmem }
 }
 
 fn check_board(fields: &Fields<'_>, file: &Path, problems: &mut Problems) -> BoardDraft {
@@ -354,6 +364,7 @@ fn check_vm(
         }
     }
     draft.passthrough = passthrough::parse(fields, problems);
+    draft.shmem = shmem::parse_vm(fields, draft.ram_base.zip(draft.ram), problems);
     draft
 }
 
