@@ -2,7 +2,7 @@
 //!
 //! [`probe_read`] and [`probe_write`] make one 64-bit access each
 //! ([`probe_read32`] and [`probe_write32`] one 32-bit access,
-//! [`probe_write8`] one byte). If it
+//! [`probe_write8`] one byte, [`probe_load_exclusive`] one LDXR). If it
 //! takes a data abort, the exception handler does not stop the VM: it hands
 //! the syndrome and fault address back and the probe returns
 //! `Err(Abort { .. })`. The handler recognises a probe by the address of the
@@ -120,6 +120,17 @@ pub unsafe fn probe_write8(address: u64, value: u8) -> Result<(), Abort> {
     completed(&outcome)
 }
 
+/// A 64-bit load-exclusive (LDXR) from `address`, the exclusive monitor
+/// cleared after it; `Err` if it took a data abort. For pages a device
+/// emulates, where exclusives are refused (vdev-shmem's).
+///
+/// # Errors
+/// The abort's syndrome and fault address.
+pub fn probe_load_exclusive(address: u64) -> Result<u64, Abort> {
+    let outcome = arch::probe_load_exclusive(address);
+    completed(&outcome).map(|()| outcome.value)
+}
+
 /// `Ok` when the probed access completed, else the abort it took.
 fn completed(outcome: &arch::ProbeOutcome) -> Result<(), Abort> {
     if outcome.esr == 0 {
@@ -166,6 +177,7 @@ mod tests {
         read32: 0x4008_1040,
         write32: 0x4008_1060,
         write8: 0x4008_1080,
+        load_exclusive: 0x4008_10A0,
     };
 
     fn frame_at(elr: u64) -> TrapFrame {
@@ -184,6 +196,7 @@ mod tests {
             SITES.read32,
             SITES.write32,
             SITES.write8,
+            SITES.load_exclusive,
         ] {
             let mut frame = frame_at(site);
             assert!(recover(

@@ -176,6 +176,9 @@ unsafe extern "C" {
     fn tessera_probe_write8(address: u64, outcome: *mut ProbeOutcome, value: u64);
     /// The byte store in `tessera_probe_write8` (only its address is used).
     fn tessera_probe_write8_access();
+    fn tessera_probe_load_exclusive(address: u64, outcome: *mut ProbeOutcome);
+    /// The LDXR in `tessera_probe_load_exclusive` (only its address is used).
+    fn tessera_probe_load_exclusive_access();
     /// The PSCI CPU_ON entry point, in `rt.rs` (only its address is used).
     fn tessera_secondary_entry();
     static __guest_image_start: u8;
@@ -254,6 +257,20 @@ tessera_probe_write8_access:
     str     x2, [x1, #{esr}]
     str     x3, [x1, #{far}]
     ret
+
+    .global tessera_probe_load_exclusive
+tessera_probe_load_exclusive:       // as tessera_probe_read, exclusive
+    mov     x2, #0
+    mov     x3, #0
+    mov     x4, #0
+    .global tessera_probe_load_exclusive_access
+tessera_probe_load_exclusive_access:
+    ldxr    x4, [x0]
+    clrex
+    str     x4, [x1, #{value}]
+    str     x2, [x1, #{esr}]
+    str     x3, [x1, #{far}]
+    ret
     "#,
     value = const offset_of!(ProbeOutcome, value),
     esr = const offset_of!(ProbeOutcome, esr),
@@ -313,6 +330,15 @@ pub unsafe fn probe_write8(address: u64, value: u8) -> ProbeOutcome {
     outcome
 }
 
+/// A 64-bit load-exclusive (LDXR) from `address` that survives a data
+/// abort; the exclusive monitor is cleared after it.
+pub fn probe_load_exclusive(address: u64) -> ProbeOutcome {
+    let mut outcome = ProbeOutcome::default();
+    // SAFETY: as `probe_read`, with an exclusive load (and CLREX).
+    unsafe { tessera_probe_load_exclusive(address, &raw mut outcome) };
+    outcome
+}
+
 pub fn probe_sites() -> ProbeSites {
     ProbeSites {
         read: tessera_probe_read_access as *const () as u64,
@@ -320,6 +346,7 @@ pub fn probe_sites() -> ProbeSites {
         read32: tessera_probe_read32_access as *const () as u64,
         write32: tessera_probe_write32_access as *const () as u64,
         write8: tessera_probe_write8_access as *const () as u64,
+        load_exclusive: tessera_probe_load_exclusive_access as *const () as u64,
     }
 }
 

@@ -81,6 +81,10 @@ pub unsafe fn probe_write8(_address: u64, _value: u8) -> ProbeOutcome {
     ProbeOutcome::default()
 }
 
+pub fn probe_load_exclusive(_address: u64) -> ProbeOutcome {
+    ProbeOutcome::default()
+}
+
 pub fn probe_sites() -> ProbeSites {
     ProbeSites {
         read: 0,
@@ -88,6 +92,7 @@ pub fn probe_sites() -> ProbeSites {
         read32: 0,
         write32: 0,
         write8: 0,
+        load_exclusive: 0,
     }
 }
 

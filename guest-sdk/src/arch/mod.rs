@@ -37,6 +37,7 @@ pub struct ProbeSites {
     pub read32: u64,
     pub write32: u64,
     pub write8: u64,
+    pub load_exclusive: u64,
 }
 
 impl ProbeSites {
@@ -47,6 +48,7 @@ impl ProbeSites {
             || address == self.read32
             || address == self.write32
             || address == self.write8
+            || address == self.load_exclusive
     }
 }
 
