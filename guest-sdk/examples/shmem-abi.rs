@@ -130,6 +130,7 @@ fn check(check: &str, got: u32, wanted: u32) {
 }
 
 /// LDP of two doublewords at `address` (a pair: no syndrome at EL2).
+#[cfg(target_os = "none")]
 fn load_pair(address: u64) -> (u64, u64) {
     let (first, second): (u64, u64);
     // SAFETY: a trapped vdev-shmem page of this VM, 8-byte aligned; the
@@ -141,6 +142,7 @@ fn load_pair(address: u64) -> (u64, u64) {
 }
 
 /// STP of two words at `address` (a pair).
+#[cfg(target_os = "none")]
 fn store_pair32(address: u64, first: u32, second: u32) {
     // SAFETY: as in `load_pair`, 4-byte aligned.
     unsafe {
@@ -150,6 +152,7 @@ fn store_pair32(address: u64, first: u32, second: u32) {
 
 /// LDR of a word with pre-index writeback: returns the word and the base
 /// register after the instruction.
+#[cfg(target_os = "none")]
 fn load_pre_indexed(base: u64) -> (u32, u64) {
     let mut address = base;
     let value: u32;
@@ -158,6 +161,19 @@ fn load_pre_indexed(base: u64) -> (u32, u64) {
         core::arch::asm!("ldr {:w}, [{}, #4]!", out(reg) value, inout(reg) address, options(nostack, readonly));
     }
     (value, address)
+}
+
+#[cfg(not(target_os = "none"))]
+fn load_pair(_address: u64) -> (u64, u64) {
+    unreachable!("a guest runs only on aarch64-unknown-none")
+}
+#[cfg(not(target_os = "none"))]
+fn store_pair32(_address: u64, _first: u32, _second: u32) {
+    unreachable!("a guest runs only on aarch64-unknown-none")
+}
+#[cfg(not(target_os = "none"))]
+fn load_pre_indexed(_base: u64) -> (u32, u64) {
+    unreachable!("a guest runs only on aarch64-unknown-none")
 }
 
 fn errors(factory: u64, tree: &DeviceTree<'_>) -> ! {
