@@ -354,16 +354,20 @@ fn on_vector(_interrupt: Interrupt) {
     INTERRUPTS.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Waits, interrupts on, until the handler has seen an attached
-/// set other than `from`, for at most two seconds of virtual time; the new
-/// set and the interrupts taken meanwhile.
+/// Waits, interrupts on, until the handler has seen an attached set
+/// other than `from`, for at most ten seconds: the new set
+/// and the handler's interrupt count then, read together.
 fn next_attached(from: u32) -> (u32, u32) {
-    let taken_before = INTERRUPTS.load(Ordering::Relaxed);
-    let deadline = time::Deadline::after_ms(2000);
+    let deadline = time::Deadline::after_ms(10_000);
     loop {
-        let attached = interrupts::without(|| ATTACHED.load(Ordering::Relaxed));
+        let (attached, taken) = interrupts::without(|| {
+            (
+                ATTACHED.load(Ordering::Relaxed),
+                INTERRUPTS.load(Ordering::Relaxed),
+            )
+        });
         if attached != from {
-            return (attached, INTERRUPTS.load(Ordering::Relaxed) - taken_before);
+            return (attached, taken);
         }
         if deadline.has_passed() {
             fail(format_args!("the attached set stayed {from:#x}"));
@@ -403,6 +407,7 @@ fn keeper(factory: u64) -> ! {
     }
     interrupts::enable();
     let mut attached = ATTACHED.load(Ordering::Relaxed);
+    let mut taken;
     // The leaver's cue: the keeper is ready to watch.
     write32(cue + PAGE, 1);
     for event in [
@@ -413,23 +418,25 @@ fn keeper(factory: u64) -> ! {
         "quitter attach",
         "quitter detach at stop",
     ] {
-        let taken;
+        // Only the handler reads status: a change seen came by interrupt.
         (attached, taken) = next_attached(attached);
-        if taken == 0 {
-            fail(format_args!("{event}: no interrupt"));
-        }
-        println!("shmem-abi: keeper: {event}: attached {attached:#x}, with an interrupt");
-        if event == "leaver detach at crash" {
-            // The quitter's cue.
-            write32(cue + PAGE, 2);
-        }
+        println!(
+            "shmem-abi: keeper: {event}: attached {attached:#x}, with an interrupt ({taken} so far)"
+        );
+        // The others' cue: how many changes the keeper has seen, plus
+        // one. Each acts only once the keeper has seen the change before,
+        // so no two changes can merge into one status read.
+        write32(cue + PAGE, read32(cue + PAGE) + 1);
     }
     exit(0)
 }
 
 fn leaver(factory: u64) -> ! {
-    // Once the keeper watches.
-    wait_for_cue(factory, 1);
+    // Once the keeper watches; after the reset, once it saw the detach.
+    let resets = tessera::reset_count().unwrap_or(0);
+    let seen = if resets == 0 { 1 } else { 3 };
+    let cue = connect_cue(factory);
+    wait_for_cue(cue, seen);
     let (status, control) = connect(factory, b"life", 1);
     if status != OK {
         fail(format_args!("leaver connect: status {status}"));
@@ -439,7 +446,8 @@ fn leaver(factory: u64) -> ! {
         "shmem-abi: leaver: connected as index {} (reset {resets})",
         read32(control + CONTROL_INDEX)
     );
-    time::delay_ms(20);
+    // Once the keeper saw the attach.
+    wait_for_cue(cue, seen + 1);
     if resets == 0 {
         psci::system_reset();
     }
@@ -453,13 +461,19 @@ fn leaver(factory: u64) -> ! {
     fail(format_args!("still running after the crash"))
 }
 
-/// Connects to `cue` and waits until the keeper has written at least
-/// `wanted` into its first word.
-fn wait_for_cue(factory: u64, wanted: u32) {
+/// Connects to `cue`, the region through which the keeper cues the
+/// others: its control page.
+fn connect_cue(factory: u64) -> u64 {
     let (status, cue) = connect(factory, b"cue", 1);
     if status != OK {
         fail(format_args!("connect to cue: status {status}"));
     }
+    cue
+}
+
+/// Waits until the keeper has written at least `wanted` into the first
+/// word of `cue` (a control page).
+fn wait_for_cue(cue: u64, wanted: u32) {
     let deadline = time::Deadline::after_ms(10_000);
     while read32(cue + PAGE) < wanted {
         if deadline.has_passed() {
@@ -470,8 +484,9 @@ fn wait_for_cue(factory: u64, wanted: u32) {
 }
 
 fn quitter(factory: u64) -> ! {
-    // After the leaver is gone.
-    wait_for_cue(factory, 2);
+    // After the leaver is gone (the keeper has seen 4 changes).
+    let cue = connect_cue(factory);
+    wait_for_cue(cue, 5);
     let (status, control) = connect(factory, b"life", 1);
     if status != OK {
         fail(format_args!("quitter connect: status {status}"));
@@ -480,7 +495,8 @@ fn quitter(factory: u64) -> ! {
         "shmem-abi: quitter: connected as index {}",
         read32(control + CONTROL_INDEX)
     );
-    time::delay_ms(20);
+    // Once the keeper saw the attach.
+    wait_for_cue(cue, 6);
     psci::system_off()
 }
 
