@@ -266,6 +266,19 @@ fn errors(factory: u64, tree: &DeviceTree<'_>) -> ! {
         }
         other => fail(format_args!("ldxr on a control page: {other:?}")),
     }
+    // An atomic, where the CPU has them (the scenario's `cpu`).
+    for (what, address) in [("factory", factory), ("control", control)] {
+        // SAFETY: a trapped vdev-shmem page: the add must not happen.
+        match unsafe { probe::probe_atomic_add(address, 1) } {
+            None => println!("shmem-abi: ldadd on the {what} page: not tried (no FEAT_LSE)"),
+            Some(Err(abort)) if abort.is_external_abort_at(address) => {
+                pass(format_args!(
+                    "ldadd on the {what} page: ok (external abort)"
+                ));
+            }
+            Some(other) => fail(format_args!("ldadd on the {what} page: {other:?}")),
+        }
+    }
 
     // Detach: the old control and data pages are nothing now.
     write32(control + CONTROL_DETACH, 0);

@@ -38,6 +38,7 @@ pub struct ProbeSites {
     pub write32: u64,
     pub write8: u64,
     pub load_exclusive: u64,
+    pub atomic_add: u64,
 }
 
 impl ProbeSites {
@@ -49,6 +50,7 @@ impl ProbeSites {
             || address == self.write32
             || address == self.write8
             || address == self.load_exclusive
+            || address == self.atomic_add
     }
 }
 
