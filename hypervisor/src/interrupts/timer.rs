@@ -1,6 +1,7 @@
 //! The EL2 physical timer (CNTHP): a periodic tick on every CPU. For now it
-//! proves that interrupts reach EL2 on each CPU; it becomes the scheduler's
-//! and watchdog's clock later.
+//! proves that interrupts reach EL2 on each CPU, and wakes a CPU that
+//! waits for a VM's delayed start ([`wake_by`]); it becomes the
+//! scheduler's and watchdog's clock later.
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -59,11 +60,11 @@ pub fn wake_by(deadline: u64) {
     if armed != 0 && deadline >= armed {
         return;
     }
+    // At most a tick away (so it fits the timer's 32-bit value, even on
+    // a CPU whose tick was never armed); a deadline already passed fires
+    // at once.
     let now = arch::guest::physical_counter();
-    next.store(deadline, Ordering::Relaxed);
-    // Sooner than a tick away, so it fits the 32-bit timer value; a
-    // deadline already passed fires at once.
-    arch::start_hypervisor_timer(deadline.saturating_sub(now).max(1));
+    arm(deadline.saturating_sub(now).clamp(1, tick_interval()));
 }
 
 /// Ticks seen so far on `cpu`.
