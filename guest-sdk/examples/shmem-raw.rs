@@ -3,18 +3,20 @@
 //! read word by word, as a driver would, to check the device itself.
 //!
 //! Bootargs: `role=first|second`, `name=NAME` (default `raw`),
-//! `pages=N` (the size asked for, default 2), `delay=MS` (wait that long
-//! before the request, so that the other guest's comes first).
+//! `pages=N` (the size asked for, default 2).
 //!
-//! - `first` creates the region, writes a pattern into its data, waits
-//!   (polling its status) until a peer attaches, notifies that peer, and
-//!   waits for the peer's notification back.
-//! - `second` attaches to the same name (printing the size it got: the
-//!   creator's), waits for the first's notification, reads the pattern
-//!   back, and answers.
+//! Both connect with create-or-attach, so either may create the region
+//! (whichever the system starts first: `start-delay`) and both get the
+//! creator's size.
 //!
-//! Each prints what it saw (`shmem-raw: created NAME: N pages, index I`,
-//! `shmem-raw: attached NAME: N pages, index I`, the sender bits, the
+//! - `first` writes a pattern into the data, waits (polling its status)
+//!   until a peer attaches, notifies that peer, and waits for the peer's
+//!   notification back.
+//! - `second` waits for the first's notification, reads the pattern back,
+//!   and answers.
+//!
+//! Each prints what it saw (`shmem-raw: connected NAME: N pages, index I`,
+//! the sender bits, the
 //! attached set and the data) and exits 0; anything unexpected prints
 //! `shmem-raw: FAIL: ...` and exits 1.
 #![cfg_attr(target_os = "none", no_std)]
@@ -110,11 +112,6 @@ fn main(device_tree: usize) -> ! {
     if read64(factory) != SIGNATURE {
         fail(format_args!("signature {:#x}", read64(factory)));
     }
-    let delay = args
-        .get("delay")
-        .map_or(Ok(0), bootargs::parse_number)
-        .unwrap_or_else(|_| fail(format_args!("bad delay")));
-    time::delay_ms(delay);
     write_name(factory, name);
     write32(factory + SIZE, pages as u32);
     let status = read32(factory + STATUS);
@@ -129,7 +126,7 @@ fn main(device_tree: usize) -> ! {
     match role {
         "first" => {
             write32(data, PATTERN);
-            println!("shmem-raw: created {name}: {size} pages, index {index}");
+            println!("shmem-raw: connected {name}: {size} pages, index {index}");
             let status = wait_status(control, "a peer", |status| status >> 16 != 1 << index);
             let peers = (status >> 16) & !(1 << index);
             println!("shmem-raw: attached 0x{:x}", status >> 16);
@@ -140,7 +137,7 @@ fn main(device_tree: usize) -> ! {
             println!("shmem-raw: senders 0x{:x}", status & 0xFFFF);
         }
         _ => {
-            println!("shmem-raw: attached {name}: {size} pages, index {index}");
+            println!("shmem-raw: connected {name}: {size} pages, index {index}");
             // The creator notifies after writing its data: seen in that
             // order, whatever the timing.
             let status = wait_status(control, "a notification", |status| status & 0xFFFF != 0);
