@@ -34,6 +34,7 @@ mod console {
 #[cfg(target_os = "none")]
 mod devices {
     mod instances;
+    pub mod shmem;
     pub mod vuart;
     pub use instances::*;
 }

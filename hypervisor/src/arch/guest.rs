@@ -307,6 +307,91 @@ pub fn faulting_guest_page() -> u64 {
     value
 }
 
+/// Which of the running vCPU's stage-1 regimes an address translation
+/// asks about: the exception level the guest was at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestLevel {
+    El0,
+    El1,
+}
+
+/// The guest-physical address the running vCPU's stage 1 gives `virtual`
+/// for a read at `level` (AT S1E0R / S1E1R), or `None` when its stage 1
+/// faults. With the guest's MMU off that is `virtual` itself. PAR_EL1,
+/// which the translation reports through, is the guest's: it is put back.
+pub fn guest_intermediate_address(virtual_address: u64, level: GuestLevel) -> Option<u64> {
+    macro_rules! translate {
+        ($operation:literal) => {{
+            let result: u64;
+            // SAFETY: an address translation only writes PAR_EL1, which is
+            // saved first and restored after; it reads the guest's tables
+            // through stage 2 and changes no memory.
+            unsafe {
+                asm!(
+                    "mrs {saved}, par_el1",
+                    concat!("at ", $operation, ", {address}"),
+                    "isb",
+                    "mrs {result}, par_el1",
+                    "msr par_el1, {saved}",
+                    saved = out(reg) _,
+                    result = out(reg) result,
+                    address = in(reg) virtual_address,
+                    options(nostack, preserves_flags)
+                )
+            };
+            result
+        }};
+    }
+    let result = match level {
+        GuestLevel::El0 => translate!("s1e0r"),
+        GuestLevel::El1 => translate!("s1e1r"),
+    };
+    // PAR_EL1.F (bit 0) set: the translation faulted. Else PA[47:12].
+    (result & 1 == 0).then_some((result & 0x0000_FFFF_FFFF_F000) | (virtual_address & 0xFFF))
+}
+
+/// The running vCPU's stack pointer at `level` (SP_EL0 or SP_EL1).
+pub fn guest_stack_pointer(level: GuestLevel) -> u64 {
+    let value: u64;
+    match level {
+        // SAFETY: reading the guest's stack pointer from EL2 has no side
+        // effects.
+        GuestLevel::El0 => unsafe {
+            asm!("mrs {}, sp_el0", out(reg) value, options(nomem, nostack, preserves_flags));
+        },
+        // SAFETY: as above.
+        GuestLevel::El1 => unsafe {
+            asm!("mrs {}, sp_el1", out(reg) value, options(nomem, nostack, preserves_flags));
+        },
+    }
+    value
+}
+
+/// Sets the running vCPU's stack pointer at `level`, as a writeback to SP
+/// by its trapped instruction would have.
+pub fn set_guest_stack_pointer(level: GuestLevel, value: u64) {
+    match level {
+        // SAFETY: the guest's stack pointers only affect the guest; EL2
+        // runs on SP_EL2.
+        GuestLevel::El0 => unsafe {
+            asm!("msr sp_el0, {}", in(reg) value, options(nomem, nostack, preserves_flags));
+        },
+        // SAFETY: as above.
+        GuestLevel::El1 => unsafe {
+            asm!("msr sp_el1, {}", in(reg) value, options(nomem, nostack, preserves_flags));
+        },
+    }
+}
+
+/// Orders the sending guest's earlier stores to shared memory before a
+/// signal to another CPU (vdev-shmem's notify): the trap does not order
+/// them, and a peer woken by the signal must see them.
+#[inline(always)]
+pub fn order_stores_before_signal() {
+    // SAFETY: a barrier has no memory-safety effect.
+    unsafe { asm!("dsb ish", options(nostack, preserves_flags)) };
+}
+
 /// VBAR_EL1 of the running vCPU.
 pub fn guest_vector_base() -> u64 {
     let value: u64;

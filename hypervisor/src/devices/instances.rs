@@ -11,6 +11,7 @@ use tessera_hypervisor::traps::guest_exit::{AccessFrame, DataRegister, MmioAcces
 use tessera_hypervisor::vm::ids::{VcpuId, VmId};
 use tessera_platform::guest::UART_SPI;
 
+use crate::devices::shmem::{self, VmShmem};
 use crate::devices::vuart::VirtualUart;
 use crate::interrupts::guest::{self as guest_interrupts, VmVgic};
 use crate::interrupts::virtual_interface::VirtualInterface;
@@ -28,6 +29,9 @@ pub struct VmDevices {
     /// The distributor's registers that never change, answered without
     /// the vGIC's lock.
     pub gicd_constants: GicdConstants,
+    /// Slots from `shmem::FIRST_SLOT`: the VM's vdev-shmem instances,
+    /// whose state is the system-wide registry's (`devices::shmem`).
+    pub shmem: VmShmem,
 }
 
 /// The distributor's identification and type registers (GICD_TYPER,
@@ -71,11 +75,12 @@ impl GicdConstants {
 
 impl VmDevices {
     /// VM `id`'s devices in their reset state, at build time.
-    pub fn new(id: VmId, vm_name: &'static str, vgic: &'static VmVgic) -> Self {
+    pub fn new(id: VmId, vm_name: &'static str, vgic: &'static VmVgic, shmem: VmShmem) -> Self {
         Self {
             uart: Mutex::new(VirtualUart::new(id.index(), vm_name)),
             gicd_constants: GicdConstants::of(vgic),
             vgic,
+            shmem,
         }
     }
 }
@@ -88,9 +93,17 @@ pub fn flush(id: VmId) {
     vm::vm(id).device_state.uart.lock().flush();
 }
 
+/// VM `id` stopped, crashed or is being reset, with none of its vCPUs
+/// running: its vdev-shmem connections are detached, and its peers told.
+pub fn stopped(id: VmId) {
+    shmem::detach_vm(id);
+}
+
 /// Returns every device of VM `id` to its reset state (buffered output
 /// is flushed first), as when the VM restarts; none of its vCPUs runs.
+/// Its vdev-shmem connections are detached (`stopped`).
 pub fn reset(id: VmId) {
+    stopped(id);
     let devices = &vm::vm(id).device_state;
     {
         let mut uart = devices.uart.lock();
@@ -125,7 +138,7 @@ pub fn emulate(vm: &RunningVm, frame: &mut AccessFrame<'_>, access: &MmioAccess)
     if slot != UART_SLOT {
         // By value: a reference would make the fast path spill the access
         // to the stack just in case.
-        return emulate_gic(vm, slot, offset, data, *access);
+        return emulate_gic_or_shmem(vm, slot, offset, data, *access);
     }
     let mut uart = vm.device_state.uart.lock();
     if access.is_write {
@@ -167,11 +180,13 @@ fn set_uart_line(vm: &RunningVm, level: bool) {
     guest_interrupts::deliver(id, vcpu, &mut vgic, effects);
 }
 
-/// A trapped access to the VM's distributor or redistributors, by the
-/// vCPU running here. Reads and writes go separate ways: a read (the
-/// frequent one, `mmio.gicd_read`) keeps a small frame.
+/// A trapped access to the VM's distributor, redistributors or vdev-shmem
+/// pages (`devices::shmem`), by the vCPU running here. Reads and writes go
+/// separate ways: a read (the frequent one, `mmio.gicd_read`) keeps a
+/// small frame. vdev-shmem is told apart after the distributor's
+/// constants, so that the measured GIC read pays nothing for it.
 #[inline(always)]
-fn emulate_gic(
+fn emulate_gic_or_shmem(
     vm: &RunningVm,
     slot: tessera_hypervisor::devices::map::DeviceSlot,
     offset: u64,
@@ -179,9 +194,9 @@ fn emulate_gic(
     access: MmioAccess,
 ) -> bool {
     if access.is_write {
-        write_gic(vm, slot, offset, access.width, data.stored_value())
+        write_gic_or_shmem(vm, slot, offset, access.width, data.stored_value())
     } else {
-        match read_gic(vm, slot, offset, access.width) {
+        match read_gic_or_shmem(vm, slot, offset, access.width) {
             Some(value) => {
                 data.complete_load(&access, value);
                 true
@@ -192,7 +207,7 @@ fn emulate_gic(
 }
 
 #[inline(never)]
-fn read_gic(
+fn read_gic_or_shmem(
     vm: &RunningVm,
     slot: tessera_hypervisor::devices::map::DeviceSlot,
     offset: u64,
@@ -202,6 +217,9 @@ fn read_gic(
         && let Some(value) = vm.device_state.gicd_constants.read(offset, width)
     {
         return Some(value);
+    }
+    if shmem::is_shmem_slot(slot) {
+        return shmem::read(vm, slot, offset, width);
     }
     let vcpu = vm::running_vcpu();
     let mut vgic = vm.device_state.vgic.lock();
@@ -278,13 +296,16 @@ fn reaches_interrupt_state(
 }
 
 #[inline(never)]
-fn write_gic(
+fn write_gic_or_shmem(
     vm: &RunningVm,
     slot: tessera_hypervisor::devices::map::DeviceSlot,
     offset: u64,
     width: tessera_vdevs::AccessWidth,
     value: u64,
 ) -> bool {
+    if shmem::is_shmem_slot(slot) {
+        return shmem::write(vm, slot, offset, width, value);
+    }
     let (id, vcpu) = (vm.description.id, vm::running_vcpu());
     let mut vgic = vm.device_state.vgic.lock();
     let folded = reaches_interrupt_state(slot, offset)

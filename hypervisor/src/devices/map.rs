@@ -23,10 +23,12 @@ use tessera_vdevs::AccessWidth;
 
 use crate::memory::address::GuestPhysAddr;
 
-/// The most windows one VM's map holds: the UART, the GIC's distributor,
-/// redistributor or CPU-interface frames, and vdev-shmem factory and
-/// control pages.
-pub const MAX_WINDOWS: usize = 8;
+/// The most windows one VM's map holds: the UART, the GIC's distributor
+/// and redistributors, and a factory page and a mapping window for each
+/// vdev-shmem instance (up to 16 in a VM: 35 windows). A power of two, so
+/// the routing hint's bound is a mask. Unused entries cost memory only:
+/// the search stops at the last window in use.
+pub const MAX_WINDOWS: usize = 64;
 
 /// Which of a VM's device slots a window belongs to: an index the VM's
 /// owner of the devices gives meaning to (the hypervisor keeps one lock per

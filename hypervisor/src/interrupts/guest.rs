@@ -273,23 +273,36 @@ pub fn passthrough_interrupt(interrupt: Interrupt, owner: VmId) {
     gic::drop_priority(interrupt);
     let intid = interrupt.id();
     let mut vgic = vm::vm(owner).device_state.vgic.lock();
+    // The guest may route it nowhere: it stays pending in the model.
     let effects = vgic.state.hardware_fired(VcpuId::FIRST, intid);
-    if effects.reevaluate.is_empty() {
-        // The guest routes it nowhere (or it is not the VM's, which the
-        // owner table rules out): it stays pending in the model.
+    sync_concerned(owner, &mut vgic, effects);
+}
+
+/// Drives SPI `intid` of VM `id` to `level`, from whichever CPU the change
+/// came from (a vdev-shmem vector, raised by a peer VM's notify or lowered
+/// by the VM's own status read).
+pub fn set_spi_level(id: VmId, intid: u32, level: bool) {
+    let mut vgic = vm::vm(id).device_state.vgic.lock();
+    // An SPI belongs to the VM, not to the vCPU named here.
+    let effects = vgic.state.set_line_level(VcpuId::FIRST, intid, level);
+    sync_concerned(id, &mut vgic, effects);
+}
+
+/// Acts on `effects` of a change to VM `id`'s interrupts made from any
+/// CPU, with `vgic` (the VM's) locked: the other CPUs concerned get a
+/// sync request; this one syncs at once only if it is running a concerned
+/// vCPU of that VM (a parked or not yet started one shows the model's
+/// state when it starts).
+fn sync_concerned(id: VmId, vgic: &mut VmInterrupts, effects: Effects) {
+    if effects.reevaluate.is_empty() || !vm::request_interrupt_sync(id, effects.reevaluate) {
         return;
     }
-    if vm::request_interrupt_sync(owner, effects.reevaluate) {
-        // A vCPU it concerns is placed on this CPU; sync it only if it is
-        // running (a parked or not yet started one shows the model's state
-        // when it starts).
-        let running_here = vm::running_vm().is_some_and(|running| running.description.id == owner)
-            && effects.reevaluate.contains(vm::running_vcpu());
-        if running_here {
-            let vcpu = vm::running_vcpu();
-            vgic.sync(vcpu, &mut VirtualInterface::this_cpu());
-            arm_fast_path(&vgic, vcpu);
-        }
+    let running_here = vm::running_vm().is_some_and(|running| running.description.id == id)
+        && effects.reevaluate.contains(vm::running_vcpu());
+    if running_here {
+        let vcpu = vm::running_vcpu();
+        vgic.sync(vcpu, &mut VirtualInterface::this_cpu());
+        arm_fast_path(vgic, vcpu);
     }
 }
 

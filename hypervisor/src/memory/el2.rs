@@ -233,13 +233,41 @@ pub fn init_allocators(free: &mut RangeSet) -> Option<AllocatorSummary> {
 
 /// Allocates `count` physically contiguous, zeroed pages.
 pub fn allocate_pages(count: usize) -> Option<PhysAddr> {
-    let address = PAGES.lock().alloc(pages_layout(count)?).ok()?.as_ptr() as u64;
+    let address = allocate_pages_uninitialised(count)?.0;
     // SAFETY: the allocator just handed out these pages (page-aligned, so
     // 1 KiB aligned), which are normal read/write RAM that nothing else
     // references. Cleaning them too costs little and keeps tables that a
     // walker reads from memory (stage-2 walks) consistent.
     unsafe { crate::arch::zero_and_clean(address as usize, count * PAGE_SIZE as usize) };
     Some(PhysAddr(address))
+}
+
+/// Allocates `count` physically contiguous pages holding whatever their
+/// last user left: for a caller that fills them itself (vdev-shmem zeroes
+/// a region's pages when it creates the region, which the device model
+/// decides, not the allocator).
+pub fn allocate_pages_uninitialised(count: usize) -> Option<PhysAddr> {
+    let address = PAGES.lock().alloc(pages_layout(count)?).ok()?.as_ptr() as u64;
+    Some(PhysAddr(address))
+}
+
+/// Gives back `count` pages at `address`, allocated together by
+/// [`allocate_pages`] or [`allocate_pages_uninitialised`] with the same
+/// count.
+///
+/// # Safety
+///
+/// Nothing may use the pages afterwards: no EL2 reference and no stage-2
+/// mapping of any VM may still reach them.
+pub unsafe fn free_pages(address: PhysAddr, count: usize) {
+    if let (Some(pointer), Some(layout)) = (
+        core::ptr::NonNull::new(address.0 as *mut u8),
+        pages_layout(count),
+    ) {
+        // SAFETY: the caller vouches the pages came from this allocator
+        // with this count, and that nothing uses them any more.
+        unsafe { PAGES.lock().dealloc(pointer, layout) };
+    }
 }
 
 /// Checks both allocators once at boot: a heap block and a page come back
@@ -257,12 +285,8 @@ pub fn self_check() -> bool {
     let Some(page) = allocate_pages(1) else {
         return false;
     };
-    if let (Some(pointer), Some(layout)) =
-        (core::ptr::NonNull::new(page.0 as *mut u8), pages_layout(1))
-    {
-        // SAFETY: `page` came from `allocate_pages(1)` above, with this
-        // layout, and is not used after.
-        unsafe { PAGES.lock().dealloc(pointer, layout) };
-    }
+    // SAFETY: `page` came from `allocate_pages(1)` above and is not used
+    // after.
+    unsafe { free_pages(page, 1) };
     true
 }

@@ -17,6 +17,9 @@
 
 use tessera_vdevs::AccessWidth;
 
+use crate::memory::address::GuestPhysAddr;
+use crate::traps::guest_exit::MmioAccess;
+
 /// How one register moves to or from memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transfer {
@@ -51,10 +54,15 @@ pub enum Decoded {
         writeback: Option<Writeback>,
     },
     /// Two registers, `first` at the faulting address and `second`
-    /// `first.width` bytes after it.
+    /// `first.width` bytes after it. The first is at `first_offset` bytes
+    /// from the value register `base` held before the instruction (its
+    /// immediate, or 0 when post-indexed): a fault on the second register
+    /// alone, the first having been in another page, is told apart by it.
     Pair {
         first: Transfer,
         second_register: u8,
+        base: u8,
+        first_offset: i64,
         writeback: Option<Writeback>,
     },
     /// Not a plain load or store.
@@ -169,7 +177,15 @@ pub const fn decode(instruction: u32) -> Decoded {
             // Signed offset, and the no-allocate form.
             _ => None,
         };
+        let first_offset = match writeback {
+            Some(Writeback {
+                post_index: true, ..
+            }) => 0,
+            _ => offset,
+        };
         return Decoded::Pair {
+            base,
+            first_offset,
             first: Transfer {
                 width,
                 is_write: !load,
@@ -199,6 +215,98 @@ pub const fn decode(instruction: u32) -> Decoded {
         };
     }
     Decoded::NotPlain
+}
+
+/// What a trapped plain load or store does, ready to carry out: one or
+/// two accesses (each a syndrome-like [`MmioAccess`]) and the base
+/// register's new value for a writeback form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub first: MmioAccess,
+    /// A pair's second register, `first.width` bytes after the first.
+    pub second: Option<MmioAccess>,
+    /// The base register (31: the stack pointer) and its new value.
+    pub writeback: Option<(u8, u64)>,
+}
+
+/// Why a trapped access is not carried out: the guest gets the external
+/// abort.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unplanned {
+    /// Not a plain load or store (exclusive, atomic, SIMD, anything else).
+    NotPlain,
+    /// The access does not lie whole in the faulting page (it crosses the
+    /// page's end, or a pair's first register was in the page before).
+    OutsidePage,
+}
+
+/// Plans `decoded`, which faulted at guest-physical `address` and
+/// virtual `fault_virtual` (FAR), `base_value` giving the value a
+/// register (31: the stack pointer) held before the instruction.
+///
+/// # Errors
+///
+/// [`Unplanned`] says why the access is refused.
+pub fn plan(
+    decoded: Decoded,
+    address: GuestPhysAddr,
+    fault_virtual: u64,
+    base_value: impl Fn(u8) -> u64,
+) -> Result<Plan, Unplanned> {
+    const PAGE: u64 = 0x1000;
+    let access = |transfer: Transfer, address: GuestPhysAddr| MmioAccess {
+        address,
+        width: transfer.width,
+        is_write: transfer.is_write,
+        register: transfer.register,
+        sign_extend: transfer.sign_extend,
+        sixty_four_bit_register: transfer.sixty_four_bit_register,
+    };
+    let writeback_of = |writeback: Option<Writeback>| {
+        writeback.map(|w| (w.base, base_value(w.base).wrapping_add_signed(w.offset)))
+    };
+    match decoded {
+        Decoded::NotPlain => Err(Unplanned::NotPlain),
+        Decoded::Single {
+            transfer,
+            writeback,
+        } => {
+            if address.0 % PAGE + u64::from(transfer.width.bytes()) > PAGE {
+                return Err(Unplanned::OutsidePage);
+            }
+            Ok(Plan {
+                first: access(transfer, address),
+                second: None,
+                writeback: writeback_of(writeback),
+            })
+        }
+        Decoded::Pair {
+            first,
+            second_register,
+            base,
+            first_offset,
+            writeback,
+        } => {
+            let bytes = u64::from(first.width.bytes());
+            // A fault on the second register means the first was in the
+            // page before: it may have been written already, and is not
+            // the device's.
+            if base_value(base).wrapping_add_signed(first_offset) != fault_virtual
+                || address.0 % PAGE + 2 * bytes > PAGE
+            {
+                return Err(Unplanned::OutsidePage);
+            }
+            let second = Transfer {
+                register: second_register,
+                ..first
+            };
+            Ok(Plan {
+                first: access(first, address),
+                second: Some(access(second, GuestPhysAddr(address.0 + bytes))),
+                writeback: writeback_of(writeback),
+            })
+        }
+    }
 }
 
 /// A single-register load or store of `size` with `opc` (C4.1.66), or
@@ -338,12 +446,15 @@ mod tests {
     #[test]
     fn pairs_in_every_addressing_form() {
         use AccessWidth::*;
+        // (instruction, first, second register, base, first offset,
+        // writeback)
         let cases = [
             // ldp x1, x2, [x3, #16]!
             (
                 0xA9C1_0861,
                 transfer(DoubleWord, false, 1),
                 2,
+                (3, 16),
                 writeback(3, 16, false),
             ),
             // stp w4, w5, [x6], #-8
@@ -351,19 +462,29 @@ mod tests {
                 0x28BF_14C4,
                 transfer(Word, true, 4),
                 5,
+                (6, 0),
                 writeback(6, -8, true),
             ),
             // ldp x10, x11, [sp]
-            (0xA940_2FEA, transfer(DoubleWord, false, 10), 11, None),
+            (
+                0xA940_2FEA,
+                transfer(DoubleWord, false, 10),
+                11,
+                (31, 0),
+                None,
+            ),
             // stnp x1, x2, [x3]
-            (0xA800_0861, transfer(DoubleWord, true, 1), 2, None),
+            (0xA800_0861, transfer(DoubleWord, true, 1), 2, (3, 0), None),
             // ldp w1, w2, [x3, #-4]
-            (0x297F_8861, transfer(Word, false, 1), 2, None),
+            (0x297F_8861, transfer(Word, false, 1), 2, (3, -4), None),
+            // stp x1, x2, [x3, #24]
+            (0xA901_8861, transfer(DoubleWord, true, 1), 2, (3, 24), None),
             // ldp x1, x2, [x3], #-32
             (
                 0xA8FE_0861,
                 transfer(DoubleWord, false, 1),
                 2,
+                (3, 0),
                 writeback(3, -32, true),
             ),
             // stp x29, x30, [sp, #-16]!
@@ -371,15 +492,18 @@ mod tests {
                 0xA9BF_7BFD,
                 transfer(DoubleWord, true, 29),
                 30,
+                (31, -16),
                 writeback(31, -16, false),
             ),
         ];
-        for (instruction, first, second_register, writeback) in cases {
+        for (instruction, first, second_register, (base, first_offset), writeback) in cases {
             assert_eq!(
                 decode(instruction),
                 Decoded::Pair {
                     first,
                     second_register,
+                    base,
+                    first_offset,
                     writeback
                 },
                 "{instruction:#010x}"
@@ -397,8 +521,83 @@ mod tests {
                     sixty_four_bit_register: true,
                 },
                 second_register: 8,
+                base: 9,
+                first_offset: 8,
                 writeback: None
             }
+        );
+    }
+
+    #[test]
+    fn plans_carry_out_singles_pairs_and_writebacks() {
+        let registers = |register: u8| u64::from(register) * 0x1000 + 0x10;
+        // str x3, [x4], #16: at the fault address, x4 moves on.
+        let plan = super::plan(decode(0xF801_0483), GuestPhysAddr(0x900_0010), 0, registers);
+        let plan = plan.unwrap();
+        assert_eq!(plan.first.address, GuestPhysAddr(0x900_0010));
+        assert!(plan.first.is_write && plan.first.register == 3 && plan.second.is_none());
+        assert_eq!(plan.writeback, Some((4, 0x4010 + 16)));
+        // stp x1, x2, [x3, #24] faulting at x3 + 24: two doublewords.
+        let fault = registers(3) + 24;
+        let plan = super::plan(
+            decode(0xA901_8861),
+            GuestPhysAddr(0x900_0028),
+            fault,
+            registers,
+        )
+        .unwrap();
+        let second = plan.second.unwrap();
+        assert_eq!((plan.first.register, second.register), (1, 2));
+        assert_eq!(second.address, GuestPhysAddr(0x900_0030));
+        assert_eq!(second.width, AccessWidth::DoubleWord);
+        assert_eq!(plan.writeback, None);
+        // ldp x1, x2, [x3], #-32: the old base, then the base moves back.
+        let plan = super::plan(
+            decode(0xA8FE_0861),
+            GuestPhysAddr(0x900_0000),
+            registers(3),
+            registers,
+        )
+        .unwrap();
+        assert!(!plan.first.is_write);
+        assert_eq!(plan.writeback, Some((3, registers(3) - 32)));
+    }
+
+    #[test]
+    fn plans_refuse_what_is_not_wholly_in_the_page() {
+        let registers = |register: u8| u64::from(register) * 0x1000 + 0x10;
+        // stp x1, x2, [x3, #24], but FAR is 8 bytes on: the first register
+        // was in the page before.
+        let fault = registers(3) + 32;
+        assert_eq!(
+            super::plan(
+                decode(0xA901_8861),
+                GuestPhysAddr(0x900_0000),
+                fault,
+                registers
+            ),
+            Err(Unplanned::OutsidePage)
+        );
+        // A pair whose second register runs past the page.
+        let fault = registers(3) + 24;
+        assert_eq!(
+            super::plan(
+                decode(0xA901_8861),
+                GuestPhysAddr(0x900_0FF8),
+                fault,
+                registers
+            ),
+            Err(Unplanned::OutsidePage)
+        );
+        // ldr x1, [x2, x3] at the page's last four bytes.
+        assert_eq!(
+            super::plan(decode(0xF863_6841), GuestPhysAddr(0x900_0FFC), 0, registers),
+            Err(Unplanned::OutsidePage)
+        );
+        // ldxr x1, [x2]
+        assert_eq!(
+            super::plan(decode(0xC85F_7C41), GuestPhysAddr(0x900_0000), 0, registers),
+            Err(Unplanned::NotPlain)
         );
     }
 

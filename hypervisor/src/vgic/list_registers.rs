@@ -25,7 +25,9 @@
 //!   stays in the model; the register's pending bit is a copy, and the
 //!   register asks for a maintenance interrupt at the guest's EOI (the EOI
 //!   bit), so the line is looked at again then: a line still high makes it
-//!   pending again at once.
+//!   pending again at once. A level interrupt the guest has active whose
+//!   line has fallen is written without it: should the line rise again,
+//!   that change is followed by a sync like any other.
 //! - **More pending than registers.** When some deliverable interrupt did
 //!   not fit, every software register asks for maintenance at EOI, and
 //!   when at least one register holds a pending interrupt the "no pending"
@@ -438,7 +440,12 @@ pub fn sync(
                 group1: irq.group1,
                 state: LrState::of(pending, irq.active),
                 physical,
-                eoi_maintenance: physical.is_none() && (level || overflow),
+                // A level interrupt shown pending is looked at again at
+                // its EOI; one only active (its line fell meanwhile) needs
+                // no maintenance: a new rise is a model change, which
+                // syncs anyway. Saves the receiver of a vdev-shmem signal,
+                // whose handler lowers the line, an exit per interrupt.
+                eoi_maintenance: physical.is_none() && ((level && pending) || overflow),
                 source: irq.source,
             },
         );
@@ -938,6 +945,36 @@ mod tests {
         sync(&mut state, vcpu(0), &mut shadow, &mut registers);
         assert_eq!(registers.acknowledge(), None);
         assert!(!registers.maintenance());
+    }
+
+    #[test]
+    fn a_line_lowered_inside_the_handler_costs_no_maintenance_and_a_new_rise_is_seen() {
+        // The vdev-shmem receiver: acknowledge, read status (the line falls,
+        // and that change syncs), EOI.
+        let mut state = enabled(GicVersion::V3, 1);
+        state.spi_routes[1] = 0;
+        state.set_line_level(vcpu(0), 33, true);
+        let mut shadow = ListRegisterShadow::new();
+        let mut registers = FakeRegisters::new(4);
+        sync(&mut state, vcpu(0), &mut shadow, &mut registers);
+        assert_eq!(registers.acknowledge().map(|entry| entry.intid), Some(33));
+        state.set_line_level(vcpu(0), 33, false);
+        sync(&mut state, vcpu(0), &mut shadow, &mut registers);
+        registers.complete(33);
+        assert!(
+            !registers.maintenance(),
+            "no EOI maintenance once the line fell"
+        );
+        // The line rises again: shown pending, and looked at again at its
+        // EOI while it stays high.
+        assert_eq!(registers.acknowledge(), None);
+        state.set_line_level(vcpu(0), 33, true);
+        sync(&mut state, vcpu(0), &mut shadow, &mut registers);
+        assert_eq!(registers.acknowledge().map(|entry| entry.intid), Some(33));
+        registers.complete(33);
+        assert!(registers.maintenance(), "the line is still high");
+        sync(&mut state, vcpu(0), &mut shadow, &mut registers);
+        assert_eq!(registers.acknowledge().map(|entry| entry.intid), Some(33));
     }
 
     #[test]

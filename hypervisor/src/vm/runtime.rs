@@ -221,10 +221,22 @@ pub fn current() -> Option<(VmId, VcpuId)> {
 #[derive(Clone, Copy, Debug)]
 pub enum BuildError {
     Package(&'static str),
-    Stage2 { vm: &'static str },
-    ImageTooLarge { vm: &'static str },
-    Placement { vm: &'static str },
-    Devices { vm: &'static str },
+    Stage2 {
+        vm: &'static str,
+    },
+    ImageTooLarge {
+        vm: &'static str,
+    },
+    Placement {
+        vm: &'static str,
+    },
+    Devices {
+        vm: &'static str,
+    },
+    Shmem {
+        vm: Option<&'static str>,
+        error: devices::shmem::SetupError,
+    },
 }
 
 impl core::fmt::Display for BuildError {
@@ -247,6 +259,11 @@ impl core::fmt::Display for BuildError {
                 let vm = Escaped::str(vm);
                 write!(f, "vm {vm}: could not set up its virtual devices")
             }
+            Self::Shmem {
+                vm: Some(vm),
+                error,
+            } => write!(f, "vm {}: {error}", Escaped::str(vm)),
+            Self::Shmem { vm: None, error } => write!(f, "{error}"),
         }
     }
 }
@@ -280,6 +297,8 @@ pub fn build_all(
             })?;
         *slot = Some(files);
     }
+    devices::shmem::set_up_regions(manifest)
+        .map_err(|error| BuildError::Shmem { vm: None, error })?;
     for (index, description) in manifest.vms().enumerate() {
         let id = VmId::new(index).ok_or(BuildError::Placement {
             vm: description.name,
@@ -370,10 +389,17 @@ fn build_vm(
         pristine,
         passthrough_spis: manifest.passthrough_spi_set(),
     };
-    let devices = device_map(manifest.vcpu_count, &mut stage2)
+    let mut devices = device_map(manifest.vcpu_count, &mut stage2)
         .map_err(|_| BuildError::Devices { vm: name })?;
     let mut owned = SpiSet::EMPTY;
     owned.insert(32 + tessera_platform::guest::UART_SPI);
+    let shmem =
+        devices::shmem::add_vm(id, manifest, &mut devices, &mut owned).map_err(|error| {
+            BuildError::Shmem {
+                vm: Some(name),
+                error,
+            }
+        })?;
     let passthrough = manifest.passthrough_spi_set();
     for intid in passthrough.iter() {
         owned.insert(intid);
@@ -388,7 +414,7 @@ fn build_vm(
             description,
             stage2,
             devices,
-            VmDevices::new(id, name, vgic),
+            VmDevices::new(id, name, vgic, shmem),
         ))
         .map_err(|_| BuildError::Placement { vm: name })?;
     Ok(())
@@ -577,6 +603,8 @@ fn report_end(id: VmId, outcome: Outcome) {
     let name = name(id);
     // The VM's last partial line first.
     devices::flush(id);
+    // Its peers learn it is gone.
+    devices::stopped(id);
     crate::console::report_dropped_output(id.index(), name);
     match outcome {
         Outcome::Clean => println!("tessera: vm {}: stopped cleanly", Escaped::str(name)),
@@ -594,6 +622,7 @@ fn report_end(id: VmId, outcome: Outcome) {
         }
     }
     if let Some(verdict) = SYSTEM.vm_ended(outcome) {
+        devices::shmem::report();
         println!(
             "tessera: all {} VMs stopped, {} failed",
             verdict.total, verdict.failed
@@ -668,11 +697,23 @@ pub fn handle_guest_exit(frame: &mut TrapFrame) {
     match exit {
         GuestExit::Mmio(access) => handle_mmio(id, frame, &access),
         GuestExit::UndecodableDataAbort { address, is_write } => {
-            log::debug!(
-                "vm {}: undecodable access to {address}",
-                Escaped::str(name(id))
-            );
-            inject_abort(id, frame, AbortKind::Data { is_write }, address);
+            use devices::shmem::Unsyndromed;
+            // A pair or writeback form in a vdev-shmem page is carried out
+            // from its instruction; anything else without a syndrome, or
+            // not plain, gets the external abort.
+            match devices::shmem::emulate_without_syndrome(vm(id), frame, address) {
+                Unsyndromed::Done => {}
+                Unsyndromed::Refused => {
+                    inject_abort(id, frame, AbortKind::Data { is_write }, address);
+                }
+                Unsyndromed::NotShmem => {
+                    log::debug!(
+                        "vm {}: undecodable access to {address}",
+                        Escaped::str(name(id))
+                    );
+                    inject_abort(id, frame, AbortKind::Data { is_write }, address);
+                }
+            }
         }
         GuestExit::OtherDataAbort { address, status } => {
             log::debug!(

@@ -21,15 +21,18 @@
 //! 1. a VM's lifecycle lock (`Vm::lifecycle`);
 //! 2. a vCPU's state lock (`Vm::vcpus[n]`), only ever taken by the CPU that
 //!    runs the vCPU, so it never waits;
-//! 3. a VM's stage-2 lock (`Vm::stage2`);
-//! 4. one device lock of a VM (the hypervisor's per-slot device locks):
+//! 3. the vdev-shmem registry lock (`devices/shmem.rs`, one for the
+//!    system): under it the model maps and unmaps the acting VM's stage 2
+//!    and drives VMs' lines, one vGIC lock at a time;
+//! 4. a VM's stage-2 lock (`Vm::stage2`);
+//! 5. one device lock of a VM (the hypervisor's per-slot device locks):
 //!    never two at once;
-//! 5. a VM's vGIC lock (`VmInterrupts`, `interrupts/guest.rs`): a device
+//! 6. a VM's vGIC lock (`VmInterrupts`, `interrupts/guest.rs`): a device
 //!    releases its own lock before it drives its line into the vGIC;
 //!    requests are posted (and SGIs sent) under it;
-//! 6. the console: the UART lock, then the output queue lock
+//! 7. the console: the UART lock, then the output queue lock
 //!    (`console/output.rs`);
-//! 7. the GICv2 driver lock (`interrupts/gic.rs`), taken only with IRQs masked, and
+//! 8. the GICv2 driver lock (`interrupts/gic.rs`), taken only with IRQs masked, and
 //!    never held while an interrupt's handler runs.
 //!
 //! Two locks of the same kind are never held at once: no code holds two
