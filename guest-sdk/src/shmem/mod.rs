@@ -900,9 +900,12 @@ impl<B: Bus> Connection<B> {
     ///
     /// With IRQs masked on entry, this polls the status itself, in WFI
     /// between polls: the vector must be enabled in the GIC
-    /// ([`Device::enable_interrupt`]) for WFI to wake on it. With IRQs
-    /// unmasked, the vector's handler must call [`poll`](Self::poll); this
-    /// sleeps until it has. See [`wait_until`] for the deadline.
+    /// ([`Device::enable_interrupt`]) for WFI to wake on it, and as the
+    /// line stays asserted while *any* connection made through the same
+    /// factory has an unread change, WFI returns at once until those are
+    /// read too (poll them as well). With IRQs unmasked, the vector's
+    /// handler must call [`poll`](Self::poll); this sleeps until it has.
+    /// See [`wait_until`] for the deadline.
     ///
     /// [`take_signals`]: Self::take_signals
     ///
@@ -1018,12 +1021,19 @@ pub fn wait_until(
     mut ready: impl FnMut() -> bool,
 ) -> Result<(), WaitError> {
     let handlers_run = interrupts::are_enabled();
+    interrupts::disable();
+    if ready() {
+        if handlers_run {
+            interrupts::enable();
+        }
+        return Ok(());
+    }
+    // Only a wait that may sleep arms the timer (a few GIC writes).
     let timer = wake_timer();
     let timer_armed = deadline.is_some_and(|deadline| {
         timer::start_one_shot(timer, deadline.ticks(), WAKE_PRIORITY, ignore_tick).is_ok()
     });
     let can_sleep = gic::version().is_some() && (deadline.is_none() || timer_armed);
-    interrupts::disable();
     let outcome = loop {
         if ready() {
             break Ok(());
