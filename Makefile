@@ -41,14 +41,24 @@ run: deps
 bench: deps
 	$(TESSERA) bench
 
-# The configuration checker on generated hostile configurations, in the
-# debug build so an overflow panics (tools/src/system/fuzz.rs); not part of
-# `make test`, which runs 20,000 of them within `unit`.
+# Long randomized runs, not part of `make test` (which runs short ones
+# within `unit`):
+# - the configuration checker on generated hostile configurations, in the
+#   debug build so an overflow panics (tools/src/system/fuzz.rs; 20,000 in
+#   `make test`);
+# - the vdev-shmem model driven by many VMs' random requests, its
+#   invariants checked after every step (vdevs/src/shmem/tests.rs; 20,000
+#   steps in `make test`), with overflow checks kept in the optimised build.
 FUZZ_ITERATIONS ?= 1000000
 FUZZ_SEED ?= 0x7E55E4A0
+SHMEM_FUZZ_STEPS ?= 10000000
+SHMEM_FUZZ_SEED ?= 24301
 fuzz:
 	TESSERA_FUZZ_ITERATIONS=$(FUZZ_ITERATIONS) TESSERA_FUZZ_SEED=$(FUZZ_SEED) \
 		$(CARGO) test -p tessera-tools --bin tessera fuzz_many_configurations -- --ignored --nocapture
+	TESSERA_SHMEM_STEPS=$(SHMEM_FUZZ_STEPS) TESSERA_SHMEM_SEED=$(SHMEM_FUZZ_SEED) \
+		RUSTFLAGS="-C overflow-checks=on" CARGO_TARGET_DIR=target/fuzz \
+		$(CARGO) test --release -p tessera-vdevs random_requests_keep_every_invariant -- --nocapture
 
 clean:
 	$(CARGO) clean

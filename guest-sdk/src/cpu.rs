@@ -30,6 +30,13 @@ pub fn mpidr() -> u64 {
     arch::mpidr()
 }
 
+/// Whether the CPU has the FEAT_LSE atomic instructions (LDADD, CAS, ...):
+/// ID_AA64ISAR0_EL1.Atomic is 2 or more. The Cortex-A72 has not.
+#[must_use]
+pub fn has_atomics() -> bool {
+    (arch::instruction_set_features() >> 20) & 0xF >= 2
+}
+
 /// This vCPU's index: MPIDR affinity 0.
 #[must_use]
 pub fn index() -> usize {

@@ -2,7 +2,8 @@
 //!
 //! [`probe_read`] and [`probe_write`] make one 64-bit access each
 //! ([`probe_read32`] and [`probe_write32`] one 32-bit access,
-//! [`probe_write8`] one byte). If it
+//! [`probe_write8`] one byte, [`probe_load_exclusive`] one LDXR,
+//! [`probe_atomic_add`] one LDADD where the CPU has it). If it
 //! takes a data abort, the exception handler does not stop the VM: it hands
 //! the syndrome and fault address back and the probe returns
 //! `Err(Abort { .. })`. The handler recognises a probe by the address of the
@@ -120,6 +121,35 @@ pub unsafe fn probe_write8(address: u64, value: u8) -> Result<(), Abort> {
     completed(&outcome)
 }
 
+/// A 64-bit load-exclusive (LDXR) from `address`, the exclusive monitor
+/// cleared after it; `Err` if it took a data abort. For pages a device
+/// emulates, where exclusives are refused (vdev-shmem's).
+///
+/// # Errors
+/// The abort's syndrome and fault address.
+pub fn probe_load_exclusive(address: u64) -> Result<u64, Abort> {
+    let outcome = arch::probe_load_exclusive(address);
+    completed(&outcome).map(|()| outcome.value)
+}
+
+/// A 64-bit atomic add (LDADD) of `value` at `address`; the old value, or
+/// `Err` if it took a data abort. `None` without FEAT_LSE, where the
+/// instruction does not exist.
+///
+/// # Safety
+/// As [`probe_write`], for the 8 bytes at `address`.
+///
+/// # Errors
+/// The abort's syndrome and fault address.
+pub unsafe fn probe_atomic_add(address: u64, value: u64) -> Option<Result<u64, Abort>> {
+    if !crate::cpu::has_atomics() {
+        return None;
+    }
+    // SAFETY: the caller vouches for the access; the CPU has FEAT_LSE.
+    let outcome = unsafe { arch::probe_atomic_add(address, value) };
+    Some(completed(&outcome).map(|()| outcome.value))
+}
+
 /// `Ok` when the probed access completed, else the abort it took.
 fn completed(outcome: &arch::ProbeOutcome) -> Result<(), Abort> {
     if outcome.esr == 0 {
@@ -166,6 +196,8 @@ mod tests {
         read32: 0x4008_1040,
         write32: 0x4008_1060,
         write8: 0x4008_1080,
+        load_exclusive: 0x4008_10A0,
+        atomic_add: 0x4008_10C0,
     };
 
     fn frame_at(elr: u64) -> TrapFrame {
@@ -184,6 +216,8 @@ mod tests {
             SITES.read32,
             SITES.write32,
             SITES.write8,
+            SITES.load_exclusive,
+            SITES.atomic_add,
         ] {
             let mut frame = frame_at(site);
             assert!(recover(

@@ -357,6 +357,24 @@ pub const fn check_vm_count(count: usize) -> Result<(), RuleError> {
     }
 }
 
+/// The longest a VM's first start may be delayed, in microseconds (the
+/// manifest's unit): a minute. A delay is for ordering the VMs' boots in a
+/// test or a system; anything longer is a mistake, not an order.
+pub const MAX_START_DELAY_US: u64 = 60 * 1_000_000;
+
+/// A VM's start delay, in microseconds: at most [`MAX_START_DELAY_US`]
+/// (zero, no delay, included).
+///
+/// # Errors
+/// `StartDelayTooLong`.
+pub const fn check_start_delay(microseconds: u64) -> Result<(), RuleError> {
+    if microseconds > MAX_START_DELAY_US {
+        Err(RuleError::StartDelayTooLong)
+    } else {
+        Ok(())
+    }
+}
+
 /// Passthrough ranges are mapped page by page into stage 2: base and size
 /// are multiples of this.
 pub const PASSTHROUGH_GRANULE: u64 = 4 * KIB;
@@ -1006,6 +1024,8 @@ pub enum RuleError {
         total: u64,
         limit: u64,
     },
+    /// A start delay past [`MAX_START_DELAY_US`].
+    StartDelayTooLong,
 }
 
 // The hypervisor returns these by value on its boot path, inside its
@@ -1030,6 +1050,7 @@ impl RuleError {
                 | Self::ShmemPattern { .. }
                 | Self::ShmemRegionName
                 | Self::ShmemRegionTwice
+                | Self::StartDelayTooLong
         )
     }
 }
@@ -1339,6 +1360,11 @@ impl fmt::Display for RuleError {
                 Size(total.saturating_mul(SHMEM_PAGE)),
                 Size(limit.saturating_mul(SHMEM_PAGE))
             ),
+            Self::StartDelayTooLong => write!(
+                f,
+                "is longer than the {} s a VM's start may be delayed",
+                MAX_START_DELAY_US / 1_000_000
+            ),
         }
     }
 }
@@ -1393,6 +1419,22 @@ impl fmt::Display for Size {
             }
         }
         write!(f, "{bytes} bytes")
+    }
+}
+
+/// A delay in microseconds as messages show it: in whole milliseconds
+/// when it is some (`20 ms`, the configuration's unit), else `1500 us`.
+#[derive(Clone, Copy, Debug)]
+pub struct Delay(pub u64);
+
+impl fmt::Display for Delay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let microseconds = self.0;
+        if microseconds.is_multiple_of(1000) {
+            write!(f, "{} ms", microseconds / 1000)
+        } else {
+            write!(f, "{microseconds} us")
+        }
     }
 }
 
@@ -1929,6 +1971,27 @@ mod tests {
         assert_eq!(Size(4 * KIB).to_string(), "4K");
         assert_eq!(Size(0).to_string(), "0 bytes");
         assert_eq!(Size(u64::MAX).to_string(), "18446744073709551615 bytes");
+    }
+
+    #[test]
+    fn start_delays_are_at_most_a_minute() {
+        for microseconds in [0, 1, 20_000, MAX_START_DELAY_US] {
+            assert_eq!(check_start_delay(microseconds), Ok(()));
+        }
+        for microseconds in [MAX_START_DELAY_US + 1, u64::MAX] {
+            assert_eq!(
+                check_start_delay(microseconds),
+                Err(RuleError::StartDelayTooLong)
+            );
+        }
+        assert!(RuleError::StartDelayTooLong.has_subject());
+        assert_eq!(Delay(20_000).to_string(), "20 ms");
+        assert_eq!(Delay(60_000_000).to_string(), "60000 ms");
+        assert_eq!(Delay(1_500).to_string(), "1500 us");
+        assert_eq!(
+            RuleError::StartDelayTooLong.to_string(),
+            "is longer than the 60 s a VM's start may be delayed"
+        );
     }
 }
 

@@ -256,6 +256,10 @@ pub struct QemuRequest<'a> {
     /// Passed through unchanged after everything else.
     pub extra_args: &'a [String],
     pub clock: Clock,
+    /// Another CPU model than the machine's (`-cpu`), where the machine
+    /// lets one choose: a scenario that needs a CPU feature the default
+    /// lacks (FEAT_LSE atomics on `virt`, say).
+    pub cpu_model: Option<&'a str>,
 }
 
 /// The arguments to [`QEMU_PROGRAM`] for a request, after checking the
@@ -266,7 +270,17 @@ pub fn qemu_args(request: &QemuRequest<'_>) -> Result<Vec<String>, String> {
     let preset = machine.preset();
 
     let mut args: Vec<String> = vec!["-M".into(), preset.qemu_machine.into()];
-    match (preset.cpu_model, request.clock) {
+    let cpu_model = match (preset.cpu_model, request.cpu_model) {
+        (Some(_), Some(chosen)) => Some(chosen),
+        (None, Some(chosen)) => {
+            return Err(format!(
+                "{} has a fixed CPU model; it cannot run {chosen}",
+                machine.name()
+            ));
+        }
+        (preset_model, None) => preset_model,
+    };
+    match (cpu_model, request.clock) {
         (Some(cpu_model), Clock::Host) => args.extend(["-cpu".into(), cpu_model.into()]),
         (Some(cpu_model), Clock::Instructions) => args.extend([
             "-cpu".into(),
@@ -352,6 +366,7 @@ mod tests {
             device_tree: None,
             extra_args: &[],
             clock: Clock::Host,
+            cpu_model: None,
         }
     }
 
@@ -372,6 +387,21 @@ mod tests {
              -display none -monitor none -serial stdio -nic none \
              -kernel target/images/virt/tessera.bin"
         );
+    }
+
+    #[test]
+    fn a_chosen_cpu_model_replaces_the_machines_where_it_may() {
+        let virt = QemuRequest {
+            cpu_model: Some("neoverse-n1"),
+            ..request(Machine::VirtGicv3, 1)
+        };
+        let args = qemu_args(&virt).unwrap();
+        assert_eq!(args[2..4], ["-cpu", "neoverse-n1"]);
+        let pi = QemuRequest {
+            cpu_model: Some("neoverse-n1"),
+            ..request(Machine::Raspi4b, 4)
+        };
+        assert!(qemu_args(&pi).unwrap_err().contains("fixed CPU model"));
     }
 
     #[test]

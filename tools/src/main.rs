@@ -219,6 +219,7 @@ pub fn run_interactive(
         device_tree: device_tree.as_deref(),
         extra_args,
         clock: Clock::Host,
+        cpu_model: None,
     })
     .map_err(|reason| anyhow!(reason))?;
     eprintln!("tessera: {}", shell_words(QEMU_PROGRAM, &args));

@@ -449,6 +449,7 @@ fn run_scenario(
         device_tree: device_tree.as_deref(),
         extra_args: &scenario.qemu_args,
         clock: Clock::Host,
+        cpu_model: scenario.cpu_model.as_deref(),
     };
     let args = match qemu_args(&request) {
         Ok(args) => args,

@@ -34,7 +34,7 @@ const CORRUPT_FORBIDDEN: &[&str] = &[r"VM\(s\) built", r"^tessera: vm ", r"^\[[^
 
 /// QEMU options that the machine preset or a scenario key already sets;
 /// giving them again in `qemu_args` would quietly contradict those.
-const RESERVED_QEMU_OPTIONS: &[&str] = &["kernel", "M", "machine", "smp", "m"];
+const RESERVED_QEMU_OPTIONS: &[&str] = &["kernel", "M", "machine", "smp", "m", "cpu"];
 
 /// The file as written. Integers are read as `i64` so range errors can be
 /// reported here with the key's name rather than as a bare serde message.
@@ -52,6 +52,8 @@ struct ScenarioFile {
     corrupt: Option<String>,
     cpus: Option<i64>,
     memory: Option<String>,
+    /// A QEMU CPU model instead of the machine's (`virt` machines only).
+    cpu: Option<String>,
     #[serde(default)]
     features: Vec<String>,
     timeout_secs: Option<i64>,
@@ -176,6 +178,8 @@ pub struct Scenario {
     pub exit_status: i32,
     pub expectations: Expectations,
     pub qemu_args: Vec<String>,
+    /// `cpu`: another CPU model than the machine's.
+    pub cpu_model: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -365,6 +369,25 @@ pub fn parse(
             ))));
         }
 
+        if let Some(cpu) = &raw.cpu {
+            let reason = if machine.preset().cpu_model.is_none() {
+                Some(format!("{} has a fixed CPU model", machine.name()))
+            } else if cpu.is_empty()
+                || !cpu
+                    .bytes()
+                    .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
+            {
+                Some(format!(
+                    "`{cpu}` is not a QEMU CPU model name (lowercase letters, digits and -)"
+                ))
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                return Err(error(on_machine(("cpu".into(), reason))));
+            }
+        }
+
         check_qemu_args(
             &raw.qemu_args,
             placement.system.is_some().then_some(machine),
@@ -389,6 +412,7 @@ pub fn parse(
             exit_status,
             expectations,
             qemu_args: raw.qemu_args.clone(),
+            cpu_model: raw.cpu.clone(),
         });
     }
     Ok(runs)
@@ -756,7 +780,7 @@ fn check_qemu_args(args: &[String], system_machine: Option<Machine>) -> Result<(
         if RESERVED_QEMU_OPTIONS.contains(&option) {
             return Err(format!(
                 "`{arg}` is set by the runner from the machine preset and the \
-                 scenario's keys (machine, cpus, memory); do not pass it here"
+                 scenario's keys (machine, cpus, memory, cpu); do not pass it here"
             ));
         }
         let Some(machine) = system_machine else {
@@ -1249,6 +1273,25 @@ qemu_args = ["-dtb", "tests/boot/board.dtb"]
         let scenario =
             parse_ok("machine = 'virt-gicv3'\nexpect = ['x']\nqemu_args = ['-append', 'm']\n");
         assert_eq!(scenario.qemu_args, ["-append", "m"]);
+    }
+
+    #[test]
+    fn a_cpu_model_is_kept_on_virt_and_refused_where_the_machine_fixes_it() {
+        let scenario = parse_ok("machine = 'virt-gicv3'\nexpect = ['x']\ncpu = 'neoverse-n1'\n");
+        assert_eq!(scenario.cpu_model.as_deref(), Some("neoverse-n1"));
+        let err = parse_err("machine = 'raspi4b'\nexpect = ['x']\ncpu = 'neoverse-n1'\n");
+        assert!(err.contains("cpu: raspi4b has a fixed CPU model"), "{err}");
+        let err = parse_err("machine = 'virt-gicv3'\nexpect = ['x']\ncpu = 'max,sve=off'\n");
+        assert!(
+            err.contains("cpu: `max,sve=off` is not a QEMU CPU model name"),
+            "{err}"
+        );
+        let err =
+            parse_err("machine = 'virt-gicv3'\nexpect = ['x']\nqemu_args = ['-cpu', 'max']\n");
+        assert!(
+            err.contains("qemu_args: `-cpu` is set by the runner"),
+            "{err}"
+        );
     }
 
     #[test]

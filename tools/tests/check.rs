@@ -74,7 +74,7 @@ fn unknown_keys() {
     assert_rejected(
         "unknown-key.toml",
         &[
-            "unknown-key.toml: vm[0].memory: unknown key (expected one of: name, image, ram, ram-base, cpus, bootargs, passthrough, vdev-shmem)",
+            "unknown-key.toml: vm[0].memory: unknown key (expected one of: name, image, ram, ram-base, cpus, bootargs, start-delay, passthrough, vdev-shmem)",
         ],
     );
 }

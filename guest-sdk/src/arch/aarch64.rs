@@ -62,6 +62,17 @@ pub fn mpidr() -> u64 {
     value
 }
 
+/// ID_AA64ISAR0_EL1: the instruction-set features (FEAT_LSE in Atomic,
+/// bits 23:20).
+pub fn instruction_set_features() -> u64 {
+    let value: u64;
+    // SAFETY: reading an ID register at EL1 has no side effects.
+    unsafe {
+        asm!("mrs {}, id_aa64isar0_el1", out(reg) value, options(nomem, nostack, preserves_flags))
+    };
+    value
+}
+
 /// CNTVCT_EL0, after an ISB so the read is not hoisted above earlier code.
 pub fn counter() -> u64 {
     let value: u64;
@@ -176,6 +187,12 @@ unsafe extern "C" {
     fn tessera_probe_write8(address: u64, outcome: *mut ProbeOutcome, value: u64);
     /// The byte store in `tessera_probe_write8` (only its address is used).
     fn tessera_probe_write8_access();
+    fn tessera_probe_load_exclusive(address: u64, outcome: *mut ProbeOutcome);
+    /// The LDXR in `tessera_probe_load_exclusive` (only its address is used).
+    fn tessera_probe_load_exclusive_access();
+    fn tessera_probe_atomic_add(address: u64, outcome: *mut ProbeOutcome, value: u64);
+    /// The LDADD in `tessera_probe_atomic_add` (only its address is used).
+    fn tessera_probe_atomic_add_access();
     /// The PSCI CPU_ON entry point, in `rt.rs` (only its address is used).
     fn tessera_secondary_entry();
     static __guest_image_start: u8;
@@ -254,6 +271,37 @@ tessera_probe_write8_access:
     str     x2, [x1, #{esr}]
     str     x3, [x1, #{far}]
     ret
+
+    .global tessera_probe_load_exclusive
+tessera_probe_load_exclusive:       // as tessera_probe_read, exclusive
+    mov     x2, #0
+    mov     x3, #0
+    mov     x4, #0
+    .global tessera_probe_load_exclusive_access
+tessera_probe_load_exclusive_access:
+    ldxr    x4, [x0]
+    clrex
+    str     x4, [x1, #{value}]
+    str     x2, [x1, #{esr}]
+    str     x3, [x1, #{far}]
+    ret
+
+    // FEAT_LSE: only for a CPU that has it (an UNDEFINED instruction
+    // otherwise, which no probe recovers from).
+    .arch_extension lse
+    .global tessera_probe_atomic_add
+tessera_probe_atomic_add:           // x0 = address, x1 = outcome, x2 = value
+    mov     x5, x2
+    mov     x2, #0
+    mov     x3, #0
+    mov     x4, #0
+    .global tessera_probe_atomic_add_access
+tessera_probe_atomic_add_access:
+    ldadd   x5, x4, [x0]
+    str     x4, [x1, #{value}]
+    str     x2, [x1, #{esr}]
+    str     x3, [x1, #{far}]
+    ret
     "#,
     value = const offset_of!(ProbeOutcome, value),
     esr = const offset_of!(ProbeOutcome, esr),
@@ -313,6 +361,29 @@ pub unsafe fn probe_write8(address: u64, value: u8) -> ProbeOutcome {
     outcome
 }
 
+/// A 64-bit load-exclusive (LDXR) from `address` that survives a data
+/// abort; the exclusive monitor is cleared after it.
+pub fn probe_load_exclusive(address: u64) -> ProbeOutcome {
+    let mut outcome = ProbeOutcome::default();
+    // SAFETY: as `probe_read`, with an exclusive load (and CLREX).
+    unsafe { tessera_probe_load_exclusive(address, &raw mut outcome) };
+    outcome
+}
+
+/// A 64-bit atomic add (LDADD, FEAT_LSE) of `value` at `address` that
+/// survives a data abort; the old value.
+///
+/// # Safety
+/// As [`probe_write`]; and the CPU must have FEAT_LSE
+/// (ID_AA64ISAR0_EL1.Atomic), or the instruction is undefined.
+pub unsafe fn probe_atomic_add(address: u64, value: u64) -> ProbeOutcome {
+    let mut outcome = ProbeOutcome::default();
+    // SAFETY: the caller vouches for the access and the CPU feature; as
+    // `probe_write` otherwise.
+    unsafe { tessera_probe_atomic_add(address, &raw mut outcome, value) };
+    outcome
+}
+
 pub fn probe_sites() -> ProbeSites {
     ProbeSites {
         read: tessera_probe_read_access as *const () as u64,
@@ -320,6 +391,8 @@ pub fn probe_sites() -> ProbeSites {
         read32: tessera_probe_read32_access as *const () as u64,
         write32: tessera_probe_write32_access as *const () as u64,
         write8: tessera_probe_write8_access as *const () as u64,
+        load_exclusive: tessera_probe_load_exclusive_access as *const () as u64,
+        atomic_add: tessera_probe_atomic_add_access as *const () as u64,
     }
 }
 

@@ -20,6 +20,10 @@ pub fn mpidr() -> u64 {
     0
 }
 
+pub fn instruction_set_features() -> u64 {
+    0
+}
+
 pub fn counter() -> u64 {
     0
 }
@@ -82,6 +86,16 @@ pub unsafe fn probe_write8(_address: u64, _value: u8) -> ProbeOutcome {
     ProbeOutcome::default()
 }
 
+pub fn probe_load_exclusive(_address: u64) -> ProbeOutcome {
+    ProbeOutcome::default()
+}
+
+/// # Safety
+/// Always safe on the host, where it does nothing; see the real one.
+pub unsafe fn probe_atomic_add(_address: u64, _value: u64) -> ProbeOutcome {
+    ProbeOutcome::default()
+}
+
 pub fn probe_sites() -> ProbeSites {
     ProbeSites {
         read: 0,
@@ -89,6 +103,8 @@ pub fn probe_sites() -> ProbeSites {
         read32: 0,
         write32: 0,
         write8: 0,
+        load_exclusive: 0,
+        atomic_add: 0,
     }
 }
 

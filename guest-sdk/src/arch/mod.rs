@@ -37,6 +37,8 @@ pub struct ProbeSites {
     pub read32: u64,
     pub write32: u64,
     pub write8: u64,
+    pub load_exclusive: u64,
+    pub atomic_add: u64,
 }
 
 impl ProbeSites {
@@ -47,6 +49,8 @@ impl ProbeSites {
             || address == self.read32
             || address == self.write32
             || address == self.write8
+            || address == self.load_exclusive
+            || address == self.atomic_add
     }
 }
 

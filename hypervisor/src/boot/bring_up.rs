@@ -381,7 +381,7 @@ fn start_system(system: &'static System, machine: &Machine) -> ! {
             power::power_off(1)
         }
     }
-    vm::start_all();
+    vm::start_all(&system.manifest);
     vm::idle_loop()
 }
 

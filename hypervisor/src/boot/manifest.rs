@@ -204,6 +204,10 @@ pub struct VmManifest<'a> {
     pub image: &'a str,
     pub image_load_offset: u64,
     pub device_tree: &'a str,
+    /// How long after the VMs are started its vCPU 0 is, in microseconds
+    /// (`start-delay-us`; 0 when absent: at once). At most
+    /// `rules::MAX_START_DELAY_US`.
+    pub start_delay_us: u64,
     /// The physical devices given to the VM: the `passthrough-reg` cells
     /// (whole `<base size>` u64 pairs, mapped at the same guest-physical
     /// address) and the `passthrough-spis` cells (SPI numbers, INTID - 32),
@@ -591,6 +595,7 @@ struct VmFields<'a> {
     image: Option<&'a [u8]>,
     image_load_offset: Option<&'a [u8]>,
     device_tree: Option<&'a [u8]>,
+    start_delay_us: Option<&'a [u8]>,
     passthrough_reg: Option<&'a [u8]>,
     passthrough_spis: Option<&'a [u8]>,
     shmem: Option<&'a [u8]>,
@@ -643,6 +648,7 @@ impl<'a> VmFields<'a> {
             b"image" => self.image = Some(value),
             b"image-load-offset" => self.image_load_offset = Some(value),
             b"device-tree" => self.device_tree = Some(value),
+            b"start-delay-us" => self.start_delay_us = Some(value),
             b"passthrough-reg" => self.passthrough_reg = Some(value),
             b"passthrough-spis" => self.passthrough_spis = Some(value),
             b"vdev-shmem" => self.shmem = Some(value),
@@ -671,6 +677,18 @@ impl<'a> VmFields<'a> {
             *slot = u32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
         }
         let u64_value = |value| cells(value, 2);
+        // Optional (a VM that starts at once has none); when present, a
+        // u64 within the rule.
+        let start_delay_us = match self.start_delay_us {
+            None => 0,
+            Some(value) => read(vm, "start-delay-us", Some(value), u64_value)?,
+        };
+        rules::check_start_delay(start_delay_us).map_err(|rule| ManifestError::Rule {
+            vm,
+            property: "start-delay-us",
+            value: Value::Number(start_delay_us),
+            rule,
+        })?;
         // Both optional (a VM without devices has neither); when present,
         // whole entries: four cells per range, one per SPI.
         let reg = match self.passthrough_reg {
@@ -749,6 +767,7 @@ impl<'a> VmFields<'a> {
             image: read(vm, "image", self.image, strict_string)?,
             image_load_offset: read(vm, "image-load-offset", self.image_load_offset, u64_value)?,
             device_tree: read(vm, "device-tree", self.device_tree, strict_string)?,
+            start_delay_us,
             passthrough_reg: reg,
             passthrough_spis: spis,
             shmem,
@@ -989,6 +1008,7 @@ pub(crate) mod tests {
         pub cpus: &'s [u32],
         pub load_offset: u64,
         /// Written only when given.
+        pub start_delay: Option<&'s [u8]>,
         pub passthrough_reg: Option<&'s [u8]>,
         pub passthrough_spis: Option<&'s [u8]>,
         pub shmem: Option<&'s [u8]>,
@@ -1003,6 +1023,7 @@ pub(crate) mod tests {
                 ram_size: 0x400_0000,
                 cpus: &[1],
                 load_offset: 0x8_0000,
+                start_delay: None,
                 passthrough_reg: None,
                 passthrough_spis: None,
                 shmem: None,
@@ -1037,6 +1058,9 @@ pub(crate) mod tests {
             writer
                 .property_string("device-tree", "vm/a/guest.dtb")
                 .unwrap();
+            if let Some(delay) = vm.start_delay {
+                writer.property("start-delay-us", delay).unwrap();
+            }
             if let Some(reg) = vm.passthrough_reg {
                 writer.property("passthrough-reg", reg).unwrap();
             }
@@ -1293,6 +1317,69 @@ pub(crate) mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn reads_start_delays_strictly() {
+        let twenty_ms = 20_000u64.to_be_bytes();
+        let longest = rules::MAX_START_DELAY_US.to_be_bytes();
+        let blob = raw_manifest(
+            VIRT,
+            GIC3,
+            &[
+                VmSpec::default(),
+                VmSpec {
+                    name: b"beta",
+                    cpus: &[2],
+                    start_delay: Some(&twenty_ms),
+                    ..VmSpec::default()
+                },
+                VmSpec {
+                    name: b"gamma",
+                    cpus: &[3],
+                    start_delay: Some(&longest),
+                    ..VmSpec::default()
+                },
+            ],
+        );
+        let system = parse(&blob).unwrap();
+        let delays: Vec<u64> = system.vms().map(|vm| vm.start_delay_us).collect();
+        assert_eq!(
+            delays,
+            [0, 20_000, rules::MAX_START_DELAY_US],
+            "absent is 0"
+        );
+
+        let rebuild = "; rebuild the package with `tessera package`";
+        let with_delay = |delay: &[u8]| {
+            refusal(
+                VIRT,
+                GIC3,
+                &[VmSpec {
+                    start_delay: Some(delay),
+                    ..VmSpec::default()
+                }],
+            )
+        };
+        // A u64 is two cells, no more and no fewer.
+        assert_eq!(
+            with_delay(&[0, 0, 0x4e, 0x20]),
+            format!(
+                "tessera/manifest.dtb: vm[0] \"alpha\": field start-delay-us: \"\\x00\\x00N \" \
+                 (4 bytes) is not a value of its type{rebuild}"
+            )
+        );
+        assert!(with_delay(&[0; 12]).contains("field start-delay-us: "));
+        assert!(with_delay(&[]).contains("(0 bytes) is not a value of its type"));
+        // Past the rule's minute.
+        assert_eq!(
+            with_delay(&(rules::MAX_START_DELAY_US + 1).to_be_bytes()),
+            format!(
+                "tessera/manifest.dtb: vm[0] \"alpha\": field start-delay-us: 60000001 is longer \
+                 than the 60 s a VM's start may be delayed{rebuild}"
+            )
+        );
+        assert!(with_delay(&u64::MAX.to_be_bytes()).contains("is longer than the 60 s"));
     }
 
     /// `passthrough-reg` cells for `(base, size)` pairs.

@@ -176,13 +176,22 @@ impl VmLifecycle {
     /// VM, in the same run. A request that the VM's state has overtaken (a
     /// stop, a reset) is dropped.
     pub fn claim_start(&mut self, vcpu: VcpuId, generation: u32) -> bool {
-        let pending = self.state == VmState::Running
-            && generation == self.generation()
-            && self.power(vcpu) == Some(VcpuPower::OnPending);
+        let pending = self.is_start_pending(vcpu, generation);
         if pending {
             self.vcpus[vcpu.index()] = VcpuPower::On;
         }
         pending
+    }
+
+    /// Whether a start of `vcpu` in run `generation` may still be entered:
+    /// the vCPU is pending in a running VM, in that run. A start that
+    /// waits for its time (a delayed first start) stops waiting once this
+    /// is false: the VM was stopped meanwhile.
+    #[must_use]
+    pub fn is_start_pending(&self, vcpu: VcpuId, generation: u32) -> bool {
+        self.state == VmState::Running
+            && generation == self.generation()
+            && self.power(vcpu) == Some(VcpuPower::OnPending)
     }
 
     /// A start request for `vcpu` could not be delivered: it is off again,
@@ -473,6 +482,27 @@ mod tests {
         assert_eq!(vm.stop(Outcome::Clean, None), StopOrder::Stop(set(&[0, 2])));
         assert_eq!(vm.park(vcpu(2)), Parked::VmGoesOn);
         assert_eq!(vm.park(vcpu(0)), Parked::VmEnded(Outcome::Clean));
+    }
+
+    #[test]
+    fn a_waiting_start_stays_pending_until_claimed_or_stopped() {
+        let mut vm = VmLifecycle::new(2);
+        let generation = vm.start().unwrap();
+        assert!(vm.is_start_pending(vcpu(0), generation));
+        assert!(!vm.is_start_pending(vcpu(1), generation), "never asked for");
+        assert!(!vm.is_start_pending(vcpu(0), generation + 1), "another run");
+        assert!(vm.claim_start(vcpu(0), generation));
+        assert!(!vm.is_start_pending(vcpu(0), generation), "on now");
+
+        // Stopped while its first start waited: nothing is pending.
+        let mut vm = VmLifecycle::new(1);
+        let generation = vm.start().unwrap();
+        assert_eq!(
+            vm.stop(Outcome::Fault, None),
+            StopOrder::Ended(Outcome::Fault)
+        );
+        assert!(!vm.is_start_pending(vcpu(0), generation));
+        assert!(!vm.claim_start(vcpu(0), generation));
     }
 
     #[test]

@@ -31,7 +31,9 @@ use tessera_hypervisor::vm::psci::{self, Call, status};
 use tessera_hypervisor::vm::request_queue::Request;
 use tessera_hypervisor::vm::set_way::{self, SetWayTracker, VirtualMemoryRegister};
 use tessera_hypervisor::vm::stage2::Stage2;
-use tessera_hypervisor::vm::system::{GuestRam, Hardware, VcpuEntry, Vm, VmDescription, VmSystem};
+use tessera_hypervisor::vm::system::{
+    FirstStart, GuestRam, Hardware, VcpuEntry, Vm, VmDescription, VmSystem, counter_ticks,
+};
 use tessera_hypervisor::vm::vcpu_state::{self, El1Context};
 
 use crate::arch::{self, entry, guest, vectors};
@@ -484,10 +486,24 @@ pub fn request_interrupt_sync(id: VmId, vcpus: VcpuSet) -> bool {
     SYSTEM.request_interrupt_sync(id, vcpus, &Aarch64)
 }
 
-/// Starts vCPU 0 of every VM; with no VM there is nothing to run, and the
-/// machine powers off at once.
-pub fn start_all() {
-    if let Some(verdict) = SYSTEM.start_all(&Aarch64) {
+/// Starts vCPU 0 of every VM, a VM with a start delay once that much time
+/// has passed from here (its CPU sleeps until then: see `idle_loop`); with
+/// no VM there is nothing to run, and the machine powers off at once.
+pub fn start_all(manifest: &SystemManifest<'_>) {
+    let frequency = arch::counter_frequency();
+    let mut delays = [0; MAX_VMS];
+    for (slot, description) in delays.iter_mut().zip(manifest.vms()) {
+        let delay = description.start_delay_us;
+        if delay > 0 {
+            println!(
+                "tessera: vm {}: starts after {}",
+                Escaped::str(description.name),
+                tessera_package::rules::Delay(delay)
+            );
+        }
+        *slot = counter_ticks(delay, frequency);
+    }
+    if let Some(verdict) = SYSTEM.start_all(&delays, guest::physical_counter(), &Aarch64) {
         println!("tessera: no VMs to run");
         power::power_off(verdict.status());
     }
@@ -525,7 +541,16 @@ pub fn idle_loop() -> ! {
             }
         });
         if handled == 0 {
-            arch::wait_for_interrupt();
+            // A delayed first start may wait here: its time is set on
+            // the EL2 timer, and the CPU sleeps until then (never polls).
+            match SYSTEM.waiting_start(guest::physical_counter(), &Aarch64) {
+                FirstStart::Due(start) => enter_vcpu(start),
+                FirstStart::WaitUntil(due) => {
+                    interrupts::timer::wake_by(due);
+                    arch::wait_for_interrupt();
+                }
+                FirstStart::Nothing => arch::wait_for_interrupt(),
+            }
         }
         arch::enable_interrupts();
     }

@@ -42,7 +42,7 @@
 //! no lock at all (see `request_queue`), so posting is allowed under any
 //! of the above.
 
-use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use spin::{Mutex, Once};
 
@@ -243,6 +243,43 @@ impl Placement {
 
 const _: () = assert!(MAX_VMS < 15 && MAX_CPUS <= 16, "a placement fits a byte");
 
+/// A VM's first start that waits for its time (its configured start
+/// delay): the physical counter value it is due at and the run it belongs
+/// to. One per CPU, for the VM whose vCPU 0 the CPU runs: set by the boot
+/// CPU in `start_all`, then read and taken only by that CPU. All zero
+/// (nothing waits) until then.
+struct WaitingStart {
+    waiting: AtomicBool,
+    due: AtomicU64,
+    generation: AtomicU32,
+}
+
+/// What a CPU with no request to act on does about a first start that
+/// waits on it ([`VmSystem::waiting_start`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FirstStart {
+    /// None waits here: sleep until something comes.
+    Nothing,
+    /// One waits until the physical counter reaches this value: sleep,
+    /// with a timer set to wake this CPU then.
+    WaitUntil(u64),
+    /// Its time has come: enter it, as a start request (`claim_start`
+    /// still decides).
+    Due(VcpuEntry),
+}
+
+/// `microseconds` in ticks of a counter running at `frequency` Hz,
+/// rounded up so a delay never ends early, and saturating.
+#[must_use]
+pub const fn counter_ticks(microseconds: u64, frequency: u64) -> u64 {
+    let ticks = (microseconds as u128 * frequency as u128).div_ceil(1_000_000);
+    if ticks > u64::MAX as u128 {
+        u64::MAX
+    } else {
+        ticks as u64
+    }
+}
+
 /// Why the VMs could not be set up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SetupError {
@@ -265,6 +302,7 @@ pub struct VmSystem<T, D> {
     count: AtomicUsize,
     placement: [Placement; MAX_CPUS],
     queues: [CpuRequestQueue; MAX_CPUS],
+    waiting: [WaitingStart; MAX_CPUS],
     verdict: SystemVerdict,
 }
 
@@ -282,6 +320,13 @@ impl<T, D> VmSystem<T, D> {
             count: AtomicUsize::new(0),
             placement: [const { Placement(AtomicU8::new(Placement::NONE)) }; MAX_CPUS],
             queues: [const { CpuRequestQueue::new() }; MAX_CPUS],
+            waiting: [const {
+                WaitingStart {
+                    waiting: AtomicBool::new(false),
+                    due: AtomicU64::new(0),
+                    generation: AtomicU32::new(0),
+                }
+            }; MAX_CPUS],
             verdict: SystemVerdict::new(),
         }
     }
@@ -386,9 +431,15 @@ impl<T, D> VmSystem<T, D> {
         here
     }
 
-    /// Starts vCPU 0 of every VM. With no VM at all there is nothing to
-    /// wait for: the verdict comes at once.
-    pub fn start_all(&self, hardware: &impl Hardware) -> Option<Verdict> {
+    /// Starts vCPU 0 of every VM: at once, or, for a VM given a start
+    /// delay (`delays[n]` for VM `n`, in counter ticks; missing or 0 is
+    /// none), once the physical counter has passed `now` plus the delay.
+    /// A delayed start waits on the CPU that is to run it, which is woken
+    /// to set its timer ([`waiting_start`](Self::waiting_start)); its vCPU
+    /// is pending meanwhile, so a stop in between drops it as it drops any
+    /// start not yet entered. With no VM at all there is nothing to wait
+    /// for: the verdict comes at once.
+    pub fn start_all(&self, delays: &[u64], now: u64, hardware: &impl Hardware) -> Option<Verdict> {
         self.verdict.begin(self.count());
         if self.count() == 0 {
             return Some(Verdict {
@@ -400,6 +451,21 @@ impl<T, D> VmSystem<T, D> {
             let description = &vm.description;
             // A fresh VM is running with every vCPU off: this cannot fail.
             let generation = vm.lifecycle.lock().start().unwrap_or_default();
+            let cpu = vm.cpu_of(VcpuId::FIRST);
+            let delay = delays.get(description.id.index()).copied().unwrap_or(0);
+            if delay > 0 {
+                let slot = &self.waiting[cpu.index()];
+                slot.due.store(now.saturating_add(delay), Ordering::Relaxed);
+                slot.generation.store(generation, Ordering::Relaxed);
+                // Release: the CPU that sees it waiting sees its time.
+                slot.waiting.store(true, Ordering::Release);
+                // Woken now, it sets its timer at once rather than at its
+                // next tick.
+                if cpu != hardware.this_cpu() {
+                    hardware.send_request_interrupt(cpu);
+                }
+                continue;
+            }
             let start = Request::StartVcpu {
                 vm: description.id,
                 vcpu: VcpuId::FIRST,
@@ -408,9 +474,45 @@ impl<T, D> VmSystem<T, D> {
                 generation,
             };
             // Each CPU's queue is empty at boot.
-            let _ = self.post(vm.cpu_of(VcpuId::FIRST), start, hardware);
+            let _ = self.post(cpu, start, hardware);
         }
         None
+    }
+
+    /// For this CPU's idle loop, once it has no request to act on: what to
+    /// do about the delayed first start that waits on it, given the
+    /// physical counter `now`. When it is due the start is taken (handed
+    /// out once); when its VM was stopped meanwhile it is dropped, and the
+    /// CPU has nothing to wait for.
+    pub fn waiting_start(&self, now: u64, hardware: &impl Hardware) -> FirstStart {
+        let cpu = hardware.this_cpu();
+        let slot = &self.waiting[cpu.index()];
+        if !slot.waiting.load(Ordering::Acquire) {
+            return FirstStart::Nothing;
+        }
+        let generation = slot.generation.load(Ordering::Relaxed);
+        let due = slot.due.load(Ordering::Relaxed);
+        // Relaxed stores below: only this CPU reads its slot from now on.
+        let Some((vm, vcpu)) = self.placement(cpu) else {
+            slot.waiting.store(false, Ordering::Relaxed);
+            return FirstStart::Nothing;
+        };
+        let the_vm = self.vm(vm);
+        if !the_vm.lifecycle.lock().is_start_pending(vcpu, generation) {
+            slot.waiting.store(false, Ordering::Relaxed);
+            return FirstStart::Nothing;
+        }
+        if now < due {
+            return FirstStart::WaitUntil(due);
+        }
+        slot.waiting.store(false, Ordering::Relaxed);
+        FirstStart::Due(VcpuEntry {
+            vm,
+            vcpu,
+            entry: the_vm.description.entry,
+            argument: the_vm.description.entry_argument,
+            generation,
+        })
     }
 
     /// PSCI CPU_ON from a vCPU of `vm`: checks the target and entry, then
@@ -821,7 +923,7 @@ pub(crate) mod tests {
     fn start_all_wakes_each_vms_first_cpu_which_loads_its_stage2_and_vcpu() {
         let hardware = FakeHardware::default();
         let system = system(&[&[1], &[2, 3]]);
-        assert_eq!(system.start_all(hardware.on(0)), None);
+        assert_eq!(system.start_all(&[], 0, hardware.on(0)), None);
         assert_eq!(*hardware.interrupts_sent.borrow(), [1, 2]);
         assert_eq!(run_starts(&system, &hardware, 1), 1);
         assert_eq!(run_starts(&system, &hardware, 2), 1);
@@ -836,11 +938,123 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_delayed_vm_starts_on_its_cpu_once_its_time_has_come_and_only_then() {
+        let hardware = FakeHardware::default();
+        let system = system(&[&[1], &[2, 3], &[0]]);
+        // VM 1 waits 500 ticks, VM 2 (on the boot CPU itself) 200.
+        assert_eq!(system.start_all(&[0, 500, 200], 1000, hardware.on(0)), None);
+        // VM 0 is asked to start; VM 1's CPU is only woken, to set its
+        // timer; the boot CPU needs no interrupt to look at its own.
+        assert_eq!(*hardware.interrupts_sent.borrow(), [1, 2]);
+        assert_eq!(run_starts(&system, &hardware, 1), 1);
+        assert_eq!(run_starts(&system, &hardware, 2), 0, "no request to start");
+        assert_eq!(
+            system.waiting_start(1000, hardware.on(2)),
+            FirstStart::WaitUntil(1500)
+        );
+        assert_eq!(
+            system.waiting_start(1499, hardware.on(2)),
+            FirstStart::WaitUntil(1500)
+        );
+        assert_eq!(
+            system.vm(vm(1)).lifecycle().power(vcpu(0)),
+            Some(VcpuPower::OnPending),
+            "pending while it waits"
+        );
+        // Nothing waits on CPUs without a delayed VM, nor on its second
+        // vCPU's.
+        assert_eq!(
+            system.waiting_start(5000, hardware.on(1)),
+            FirstStart::Nothing
+        );
+        assert_eq!(
+            system.waiting_start(5000, hardware.on(3)),
+            FirstStart::Nothing
+        );
+        let due = VcpuEntry {
+            vm: vm(1),
+            vcpu: vcpu(0),
+            entry: GuestPhysAddr(0x4008_0000),
+            argument: 0x43FF_0000,
+            generation: 0,
+        };
+        assert_eq!(
+            system.waiting_start(1500, hardware.on(2)),
+            FirstStart::Due(due)
+        );
+        // Handed out once.
+        assert_eq!(
+            system.waiting_start(1600, hardware.on(2)),
+            FirstStart::Nothing
+        );
+        assert!(system.claim_start(due, hardware.on(2)));
+        assert_eq!(*hardware.stage2_loads.borrow(), [(1, 1), (2, 2)]);
+        // VM 2's start waits on CPU 0 until 1200.
+        assert_eq!(
+            system.waiting_start(1100, hardware.on(0)),
+            FirstStart::WaitUntil(1200)
+        );
+        assert!(matches!(
+            system.waiting_start(1200, hardware.on(0)),
+            FirstStart::Due(VcpuEntry { vm: id, .. }) if id == vm(2)
+        ));
+    }
+
+    #[test]
+    fn a_delayed_vm_stopped_before_its_time_never_starts() {
+        let hardware = FakeHardware::default();
+        let system = system(&[&[1], &[2]]);
+        system.start_all(&[0, 300], 0, hardware.on(0));
+        assert_eq!(
+            system.waiting_start(100, hardware.on(2)),
+            FirstStart::WaitUntil(300)
+        );
+        // Nothing of it ran: the stop ends it at once.
+        assert_eq!(
+            system.stop(vm(1), Outcome::Fault, None, hardware.on(1)),
+            StopOrder::Ended(Outcome::Fault)
+        );
+        // Its CPU stops waiting, before its time and after it.
+        assert_eq!(
+            system.waiting_start(100, hardware.on(2)),
+            FirstStart::Nothing
+        );
+        assert_eq!(
+            system.waiting_start(400, hardware.on(2)),
+            FirstStart::Nothing
+        );
+        assert_eq!(run_starts(&system, &hardware, 2), 0);
+        assert!(system.vm(vm(1)).lifecycle().has_ended());
+        // A start it might still have been handed is refused too.
+        assert!(!system.claim_start(
+            VcpuEntry {
+                vm: vm(1),
+                vcpu: vcpu(0),
+                entry: GuestPhysAddr(0x4008_0000),
+                argument: 0x43FF_0000,
+                generation: 0,
+            },
+            hardware.on(2)
+        ));
+    }
+
+    #[test]
+    fn start_delays_in_counter_ticks_round_up_and_saturate() {
+        // QEMU's 62.5 MHz counter; the Pi 4's 54 MHz.
+        assert_eq!(counter_ticks(20_000, 62_500_000), 1_250_000);
+        assert_eq!(counter_ticks(1, 54_000_000), 54);
+        assert_eq!(counter_ticks(1, 1_000), 1, "never rounded to no delay");
+        assert_eq!(counter_ticks(0, 62_500_000), 0);
+        assert_eq!(counter_ticks(60_000_000, 1_000_000_000), 60_000_000_000);
+        assert_eq!(counter_ticks(u64::MAX, u64::MAX), u64::MAX);
+    }
+
+    #[test]
     fn a_system_with_no_vms_has_its_verdict_at_once() {
         let hardware = FakeHardware::default();
         let system = system(&[]);
         assert_eq!(
-            system.start_all(&hardware),
+            system.start_all(&[], 0, &hardware),
             Some(Verdict {
                 total: 0,
                 failed: 0
@@ -868,7 +1082,7 @@ pub(crate) mod tests {
     fn cpu_on_checks_target_and_entry_and_starts_the_vcpu_on_its_cpu_once() {
         let hardware = FakeHardware::default();
         let system = system(&[&[1, 2, 3]]);
-        system.start_all(hardware.on(0));
+        system.start_all(&[], 0, hardware.on(0));
         run_starts(&system, &hardware, 1);
         let entry = GuestPhysAddr(0x4010_0000);
         let on = |target| system.cpu_on(vm(0), target, entry, 7, hardware.on(1));
@@ -926,7 +1140,7 @@ pub(crate) mod tests {
     fn a_stop_from_another_cpu_reaches_every_vcpu_of_the_vm_and_no_other() {
         let hardware = FakeHardware::default();
         let system = system(&[&[1, 2, 3], &[4]]);
-        system.start_all(hardware.on(0));
+        system.start_all(&[], 0, hardware.on(0));
         for target in 1..3 {
             system.cpu_on(vm(0), target, GuestPhysAddr(0x4000_0000), 0, hardware.on(1));
         }
@@ -976,7 +1190,7 @@ pub(crate) mod tests {
     fn system_reset_racing_a_cpu_on_and_a_stop() {
         let hardware = FakeHardware::default();
         let system = system(&[&[1, 2, 3]]);
-        system.start_all(hardware.on(0));
+        system.start_all(&[], 0, hardware.on(0));
         run_starts(&system, &hardware, 1);
         system.cpu_on(vm(0), 1, GuestPhysAddr(0x4000_0000), 0, hardware.on(1));
         run_starts(&system, &hardware, 2);
@@ -1036,7 +1250,7 @@ pub(crate) mod tests {
     fn a_start_posted_before_a_reset_is_never_honoured_after_it() {
         let hardware = FakeHardware::default();
         let system = system(&[&[1, 2]]);
-        system.start_all(hardware.on(0));
+        system.start_all(&[], 0, hardware.on(0));
         run_starts(&system, &hardware, 1);
         // CPU_ON of vCPU 1 at A; CPU 2 has not looked at its queue yet
         // when vCPU 0 resets the VM.
@@ -1128,7 +1342,7 @@ pub(crate) mod tests {
     fn affinity_info_reports_each_vcpus_power() {
         let hardware = FakeHardware::default();
         let system = system(&[&[1, 2, 3]]);
-        system.start_all(hardware.on(0));
+        system.start_all(&[], 0, hardware.on(0));
         run_starts(&system, &hardware, 1);
         system.cpu_on(vm(0), 1, GuestPhysAddr(0x4000_0000), 0, hardware.on(1));
         assert_eq!(system.affinity_info(vm(0), 0, 0), 0, "on");
@@ -1148,7 +1362,7 @@ pub(crate) mod tests {
     fn more_requests_than_the_queue_holds_lose_nothing() {
         let hardware = FakeHardware::default();
         let system = system(&[&[1, 2]]);
-        system.start_all(hardware.on(0));
+        system.start_all(&[], 0, hardware.on(0));
         run_starts(&system, &hardware, 1);
         // Stops are coalesced: however many arrive, the CPU stops its vCPU,
         // and that is all any of them asked.

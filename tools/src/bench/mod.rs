@@ -299,6 +299,7 @@ fn run_pair(
         device_tree: None,
         extra_args: &[],
         clock: Clock::Instructions,
+        cpu_model: None,
     };
     let hosted_request = QemuRequest {
         machine: system.config.machine(),

@@ -363,6 +363,7 @@ mod tests {
             ram_base: 0x4000_0000,
             cpus: cpus.to_vec(),
             bootargs: bootargs.map(str::to_string),
+            start_delay_ms: 0,
             passthrough: Vec::new(),
             shmem: Vec::new(),
         }

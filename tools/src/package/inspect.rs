@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use tessera_hypervisor::boot::manifest::{self, SystemManifest, VmManifest};
 use tessera_package::cpio::Archive;
-use tessera_package::rules::{self, Address, Size};
+use tessera_package::rules::{self, Address, Delay, Size};
 
 use super::cpio;
 use super::manifest::MANIFEST_ENTRY;
@@ -168,6 +168,13 @@ fn list_system(
             image,
             rules::Hex(vm.image_load_offset)
         ));
+        if vm.start_delay_us > 0 {
+            inspection.listing.push(format!(
+                "vm[{index}] {}: starts {} after the VMs are started",
+                escaped(vm.name),
+                Delay(vm.start_delay_us)
+            ));
+        }
         list_shmem_devices(index, vm, inspection);
         if vm.passthrough_ranges().len() == 0 && vm.passthrough_spis().len() == 0 {
             continue;

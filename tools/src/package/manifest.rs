@@ -65,6 +65,12 @@ pub fn manifest_dtb(system: &LoadedSystem) -> Result<Vec<u8>, Error> {
         fdt.property_string("image", &image_entry(&vm.name))?;
         fdt.property_u64("image-load-offset", image.layout.load_offset)?;
         fdt.property_string("device-tree", &device_tree_entry(&vm.name))?;
+        // Only for a VM that waits: how long after the VMs are started its
+        // vCPU 0 is, in microseconds (the configuration counts whole
+        // milliseconds).
+        if vm.start_delay_ms > 0 {
+            fdt.property_u64("start-delay-us", vm.start_delay_ms * 1000)?;
+        }
         // Only for a VM that has devices, as `<base size>` u64 pairs and
         // u32 SPI numbers.
         let reg: Vec<u64> = devices

@@ -121,6 +121,7 @@ mod tests {
             ram_base,
             cpus: cpus.to_vec(),
             bootargs: None,
+            start_delay_ms: 0,
             passthrough: Vec::new(),
             shmem: Vec::new(),
         };
@@ -386,6 +387,40 @@ mod tests {
                  the range 0x0903_0000..0x0903_1000, already given to vm[0]; rebuild the package \
                  with `tessera package`"
             ]
+        );
+    }
+
+    #[test]
+    fn a_start_delay_reaches_the_manifest_inspect_and_the_hypervisor() {
+        let mut system = system();
+        system.config.vms[1].start_delay_ms = 20;
+        let bytes = build(&system).unwrap();
+        let entries = cpio::read(&bytes).unwrap();
+        let blob = entry(&entries, MANIFEST_ENTRY).data;
+        let tree = Fdt::new(blob).unwrap();
+        let beta = tree.find_node("/vms/vm@1").unwrap();
+        assert_eq!(
+            crate::device_tree_reading::cells(beta, "start-delay-us"),
+            [0, 20_000]
+        );
+        // A VM that starts at once has no such field.
+        let alpha = tree.find_node("/vms/vm@0").unwrap();
+        assert!(alpha.property("start-delay-us").is_none());
+        // The hypervisor's own reader sees what was written.
+        let manifest = tessera_hypervisor::boot::manifest::parse(blob).unwrap();
+        let delays: Vec<u64> = manifest.vms().map(|vm| vm.start_delay_us).collect();
+        assert_eq!(delays, [0, 20_000]);
+
+        let inspection = inspect(&bytes);
+        assert!(inspection.problems.is_empty(), "{:?}", inspection.problems);
+        let delayed: Vec<&String> = inspection
+            .listing
+            .iter()
+            .filter(|line| line.contains("starts"))
+            .collect();
+        assert_eq!(
+            delayed,
+            ["vm[1] beta: starts 20 ms after the VMs are started"]
         );
     }
 

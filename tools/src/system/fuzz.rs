@@ -78,6 +78,7 @@ const KEYS: &[&str] = &[
     "ram",
     "ram-base",
     "bootargs",
+    "start-delay",
     "device-tree",
     "passthrough",
     "path",
@@ -175,6 +176,10 @@ const STRINGS: &[&str] = &[
     "images",
     ".",
     "console=ttyAMA0",
+    "20ms",
+    "60s",
+    "61s",
+    "1.5s",
 ];
 
 /// Snippets spliced into the text, each a way a file goes wrong.
@@ -192,6 +197,8 @@ fn snippets() -> Vec<Vec<u8>> {
         "\nram-base = -9223372036854775808\n",
         "\nram = \"18446744073709551615K\"\n",
         "\nram = \"17179869183G\"\n",
+        "\nstart-delay = \"18446744073709551615s\"\n",
+        "\nstart-delay = \"60000ms\"\n",
         "\ncpus = [0, 1, 2, 3, 4, 5, 6, 7, 8, 4294967295, -1, 1.5, \"x\"]\n",
         "\nname = \"\\u001b[31mOK\\r\\n\"\n",
         "\n\"\\u0000\" = 1\n",

@@ -64,6 +64,9 @@ pub struct VmConfig {
     /// The physical CPU of each vCPU.
     pub cpus: Vec<u32>,
     pub bootargs: Option<String>,
+    /// How long after the VMs are started this one's vCPU 0 is, in
+    /// milliseconds (0: at once).
+    pub start_delay_ms: u64,
     /// The physical devices given to it, as written.
     pub passthrough: Vec<PassthroughSpec>,
     /// Its vdev-shmem instances.

@@ -135,6 +135,7 @@ bootargs = \"console=ttyAMA0\"
             ram_base: 0x4000_0000,
             cpus: vec![1],
             bootargs: None,
+            start_delay_ms: 0,
             passthrough: Vec::new(),
             shmem: Vec::new(),
         }
@@ -276,7 +277,7 @@ fn unknown_keys_name_the_expected_ones() {
             "",
             "unknown-vm"
         ),
-        "systems/demo.toml: vm[0].memory: unknown key (expected one of: name, image, ram, ram-base, cpus, bootargs, passthrough, vdev-shmem)"
+        "systems/demo.toml: vm[0].memory: unknown key (expected one of: name, image, ram, ram-base, cpus, bootargs, start-delay, passthrough, vdev-shmem)"
     );
     assert_eq!(
         only_error(
@@ -690,6 +691,75 @@ fn bootargs_must_fit_a_command_line() {
     );
 }
 
+// --- start-delay ---
+
+#[test]
+fn start_delays_are_durations_of_at_most_a_minute() {
+    let with_delay = |value: &str| {
+        let source = format!("{BOARD}{ALPHA}start-delay = {value}\n");
+        check_in(&source, Path::new(FILE), "start-delay")
+            .map(|system| system.config.vms[0].start_delay_ms)
+    };
+    for (value, milliseconds) in [
+        ("\"20ms\"", 20),
+        ("\"1s\"", 1000),
+        ("\"0ms\"", 0),
+        ("\"0s\"", 0),
+        ("\"60s\"", 60_000),
+        ("\"60000ms\"", 60_000),
+    ] {
+        assert_eq!(with_delay(value), Ok(milliseconds), "{value}");
+    }
+    assert_eq!(
+        load_ok(&format!("{BOARD}{ALPHA}"), "start-delay-absent")
+            .config
+            .vms[0]
+            .start_delay_ms,
+        0,
+        "absent: at once"
+    );
+    let refused = |value: &str| with_delay(value).unwrap_err();
+    let key = "systems/demo.toml: vm[0].start-delay:";
+    for bad in [
+        "", "20", "ms", "s", "1.5s", "20 ms", " 20ms", "20MS", "20S", "-1s", "+1s", "1m", "20us",
+        "1h", "0x10ms",
+    ] {
+        assert_eq!(
+            refused(&format!("\"{bad}\"")),
+            [format!(
+                "{key} \"{bad}\" is not a duration: expected digits and a unit ms or s, e.g. \"20ms\""
+            )],
+            "{bad:?}"
+        );
+    }
+    // Shown escaped, as every value is.
+    assert_eq!(
+        refused("\"é\""),
+        [format!(
+            "{key} \"\\xc3\\xa9\" is not a duration: expected digits and a unit ms or s, e.g. \"20ms\""
+        )]
+    );
+    for long in [
+        "61s",
+        "60001ms",
+        "18446744073709551615s",
+        "18446744073709551616ms",
+    ] {
+        assert_eq!(
+            refused(&format!("\"{long}\"")),
+            [format!(
+                "{key} \"{long}\" is longer than the 60 s a VM's start may be delayed"
+            )],
+        );
+    }
+    assert_eq!(
+        refused("20"),
+        [format!(
+            "{key} must be a string with a unit, e.g. \"20ms\", not the integer 20"
+        )]
+    );
+}
+
 // --- every mistake at once ---
 
 #[test]
@@ -723,7 +793,7 @@ memory = \"2M\"
             "systems/demo.toml: vm[0].name: \"Alpha\" is not a VM name (1 to 15 of a-z, 0-9 and -, starting with a letter)",
             "systems/demo.toml: vm[0].ram: \"64\" is not a size: expected digits and a unit K, M or G, e.g. \"64M\"",
             "systems/demo.toml: vm[0].cpus: CPU 5 does not exist; the board has CPUs 0 to 1",
-            "systems/demo.toml: vm[1].memory: unknown key (expected one of: name, image, ram, ram-base, cpus, bootargs, passthrough, vdev-shmem)",
+            "systems/demo.toml: vm[1].memory: unknown key (expected one of: name, image, ram, ram-base, cpus, bootargs, start-delay, passthrough, vdev-shmem)",
             "systems/demo.toml: vm[1].ram-base: guest RAM 0x0800_0000..0x0be0_0000 overlaps the device window 0x0800_0000..0x0a00_0000 (GIC, UART)",
             "systems/demo.toml: vm[1].cpus: CPU 1 is already used by vm[0]",
             "systems/demo.toml: board.memory: the VMs' RAM (62M) plus the hypervisor's reserve (32M) is 94M, more than the board's 64M",

@@ -25,6 +25,7 @@ const VM_KEYS: &[&str] = &[
     "ram-base",
     "cpus",
     "bootargs",
+    "start-delay",
     "passthrough",
     "vdev-shmem",
 ];
@@ -66,6 +67,8 @@ pub struct VmDraft {
     pub ram_base: Option<u64>,
     pub cpus: Option<Vec<u32>>,
     pub bootargs: Option<String>,
+    /// Milliseconds; `None` only when given and refused (absent is 0).
+    pub start_delay_ms: Option<u64>,
     pub passthrough: Option<Vec<PassthroughSpec>>,
     pub shmem: Option<Vec<ShmemDevice>>,
 }
@@ -91,6 +94,7 @@ impl Draft {
                     ram_base: vm.ram_base?,
                     cpus: vm.cpus?,
                     bootargs: vm.bootargs,
+                    start_delay_ms: vm.start_delay_ms?,
                     passthrough: vm.passthrough?,
                     shmem: vm.shmem?,
                 })
@@ -363,6 +367,23 @@ fn check_vm(
             Err(reason) => problems.add(fields.key("bootargs"), reason),
         }
     }
+    draft.start_delay_ms = match fields.typed(
+        "start-delay",
+        false,
+        "a string with a unit, e.g. \"20ms\"",
+        Value::as_str,
+        problems,
+    ) {
+        None if fields.value("start-delay", false, problems).is_some() => None,
+        None => Some(0),
+        Some(text) => match check_start_delay(text) {
+            Ok(milliseconds) => Some(milliseconds),
+            Err(reason) => {
+                problems.add(fields.key("start-delay"), reason);
+                None
+            }
+        },
+    };
     draft.passthrough = passthrough::parse(fields, problems);
     draft.shmem = shmem::parse_vm(fields, draft.ram_base.zip(draft.ram), problems);
     draft
@@ -502,6 +523,36 @@ fn check_bootargs(bootargs: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// `start-delay`: digits and a unit, `ms` or `s` (`"20ms"`, `"1s"`), as
+/// sizes are digits and a unit; in milliseconds, at most the shared
+/// rule's minute (`rules::check_start_delay`, in the manifest's
+/// microseconds).
+fn check_start_delay(text: &str) -> Result<u64, String> {
+    let not_a_duration = || {
+        format!("\"{text}\" is not a duration: expected digits and a unit ms or s, e.g. \"20ms\"")
+    };
+    let (digits, scale) = if let Some(digits) = text.strip_suffix("ms") {
+        (digits, 1)
+    } else if let Some(digits) = text.strip_suffix('s') {
+        (digits, 1000)
+    } else {
+        return Err(not_a_duration());
+    };
+    if digits.is_empty() || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Err(not_a_duration());
+    }
+    // Digits past 64 bits are a delay far past the rule's limit too.
+    let microseconds = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|count| count.checked_mul(scale * 1000));
+    let Some(microseconds) = microseconds else {
+        return Err(format!("\"{text}\" {}", RuleError::StartDelayTooLong));
+    };
+    rules::check_start_delay(microseconds).map_err(|error| format!("\"{text}\" {error}"))?;
+    Ok(microseconds / 1000)
 }
 
 /// The VMs whose RAM is known already show whether the board is too
