@@ -46,6 +46,26 @@ impl fmt::Display for DeviceTreeError {
     }
 }
 
+/// A node found by [`DeviceTree::compatible_nodes`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompatibleNode<'a> {
+    /// The first [`MAX_REGS`] ranges of its `reg`; a range without a size
+    /// is left out.
+    pub regs: [Option<Range<u64>>; MAX_REGS],
+    /// Its `interrupts` property as written (big-endian cells); empty
+    /// without one.
+    pub interrupts: &'a [u8],
+}
+
+impl CompatibleNode<'_> {
+    /// The `interrupts` cells, each as a `u32`.
+    pub fn interrupt_cells(&self) -> impl Iterator<Item = u32> + '_ {
+        self.interrupts
+            .chunks_exact(4)
+            .map(|cell| u32::from_be_bytes([cell[0], cell[1], cell[2], cell[3]]))
+    }
+}
+
 /// A flattened device tree.
 pub struct DeviceTree<'a> {
     fdt: Fdt<'a>,
@@ -114,6 +134,34 @@ impl<'a> DeviceTree<'a> {
                 .and_then(|size| Some(start..start.checked_add(size as u64)?));
         }
         Some(ranges)
+    }
+
+    /// Every node whose `compatible` list names `compatible`, in tree order:
+    /// its first [`MAX_REGS`] `reg` ranges (as [`compatible_regs`]
+    /// gives them) and its raw `interrupts` cells.
+    ///
+    /// [`compatible_regs`]: Self::compatible_regs
+    pub fn compatible_nodes<'s>(
+        &'s self,
+        compatible: &'s str,
+    ) -> impl Iterator<Item = CompatibleNode<'a>> + 's {
+        self.fdt
+            .all_nodes()
+            .filter(move |node| {
+                node.compatible()
+                    .is_some_and(|list| list.all().any(|name| name == compatible))
+            })
+            .map(|node| {
+                let mut regs = [const { None }; MAX_REGS];
+                for (slot, region) in regs.iter_mut().zip(node.reg().into_iter().flatten()) {
+                    let start = region.starting_address as u64;
+                    *slot = region
+                        .size
+                        .and_then(|size| Some(start..start.checked_add(size as u64)?));
+                }
+                let interrupts = node.property("interrupts").map_or(&[][..], |p| p.value);
+                CompatibleNode { regs, interrupts }
+            })
     }
 
     /// The `reg` (MPIDR affinity) of each `/cpus/cpu@N` node, in tree order.

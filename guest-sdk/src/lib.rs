@@ -17,7 +17,9 @@
 //! - device-tree and bootargs helpers ([`device_tree`], [`bootargs`]), the
 //!   generic counter ([`time`]), secondary vCPU start-up ([`cpu`]), the
 //!   guest's memory layout ([`memory`]) and timed sequences for the
-//!   benchmarks ([`bench`](mod@bench)).
+//!   benchmarks ([`bench`](mod@bench)),
+//! - the vdev-shmem client: named shared regions with selective signalling,
+//!   and a message channel on top ([`shmem`]).
 //!
 //! A guest:
 //!
@@ -81,6 +83,7 @@ pub mod probe;
 pub mod psci;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod rt;
+pub mod shmem;
 pub mod smp;
 pub mod tessera;
 pub mod time;

@@ -61,6 +61,18 @@ impl Deadline {
         }
     }
 
+    /// When the virtual counter reaches `ticks`.
+    #[must_use]
+    pub const fn at_ticks(ticks: u64) -> Self {
+        Self { at: ticks }
+    }
+
+    /// The virtual-counter value it stands for.
+    #[must_use]
+    pub const fn ticks(&self) -> u64 {
+        self.at
+    }
+
     #[must_use]
     pub fn has_passed(&self) -> bool {
         ticks() >= self.at

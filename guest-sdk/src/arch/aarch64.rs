@@ -555,6 +555,23 @@ pub fn data_barrier() {
     unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
 }
 
+/// `dmb ish`: this vCPU's memory accesses before it are observed by every
+/// CPU of the inner shareable domain (all of them) before those after it.
+/// Orders data accesses against each other; does not wait for them.
+pub fn memory_barrier() {
+    // SAFETY: a barrier only orders accesses. Not `nomem`: the compiler must
+    // not move memory accesses across it either.
+    unsafe { asm!("dmb ish", options(nostack, preserves_flags)) };
+}
+
+/// `dsb ish`: every memory access before it has completed (is visible to
+/// every CPU of the inner shareable domain) before any instruction after it
+/// executes, including one that traps to the hypervisor.
+pub fn completion_barrier() {
+    // SAFETY: a barrier only orders accesses; not `nomem`, as above.
+    unsafe { asm!("dsb ish", options(nostack, preserves_flags)) };
+}
+
 /// DAIF.
 pub fn daif() -> u64 {
     let value: u64;

@@ -1,5 +1,6 @@
-//! The host stand-in for `aarch64.rs`. Nothing here is reached by the unit
-//! tests; it exists so the examples compile on the host. Hypercalls answer
+//! The host stand-in for `aarch64.rs`. Little here is reached by the unit
+//! tests (the barriers are, by the shared-memory tests); it exists so the
+//! examples compile on the host. Hypercalls answer
 //! NOT_SUPPORTED, console output is dropped, accesses never happen.
 
 use core::ops::Range;
@@ -168,6 +169,17 @@ pub fn icc_dir_write(_value: u64) {}
 pub fn icc_sgi1r_write(_value: u64) {}
 
 pub fn data_barrier() {}
+
+/// A sequentially consistent fence: host tests run the shared-memory code
+/// on threads, where the barriers must order for real.
+pub fn memory_barrier() {
+    core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+}
+
+/// As [`memory_barrier`] on the host.
+pub fn completion_barrier() {
+    core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+}
 
 /// All of DAIF set, as at a guest's entry.
 pub fn daif() -> u64 {
