@@ -6,7 +6,7 @@ HYPERVISOR_TARGET := aarch64-unknown-none-softfloat
 GUEST_TARGET := aarch64-unknown-none
 TESSERA := $(CARGO) run --release -p tessera-tools --
 
-.PHONY: deps fmt-check clippy unit e2e test run bench fuzz clean
+.PHONY: deps fmt-check clippy unit e2e test run bench fuzz soak clean
 
 # `make test` lists its steps as prerequisites; they must run in order
 # (deps first, cheap checks before slow ones) even under `make -j`.
@@ -59,6 +59,11 @@ fuzz:
 	TESSERA_SHMEM_STEPS=$(SHMEM_FUZZ_STEPS) TESSERA_SHMEM_SEED=$(SHMEM_FUZZ_SEED) \
 		RUSTFLAGS="-C overflow-checks=on" CARGO_TARGET_DIR=target/fuzz \
 		$(CARGO) test --release -p tessera-vdevs random_requests_keep_every_invariant -- --nocapture
+
+# Long end-to-end runs under tests/soak/ (1,000,000 vdev-shmem ping-pongs);
+# not part of `make test`.
+soak: deps
+	$(TESSERA) test --soak
 
 clean:
 	$(CARGO) clean

@@ -96,6 +96,10 @@ enum Commands {
         /// List the scenarios and check their files, without running them.
         #[arg(long)]
         list: bool,
+        /// Run the long soaks under tests/soak/ (`make soak`) instead of
+        /// the other scenarios.
+        #[arg(long)]
+        soak: bool,
     },
     /// Run the benchmarks (`make bench`): boot the bench guest natively
     /// and under Tessera with QEMU counting instructions, and write
@@ -166,8 +170,8 @@ fn dispatch(command: Commands) -> Result<ExitCode> {
             };
             run_interactive(&root, &target, &features, &qemu_args)
         }
-        Commands::Test { filter, list } => {
-            runner::run_tests(&root, &runner::TestOptions { filter, list })
+        Commands::Test { filter, list, soak } => {
+            runner::run_tests(&root, &runner::TestOptions { filter, list, soak })
         }
         Commands::Bench => bench::run_bench(&root),
         Commands::Check { system } => Ok(system_commands::check(&root, &system)),

@@ -37,6 +37,17 @@ const MAX_REASONS_SHOWN: usize = 3;
 pub struct TestOptions {
     pub filter: Option<String>,
     pub list: bool,
+    /// The long runs under `tests/soak/` instead of everything else.
+    pub soak: bool,
+}
+
+/// The directory of `tests/` whose scenarios are long soaks (`make soak`),
+/// which `make test` leaves out.
+const SOAK_DIR: &str = "soak";
+
+/// Whether `file` (relative to the root) is a soak scenario.
+fn is_soak(file: &Path) -> bool {
+    file.starts_with(Path::new(TESTS_DIR).join(SOAK_DIR))
 }
 
 /// A scenario file, loaded or not: a file that does not load still gets a
@@ -48,7 +59,8 @@ struct Entry {
 }
 
 pub fn run_tests(root: &Path, options: &TestOptions) -> Result<ExitCode> {
-    let files = discover(root)?;
+    let mut files = discover(root)?;
+    files.retain(|file| is_soak(file) == options.soak);
     let mut entries = load_all(root, &files);
     if let Some(filter) = &options.filter {
         entries.retain(|entry| entry.name.contains(filter.as_str()));
@@ -615,6 +627,13 @@ mod tests {
             std::fs::write(path, text).unwrap();
         }
         root
+    }
+
+    #[test]
+    fn soak_scenarios_are_told_apart_by_their_directory() {
+        assert!(is_soak(Path::new("tests/soak/pingpong.toml")));
+        assert!(!is_soak(Path::new("tests/shmem/pingpong.toml")));
+        assert!(!is_soak(Path::new("tests/soaked/x.toml")));
     }
 
     #[test]
