@@ -21,7 +21,7 @@
 //! ```text
 //! mmu: MMU off: AT S1E1R 0x40080000 -> attributes 0x0
 //! mmu: mapped RAM 0x40000000..0x42000000 as Normal, the GIC and UART as Device (5 of 16 tables)
-//! mmu: MMU and caches on (SCTLR_EL1 0x30d0198d): M, C, I set, A clear
+//! mmu: MMU and caches on (SCTLR_EL1 0x30d01805): M, C, I set, A clear
 //! mmu: AT S1E1R 0x40080000 -> 0x40080000 Normal write-back (attributes 0xff)
 //! mmu: AT S1E1R 0x9000000 -> 0x9000000 Device-nGnRE (attributes 0x4)
 //! mmu: pattern over 262144 bytes of RAM at 0x400a6000 read back

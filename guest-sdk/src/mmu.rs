@@ -90,7 +90,7 @@ pub const ADDRESS_BITS: u32 = 39;
 pub const ADDRESS_LIMIT: u64 = 1 << ADDRESS_BITS;
 /// Tables in the SDK's static pool (4 KiB each): the level-1 table, then
 /// one per GiB touched and one per 2 MiB mapped only in part. The default
-/// map takes 5 or 6.
+/// map takes 5 on QEMU `virt` and under Tessera.
 pub const TABLE_CAPACITY: usize = 16;
 
 /// Entries per table (4 KiB of 8-byte descriptors).
