@@ -1012,7 +1012,13 @@ mod tests {
             })
         );
         assert_eq!(
-            tables.map(0x4000_2000..0x4000_1000, normal),
+            tables.map(
+                Range {
+                    start: 0x4000_2000,
+                    end: 0x4000_1000
+                },
+                normal
+            ),
             Err(MapError::Empty {
                 start: 0x4000_2000,
                 end: 0x4000_1000
