@@ -134,11 +134,12 @@ pub mod attributes {
         | (NORMAL_WRITE_BACK as u64) << (8 * NORMAL_INDEX);
 }
 
-/// SCTLR_EL1 bits [`enable`] sets: M (the MMU), C (data caches), I
-/// (instruction caches). It clears A and WXN (`SCTLR_CLEAR_ON_ENABLE`).
+/// SCTLR_EL1.M, C and I: the MMU, data caches, instruction caches.
 const SCTLR_MMU: u64 = 1 << 0;
 const SCTLR_DATA_CACHE: u64 = 1 << 2;
 const SCTLR_INSTRUCTION_CACHE: u64 = 1 << 12;
+/// The SCTLR_EL1 bits [`enable`] sets (M, C, I). It also clears A and WXN
+/// (the arch layer's `SCTLR_CLEAR_ON_ENABLE`).
 pub const SCTLR_ENABLE: u64 = SCTLR_MMU | SCTLR_DATA_CACHE | SCTLR_INSTRUCTION_CACHE;
 
 /// The largest TCR_EL1.IPS (and ID_AA64MMFR0_EL1.PARange) this map uses:
