@@ -94,8 +94,9 @@ pub struct Layout {
 /// The `compatible` strings of the GICv3 and GICv2 bindings that QEMU and
 /// Tessera write (GICv2: QEMU's `arm,cortex-a15-gic`; real boards also use
 /// `arm,gic-400`).
-const GICV3_COMPATIBLE: &str = "arm,gic-v3";
-const GICV2_COMPATIBLES: [&str; 3] = ["arm,cortex-a15-gic", "arm,gic-400", "arm,cortex-a7-gic"];
+pub(crate) const GICV3_COMPATIBLE: &str = "arm,gic-v3";
+pub(crate) const GICV2_COMPATIBLES: [&str; 3] =
+    ["arm,cortex-a15-gic", "arm,gic-400", "arm,cortex-a7-gic"];
 
 impl Layout {
     /// Reads the GIC node of `tree`.

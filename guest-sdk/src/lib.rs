@@ -16,8 +16,9 @@
 //! - PSCI and Tessera's own hypercalls over HVC ([`psci`], [`exit`]),
 //! - device-tree and bootargs helpers ([`device_tree`], [`bootargs`]), the
 //!   generic counter ([`time`]), secondary vCPU start-up ([`cpu`]), the
-//!   guest's memory layout ([`memory`]) and timed sequences for the
-//!   benchmarks ([`bench`](mod@bench)),
+//!   guest's memory layout ([`memory`]), an optional stage-1 identity map
+//!   with the caches on ([`mmu`]) and timed sequences for the benchmarks
+//!   ([`bench`](mod@bench)),
 //! - the vdev-shmem client: named shared regions with selective signalling,
 //!   and a message channel on top ([`shmem`]).
 //!
@@ -49,10 +50,15 @@
 //! qemu-system-aarch64 -M virt -cpu cortex-a72 -smp 2 -m 256M -nographic -kernel hello.bin
 //! ```
 //!
-//! Guests run with the MMU and caches off: every access is a Device access,
-//! so unaligned accesses fault (the `aarch64-unknown-none` target turns on
-//! `strict-align`, so the compiler emits none), and the spin locks rely on
-//! exclusive accesses working on such memory (they do under QEMU).
+//! Guests start with the MMU and caches off, and most stay so: every
+//! access is then a Device access, so unaligned accesses fault (the
+//! `aarch64-unknown-none` target turns on `strict-align`, so the compiler
+//! emits none), and the spin locks rely on exclusive accesses working on
+//! such memory (they do under QEMU). Turning the MMU on is optional:
+//! [`mmu`] builds an identity map (RAM as cacheable Normal memory, devices
+//! as Device-nGnRE) and enables it on every vCPU; the target stays
+//! `strict-align`, so unaligned accesses then happen only through
+//! [`mmu`]'s explicit helpers.
 //!
 //! Everything that touches the hardware sits in `arch`, which has a host
 //! stand-in: the portable logic (syndrome decoding, reports, bootargs,
@@ -79,6 +85,7 @@ pub mod exception;
 pub mod gic;
 pub mod interrupts;
 pub mod memory;
+pub mod mmu;
 pub mod probe;
 pub mod psci;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]

@@ -5,7 +5,9 @@
 //! Every vCPU, before any Rust runs: masks DAIF, selects SP_EL1, enables
 //! FP/SIMD at EL1 (CPACR_EL1.FPEN = 0b11: the compiler may use NEON
 //! anywhere), takes the stack of its MPIDR affinity 0, and points VBAR_EL1 at
-//! the SDK's vectors. vCPU 0 also checks it runs at its link address (it is
+//! the SDK's vectors. A secondary vCPU first turns its MMU and caches on
+//! with the tables another vCPU enabled, if one did ([`crate::mmu`]).
+//! vCPU 0 also checks it runs at its link address (it is
 //! not relocatable) and zeroes the BSS, then calls the guest's `main` via
 //! `tessera_guest_main` (see [`crate::entry!`]).
 
@@ -75,6 +77,9 @@ tessera_primary_entry:
 tessera_secondary_entry:
     msr     daifset, #0xf
     mov     x19, x0
+    // MMU and caches on before the first store, if another vCPU has turned
+    // its own on (`mmu::enable`); x19 survives, the routine is a leaf.
+    bl      tessera_enable_published_translation
     bl      tessera_vcpu_setup
     mov     x0, x19
     bl      {secondary_main}

@@ -1,14 +1,14 @@
-//! The real processor interface, for guests running at EL1 with the MMU off.
+//! The real processor interface, for guests running at EL1 (with the MMU
+//! off, or on with an identity map: `crate::mmu`).
 
 use core::arch::{asm, global_asm};
 use core::mem::offset_of;
 use core::ops::Range;
+use core::sync::atomic::{AtomicU64, Ordering};
 
-use super::{ProbeOutcome, ProbeSites};
+use super::{ProbeOutcome, ProbeSites, SCTLR_CLEAR_ON_ENABLE, TranslationRegisters, UART_BASE};
 
-/// The PL011 the guest interface promises at this address (and QEMU `virt`
-/// has natively). Register offsets: PL011 TRM, section 3.2.
-const UART_BASE: usize = 0x0900_0000;
+// PL011 register offsets: PL011 TRM, section 3.2.
 const UART_DATA: usize = 0x00;
 const UART_FLAGS: usize = 0x18;
 /// FR.TXFF: the transmit FIFO is full.
@@ -171,6 +171,272 @@ pub unsafe fn set_vector_base(address: u64) {
     unsafe { asm!("msr vbar_el1, {}", "isb", in(reg) address, options(nostack, preserves_flags)) };
 }
 
+// Stage-1 translation (`crate::mmu`): the registers, the cache and TLB
+// maintenance around turning the MMU on, and the hand-over to vCPUs that
+// start later.
+
+/// The translation registers the first vCPU to turn its MMU on published,
+/// where a vCPU started later finds them before its first store
+/// (`tessera_enable_published_translation`, called by the secondary entry
+/// code in `rt.rs`). `sctlr_set` is written last: 0 means nothing is
+/// published. Aligned to a cache line, so one clean publishes all of it.
+#[repr(C, align(64))]
+struct PublishedTranslation {
+    sctlr_set: AtomicU64,
+    mair: AtomicU64,
+    tcr: AtomicU64,
+    ttbr0: AtomicU64,
+}
+
+static PUBLISHED_TRANSLATION: PublishedTranslation = PublishedTranslation {
+    sctlr_set: AtomicU64::new(0),
+    mair: AtomicU64::new(0),
+    tcr: AtomicU64::new(0),
+    ttbr0: AtomicU64::new(0),
+};
+
+// Turns this vCPU's MMU and caches on with the published registers, if
+// any; returns at once otherwise. A leaf that uses only x0..x3 and reads no
+// memory but the published block, so a vCPU can call it before it has
+// written anything with its caches off (a store that went to memory past a
+// cache line that still holds the address would be hidden once the cache
+// is on). The published block was cleaned to memory, where a vCPU with its
+// caches off reads.
+global_asm!(
+    r#"
+    .section .text.tessera_translation, "ax"
+    .balign 4
+    .global tessera_enable_published_translation
+tessera_enable_published_translation:
+    adrp    x0, {published}
+    add     x0, x0, :lo12:{published}
+    ldr     x1, [x0, #{sctlr_set}]
+    cbz     x1, 1f
+    ldr     x2, [x0, #{mair}]
+    msr     mair_el1, x2
+    ldr     x2, [x0, #{tcr}]
+    msr     tcr_el1, x2
+    ldr     x2, [x0, #{ttbr0}]
+    msr     ttbr0_el1, x2
+    isb
+    // No translation or instruction this vCPU cached before may count.
+    tlbi    vmalle1
+    ic      iallu
+    dsb     ish
+    isb
+    mrs     x2, sctlr_el1
+    bic     x2, x2, #{clear_alignment_check}
+    bic     x2, x2, #{clear_write_implies_never_execute}
+    orr     x2, x2, x1
+    msr     sctlr_el1, x2
+    isb
+1:  ret
+    "#,
+    published = sym PUBLISHED_TRANSLATION,
+    sctlr_set = const offset_of!(PublishedTranslation, sctlr_set),
+    mair = const offset_of!(PublishedTranslation, mair),
+    tcr = const offset_of!(PublishedTranslation, tcr),
+    ttbr0 = const offset_of!(PublishedTranslation, ttbr0),
+    clear_alignment_check = const SCTLR_CLEAR_ON_ENABLE[0],
+    clear_write_implies_never_execute = const SCTLR_CLEAR_ON_ENABLE[1],
+);
+
+/// Publishes `registers` for the vCPUs that turn their MMU on later, and
+/// cleans them to the point of coherency, where a vCPU with its caches off
+/// reads them.
+pub fn publish_translation(registers: TranslationRegisters) {
+    let published = &PUBLISHED_TRANSLATION;
+    published.mair.store(registers.mair, Ordering::Relaxed);
+    published.tcr.store(registers.tcr, Ordering::Relaxed);
+    published.ttbr0.store(registers.ttbr0, Ordering::Relaxed);
+    published
+        .sctlr_set
+        .store(registers.sctlr_set, Ordering::Release);
+    let start = core::ptr::from_ref(published) as u64;
+    clean_data_cache(start..start + size_of::<PublishedTranslation>() as u64);
+}
+
+/// What [`publish_translation`] published, if anything.
+pub fn published_translation() -> Option<TranslationRegisters> {
+    let published = &PUBLISHED_TRANSLATION;
+    let sctlr_set = published.sctlr_set.load(Ordering::Acquire);
+    (sctlr_set != 0).then(|| TranslationRegisters {
+        mair: published.mair.load(Ordering::Relaxed),
+        tcr: published.tcr.load(Ordering::Relaxed),
+        ttbr0: published.ttbr0.load(Ordering::Relaxed),
+        sctlr_set,
+    })
+}
+
+/// Turns this vCPU's MMU and caches on with the published registers; does
+/// nothing if none are published.
+///
+/// # Safety
+/// The published tables must map everything this program touches from here
+/// on (its code, data and stacks at their own addresses), and memory this
+/// vCPU wrote with its caches off must not be hidden by stale cache lines.
+pub unsafe fn enable_published_translation() {
+    // SAFETY: the routine above changes only x0..x3 (caller-saved) and the
+    // translation state, which the caller vouches for.
+    unsafe { tessera_enable_published_translation() };
+}
+
+/// SCTLR_EL1.
+pub fn system_control() -> u64 {
+    let value: u64;
+    // SAFETY: reading SCTLR_EL1 has no side effects.
+    unsafe { asm!("mrs {}, sctlr_el1", out(reg) value, options(nomem, nostack, preserves_flags)) };
+    value
+}
+
+/// ID_AA64MMFR0_EL1.PARange: the physical address size this CPU supports.
+pub fn physical_address_range() -> u64 {
+    let value: u64;
+    // SAFETY: reading an ID register has no side effects (a hypervisor that
+    // traps it answers the read).
+    unsafe {
+        asm!("mrs {}, id_aa64mmfr0_el1", out(reg) value, options(nomem, nostack, preserves_flags))
+    };
+    value & 0xF
+}
+
+/// The smallest data cache line size (CTR_EL0.DminLine, log2 of words).
+fn data_cache_line_size() -> u64 {
+    let value: u64;
+    // SAFETY: reading CTR_EL0 has no side effects.
+    unsafe { asm!("mrs {}, ctr_el0", out(reg) value, options(nomem, nostack, preserves_flags)) };
+    4 << ((value >> 16) & 0xF)
+}
+
+/// Cleans the data cache lines of `range` to the point of coherency, then
+/// waits for that with a DSB.
+pub fn clean_data_cache(range: Range<u64>) {
+    let line = data_cache_line_size();
+    let mut address = range.start & !(line - 1);
+    while address < range.end {
+        // SAFETY: a clean writes dirty data back and changes nothing the
+        // program sees.
+        unsafe { asm!("dc cvac, {}", in(reg) address, options(nostack, preserves_flags)) };
+        address += line;
+    }
+    // SAFETY: a barrier only orders accesses.
+    unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
+}
+
+/// Invalidates the data cache lines of `range` (under a hypervisor, which
+/// sets HCR_EL2.VM, a clean and invalidate), then waits for that with a DSB.
+///
+/// # Safety
+/// No data of `range` may exist only in a cache: the range was written with
+/// this vCPU's caches off and nobody wrote it with caches on.
+pub unsafe fn invalidate_data_cache(range: Range<u64>) {
+    let line = data_cache_line_size();
+    let mut address = range.start & !(line - 1);
+    while address < range.end {
+        // SAFETY: the caller vouches that memory holds the range's data.
+        unsafe { asm!("dc ivac, {}", in(reg) address, options(nostack, preserves_flags)) };
+        address += line;
+    }
+    // SAFETY: a barrier only orders accesses.
+    unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
+}
+
+/// Makes descriptors just written (invalid ones made valid) visible to the
+/// table walks of every vCPU, and to this vCPU's next instruction. Entries
+/// that were invalid are never held by a TLB, so no invalidation is needed.
+pub fn translation_tables_written() {
+    // SAFETY: barriers only order accesses.
+    unsafe { asm!("dsb ishst", "isb", options(nostack, preserves_flags)) };
+}
+
+/// Invalidates every EL1&0 translation of this VM on every vCPU (TLBI
+/// VMALLE1IS), after making earlier table writes visible.
+pub fn invalidate_translations() {
+    // SAFETY: dropping cached translations changes no memory; the tables
+    // are walked again as needed.
+    unsafe {
+        asm!(
+            "dsb ishst",
+            "tlbi vmalle1is",
+            "dsb ish",
+            "isb",
+            options(nostack, preserves_flags)
+        )
+    };
+}
+
+/// AT S1E1R: translates `address` as an EL1 read through the current
+/// stage-1 tables; returns PAR_EL1.
+pub fn translate_read(address: u64) -> u64 {
+    let value: u64;
+    // SAFETY: an address translation instruction only writes PAR_EL1.
+    unsafe {
+        asm!("at s1e1r, {address}", "isb", "mrs {value}, par_el1", address = in(reg) address,
+             value = out(reg) value, options(nomem, nostack, preserves_flags))
+    };
+    value
+}
+
+// Accesses a compiler for a strict-align target never emits for an
+// unaligned address: one `ldr`/`str` or `ldp`/`stp`, whatever the
+// alignment.
+
+/// One 64-bit load (`ldr x`) from `address`, aligned or not.
+///
+/// # Safety
+/// The 8 bytes at `address` must be readable; unaligned, they must be
+/// Normal memory (a Device access faults).
+pub unsafe fn load_u64_unaligned(address: usize) -> u64 {
+    let value: u64;
+    // SAFETY: the caller vouches for the load.
+    unsafe {
+        asm!("ldr {value}, [{address}]", value = out(reg) value, address = in(reg) address,
+             options(readonly, nostack, preserves_flags));
+    }
+    value
+}
+
+/// One 64-bit store (`str x`) to `address`, aligned or not.
+///
+/// # Safety
+/// As [`load_u64_unaligned`], and the store must be what the caller means.
+pub unsafe fn store_u64_unaligned(address: usize, value: u64) {
+    // SAFETY: the caller vouches for the store.
+    unsafe {
+        asm!("str {value}, [{address}]", value = in(reg) value, address = in(reg) address,
+             options(nostack, preserves_flags));
+    }
+}
+
+/// One load pair (`ldp x, x`) of the 16 bytes at `address`.
+///
+/// # Safety
+/// As [`load_u64_unaligned`], for 16 bytes.
+pub unsafe fn load_pair_u64(address: usize) -> (u64, u64) {
+    let (first, second): (u64, u64);
+    // SAFETY: the caller vouches for the load.
+    unsafe {
+        asm!("ldp {first}, {second}, [{address}]", first = out(reg) first,
+             second = out(reg) second, address = in(reg) address,
+             options(readonly, nostack, preserves_flags));
+    }
+    (first, second)
+}
+
+/// One store pair (`stp x, x`) of `first` then `second` to the 16 bytes at
+/// `address`.
+///
+/// # Safety
+/// As [`store_u64_unaligned`], for 16 bytes.
+pub unsafe fn store_pair_u64(address: usize, first: u64, second: u64) {
+    // SAFETY: the caller vouches for the store.
+    unsafe {
+        asm!("stp {first}, {second}, [{address}]", first = in(reg) first,
+             second = in(reg) second, address = in(reg) address,
+             options(nostack, preserves_flags));
+    }
+}
+
 unsafe extern "C" {
     fn tessera_probe_read(address: u64, outcome: *mut ProbeOutcome);
     fn tessera_probe_write(address: u64, outcome: *mut ProbeOutcome, value: u64);
@@ -195,6 +461,8 @@ unsafe extern "C" {
     fn tessera_probe_atomic_add_access();
     /// The PSCI CPU_ON entry point, in `rt.rs` (only its address is used).
     fn tessera_secondary_entry();
+    /// Defined above.
+    fn tessera_enable_published_translation();
     static __guest_image_start: u8;
     static __guest_image_end: u8;
 }
@@ -396,8 +664,8 @@ pub fn probe_sites() -> ProbeSites {
     }
 }
 
-/// Where PSCI CPU_ON should start secondary vCPUs (MMU off: the physical
-/// address is the link address).
+/// Where PSCI CPU_ON should start secondary vCPUs (MMU off, or on with an
+/// identity map: the physical address is the link address).
 pub fn secondary_entry_address() -> u64 {
     tessera_secondary_entry as *const () as u64
 }

@@ -5,7 +5,7 @@
 
 use core::ops::Range;
 
-use super::{ProbeOutcome, ProbeSites};
+use super::{ProbeOutcome, ProbeSites, TranslationRegisters};
 
 /// PSCI's NOT_SUPPORTED, as the register value an HVC would return.
 const NOT_SUPPORTED: u64 = -1_i64 as u64;
@@ -55,6 +55,61 @@ pub fn park() -> ! {
 /// # Safety
 /// Always safe on the host, where it does nothing; see the real one.
 pub unsafe fn set_vector_base(_address: u64) {}
+
+pub fn publish_translation(_registers: TranslationRegisters) {}
+
+pub fn published_translation() -> Option<TranslationRegisters> {
+    None
+}
+
+/// # Safety
+/// Always safe on the host, where it does nothing; see the real one.
+pub unsafe fn enable_published_translation() {}
+
+/// The MMU is off on the host.
+pub fn system_control() -> u64 {
+    0
+}
+
+/// 48 bits.
+pub fn physical_address_range() -> u64 {
+    0b0101
+}
+
+pub fn clean_data_cache(_range: Range<u64>) {}
+
+/// # Safety
+/// Always safe on the host, where it does nothing; see the real one.
+pub unsafe fn invalidate_data_cache(_range: Range<u64>) {}
+
+pub fn translation_tables_written() {}
+
+pub fn invalidate_translations() {}
+
+/// PAR_EL1.F set: nothing translates on the host.
+pub fn translate_read(_address: u64) -> u64 {
+    1
+}
+
+/// # Safety
+/// Always safe on the host, where it reads nothing; see the real one.
+pub unsafe fn load_u64_unaligned(_address: usize) -> u64 {
+    0
+}
+
+/// # Safety
+/// Always safe on the host, where it does nothing; see the real one.
+pub unsafe fn store_u64_unaligned(_address: usize, _value: u64) {}
+
+/// # Safety
+/// Always safe on the host, where it reads nothing; see the real one.
+pub unsafe fn load_pair_u64(_address: usize) -> (u64, u64) {
+    (0, 0)
+}
+
+/// # Safety
+/// Always safe on the host, where it does nothing; see the real one.
+pub unsafe fn store_pair_u64(_address: usize, _first: u64, _second: u64) {}
 
 pub fn probe_read(address: u64) -> ProbeOutcome {
     ProbeOutcome {

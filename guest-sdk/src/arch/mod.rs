@@ -1,5 +1,6 @@
 //! Everything that touches the processor: HVC, system registers, the UART's
-//! registers, the probe accessors. The real thing on bare-metal aarch64; on
+//! registers, the probe accessors, stage-1 translation and the accesses the
+//! compiler does not emit. The real thing on bare-metal aarch64; on
 //! any other target a stand-in that never touches hardware, so the portable
 //! code and the examples build (and the portable code tests) on the host.
 
@@ -12,6 +13,26 @@ pub use aarch64::*;
 mod fake;
 #[cfg(not(all(target_arch = "aarch64", target_os = "none")))]
 pub use fake::*;
+
+/// The PL011 the guest interface promises at this address (and QEMU `virt`
+/// has natively).
+pub const UART_BASE: usize = 0x0900_0000;
+
+/// The EL1 translation registers a vCPU loads to turn its MMU on: what the
+/// first vCPU chose, published for the others (see `crate::mmu`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TranslationRegisters {
+    pub mair: u64,
+    pub tcr: u64,
+    pub ttbr0: u64,
+    /// The SCTLR_EL1 bits to set (M, C, I); never 0.
+    pub sctlr_set: u64,
+}
+
+/// The SCTLR_EL1 bits a vCPU clears as it turns its MMU on: A (alignment
+/// checks, so unaligned accesses to Normal memory work) and WXN (RAM is
+/// writable and executable).
+pub const SCTLR_CLEAR_ON_ENABLE: [u64; 2] = [1 << 1, 1 << 19];
 
 /// What a probe accessor leaves behind: the value read (0 for writes and
 /// aborted reads) and, when the access aborted, the syndrome and address.
