@@ -11,6 +11,12 @@
 //! passed` and exits 0; a check that fails prints `shmem-abi: FAIL: ...`
 //! and exits 1.
 //!
+//! Role `cacheable` maps the factory page and the window as Normal
+//! cacheable memory with its own MMU on, writes a name with one unaligned
+//! 8-byte store and the same name with STP (both reach the one region),
+//! reads the signature with LDP, and checks that LDXR (and LDADD, with
+//! FEAT_LSE) on those pages gets the external abort.
+//!
 //! Roles `keeper`, `leaver` and `quitter` (one instance each, same region
 //! name `life`): the leaver connects, resets its VM once (PSCI
 //! SYSTEM_RESET), connects again after the restart, then crashes (a fault
@@ -29,6 +35,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use tessera_guest_sdk::bootargs::Bootargs;
 use tessera_guest_sdk::device_tree::DeviceTree;
 use tessera_guest_sdk::gic::{self, Config, Interrupt, Trigger};
+use tessera_guest_sdk::mmu::{self, MemoryKind};
 use tessera_guest_sdk::probe;
 use tessera_guest_sdk::{entry, exit, interrupts, println, psci, tessera, time};
 
@@ -513,6 +520,111 @@ fn quitter(factory: u64) -> ! {
     psci::system_off()
 }
 
+/// Role `cacheable`: the factory page and the window mapped as Normal
+/// cacheable memory in the guest's own stage 1, as clients of the QNX
+/// driver do; names written with one unaligned 8-byte store and with an
+/// STP pair, the signature read with LDP, and an exclusive (and, with
+/// FEAT_LSE, an atomic) refused with the external abort.
+fn cacheable(factory: u64, tree: &DeviceTree<'_>) -> ! {
+    let window = tree
+        .compatible_regs("qvm,guest_shm")
+        .and_then(|regs| regs[1].clone())
+        .unwrap_or_else(|| fail(format_args!("no window in the qvm,guest_shm node")));
+    let mapped = mmu::map_defaults(tree)
+        .map_err(|_| ())
+        .and_then(|()| mmu::map(factory..factory + PAGE, MemoryKind::Normal).map_err(|_| ()))
+        .and_then(|()| mmu::map(window.clone(), MemoryKind::Normal).map_err(|_| ()))
+        .and_then(|()| mmu::enable().map_err(|_| ()));
+    if mapped.is_err() {
+        fail(format_args!(
+            "cannot map the pages as Normal and enable the MMU"
+        ));
+    }
+    pass(format_args!(
+        "MMU on, factory page and window mapped Normal cacheable"
+    ));
+
+    // SAFETY: the VM's own vdev-shmem factory page, mapped Normal above;
+    // the hypervisor answers the access from its model.
+    let (signature, _) = unsafe { mmu::load_pair_u64(factory as usize) };
+    if signature != SIGNATURE {
+        fail(format_args!("ldp signature {signature:#x}"));
+    }
+    pass(format_args!("ldp of the signature: ok"));
+
+    // "unalign8" by one 8-byte store at 0x1C (4 bytes off alignment), then
+    // the NUL: a plain word.
+    // SAFETY: as for the LDP above.
+    unsafe {
+        mmu::store_u64_unaligned((factory + NAME) as usize, u64::from_le_bytes(*b"unalign8"))
+    };
+    write32(factory + NAME + 8, 0);
+    write32(factory + SIZE, 2);
+    check(
+        "create by an unaligned 8-byte name store",
+        read32(factory + STATUS),
+        OK,
+    );
+    let first = read64(factory + SHMEM);
+    // The data, through the cacheable window.
+    write32(first + PAGE, 0x5EED_CAFE);
+
+    // The same name by an STP pair of doublewords, then find: the same
+    // region, so the data is there.
+    // SAFETY: as for the LDP above.
+    unsafe {
+        mmu::store_pair_u64(
+            (factory + NAME) as usize,
+            u64::from_le_bytes(*b"unalign8"),
+            0,
+        );
+    }
+    write32(factory + FIND, 0);
+    check("find by an STP-written name", read32(factory + STATUS), OK);
+    let second = read64(factory + SHMEM);
+    let seen = read32(second + PAGE);
+    let size = read32(factory + SIZE);
+    if seen != 0x5EED_CAFE || size != 2 || second == first {
+        fail(format_args!(
+            "found {seen:#x}, {size} pages, control {second:#x}"
+        ));
+    }
+    pass(format_args!(
+        "the same region: {size} pages, data {seen:#x}, attached {:#x}",
+        read32(second + CONTROL_STATUS) >> 16
+    ));
+
+    match probe::probe_load_exclusive(factory) {
+        Err(abort) if abort.is_external_abort_at(factory) => {
+            pass(format_args!(
+                "ldxr on the cacheable factory page: ok (external abort)"
+            ));
+        }
+        other => fail(format_args!(
+            "ldxr on the cacheable factory page: {other:?}"
+        )),
+    }
+    // SAFETY: as above: the add must not happen.
+    match unsafe { probe::probe_atomic_add(second, 1) } {
+        None => println!("shmem-abi: ldadd on the cacheable control page: not tried (no FEAT_LSE)"),
+        Some(Err(abort)) if abort.is_external_abort_at(second) => {
+            pass(format_args!(
+                "ldadd on the cacheable control page: ok (external abort)"
+            ));
+        }
+        Some(other) => fail(format_args!(
+            "ldadd on the cacheable control page: {other:?}"
+        )),
+    }
+    write32(second + CONTROL_DETACH, 0);
+    write32(first + CONTROL_DETACH, 0);
+    println!(
+        "shmem-abi: cacheable: all {} checks passed",
+        PASSED.load(Ordering::Relaxed)
+    );
+    exit(0)
+}
+
 fn main(_device_tree: usize) -> ! {
     let tree = DeviceTree::boot().unwrap_or_else(|_| fail(format_args!("no device tree")));
     let args = Bootargs::new(tree.bootargs().unwrap_or(""));
@@ -524,6 +636,7 @@ fn main(_device_tree: usize) -> ! {
         "keeper" => keeper(factory),
         "leaver" => leaver(factory),
         "quitter" => quitter(factory),
+        "cacheable" => cacheable(factory, &tree),
         _ => errors(factory, &tree),
     }
 }
