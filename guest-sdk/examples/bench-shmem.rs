@@ -4,17 +4,18 @@
 //! ../shared/design/vdev-shmem-abi.md), with the SDK's GIC driver for the
 //! interrupt. Only under Tessera: there is no native equivalent.
 //!
-//! Bootargs: `role=receiver|sender`, `name=NAME` (default `bench`),
-//! `delay=MS` (wait that long before the request, so that the receiver
-//! creates the region and the sender attaches to it).
+//! Bootargs: `role=receiver|sender`, `name=NAME` (default `bench`).
 //!
 //! - The **receiver** sets up its handler for the device's vector, creates
-//!   the region and waits in WFI. Its handler reads the physical counter
+//!   the region (create-or-attach, one page) and waits in WFI. Its handler reads the physical counter
 //!   first thing, reads its status (which lowers the line), and for a
 //!   notification writes that counter value into the region and notifies
 //!   the senders back; the sender's mode word in the region says whether
 //!   it also reads its CPU's exit count there, or ends.
-//! - The **sender** attaches, then 201 times: waits 20,000 ticks in WFI on
+//! - The **sender** attaches with `find`, so the receiver is always the
+//!   creator and the sender its peer whichever boots first: while the
+//!   region does not exist yet it waits 1 ms in WFI and asks again. Then,
+//!   201 times: waits 20,000 ticks in WFI on
 //!   its virtual timer (so that the receiver is back in WFI), reads the
 //!   physical counter (after an ISB) and at once notifies the receiver,
 //!   and waits in WFI for the reply; its handler reads the counter first
@@ -48,7 +49,7 @@
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tessera_guest_sdk::bench::Summary;
-use tessera_guest_sdk::bootargs::{self, Bootargs};
+use tessera_guest_sdk::bootargs::Bootargs;
 use tessera_guest_sdk::device_tree::DeviceTree;
 use tessera_guest_sdk::gic::{self, Config, Interrupt, Trigger};
 use tessera_guest_sdk::timer::Timer;
@@ -70,6 +71,12 @@ const FACTORY_VECTOR: u64 = 0x10;
 const FACTORY_STATUS: u64 = 0x14;
 const FACTORY_SIZE: u64 = 0x18;
 const FACTORY_NAME: u64 = 0x1C;
+const FACTORY_FIND: u64 = 0x3C;
+const STATUS_OK: u32 = 0;
+const STATUS_DOES_NOT_EXIST: u32 = 6;
+/// How often the sender looks for the region, 1 ms apart, before it gives
+/// up.
+const FIND_ATTEMPTS: u32 = 1000;
 /// Control page offsets.
 const CONTROL_STATUS: u64 = 0x0;
 const CONTROL_INDEX: u64 = 0x4;
@@ -138,10 +145,6 @@ fn main(_device_tree: usize) -> ! {
         other => fail(format_args!("role {other:?}: expected sender or receiver")),
     };
     let name = args.get("name").unwrap_or("bench");
-    let delay = args
-        .get("delay")
-        .map_or(Ok(0), bootargs::parse_number)
-        .unwrap_or_else(|error| fail(format_args!("bad delay: {error}")));
     let factory = tree
         .compatible_regs("qvm,guest_shm")
         .and_then(|regs| regs[0].clone())
@@ -174,8 +177,7 @@ fn main(_device_tree: usize) -> ! {
         fail(format_args!("virtual timer: {error}"));
     }
 
-    time::delay_ms(delay);
-    let control = connect(factory, name);
+    let control = connect(factory, name, sender);
     CONTROL.store(control, Ordering::Release);
     if sender {
         run_sender(control);
@@ -185,9 +187,10 @@ fn main(_device_tree: usize) -> ! {
     exit(exit_status::SUCCESS)
 }
 
-/// Creates or attaches to the one-page region `name` through the factory
-/// page; returns the connection's control page.
-fn connect(factory: u64, name: &str) -> u64 {
+/// The receiver creates (or attaches to) the one-page region `name`
+/// through the factory page, the sender finds it, waiting for it to exist;
+/// returns the connection's control page.
+fn connect(factory: u64, name: &str, sender: bool) -> u64 {
     let mut field = [0_u8; 32];
     if name.is_empty() || name.len() >= field.len() {
         fail(format_args!("name {name}: 1 to 31 bytes"));
@@ -199,12 +202,29 @@ fn connect(factory: u64, name: &str) -> u64 {
         let value = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
         write32(factory + FACTORY_NAME + 4 * index as u64, value);
     }
-    write32(factory + FACTORY_SIZE, 1);
-    let status = read32(factory + FACTORY_STATUS);
-    if status != 0 {
-        fail(format_args!("request for {name}: status {status}"));
+    let mut attempts = 0;
+    loop {
+        if sender {
+            write32(factory + FACTORY_FIND, 1);
+        } else {
+            write32(factory + FACTORY_SIZE, 1);
+        }
+        match read32(factory + FACTORY_STATUS) {
+            STATUS_OK => return read64(factory + FACTORY_SHMEM),
+            STATUS_DOES_NOT_EXIST if sender && attempts < FIND_ATTEMPTS => {
+                attempts += 1;
+                wait_ticks(time::ms_to_ticks(1, time::frequency()));
+            }
+            status => fail(format_args!("request for {name}: status {status}")),
+        }
     }
-    read64(factory + FACTORY_SHMEM)
+}
+
+/// Waits `ticks` in WFI, on the virtual timer.
+fn wait_ticks(ticks: u64) {
+    GAP_OVER.store(false, Ordering::Relaxed);
+    Timer::Virtual.arm_after(ticks);
+    wait_for(|| GAP_OVER.load(Ordering::Acquire));
 }
 
 /// Sleeps in WFI until `done`. IRQs stay masked while `done` is checked,
@@ -224,7 +244,7 @@ fn run_sender(control: u64) -> ! {
     println!("bench: cntfrq={}", time::frequency());
     let index = read32(control + CONTROL_INDEX);
     // Reading the status also takes any change it had unread.
-    let attached = read32(control + CONTROL_STATUS) >> 16;
+    let attached = read_status(control) >> 16;
     let peers = attached & !(1 << index);
     if peers.count_ones() != 1 {
         fail(format_args!(
@@ -266,7 +286,7 @@ fn run_sender(control: u64) -> ! {
     }
 
     write64(data + DATA_MODE, MODE_END);
-    write32(control + CONTROL_NOTIFY, peers);
+    notify(control, peers);
     println!("bench: done");
     exit(exit_status::SUCCESS)
 }
@@ -274,9 +294,7 @@ fn run_sender(control: u64) -> ! {
 /// One round trip in `mode`, after the gap: the counter just before the
 /// notify, and at the sender's handler entry for the reply.
 fn round_trip(control: u64, peers: u32, mode: u64) -> (u64, u64) {
-    GAP_OVER.store(false, Ordering::Relaxed);
-    Timer::Virtual.arm_after(GAP_TICKS);
-    wait_for(|| GAP_OVER.load(Ordering::Acquire));
+    wait_ticks(GAP_TICKS);
     REPLIED_AT.store(0, Ordering::Relaxed);
     write64(control + PAGE + DATA_MODE, mode);
     let sent = stamp_and_notify(control + CONTROL_NOTIFY, peers);
@@ -295,37 +313,41 @@ fn count_exits(control: u64, peers: u32) -> [u64; ROUNDS] {
     };
     let mut own = [0_u64; ROUNDS];
     let mut receiver = [0_u64; ROUNDS + 1];
-    for round in 0..=ROUNDS {
-        GAP_OVER.store(false, Ordering::Relaxed);
-        Timer::Virtual.arm_after(GAP_TICKS);
-        wait_for(|| GAP_OVER.load(Ordering::Acquire));
+    for (round, receiver_count) in receiver.iter_mut().enumerate() {
+        wait_ticks(GAP_TICKS);
         REPLIED_AT.store(0, Ordering::Relaxed);
         write64(control + PAGE + DATA_MODE, MODE_COUNT);
         let before = read_count();
-        write32(control + CONTROL_NOTIFY, peers);
+        notify(control, peers);
         wait_for(|| REPLIED_AT.load(Ordering::Acquire) != 0);
         let after = read_count();
         if let Some(slot) = own.get_mut(round) {
             *slot = after.saturating_sub(before).saturating_sub(1);
         }
-        receiver[round] = read64(control + PAGE + DATA_RECEIVER_EXITS);
+        *receiver_count = read64(control + PAGE + DATA_RECEIVER_EXITS);
     }
     let mut exits = [0_u64; ROUNDS];
-    for (round, sample) in exits.iter_mut().enumerate() {
-        let Some(theirs) = receiver[round + 1]
-            .checked_sub(receiver[round])
+    for ((sample, own), readings) in exits.iter_mut().zip(own).zip(receiver.windows(2)) {
+        let Some(theirs) = readings[1]
+            .checked_sub(readings[0])
             .and_then(|count| count.checked_sub(1))
         else {
             fail(format_args!(
                 "the receiver's exit count went from {} to {}",
-                receiver[round],
-                receiver[round + 1]
+                readings[0], readings[1]
             ));
         };
-        *sample = own[round] + theirs;
+        *sample = own + theirs;
     }
     exits
 }
+
+// The control-page accesses of the round trips keep their data in x2, a
+// caller-saved register: the hypervisor serves a trapped access through
+// x0..x18 on its device fast path, and one through x19..x29 (which the
+// compiler may pick for a value live across calls) on the full path,
+// about 100 instructions longer. Pinning the register measures the path
+// a device access is meant to take, whatever the compiler chose.
 
 /// The physical counter after an ISB, and at once the notify store: the
 /// instruction after the reading is the one that traps.
@@ -339,14 +361,46 @@ fn stamp_and_notify(notify: u64, peers: u32) -> u64 {
         core::arch::asm!(
             "isb",
             "mrs {stamp}, cntpct_el0",
-            "str {peers:w}, [{notify}]",
+            "str w2, [{notify}]",
             stamp = out(reg) stamp,
-            peers = in(reg) peers,
             notify = in(reg) notify,
+            in("x2") u64::from(peers),
             options(nostack, preserves_flags),
         );
     }
     stamp
+}
+
+/// A notify store, the value in x2.
+#[cfg(target_arch = "aarch64")]
+fn notify(control: u64, peers: u32) {
+    // SAFETY: the notify register of this guest's control page (a trapped
+    // device access, no memory of this program).
+    unsafe {
+        core::arch::asm!(
+            "str w2, [{notify}]",
+            notify = in(reg) control + CONTROL_NOTIFY,
+            in("x2") u64::from(peers),
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
+/// A status load into x2 (which takes the sender bits it returns).
+#[cfg(target_arch = "aarch64")]
+fn read_status(control: u64) -> u32 {
+    let status: u64;
+    // SAFETY: the status register of this guest's control page (a trapped
+    // device access, no memory of this program).
+    unsafe {
+        core::arch::asm!(
+            "ldr w2, [{status}]",
+            status = in(reg) control + CONTROL_STATUS,
+            out("x2") status,
+            options(nostack, preserves_flags),
+        );
+    }
+    status as u32
 }
 
 /// Host builds only compile the example.
@@ -356,12 +410,22 @@ fn stamp_and_notify(notify: u64, peers: u32) -> u64 {
     time::physical_ticks()
 }
 
+#[cfg(not(target_arch = "aarch64"))]
+fn notify(control: u64, peers: u32) {
+    write32(control + CONTROL_NOTIFY, peers);
+}
+
+#[cfg(not(target_arch = "aarch64"))]
+fn read_status(control: u64) -> u32 {
+    read32(control + CONTROL_STATUS)
+}
+
 /// The receiver's handler: counter first, then status; answers a
 /// notification as the sender's mode word asks.
 fn on_request(_interrupt: Interrupt) {
     let entered = time::physical_ticks();
     let control = CONTROL.load(Ordering::Acquire);
-    let senders = read32(control + CONTROL_STATUS) & SENDER_BITS;
+    let senders = read_status(control) & SENDER_BITS;
     if senders == 0 {
         // A peer attached or detached.
         return;
@@ -381,14 +445,14 @@ fn on_request(_interrupt: Interrupt) {
     write64(data + DATA_RECEIVER_STAMP, entered);
     // The hypervisor orders the data before the signal (a `dsb ish` on the
     // notify path), as the ABI promises.
-    write32(control + CONTROL_NOTIFY, senders);
+    notify(control, senders);
 }
 
 /// The sender's handler for the reply: counter first, then status.
 fn on_reply(_interrupt: Interrupt) {
     let entered = time::physical_ticks();
     let control = CONTROL.load(Ordering::Acquire);
-    if read32(control + CONTROL_STATUS) & SENDER_BITS != 0 {
+    if read_status(control) & SENDER_BITS != 0 {
         REPLIED_AT.store(entered, Ordering::Release);
     }
 }
