@@ -37,6 +37,10 @@ pub mod function {
     /// the optional traps in force on the calling vCPU, so end-to-end tests
     /// can see them. Production images answer NOT_SUPPORTED.
     pub const TESSERA_TEST_VCPU_TRAPS: u32 = 0x8600_0080;
+    /// Tessera, benchmark builds only (the hypervisor's `exit-counting`
+    /// feature): the guest exits to EL2 taken so far on the calling vCPU's
+    /// physical CPU, this call included. Other images answer NOT_SUPPORTED.
+    pub const TESSERA_BENCH_EXIT_COUNT: u32 = 0x8600_0081;
 }
 
 /// PSCI return codes. PSCI defines them as 32-bit signed values in w0; they
@@ -96,6 +100,7 @@ mod tests {
             TESSERA_VM_EXIT,
             TESSERA_RESET_COUNT,
             TESSERA_TEST_VCPU_TRAPS,
+            TESSERA_BENCH_EXIT_COUNT,
         ] {
             assert!(fast(id) && owner(id) == 6, "{id:#x}");
             assert_eq!(id & SMC64, 0, "{id:#x}: an SMC32 call");

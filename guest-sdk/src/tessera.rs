@@ -70,6 +70,16 @@ pub fn test_vcpu_traps() -> Result<u64, PsciError> {
     decode_count(arch::hvc(function::TESSERA_TEST_VCPU_TRAPS, 0, 0, 0))
 }
 
+/// TESSERA_BENCH_EXIT_COUNT: the guest exits to EL2 taken so far on this
+/// vCPU's physical CPU, this call's own included. Only Tessera's benchmark
+/// images (the `exit-counting` feature) answer it.
+///
+/// # Errors
+/// `NotSupported` in any other image or when not running under Tessera.
+pub fn bench_exit_count() -> Result<u64, PsciError> {
+    decode_count(arch::hvc(function::TESSERA_BENCH_EXIT_COUNT, 0, 0, 0))
+}
+
 /// Ends the VM: status 0 through PSCI SYSTEM_OFF, anything else through
 /// TESSERA_VM_EXIT (natively, where that call does not exist, through
 /// SYSTEM_OFF as well: the run ends, but the status is lost).
@@ -112,6 +122,7 @@ mod tests {
     fn on_the_host_nothing_is_supported() {
         // The host stand-in answers like a machine without Tessera.
         assert_eq!(reset_count(), Err(PsciError::NotSupported));
+        assert_eq!(bench_exit_count(), Err(PsciError::NotSupported));
         assert_eq!(try_vm_exit(1), PsciError::NotSupported);
     }
 }

@@ -18,6 +18,13 @@
 //! clobber is saved, and ELR/SPSR stay in their registers, which nothing
 //! on that path overwrites (EL2 runs with IRQs masked). This is the path
 //! of a guest's timer interrupt (`vtimer.irq_latency`).
+//!
+//! With the `exit-counting` feature (benchmark images only), every entry
+//! taken from a lower EL (slots 8 to 15) first adds one to its CPU's count
+//! of guest exits, which a guest reads with TESSERA_BENCH_EXIT_COUNT
+//! (`shmem.exits_per_roundtrip` in docs/benchmarks.md). Without the
+//! feature the assembler drops those instructions, so production images
+//! are the same instruction for instruction.
 
 use core::arch::global_asm;
 
@@ -39,6 +46,37 @@ pub fn enter_guest(frame: &TrapFrame, stack_top: u64) -> ! {
     // (the source lives in a static, not on that stack), and the frame's
     // SPSR names EL1, so the ERET leaves EL2.
     unsafe { enter_guest_asm(frame, stack_top) }
+}
+
+/// One CPU's count of guest exits, alone on its cache line so that no two
+/// CPUs write the same line.
+#[cfg(feature = "exit-counting")]
+#[repr(C, align(64))]
+struct ExitCount(core::sync::atomic::AtomicU64);
+
+/// Guest exits per physical CPU (`exit-counting` only): incremented by
+/// the vector entries below with plain loads and stores, since only the
+/// CPU itself writes its slot, and read by that CPU's own hypercall.
+#[cfg(feature = "exit-counting")]
+#[unsafe(no_mangle)]
+static TESSERA_GUEST_EXITS: [ExitCount; tessera_hypervisor::MAX_CPUS] =
+    [const { ExitCount(core::sync::atomic::AtomicU64::new(0)) }; tessera_hypervisor::MAX_CPUS];
+
+/// The guest exits this CPU has taken since boot, the current one
+/// included; `None` in images built without `exit-counting`.
+#[cfg(feature = "exit-counting")]
+pub fn guest_exits_on_this_cpu() -> Option<u64> {
+    Some(
+        TESSERA_GUEST_EXITS[super::cpu_index()]
+            .0
+            .load(core::sync::atomic::Ordering::Relaxed),
+    )
+}
+
+/// See above: this image does not count.
+#[cfg(not(feature = "exit-counting"))]
+pub fn guest_exits_on_this_cpu() -> Option<u64> {
+    None
 }
 
 /// Points VBAR_EL2 at the vector table.
@@ -71,10 +109,29 @@ global_asm!(
     // Frame layout (`TrapFrame`): x0..x30 at 8 * n, SP at 248, ELR at 256,
     // SPSR at 264, ESR at 272, FAR at 280.
 
+    // `exit-counting` only: one more exit on this CPU (its slot of
+    // TESSERA_GUEST_EXITS, 64 bytes apart). x0/x1 are scratch (already
+    // saved); nothing else is touched.
+    .macro count_guest_exit
+    .if {exit_counting}
+    mrs     x0, tpidr_el2
+    and     x0, x0, #{cpu_mask}
+    adrp    x1, TESSERA_GUEST_EXITS
+    add     x1, x1, :lo12:TESSERA_GUEST_EXITS
+    add     x1, x1, x0, lsl #6
+    ldr     x0, [x1]
+    add     x0, x0, #1
+    str     x0, [x1]
+    .endif
+    .endm
+
     .macro vector_entry slot
     .balign 0x80
     sub     sp, sp, #{frame_size}
     stp     x0, x1, [sp, #0]
+    .if \slot >= 8
+    count_guest_exit
+    .endif
     mov     x1, #\slot
     b       exception_common
     .endm
@@ -147,10 +204,12 @@ exception_vectors:
     .balign 0x80
     sub     sp, sp, #{frame_size}
     stp     x0, x1, [sp, #0]
+    count_guest_exit
     b       guest_synchronous
     .balign 0x80
     sub     sp, sp, #{frame_size}
     stp     x0, x1, [sp, #0]
+    count_guest_exit
     b       guest_irq
     vector_entry 10
     vector_entry 11
@@ -282,4 +341,5 @@ enter_guest_asm:
     guest_irq = sym crate::traps::handlers::handle_guest_irq,
     cpu_mask = const tessera_hypervisor::MAX_CPUS - 1,
     no_interrupt = const crate::traps::handlers::NO_INTERRUPT_ACKNOWLEDGED,
+    exit_counting = const cfg!(feature = "exit-counting") as u32,
 );

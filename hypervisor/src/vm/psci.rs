@@ -43,6 +43,9 @@ pub enum Call {
     /// Which optional traps are on for this vCPU (Tessera call, test
     /// builds only).
     TestVcpuTraps,
+    /// How many guest exits this CPU has taken (Tessera call, benchmark
+    /// builds only).
+    BenchExitCount,
 }
 
 /// Decodes a call from the guest's x0..x3. 32-bit calling-convention
@@ -83,6 +86,7 @@ pub fn decode(x0: u64, x1: u64, x2: u64, x3: u64) -> Call {
         TESSERA_VM_EXIT => Call::VmExit { status: x1 as u32 },
         TESSERA_RESET_COUNT => Call::ResetCount,
         TESSERA_TEST_VCPU_TRAPS => Call::TestVcpuTraps,
+        TESSERA_BENCH_EXIT_COUNT => Call::BenchExitCount,
         // Everything else is not implemented.
         _ => Call::Return(status::NOT_SUPPORTED),
     }
@@ -162,6 +166,7 @@ mod tests {
         assert_eq!(decode(0x8600_0001, 3, 0, 0), Call::VmExit { status: 3 });
         assert_eq!(decode(0x8600_0002, 0, 0, 0), Call::ResetCount);
         assert_eq!(decode(0x8600_0080, 0, 0, 0), Call::TestVcpuTraps);
+        assert_eq!(decode(0x8600_0081, 0, 0, 0), Call::BenchExitCount);
         assert_eq!(
             decode(0xC400_0004, 1, 0, 0),
             Call::AffinityInfo {

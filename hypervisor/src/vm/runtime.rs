@@ -1042,6 +1042,10 @@ fn handle_firmware_call(id: VmId, vcpu: VcpuId, frame: &mut TrapFrame) {
             i64::from(guest::virtual_memory_registers_trapped())
         }
         Call::TestVcpuTraps => status::NOT_SUPPORTED,
+        // Benchmark images only (`exit-counting`): the vectors' count.
+        Call::BenchExitCount => {
+            vectors::guest_exits_on_this_cpu().map_or(status::NOT_SUPPORTED, |count| count as i64)
+        }
         Call::ResetCount => vm(id).lifecycle().reset_count() as i64,
     };
     frame.registers[0] = result as u64;

@@ -1,7 +1,9 @@
-//! `tessera bench` (`make bench`): boots the bench guest natively and
-//! under Tessera with QEMU counting instructions, takes the figures the
-//! guest prints and the size of the production image, and writes
-//! `target/bench/results.json` and `docs/benchmarks.md`.
+//! `tessera bench` (`make bench`): boots the bench guests natively and
+//! under Tessera with QEMU counting instructions (the vdev-shmem pair only
+//! under Tessera, once with the production image and once with an image
+//! that counts guest exits), takes the figures the guests print and the
+//! size of the production image, and writes `target/bench/results.json`
+//! and `docs/benchmarks.md`.
 //!
 //! The contract is the "Benchmarks" section of the testing design: one
 //! instruction per counter tick (`-icount shift=0` and a 1 GHz generic
@@ -27,7 +29,10 @@ use crate::system;
 use crate::variant::Variant;
 use crate::workspace;
 
-use parse::{GuestReport, InterruptReport, parse_interrupt_report, parse_report};
+use parse::{
+    GuestReport, InterruptReport, ShmemReport, Stats, parse_interrupt_report, parse_report,
+    parse_shmem_report,
+};
 use report::{Figure, RunFacts};
 
 /// Everything `tessera bench` writes, relative to the workspace root.
@@ -40,7 +45,16 @@ const SYSTEM_FILE: &str = "bench/systems/one-vm.toml";
 /// The same for the interrupt figures, with the `bench-interrupts` guest
 /// (apart, so its vector table does not weigh on the boot figure).
 const INTERRUPT_SYSTEM_FILE: &str = "bench/systems/interrupts.toml";
-/// Each QEMU run; both take well under a second.
+/// The vdev-shmem pair: two VMs on CPUs 1 and 2 of three, each running
+/// the `bench-shmem` guest, the sender and the receiver (VM names).
+const SHMEM_SYSTEM_FILE: &str = "bench/systems/shmem.toml";
+const SHMEM_SENDER: &str = "sender";
+const SHMEM_RECEIVER: &str = "receiver";
+/// The hypervisor feature that counts guest exits
+/// (`shmem.exits_per_roundtrip`); never in the production image, whose
+/// exits it would lengthen.
+const EXIT_COUNTING_FEATURE: &str = "exit-counting";
+/// Each QEMU run; all take well under a second.
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 /// What the production hypervisor prints before it halts without ending
 /// QEMU (a VM failed, so there is no PSCI SYSTEM_OFF).
@@ -51,6 +65,10 @@ const BOOT_TARGET: u64 = 250_000;
 const VUART_READ_TARGET: u64 = 150;
 const GICD_READ_TARGET: u64 = 150;
 const VTIMER_LATENCY_TARGET: u64 = 100;
+/// Issue 10 (vdev-shmem).
+const SHMEM_ONEWAY_TARGET: u64 = 400;
+const SHMEM_ROUNDTRIP_TARGET: u64 = 1_300;
+const SHMEM_EXITS_TARGET: u64 = 6;
 /// Issue 9 sets it at 128 KiB with the vGIC's register files in (issue 7
 /// had lowered it to 112 KiB before them, with no unwind tables and
 /// zero-initialised statics in `.bss`).
@@ -67,11 +85,16 @@ pub fn run_bench(root: &Path) -> Result<ExitCode> {
     let image_bytes = std::fs::metadata(&image)
         .with_context(|| format!("cannot read {}", image.display()))?
         .len();
+    // The same with the guest exits counted, for that one figure.
+    let counting = variant.clone().with_feature(EXIT_COUNTING_FEATURE);
+    builder::build_image(root, &counting)?;
 
     let hypervisor_image = variant.image_path();
     let main = run_pair(root, SYSTEM_FILE, "", &hypervisor_image, &logs)?;
-    let native_report = main.native.report(None, parse_report)?;
-    let hosted_report = main.hosted.report(Some(&main.vm_name), parse_report)?;
+    let native_report = main.native.report(|log| parse_report(log, None))?;
+    let hosted_report = main
+        .hosted
+        .report(|log| parse_report(log, Some(&main.vm_name)))?;
     let interrupts = run_pair(
         root,
         INTERRUPT_SYSTEM_FILE,
@@ -79,18 +102,27 @@ pub fn run_bench(root: &Path) -> Result<ExitCode> {
         &hypervisor_image,
         &logs,
     )?;
-    let native_interrupts = interrupts.native.report(None, parse_interrupt_report)?;
+    let native_interrupts = interrupts
+        .native
+        .report(|log| parse_interrupt_report(log, None))?;
     let hosted_interrupts = interrupts
         .hosted
-        .report(Some(&interrupts.vm_name), parse_interrupt_report)?;
+        .report(|log| parse_interrupt_report(log, Some(&interrupts.vm_name)))?;
+    let shmem = run_shmem(root, &hypervisor_image, &counting.image_path(), &logs)?;
+    let parse_shmem = |log: &str| parse_shmem_report(log, SHMEM_SENDER, SHMEM_RECEIVER);
+    let shmem_report = shmem.production.report(parse_shmem)?;
+    let shmem_exits = shmem.counting.report(parse_shmem)?;
+    let shmem_exits = exit_counts(&shmem_report, &shmem_exits)?;
 
-    let figures = figures(
-        &native_report,
-        &hosted_report,
-        &native_interrupts,
-        &hosted_interrupts,
+    let figures = figures(&Measured {
+        native: &native_report,
+        hosted: &hosted_report,
+        native_interrupts: &native_interrupts,
+        hosted_interrupts: &hosted_interrupts,
+        shmem: &shmem_report,
+        shmem_exits,
         image_bytes,
-    )?;
+    })?;
     let facts = RunFacts {
         qemu_version: qemu_version()?,
         commands: vec![
@@ -106,6 +138,17 @@ pub fn run_bench(root: &Path) -> Result<ExitCode> {
             (
                 format!("under Tessera: the production image, {INTERRUPT_SYSTEM_FILE}"),
                 interrupts.hosted.command,
+            ),
+            (
+                format!("under Tessera: the production image, {SHMEM_SYSTEM_FILE}"),
+                shmem.production.command,
+            ),
+            (
+                format!(
+                    "under Tessera: the image built with `{EXIT_COUNTING_FEATURE}`, \
+                     {SHMEM_SYSTEM_FILE}"
+                ),
+                shmem.counting.command,
             ),
         ],
     };
@@ -129,14 +172,48 @@ pub fn run_bench(root: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The figures, in the order the documentation lists them.
-fn figures(
-    native: &GuestReport,
-    hosted: &GuestReport,
-    native_interrupts: &InterruptReport,
-    hosted_interrupts: &InterruptReport,
+/// The exit counts of the counting run, once the production run shows
+/// none: a production image that answered TESSERA_BENCH_EXIT_COUNT would
+/// be counting on its fast paths.
+fn exit_counts(production: &ShmemReport, counting: &ShmemReport) -> Result<Stats> {
+    if production.exits_per_roundtrip.is_some() {
+        bail!(
+            "the production image counted guest exits (the guest printed \
+             shmem.exits_per_roundtrip): it was built with `{EXIT_COUNTING_FEATURE}`"
+        );
+    }
+    counting.exits_per_roundtrip.ok_or_else(|| {
+        anyhow!(
+            "the image built with `{EXIT_COUNTING_FEATURE}` gave the guest no exit count \
+             (no shmem.exits_per_roundtrip line)"
+        )
+    })
+}
+
+/// Everything the figures are made of.
+struct Measured<'a> {
+    native: &'a GuestReport,
+    hosted: &'a GuestReport,
+    native_interrupts: &'a InterruptReport,
+    hosted_interrupts: &'a InterruptReport,
+    /// From the production image.
+    shmem: &'a ShmemReport,
+    /// From the image that counts exits.
+    shmem_exits: Stats,
     image_bytes: u64,
-) -> Result<Vec<Figure>> {
+}
+
+/// The figures, in the order the documentation lists them.
+fn figures(measured: &Measured<'_>) -> Result<Vec<Figure>> {
+    let &Measured {
+        native,
+        hosted,
+        native_interrupts,
+        hosted_interrupts,
+        shmem,
+        shmem_exits,
+        image_bytes,
+    } = measured;
     let boot = hosted
         .boot_counter
         .checked_sub(native.boot_counter)
@@ -209,6 +286,77 @@ fn figures(
                    hardware-linked list register and returns.",
         },
         Figure {
+            name: "shmem.notify_oneway",
+            unit: "instructions",
+            min: shmem.notify_oneway.min,
+            median: shmem.notify_oneway.median,
+            max: shmem.notify_oneway.max,
+            native_median: None,
+            target: Some(SHMEM_ONEWAY_TARGET),
+            what: "from the sender's reading of the physical counter (CNTPCT_EL0 after \
+                   an ISB), the instruction before its notify store, to the receiver's \
+                   interrupt handler, whose first act is to read the counter (after the \
+                   6-instruction prologue of the function); 201 rounds of the \
+                   `bench-shmem` guests (bench/systems/shmem.toml: virt GICv3, 3 CPUs, \
+                   CPU 0 without a VM, the sender on CPU 1 and the receiver on CPU 2, one \
+                   vdev-shmem instance each, a one-page region; the guests drive the \
+                   factory and control pages directly and take the interrupt, level \
+                   triggered, through the SDK's GIC driver). The physical counter, not \
+                   the virtual one: each VM's virtual counter has its own offset \
+                   (CNTVOFF_EL2 is the physical count when the VM was built), while \
+                   under `-icount` CNTPCT_EL0 is one clock for all CPUs. The CPUs run \
+                   round-robin, and a CPU that signals another keeps running until it \
+                   halts in WFI, so the figure counts the instructions of both CPUs in \
+                   between: the sender's trapped store and EL2 path up to the signal, its \
+                   way back into WFI, the receiver's exit, list-register update and \
+                   return, and the guest's own path to the handler (the SDK's IRQ vector, \
+                   acknowledge and dispatch, about 90 instructions). Before each round \
+                   the sender waits 20,000 ticks in WFI on its virtual timer, so that the \
+                   receiver is back in WFI (with IRQs masked, woken by the pending \
+                   interrupt, then unmasked); nobody polls. The trapped control-page \
+                   accesses keep their data in x2, a caller-saved register, so they take \
+                   the device fast path (through x19..x29 they would take the full one, \
+                   about 100 instructions longer). No native baseline: there is nothing \
+                   to run natively.",
+        },
+        Figure {
+            name: "shmem.pingpong_roundtrip",
+            unit: "instructions",
+            min: shmem.pingpong_roundtrip.min,
+            median: shmem.pingpong_roundtrip.median,
+            max: shmem.pingpong_roundtrip.max,
+            native_median: None,
+            target: Some(SHMEM_ROUNDTRIP_TARGET),
+            what: "the same rounds: the receiver's handler reads its status (which \
+                   lowers the level line), writes its counter reading into the region \
+                   and notifies the sender back, from the handler; the figure runs from \
+                   the sender's reading before its notify to its own handler's counter \
+                   reading for the reply. It includes the receiver's return to WFI \
+                   after its notify (the sender's CPU runs once the receiver's halts).",
+        },
+        Figure {
+            name: "shmem.exits_per_roundtrip",
+            unit: "exits",
+            min: shmem_exits.min,
+            median: shmem_exits.median,
+            max: shmem_exits.max,
+            native_median: None,
+            target: Some(SHMEM_EXITS_TARGET),
+            what: "guest exits to EL2 of every kind (data aborts, HVCs, WFI/WFE, \
+                   interrupts taken while a guest ran), both sides, per round trip of the \
+                   same guests, 201 round trips after the timed ones. Counted by the \
+                   hypervisor's exception vectors (every entry from a lower EL adds one \
+                   to its CPU's count) in an image built with the `exit-counting` \
+                   feature, a separate run: the production image does not count, as that \
+                   would lengthen every exit, and every other figure here is from it. \
+                   The guests read their own CPU's count with the \
+                   TESSERA_BENCH_EXIT_COUNT hypercall: the sender before its notify and \
+                   after the reply, the receiver in each handler (from one round's \
+                   reading to the next); each reading's own HVC is taken off. Per side: \
+                   the notify store, the interrupt that wakes the vCPU from WFI, the \
+                   status read.",
+        },
+        Figure {
             name: "image.hypervisor_bytes",
             unit: "bytes",
             min: image_bytes,
@@ -235,15 +383,11 @@ struct Run {
 }
 
 impl Run {
-    /// The guest's report as `parse` reads it, provided QEMU also ended
-    /// cleanly.
-    fn report<T>(
-        &self,
-        tag: Option<&str>,
-        parse: fn(&str, Option<&str>) -> Result<T, String>,
-    ) -> Result<T> {
+    /// The guests' report as `parse` reads it from the output, provided
+    /// QEMU also ended cleanly.
+    fn report<T>(&self, parse: impl FnOnce(&str) -> Result<T, String>) -> Result<T> {
         let log = workspace::display(&self.log);
-        match (parse(&self.output, tag), self.ending) {
+        match (parse(&self.output), self.ending) {
             (Ok(report), Ending::Exited(0)) => Ok(report),
             (Ok(_), ending) => bail!(
                 "{} run: the guest reported, but QEMU ended with {ending} instead of exit status 0 (log: {log})",
@@ -316,6 +460,74 @@ fn run_pair(
         hosted: run(root, hosted_label, &hosted_request, logs)?,
         vm_name: vm.name.clone(),
     })
+}
+
+/// The vdev-shmem pair under the production image and under the one that
+/// counts exits.
+struct ShmemRuns {
+    production: Run,
+    counting: Run,
+}
+
+/// Builds the vdev-shmem system, writes its package, and runs it under
+/// `production_image` and `counting_image`. Logs `tessera-shmem` and
+/// `tessera-shmem-exits`.
+fn run_shmem(
+    root: &Path,
+    production_image: &Path,
+    counting_image: &Path,
+    logs: &Path,
+) -> Result<ShmemRuns> {
+    let system = system::load(
+        &root.join(SHMEM_SYSTEM_FILE),
+        &mut ExampleBuilder::new(root),
+    )
+    .map_err(|errors| anyhow!("{errors}"))?;
+    check_shmem_roles(&system.config)?;
+    let package = root.join(BENCH_DIR).join("shmem.cpio");
+    package::write(&system, &package)?;
+    let memory = system.config.qemu_memory();
+    let package = relative(root, &package);
+    let production = QemuRequest {
+        machine: system.config.machine(),
+        cpus: system.config.board.cpus,
+        memory: memory.as_deref(),
+        semihosting: false,
+        image: production_image,
+        initrd: Some(&package),
+        device_tree: None,
+        extra_args: &[],
+        clock: Clock::Instructions,
+    };
+    let counting = QemuRequest {
+        image: counting_image,
+        ..production
+    };
+    Ok(ShmemRuns {
+        production: run(root, "tessera-shmem", &production, logs)?,
+        counting: run(root, "tessera-shmem-exits", &counting, logs)?,
+    })
+}
+
+/// The system must have the two VMs the parser reads, each on a CPU of
+/// its own, so that the figures are cross-CPU ones.
+fn check_shmem_roles(config: &system::SystemConfig) -> Result<()> {
+    let cpus_of = |name: &str| {
+        config
+            .vms
+            .iter()
+            .find(|vm| vm.name == name)
+            .map(|vm| vm.cpus.clone())
+            .ok_or_else(|| anyhow!("{SHMEM_SYSTEM_FILE} has no VM named `{name}`"))
+    };
+    let (sender, receiver) = (cpus_of(SHMEM_SENDER)?, cpus_of(SHMEM_RECEIVER)?);
+    if config.vms.len() != 2 || sender.len() != 1 || receiver.len() != 1 || sender == receiver {
+        bail!(
+            "{SHMEM_SYSTEM_FILE} must have exactly two VMs, `{SHMEM_SENDER}` and \
+             `{SHMEM_RECEIVER}`, with one CPU each, not the same"
+        );
+    }
+    Ok(())
 }
 
 fn run(root: &Path, label: &'static str, request: &QemuRequest<'_>, logs: &Path) -> Result<Run> {
@@ -405,16 +617,61 @@ mod tests {
         }
     }
 
+    fn shmem(exits: Option<u64>) -> ShmemReport {
+        ShmemReport {
+            notify_oneway: Stats {
+                min: 380,
+                median: 390,
+                max: 500,
+            },
+            pingpong_roundtrip: Stats {
+                min: 1_200,
+                median: 1_250,
+                max: 1_400,
+            },
+            exits_per_roundtrip: exits.map(|count| Stats {
+                min: count,
+                median: count,
+                max: count + 2,
+            }),
+        }
+    }
+
+    fn measured<'a>(
+        reports: &'a (
+            GuestReport,
+            GuestReport,
+            InterruptReport,
+            InterruptReport,
+            ShmemReport,
+        ),
+        image_bytes: u64,
+    ) -> Measured<'a> {
+        Measured {
+            native: &reports.0,
+            hosted: &reports.1,
+            native_interrupts: &reports.2,
+            hosted_interrupts: &reports.3,
+            shmem: &reports.4,
+            shmem_exits: Stats {
+                min: 6,
+                median: 7,
+                max: 9,
+            },
+            image_bytes,
+        }
+    }
+
     #[test]
     fn figures_set_tessera_against_native() {
-        let figures = figures(
-            &report(32_877, 1),
-            &report(1_257_082, 358),
-            &interrupts(3, 0),
-            &interrupts(360, 89),
-            115_424,
-        )
-        .unwrap();
+        let reports = (
+            report(32_877, 1),
+            report(1_257_082, 358),
+            interrupts(3, 0),
+            interrupts(360, 89),
+            shmem(None),
+        );
+        let figures = figures(&measured(&reports, 115_424)).unwrap();
         let names: Vec<&str> = figures.iter().map(|f| f.name).collect();
         assert_eq!(
             names,
@@ -423,6 +680,9 @@ mod tests {
                 "mmio.vuart_read",
                 "mmio.gicd_read",
                 "vtimer.irq_latency",
+                "shmem.notify_oneway",
+                "shmem.pingpong_roundtrip",
+                "shmem.exits_per_roundtrip",
                 "image.hypervisor_bytes"
             ]
         );
@@ -443,7 +703,19 @@ mod tests {
         let timer = &figures[3];
         assert_eq!((timer.median, timer.native_median), (89, Some(0)));
         assert_eq!(timer.target, Some(100));
-        let image = &figures[4];
+        let oneway = &figures[4];
+        assert_eq!(
+            (oneway.min, oneway.median, oneway.max, oneway.native_median),
+            (380, 390, 500, None)
+        );
+        assert_eq!(oneway.target, Some(400));
+        let roundtrip = &figures[5];
+        assert_eq!((roundtrip.median, roundtrip.native_median), (1_250, None));
+        assert_eq!(roundtrip.target, Some(1_300));
+        let exits = &figures[6];
+        assert_eq!((exits.min, exits.median, exits.max), (6, 7, 9));
+        assert_eq!((exits.unit, exits.target), ("exits", Some(6)));
+        let image = &figures[7];
         assert_eq!((image.min, image.max), (115_424, 115_424));
         assert_eq!(image.native_median, None);
         assert_eq!(image.target, Some(131_072));
@@ -451,14 +723,14 @@ mod tests {
 
     #[test]
     fn a_hosted_boot_counter_below_the_native_one_is_an_error() {
-        let err = figures(
-            &report(40_000, 1),
-            &report(30_000, 358),
-            &interrupts(1, 1),
-            &interrupts(1, 1),
-            1,
-        )
-        .unwrap_err();
+        let reports = (
+            report(40_000, 1),
+            report(30_000, 358),
+            interrupts(1, 1),
+            interrupts(1, 1),
+            shmem(None),
+        );
+        let err = figures(&measured(&reports, 1)).unwrap_err();
         assert!(err.to_string().contains("earlier under Tessera"), "{err}");
     }
 
@@ -475,13 +747,10 @@ mod tests {
             output: output.into(),
             log: PathBuf::from("target/bench/logs/tessera.log"),
         };
-        assert!(
-            run(Ending::Exited(0), output)
-                .report(Some("bench"), parse_report)
-                .is_ok()
-        );
+        let parse = |log: &str| parse_report(log, Some("bench"));
+        assert!(run(Ending::Exited(0), output).report(parse).is_ok());
         let err = run(Ending::Stopped, output)
-            .report(Some("bench"), parse_report)
+            .report(parse)
             .unwrap_err()
             .to_string();
         assert!(
@@ -489,7 +758,7 @@ mod tests {
             "{err}"
         );
         let err = run(Ending::TimedOut(RUN_TIMEOUT), "")
-            .report(Some("bench"), parse_report)
+            .report(parse)
             .unwrap_err()
             .to_string();
         assert_eq!(
@@ -497,6 +766,49 @@ mod tests {
             "tessera run: no `bench: cntfrq=N` line; QEMU: timed out after 120s \
              (log: target/bench/logs/tessera.log)"
         );
+    }
+
+    #[test]
+    fn exit_counts_come_only_from_the_counting_image() {
+        assert_eq!(
+            exit_counts(&shmem(None), &shmem(Some(6))).unwrap(),
+            Stats {
+                min: 6,
+                median: 6,
+                max: 8
+            }
+        );
+        let err = exit_counts(&shmem(Some(6)), &shmem(Some(6))).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("the production image counted guest exits"),
+            "{err}"
+        );
+        let err = exit_counts(&shmem(None), &shmem(None)).unwrap_err();
+        assert!(
+            err.to_string().contains("gave the guest no exit count"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_shmem_system_puts_sender_and_receiver_on_cpus_of_their_own() {
+        let root = workspace::find_root().unwrap();
+        let config = system::load_config(&root.join(SHMEM_SYSTEM_FILE)).unwrap();
+        assert_eq!(config.machine(), Machine::VirtGicv3);
+        assert_eq!(config.board.cpus, 3);
+        check_shmem_roles(&config).unwrap();
+        for vm in &config.vms {
+            assert_eq!(vm.image, system::ImageSource::Example("bench-shmem".into()));
+            assert!(!vm.cpus.contains(&0), "CPU 0 stays without a VM");
+        }
+        let mut swapped = config.clone();
+        swapped.vms[1].cpus = swapped.vms[0].cpus.clone();
+        assert!(check_shmem_roles(&swapped).is_err());
+        let mut renamed = config;
+        renamed.vms[0].name = "other".into();
+        let err = check_shmem_roles(&renamed).unwrap_err().to_string();
+        assert!(err.contains("has no VM named"), "{err}");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Reading what the bench guest (`guest-sdk/examples/bench.rs`) printed
+//! Reading what the bench guests (`guest-sdk/examples/bench*.rs`) printed
 //! out of a serial log.
 //!
 //! The guest's lines start `bench: `; under Tessera the hypervisor puts the
@@ -48,6 +48,21 @@ pub struct InterruptReport {
     pub calibration: Stats,
 }
 
+/// What the two `bench-shmem` guests measured: the sender reports, the
+/// receiver only says it finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShmemReport {
+    /// Sender's counter before its notify to the receiver's handler entry.
+    pub notify_oneway: Stats,
+    /// Sender's counter before its notify to its own handler entry for the
+    /// reply.
+    pub pingpong_roundtrip: Stats,
+    /// Guest exits of both sides per round trip: only from an image that
+    /// counts them (the hypervisor's `exit-counting` feature), `None`
+    /// otherwise.
+    pub exits_per_roundtrip: Option<Stats>,
+}
+
 /// Reads the guest's report from `log`. `tag` is the VM name the
 /// hypervisor tags its lines with, `None` for a native run.
 ///
@@ -81,12 +96,31 @@ pub fn parse_interrupt_report(log: &str, tag: Option<&str>) -> Result<InterruptR
     Ok(report)
 }
 
+/// Reads the `bench-shmem` guests' report from a hosted `log`: the
+/// figures from the lines tagged `sender`, and from the lines tagged
+/// `receiver` only that it did not fail and finished.
+///
+/// # Errors
+/// As [`parse_report`], for either guest.
+pub fn parse_shmem_report(log: &str, sender: &str, receiver: &str) -> Result<ShmemReport, String> {
+    let lines = checked_lines(log, Some(sender))?;
+    let report = ShmemReport {
+        notify_oneway: summary(&lines, "shmem.notify_oneway")?,
+        pingpong_roundtrip: summary(&lines, "shmem.pingpong_roundtrip")?,
+        exits_per_roundtrip: optional_summary(&lines, "shmem.exits_per_roundtrip")?,
+    };
+    finished(&lines)?;
+    let receiver_lines = guest_lines(log, Some(receiver));
+    no_failure(&receiver_lines)
+        .and_then(|()| finished(&receiver_lines))
+        .map_err(|reason| format!("the receiver ({receiver}): {reason}"))?;
+    Ok(report)
+}
+
 /// The guest's lines, once they show no failure and a 1 GHz counter.
 fn checked_lines<'a>(log: &'a str, tag: Option<&str>) -> Result<Vec<&'a str>, String> {
     let lines = guest_lines(log, tag);
-    if let Some(failure) = lines.iter().find(|line| line.contains("FAIL")) {
-        return Err(format!("the guest failed: `{GUEST_PREFIX}{failure}`"));
-    }
+    no_failure(&lines)?;
     let counter_hz = value(&lines, "cntfrq")?;
     if counter_hz != BENCH_COUNTER_HZ {
         return Err(format!(
@@ -95,6 +129,13 @@ fn checked_lines<'a>(log: &'a str, tag: Option<&str>) -> Result<Vec<&'a str>, St
         ));
     }
     Ok(lines)
+}
+
+fn no_failure(lines: &[&str]) -> Result<(), String> {
+    match lines.iter().find(|line| line.contains("FAIL")) {
+        Some(failure) => Err(format!("the guest failed: `{GUEST_PREFIX}{failure}`")),
+        None => Ok(()),
+    }
 }
 
 fn finished(lines: &[&str]) -> Result<(), String> {
@@ -184,6 +225,19 @@ fn summary(lines: &[&str], name: &str) -> Result<Stats, String> {
     Ok(stats)
 }
 
+/// As [`summary`], but `None` when there is no line for `name` at all.
+fn optional_summary(lines: &[&str], name: &str) -> Result<Option<Stats>, String> {
+    let present = lines.iter().any(|line| {
+        line.strip_prefix(name)
+            .is_some_and(|rest| rest.starts_with(' '))
+    });
+    if present {
+        summary(lines, name).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,6 +293,99 @@ tessera: vm bench: stopped cleanly
             parse_interrupt_report(&no_timer, Some("bench"))
                 .unwrap_err()
                 .contains("vtimer.irq_latency")
+        );
+    }
+
+    const SHMEM: &str = "\
+Tessera 0.1.0 (EL2 hypervisor) on qemu-virt, GICv3, 3 CPUs
+[sender] bench: cntfrq=1000000000
+[sender] bench: shmem.notify_oneway min=380 median=390 max=520
+[receiver] bench: shmem.notify_oneway min=1 median=1 max=1
+[sender] bench: shmem.pingpong_roundtrip min=1200 median=1250 max=1400
+[sender] bench: done
+[receiver] bench: done
+tessera: vm sender: stopped cleanly
+";
+
+    #[test]
+    fn the_shmem_guests_report_without_exit_counts() {
+        let report = parse_shmem_report(SHMEM, "sender", "receiver").unwrap();
+        assert_eq!(
+            report,
+            ShmemReport {
+                notify_oneway: Stats {
+                    min: 380,
+                    median: 390,
+                    max: 520
+                },
+                pingpong_roundtrip: Stats {
+                    min: 1200,
+                    median: 1250,
+                    max: 1400
+                },
+                exits_per_roundtrip: None,
+            }
+        );
+    }
+
+    #[test]
+    fn the_shmem_guests_report_with_exit_counts() {
+        let log = SHMEM.replace(
+            "[sender] bench: done",
+            "[sender] bench: shmem.exits_per_roundtrip min=6 median=6 max=8\n[sender] bench: done",
+        );
+        let report = parse_shmem_report(&log, "sender", "receiver").unwrap();
+        assert_eq!(
+            report.exits_per_roundtrip,
+            Some(Stats {
+                min: 6,
+                median: 6,
+                max: 8
+            })
+        );
+        // A line that is there must be well formed.
+        let bad = log.replace("max=8", "max=x");
+        assert_eq!(
+            parse_shmem_report(&bad, "sender", "receiver").unwrap_err(),
+            "`bench: shmem.exits_per_roundtrip min=6 median=6 max=x`: `x` is not a whole number"
+        );
+        // A figure whose name only starts the same is not it.
+        let other = SHMEM.replace(
+            "[sender] bench: done",
+            "[sender] bench: shmem.exits_per_roundtrip_other min=1 median=1 max=1\n[sender] bench: done",
+        );
+        assert_eq!(
+            parse_shmem_report(&other, "sender", "receiver")
+                .unwrap()
+                .exits_per_roundtrip,
+            None
+        );
+    }
+
+    #[test]
+    fn the_shmem_receiver_must_finish_without_failing() {
+        let unfinished = SHMEM.replace("[receiver] bench: done\n", "");
+        assert_eq!(
+            parse_shmem_report(&unfinished, "sender", "receiver").unwrap_err(),
+            "the receiver (receiver): no `bench: done` line: the guest did not finish"
+        );
+        let failed = SHMEM.replace(
+            "[receiver] bench: done",
+            "[receiver] bench: FAIL: vector 40: no GIC",
+        );
+        assert_eq!(
+            parse_shmem_report(&failed, "sender", "receiver").unwrap_err(),
+            "the receiver (receiver): the guest failed: `bench: FAIL: vector 40: no GIC`"
+        );
+        let no_roundtrip = SHMEM.replace("pingpong_roundtrip", "other");
+        assert_eq!(
+            parse_shmem_report(&no_roundtrip, "sender", "receiver").unwrap_err(),
+            "no `bench: shmem.pingpong_roundtrip min=N median=N max=N` line"
+        );
+        // The sender's lines are the ones tagged `sender`.
+        assert_eq!(
+            parse_shmem_report(SHMEM, "receiver", "sender").unwrap_err(),
+            "no `bench: cntfrq=N` line"
         );
     }
 

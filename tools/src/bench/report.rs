@@ -135,8 +135,12 @@ pub fn markdown(figures: &[Figure], facts: &RunFacts) -> String {
          \n\
          `make bench` installs what is missing, then runs \
          `cargo run --release -p tessera-tools -- bench`, which builds the production \
-         hypervisor image and the `bench` guest (guest-sdk/examples/bench.rs), boots the \
-         guest natively and under Tessera (bench/systems/one-vm.toml), and writes \
+         hypervisor image, the same image with the `exit-counting` feature (for \
+         `shmem.exits_per_roundtrip` alone) and the bench guests \
+         (guest-sdk/examples/bench.rs, bench-interrupts.rs, bench-shmem.rs); boots the \
+         `bench` and `bench-interrupts` guests natively and under Tessera \
+         (bench/systems/one-vm.toml, interrupts.toml) and the two `bench-shmem` guests \
+         under Tessera with each image (bench/systems/shmem.toml); and writes \
          `target/bench/results.json` and this file. It is not part of `make test`. \
          The serial logs and QEMU commands are kept in `target/bench/logs/`. \
          The runs, from the workspace root:\n\
