@@ -612,6 +612,9 @@ impl PassthroughClaims {
 pub const SHMEM_PAGE: u64 = tessera_vdevs::shmem::PAGE_SIZE;
 /// Device instances in the whole system (the model's table).
 pub const MAX_SHMEM_DEVICES: usize = tessera_vdevs::shmem::MAX_DEVICES;
+/// vdev-shmem instances one VM may have: each takes two windows of the
+/// VM's device map, whose size is on the device fast path.
+pub const MAX_SHMEM_DEVICES_PER_VM: usize = 6;
 /// `allow` and `deny` patterns together, per instance.
 pub const MAX_SHMEM_RULES: usize = tessera_vdevs::shmem::MAX_RULES;
 /// Boot regions: they take registry slots for good.
@@ -721,6 +724,18 @@ pub const fn check_shmem_counts(devices: usize, rules: usize) -> Result<(), Rule
         Err(RuleError::TooManyShmemDevices { count: devices })
     } else if rules > MAX_SHMEM_RULES {
         Err(RuleError::TooManyShmemRules { count: rules })
+    } else {
+        Ok(())
+    }
+}
+
+/// How many vdev-shmem instances one VM has.
+///
+/// # Errors
+/// `TooManyVmShmemDevices`.
+pub const fn check_vm_shmem_count(count: usize) -> Result<(), RuleError> {
+    if count > MAX_SHMEM_DEVICES_PER_VM {
+        Err(RuleError::TooManyVmShmemDevices { count })
     } else {
         Ok(())
     }
@@ -1009,6 +1024,9 @@ pub enum RuleError {
         count: usize,
     },
     TooManyShmemDevices {
+        count: usize,
+    },
+    TooManyVmShmemDevices {
         count: usize,
     },
     ShmemRegionName,
@@ -1340,6 +1358,10 @@ impl fmt::Display for RuleError {
             Self::TooManyShmemDevices { count } => write!(
                 f,
                 "{count} vdev-shmem instances, more than the {MAX_SHMEM_DEVICES} a system may have"
+            ),
+            Self::TooManyVmShmemDevices { count } => write!(
+                f,
+                "{count} vdev-shmem instances, more than the {MAX_SHMEM_DEVICES_PER_VM} a VM may have"
             ),
             Self::ShmemRegionName => f.write_str(
                 "is not a region name (1 to 31 bytes of printable ASCII without space, 0x21 to 0x7e)",
@@ -2144,5 +2166,12 @@ mod shmem_tests {
         );
         assert!(check_shmem_counts(MAX_SHMEM_DEVICES + 1, 0).is_err());
         assert!(check_shmem_counts(1, MAX_SHMEM_RULES + 1).is_err());
+        assert!(check_vm_shmem_count(MAX_SHMEM_DEVICES_PER_VM).is_ok());
+        assert_eq!(
+            check_vm_shmem_count(MAX_SHMEM_DEVICES_PER_VM + 1)
+                .unwrap_err()
+                .to_string(),
+            "7 vdev-shmem instances, more than the 6 a VM may have"
+        );
     }
 }

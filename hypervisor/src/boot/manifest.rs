@@ -523,7 +523,10 @@ impl<'a> SystemManifest<'a> {
             if vm.shmem.is_empty() {
                 continue;
             }
-            shmem_devices += vm.shmem_devices().len();
+            let own = vm.shmem_devices().len();
+            rules::check_vm_shmem_count(own)
+                .map_err(|rule| fail("vdev-shmem", Value::Number(own as u64), rule))?;
+            shmem_devices += own;
             rules::check_shmem_counts(shmem_devices, 0)
                 .map_err(|rule| fail("vdev-shmem", Value::Number(shmem_devices as u64), rule))?;
             // Passthrough ranges and SPIs are apart already (above).

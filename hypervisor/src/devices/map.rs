@@ -25,10 +25,11 @@ use crate::memory::address::GuestPhysAddr;
 
 /// The most windows one VM's map holds: the UART, the GIC's distributor
 /// and redistributors, and a factory page and a mapping window for each
-/// vdev-shmem instance (up to 16 in a VM: 35 windows). A power of two, so
-/// the routing hint's bound is a mask. Unused entries cost memory only:
-/// the search stops at the last window in use.
-pub const MAX_WINDOWS: usize = 64;
+/// vdev-shmem instance (at most 6 in a VM, `rules::MAX_SHMEM_DEVICES_PER_VM`:
+/// 15 windows). A power of two, so the routing hint's bound is a mask; the
+/// map is built in place in the VM and kept small, since building a VM
+/// moves it.
+pub const MAX_WINDOWS: usize = 16;
 
 /// Which of a VM's device slots a window belongs to: an index the VM's
 /// owner of the devices gives meaning to (the hypervisor keeps one lock per

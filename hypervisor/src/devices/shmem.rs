@@ -28,7 +28,7 @@ use tessera_hypervisor::traps::instruction::{self, Plan};
 use tessera_hypervisor::vgic::state::SpiSet;
 use tessera_hypervisor::vm::ids::VmId;
 use tessera_vdevs::shmem::{
-    Area, ConfigError, DeviceConfig, DeviceId, MAX_DEVICES, MAX_RULES, Pattern, Rule, RuleKind,
+    Area, ConfigError, DeviceConfig, DeviceId, MAX_RULES, Pattern, Rule, RuleKind,
     Shmem, ShmemServices,
 };
 use tessera_vdevs::{
@@ -48,16 +48,19 @@ static REGISTRY: Mutex<Shmem> = Mutex::new(Shmem::new(0));
 /// UART's and the vGIC's).
 pub const FIRST_SLOT: u8 = 3;
 
+/// The most instances one VM has (the manifest's rules check it).
+const MAX_PER_VM: usize = tessera_package::rules::MAX_SHMEM_DEVICES_PER_VM;
+
 /// A VM's vdev-shmem instances: the model's device for each, by its index
 /// among the VM's instances.
 #[derive(Clone, Copy, Debug)]
 pub struct VmShmem {
-    devices: [Option<DeviceId>; MAX_DEVICES],
+    devices: [Option<DeviceId>; MAX_PER_VM],
 }
 
 impl VmShmem {
     pub const NONE: Self = Self {
-        devices: [None; MAX_DEVICES],
+        devices: [None; MAX_PER_VM],
     };
 
     /// The device and area behind device-map slot `slot`, if it is one of
@@ -138,7 +141,7 @@ pub fn add_vm(
     owned: &mut SpiSet,
 ) -> Result<VmShmem, SetupError> {
     const _: () = assert!(
-        FIRST_SLOT as usize + 2 * MAX_DEVICES <= tessera_hypervisor::devices::map::MAX_WINDOWS
+        FIRST_SLOT as usize + 2 * MAX_PER_VM <= tessera_hypervisor::devices::map::MAX_WINDOWS
     );
     let mut instances = VmShmem::NONE;
     let mut registry = REGISTRY.lock();

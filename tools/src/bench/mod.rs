@@ -498,6 +498,7 @@ fn run_shmem(
         device_tree: None,
         extra_args: &[],
         clock: Clock::Instructions,
+        cpu_model: None,
     };
     let counting = QemuRequest {
         image: counting_image,

@@ -194,7 +194,9 @@ pub fn parse_vm(
             devices.push(device);
         }
     }
-    if let Err(error) = rules::check_shmem_counts(entries.len(), 0) {
+    if let Err(error) = rules::check_shmem_counts(entries.len(), 0)
+        .and_then(|()| rules::check_vm_shmem_count(entries.len()))
+    {
         problems.add(&key, error.to_string());
     }
     (problems.list.len() + problems.omitted == before).then_some(devices)
