@@ -28,8 +28,8 @@ use tessera_hypervisor::traps::instruction::{self, Plan};
 use tessera_hypervisor::vgic::state::SpiSet;
 use tessera_hypervisor::vm::ids::VmId;
 use tessera_vdevs::shmem::{
-    Area, ConfigError, DeviceConfig, DeviceId, MAX_RULES, Pattern, Rule, RuleKind,
-    Shmem, ShmemServices,
+    Area, ConfigError, DeviceConfig, DeviceId, MAX_RULES, Pattern, Rule, RuleKind, Shmem,
+    ShmemServices,
 };
 use tessera_vdevs::{
     AccessWidth, GuestPages, HostPages, PageAccess, PagesRefused, VmIndex, VmLines,

@@ -179,6 +179,15 @@ pub fn resync(vgic: &mut VmInterrupts, vcpu: VcpuId) {
     arm_fast_path(vgic, vcpu);
 }
 
+/// SPI `intid` of the VM running here became pending for its vCPU `vcpu`
+/// on another CPU, which asked this one to show it: into a free list
+/// register if that is all that changed, else by a whole sync.
+pub fn show_injected(vm: &RunningVm, vcpu: VcpuId, intid: u32) {
+    let mut vgic = vm.device_state.vgic.lock();
+    vgic.show_pending_spi(vcpu, intid, &mut VirtualInterface::this_cpu());
+    arm_fast_path(&vgic, vcpu);
+}
+
 /// Brings the list registers of the vCPU running here in step with its
 /// VM's interrupt model.
 pub fn sync_this_cpu(vm: &RunningVm, vcpu: VcpuId) {
@@ -285,6 +294,24 @@ pub fn set_spi_level(id: VmId, intid: u32, level: bool) {
     let mut vgic = vm::vm(id).device_state.vgic.lock();
     // An SPI belongs to the VM, not to the vCPU named here.
     let effects = vgic.state.set_line_level(VcpuId::FIRST, intid, level);
+    // The usual fall: the handler of the vCPU running here lowered it.
+    if !level && vm::running_vm().is_some_and(|running| running.description.id == id) {
+        let vcpu = vm::running_vcpu();
+        if effects.reevaluate.iter().all(|concerned| concerned == vcpu)
+            && vgic.line_fell_while_active(vcpu, intid, &mut VirtualInterface::this_cpu())
+        {
+            return;
+        }
+    }
+    if level {
+        // One SPI became pending: the CPUs concerned may show just it.
+        if !effects.reevaluate.is_empty()
+            && vm::request_interrupt_injection(id, effects.reevaluate, intid)
+        {
+            sync_running_here(id, &mut vgic, effects);
+        }
+        return;
+    }
     sync_concerned(id, &mut vgic, effects);
 }
 
@@ -297,6 +324,13 @@ fn sync_concerned(id: VmId, vgic: &mut VmInterrupts, effects: Effects) {
     if effects.reevaluate.is_empty() || !vm::request_interrupt_sync(id, effects.reevaluate) {
         return;
     }
+    sync_running_here(id, vgic, effects);
+}
+
+/// Syncs the vCPU running here if it is one of VM `id`'s that `effects`
+/// concern (a parked or not yet started one shows the model's state when
+/// it starts).
+fn sync_running_here(id: VmId, vgic: &mut VmInterrupts, effects: Effects) {
     let running_here = vm::running_vm().is_some_and(|running| running.description.id == id)
         && effects.reevaluate.contains(vm::running_vcpu());
     if running_here {

@@ -81,6 +81,32 @@ impl VmInterrupts {
         list_registers::sync(&mut self.state, vcpu, shadow, registers);
     }
 
+    /// See `list_registers::show_pending_spi`; a full sync when it cannot.
+    pub fn show_pending_spi(
+        &mut self,
+        vcpu: VcpuId,
+        intid: u32,
+        registers: &mut impl ListRegisters,
+    ) {
+        if let Some(shadow) = self.shadows.get_mut(vcpu.index())
+            && !list_registers::show_pending_spi(&mut self.state, vcpu, intid, shadow, registers)
+        {
+            list_registers::sync(&mut self.state, vcpu, shadow, registers);
+        }
+    }
+
+    /// See `list_registers::line_fell_while_active`.
+    pub fn line_fell_while_active(
+        &mut self,
+        vcpu: VcpuId,
+        intid: u32,
+        registers: &mut impl ListRegisters,
+    ) -> bool {
+        self.shadows.get(vcpu.index()).is_some_and(|shadow| {
+            list_registers::line_fell_while_active(&self.state, vcpu, intid, shadow, registers)
+        })
+    }
+
     /// See `list_registers::fold_all`.
     pub fn fold_all(
         &mut self,

@@ -495,6 +495,123 @@ fn prepare_linked(state: &VgicState, vcpu: VcpuId, shadow: &mut ListRegisterShad
     }
 }
 
+/// SPI `intid` became pending for `vcpu` (running here; another CPU
+/// changed the model and asked this one to show it): written into a free
+/// list register, exactly as a sync would, when nothing waited for a
+/// register at the last sync (then every deliverable interrupt is shown,
+/// and so it is with this one too) and it is in none yet, or only in one
+/// the guest has emptied since (folded back first). Saves the receiver of
+/// a vdev-shmem signal a whole sync. Returns false in every other case:
+/// the caller syncs (having changed nothing, or only folded that emptied
+/// register, which the sync would do too).
+pub fn show_pending_spi(
+    state: &mut VgicState,
+    vcpu: VcpuId,
+    intid: u32,
+    shadow: &mut ListRegisterShadow,
+    registers: &mut impl ListRegisters,
+) -> bool {
+    if shadow.overflow {
+        return false;
+    }
+    let count = registers.count().min(MAX_LIST_REGISTERS);
+    let empty = registers.empty();
+    // Its previous instance may still be in the shadow, the guest done
+    // with it since (completed, its register empty): folded back as a sync
+    // would, and its register reused. Still shown in any other state, it
+    // takes the whole sync.
+    let mut previous = None;
+    if let Some(index) = shadow.resident[..count]
+        .iter()
+        .position(|resident| resident.in_use && resident.intid == intid)
+    {
+        if empty & (1 << index) == 0 {
+            return false;
+        }
+        previous = Some(index);
+    }
+    if state.pending_spi_for(vcpu, intid).is_none() && previous.is_none() {
+        return false;
+    }
+    if let Some(index) = previous {
+        state.fold(vcpu, shadow.resident[index], LrState::Invalid);
+        shadow.resident[index] = Resident::UNUSED;
+    }
+    let Some(irq) = state.pending_spi_for(vcpu, intid) else {
+        // Folded, and not pending after all: nothing to show.
+        return true;
+    };
+    // Unused in the shadow and empty in the hardware (the timer's fast
+    // path writes registers the shadow does not track as free).
+    let Some(index) =
+        (0..count).find(|&index| !shadow.resident[index].in_use && empty & (1 << index) != 0)
+    else {
+        return false;
+    };
+    let moved_latch = state.take_pending(vcpu, &irq);
+    registers.write(
+        index,
+        ListEntry {
+            intid,
+            priority: irq.priority,
+            group1: irq.group1,
+            state: LrState::Pending,
+            physical: None,
+            // A level interrupt is looked at again at its EOI, as in sync.
+            eoi_maintenance: !moved_latch,
+            source: None,
+        },
+    );
+    shadow.resident[index] = Resident {
+        in_use: true,
+        intid,
+        moved_latch,
+        written_pending: true,
+        source: 0,
+    };
+    true
+}
+
+/// The line of level interrupt `intid` fell while `vcpu` (running here)
+/// has it in a list register as active only: the guest is in its handler,
+/// and the handler's access lowered the line (a vdev-shmem status read).
+/// The register keeps the instance, and its EOI maintenance is dropped,
+/// exactly what a sync would write for it now; nothing else can have
+/// changed, since every other change to the model is followed by a sync.
+/// Saves the receiver of a signal a whole sync per interrupt. The model
+/// learns that the guest acknowledged it at the next fold, as it would of
+/// any acknowledge. Returns false, changing nothing, in every other case
+/// (the register is pending too, the model still has it pending, some
+/// interrupt waits for a register): the caller syncs.
+pub fn line_fell_while_active(
+    state: &VgicState,
+    vcpu: VcpuId,
+    intid: u32,
+    shadow: &ListRegisterShadow,
+    registers: &mut impl ListRegisters,
+) -> bool {
+    if shadow.overflow {
+        return false;
+    }
+    let count = registers.count().min(MAX_LIST_REGISTERS);
+    let Some(index) = shadow.resident[..count]
+        .iter()
+        .position(|resident| resident.in_use && resident.intid == intid && !resident.moved_latch)
+    else {
+        return false;
+    };
+    let mut entry = registers.read(index);
+    let still_pending = state.slot(vcpu, intid).is_none_or(|irq| irq.pending());
+    if entry.state != LrState::Active || entry.physical.is_some() || still_pending {
+        return false;
+    }
+    if entry.eoi_maintenance {
+        entry.eoi_maintenance = false;
+        registers.write(index, entry);
+    }
+    true
+}
+
 /// The fast path of a hardware-linked interrupt (the guest's timers): its
 /// physical interrupt fired, and `show_linked` puts it straight into a list
 /// register when the last sync said that is what a sync would do now
@@ -635,6 +752,7 @@ mod tests {
 
     /// A CPU interface with `count` list registers that plays the guest:
     /// it acknowledges and completes interrupts as the hardware would.
+    #[derive(Clone)]
     struct FakeRegisters {
         entries: Vec<ListEntry>,
         no_pending_maintenance: bool,
@@ -975,6 +1093,145 @@ mod tests {
         assert!(registers.maintenance(), "the line is still high");
         sync(&mut state, vcpu(0), &mut shadow, &mut registers);
         assert_eq!(registers.acknowledge().map(|entry| entry.intid), Some(33));
+    }
+
+    #[test]
+    fn a_line_falling_in_the_handler_is_handled_without_a_sync_as_a_sync_would() {
+        let setup = || {
+            let mut state = enabled(GicVersion::V3, 1);
+            state.spi_routes[1] = 0;
+            state.set_line_level(vcpu(0), 33, true);
+            let mut shadow = ListRegisterShadow::new();
+            let mut registers = FakeRegisters::new(4);
+            sync(&mut state, vcpu(0), &mut shadow, &mut registers);
+            assert_eq!(registers.acknowledge().map(|entry| entry.intid), Some(33));
+            state.set_line_level(vcpu(0), 33, false);
+            (state, shadow, registers)
+        };
+        let (mut synced_state, mut synced_shadow, mut synced) = setup();
+        sync(&mut synced_state, vcpu(0), &mut synced_shadow, &mut synced);
+        let (state, shadow, mut fast) = setup();
+        assert!(line_fell_while_active(
+            &state,
+            vcpu(0),
+            33,
+            &shadow,
+            &mut fast
+        ));
+        assert_eq!(
+            fast.entries, synced.entries,
+            "the registers a sync would write"
+        );
+        fast.complete(33);
+        assert!(!fast.maintenance());
+        // The next signal: the emptied register is folded and reused, and
+        // the guest sees exactly what a sync would show it.
+        let (mut state, mut shadow) = (state, shadow);
+        state.set_line_level(vcpu(0), 33, true);
+        let (mut synced_state, mut synced_shadow, mut synced) =
+            (state.clone(), shadow, fast.clone());
+        sync(&mut synced_state, vcpu(0), &mut synced_shadow, &mut synced);
+        assert!(show_pending_spi(
+            &mut state,
+            vcpu(0),
+            33,
+            &mut shadow,
+            &mut fast
+        ));
+        assert_eq!(fast.entries, synced.entries);
+        assert_eq!(fast.acknowledge().map(|entry| entry.intid), Some(33));
+        // Not while the register still shows it pending (not yet taken),
+        // nor for an interrupt in no register.
+        let mut state = enabled(GicVersion::V3, 1);
+        state.spi_routes[1] = 0;
+        state.set_line_level(vcpu(0), 33, true);
+        let mut shadow = ListRegisterShadow::new();
+        let mut registers = FakeRegisters::new(4);
+        sync(&mut state, vcpu(0), &mut shadow, &mut registers);
+        state.set_line_level(vcpu(0), 33, false);
+        assert!(!line_fell_while_active(
+            &state,
+            vcpu(0),
+            33,
+            &shadow,
+            &mut registers
+        ));
+        assert!(!line_fell_while_active(
+            &state,
+            vcpu(0),
+            40,
+            &shadow,
+            &mut registers
+        ));
+    }
+
+    #[test]
+    fn a_pending_spi_is_shown_without_a_sync_as_a_sync_would() {
+        for level in [true, false] {
+            let setup = || {
+                let mut state = enabled(GicVersion::V3, 1);
+                state.spi_routes[1] = 0;
+                state.spi_routes[8] = 0;
+                if !level {
+                    state.update(vcpu(0), 33, |irq| irq.edge = true);
+                }
+                // Something shown already: an SGI.
+                state.update(vcpu(0), 3, |irq| irq.pending_latch = true);
+                let mut shadow = ListRegisterShadow::new();
+                let mut registers = FakeRegisters::new(4);
+                sync(&mut state, vcpu(0), &mut shadow, &mut registers);
+                if level {
+                    state.set_line_level(vcpu(0), 33, true);
+                } else {
+                    state.update(vcpu(0), 33, |irq| irq.pending_latch = true);
+                }
+                (state, shadow, registers)
+            };
+            let (mut synced_state, mut synced_shadow, mut synced) = setup();
+            sync(&mut synced_state, vcpu(0), &mut synced_shadow, &mut synced);
+            let (mut state, mut shadow, mut fast) = setup();
+            assert!(show_pending_spi(
+                &mut state,
+                vcpu(0),
+                33,
+                &mut shadow,
+                &mut fast
+            ));
+            let shown = |registers: &FakeRegisters| {
+                let mut entries: Vec<_> = registers
+                    .entries
+                    .iter()
+                    .filter(|entry| entry.state != LrState::Invalid)
+                    .copied()
+                    .collect();
+                entries.sort_by_key(|entry| entry.intid);
+                entries
+            };
+            assert_eq!(shown(&fast), shown(&synced), "level {level}");
+            // The guest takes both, in priority order (equal: INTID), and
+            // the model agrees after: a level line still high is shown
+            // again, an edge is gone.
+            let mut taken = Vec::new();
+            for _ in 0..2 {
+                let entry = fast.acknowledge().expect("two interrupts shown");
+                taken.push(entry.intid);
+                fast.complete(entry.intid);
+            }
+            sync(&mut state, vcpu(0), &mut shadow, &mut fast);
+            assert_eq!(taken, [3, 33]);
+            assert_eq!(
+                fast.acknowledge().map(|entry| entry.intid),
+                level.then_some(33)
+            );
+            // Not for one already in a register, nor one not pending.
+            assert!(!show_pending_spi(
+                &mut state,
+                vcpu(0),
+                40,
+                &mut shadow,
+                &mut fast
+            ));
+        }
     }
 
     #[test]

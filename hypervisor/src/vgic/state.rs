@@ -828,6 +828,26 @@ impl VgicState {
         list
     }
 
+    /// SPI `intid` as [`Self::pending_for`] would list it for `vcpu`:
+    /// deliverable there, pending, and neither active nor hardware-linked
+    /// (those take the whole sync); `None` otherwise.
+    #[must_use]
+    pub fn pending_spi_for(&self, vcpu: VcpuId, intid: u32) -> Option<PendingIrq> {
+        if intid < SPI_BASE || self.is_hardware_linked(vcpu, intid) {
+            return None;
+        }
+        let irq = self.slot(vcpu, intid)?;
+        let deliverable = irq.pending() && irq.enabled && self.group_enabled(irq.group1);
+        (deliverable && !irq.active && self.spi_vcpu(intid) == Some(vcpu)).then_some(PendingIrq {
+            intid,
+            priority: irq.priority,
+            group1: irq.group1,
+            active: false,
+            deliverable: true,
+            source: None,
+        })
+    }
+
     /// Whether `intid` of `vcpu` is neither pending nor active (or not the
     /// VM's).
     #[must_use]

@@ -480,6 +480,13 @@ pub fn cpu_affinity(index: usize) -> u64 {
         .map_or(index as u64, |affinities| affinities[index % MAX_CPUS])
 }
 
+/// Asks the CPUs running `vcpus` of VM `id` to show SPI `intid`, which
+/// became pending for them; true when this CPU runs one of them (the
+/// caller syncs it).
+pub fn request_interrupt_injection(id: VmId, vcpus: VcpuSet, intid: u32) -> bool {
+    SYSTEM.request_interrupt_injection(id, vcpus, intid, &Aarch64)
+}
+
 /// Asks the CPUs running `vcpus` of VM `id` to sync their list registers;
 /// true when this CPU runs one of them (the caller syncs it).
 pub fn request_interrupt_sync(id: VmId, vcpus: VcpuSet) -> bool {
@@ -596,9 +603,17 @@ fn take_requests(running: VmId, vcpu: VcpuId) {
         Request::SyncInterrupts { vm } if vm == running => {
             interrupts::guest::sync_this_cpu(self::vm(vm), vcpu);
         }
+        Request::InjectInterrupt {
+            vm,
+            vcpu: target,
+            intid,
+        } if vm == running && target == vcpu => {
+            interrupts::guest::show_injected(self::vm(vm), vcpu, intid);
+        }
         // A start while a vCPU runs here is stale (its vCPU was started
-        // and stopped since), as is a request for another VM. Injection
-        // is made through the model and a sync, never by slot.
+        // and stopped since), as is a request for another VM or vCPU (the
+        // model holds an injection's interrupt: the vCPU shows it when it
+        // starts).
         Request::StopVcpu { .. }
         | Request::StartVcpu { .. }
         | Request::InjectInterrupt { .. }

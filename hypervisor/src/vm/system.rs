@@ -431,6 +431,35 @@ impl<T, D> VmSystem<T, D> {
         here
     }
 
+    /// As [`Self::request_interrupt_sync`], for one interrupt `intid` that
+    /// became pending for `vcpus`: the other CPUs get a
+    /// [`Request::InjectInterrupt`] naming it (or, with their ring full, a
+    /// sync), so they may show just that one.
+    pub fn request_interrupt_injection(
+        &self,
+        vm: VmId,
+        vcpus: VcpuSet,
+        intid: u32,
+        hardware: &impl Hardware,
+    ) -> bool {
+        let this_cpu = hardware.this_cpu();
+        let mut here = false;
+        let the_vm = self.vm(vm);
+        for vcpu in vcpus.iter() {
+            if vcpu.index() >= the_vm.description.vcpu_count {
+                continue;
+            }
+            let cpu = the_vm.cpu_of(vcpu);
+            if cpu == this_cpu {
+                here = true;
+            } else {
+                // Never refused: a full ring makes it a coalesced sync.
+                let _ = self.post(cpu, Request::InjectInterrupt { vm, vcpu, intid }, hardware);
+            }
+        }
+        here
+    }
+
     /// Starts vCPU 0 of every VM: at once, or, for a VM given a start
     /// delay (`delays[n]` for VM `n`, in counter ticks; missing or 0 is
     /// none), once the physical counter has passed `now` plus the delay.
