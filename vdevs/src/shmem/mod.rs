@@ -555,9 +555,18 @@ impl Region {
     };
 }
 
-/// The attached indices of `mask`, lowest first.
+/// The attached indices of `mask`, lowest first: one step per set bit
+/// (this is on the notify path).
 fn indices(mask: u16) -> impl Iterator<Item = usize> {
-    (0..MAX_CONNECTIONS).filter(move |index| mask & (1 << index) != 0)
+    let mut rest = mask;
+    core::iter::from_fn(move || {
+        if rest == 0 {
+            return None;
+        }
+        let index = rest.trailing_zeros() as usize;
+        rest &= rest - 1;
+        Some(index)
+    })
 }
 
 /// Every vdev-shmem device instance and the system-wide region registry.
@@ -745,6 +754,17 @@ impl Shmem {
             }
             Area::Window => {
                 let (slot, offset) = self.control_page(d, offset, bytes)?;
+                if offset == control::STATUS && bytes == 4 {
+                    // The receiver's read in its handler: the whole field,
+                    // as the loop below would read it, without the search.
+                    let piece = Piece {
+                        field: ControlField::Status,
+                        first: 0,
+                        count: 4,
+                        shift: 0,
+                    };
+                    return Ok(self.read_control(d, slot, piece, services));
+                }
                 let mut value = 0;
                 for piece in pieces(&CONTROL_FIELDS, offset, bytes) {
                     value |= self.read_control(d, slot, piece, services) << piece.shift;
@@ -783,6 +803,12 @@ impl Shmem {
             }
             Area::Window => {
                 let (slot, offset) = self.control_page(d, offset, bytes)?;
+                if offset == control::NOTIFY && bytes == 4 {
+                    // The sender's notify: the whole field, as the loop
+                    // below would write it, without the search.
+                    self.notify(d, slot, value as u32, services);
+                    return Ok(());
+                }
                 for piece in pieces(&CONTROL_FIELDS, offset, bytes) {
                     if !self.devices[d].connections[slot].live {
                         break; // detached by an earlier piece
