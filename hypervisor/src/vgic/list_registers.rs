@@ -530,16 +530,14 @@ pub fn show_pending_spi(
         }
         previous = Some(index);
     }
-    if state.pending_spi_for(vcpu, intid).is_none() && previous.is_none() {
-        return false;
-    }
     if let Some(index) = previous {
         state.fold(vcpu, shadow.resident[index], LrState::Invalid);
         shadow.resident[index] = Resident::UNUSED;
     }
     let Some(irq) = state.pending_spi_for(vcpu, intid) else {
-        // Folded, and not pending after all: nothing to show.
-        return true;
+        // Not pending (after all): nothing to show. Folded, the register
+        // is as a sync would leave it; else the caller syncs.
+        return previous.is_some();
     };
     // Unused in the shadow and empty in the hardware (the timer's fast
     // path writes registers the shadow does not track as free).
