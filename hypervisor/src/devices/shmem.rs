@@ -256,10 +256,15 @@ pub fn emulate_without_syndrome(
     let Some((device, area)) = vm.device_state.shmem.device(slot) else {
         return Unsyndromed::NotShmem;
     };
-    let Some(level) = level_of(frame.saved_state) else {
+    // ESR_EL2.S1PTW: the guest's own stage-1 walk touched the page (its
+    // tables in a window), not an instruction's access.
+    const STAGE1_WALK: u64 = 1 << 7;
+    if frame.syndrome & STAGE1_WALK != 0 || level_of(frame.saved_state).is_none() {
         return Unsyndromed::Refused;
-    };
-    let Some(instruction) = fetch_instruction(vm, frame.exception_link, level) else {
+    }
+    // AT S1E1R for EL0 code too: it reads any page EL1 can (an EL0-only
+    // execute page included) and ignores PAN.
+    let Some(instruction) = fetch_instruction(vm, frame.exception_link, GuestLevel::El1) else {
         return Unsyndromed::Refused;
     };
     let stack_level = stack_level_of(frame.saved_state);

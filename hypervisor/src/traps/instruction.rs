@@ -290,8 +290,10 @@ pub fn plan(
             let bytes = u64::from(first.width.bytes());
             // A fault on the second register means the first was in the
             // page before: it may have been written already, and is not
-            // the device's.
-            if base_value(base).wrapping_add_signed(first_offset) != fault_virtual
+            // the device's. The page offsets tell (a first register in the
+            // page before differs there), and only they: FAR's top byte
+            // may not hold a tagged pointer's tag.
+            if base_value(base).wrapping_add_signed(first_offset) & 0xFFF != fault_virtual & 0xFFF
                 || address.0 % PAGE + 2 * bytes > PAGE
             {
                 return Err(Unplanned::OutsidePage);

@@ -431,6 +431,10 @@ pub fn sync(
             .then_some(irq.intid);
         let moved_latch = pending && state.take_pending(vcpu, &irq);
         let level = !moved_latch && physical.is_none();
+        // An SPI the guest moved to another vCPU while this one handles
+        // it: its completion must be seen at once (EOI maintenance), so
+        // the model stops showing it here and the other vCPU can take it.
+        let routed_away = irq.intid >= 32 && state.spi_target(irq.intid) != Some(vcpu);
         any_pending |= pending;
         registers.write(
             index,
@@ -445,7 +449,9 @@ pub fn sync(
                 // no maintenance: a new rise is a model change, which
                 // syncs anyway. Saves the receiver of a vdev-shmem signal,
                 // whose handler lowers the line, an exit per interrupt.
-                eoi_maintenance: physical.is_none() && ((level && pending) || overflow),
+                // Unless it was routed away meanwhile (see above).
+                eoi_maintenance: physical.is_none()
+                    && ((level && (pending || routed_away)) || overflow),
                 source: irq.source,
             },
         );
@@ -600,7 +606,9 @@ pub fn line_fell_while_active(
     };
     let mut entry = registers.read(index);
     let still_pending = state.slot(vcpu, intid).is_none_or(|irq| irq.pending());
-    if entry.state != LrState::Active || entry.physical.is_some() || still_pending {
+    // Routed away meanwhile: the sync keeps its EOI maintenance.
+    let routed_away = intid >= 32 && state.spi_target(intid) != Some(vcpu);
+    if entry.state != LrState::Active || entry.physical.is_some() || still_pending || routed_away {
         return false;
     }
     if entry.eoi_maintenance {
@@ -1161,6 +1169,45 @@ mod tests {
             &shadow,
             &mut registers
         ));
+    }
+
+    #[test]
+    fn an_spi_routed_away_while_active_is_completed_with_maintenance_and_shown_there_next() {
+        let mut state = enabled(GicVersion::V3, 2);
+        state.spi_routes[1] = 0;
+        state.set_line_level(vcpu(0), 33, true);
+        let (mut shadow0, mut cpu0) = (ListRegisterShadow::new(), FakeRegisters::new(4));
+        let (mut shadow1, mut cpu1) = (ListRegisterShadow::new(), FakeRegisters::new(4));
+        sync(&mut state, vcpu(0), &mut shadow0, &mut cpu0);
+        assert_eq!(cpu0.acknowledge().map(|entry| entry.intid), Some(33));
+        // The handler lowers the line; an unrelated exit syncs vCPU 0.
+        state.set_line_level(vcpu(0), 33, false);
+        sync(&mut state, vcpu(0), &mut shadow0, &mut cpu0);
+        // Another vCPU routes it to vCPU 1; vCPU 0 syncs for that.
+        state.spi_routes[1] = 1;
+        sync(&mut state, vcpu(0), &mut shadow0, &mut cpu0);
+        assert!(!line_fell_while_active(
+            &state,
+            vcpu(0),
+            33,
+            &shadow0,
+            &mut cpu0
+        ));
+        cpu0.complete(33);
+        assert!(cpu0.maintenance(), "its completion is seen at once");
+        sync(&mut state, vcpu(0), &mut shadow0, &mut cpu0);
+        // The next signal is vCPU 1's.
+        state.set_line_level(vcpu(0), 33, true);
+        assert!(show_pending_spi(
+            &mut state,
+            vcpu(1),
+            33,
+            &mut shadow1,
+            &mut cpu1
+        ));
+        assert_eq!(cpu1.acknowledge().map(|entry| entry.intid), Some(33));
+        sync(&mut state, vcpu(0), &mut shadow0, &mut cpu0);
+        assert_eq!(cpu0.acknowledge(), None);
     }
 
     #[test]

@@ -744,6 +744,10 @@ pub fn handle_guest_exit(frame: &mut TrapFrame) {
             match devices::shmem::emulate_without_syndrome(vm(id), frame, address) {
                 Unsyndromed::Done => {}
                 Unsyndromed::Refused => {
+                    log::debug!(
+                        "vm {}: vdev-shmem access at {address} refused (not a plain load or store)",
+                        Escaped::str(name(id))
+                    );
                     inject_abort(id, frame, AbortKind::Data { is_write }, address);
                 }
                 Unsyndromed::NotShmem => {

@@ -117,6 +117,10 @@ const fn refused(error: MapError) -> PagesRefused {
 }
 
 impl<T: TableStore + TlbMaintenance> GuestPages for Stage2<T> {
+    /// All or nothing: a range any page of which is mapped already is
+    /// refused before anything is written, and a map that runs out of
+    /// table memory halfway is undone, so a refused request leaves no page
+    /// of it reachable (the model frees a refused region's pages at once).
     fn map_pages(
         &mut self,
         guest_address: u64,
@@ -129,6 +133,17 @@ impl<T: TableStore + TlbMaintenance> GuestPages for Stage2<T> {
             writable: access == PageAccess::ReadWrite,
             executable: false,
         };
+        const PAGE: u64 = crate::memory::address::PAGE_SIZE;
+        if guest_address.is_multiple_of(PAGE)
+            && let Some(end) = guest_address.checked_add(length)
+            && let Some(mapped) = (guest_address..end)
+                .step_by(PAGE as usize)
+                .find(|&page| self.table.translate(page, &mut self.owner).is_some())
+        {
+            return Err(PagesRefused::AlreadyMapped {
+                guest_address: mapped,
+            });
+        }
         // Only invalid entries are filled (an existing mapping is refused),
         // so nothing cached can be stale: no TLB maintenance is due. The
         // new entries must reach the walkers before the guest is told.
@@ -143,6 +158,12 @@ impl<T: TableStore + TlbMaintenance> GuestPages for Stage2<T> {
             )
             .map_err(refused);
         self.owner.publish();
+        if mapped.is_err() {
+            // Nothing was mapped in the range before: whatever this map
+            // wrote goes again (whole pages and blocks, so no split needs
+            // table memory).
+            let _ = self.table.unmap(guest_address, length, &mut self.owner);
+        }
         mapped
     }
 
@@ -350,6 +371,33 @@ mod tests {
             .translate(RAM, &mut stage2.owner.tables)
             .expect("mapped");
         assert_eq!((ram >> 2) & 0b1111, 0b1111);
+    }
+
+    #[test]
+    fn a_map_that_runs_out_of_tables_halfway_leaves_nothing_mapped() {
+        let mut stage2 = vm_with_ram();
+        // Two pages either side of a 2 MiB boundary need a level-2 table
+        // and two level-3 ones; there is memory for two.
+        let start = WINDOW + 0x20_0000 - PAGE_SIZE;
+        stage2.owner.tables.limit = Some(stage2.owner.tables.tables.len() + 2);
+        assert_eq!(
+            stage2.map_pages(start, SHARED, 2 * PAGE_SIZE, PageAccess::ReadWrite),
+            Err(PagesRefused::OutOfMemory)
+        );
+        assert_eq!(stage2.translate(GuestPhysAddr(start)), None);
+        assert_eq!(stage2.owner.access(start), None);
+        // And a range any page of which is mapped is refused untouched.
+        stage2.owner.tables.limit = None;
+        stage2
+            .map_pages(start + PAGE_SIZE, SHARED, PAGE_SIZE, PageAccess::ReadWrite)
+            .unwrap();
+        assert_eq!(
+            stage2.map_pages(start, SHARED, 2 * PAGE_SIZE, PageAccess::ReadWrite),
+            Err(PagesRefused::AlreadyMapped {
+                guest_address: start + PAGE_SIZE
+            })
+        );
+        assert_eq!(stage2.translate(GuestPhysAddr(start)), None);
     }
 
     #[test]

@@ -533,6 +533,10 @@ struct Region {
     host_address: u64,
     /// Bit i: index i is attached.
     attached: u16,
+    /// The core refused to unmap some connection's pages: a guest may
+    /// still reach them, so they are never freed (kept out of the
+    /// allocator, and counted against the limit, until power-off).
+    unmap_refused: bool,
     /// Valid for the attached indices.
     members: [Member; MAX_CONNECTIONS],
     counters: RegionCounters,
@@ -546,6 +550,7 @@ impl Region {
         pages: 0,
         host_address: 0,
         attached: 0,
+        unmap_refused: false,
         members: [Member { device: 0, slot: 0 }; MAX_CONNECTIONS],
         counters: RegionCounters {
             connections: 0,
@@ -1081,13 +1086,17 @@ impl Shmem {
         self.pages_in_use += pages;
     }
 
-    /// Frees a guest-made region that has no connections left.
+    /// Frees a guest-made region that has no connections left. Pages the
+    /// core may still have mapped somewhere (an unmap it refused) are kept
+    /// instead: never handed to anyone again, still counted in use.
     fn close_region(&mut self, slot: usize, services: &mut impl ShmemServices) {
         let region = &mut self.regions[slot];
-        services.free_pages(region.host_address, region.pages);
+        if !region.unmap_refused {
+            services.free_pages(region.host_address, region.pages);
+            self.pages_in_use -= region.pages;
+        }
         region.state = RegionState::Retired;
         region.host_address = 0;
-        self.pages_in_use -= region.pages;
     }
 
     /// Makes a connection from device `d` to region `r`: window place,
@@ -1148,6 +1157,7 @@ impl Shmem {
             .is_err()
         {
             self.core_refusals += 1;
+            self.regions[usize::from(connection.region)].unmap_refused = true;
         }
         let device = &mut self.devices[d];
         device.clear_unread(slot, u32::MAX, services);

@@ -64,6 +64,8 @@ struct FakeCore {
     memory: Vec<u8>,
     /// The next map request fails so.
     refuse_map: Option<PagesRefused>,
+    /// The next unmap request is refused (nothing unmapped).
+    refuse_unmap: bool,
 }
 
 impl FakeCore {
@@ -76,6 +78,7 @@ impl FakeCore {
             used: vec![false; host_pages],
             memory: vec![DIRTY; host_pages * PAGE_SIZE as usize],
             refuse_map: None,
+            refuse_unmap: false,
         }
     }
 
@@ -135,6 +138,9 @@ impl GuestPages for FakeCore {
     }
 
     fn unmap_pages(&mut self, guest_address: u64, length: u64) -> Result<(), PagesRefused> {
+        if std::mem::take(&mut self.refuse_unmap) {
+            return Err(PagesRefused::OutOfMemory);
+        }
         for page in 0..length / PAGE_SIZE {
             let key = (self.acting, guest_address / PAGE_SIZE + page);
             assert!(
@@ -848,6 +854,26 @@ fn a_refused_map_undoes_the_request() {
     assert_eq!(system.shmem.core_refusals(), 1);
     assert_eq!(system.create(0, b"tables", 4).0, OK);
     system.check_invariants();
+}
+
+#[test]
+fn pages_the_core_would_not_unmap_are_never_freed() {
+    let mut system = System::new(1, 64);
+    let control = system.connect(0, b"stuck", 4);
+    system.core.refuse_unmap = true;
+    system.detach(0, control);
+    assert_eq!(system.shmem.core_refusals(), 1);
+    assert!(
+        !system
+            .core
+            .take_calls()
+            .iter()
+            .any(|call| matches!(call, Call::Free { .. })),
+        "pages a guest may still reach were freed"
+    );
+    assert_eq!(system.core.used.iter().filter(|used| **used).count(), 4);
+    assert_eq!(system.shmem.pages_in_use(), 4, "still counted");
+    assert!(!system.report(b"stuck").live);
 }
 
 #[test]
