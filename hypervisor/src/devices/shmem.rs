@@ -250,7 +250,7 @@ pub fn emulate_without_syndrome(
     frame: &mut TrapFrame,
     address: GuestPhysAddr,
 ) -> Unsyndromed {
-    let Some((slot, _)) = vm.devices.route(address, AccessWidth::Byte) else {
+    let Some((slot, offset)) = vm.devices.route(address, AccessWidth::Byte) else {
         return Unsyndromed::NotShmem;
     };
     let Some((device, area)) = vm.device_state.shmem.device(slot) else {
@@ -281,7 +281,7 @@ pub fn emulate_without_syndrome(
     ) else {
         return Unsyndromed::Refused;
     };
-    if !carry_out(vm, frame, device, area, address, &plan) {
+    if !carry_out(vm, frame, (device, area, offset), address, &plan) {
         return Unsyndromed::Refused;
     }
     if let Some((base, value)) = plan.writeback {
@@ -298,20 +298,16 @@ pub fn emulate_without_syndrome(
 /// pair is one request; false when the first is refused (nothing was
 /// done). A pair's second access that finds nothing is dropped: the first
 /// detached the connection, as a spanning write that detaches stops there.
+/// `(device, area, offset)` is where `address`, the first access's, lies.
 fn carry_out(
     vm: &RunningVm,
     frame: &mut TrapFrame,
-    device: DeviceId,
-    area: Area,
+    (device, area, offset): (DeviceId, Area, u64),
     address: GuestPhysAddr,
     plan: &Plan,
 ) -> bool {
     let mut core = Core::acting_for(vm.description.id);
     let mut registry = REGISTRY.lock();
-    // The window's offset of `address`, from the one the device map found.
-    let Some((_, offset)) = vm.devices.route(address, AccessWidth::Byte) else {
-        return false;
-    };
     let mut frame = AccessFrame::full(frame);
     for (index, access) in [Some(plan.first), plan.second]
         .into_iter()
