@@ -413,22 +413,8 @@ impl<T, D> VmSystem<T, D> {
         vcpus: VcpuSet,
         hardware: &impl Hardware,
     ) -> bool {
-        let this_cpu = hardware.this_cpu();
-        let mut here = false;
-        let the_vm = self.vm(vm);
-        for vcpu in vcpus.iter() {
-            if vcpu.index() >= the_vm.description.vcpu_count {
-                continue;
-            }
-            let cpu = the_vm.cpu_of(vcpu);
-            if cpu == this_cpu {
-                here = true;
-            } else {
-                // A sync needs no ring slot: it cannot be refused.
-                let _ = self.post(cpu, Request::SyncInterrupts { vm }, hardware);
-            }
-        }
-        here
+        // A sync needs no ring slot: it cannot be refused.
+        self.request_for_vcpus(vm, vcpus, hardware, |_| Request::SyncInterrupts { vm })
     }
 
     /// As [`Self::request_interrupt_sync`], for one interrupt `intid` that
@@ -442,6 +428,24 @@ impl<T, D> VmSystem<T, D> {
         intid: u32,
         hardware: &impl Hardware,
     ) -> bool {
+        // Never refused: a full ring makes it a coalesced sync.
+        self.request_for_vcpus(vm, vcpus, hardware, |vcpu| Request::InjectInterrupt {
+            vm,
+            vcpu,
+            intid,
+        })
+    }
+
+    /// Posts `request(vcpu)` to the CPU of each of VM `vm`'s `vcpus` that
+    /// is not this one (requests that cannot be refused); whether this
+    /// CPU's own vCPU is among them.
+    fn request_for_vcpus(
+        &self,
+        vm: VmId,
+        vcpus: VcpuSet,
+        hardware: &impl Hardware,
+        request: impl Fn(VcpuId) -> Request,
+    ) -> bool {
         let this_cpu = hardware.this_cpu();
         let mut here = false;
         let the_vm = self.vm(vm);
@@ -453,8 +457,7 @@ impl<T, D> VmSystem<T, D> {
             if cpu == this_cpu {
                 here = true;
             } else {
-                // Never refused: a full ring makes it a coalesced sync.
-                let _ = self.post(cpu, Request::InjectInterrupt { vm, vcpu, intid }, hardware);
+                let _ = self.post(cpu, request(vcpu), hardware);
             }
         }
         here
@@ -946,6 +949,28 @@ pub(crate) mod tests {
         assert!(!system.request_interrupt_sync(vm(1), vcpus, hardware.on(1)));
         assert!(!system.request_interrupt_sync(vm(1), vcpus, hardware.on(1)));
         assert_eq!(drain(&system, 2), [Request::SyncInterrupts { vm: vm(1) }]);
+    }
+
+    #[test]
+    fn an_injection_names_the_interrupt_and_the_vcpu_on_each_other_cpu() {
+        let hardware = FakeHardware::default();
+        let system = system(&[&[1], &[2, 3, 0]]);
+        let mut vcpus = VcpuSet::EMPTY;
+        for index in [0, 2] {
+            vcpus.insert(vcpu(index));
+        }
+        // CPU 0 runs VM 1's vCPU 2 itself: it shows it at once.
+        assert!(system.request_interrupt_injection(vm(1), vcpus, 40, hardware.on(0)));
+        assert_eq!(*hardware.interrupts_sent.borrow(), [2]);
+        assert_eq!(
+            drain(&system, 2),
+            [Request::InjectInterrupt {
+                vm: vm(1),
+                vcpu: vcpu(0),
+                intid: 40
+            }]
+        );
+        assert!(drain(&system, 0).is_empty());
     }
 
     #[test]
