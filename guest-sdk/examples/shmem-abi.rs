@@ -11,6 +11,9 @@
 //! passed` and exits 0; a check that fails prints `shmem-abi: FAIL: ...`
 //! and exits 1.
 //!
+//! Roles `first` and `second` connect to one region in either order and
+//! pass data and signals both ways (see `order`).
+//!
 //! Role `cacheable` maps the factory page and the window as Normal
 //! cacheable memory with its own MMU on, writes a name with one unaligned
 //! 8-byte store and the same name with STP (both reach the one region),
@@ -52,6 +55,7 @@ const FIND: u64 = 0x3C;
 /// Control page offsets.
 const CONTROL_STATUS: u64 = 0x0;
 const CONTROL_INDEX: u64 = 0x4;
+const CONTROL_NOTIFY: u64 = 0x8;
 const CONTROL_DETACH: u64 = 0xC;
 const PAGE: u64 = 0x1000;
 
@@ -625,6 +629,73 @@ fn cacheable(factory: u64, tree: &DeviceTree<'_>) -> ! {
     exit(0)
 }
 
+/// Roles `first` and `second` (order independence): both create-or-attach
+/// `name` (bootarg, default `raw`) asking for `pages` (default 2), so
+/// whichever the system starts first creates it and both get its size.
+/// `first` writes a pattern into the data, waits until a peer attaches,
+/// notifies exactly it and waits for its answer; `second` waits for the
+/// notification, reads the pattern back and answers.
+fn order(factory: u64, role: &str, args: &Bootargs<'_>) -> ! {
+    const PATTERN: u32 = 0xC0FF_EE42;
+    let name = args.get("name").unwrap_or("raw");
+    let pages = args
+        .get("pages")
+        .map_or(Ok(2), tessera_guest_sdk::bootargs::parse_number)
+        .unwrap_or_else(|_| fail(format_args!("bad pages")));
+    let (status, control) = connect(factory, name.as_bytes(), pages as u32);
+    if status != OK {
+        fail(format_args!("status {status} for {role}"));
+    }
+    let size = read32(factory + SIZE);
+    let index = read32(control + CONTROL_INDEX);
+    let data = control + PAGE;
+    println!("shmem-abi: connected {name}: {size} pages, index {index}");
+    if role == "first" {
+        write32(data, PATTERN);
+        let status = wait_status(control, "a peer", |status| status >> 16 != 1 << index);
+        let peers = (status >> 16) & !(1 << index);
+        println!("shmem-abi: attached 0x{:x}", status >> 16);
+        write32(control + CONTROL_NOTIFY, peers);
+        let delivered = read32(control + CONTROL_NOTIFY);
+        println!("shmem-abi: notified 0x{peers:x}, delivered 0x{delivered:x}");
+        let status = wait_status(control, "the answer", |status| status & peers != 0);
+        println!("shmem-abi: senders 0x{:x}", status & 0xFFFF);
+    } else {
+        // The creator notifies after writing its data: seen in that order,
+        // whatever the timing.
+        let status = wait_status(control, "a notification", |status| status & 0xFFFF != 0);
+        let senders = status & 0xFFFF;
+        let seen = read32(data);
+        println!(
+            "shmem-abi: senders 0x{senders:x}, attached 0x{:x}, data 0x{seen:x}",
+            status >> 16
+        );
+        if seen != PATTERN {
+            fail(format_args!("data 0x{seen:x}"));
+        }
+        write32(control + CONTROL_NOTIFY, senders);
+    }
+    exit(0)
+}
+
+/// Polls the control page's status until `wanted` says it has what it
+/// waits for, for at most two seconds of virtual time.
+fn wait_status(control: u64, what: &str, wanted: impl Fn(u32) -> bool) -> u32 {
+    let deadline = time::Deadline::after_ms(2000);
+    loop {
+        let status = read32(control + CONTROL_STATUS);
+        if wanted(status) {
+            return status;
+        }
+        if deadline.has_passed() {
+            fail(format_args!(
+                "timed out waiting for {what} (status {status:#x})"
+            ));
+        }
+        time::delay_ms(1);
+    }
+}
+
 fn main(_device_tree: usize) -> ! {
     let tree = DeviceTree::boot().unwrap_or_else(|_| fail(format_args!("no device tree")));
     let args = Bootargs::new(tree.bootargs().unwrap_or(""));
@@ -637,6 +708,7 @@ fn main(_device_tree: usize) -> ! {
         "leaver" => leaver(factory),
         "quitter" => quitter(factory),
         "cacheable" => cacheable(factory, &tree),
+        role @ ("first" | "second") => order(factory, role, &args),
         _ => errors(factory, &tree),
     }
 }
