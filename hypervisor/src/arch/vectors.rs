@@ -17,7 +17,9 @@
 //! a vCPU that parks abandons its frame), so only what a Rust call may
 //! clobber is saved, and ELR/SPSR stay in their registers, which nothing
 //! on that path overwrites (EL2 runs with IRQs masked). This is the path
-//! of a guest's timer interrupt (`vtimer.irq_latency`).
+//! of a guest's timer interrupt (`vtimer.irq_latency`) and of a signal
+//! from another CPU (`shmem.notify_oneway`): each has an assembly fast
+//! path before any Rust.
 //!
 //! With the `exit-counting` feature (benchmark images only), every entry
 //! taken from a lower EL (slots 8 to 15) first adds one to its CPU's count
@@ -261,27 +263,36 @@ guest_synchronous:
     bl      {guest_exit}
     b       exception_return
 
-    // Slot 9: an IRQ while a guest ran. First the fast path of a guest's
-    // virtual-timer interrupt (`interrupts::guest::FastLinked`, armed by
-    // the vGIC for this CPU): acknowledge, and if it is the armed INTID and
-    // its list register is empty, write the prepared entry there, drop the
-    // priority (the physical interrupt stays active until the guest's
-    // deactivation ends it) and return. x0..x3 only; requests always come with their own SGI, taken
-    // as soon as the guest resumes.
+    // Slot 9: an IRQ while a guest ran. First the fast paths
+    // (`interrupts::guest::CpuFastPaths`, 64 bytes per CPU, armed by the
+    // vGIC for this CPU on GICv3 only): if either is armed, acknowledge;
+    // then
+    // - the guest's virtual-timer interrupt, if it is the armed INTID and
+    //   its list register is empty: write the prepared entry there, drop
+    //   the priority (the physical interrupt stays active until the
+    //   guest's deactivation ends it) and return;
+    // - the doorbell SGI, if the doorbell holds the armed signalled SPI
+    //   and its list register is empty: take the doorbell, write the
+    //   prepared entry, end the SGI (drop and deactivate) and return.
+    // Anything else goes the ordinary way. x0..x3 only; requests always
+    // come with their own SGI, taken as soon as the guest resumes.
 guest_irq:
     stp     x2, x3, [sp, #16]
     mrs     x2, tpidr_el2
     and     x2, x2, #{cpu_mask}
-    adrp    x3, TESSERA_FAST_LINKED
-    add     x3, x3, :lo12:TESSERA_FAST_LINKED
-    add     x3, x3, x2, lsl #4
+    adrp    x3, TESSERA_FAST_PATHS
+    add     x3, x3, :lo12:TESSERA_FAST_PATHS
+    add     x3, x3, x2, lsl #6
     ldrb    w0, [x3]
+    ldrb    w1, [x3, #16]
+    orr     w0, w0, w1
     cbz     w0, 2f
     mrs     x0, icc_iar1_el1
     and     w1, w0, #0xffffff
+    // A disarmed entry's INTID matches no IAR value.
     ldr     w2, [x3, #4]
     cmp     w1, w2
-    b.ne    3f
+    b.ne    6f
     // Only into a register the guest is done with (ICH_ELRSR_EL2): a
     // previous instance it has not completed goes the ordinary way.
     ldrb    w1, [x3, #1]
@@ -289,7 +300,9 @@ guest_irq:
     lsr     x2, x2, x1
     tbz     x2, #0, 3f
     ldr     x2, [x3, #8]
-    adr     x3, 4f
+    msr     icc_eoir1_el1, x0
+    // The entry goes into list register x1; then back to the guest.
+7:  adr     x3, 4f
     add     x3, x3, x1, lsl #3
     br      x3
 4:
@@ -297,11 +310,30 @@ guest_irq:
     msr     ich_lr\n\()_el2, x2
     b       5f
     .endr
-5:  msr     icc_eoir1_el1, x0
-    ldp     x2, x3, [sp, #16]
+5:  ldp     x2, x3, [sp, #16]
     ldp     x0, x1, [sp, #0]
     add     sp, sp, #{frame_size}
     eret
+    // The doorbell SGI, holding the armed signalled SPI, whose register
+    // is empty.
+6:  cmp     w1, #{doorbell_sgi}
+    b.ne    3f
+    ldr     w1, [x3, #32]
+    ldr     w2, [x3, #20]
+    cmp     w1, w2
+    b.ne    3f
+    ldrb    w1, [x3, #17]
+    mrs     x2, ich_elrsr_el2
+    lsr     x2, x2, x1
+    tbz     x2, #0, 3f
+    // Taken: other CPUs only ever set it from 0, so a plain store of 0
+    // loses no other ring. The SGI is this CPU's own: dropped and
+    // deactivated (EOImode = 1).
+    str     wzr, [x3, #32]
+    ldr     x2, [x3, #24]
+    msr     icc_eoir1_el1, x0
+    msr     icc_dir_el1, x0
+    b       7b
     // Not armed: the ordinary path, nothing acknowledged yet.
 2:  ldp     x2, x3, [sp, #16]
     save_caller_saved
@@ -310,7 +342,7 @@ guest_irq:
     restore_caller_saved
     add     sp, sp, #{frame_size}
     eret
-    // Acknowledged, but not the armed one: the ordinary path with it
+    // Acknowledged, but not for a fast path: the ordinary path with it
     // (x0 holds the IAR value).
 3:  ldp     x2, x3, [sp, #16]
     save_caller_saved
@@ -341,5 +373,6 @@ enter_guest_asm:
     guest_irq = sym crate::traps::handlers::handle_guest_irq,
     cpu_mask = const tessera_hypervisor::MAX_CPUS - 1,
     no_interrupt = const crate::traps::handlers::NO_INTERRUPT_ACKNOWLEDGED,
+    doorbell_sgi = const crate::interrupts::gic::DOORBELL_SGI,
     exit_counting = const cfg!(feature = "exit-counting") as u32,
 );

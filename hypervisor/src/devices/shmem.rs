@@ -133,12 +133,14 @@ pub fn set_up_regions(manifest: &SystemManifest<'static>) -> Result<(), SetupErr
 
 /// Adds VM `id`'s instances to the model and their factory pages and
 /// windows to `devices`; their vectors go into `owned`, the SPIs the VM's
-/// vGIC drives.
+/// vGIC drives, and into `signalled`, the SPIs other CPUs raise (which the
+/// vGIC keeps ready for the injection fast path, `interrupts::guest`).
 pub fn add_vm(
     id: VmId,
     manifest: &VmManifest<'static>,
     devices: &mut DeviceMap,
     owned: &mut SpiSet,
+    signalled: &mut SpiSet,
 ) -> Result<VmShmem, SetupError> {
     const _: () = assert!(
         FIRST_SLOT as usize + 2 * MAX_PER_VM <= tessera_hypervisor::devices::map::MAX_WINDOWS
@@ -195,6 +197,7 @@ pub fn add_vm(
                 .map_err(|_| SetupError::Windows)?;
         }
         owned.insert(entry.intid);
+        signalled.insert(entry.intid);
     }
     Ok(instances)
 }

@@ -1,6 +1,7 @@
 //! Physical interrupts taken at EL2: one dispatcher acknowledges each and
-//! hands it to its owner — the EL2 tick (`interrupts::timer`), the request SGI (whose
-//! requests the caller takes afterwards, see `vm`), the vGIC's maintenance
+//! hands it to its owner — the EL2 tick (`interrupts::timer`), the request
+//! and doorbell SGIs (whose requests and doorbell the caller takes
+//! afterwards, see `vm`), the vGIC's maintenance
 //! interrupt, and the physical interrupts linked to a guest's (its timers;
 //! `interrupts::guest`). No lock is held while an owner runs, so an owner
 //! may send SGIs, log or take the console.
@@ -13,6 +14,7 @@ use crate::{boot::board::BOARD, console, interrupts::gic, interrupts::timer};
 enum Owner {
     HypervisorTimer,
     Request,
+    Doorbell,
     VgicMaintenance,
     /// Linked to the running vCPU's interrupt of the same number.
     Guest,
@@ -31,6 +33,8 @@ fn owner(intid: u32) -> Owner {
         Owner::HypervisorTimer
     } else if intid == gic::REQUEST_SGI {
         Owner::Request
+    } else if intid == gic::DOORBELL_SGI {
+        Owner::Doorbell
     } else if intid == BOARD.gic_maintenance_interrupt {
         Owner::VgicMaintenance
     } else if let Some(vm) = guest::passthrough_owner(intid) {
@@ -67,8 +71,9 @@ pub fn handle_acknowledged(interrupt: gic::Interrupt) {
             console::try_drain();
             crate::devices::console_drained();
         }
-        // A request: the caller takes this CPU's requests after this.
-        Owner::Request => gic::end(interrupt),
+        // A request or a doorbell: the caller takes this CPU's requests
+        // and doorbell after this.
+        Owner::Request | Owner::Doorbell => gic::end(interrupt),
         Owner::VgicMaintenance => guest::maintenance(interrupt),
         Owner::Guest => guest::linked_interrupt(interrupt),
         Owner::Passthrough(vm) => guest::passthrough_interrupt(interrupt, vm),

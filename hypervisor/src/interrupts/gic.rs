@@ -312,32 +312,56 @@ pub fn drop_priority(interrupt: Interrupt) {
 /// The SGI that tells a CPU to look at its request mailbox.
 pub const REQUEST_SGI: u32 = 1;
 
+/// The SGI that tells a CPU to look at its injection doorbell
+/// (`interrupts::guest::CpuFastPaths`): its own SGI, so the assembly fast
+/// path can take it without looking at the request queue.
+pub const DOORBELL_SGI: u32 = 2;
+
 /// Sends `REQUEST_SGI` to the CPU with logical `index` and MPIDR `affinity`.
 pub fn send_request_sgi(index: usize, affinity: u64) {
-    let sgi = IntId::sgi(REQUEST_SGI);
-    // Make the mailbox write visible before the interrupt can be seen.
-    arch::send_event();
+    send_sgi(REQUEST_SGI, index, affinity);
+}
+
+/// Sends `DOORBELL_SGI` to the CPU with logical `index` and MPIDR
+/// `affinity`.
+pub fn send_doorbell_sgi(index: usize, affinity: u64) {
+    send_sgi(DOORBELL_SGI, index, affinity);
+}
+
+/// Sends SGI `intid` to the CPU with logical `index` and MPIDR `affinity`,
+/// after every earlier store (its mailbox or doorbell) is visible.
+fn send_sgi(intid: u32, index: usize, affinity: u64) {
     match version() {
         3 => {
-            let sent = GicCpuInterface::send_sgi(
-                sgi,
-                arm_gic::gicv3::SgiTarget::List {
-                    affinity3: (affinity >> 32) as u8,
-                    affinity2: (affinity >> 16) as u8,
-                    affinity1: (affinity >> 8) as u8,
-                    target_list: 1 << (affinity & 0xF),
-                },
-                arm_gic::gicv3::SgiTargetGroup::CurrentGroup1,
-            );
-            if sent.is_err() {
-                log::error!("could not send the request SGI to cpu {index}");
+            // ICC_SGI1R_EL1 (IHI 0069H §12.2.23): TargetList [15:0], Aff1
+            // [23:16], INTID [27:24], Aff2 [39:32], IRM [40] = 0, Aff3
+            // [55:48]. Written directly: this is the notify path's send.
+            let value = (1u64 << (affinity & 0xF))
+                | ((affinity >> 8) & 0xFF) << 16
+                | u64::from(intid & 0xF) << 24
+                | ((affinity >> 16) & 0xFF) << 32
+                | ((affinity >> 32) & 0xFF) << 48;
+            // SAFETY: DSB ISHST orders the mailbox or doorbell store before
+            // the SGI can be seen (the SGI register write is no memory
+            // access); the write sends one SGI to one CPU and touches no
+            // memory.
+            unsafe {
+                core::arch::asm!(
+                    "dsb ishst",
+                    "msr icc_sgi1r_el1, {value}",
+                    "isb",
+                    value = in(reg) value,
+                    options(nostack, preserves_flags)
+                );
             }
         }
         _ => {
+            // Make the store visible before the interrupt can be seen.
+            arch::send_event();
             with_controller(|controller| {
                 if let Controller::V2(gic) = controller {
                     gic.send_sgi(
-                        sgi,
+                        IntId::sgi(intid),
                         arm_gic::gicv2::SgiTarget::List {
                             target_list_filter: arm_gic::gicv2::SgiTargetListFilter::CPUTargetList,
                             target_list: u16::from(cpu_target_bit(index)),

@@ -14,9 +14,12 @@
 //! the request SGI; that CPU syncs its own list registers.
 
 use alloc::boxed::Box;
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use spin::Mutex;
 use tessera_hypervisor::vgic::interrupts::VmInterrupts;
+use tessera_hypervisor::vgic::list_registers::ListEntry;
 use tessera_hypervisor::vgic::state::{Effects, GicVersion, SpiSet};
 use tessera_hypervisor::vm::ids::{VcpuId, VmId};
 
@@ -30,15 +33,11 @@ use crate::vm::{self, RunningVm};
 /// before the request queues and the physical GIC's).
 pub type VmVgic = Mutex<&'static mut VmInterrupts>;
 
-/// What the assembly fast path of a guest's virtual-timer interrupt
-/// (`arch::vectors`, slot 9) needs, per CPU: whether it may act, the
-/// physical INTID it acts for, the list register and the GICv3 entry to
-/// write. Written only by its own CPU, under its vCPU's vGIC lock, after
-/// every change to that vCPU's list registers (`arm_fast_path`); read only
-/// by the same CPU's IRQ entry, which runs with IRQs masked, so never
-/// while it is being written.
+/// One fast path's arming (`arch::vectors`, slot 9): whether it may act,
+/// the INTID it acts for, the list register and the GICv3 entry to write.
+#[derive(Clone, Copy)]
 #[repr(C, align(16))]
-pub struct FastLinked {
+struct FastEntry {
     armed: u8,
     index: u8,
     _reserved: [u8; 2],
@@ -46,69 +45,159 @@ pub struct FastLinked {
     entry: u64,
 }
 
-/// One per CPU, all zero (disarmed) at start.
-#[unsafe(no_mangle)]
-pub static mut TESSERA_FAST_LINKED: [FastLinked; tessera_hypervisor::MAX_CPUS] = [const {
-    FastLinked {
+impl FastEntry {
+    /// Its INTID matches no IAR value or doorbell (those are 24 bits), so
+    /// the assembly compares without looking at `armed`.
+    const DISARMED: Self = Self {
         armed: 0,
         index: 0,
         _reserved: [0; 2],
-        intid: 0,
+        intid: u32::MAX,
         entry: 0,
+    };
+
+    fn armed(index: usize, entry: ListEntry) -> Self {
+        Self {
+            armed: 1,
+            index: index as u8,
+            _reserved: [0; 2],
+            intid: entry.intid,
+            entry: entry.to_gicv3(),
+        }
+    }
+}
+
+/// What the assembly fast paths of a guest's interrupts need, per CPU, on
+/// one cache line:
+///
+/// - `linked`: the guest's virtual-timer interrupt (its physical PPI,
+///   acknowledged at EL2, goes straight into the list register of its
+///   previous instance);
+/// - `injection`: a signalled SPI (a vdev-shmem vector raised on another
+///   CPU), shown when the doorbell interrupt brings its INTID;
+/// - `doorbell`: that INTID, or 0. Other CPUs set it from 0 (a
+///   compare-and-swap, [`ring_doorbell`]); only this CPU clears it.
+///
+/// The two entries are written only by their own CPU, under its vCPU's
+/// vGIC lock, after every change to that vCPU's list registers
+/// (`arm_fast_paths`), and read only by the same CPU's IRQ entry, which
+/// runs with IRQs masked, so never while they are being written.
+#[repr(C, align(64))]
+pub struct CpuFastPaths {
+    linked: UnsafeCell<FastEntry>,
+    injection: UnsafeCell<FastEntry>,
+    doorbell: AtomicU32,
+}
+
+// SAFETY: each CPU's entries are touched by that CPU alone (see the type's
+// documentation); the doorbell is atomic.
+unsafe impl Sync for CpuFastPaths {}
+
+impl CpuFastPaths {
+    /// Writes both entries. Only for this CPU's own slot.
+    fn set(&self, linked: FastEntry, injection: FastEntry) {
+        // SAFETY: the caller's CPU owns this slot; its IRQ entry, the only
+        // reader, cannot run now (EL2 runs with IRQs masked), and no other
+        // CPU touches the entries.
+        unsafe { self.linked.get().write(linked) };
+        // SAFETY: as above.
+        unsafe { self.injection.get().write(injection) };
+    }
+}
+
+/// One per CPU, all disarmed at start.
+#[unsafe(no_mangle)]
+pub static TESSERA_FAST_PATHS: [CpuFastPaths; tessera_hypervisor::MAX_CPUS] = [const {
+    CpuFastPaths {
+        linked: UnsafeCell::new(FastEntry::DISARMED),
+        injection: UnsafeCell::new(FastEntry::DISARMED),
+        doorbell: AtomicU32::new(0),
     }
 };
     tessera_hypervisor::MAX_CPUS];
 
+// The offsets the assembly reads.
 const _: () = {
-    assert!(core::mem::size_of::<FastLinked>() == 16);
-    assert!(core::mem::offset_of!(FastLinked, index) == 1);
-    assert!(core::mem::offset_of!(FastLinked, intid) == 4);
-    assert!(core::mem::offset_of!(FastLinked, entry) == 8);
+    use core::mem::{offset_of, size_of};
+    assert!(size_of::<CpuFastPaths>() == 64);
+    assert!(size_of::<FastEntry>() == 16);
+    assert!(offset_of!(FastEntry, index) == 1);
+    assert!(offset_of!(FastEntry, intid) == 4);
+    assert!(offset_of!(FastEntry, entry) == 8);
+    assert!(offset_of!(CpuFastPaths, linked) == 0);
+    assert!(offset_of!(CpuFastPaths, injection) == 16);
+    assert!(offset_of!(CpuFastPaths, doorbell) == 32);
 };
 
-/// Sets this CPU's fast path for the virtual timer from `vgic`'s view of
-/// `vcpu` (running here): armed only on GICv3, while the timer's previous
-/// instance holds a list register and the policy would show the next one
-/// there at once (`VmInterrupts::linked_slot`).
-fn arm_fast_path(vgic: &VmInterrupts, vcpu: VcpuId) {
-    let intid = BOARD.timer_interrupts.virtual_timer;
-    let slot = if gic::version() == 3 {
-        vgic.linked_slot(vcpu, intid)
+/// Sets this CPU's fast paths from `vgic`'s view of `vcpu` (running here),
+/// on GICv3 only (the assembly writes ICH_LR<n>_EL2):
+///
+/// - the virtual timer's while its previous instance holds a list register
+///   and the policy would show the next one there at once
+///   (`VmInterrupts::linked_slot`);
+/// - a signalled SPI's on the same terms (`VmInterrupts::injection_slot`).
+///   A doorbell that still holds that SPI is stale (the model has it idle:
+///   its line fell after the ring, before the doorbell interrupt was
+///   taken) and is cleared, so it cannot show an interrupt whose cause is
+///   gone.
+fn arm_fast_paths(vgic: &VmInterrupts, vcpu: VcpuId) {
+    let (linked, injection) = if gic::version() == 3 {
+        (
+            vgic.linked_slot(vcpu, BOARD.timer_interrupts.virtual_timer),
+            vgic.injection_slot(vcpu),
+        )
     } else {
-        None
+        (None, None)
     };
-    let cpu = crate::arch::cpu_index();
-    let value = match slot {
-        Some((index, entry)) => FastLinked {
-            armed: 1,
-            index: index as u8,
-            _reserved: [0; 2],
-            intid,
-            entry: entry.to_gicv3(),
-        },
-        None => FastLinked {
-            armed: 0,
-            index: 0,
-            _reserved: [0; 2],
-            intid: 0,
-            entry: 0,
-        },
+    let fast = &TESSERA_FAST_PATHS[crate::arch::cpu_index()];
+    if let Some((_, entry)) = injection {
+        let _ =
+            fast.doorbell
+                .compare_exchange(entry.intid, 0, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    let entry = |slot: Option<(usize, ListEntry)>| {
+        slot.map_or(FastEntry::DISARMED, |(index, entry)| {
+            FastEntry::armed(index, entry)
+        })
     };
-    // SAFETY: a pointer to this CPU's own slot (no reference to the
-    // mutable static is formed); its IRQ entry, the only reader, cannot run
-    // now (EL2 runs with IRQs masked), and no other CPU touches the slot.
-    let slot = unsafe { &raw mut TESSERA_FAST_LINKED[cpu] };
-    // SAFETY: as above; the pointer is valid and aligned.
-    unsafe { slot.write(value) };
+    fast.set(entry(linked), entry(injection));
 }
 
-/// Disarms this CPU's fast path (its vCPU leaves).
-fn disarm_fast_path() {
-    let cpu = crate::arch::cpu_index();
-    // SAFETY: as in `arm_fast_path`.
-    let armed = unsafe { &raw mut TESSERA_FAST_LINKED[cpu].armed };
-    // SAFETY: as in `arm_fast_path`.
-    unsafe { armed.write(0) };
+/// Disarms this CPU's fast paths (its vCPU leaves) and drops whatever its
+/// doorbell held: the vCPU shows what the model holds when it starts.
+fn disarm_fast_paths() {
+    let fast = &TESSERA_FAST_PATHS[crate::arch::cpu_index()];
+    fast.set(FastEntry::DISARMED, FastEntry::DISARMED);
+    fast.doorbell.store(0, Ordering::Relaxed);
+}
+
+/// Rings `cpu`'s injection doorbell with SPI `intid` (see
+/// [`CpuFastPaths`]): true when it now holds `intid` (it was empty, or
+/// already held it), false when it holds another SPI. The caller sends the
+/// doorbell interrupt.
+pub fn ring_doorbell(cpu: usize, intid: u32) -> bool {
+    let Some(fast) = TESSERA_FAST_PATHS.get(cpu) else {
+        return false;
+    };
+    match fast
+        .doorbell
+        .compare_exchange(0, intid, Ordering::Relaxed, Ordering::Relaxed)
+    {
+        Ok(_) => true,
+        Err(held) => held == intid,
+    }
+}
+
+/// Takes this CPU's doorbell: the SPI it held, if any.
+pub fn take_doorbell() -> Option<u32> {
+    let doorbell = &TESSERA_FAST_PATHS[crate::arch::cpu_index()].doorbell;
+    if doorbell.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    match doorbell.swap(0, Ordering::Relaxed) {
+        0 => None,
+        intid => Some(intid),
+    }
 }
 
 /// The PPIs linked to the physical PPI of the same number on the vCPU's
@@ -138,8 +227,14 @@ pub fn is_linked(intid: u32) -> bool {
 /// or `None` when memory has run out. Built in pages from the page
 /// allocator, which come zeroed (by DC ZVA, far faster than the heap's
 /// `memset`), and initialised in place: it lives as long as the VM (for
-/// the whole run).
-pub fn new_vgic(vcpu_count: usize, owned: SpiSet, passthrough: SpiSet) -> Option<&'static VmVgic> {
+/// the whole run). `signalled` names the SPIs other CPUs raise (the VM's
+/// vdev-shmem vectors), which the injection fast path serves.
+pub fn new_vgic(
+    vcpu_count: usize,
+    owned: SpiSet,
+    passthrough: SpiSet,
+    signalled: SpiSet,
+) -> Option<&'static VmVgic> {
     use tessera_hypervisor::memory::address::PAGE_SIZE;
     let version = if gic::version() == 3 {
         GicVersion::V3
@@ -157,6 +252,7 @@ pub fn new_vgic(vcpu_count: usize, owned: SpiSet, passthrough: SpiSet) -> Option
     // reference may be 'static.
     let interrupts = unsafe { &mut *(memory.0 as *mut VmInterrupts) };
     interrupts.initialise_zeroed(version, vcpu_count, owned, hardware_ppis(), passthrough);
+    interrupts.set_signalled_spis(signalled);
     Some(Box::leak(Box::new(Mutex::new(interrupts))))
 }
 
@@ -169,14 +265,14 @@ pub fn deliver(id: VmId, vcpu: VcpuId, vgic: &mut VmInterrupts, effects: Effects
     }
     if vm::request_interrupt_sync(id, effects.reevaluate) {
         vgic.sync(vcpu, &mut VirtualInterface::this_cpu());
-        arm_fast_path(vgic, vcpu);
+        arm_fast_paths(vgic, vcpu);
     }
 }
 
 /// Syncs `vcpu` (running here) with its VM's vGIC locked by the caller.
 pub fn resync(vgic: &mut VmInterrupts, vcpu: VcpuId) {
     vgic.sync(vcpu, &mut VirtualInterface::this_cpu());
-    arm_fast_path(vgic, vcpu);
+    arm_fast_paths(vgic, vcpu);
 }
 
 /// SPI `intid` of the VM running here became pending for its vCPU `vcpu`
@@ -185,7 +281,7 @@ pub fn resync(vgic: &mut VmInterrupts, vcpu: VcpuId) {
 pub fn show_injected(vm: &RunningVm, vcpu: VcpuId, intid: u32) {
     let mut vgic = vm.device_state.vgic.lock();
     vgic.show_pending_spi(vcpu, intid, &mut VirtualInterface::this_cpu());
-    arm_fast_path(&vgic, vcpu);
+    arm_fast_paths(&vgic, vcpu);
 }
 
 /// Brings the list registers of the vCPU running here in step with its
@@ -193,7 +289,7 @@ pub fn show_injected(vm: &RunningVm, vcpu: VcpuId, intid: u32) {
 pub fn sync_this_cpu(vm: &RunningVm, vcpu: VcpuId) {
     let mut vgic = vm.device_state.vgic.lock();
     vgic.sync(vcpu, &mut VirtualInterface::this_cpu());
-    arm_fast_path(&vgic, vcpu);
+    arm_fast_paths(&vgic, vcpu);
 }
 
 /// A vCPU starts on this CPU: its virtual CPU interface starts empty and
@@ -213,7 +309,7 @@ pub fn vcpu_starting(vm: &RunningVm, vcpu: VcpuId) {
     let mut vgic = vm.device_state.vgic.lock();
     vgic.forget_list_registers(vcpu);
     vgic.sync(vcpu, &mut interface);
-    arm_fast_path(&vgic, vcpu);
+    arm_fast_paths(&vgic, vcpu);
 }
 
 /// The vCPU running here leaves for good (it parks): its timers stop, its
@@ -221,7 +317,7 @@ pub fn vcpu_starting(vm: &RunningVm, vcpu: VcpuId) {
 /// interrupts are no longer active, so nothing of it fires on an idle CPU or reaches the
 /// next vCPU run here.
 pub fn vcpu_leaving(leaving: Option<(&RunningVm, VcpuId)>) {
-    disarm_fast_path();
+    disarm_fast_paths();
     if let Some((vm, vcpu)) = leaving {
         // What its list registers hold goes back into the model first: an
         // SGI or device interrupt shown but not taken is not lost (the vCPU
@@ -292,14 +388,15 @@ pub fn passthrough_interrupt(interrupt: Interrupt, owner: VmId) {
 /// by the VM's own status read).
 pub fn set_spi_level(id: VmId, intid: u32, level: bool) {
     let mut vgic = vm::vm(id).device_state.vgic.lock();
-    // An SPI belongs to the VM, not to the vCPU named here.
-    let effects = vgic.state.set_line_level(VcpuId::FIRST, intid, level);
+    let effects = vgic.state.set_spi_line(intid, level);
     // The usual fall: the handler of the vCPU running here lowered it.
     if !level && vm::running_vm().is_some_and(|running| running.description.id == id) {
         let vcpu = vm::running_vcpu();
         if effects.reevaluate.iter().all(|concerned| concerned == vcpu)
             && vgic.line_fell_while_active(vcpu, intid, &mut VirtualInterface::this_cpu())
         {
+            // The next rise may now take the injection fast path.
+            arm_fast_paths(&vgic, vcpu);
             return;
         }
     }
@@ -336,7 +433,7 @@ fn sync_running_here(id: VmId, vgic: &mut VmInterrupts, effects: Effects) {
     if running_here {
         let vcpu = vm::running_vcpu();
         vgic.sync(vcpu, &mut VirtualInterface::this_cpu());
-        arm_fast_path(vgic, vcpu);
+        arm_fast_paths(vgic, vcpu);
     }
 }
 
@@ -386,7 +483,7 @@ pub fn linked_interrupt(interrupt: Interrupt) {
     let vcpu = vm::running_vcpu();
     let mut vgic = vm.device_state.vgic.lock();
     vgic.linked_fired(vcpu, intid, &mut VirtualInterface::this_cpu());
-    arm_fast_path(&vgic, vcpu);
+    arm_fast_paths(&vgic, vcpu);
 }
 
 /// The vGIC's maintenance interrupt: the running vCPU completed an

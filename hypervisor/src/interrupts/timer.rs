@@ -28,6 +28,7 @@ pub fn start_on_this_cpu() -> Result<(), gic::GicError> {
     let cpu = arch::cpu_index();
     gic::enable_private_interrupt(BOARD.timer_interrupts.hypervisor_physical, cpu)?;
     gic::enable_private_interrupt(gic::REQUEST_SGI, cpu)?;
+    gic::enable_private_interrupt(gic::DOORBELL_SGI, cpu)?;
     // The vGIC's: its maintenance interrupt, and the PPIs linked to the
     // guest's (its timers, its PMU), taken here and passed to the vCPU
     // running on this CPU.

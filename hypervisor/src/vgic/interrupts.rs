@@ -23,6 +23,9 @@ use crate::vm::ids::VcpuId;
 pub struct VmInterrupts {
     pub state: VgicState,
     shadows: [ListRegisterShadow; MAX_VCPUS],
+    /// The SPIs other CPUs raise (vdev-shmem vectors), kept ready for the
+    /// injection fast path ([`Self::injection_slot`]).
+    signalled: SpiSet,
 }
 
 impl VmInterrupts {
@@ -30,6 +33,7 @@ impl VmInterrupts {
     pub const ZERO: Self = Self {
         state: VgicState::ZERO,
         shadows: [ListRegisterShadow::new(); MAX_VCPUS],
+        signalled: SpiSet::EMPTY,
     };
 
     /// Turns [`ZERO`](Self::ZERO) into the reset state `new` describes,
@@ -124,6 +128,26 @@ impl VmInterrupts {
     #[must_use]
     pub fn is_idle(&self, vcpu: VcpuId, intid: u32) -> bool {
         self.state.is_idle(vcpu, intid)
+    }
+
+    /// Names the SPIs other CPUs raise (kept across resets).
+    pub fn set_signalled_spis(&mut self, spis: SpiSet) {
+        self.signalled = spis;
+    }
+
+    /// See `list_registers::injection_slot`: where the next instance of a
+    /// signalled SPI may go at once, its INTID and the entry to write.
+    #[must_use]
+    pub fn injection_slot(
+        &self,
+        vcpu: VcpuId,
+    ) -> Option<(usize, super::list_registers::ListEntry)> {
+        list_registers::injection_slot(
+            &self.state,
+            vcpu,
+            self.shadows.get(vcpu.index())?,
+            &self.signalled,
+        )
     }
 
     /// See `list_registers::linked_slot`.

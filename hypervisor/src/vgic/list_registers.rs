@@ -750,6 +750,66 @@ pub fn linked_slot(shadow: &ListRegisterShadow, intid: u32) -> Option<(usize, Li
     Some((index, entry))
 }
 
+/// Where the next instance of a signalled SPI (one of `signalled`, the
+/// vdev-shmem vectors: level-sensitive, raised from other CPUs) may go
+/// without the model being asked, and the entry to write there: the
+/// register its previous instance holds, written pending by the last
+/// injection or sync (so the shadow already describes a pending write
+/// there), while
+///
+/// - nothing waited for a register at the last sync (every deliverable
+///   interrupt is shown, so showing one more keeps the priority order),
+/// - the model has it idle (its line low, no latch), forwarded (enabled,
+///   group on) and routed to `vcpu`, not hardware-linked.
+///
+/// When its line rises, a sync would write exactly this entry into a
+/// register; this one is free once the guest completed the previous
+/// instance, which the hypervisor's assembly fast path checks
+/// (ICH_ELRSR_EL2) before it writes. Every change to the model is
+/// followed by a sync or an injection, which recompute this.
+#[must_use]
+pub fn injection_slot(
+    state: &VgicState,
+    vcpu: VcpuId,
+    shadow: &ListRegisterShadow,
+    signalled: &super::state::SpiSet,
+) -> Option<(usize, ListEntry)> {
+    if shadow.overflow {
+        return None;
+    }
+    shadow
+        .resident
+        .iter()
+        .enumerate()
+        .find_map(|(index, resident)| {
+            let intid = resident.intid;
+            if !resident.in_use
+                || resident.moved_latch
+                || !resident.written_pending
+                || !signalled.contains(intid)
+            {
+                return None;
+            }
+            let irq = state.slot(vcpu, intid)?;
+            if irq.edge
+                || irq.pending()
+                || state.is_hardware_linked(vcpu, intid)
+                || state.spi_target(intid) != Some(vcpu)
+            {
+                return None;
+            }
+            let entry = state.forwarded_entry(vcpu, intid)?;
+            Some((
+                index,
+                ListEntry {
+                    state: LrState::Pending,
+                    eoi_maintenance: true,
+                    ..entry
+                },
+            ))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::state::tests::{owned, vcpu};
@@ -1401,6 +1461,108 @@ mod tests {
             &mut state,
             vcpu(0)
         ));
+    }
+
+    #[test]
+    fn a_signalled_spi_written_through_its_injection_slot_is_what_a_sync_would_show() {
+        let mut signalled = SpiSet::EMPTY;
+        signalled.insert(33);
+        let mut state = enabled(GicVersion::V3, 1);
+        state.spi_routes[1] = 0;
+        state.update(vcpu(0), 33, |irq| {
+            irq.priority = 0x50;
+            irq.group1 = true;
+        });
+        let mut shadow = ListRegisterShadow::new();
+        let mut registers = FakeRegisters::new(4);
+        sync(&mut state, vcpu(0), &mut shadow, &mut registers);
+        let slot = |state: &VgicState, shadow: &ListRegisterShadow| {
+            injection_slot(state, vcpu(0), shadow, &signalled)
+        };
+        assert_eq!(slot(&state, &shadow), None, "never shown yet");
+        // The first signal takes the ordinary injection.
+        state.set_spi_line(33, true);
+        assert!(show_pending_spi(
+            &mut state,
+            vcpu(0),
+            33,
+            &mut shadow,
+            &mut registers
+        ));
+        assert_eq!(slot(&state, &shadow), None, "pending now");
+        // The receiver's handler: acknowledge, the status read lowers the
+        // line, EOI.
+        let handle =
+            |state: &mut VgicState, shadow: &ListRegisterShadow, registers: &mut FakeRegisters| {
+                assert_eq!(registers.acknowledge().map(|entry| entry.intid), Some(33));
+                state.set_spi_line(33, false);
+                assert!(line_fell_while_active(
+                    state,
+                    vcpu(0),
+                    33,
+                    shadow,
+                    registers
+                ));
+                registers.complete(33);
+                assert!(!registers.maintenance());
+            };
+        handle(&mut state, &shadow, &mut registers);
+        let (index, entry) = slot(&state, &shadow).expect("armed where it was");
+        assert_eq!(
+            (entry.intid, entry.priority, entry.group1, entry.state),
+            (33, 0x50, true, LrState::Pending)
+        );
+        for _ in 0..3 {
+            // The next signal: the fast path writes the entry, exactly
+            // what a sync from the same point writes.
+            state.set_spi_line(33, true);
+            let (mut synced_state, mut synced_shadow, mut synced) =
+                (state.clone(), shadow, registers.clone());
+            sync(&mut synced_state, vcpu(0), &mut synced_shadow, &mut synced);
+            assert_ne!(registers.empty() & (1 << index), 0, "its register is free");
+            registers.write(index, entry);
+            assert_eq!(registers.entries, synced.entries);
+            handle(&mut state, &shadow, &mut registers);
+            assert_eq!(slot(&state, &shadow), Some((index, entry)));
+        }
+        // A sync folds what the fast path wrote: the model agrees.
+        sync(&mut state, vcpu(0), &mut shadow, &mut registers);
+        assert!(state.is_idle(vcpu(0), 33));
+        assert_eq!(slot(&state, &shadow), None, "no longer resident");
+        // Never while something waits outside the registers, nor for an SPI
+        // disabled, routed elsewhere, not signalled or edge-triggered.
+        let armed = || {
+            let mut state = enabled(GicVersion::V3, 2);
+            state.spi_routes[1] = 0;
+            state.set_spi_line(33, true);
+            let mut shadow = ListRegisterShadow::new();
+            let mut registers = FakeRegisters::new(2);
+            sync(&mut state, vcpu(0), &mut shadow, &mut registers);
+            handle(&mut state, &shadow, &mut registers);
+            assert!(slot(&state, &shadow).is_some());
+            (state, shadow, registers)
+        };
+        let (mut state, mut shadow, mut registers) = armed();
+        for intid in [20, 21, 22] {
+            state.pulse(vcpu(0), intid);
+        }
+        sync(&mut state, vcpu(0), &mut shadow, &mut registers);
+        assert_eq!(slot(&state, &shadow), None, "overflow");
+        let (mut state, shadow, _) = armed();
+        state.update(vcpu(0), 33, |irq| irq.enabled = false);
+        assert_eq!(slot(&state, &shadow), None, "disabled");
+        let (mut state, shadow, _) = armed();
+        state.spi_routes[1] = 1;
+        assert_eq!(slot(&state, &shadow), None, "routed to vCPU 1");
+        let (mut state, shadow, _) = armed();
+        state.update(vcpu(0), 33, |irq| irq.edge = true);
+        assert_eq!(slot(&state, &shadow), None, "edge-triggered");
+        let (state, shadow, _) = armed();
+        assert_eq!(
+            injection_slot(&state, vcpu(0), &shadow, &SpiSet::EMPTY),
+            None,
+            "not signalled"
+        );
     }
 
     #[test]

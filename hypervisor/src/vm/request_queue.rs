@@ -71,8 +71,9 @@
 //! Posting ends with a release store (the slot's sequence number, or the
 //! `fetch_or` of a coalesced bit). The SGI is not a memory access, so that
 //! release alone does not order it: the sender issues a DSB before it
-//! writes the SGI register (`gic::send_request_sgi` does, through
-//! `arch::send_event`), so the request is visible to every CPU before the
+//! writes the SGI register (`gic::send_request_sgi` does: DSB ISHST on
+//! GICv3, DSB SY on GICv2's memory-mapped GICD_SGIR), so the request is
+//! visible to every CPU before the
 //! SGI can be taken. The owner acknowledges the interrupt and then takes
 //! requests with acquire loads, which see the request and everything the
 //! producer wrote before it (the VM state it changed under its lock).

@@ -100,6 +100,14 @@ impl Hardware for Aarch64 {
         gic::send_request_sgi(cpu.index(), affinity);
     }
 
+    fn ring_doorbell(&self, cpu: CpuId, intid: u32) -> bool {
+        if !interrupts::guest::ring_doorbell(cpu.index(), intid) {
+            return false;
+        }
+        gic::send_doorbell_sgi(cpu.index(), cpu_affinity(cpu.index()));
+        true
+    }
+
     fn load_stage2(&self, vmid: u8, root: PhysAddr, counter_offset: u64) {
         // HCR_EL2 starts without TVM: a fresh vCPU has done no set/way work.
         guest::activate_vm(vmid, root.0, counter_offset);
@@ -395,18 +403,17 @@ fn build_vm(
         .map_err(|_| BuildError::Devices { vm: name })?;
     let mut owned = SpiSet::EMPTY;
     owned.insert(32 + tessera_platform::guest::UART_SPI);
-    let shmem =
-        devices::shmem::add_vm(id, manifest, &mut devices, &mut owned).map_err(|error| {
-            BuildError::Shmem {
-                vm: Some(name),
-                error,
-            }
+    let mut signalled = SpiSet::EMPTY;
+    let shmem = devices::shmem::add_vm(id, manifest, &mut devices, &mut owned, &mut signalled)
+        .map_err(|error| BuildError::Shmem {
+            vm: Some(name),
+            error,
         })?;
     let passthrough = manifest.passthrough_spi_set();
     for intid in passthrough.iter() {
         owned.insert(intid);
     }
-    let vgic = interrupts::guest::new_vgic(manifest.vcpu_count, owned, passthrough)
+    let vgic = interrupts::guest::new_vgic(manifest.vcpu_count, owned, passthrough, signalled)
         .ok_or(BuildError::Devices { vm: name })?;
     let first_cpu = cpus[0].index();
     interrupts::guest::pass_through(id, passthrough, first_cpu, cpu_affinity(first_cpu))
@@ -693,11 +700,16 @@ pub fn handle_guest_interrupt(acknowledged: Option<u32>) {
         }
         None => interrupts::handle_irq(),
     }
-    // Most interrupts (a guest's timer) come with no request: one check.
-    if let Some(vm) = running_vm()
-        && !SYSTEM.requests(this_cpu()).is_empty()
-    {
-        take_requests(vm.description.id, running_vcpu());
+    // Most interrupts (a guest's timer) come with no request: one check
+    // each. A doorbell names an SPI that became pending for this vCPU (the
+    // assembly fast path in `arch::vectors` shows it at once when it can).
+    if let Some(vm) = running_vm() {
+        if let Some(intid) = interrupts::guest::take_doorbell() {
+            interrupts::guest::show_injected(vm, running_vcpu(), intid);
+        }
+        if !SYSTEM.requests(this_cpu()).is_empty() {
+            take_requests(vm.description.id, running_vcpu());
+        }
     }
 }
 

@@ -70,6 +70,12 @@ pub trait Hardware {
     /// Sends the request interrupt (an SGI) to `cpu`, after making every
     /// earlier store visible to it.
     fn send_request_interrupt(&self, cpu: CpuId);
+    /// Tells `cpu` that SPI `intid` became pending for the vCPU it runs:
+    /// through its injection doorbell and the doorbell interrupt (an SGI),
+    /// after making every earlier store visible to it. False, having done
+    /// nothing, when the doorbell holds another SPI not taken yet: the
+    /// caller posts a request instead.
+    fn ring_doorbell(&self, cpu: CpuId, intid: u32) -> bool;
     /// Loads the VM's stage 2 (VMID and root), its trap configuration and
     /// virtual counter offset on this CPU, and drops every translation the
     /// TLBs hold for its VMID (its tables may have been rewritten).
@@ -417,10 +423,14 @@ impl<T, D> VmSystem<T, D> {
         self.request_for_vcpus(vm, vcpus, hardware, |_| Request::SyncInterrupts { vm })
     }
 
-    /// As [`Self::request_interrupt_sync`], for one interrupt `intid` that
-    /// became pending for `vcpus`: the other CPUs get a
-    /// [`Request::InjectInterrupt`] naming it (or, with their ring full, a
-    /// sync), so they may show just that one.
+    /// As [`Self::request_interrupt_sync`], for one SPI `intid` that
+    /// became pending for `vcpus`: each other CPU's doorbell is rung with
+    /// it (its CPU may show just that one, without a request at all: the
+    /// `shmem.notify_oneway` path), or, when that doorbell already holds
+    /// another SPI, the CPU gets a [`Request::InjectInterrupt`] naming it
+    /// (or, with its ring full, a sync). The doorbell needs no VM or vCPU:
+    /// each CPU runs one vCPU of one VM, and an injection is only a hint
+    /// (the receiving CPU shows what the model holds).
     pub fn request_interrupt_injection(
         &self,
         vm: VmId,
@@ -428,11 +438,11 @@ impl<T, D> VmSystem<T, D> {
         intid: u32,
         hardware: &impl Hardware,
     ) -> bool {
-        // Never refused: a full ring makes it a coalesced sync.
-        self.request_for_vcpus(vm, vcpus, hardware, |vcpu| Request::InjectInterrupt {
-            vm,
-            vcpu,
-            intid,
+        self.for_other_cpus(vm, vcpus, hardware, |cpu, vcpu| {
+            if !hardware.ring_doorbell(cpu, intid) {
+                // Never refused: a full ring makes it a coalesced sync.
+                let _ = self.post(cpu, Request::InjectInterrupt { vm, vcpu, intid }, hardware);
+            }
         })
     }
 
@@ -446,6 +456,20 @@ impl<T, D> VmSystem<T, D> {
         hardware: &impl Hardware,
         request: impl Fn(VcpuId) -> Request,
     ) -> bool {
+        self.for_other_cpus(vm, vcpus, hardware, |cpu, vcpu| {
+            let _ = self.post(cpu, request(vcpu), hardware);
+        })
+    }
+
+    /// Calls `each(cpu, vcpu)` for each of VM `vm`'s `vcpus` run by
+    /// another CPU; whether this CPU's own vCPU is among them.
+    fn for_other_cpus(
+        &self,
+        vm: VmId,
+        vcpus: VcpuSet,
+        hardware: &impl Hardware,
+        mut each: impl FnMut(CpuId, VcpuId),
+    ) -> bool {
         let this_cpu = hardware.this_cpu();
         let mut here = false;
         let the_vm = self.vm(vm);
@@ -457,7 +481,7 @@ impl<T, D> VmSystem<T, D> {
             if cpu == this_cpu {
                 here = true;
             } else {
-                let _ = self.post(cpu, request(vcpu), hardware);
+                each(cpu, vcpu);
             }
         }
         here
@@ -769,6 +793,9 @@ pub(crate) mod tests {
     pub(crate) struct FakeHardware {
         cpu: core::cell::Cell<usize>,
         interrupts_sent: RefCell<Vec<usize>>,
+        /// Each CPU's injection doorbell, and the doorbell SGIs sent.
+        doorbells: RefCell<[u32; 8]>,
+        doorbells_rung: RefCell<Vec<(usize, u32)>>,
         stage2_loads: RefCell<Vec<(usize, u8)>>,
         vcpu_loads: RefCell<Vec<(usize, u64)>>,
         saves: core::cell::Cell<usize>,
@@ -790,6 +817,21 @@ pub(crate) mod tests {
         fn send_request_interrupt(&self, cpu: CpuId) {
             assert_ne!(cpu.index(), self.cpu.get(), "a CPU needs no SGI to itself");
             self.interrupts_sent.borrow_mut().push(cpu.index());
+        }
+
+        fn ring_doorbell(&self, cpu: CpuId, intid: u32) -> bool {
+            assert_ne!(
+                cpu.index(),
+                self.cpu.get(),
+                "a CPU rings no doorbell of its own"
+            );
+            let doorbell = &mut self.doorbells.borrow_mut()[cpu.index()];
+            if *doorbell != 0 && *doorbell != intid {
+                return false;
+            }
+            *doorbell = intid;
+            self.doorbells_rung.borrow_mut().push((cpu.index(), intid));
+            true
         }
 
         fn load_stage2(&self, vmid: u8, _root: PhysAddr, _counter_offset: u64) {
@@ -952,22 +994,31 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn an_injection_names_the_interrupt_and_the_vcpu_on_each_other_cpu() {
+    fn an_injection_rings_each_other_cpus_doorbell_or_else_names_the_interrupt() {
         let hardware = FakeHardware::default();
         let system = system(&[&[1], &[2, 3, 0]]);
         let mut vcpus = VcpuSet::EMPTY;
         for index in [0, 2] {
             vcpus.insert(vcpu(index));
         }
-        // CPU 0 runs VM 1's vCPU 2 itself: it shows it at once.
+        // CPU 0 runs VM 1's vCPU 2 itself: it shows it at once. CPU 2's
+        // doorbell is rung: no request.
         assert!(system.request_interrupt_injection(vm(1), vcpus, 40, hardware.on(0)));
+        assert_eq!(*hardware.doorbells_rung.borrow(), [(2, 40)]);
+        assert!(hardware.interrupts_sent.borrow().is_empty());
+        assert!(drain(&system, 2).is_empty());
+        // The same SPI again, not taken yet: rung again (one more SGI).
+        assert!(system.request_interrupt_injection(vm(1), vcpus, 40, hardware.on(0)));
+        assert_eq!(*hardware.doorbells_rung.borrow(), [(2, 40), (2, 40)]);
+        // Another SPI while CPU 2's doorbell holds 40: a request naming it.
+        assert!(system.request_interrupt_injection(vm(1), vcpus, 41, hardware.on(0)));
         assert_eq!(*hardware.interrupts_sent.borrow(), [2]);
         assert_eq!(
             drain(&system, 2),
             [Request::InjectInterrupt {
                 vm: vm(1),
                 vcpu: vcpu(0),
-                intid: 40
+                intid: 41
             }]
         );
         assert!(drain(&system, 0).is_empty());

@@ -1188,28 +1188,33 @@ impl Shmem {
     }
 
     /// An acted notify write of `mask` by connection `slot` of device `d`.
+    /// This is the sender's half of `shmem.notify_oneway`: indices, not
+    /// copies, and one step per target.
     fn notify(&mut self, d: usize, slot: usize, mask: u32, services: &mut impl ShmemServices) {
         let connection = self.devices[d].connections[slot];
-        let region = &mut self.regions[usize::from(connection.region)];
+        let region = usize::from(connection.region);
         let asked = if mask == NOTIFY_ALL_BUT_ME {
             u16::MAX
         } else {
             mask as u16 // bits 16..31 name nobody
         };
-        let targets = asked & region.attached & !(1 << connection.index);
-        region.counters.notifications_sent += 1;
-        region.counters.notifications_delivered += u64::from(targets.count_ones());
-        let members = region.members;
+        let sender = 1u16 << connection.index;
+        let targets = asked & self.regions[region].attached & !sender;
+        self.regions[region].counters.notifications_sent += 1;
         self.devices[d].connections[slot].delivered = targets;
         if targets == 0 {
             return;
         }
         services.order_before_signal();
-        for target in indices(targets) {
-            let member = members[target];
+        let mut rest = targets;
+        while rest != 0 {
+            let target = rest.trailing_zeros() as usize;
+            rest &= rest - 1;
+            let member = self.regions[region].members[target];
+            self.regions[region].counters.notifications_delivered += 1;
             self.devices[usize::from(member.device)].add_unread(
                 usize::from(member.slot),
-                1 << connection.index,
+                u32::from(sender),
                 services,
             );
         }
