@@ -148,16 +148,29 @@ tessera_stacks:
     b       tessera_exception_entry
     .endm
 
+    // An IRQ taken at EL1 (vectors 1 and 5) has a shorter path: nothing
+    // looks at the interrupted registers, so only what a Rust call may
+    // clobber is saved (x0..x18, x30, ELR, SPSR, q0..q7, q16..q31, FPCR,
+    // FPSR), and the dispatcher is called directly. This is the guest's
+    // half of `shmem.notify_oneway`.
+    .macro  tessera_irq_vector index
+    .balign 0x80
+    sub     sp, sp, #{irq_frame_size}
+    stp     x0, x1, [sp]
+    mov     x1, #\index
+    b       tessera_irq_entry
+    .endm
+
     .section .text.vectors, "ax"
     .balign 0x800
     .global tessera_vectors
 tessera_vectors:
     tessera_vector 0
-    tessera_vector 1
+    tessera_irq_vector 1
     tessera_vector 2
     tessera_vector 3
     tessera_vector 4
-    tessera_vector 5
+    tessera_irq_vector 5
     tessera_vector 6
     tessera_vector 7
     tessera_vector 8
@@ -168,6 +181,68 @@ tessera_vectors:
     tessera_vector 13
     tessera_vector 14
     tessera_vector 15
+
+    .balign 0x80
+tessera_irq_entry:
+    stp     x2, x3, [sp, #16]
+    stp     x4, x5, [sp, #32]
+    stp     x6, x7, [sp, #48]
+    stp     x8, x9, [sp, #64]
+    stp     x10, x11, [sp, #80]
+    stp     x12, x13, [sp, #96]
+    stp     x14, x15, [sp, #112]
+    stp     x16, x17, [sp, #128]
+    stp     x18, x30, [sp, #144]
+    mrs     x2, elr_el1
+    mrs     x3, spsr_el1
+    stp     x2, x3, [sp, #160]
+    stp     q0, q1, [sp, #192]
+    stp     q2, q3, [sp, #224]
+    stp     q4, q5, [sp, #256]
+    stp     q6, q7, [sp, #288]
+    stp     q16, q17, [sp, #320]
+    stp     q18, q19, [sp, #352]
+    stp     q20, q21, [sp, #384]
+    stp     q22, q23, [sp, #416]
+    stp     q24, q25, [sp, #448]
+    stp     q26, q27, [sp, #480]
+    stp     q28, q29, [sp, #512]
+    stp     q30, q31, [sp, #544]
+    mrs     x2, fpcr
+    mrs     x3, fpsr
+    stp     x2, x3, [sp, #176]
+    mov     x0, x1
+    bl      {irq_handler}
+    ldp     x2, x3, [sp, #176]
+    msr     fpcr, x2
+    msr     fpsr, x3
+    ldp     q0, q1, [sp, #192]
+    ldp     q2, q3, [sp, #224]
+    ldp     q4, q5, [sp, #256]
+    ldp     q6, q7, [sp, #288]
+    ldp     q16, q17, [sp, #320]
+    ldp     q18, q19, [sp, #352]
+    ldp     q20, q21, [sp, #384]
+    ldp     q22, q23, [sp, #416]
+    ldp     q24, q25, [sp, #448]
+    ldp     q26, q27, [sp, #480]
+    ldp     q28, q29, [sp, #512]
+    ldp     q30, q31, [sp, #544]
+    ldp     x2, x3, [sp, #160]
+    msr     elr_el1, x2
+    msr     spsr_el1, x3
+    ldp     x18, x30, [sp, #144]
+    ldp     x16, x17, [sp, #128]
+    ldp     x14, x15, [sp, #112]
+    ldp     x12, x13, [sp, #96]
+    ldp     x10, x11, [sp, #80]
+    ldp     x8, x9, [sp, #64]
+    ldp     x6, x7, [sp, #48]
+    ldp     x4, x5, [sp, #32]
+    ldp     x2, x3, [sp, #16]
+    ldp     x0, x1, [sp]
+    add     sp, sp, #{irq_frame_size}
+    eret
 
     .balign 0x80
 tessera_exception_entry:
@@ -270,7 +345,14 @@ tessera_exception_entry:
     primary_main = sym primary_main,
     secondary_main = sym secondary_main,
     handler = sym handle_exception,
+    irq_handler = sym handle_irq_exception,
+    irq_frame_size = const IRQ_FRAME_SIZE,
 );
+
+/// The IRQ path's frame (`tessera_irq_entry`): x0..x18 and x30, ELR and
+/// SPSR (176 bytes), FPCR and FPSR (16), the caller-saved FP/SIMD
+/// registers q0..q7 and q16..q31 (384).
+const IRQ_FRAME_SIZE: usize = 576;
 
 const _: () = assert!(offset_of!(TrapFrame, x) == 0);
 const _: () = assert!(TrapFrame::ELR_OFFSET == 31 * 8);
@@ -328,20 +410,31 @@ extern "C" fn secondary_main(slot: usize) -> ! {
     }
 }
 
-/// Every exception lands here. Returns (and the vector resumes `frame`) for
-/// an IRQ once the GIC is set up (the dispatcher handles one interrupt) and
-/// for an aborted probe; anything else is reported and stops the VM.
-extern "C" fn handle_exception(frame: &mut TrapFrame, vector: u64) {
-    let is_irq_at_el1 = matches!(
-        VectorKind::from_index(vector),
-        Some(VectorKind {
-            origin: ExceptionOrigin::CurrentElSpx | ExceptionOrigin::CurrentElSp0,
-            exception_type: ExceptionType::Irq,
-        })
-    );
-    if is_irq_at_el1 && hook(&IRQ_DISPATCH).is_some_and(|dispatch| dispatch()) {
+/// An IRQ taken at EL1 (vector 1 or 5, `tessera_irq_entry`): the GIC
+/// support's dispatcher handles one interrupt and the vector resumes the
+/// interrupted code; without it, the IRQ is reported as unexpected and
+/// the VM stops.
+extern "C" fn handle_irq_exception(vector: u64) {
+    if hook(&IRQ_DISPATCH).is_some_and(|dispatch| dispatch()) {
         return;
     }
+    let report = ExceptionReport {
+        kind: VectorKind::from_index(vector).unwrap_or(VectorKind {
+            origin: ExceptionOrigin::CurrentElSpx,
+            exception_type: ExceptionType::Irq,
+        }),
+        syndrome: Syndrome(esr_el1()),
+        fault_address: far_el1(),
+        return_address: elr_el1(),
+    };
+    console::print_args_emergency(format_args!("{report}\n"));
+    tessera::exit(tessera::exit_status::UNEXPECTED_EXCEPTION)
+}
+
+/// Every other exception lands here. Returns (and the vector resumes
+/// `frame`) for an aborted probe; anything else is reported and stops the
+/// VM.
+extern "C" fn handle_exception(frame: &mut TrapFrame, vector: u64) {
     let syndrome = Syndrome(esr_el1());
     let fault_address = far_el1();
     let kind = VectorKind::from_index(vector).unwrap_or(VectorKind {
@@ -367,6 +460,13 @@ fn esr_el1() -> u64 {
     let value: u64;
     // SAFETY: reading ESR_EL1 has no side effects.
     unsafe { asm!("mrs {}, esr_el1", out(reg) value, options(nomem, nostack, preserves_flags)) };
+    value
+}
+
+fn elr_el1() -> u64 {
+    let value: u64;
+    // SAFETY: reading ELR_EL1 has no side effects.
+    unsafe { asm!("mrs {}, elr_el1", out(reg) value, options(nomem, nostack, preserves_flags)) };
     value
 }
 

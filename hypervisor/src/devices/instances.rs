@@ -194,6 +194,12 @@ fn emulate_gic_or_shmem(
     access: MmioAccess,
 ) -> bool {
     if access.is_write {
+        // vdev-shmem first: a notify is the measured write
+        // (`shmem.notify_oneway`), and the GIC's write path keeps a large
+        // frame.
+        if shmem::is_shmem_slot(slot) {
+            return shmem::write(vm, slot, offset, access.width, data.stored_value());
+        }
         write_gic_or_shmem(vm, slot, offset, access.width, data.stored_value())
     } else {
         match read_gic_or_shmem(vm, slot, offset, access.width) {

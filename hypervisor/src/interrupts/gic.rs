@@ -323,13 +323,15 @@ pub fn send_request_sgi(index: usize, affinity: u64) {
 }
 
 /// Sends `DOORBELL_SGI` to the CPU with logical `index` and MPIDR
-/// `affinity`.
+/// `affinity` (inline: the notify path's send).
+#[inline(always)]
 pub fn send_doorbell_sgi(index: usize, affinity: u64) {
     send_sgi(DOORBELL_SGI, index, affinity);
 }
 
 /// Sends SGI `intid` to the CPU with logical `index` and MPIDR `affinity`,
 /// after every earlier store (its mailbox or doorbell) is visible.
+#[inline(always)]
 fn send_sgi(intid: u32, index: usize, affinity: u64) {
     match version() {
         3 => {

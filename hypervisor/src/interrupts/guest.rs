@@ -392,7 +392,7 @@ pub fn set_spi_level(id: VmId, intid: u32, level: bool) {
     // The usual fall: the handler of the vCPU running here lowered it.
     if !level && vm::running_vm().is_some_and(|running| running.description.id == id) {
         let vcpu = vm::running_vcpu();
-        if effects.reevaluate.iter().all(|concerned| concerned == vcpu)
+        if effects.reevaluate.has_none_but(vcpu)
             && vgic.line_fell_while_active(vcpu, intid, &mut VirtualInterface::this_cpu())
         {
             // The next rise may now take the injection fast path.

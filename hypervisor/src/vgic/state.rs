@@ -597,6 +597,7 @@ impl VgicState {
     /// IROUTER names (vCPU n has Aff0 = n, higher levels 0); one that names
     /// no vCPU is not forwarded (IHI 0069H §12.9).
     #[must_use]
+    #[inline]
     pub fn spi_target(&self, intid: u32) -> Option<VcpuId> {
         let index = spi_index(intid)?;
         if !self.owned.contains(intid) {

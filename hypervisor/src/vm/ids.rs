@@ -94,8 +94,24 @@ impl VcpuSet {
         self.0 == 0
     }
 
+    /// Whether no vCPU but `vcpu` is in the set (the empty set is too).
+    #[must_use]
+    pub const fn has_none_but(self, vcpu: VcpuId) -> bool {
+        self.0 & !(1 << vcpu.index()) == 0
+    }
+
+    /// The members, lowest first: one step per member (the notify path
+    /// walks these).
     pub fn iter(self) -> impl Iterator<Item = VcpuId> {
-        VcpuId::all(MAX_CPUS).filter(move |vcpu| self.contains(*vcpu))
+        let mut rest = self.0;
+        core::iter::from_fn(move || {
+            if rest == 0 {
+                return None;
+            }
+            let index = rest.trailing_zeros() as usize;
+            rest &= rest - 1;
+            VcpuId::new(index)
+        })
     }
 }
 
@@ -124,6 +140,11 @@ mod tests {
             set.iter().map(VcpuId::index).collect::<Vec<_>>(),
             vec![1, 3]
         );
+        assert!(!set.has_none_but(VcpuId::new(1).unwrap()));
+        assert!(VcpuSet::EMPTY.has_none_but(VcpuId::new(1).unwrap()));
+        let mut one = VcpuSet::EMPTY;
+        one.insert(VcpuId::new(3).unwrap());
+        assert!(one.has_none_but(VcpuId::new(3).unwrap()));
         assert!(!set.contains(VcpuId::FIRST));
     }
 }

@@ -739,10 +739,44 @@ impl Shmem {
 
     /// A load of `width` at `offset` in `area` of `device`.
     ///
+    /// The receiver's whole-status read in its handler (half of
+    /// `shmem.pingpong_roundtrip`) is told apart first, inline, and carried
+    /// out as the field-by-field path would.
+    ///
     /// # Errors
     ///
     /// When nothing answers there; the guest gets an external abort.
+    #[inline(always)]
     pub fn read(
+        &mut self,
+        device: DeviceId,
+        area: Area,
+        offset: u64,
+        width: AccessWidth,
+        services: &mut impl ShmemServices,
+    ) -> Result<u64, AccessRefused> {
+        if area == Area::Window
+            && width == AccessWidth::Word
+            && offset % PAGE_SIZE == control::STATUS
+        {
+            let d = device.index();
+            let slot = self.devices[d]
+                .connection_at(offset / PAGE_SIZE)
+                .ok_or(AccessRefused::NothingThere)?;
+            let piece = Piece {
+                field: ControlField::Status,
+                first: 0,
+                count: 4,
+                shift: 0,
+            };
+            return Ok(self.read_control(d, slot, piece, services));
+        }
+        self.read_fields(device, area, offset, width, services)
+    }
+
+    /// [`read`](Self::read), field by field.
+    #[inline(never)]
+    fn read_fields(
         &mut self,
         device: DeviceId,
         area: Area,
@@ -759,17 +793,6 @@ impl Shmem {
             }
             Area::Window => {
                 let (slot, offset) = self.control_page(d, offset, bytes)?;
-                if offset == control::STATUS && bytes == 4 {
-                    // The receiver's read in its handler: the whole field,
-                    // as the loop below would read it, without the search.
-                    let piece = Piece {
-                        field: ControlField::Status,
-                        first: 0,
-                        count: 4,
-                        shift: 0,
-                    };
-                    return Ok(self.read_control(d, slot, piece, services));
-                }
                 let mut value = 0;
                 for piece in pieces(&CONTROL_FIELDS, offset, bytes) {
                     value |= self.read_control(d, slot, piece, services) << piece.shift;
@@ -782,10 +805,40 @@ impl Shmem {
     /// A store of the low `width` bytes of `value` at `offset` in `area` of
     /// `device`.
     ///
+    /// The sender's whole-word notify (half of `shmem.notify_oneway`) is
+    /// told apart first, inline, and carried out as the field-by-field
+    /// path would.
+    ///
     /// # Errors
     ///
     /// When nothing answers there; the guest gets an external abort.
+    #[inline(always)]
     pub fn write(
+        &mut self,
+        device: DeviceId,
+        area: Area,
+        offset: u64,
+        width: AccessWidth,
+        value: u64,
+        services: &mut impl ShmemServices,
+    ) -> Result<(), AccessRefused> {
+        if area == Area::Window
+            && width == AccessWidth::Word
+            && offset % PAGE_SIZE == control::NOTIFY
+        {
+            let d = device.index();
+            let slot = self.devices[d]
+                .connection_at(offset / PAGE_SIZE)
+                .ok_or(AccessRefused::NothingThere)?;
+            self.notify(d, slot, value as u32, services);
+            return Ok(());
+        }
+        self.write_fields(device, area, offset, width, value, services)
+    }
+
+    /// [`write`](Self::write), field by field.
+    #[inline(never)]
+    fn write_fields(
         &mut self,
         device: DeviceId,
         area: Area,
@@ -808,12 +861,6 @@ impl Shmem {
             }
             Area::Window => {
                 let (slot, offset) = self.control_page(d, offset, bytes)?;
-                if offset == control::NOTIFY && bytes == 4 {
-                    // The sender's notify: the whole field, as the loop
-                    // below would write it, without the search.
-                    self.notify(d, slot, value as u32, services);
-                    return Ok(());
-                }
                 for piece in pieces(&CONTROL_FIELDS, offset, bytes) {
                     if !self.devices[d].connections[slot].live {
                         break; // detached by an earlier piece
