@@ -56,14 +56,15 @@ impl FastEntry {
         entry: 0,
     };
 
-    fn armed(index: usize, entry: ListEntry) -> Self {
-        Self {
+    /// Armed for `slot`'s register and entry, or disarmed.
+    fn of(slot: Option<(usize, ListEntry)>) -> Self {
+        slot.map_or(Self::DISARMED, |(index, entry)| Self {
             armed: 1,
             index: index as u8,
             _reserved: [0; 2],
             intid: entry.intid,
             entry: entry.to_gicv3(),
-        }
+        })
     }
 }
 
@@ -94,14 +95,30 @@ pub struct CpuFastPaths {
 unsafe impl Sync for CpuFastPaths {}
 
 impl CpuFastPaths {
-    /// Writes both entries. Only for this CPU's own slot.
-    fn set(&self, linked: FastEntry, injection: FastEntry) {
+    /// Writes the timer's entry. Only for this CPU's own slot.
+    fn set_linked(&self, linked: FastEntry) {
         // SAFETY: the caller's CPU owns this slot; its IRQ entry, the only
         // reader, cannot run now (EL2 runs with IRQs masked), and no other
         // CPU touches the entries.
         unsafe { self.linked.get().write(linked) };
-        // SAFETY: as above.
-        unsafe { self.injection.get().write(injection) };
+    }
+
+    /// Arms the injection's entry, or disarms it. A doorbell that still
+    /// holds the armed SPI is stale (the model has it idle: its line fell
+    /// after the ring, before the doorbell interrupt was taken) and is
+    /// cleared, so it cannot show an interrupt whose cause is gone. Only
+    /// for this CPU's own slot.
+    fn set_injection(&self, injection: Option<(usize, ListEntry)>) {
+        if let Some((_, entry)) = injection {
+            let _ = self.doorbell.compare_exchange(
+                entry.intid,
+                0,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+        // SAFETY: as in `set_linked`.
+        unsafe { self.injection.get().write(FastEntry::of(injection)) };
     }
 }
 
@@ -135,11 +152,8 @@ const _: () = {
 /// - the virtual timer's while its previous instance holds a list register
 ///   and the policy would show the next one there at once
 ///   (`VmInterrupts::linked_slot`);
-/// - a signalled SPI's on the same terms (`VmInterrupts::injection_slot`).
-///   A doorbell that still holds that SPI is stale (the model has it idle:
-///   its line fell after the ring, before the doorbell interrupt was
-///   taken) and is cleared, so it cannot show an interrupt whose cause is
-///   gone.
+/// - a signalled SPI's on the same terms (`VmInterrupts::injection_slot`;
+///   see `CpuFastPaths::set_injection` for the doorbell).
 fn arm_fast_paths(vgic: &VmInterrupts, vcpu: VcpuId) {
     let (linked, injection) = if gic::version() == 3 {
         (
@@ -150,24 +164,16 @@ fn arm_fast_paths(vgic: &VmInterrupts, vcpu: VcpuId) {
         (None, None)
     };
     let fast = &TESSERA_FAST_PATHS[crate::arch::cpu_index()];
-    if let Some((_, entry)) = injection {
-        let _ =
-            fast.doorbell
-                .compare_exchange(entry.intid, 0, Ordering::Relaxed, Ordering::Relaxed);
-    }
-    let entry = |slot: Option<(usize, ListEntry)>| {
-        slot.map_or(FastEntry::DISARMED, |(index, entry)| {
-            FastEntry::armed(index, entry)
-        })
-    };
-    fast.set(entry(linked), entry(injection));
+    fast.set_linked(FastEntry::of(linked));
+    fast.set_injection(injection);
 }
 
 /// Disarms this CPU's fast paths (its vCPU leaves) and drops whatever its
 /// doorbell held: the vCPU shows what the model holds when it starts.
 fn disarm_fast_paths() {
     let fast = &TESSERA_FAST_PATHS[crate::arch::cpu_index()];
-    fast.set(FastEntry::DISARMED, FastEntry::DISARMED);
+    fast.set_linked(FastEntry::DISARMED);
+    fast.set_injection(None);
     fast.doorbell.store(0, Ordering::Relaxed);
 }
 
@@ -385,12 +391,46 @@ pub fn passthrough_interrupt(interrupt: Interrupt, owner: VmId) {
 
 /// Drives SPI `intid` of VM `id` to `level`, from whichever CPU the change
 /// came from (a vdev-shmem vector, raised by a peer VM's notify or lowered
-/// by the VM's own status read).
+/// by the VM's own status read). Each way has its own small function: the
+/// raise is the sender's half of `shmem.notify_oneway`.
+#[inline(always)]
 pub fn set_spi_level(id: VmId, intid: u32, level: bool) {
+    if level {
+        raise_spi(id, intid);
+    } else {
+        lower_spi(id, intid);
+    }
+}
+
+/// One SPI became pending: the CPUs concerned may show just it (another
+/// CPU's through its doorbell).
+#[inline(never)]
+fn raise_spi(id: VmId, intid: u32) {
     let mut vgic = vm::vm(id).device_state.vgic.lock();
-    let effects = vgic.state.set_spi_line(intid, level);
-    // The usual fall: the handler of the vCPU running here lowered it.
-    if !level && vm::running_vm().is_some_and(|running| running.description.id == id) {
+    let effects = vgic.state.set_spi_line(intid, true);
+    if !effects.reevaluate.is_empty()
+        && vm::request_interrupt_injection(id, effects.reevaluate, intid)
+    {
+        sync_running_here_cold(id, &mut vgic, effects);
+    }
+}
+
+/// [`sync_running_here`] off the notify path's frame: a raise reaches a
+/// vCPU of the raising CPU only when a VM signals itself.
+#[cold]
+#[inline(never)]
+fn sync_running_here_cold(id: VmId, vgic: &mut VmInterrupts, effects: Effects) {
+    sync_running_here(id, vgic, effects);
+}
+
+/// The usual fall: the handler of the vCPU running here lowered it, and
+/// the list register keeps the instance it is handling; anything else
+/// syncs the vCPUs concerned.
+#[inline(never)]
+fn lower_spi(id: VmId, intid: u32) {
+    let mut vgic = vm::vm(id).device_state.vgic.lock();
+    let effects = vgic.state.set_spi_line(intid, false);
+    if vm::running_vm().is_some_and(|running| running.description.id == id) {
         let vcpu = vm::running_vcpu();
         if effects.reevaluate.has_none_but(vcpu)
             && vgic.line_fell_while_active(vcpu, intid, &mut VirtualInterface::this_cpu())
@@ -399,15 +439,6 @@ pub fn set_spi_level(id: VmId, intid: u32, level: bool) {
             arm_fast_paths(&vgic, vcpu);
             return;
         }
-    }
-    if level {
-        // One SPI became pending: the CPUs concerned may show just it.
-        if !effects.reevaluate.is_empty()
-            && vm::request_interrupt_injection(id, effects.reevaluate, intid)
-        {
-            sync_running_here(id, &mut vgic, effects);
-        }
-        return;
     }
     sync_concerned(id, &mut vgic, effects);
 }

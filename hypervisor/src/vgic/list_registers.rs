@@ -782,32 +782,40 @@ pub fn injection_slot(
         .iter()
         .enumerate()
         .find_map(|(index, resident)| {
-            let intid = resident.intid;
-            if !resident.in_use
-                || resident.moved_latch
-                || !resident.written_pending
-                || !signalled.contains(intid)
-            {
-                return None;
-            }
-            let irq = state.slot(vcpu, intid)?;
-            if irq.edge
-                || irq.pending()
-                || state.is_hardware_linked(vcpu, intid)
-                || state.spi_target(intid) != Some(vcpu)
-            {
-                return None;
-            }
-            let entry = state.forwarded_entry(vcpu, intid)?;
-            Some((
-                index,
-                ListEntry {
-                    state: LrState::Pending,
-                    eoi_maintenance: true,
-                    ..entry
-                },
-            ))
+            injection_entry(state, vcpu, resident, signalled).map(|entry| (index, entry))
         })
+}
+
+/// The entry the injection fast path may write over `resident` (see
+/// [`injection_slot`]), if it qualifies.
+fn injection_entry(
+    state: &VgicState,
+    vcpu: VcpuId,
+    resident: &Resident,
+    signalled: &super::state::SpiSet,
+) -> Option<ListEntry> {
+    let intid = resident.intid;
+    if !resident.in_use
+        || resident.moved_latch
+        || !resident.written_pending
+        || !signalled.contains(intid)
+    {
+        return None;
+    }
+    let irq = state.slot(vcpu, intid)?;
+    if irq.edge
+        || irq.pending()
+        || state.is_hardware_linked(vcpu, intid)
+        || state.spi_target(intid) != Some(vcpu)
+    {
+        return None;
+    }
+    let entry = state.forwarded_entry(vcpu, intid)?;
+    Some(ListEntry {
+        state: LrState::Pending,
+        eoi_maintenance: true,
+        ..entry
+    })
 }
 
 #[cfg(test)]

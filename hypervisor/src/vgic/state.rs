@@ -603,6 +603,13 @@ impl VgicState {
         if !self.owned.contains(intid) {
             return None;
         }
+        self.route_of(index)
+    }
+
+    /// The vCPU the routing of the SPI at `index` names (see
+    /// [`spi_target`](Self::spi_target)), ownership not checked.
+    #[inline]
+    fn route_of(&self, index: usize) -> Option<VcpuId> {
         match self.version {
             GicVersion::V2 => {
                 let targets = self.spi_targets[index] & self.implemented_targets();
@@ -735,6 +742,7 @@ impl VgicState {
     /// vdev-shmem vector is driven from any CPU: the same change and the
     /// same effects, without the generic path (one routing lookup, no
     /// closure). Host-tested against `set_line_level`.
+    #[inline]
     pub fn set_spi_line(&mut self, intid: u32, level: bool) -> Effects {
         let Some(index) = spi_index(intid) else {
             return Effects::NONE;
@@ -743,25 +751,26 @@ impl VgicState {
             return Effects::NONE;
         }
         let irq = &mut self.spis[index];
-        let before = *irq;
-        if irq.edge && level && !irq.line_level {
+        // Only the line and the edge latch move, and the latch only with
+        // a rising line: nothing changes unless the line does.
+        if irq.line_level == level {
+            return Effects::NONE;
+        }
+        if irq.edge && level {
             irq.pending_latch = true;
         }
         irq.line_level = level;
-        if *irq == before {
-            return Effects::NONE;
-        }
-        let irq = *irq;
-        if irq.pending() || irq.active {
+        let (pending, active) = (irq.pending(), irq.active);
+        if pending || active {
             self.spi_marks[index / 32] |= 1 << (index % 32);
         }
         // As `affected`: the routing target, and the vCPU it is active on.
         let mut reevaluate = VcpuSet::EMPTY;
-        if let Some(target) = self.spi_target(intid) {
+        if let Some(target) = self.route_of(index) {
             reevaluate.insert(target);
         }
         let active_on = usize::from(self.spi_active_on[index]);
-        if irq.active
+        if active
             && active_on != 0
             && let Some(vcpu) = VcpuId::new(active_on - 1)
         {

@@ -470,6 +470,7 @@ impl Device {
     }
 
     /// Gives the vector the level its connections call for, if that changed.
+    #[inline(always)]
     fn update_line(&mut self, lines: &mut impl VmLines) {
         let asserted = self.unread_connections != 0;
         if asserted != self.line_asserted {
@@ -479,6 +480,7 @@ impl Device {
     }
 
     /// Sets `bits` in connection `slot`'s unread mask.
+    #[inline(always)]
     fn add_unread(&mut self, slot: usize, bits: u32, lines: &mut impl VmLines) {
         let connection = &mut self.connections[slot];
         if connection.unread == 0 && bits != 0 {
