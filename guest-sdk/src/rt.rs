@@ -149,9 +149,11 @@ tessera_stacks:
     .endm
 
     // An IRQ taken at EL1 (vectors 1 and 5) has a shorter path: nothing
-    // looks at the interrupted registers, so only what a Rust call may
-    // clobber is saved (x0..x18, x30, ELR, SPSR, q0..q7, q16..q31, FPCR,
-    // FPSR), and the dispatcher is called directly. This is the guest's
+    // looks at the interrupted registers, so of the general registers only
+    // what a Rust call may clobber is saved (x0..x18, x30, ELR, SPSR), and
+    // the dispatcher is called directly. All of q0..q31 are saved, with
+    // FPCR and FPSR: a call keeps only the low halves of v8..v15, and the
+    // interrupted code may hold whole values there. This is the guest's
     // half of `shmem.notify_oneway`.
     .macro  tessera_irq_vector index
     .balign 0x80
@@ -200,14 +202,18 @@ tessera_irq_entry:
     stp     q2, q3, [sp, #224]
     stp     q4, q5, [sp, #256]
     stp     q6, q7, [sp, #288]
-    stp     q16, q17, [sp, #320]
-    stp     q18, q19, [sp, #352]
-    stp     q20, q21, [sp, #384]
-    stp     q22, q23, [sp, #416]
-    stp     q24, q25, [sp, #448]
-    stp     q26, q27, [sp, #480]
-    stp     q28, q29, [sp, #512]
-    stp     q30, q31, [sp, #544]
+    stp     q8, q9, [sp, #320]
+    stp     q10, q11, [sp, #352]
+    stp     q12, q13, [sp, #384]
+    stp     q14, q15, [sp, #416]
+    stp     q16, q17, [sp, #448]
+    stp     q18, q19, [sp, #480]
+    stp     q20, q21, [sp, #512]
+    stp     q22, q23, [sp, #544]
+    stp     q24, q25, [sp, #576]
+    stp     q26, q27, [sp, #608]
+    stp     q28, q29, [sp, #640]
+    stp     q30, q31, [sp, #672]
     mrs     x2, fpcr
     mrs     x3, fpsr
     stp     x2, x3, [sp, #176]
@@ -220,14 +226,18 @@ tessera_irq_entry:
     ldp     q2, q3, [sp, #224]
     ldp     q4, q5, [sp, #256]
     ldp     q6, q7, [sp, #288]
-    ldp     q16, q17, [sp, #320]
-    ldp     q18, q19, [sp, #352]
-    ldp     q20, q21, [sp, #384]
-    ldp     q22, q23, [sp, #416]
-    ldp     q24, q25, [sp, #448]
-    ldp     q26, q27, [sp, #480]
-    ldp     q28, q29, [sp, #512]
-    ldp     q30, q31, [sp, #544]
+    ldp     q8, q9, [sp, #320]
+    ldp     q10, q11, [sp, #352]
+    ldp     q12, q13, [sp, #384]
+    ldp     q14, q15, [sp, #416]
+    ldp     q16, q17, [sp, #448]
+    ldp     q18, q19, [sp, #480]
+    ldp     q20, q21, [sp, #512]
+    ldp     q22, q23, [sp, #544]
+    ldp     q24, q25, [sp, #576]
+    ldp     q26, q27, [sp, #608]
+    ldp     q28, q29, [sp, #640]
+    ldp     q30, q31, [sp, #672]
     ldp     x2, x3, [sp, #160]
     msr     elr_el1, x2
     msr     spsr_el1, x3
@@ -350,9 +360,8 @@ tessera_exception_entry:
 );
 
 /// The IRQ path's frame (`tessera_irq_entry`): x0..x18 and x30, ELR and
-/// SPSR (176 bytes), FPCR and FPSR (16), the caller-saved FP/SIMD
-/// registers q0..q7 and q16..q31 (384).
-const IRQ_FRAME_SIZE: usize = 576;
+/// SPSR (176 bytes), FPCR and FPSR (16), q0..q31 (512).
+const IRQ_FRAME_SIZE: usize = 704;
 
 const _: () = assert!(offset_of!(TrapFrame, x) == 0);
 const _: () = assert!(TrapFrame::ELR_OFFSET == 31 * 8);

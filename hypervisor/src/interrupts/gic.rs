@@ -336,12 +336,15 @@ fn send_sgi(intid: u32, index: usize, affinity: u64) {
     match version() {
         3 => {
             // ICC_SGI1R_EL1 (IHI 0069H §12.2.23): TargetList [15:0], Aff1
-            // [23:16], INTID [27:24], Aff2 [39:32], IRM [40] = 0, Aff3
+            // [23:16], INTID [27:24], Aff2 [39:32], IRM [40] = 0, RS
+            // [47:44] (which 16 of Aff0's values TargetList names), Aff3
             // [55:48]. Written directly: this is the notify path's send.
-            let value = (1u64 << (affinity & 0xF))
+            let aff0 = affinity & 0xFF;
+            let value = (1u64 << (aff0 & 0xF))
                 | ((affinity >> 8) & 0xFF) << 16
                 | u64::from(intid & 0xF) << 24
                 | ((affinity >> 16) & 0xFF) << 32
+                | (aff0 >> 4) << 44
                 | ((affinity >> 32) & 0xFF) << 48;
             // SAFETY: DSB ISHST orders the mailbox or doorbell store before
             // the SGI can be seen (the SGI register write is no memory

@@ -313,6 +313,11 @@ pub fn vcpu_starting(vm: &RunningVm, vcpu: VcpuId) {
     let mut interface = VirtualInterface::this_cpu();
     interface.reset(true);
     let mut vgic = vm.device_state.vgic.lock();
+    // A ring while this CPU idled (a peer signalled the vCPU before it
+    // started) is in the model, which the sync below shows.
+    TESSERA_FAST_PATHS[crate::arch::cpu_index()]
+        .doorbell
+        .store(0, Ordering::Relaxed);
     vgic.forget_list_registers(vcpu);
     vgic.sync(vcpu, &mut interface);
     arm_fast_paths(&vgic, vcpu);

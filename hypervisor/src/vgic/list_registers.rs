@@ -805,6 +805,7 @@ fn injection_entry(
     let irq = state.slot(vcpu, intid)?;
     if irq.edge
         || irq.pending()
+        || irq.active
         || state.is_hardware_linked(vcpu, intid)
         || state.spi_target(intid) != Some(vcpu)
     {

@@ -426,9 +426,10 @@ impl<T, D> VmSystem<T, D> {
     /// As [`Self::request_interrupt_sync`], for one SPI `intid` that
     /// became pending for `vcpus`: each other CPU's doorbell is rung with
     /// it (its CPU may show just that one, without a request at all: the
-    /// `shmem.notify_oneway` path), or, when that doorbell already holds
-    /// another SPI, the CPU gets a [`Request::InjectInterrupt`] naming it
-    /// (or, with its ring full, a sync). The doorbell needs no VM or vCPU:
+    /// `shmem.notify_oneway` path), or, when that CPU has requests waiting
+    /// or its doorbell already holds another SPI, the CPU gets a
+    /// [`Request::InjectInterrupt`] naming it (or, with its ring full, a
+    /// sync), behind what waits. The doorbell needs no VM or vCPU:
     /// each CPU runs one vCPU of one VM, and an injection is only a hint
     /// (the receiving CPU shows what the model holds).
     pub fn request_interrupt_injection(
@@ -439,7 +440,11 @@ impl<T, D> VmSystem<T, D> {
         hardware: &impl Hardware,
     ) -> bool {
         self.for_other_cpus(vm, vcpus, hardware, |cpu, vcpu| {
-            if !hardware.ring_doorbell(cpu, intid) {
+            // Only past an empty queue: a request posted before (a sync
+            // after the guest disabled or reconfigured this SPI, under the
+            // same lock the caller holds) must be taken first, and the
+            // doorbell SGI could overtake the request SGI.
+            if !(self.queues[cpu.index()].is_empty() && hardware.ring_doorbell(cpu, intid)) {
                 // Never refused: a full ring makes it a coalesced sync.
                 let _ = self.post(cpu, Request::InjectInterrupt { vm, vcpu, intid }, hardware);
             }
@@ -1022,6 +1027,25 @@ pub(crate) mod tests {
             }]
         );
         assert!(drain(&system, 0).is_empty());
+        // A sync waiting on CPU 2 (the guest reconfigured the SPI): the
+        // injection queues behind it, the doorbell is not rung.
+        hardware.doorbells.borrow_mut()[2] = 0;
+        let mut only_vcpu0 = VcpuSet::EMPTY;
+        only_vcpu0.insert(vcpu(0));
+        assert!(!system.request_interrupt_sync(vm(1), only_vcpu0, hardware.on(0)));
+        assert!(system.request_interrupt_injection(vm(1), vcpus, 40, hardware.on(0)));
+        assert_eq!(hardware.doorbells_rung.borrow().len(), 2, "not rung again");
+        assert_eq!(
+            drain(&system, 2),
+            [
+                Request::SyncInterrupts { vm: vm(1) },
+                Request::InjectInterrupt {
+                    vm: vm(1),
+                    vcpu: vcpu(0),
+                    intid: 40
+                }
+            ]
+        );
     }
 
     #[test]

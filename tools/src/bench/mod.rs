@@ -307,10 +307,12 @@ fn figures(measured: &Measured<'_>) -> Result<Vec<Figure>> {
                    under `-icount` CNTPCT_EL0 is one clock for all CPUs. The CPUs run \
                    round-robin, and a CPU that signals another keeps running until it \
                    halts in WFI, so the figure counts the instructions of both CPUs in \
-                   between: the sender's trapped store and EL2 path up to the signal, its \
-                   way back into WFI, the receiver's exit, list-register update and \
-                   return, and the guest's own path to the handler (the SDK's IRQ vector, \
-                   acknowledge and dispatch, about 90 instructions). Before each round \
+                   between: the sender's trapped store and EL2 path up to the signal (the \
+                   model's notify, the peer's line in its vGIC, the receiving CPU's \
+                   doorbell and SGI), its way back into WFI, the receiver's exit, which \
+                   writes the list register in assembly, and the guest's own path to the \
+                   handler (the SDK's IRQ entry, acknowledge and dispatch, about 75 \
+                   instructions). Before each round \
                    the sender waits 20,000 ticks in WFI on its virtual timer, so that the \
                    receiver is back in WFI (with IRQs masked, woken by the pending \
                    interrupt, then unmasked); nobody polls. The trapped control-page \
