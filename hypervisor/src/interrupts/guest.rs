@@ -81,7 +81,7 @@ impl FastEntry {
 ///
 /// The two entries are written only by their own CPU, under its vCPU's
 /// vGIC lock, after every change to that vCPU's list registers
-/// (`arm_fast_paths`), and read only by the same CPU's IRQ entry, which
+/// (`after_change`), and read only by the same CPU's IRQ entry, which
 /// runs with IRQs masked, so never while they are being written.
 #[repr(C, align(64))]
 pub struct CpuFastPaths {
@@ -166,6 +166,28 @@ fn arm_fast_paths(vgic: &VmInterrupts, vcpu: VcpuId) {
     let fast = &TESSERA_FAST_PATHS[crate::arch::cpu_index()];
     fast.set_linked(FastEntry::of(linked));
     fast.set_injection(injection);
+}
+
+/// What follows every change to the list registers of `vcpu` (running
+/// here), with its VM's vGIC still locked: the vCPUs its folds handed an
+/// SPI to (`VgicState::take_handoffs`) are asked to sync, and this CPU's
+/// fast paths are armed again.
+fn after_change(vgic: &mut VmInterrupts, vcpu: VcpuId) {
+    hand_off(vgic);
+    arm_fast_paths(vgic, vcpu);
+}
+
+/// Asks the CPUs of the vCPUs folds on this CPU handed an SPI to, of the
+/// VM running here, to sync.
+#[inline(always)]
+fn hand_off(vgic: &mut VmInterrupts) {
+    let handoffs = vgic.state.take_handoffs();
+    if !handoffs.is_empty()
+        && let Some(running) = vm::running_vm()
+    {
+        // None of them runs here: each CPU runs one vCPU.
+        let _ = vm::request_interrupt_sync(running.description.id, handoffs);
+    }
 }
 
 /// Disarms this CPU's fast paths (its vCPU leaves) and drops whatever its
@@ -271,14 +293,14 @@ pub fn deliver(id: VmId, vcpu: VcpuId, vgic: &mut VmInterrupts, effects: Effects
     }
     if vm::request_interrupt_sync(id, effects.reevaluate) {
         vgic.sync(vcpu, &mut VirtualInterface::this_cpu());
-        arm_fast_paths(vgic, vcpu);
+        after_change(vgic, vcpu);
     }
 }
 
 /// Syncs `vcpu` (running here) with its VM's vGIC locked by the caller.
 pub fn resync(vgic: &mut VmInterrupts, vcpu: VcpuId) {
     vgic.sync(vcpu, &mut VirtualInterface::this_cpu());
-    arm_fast_paths(vgic, vcpu);
+    after_change(vgic, vcpu);
 }
 
 /// SPI `intid` of the VM running here became pending for its vCPU `vcpu`
@@ -287,7 +309,7 @@ pub fn resync(vgic: &mut VmInterrupts, vcpu: VcpuId) {
 pub fn show_injected(vm: &RunningVm, vcpu: VcpuId, intid: u32) {
     let mut vgic = vm.device_state.vgic.lock();
     vgic.show_pending_spi(vcpu, intid, &mut VirtualInterface::this_cpu());
-    arm_fast_paths(&vgic, vcpu);
+    after_change(&mut vgic, vcpu);
 }
 
 /// Brings the list registers of the vCPU running here in step with its
@@ -295,7 +317,7 @@ pub fn show_injected(vm: &RunningVm, vcpu: VcpuId, intid: u32) {
 pub fn sync_this_cpu(vm: &RunningVm, vcpu: VcpuId) {
     let mut vgic = vm.device_state.vgic.lock();
     vgic.sync(vcpu, &mut VirtualInterface::this_cpu());
-    arm_fast_paths(&vgic, vcpu);
+    after_change(&mut vgic, vcpu);
 }
 
 /// A vCPU starts on this CPU: its virtual CPU interface starts empty and
@@ -320,7 +342,7 @@ pub fn vcpu_starting(vm: &RunningVm, vcpu: VcpuId) {
         .store(0, Ordering::Relaxed);
     vgic.forget_list_registers(vcpu);
     vgic.sync(vcpu, &mut interface);
-    arm_fast_paths(&vgic, vcpu);
+    after_change(&mut vgic, vcpu);
 }
 
 /// The vCPU running here leaves for good (it parks): its timers stop, its
@@ -334,11 +356,13 @@ pub fn vcpu_leaving(leaving: Option<(&RunningVm, VcpuId)>) {
         // SGI or device interrupt shown but not taken is not lost (the vCPU
         // may be started again, CPU_ON), and an active one stays active
         // where the model can see it.
-        let _ = vm
-            .device_state
-            .vgic
-            .lock()
-            .fold_all(vcpu, &mut VirtualInterface::this_cpu());
+        let mut vgic = vm.device_state.vgic.lock();
+        let _ = vgic.fold_all(vcpu, &mut VirtualInterface::this_cpu());
+        // An SPI it completed, routed elsewhere meanwhile, goes on there.
+        let handoffs = vgic.state.take_handoffs();
+        if !handoffs.is_empty() {
+            let _ = vm::request_interrupt_sync(vm.description.id, handoffs);
+        }
     }
     crate::arch::guest::stop_guest_timers();
     crate::arch::guest::reset_guest_pmu();
@@ -441,7 +465,7 @@ fn lower_spi(id: VmId, intid: u32) {
             && vgic.line_fell_while_active(vcpu, intid, &mut VirtualInterface::this_cpu())
         {
             // The next rise may now take the injection fast path.
-            arm_fast_paths(&vgic, vcpu);
+            after_change(&mut vgic, vcpu);
             return;
         }
     }
@@ -469,7 +493,7 @@ fn sync_running_here(id: VmId, vgic: &mut VmInterrupts, effects: Effects) {
     if running_here {
         let vcpu = vm::running_vcpu();
         vgic.sync(vcpu, &mut VirtualInterface::this_cpu());
-        arm_fast_paths(vgic, vcpu);
+        after_change(vgic, vcpu);
     }
 }
 
@@ -519,7 +543,7 @@ pub fn linked_interrupt(interrupt: Interrupt) {
     let vcpu = vm::running_vcpu();
     let mut vgic = vm.device_state.vgic.lock();
     vgic.linked_fired(vcpu, intid, &mut VirtualInterface::this_cpu());
-    arm_fast_paths(&vgic, vcpu);
+    after_change(&mut vgic, vcpu);
 }
 
 /// The vGIC's maintenance interrupt: the running vCPU completed an

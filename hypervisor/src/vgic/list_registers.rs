@@ -329,6 +329,19 @@ impl VgicState {
             self.restore_sgi_source(vcpu, resident.intid, source);
         }
         self.note_active(vcpu, resident.intid, now.active(), resident.source());
+        // An SPI completed here while routed elsewhere, still pending: the
+        // vCPU it is routed to may show it now (nothing else would tell
+        // that vCPU's CPU, as no register write or line changed).
+        if resident.intid >= super::state::SPI_BASE
+            && !now.active()
+            && self
+                .slot(vcpu, resident.intid)
+                .is_some_and(|irq| irq.pending())
+            && let Some(target) = self.spi_target(resident.intid)
+            && target != vcpu
+        {
+            self.handoffs.insert(target);
+        }
     }
 
     /// Moves the pending instance of `irq` into a list register: the
@@ -401,6 +414,15 @@ pub fn sync(
             let other_source = entry.0.source.is_some() && entry.0.source != irq.source;
             if other_source || state.is_hardware_linked(vcpu, irq.intid) {
                 overflow = true;
+                continue;
+            }
+            // An SPI routed to another vCPU while this one handles it: its
+            // pending instance is the new target's once this one completes
+            // (its register asks for EOI maintenance, below, and the fold
+            // then hands it over: `VgicState::take_handoffs`), as the
+            // distributor forwards a deactivated interrupt to its current
+            // target. Not merged here, or this vCPU would take it again.
+            if irq.intid >= super::state::SPI_BASE && state.spi_target(irq.intid) != Some(vcpu) {
                 continue;
             }
             *entry = (
@@ -1277,6 +1299,41 @@ mod tests {
         assert_eq!(cpu1.acknowledge().map(|entry| entry.intid), Some(33));
         sync(&mut state, vcpu(0), &mut shadow0, &mut cpu0);
         assert_eq!(cpu0.acknowledge(), None);
+    }
+
+    #[test]
+    fn a_pending_spi_completed_where_it_was_routed_away_from_is_handed_to_its_new_target() {
+        let mut state = enabled(GicVersion::V3, 2);
+        state.spi_routes[1] = 0;
+        state.set_line_level(vcpu(0), 33, true);
+        let (mut shadow0, mut cpu0) = (ListRegisterShadow::new(), FakeRegisters::new(4));
+        let (mut shadow1, mut cpu1) = (ListRegisterShadow::new(), FakeRegisters::new(4));
+        sync(&mut state, vcpu(0), &mut shadow0, &mut cpu0);
+        assert_eq!(cpu0.acknowledge().map(|entry| entry.intid), Some(33));
+        // Routed to vCPU 1 while vCPU 0 handles it (its line stays high):
+        // vCPU 0 syncs for the change and keeps the active instance.
+        state.spi_routes[1] = 1;
+        sync(&mut state, vcpu(0), &mut shadow0, &mut cpu0);
+        sync(&mut state, vcpu(1), &mut shadow1, &mut cpu1);
+        assert_eq!(cpu1.acknowledge(), None, "active on vCPU 0");
+        assert!(state.take_handoffs().is_empty());
+        // vCPU 0 completes it (EOI maintenance) and its CPU folds: vCPU 1
+        // is named, and its sync shows it.
+        cpu0.complete(33);
+        assert!(cpu0.maintenance());
+        sync(&mut state, vcpu(0), &mut shadow0, &mut cpu0);
+        let mut expected = crate::vm::ids::VcpuSet::EMPTY;
+        expected.insert(vcpu(1));
+        assert_eq!(state.take_handoffs(), expected);
+        assert!(state.take_handoffs().is_empty(), "taken once");
+        sync(&mut state, vcpu(1), &mut shadow1, &mut cpu1);
+        assert_eq!(cpu1.acknowledge().map(|entry| entry.intid), Some(33));
+        assert_eq!(cpu0.acknowledge(), None);
+        // Completed with its line low: nothing to hand over.
+        state.set_line_level(vcpu(0), 33, false);
+        cpu1.complete(33);
+        sync(&mut state, vcpu(1), &mut shadow1, &mut cpu1);
+        assert!(state.take_handoffs().is_empty());
     }
 
     #[test]

@@ -319,6 +319,11 @@ pub struct VgicState {
     /// interrupts.
     pub(super) private_marks: [u32; MAX_VCPUS],
     pub(super) spi_marks: [u32; SPI_WORDS],
+    /// vCPUs a fold on another vCPU's CPU gave something to show: an SPI
+    /// completed where it was active, routed to them meanwhile and still
+    /// pending. Their CPUs are told by whoever folded
+    /// ([`take_handoffs`](Self::take_handoffs)).
+    pub(super) handoffs: VcpuSet,
 }
 
 impl VgicState {
@@ -348,6 +353,7 @@ impl VgicState {
         hardware_spis: SpiSet::EMPTY,
         private_marks: [0; MAX_VCPUS],
         spi_marks: [0; SPI_WORDS],
+        handoffs: VcpuSet::EMPTY,
     };
 
     /// The reset state of a VM with `vcpu_count` vCPUs (clamped to 1 ..=
@@ -402,6 +408,13 @@ impl VgicState {
         self.owned = owned;
         self.private_marks = [0; MAX_VCPUS];
         self.spi_marks = [0; SPI_WORDS];
+        self.handoffs = VcpuSet::EMPTY;
+    }
+
+    /// The vCPUs folds since the last call gave something to show (see
+    /// `handoffs`), now forgotten: the caller asks their CPUs to sync.
+    pub fn take_handoffs(&mut self) -> VcpuSet {
+        core::mem::replace(&mut self.handoffs, VcpuSet::EMPTY)
     }
 
     /// Links the PPIs in the bitmask `ppis` to the physical PPIs of the same
