@@ -462,10 +462,14 @@ fn lower_spi(id: VmId, intid: u32) {
     if vm::running_vm().is_some_and(|running| running.description.id == id) {
         let vcpu = vm::running_vcpu();
         if effects.reevaluate.has_none_but(vcpu)
-            && vgic.line_fell_while_active(vcpu, intid, &mut VirtualInterface::this_cpu())
+            && let Some(injection) =
+                vgic.line_fell_then_injection_slot(vcpu, intid, &mut VirtualInterface::this_cpu())
         {
-            // The next rise may now take the injection fast path.
-            after_change(&mut vgic, vcpu);
+            // Nothing was folded and the timer's register is untouched:
+            // only the injection fast path is armed again, for the next
+            // rise (on GICv3, where the assembly can take it).
+            let injection = if gic::version() == 3 { injection } else { None };
+            TESSERA_FAST_PATHS[crate::arch::cpu_index()].set_injection(injection);
             return;
         }
     }

@@ -99,16 +99,22 @@ impl VmInterrupts {
         }
     }
 
-    /// See `list_registers::line_fell_while_active`.
-    pub fn line_fell_while_active(
+    /// See `list_registers::line_fell_then_injection_slot`, for this VM's
+    /// signalled SPIs.
+    pub fn line_fell_then_injection_slot(
         &mut self,
         vcpu: VcpuId,
         intid: u32,
         registers: &mut impl ListRegisters,
-    ) -> bool {
-        self.shadows.get(vcpu.index()).is_some_and(|shadow| {
-            list_registers::line_fell_while_active(&self.state, vcpu, intid, shadow, registers)
-        })
+    ) -> Option<Option<(usize, super::list_registers::ListEntry)>> {
+        list_registers::line_fell_then_injection_slot(
+            &self.state,
+            vcpu,
+            intid,
+            self.shadows.get(vcpu.index())?,
+            registers,
+            &self.signalled,
+        )
     }
 
     /// See `list_registers::fold_all`.

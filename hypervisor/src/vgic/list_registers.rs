@@ -616,28 +616,72 @@ pub fn line_fell_while_active(
     shadow: &ListRegisterShadow,
     registers: &mut impl ListRegisters,
 ) -> bool {
+    line_fell_then_injection_slot(
+        state,
+        vcpu,
+        intid,
+        shadow,
+        registers,
+        &super::state::SpiSet::EMPTY,
+    )
+    .is_some()
+}
+
+/// [`line_fell_while_active`]; when it handled the fall, also where the
+/// next instance of `intid` may go at once if it is one of `signalled`
+/// (what [`injection_slot`] offers for the register just rewritten, the
+/// only one the fall changed), worked out from what the fall already
+/// looked at: the receiver's status read re-arms the injection fast path
+/// without the whole search. `None` when the caller must sync.
+pub fn line_fell_then_injection_slot(
+    state: &VgicState,
+    vcpu: VcpuId,
+    intid: u32,
+    shadow: &ListRegisterShadow,
+    registers: &mut impl ListRegisters,
+    signalled: &super::state::SpiSet,
+) -> Option<Option<(usize, ListEntry)>> {
     if shadow.overflow {
-        return false;
+        return None;
     }
     let count = registers.count().min(MAX_LIST_REGISTERS);
-    let Some(index) = shadow.resident[..count]
+    let index = shadow.resident[..count]
         .iter()
-        .position(|resident| resident.in_use && resident.intid == intid && !resident.moved_latch)
-    else {
-        return false;
-    };
+        .position(|resident| resident.in_use && resident.intid == intid && !resident.moved_latch)?;
     let mut entry = registers.read(index);
-    let still_pending = state.slot(vcpu, intid).is_none_or(|irq| irq.pending());
+    let irq = state.slot(vcpu, intid)?;
     // Routed away meanwhile: the sync keeps its EOI maintenance.
     let routed_away = intid >= 32 && state.spi_target(intid) != Some(vcpu);
-    if entry.state != LrState::Active || entry.physical.is_some() || still_pending || routed_away {
-        return false;
+    if entry.state != LrState::Active || entry.physical.is_some() || irq.pending() || routed_away {
+        return None;
     }
     if entry.eoi_maintenance {
         entry.eoi_maintenance = false;
         registers.write(index, entry);
     }
-    true
+    // As `injection_entry`: the register is not hardware-linked (checked
+    // above: a sync writes every linked one with its physical INTID), the
+    // SPI is routed here and idle now; its previous instance was written
+    // pending, and it is level, forwarded and not active in the model.
+    let injectable = intid >= 32
+        && signalled.contains(intid)
+        && shadow.resident[index].written_pending
+        && !irq.edge
+        && !irq.active
+        && irq.enabled
+        && state.group_enabled(irq.group1);
+    Some(injectable.then_some((
+        index,
+        ListEntry {
+            intid,
+            priority: irq.priority,
+            group1: irq.group1,
+            state: LrState::Pending,
+            physical: None,
+            eoi_maintenance: true,
+            source: None,
+        },
+    )))
 }
 
 /// The fast path of a hardware-linked interrupt (the guest's timers): its
@@ -1558,20 +1602,22 @@ mod tests {
         assert_eq!(slot(&state, &shadow), None, "pending now");
         // The receiver's handler: acknowledge, the status read lowers the
         // line, EOI.
-        let handle =
-            |state: &mut VgicState, shadow: &ListRegisterShadow, registers: &mut FakeRegisters| {
-                assert_eq!(registers.acknowledge().map(|entry| entry.intid), Some(33));
-                state.set_spi_line(33, false);
-                assert!(line_fell_while_active(
-                    state,
-                    vcpu(0),
-                    33,
-                    shadow,
-                    registers
-                ));
-                registers.complete(33);
-                assert!(!registers.maintenance());
-            };
+        let handle = |state: &mut VgicState,
+                      shadow: &ListRegisterShadow,
+                      registers: &mut FakeRegisters| {
+            assert_eq!(registers.acknowledge().map(|entry| entry.intid), Some(33));
+            state.set_spi_line(33, false);
+            let rearmed =
+                line_fell_then_injection_slot(state, vcpu(0), 33, shadow, registers, &signalled)
+                    .expect("handled without a sync");
+            assert_eq!(
+                rearmed,
+                injection_slot(state, vcpu(0), shadow, &signalled),
+                "the status read re-arms as the whole search would"
+            );
+            registers.complete(33);
+            assert!(!registers.maintenance());
+        };
         handle(&mut state, &shadow, &mut registers);
         let (index, entry) = slot(&state, &shadow).expect("armed where it was");
         assert_eq!(

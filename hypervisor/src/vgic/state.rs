@@ -857,7 +857,7 @@ impl VgicState {
     }
 
     /// Whether the distributor forwards interrupts of this group.
-    const fn group_enabled(&self, group1: bool) -> bool {
+    pub(super) const fn group_enabled(&self, group1: bool) -> bool {
         if group1 {
             self.enable_group1
         } else {
