@@ -311,7 +311,7 @@ fn figures(measured: &Measured<'_>) -> Result<Vec<Figure>> {
                    model's notify, the peer's line in its vGIC, the receiving CPU's \
                    doorbell and SGI), its way back into WFI, the receiver's exit, which \
                    writes the list register in assembly, and the guest's own path to the \
-                   handler (the SDK's IRQ entry, acknowledge and dispatch, about 75 \
+                   handler (the SDK's IRQ entry, acknowledge and dispatch, about 80 \
                    instructions). Before each round \
                    the sender waits 20,000 ticks in WFI on its virtual timer, so that the \
                    receiver is back in WFI (with IRQs masked, woken by the pending \
