@@ -16,7 +16,7 @@
 //! through its list register, so it cannot fire again meanwhile.
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use arm_gic::gicv2::GicV2;
 use arm_gic::gicv3::registers::{Gicd, GicrSgi};
@@ -329,23 +329,47 @@ pub fn send_doorbell_sgi(index: usize, affinity: u64) {
     send_sgi(DOORBELL_SGI, index, affinity);
 }
 
+/// Each CPU's ICC_SGI1R_EL1 target fields (GICv3), worked out once from
+/// its MPIDR by [`learn_sgi_targets`]; 0 until then (a valid value always
+/// has a TargetList bit).
+static SGI_TARGETS: [AtomicU64; tessera_hypervisor::MAX_CPUS] =
+    [const { AtomicU64::new(0) }; tessera_hypervisor::MAX_CPUS];
+
+/// ICC_SGI1R_EL1 (IHI 0069H §12.2.23) without its INTID, for the CPU with
+/// MPIDR `affinity`: TargetList [15:0], Aff1 [23:16], Aff2 [39:32], IRM
+/// [40] = 0, RS [47:44] (which 16 of Aff0's values TargetList names),
+/// Aff3 [55:48]. INTID goes in [27:24].
+const fn sgi_target(affinity: u64) -> u64 {
+    let aff0 = affinity & 0xFF;
+    (1u64 << (aff0 & 0xF))
+        | ((affinity >> 8) & 0xFF) << 16
+        | ((affinity >> 16) & 0xFF) << 32
+        | (aff0 >> 4) << 44
+        | ((affinity >> 32) & 0xFF) << 48
+}
+
+/// Records each CPU's SGI target fields from the MPIDRs of all CPUs, so a
+/// send is one load and one register write (the notify path's).
+pub fn learn_sgi_targets(affinities: &[u64]) {
+    for (slot, &affinity) in SGI_TARGETS.iter().zip(affinities) {
+        slot.store(sgi_target(affinity), Ordering::Relaxed);
+    }
+}
+
 /// Sends SGI `intid` to the CPU with logical `index` and MPIDR `affinity`,
 /// after every earlier store (its mailbox or doorbell) is visible.
 #[inline(always)]
 fn send_sgi(intid: u32, index: usize, affinity: u64) {
     match version() {
         3 => {
-            // ICC_SGI1R_EL1 (IHI 0069H §12.2.23): TargetList [15:0], Aff1
-            // [23:16], INTID [27:24], Aff2 [39:32], IRM [40] = 0, RS
-            // [47:44] (which 16 of Aff0's values TargetList names), Aff3
-            // [55:48]. Written directly: this is the notify path's send.
-            let aff0 = affinity & 0xFF;
-            let value = (1u64 << (aff0 & 0xF))
-                | ((affinity >> 8) & 0xFF) << 16
-                | u64::from(intid & 0xF) << 24
-                | ((affinity >> 16) & 0xFF) << 32
-                | (aff0 >> 4) << 44
-                | ((affinity >> 32) & 0xFF) << 48;
+            let target = match SGI_TARGETS
+                .get(index)
+                .map(|slot| slot.load(Ordering::Relaxed))
+            {
+                Some(target) if target != 0 => target,
+                _ => sgi_target(affinity),
+            };
+            let value = target | u64::from(intid & 0xF) << 24;
             // SAFETY: DSB ISHST orders the mailbox or doorbell store before
             // the SGI can be seen (the SGI register write is no memory
             // access); the write sends one SGI to one CPU and touches no

@@ -289,6 +289,7 @@ pub fn build_all(
     let mut affinities = [0; MAX_CPUS];
     affinities[..cpu_affinities.len()].copy_from_slice(cpu_affinities);
     CPU_AFFINITIES.call_once(|| affinities);
+    gic::learn_sgi_targets(cpu_affinities);
     // Every VM's image and device tree must be in the package and fit its
     // RAM before any VM is built: a package that breaks this for one VM
     // builds none (and its refusal names that VM).
