@@ -4,9 +4,10 @@
 //!
 //! The virtual PL011's TX interrupt, level-sensitive, is asserted and
 //! stays asserted while the transmit FIFO has room and UARTIMSC.TXIM is
-//! set. vCPU 0 takes it first; its handler leaves the cause alone and
-//! routes the SPI to vCPU 1 (GICD_IROUTER on GICv3, GICD_ITARGETSR on
-//! GICv2) before its EOI. The interrupt, still asserted, must then be
+//! set. vCPU 0 takes it first; its handler leaves the cause alone, routes
+//! the SPI to vCPU 1 (GICD_IROUTER on GICv3, GICD_ITARGETSR on GICv2) and
+//! keeps it active a further 10 ms (so vCPU 1's side has seen the route
+//! change) before its EOI. The interrupt, still asserted, must then be
 //! taken by vCPU 1, not again by vCPU 0. vCPU 1's handler clears the
 //! cause; from then on nobody takes it, and it is not pending.
 //!
@@ -36,8 +37,15 @@ entry!(main);
 
 const PRIORITY: u8 = 0x80;
 const START_TIMEOUT_MS: u64 = 2000;
-/// Time for both takes, and then for any that should not come.
-const SETTLE_MS: u64 = 50;
+/// How long vCPU 1 may take to get the interrupt.
+const TAKE_TIMEOUT_MS: u64 = 2000;
+/// How long vCPU 0's handler keeps the interrupt active after rerouting
+/// it: long enough for vCPU 1's CPU to act on the route change first, so
+/// that the interrupt reaches vCPU 1 through vCPU 0's completion.
+const HOLD_MS: u64 = 10;
+/// Time after vCPU 1's take for any take that should not come, and then
+/// for any after the cause was cleared.
+const SETTLE_MS: u64 = 20;
 const QUIET_MS: u64 = 100;
 
 static READY: AtomicBool = AtomicBool::new(false);
@@ -89,6 +97,12 @@ fn main(_device_tree: usize) -> ! {
     // Asserted from here on: the FIFO has room (nothing is being printed).
     uart_interrupts::set_enabled(uart_interrupts::enabled() | uart_interrupts::TX);
     interrupts::enable();
+    // Until vCPU 1 took it (or the deadline), then a little longer for
+    // any take that should not come.
+    let deadline = Deadline::after_ms(TAKE_TIMEOUT_MS);
+    while TAKEN[1].load(Ordering::Acquire) == 0 && !deadline.has_passed() {
+        core::hint::spin_loop();
+    }
     time::delay_ms(SETTLE_MS);
     let taken = [0, 1].map(|index| TAKEN[index].load(Ordering::Acquire));
     let cause_seen = CAUSE_SEEN.load(Ordering::Acquire);
@@ -151,6 +165,7 @@ fn on_uart(_: Interrupt) {
         if gic::route_spi(gic::UART_INTID, 1).is_err() {
             PROBLEMS.fetch_add(1, Ordering::Relaxed);
         }
+        time::delay_ms(HOLD_MS);
     } else {
         uart_interrupts::set_enabled(uart_interrupts::enabled() & !uart_interrupts::TX);
         uart_interrupts::clear(uart_interrupts::TX);

@@ -120,6 +120,16 @@ impl CpuFastPaths {
         // SAFETY: as in `set_linked`.
         unsafe { self.injection.get().write(FastEntry::of(injection)) };
     }
+
+    /// Disarms the injection's entry if it is armed for `intid`. Only for
+    /// this CPU's own slot.
+    fn disarm_injection_of(&self, intid: u32) {
+        // SAFETY: as in `set_linked`; reading the entry races with nothing.
+        let armed_for = unsafe { self.injection.get().read() }.intid;
+        if armed_for == intid {
+            self.set_injection(None);
+        }
+    }
 }
 
 /// One per CPU, all disarmed at start.
@@ -467,9 +477,14 @@ fn lower_spi(id: VmId, intid: u32) {
         {
             // Nothing was folded and the timer's register is untouched:
             // only the injection fast path is armed again, for the next
-            // rise (on GICv3, where the assembly can take it).
-            let injection = if gic::version() == 3 { injection } else { None };
-            TESSERA_FAST_PATHS[crate::arch::cpu_index()].set_injection(injection);
+            // rise (on GICv3, where the assembly can take it). When this
+            // SPI does not qualify, an arming for another one stands (the
+            // fall changed nothing it depends on); one for this SPI goes.
+            let fast = &TESSERA_FAST_PATHS[crate::arch::cpu_index()];
+            match injection {
+                Some(slot) if gic::version() == 3 => fast.set_injection(Some(slot)),
+                _ => fast.disarm_injection_of(intid),
+            }
             return;
         }
     }

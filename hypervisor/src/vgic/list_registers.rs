@@ -629,10 +629,12 @@ pub fn line_fell_while_active(
 
 /// [`line_fell_while_active`]; when it handled the fall, also where the
 /// next instance of `intid` may go at once if it is one of `signalled`
-/// (what [`injection_slot`] offers for the register just rewritten, the
-/// only one the fall changed), worked out from what the fall already
-/// looked at: the receiver's status read re-arms the injection fast path
-/// without the whole search. `None` when the caller must sync.
+/// (what [`injection_entry`] accepts for the register just rewritten, the
+/// only one the fall changed; with several signalled SPIs the whole
+/// search may prefer another, equally valid), worked out from what the
+/// fall already looked at: the receiver's status read re-arms the
+/// injection fast path without the whole search. `None` when the caller
+/// must sync.
 pub fn line_fell_then_injection_slot(
     state: &VgicState,
     vcpu: VcpuId,
@@ -1613,7 +1615,7 @@ mod tests {
             assert_eq!(
                 rearmed,
                 injection_slot(state, vcpu(0), shadow, &signalled),
-                "the status read re-arms as the whole search would"
+                "with one signalled SPI, the status read re-arms as the whole search would"
             );
             registers.complete(33);
             assert!(!registers.maintenance());
