@@ -171,7 +171,7 @@ impl VmInterrupts {
     /// nothing of an earlier run is shown to it.
     pub fn forget_list_registers(&mut self, vcpu: VcpuId) {
         if let Some(shadow) = self.shadows.get_mut(vcpu.index()) {
-            *shadow = ListRegisterShadow::new();
+            list_registers::forget(&mut self.state, vcpu, shadow);
         }
     }
 

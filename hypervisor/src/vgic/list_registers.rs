@@ -329,6 +329,9 @@ impl VgicState {
             self.restore_sgi_source(vcpu, resident.intid, source);
         }
         self.note_active(vcpu, resident.intid, now.active(), resident.source());
+        // Out of this vCPU's register (every fold empties its shadow
+        // entry): other vCPUs may show it again.
+        self.note_resident(vcpu, resident.intid, false);
         // An SPI completed here while routed elsewhere, still pending: the
         // vCPU it is routed to may show it now (nothing else would tell
         // that vCPU's CPU, as no register write or line changed).
@@ -477,6 +480,7 @@ pub fn sync(
                 source: irq.source,
             },
         );
+        state.note_resident(vcpu, irq.intid, true);
         shadow.resident[index] = Resident {
             in_use: true,
             intid: irq.intid,
@@ -588,6 +592,7 @@ pub fn show_pending_spi(
             source: None,
         },
     );
+    state.note_resident(vcpu, intid, true);
     shadow.resident[index] = Resident {
         in_use: true,
         intid,
@@ -745,6 +750,16 @@ pub fn show_linked(
         source: 0,
     };
     true
+}
+
+/// Forgets what `vcpu`'s list registers held, as its CPU's registers were
+/// emptied without a fold (the vCPU starts afresh): the shadow is empty
+/// and no SPI counts as held there any more.
+pub fn forget(state: &mut VgicState, vcpu: VcpuId, shadow: &mut ListRegisterShadow) {
+    for resident in shadow.resident.iter().filter(|resident| resident.in_use) {
+        state.note_resident(vcpu, resident.intid, false);
+    }
+    *shadow = ListRegisterShadow::new();
 }
 
 /// The hardware-linked interrupts a [`fold_all`] took out of the list
@@ -1380,6 +1395,46 @@ mod tests {
         cpu1.complete(33);
         sync(&mut state, vcpu(1), &mut shadow1, &mut cpu1);
         assert!(state.take_handoffs().is_empty());
+    }
+
+    #[test]
+    fn an_spi_held_in_one_vcpus_registers_is_not_shown_on_another_before_that_cpu_folds() {
+        for acknowledged in [true, false] {
+            let mut state = enabled(GicVersion::V3, 2);
+            state.spi_routes[1] = 0;
+            state.set_line_level(vcpu(0), 33, true);
+            let (mut shadow0, mut cpu0) = (ListRegisterShadow::new(), FakeRegisters::new(4));
+            let (mut shadow1, mut cpu1) = (ListRegisterShadow::new(), FakeRegisters::new(4));
+            sync(&mut state, vcpu(0), &mut shadow0, &mut cpu0);
+            if acknowledged {
+                assert_eq!(cpu0.acknowledge().map(|entry| entry.intid), Some(33));
+            }
+            // vCPU 1 routes it to itself and its CPU syncs at once; vCPU 0's
+            // CPU has not folded yet (it only got a sync request).
+            state.spi_routes[1] = 1;
+            sync(&mut state, vcpu(1), &mut shadow1, &mut cpu1);
+            assert_eq!(
+                cpu1.acknowledge(),
+                None,
+                "still held by vCPU 0 ({acknowledged})"
+            );
+            // vCPU 0's CPU syncs: an acknowledged instance stays until its
+            // completion; one not taken yet leaves at once. Either way the
+            // fold that empties the register hands it over.
+            sync(&mut state, vcpu(0), &mut shadow0, &mut cpu0);
+            if acknowledged {
+                assert!(state.take_handoffs().is_empty());
+                cpu0.complete(33);
+                assert!(cpu0.maintenance());
+                sync(&mut state, vcpu(0), &mut shadow0, &mut cpu0);
+            }
+            let mut expected = crate::vm::ids::VcpuSet::EMPTY;
+            expected.insert(vcpu(1));
+            assert_eq!(state.take_handoffs(), expected, "({acknowledged})");
+            assert_eq!(cpu0.acknowledge(), None);
+            sync(&mut state, vcpu(1), &mut shadow1, &mut cpu1);
+            assert_eq!(cpu1.acknowledge().map(|entry| entry.intid), Some(33));
+        }
     }
 
     #[test]

@@ -304,6 +304,11 @@ pub struct VgicState {
     /// there, whatever its routing says now, until the guest completes it
     /// on that vCPU.
     pub(super) spi_active_on: [u8; SPI_COUNT],
+    /// The vCPU whose list registers hold the SPI (in any state, as the
+    /// last write there left it), plus one (0: none). Until that vCPU's
+    /// CPU folds the register back, only it may show the SPI: the guest
+    /// may have taken it there since, which the model learns at the fold.
+    pub(super) spi_resident_on: [u8; SPI_COUNT],
     pub(super) owned: SpiSet,
     /// PPIs linked to the physical PPI of the same number on the vCPU's
     /// CPU (its timers, its PMU): list registers carry them with the HW
@@ -348,6 +353,7 @@ impl VgicState {
         spi_targets: [0; SPI_COUNT],
         spi_routes: [0; SPI_COUNT],
         spi_active_on: [0; SPI_COUNT],
+        spi_resident_on: [0; SPI_COUNT],
         owned: SpiSet::EMPTY,
         hardware_ppis: 0,
         hardware_spis: SpiSet::EMPTY,
@@ -405,6 +411,7 @@ impl VgicState {
         self.spi_targets = [0; SPI_COUNT];
         self.spi_routes = [0; SPI_COUNT];
         self.spi_active_on = [0; SPI_COUNT];
+        self.spi_resident_on = [0; SPI_COUNT];
         self.owned = owned;
         self.private_marks = [0; MAX_VCPUS];
         self.spi_marks = [0; SPI_WORDS];
@@ -640,16 +647,46 @@ impl VgicState {
         }
     }
 
-    /// The vCPU that shows SPI `intid`: the one it is active on while it is
-    /// active there, else the one its routing names.
+    /// The vCPU that shows SPI `intid`: the one whose list registers hold
+    /// it until its CPU folds them, else the one it is active on while it
+    /// is active there, else the one its routing names.
     #[must_use]
     pub fn spi_vcpu(&self, intid: u32) -> Option<VcpuId> {
         let index = spi_index(intid)?;
+        if !self.owned.contains(intid) {
+            return None;
+        }
+        self.shown_on(index)
+    }
+
+    /// [`spi_vcpu`](Self::spi_vcpu) of the SPI at `index`, ownership not
+    /// checked.
+    #[inline]
+    fn shown_on(&self, index: usize) -> Option<VcpuId> {
+        let resident_on = usize::from(self.spi_resident_on[index]);
+        if resident_on != 0 {
+            return VcpuId::new(resident_on - 1);
+        }
         let active_on = usize::from(self.spi_active_on[index]);
         if self.spis[index].active && active_on != 0 {
             return VcpuId::new(active_on - 1);
         }
-        self.spi_target(intid)
+        self.route_of(index)
+    }
+
+    /// Records that SPI `intid` was written into (`held`) or folded out of
+    /// a list register of `vcpu` (see `spi_resident_on`); anything else is
+    /// left alone.
+    pub(super) fn note_resident(&mut self, vcpu: VcpuId, intid: u32, held: bool) {
+        let Some(index) = spi_index(intid) else {
+            return;
+        };
+        let slot = &mut self.spi_resident_on[index];
+        if held {
+            *slot = vcpu.index() as u8 + 1;
+        } else if usize::from(*slot) == vcpu.index() + 1 {
+            *slot = 0;
+        }
     }
 
     /// The recorded sender of the GICv2 SGI `intid` active on `vcpu`.
@@ -777,16 +814,22 @@ impl VgicState {
         if pending || active {
             self.spi_marks[index / 32] |= 1 << (index % 32);
         }
-        // As `affected`: the routing target, and the vCPU it is active on.
+        // As `affected`: the routing target, and the vCPU that shows it
+        // (`shown_on`, with the target looked up once).
         let mut reevaluate = VcpuSet::EMPTY;
         if let Some(target) = self.route_of(index) {
             reevaluate.insert(target);
         }
+        let resident_on = usize::from(self.spi_resident_on[index]);
         let active_on = usize::from(self.spi_active_on[index]);
-        if active
-            && active_on != 0
-            && let Some(vcpu) = VcpuId::new(active_on - 1)
-        {
+        let shown = if resident_on != 0 {
+            resident_on
+        } else if active {
+            active_on
+        } else {
+            0
+        };
+        if let Some(vcpu) = shown.checked_sub(1).and_then(VcpuId::new) {
             reevaluate.insert(vcpu);
         }
         Effects {
@@ -1028,11 +1071,12 @@ pub(super) mod tests {
 
     #[test]
     fn setting_an_spi_line_directly_is_the_generic_line_change() {
-        // Every combination of trigger, routing, active vCPU and level
-        // history, for an owned SPI and one the VM does not own.
+        // Every combination of trigger, routing, active vCPU, register
+        // residency and level history, for an owned SPI and one the VM does
+        // not own.
         for version in [GicVersion::V2, GicVersion::V3] {
             for intid in [33, 34, 40] {
-                for case in 0..64u32 {
+                for case in 0..128u32 {
                     let mut state = enabled_state(version);
                     let _ = state.update(vcpu(0), intid, |irq| {
                         irq.edge = case & 1 != 0;
@@ -1044,6 +1088,7 @@ pub(super) mod tests {
                         state.spi_routes[index] = (case >> 4) & 1;
                         state.spi_targets[index] = 1 << ((case >> 4) & 1);
                         state.spi_active_on[index] = if case & 32 != 0 { 2 } else { 0 };
+                        state.spi_resident_on[index] = if case & 64 != 0 { 1 } else { 0 };
                     }
                     for level in [false, true] {
                         let mut generic = state.clone();
