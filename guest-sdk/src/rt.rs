@@ -148,6 +148,45 @@ tessera_stacks:
     b       tessera_exception_entry
     .endm
 
+    // q0..q31 at `base` bytes above SP (512 bytes), for both entries.
+    .macro  save_fp_simd base
+    stp     q0, q1, [sp, #\base + 0]
+    stp     q2, q3, [sp, #\base + 32]
+    stp     q4, q5, [sp, #\base + 64]
+    stp     q6, q7, [sp, #\base + 96]
+    stp     q8, q9, [sp, #\base + 128]
+    stp     q10, q11, [sp, #\base + 160]
+    stp     q12, q13, [sp, #\base + 192]
+    stp     q14, q15, [sp, #\base + 224]
+    stp     q16, q17, [sp, #\base + 256]
+    stp     q18, q19, [sp, #\base + 288]
+    stp     q20, q21, [sp, #\base + 320]
+    stp     q22, q23, [sp, #\base + 352]
+    stp     q24, q25, [sp, #\base + 384]
+    stp     q26, q27, [sp, #\base + 416]
+    stp     q28, q29, [sp, #\base + 448]
+    stp     q30, q31, [sp, #\base + 480]
+    .endm
+
+    .macro  restore_fp_simd base
+    ldp     q0, q1, [sp, #\base + 0]
+    ldp     q2, q3, [sp, #\base + 32]
+    ldp     q4, q5, [sp, #\base + 64]
+    ldp     q6, q7, [sp, #\base + 96]
+    ldp     q8, q9, [sp, #\base + 128]
+    ldp     q10, q11, [sp, #\base + 160]
+    ldp     q12, q13, [sp, #\base + 192]
+    ldp     q14, q15, [sp, #\base + 224]
+    ldp     q16, q17, [sp, #\base + 256]
+    ldp     q18, q19, [sp, #\base + 288]
+    ldp     q20, q21, [sp, #\base + 320]
+    ldp     q22, q23, [sp, #\base + 352]
+    ldp     q24, q25, [sp, #\base + 384]
+    ldp     q26, q27, [sp, #\base + 416]
+    ldp     q28, q29, [sp, #\base + 448]
+    ldp     q30, q31, [sp, #\base + 480]
+    .endm
+
     // An IRQ taken at EL1 (vectors 1 and 5) has a shorter path: nothing
     // looks at the interrupted registers, so of the general registers only
     // what a Rust call may clobber is saved (x0..x18, x30, ELR, SPSR), and
@@ -198,22 +237,7 @@ tessera_irq_entry:
     mrs     x2, elr_el1
     mrs     x3, spsr_el1
     stp     x2, x3, [sp, #160]
-    stp     q0, q1, [sp, #192]
-    stp     q2, q3, [sp, #224]
-    stp     q4, q5, [sp, #256]
-    stp     q6, q7, [sp, #288]
-    stp     q8, q9, [sp, #320]
-    stp     q10, q11, [sp, #352]
-    stp     q12, q13, [sp, #384]
-    stp     q14, q15, [sp, #416]
-    stp     q16, q17, [sp, #448]
-    stp     q18, q19, [sp, #480]
-    stp     q20, q21, [sp, #512]
-    stp     q22, q23, [sp, #544]
-    stp     q24, q25, [sp, #576]
-    stp     q26, q27, [sp, #608]
-    stp     q28, q29, [sp, #640]
-    stp     q30, q31, [sp, #672]
+    save_fp_simd 192
     mrs     x2, fpcr
     mrs     x3, fpsr
     stp     x2, x3, [sp, #176]
@@ -222,22 +246,7 @@ tessera_irq_entry:
     ldp     x2, x3, [sp, #176]
     msr     fpcr, x2
     msr     fpsr, x3
-    ldp     q0, q1, [sp, #192]
-    ldp     q2, q3, [sp, #224]
-    ldp     q4, q5, [sp, #256]
-    ldp     q6, q7, [sp, #288]
-    ldp     q8, q9, [sp, #320]
-    ldp     q10, q11, [sp, #352]
-    ldp     q12, q13, [sp, #384]
-    ldp     q14, q15, [sp, #416]
-    ldp     q16, q17, [sp, #448]
-    ldp     q18, q19, [sp, #480]
-    ldp     q20, q21, [sp, #512]
-    ldp     q22, q23, [sp, #544]
-    ldp     q24, q25, [sp, #576]
-    ldp     q26, q27, [sp, #608]
-    ldp     q28, q29, [sp, #640]
-    ldp     q30, q31, [sp, #672]
+    restore_fp_simd 192
     ldp     x2, x3, [sp, #160]
     msr     elr_el1, x2
     msr     spsr_el1, x3
@@ -278,22 +287,7 @@ tessera_exception_entry:
     // which may use them, and an interrupt handler returns to code that
     // was using them.
     sub     sp, sp, #{fp_size}
-    stp     q0, q1, [sp, #0x000]
-    stp     q2, q3, [sp, #0x020]
-    stp     q4, q5, [sp, #0x040]
-    stp     q6, q7, [sp, #0x060]
-    stp     q8, q9, [sp, #0x080]
-    stp     q10, q11, [sp, #0x0a0]
-    stp     q12, q13, [sp, #0x0c0]
-    stp     q14, q15, [sp, #0x0e0]
-    stp     q16, q17, [sp, #0x100]
-    stp     q18, q19, [sp, #0x120]
-    stp     q20, q21, [sp, #0x140]
-    stp     q22, q23, [sp, #0x160]
-    stp     q24, q25, [sp, #0x180]
-    stp     q26, q27, [sp, #0x1a0]
-    stp     q28, q29, [sp, #0x1c0]
-    stp     q30, q31, [sp, #0x1e0]
+    save_fp_simd 0
     mrs     x2, fpcr
     mrs     x3, fpsr
     str     x2, [sp, #0x200]
@@ -304,22 +298,7 @@ tessera_exception_entry:
     ldr     x3, [sp, #0x208]
     msr     fpcr, x2
     msr     fpsr, x3
-    ldp     q0, q1, [sp, #0x000]
-    ldp     q2, q3, [sp, #0x020]
-    ldp     q4, q5, [sp, #0x040]
-    ldp     q6, q7, [sp, #0x060]
-    ldp     q8, q9, [sp, #0x080]
-    ldp     q10, q11, [sp, #0x0a0]
-    ldp     q12, q13, [sp, #0x0c0]
-    ldp     q14, q15, [sp, #0x0e0]
-    ldp     q16, q17, [sp, #0x100]
-    ldp     q18, q19, [sp, #0x120]
-    ldp     q20, q21, [sp, #0x140]
-    ldp     q22, q23, [sp, #0x160]
-    ldp     q24, q25, [sp, #0x180]
-    ldp     q26, q27, [sp, #0x1a0]
-    ldp     q28, q29, [sp, #0x1c0]
-    ldp     q30, q31, [sp, #0x1e0]
+    restore_fp_simd 0
     add     sp, sp, #{fp_size}
     ldr     x3, [sp, #{elr_offset} + 8]
     msr     spsr_el1, x3
