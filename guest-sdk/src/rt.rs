@@ -148,6 +148,30 @@ tessera_stacks:
     b       tessera_exception_entry
     .endm
 
+    // x2..x17 in their frame slots (x0/x1 are saved by the vector), for
+    // both entries.
+    .macro  save_x2_x17
+    stp     x2, x3, [sp, #16]
+    stp     x4, x5, [sp, #32]
+    stp     x6, x7, [sp, #48]
+    stp     x8, x9, [sp, #64]
+    stp     x10, x11, [sp, #80]
+    stp     x12, x13, [sp, #96]
+    stp     x14, x15, [sp, #112]
+    stp     x16, x17, [sp, #128]
+    .endm
+
+    .macro  restore_x2_x17
+    ldp     x16, x17, [sp, #128]
+    ldp     x14, x15, [sp, #112]
+    ldp     x12, x13, [sp, #96]
+    ldp     x10, x11, [sp, #80]
+    ldp     x8, x9, [sp, #64]
+    ldp     x6, x7, [sp, #48]
+    ldp     x4, x5, [sp, #32]
+    ldp     x2, x3, [sp, #16]
+    .endm
+
     // q0..q31 at `base` bytes above SP (512 bytes), for both entries.
     .macro  save_fp_simd base
     stp     q0, q1, [sp, #\base + 0]
@@ -225,14 +249,7 @@ tessera_vectors:
 
     .balign 0x80
 tessera_irq_entry:
-    stp     x2, x3, [sp, #16]
-    stp     x4, x5, [sp, #32]
-    stp     x6, x7, [sp, #48]
-    stp     x8, x9, [sp, #64]
-    stp     x10, x11, [sp, #80]
-    stp     x12, x13, [sp, #96]
-    stp     x14, x15, [sp, #112]
-    stp     x16, x17, [sp, #128]
+    save_x2_x17
     stp     x18, x30, [sp, #144]
     mrs     x2, elr_el1
     mrs     x3, spsr_el1
@@ -251,28 +268,14 @@ tessera_irq_entry:
     msr     elr_el1, x2
     msr     spsr_el1, x3
     ldp     x18, x30, [sp, #144]
-    ldp     x16, x17, [sp, #128]
-    ldp     x14, x15, [sp, #112]
-    ldp     x12, x13, [sp, #96]
-    ldp     x10, x11, [sp, #80]
-    ldp     x8, x9, [sp, #64]
-    ldp     x6, x7, [sp, #48]
-    ldp     x4, x5, [sp, #32]
-    ldp     x2, x3, [sp, #16]
+    restore_x2_x17
     ldp     x0, x1, [sp]
     add     sp, sp, #{irq_frame_size}
     eret
 
     .balign 0x80
 tessera_exception_entry:
-    stp     x2, x3, [sp, #16]
-    stp     x4, x5, [sp, #32]
-    stp     x6, x7, [sp, #48]
-    stp     x8, x9, [sp, #64]
-    stp     x10, x11, [sp, #80]
-    stp     x12, x13, [sp, #96]
-    stp     x14, x15, [sp, #112]
-    stp     x16, x17, [sp, #128]
+    save_x2_x17
     stp     x18, x19, [sp, #144]
     stp     x20, x21, [sp, #160]
     stp     x22, x23, [sp, #176]
@@ -310,14 +313,7 @@ tessera_exception_entry:
     ldp     x22, x23, [sp, #176]
     ldp     x20, x21, [sp, #160]
     ldp     x18, x19, [sp, #144]
-    ldp     x16, x17, [sp, #128]
-    ldp     x14, x15, [sp, #112]
-    ldp     x12, x13, [sp, #96]
-    ldp     x10, x11, [sp, #80]
-    ldp     x8, x9, [sp, #64]
-    ldp     x6, x7, [sp, #48]
-    ldp     x4, x5, [sp, #32]
-    ldp     x2, x3, [sp, #16]
+    restore_x2_x17
     ldp     x0, x1, [sp]
     add     sp, sp, #{frame_size}
     eret

@@ -1323,13 +1323,28 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn an_spi_routed_away_while_active_is_completed_with_maintenance_and_shown_there_next() {
+    /// A 2-vCPU VM whose SPI 33 (level, routed to vCPU 0) has its line high,
+    /// and each vCPU's shadow and four list registers, nothing synced yet.
+    #[allow(clippy::type_complexity)]
+    fn spi_33_high_on_vcpu_0_of_two() -> (
+        VgicState,
+        (ListRegisterShadow, FakeRegisters),
+        (ListRegisterShadow, FakeRegisters),
+    ) {
         let mut state = enabled(GicVersion::V3, 2);
         state.spi_routes[1] = 0;
         state.set_line_level(vcpu(0), 33, true);
-        let (mut shadow0, mut cpu0) = (ListRegisterShadow::new(), FakeRegisters::new(4));
-        let (mut shadow1, mut cpu1) = (ListRegisterShadow::new(), FakeRegisters::new(4));
+        (
+            state,
+            (ListRegisterShadow::new(), FakeRegisters::new(4)),
+            (ListRegisterShadow::new(), FakeRegisters::new(4)),
+        )
+    }
+
+    #[test]
+    fn an_spi_routed_away_while_active_is_completed_with_maintenance_and_shown_there_next() {
+        let (mut state, (mut shadow0, mut cpu0), (mut shadow1, mut cpu1)) =
+            spi_33_high_on_vcpu_0_of_two();
         sync(&mut state, vcpu(0), &mut shadow0, &mut cpu0);
         assert_eq!(cpu0.acknowledge().map(|entry| entry.intid), Some(33));
         // The handler lowers the line; an unrelated exit syncs vCPU 0.
@@ -1364,11 +1379,8 @@ mod tests {
 
     #[test]
     fn a_pending_spi_completed_where_it_was_routed_away_from_is_handed_to_its_new_target() {
-        let mut state = enabled(GicVersion::V3, 2);
-        state.spi_routes[1] = 0;
-        state.set_line_level(vcpu(0), 33, true);
-        let (mut shadow0, mut cpu0) = (ListRegisterShadow::new(), FakeRegisters::new(4));
-        let (mut shadow1, mut cpu1) = (ListRegisterShadow::new(), FakeRegisters::new(4));
+        let (mut state, (mut shadow0, mut cpu0), (mut shadow1, mut cpu1)) =
+            spi_33_high_on_vcpu_0_of_two();
         sync(&mut state, vcpu(0), &mut shadow0, &mut cpu0);
         assert_eq!(cpu0.acknowledge().map(|entry| entry.intid), Some(33));
         // Routed to vCPU 1 while vCPU 0 handles it (its line stays high):
@@ -1400,11 +1412,8 @@ mod tests {
     #[test]
     fn an_spi_held_in_one_vcpus_registers_is_not_shown_on_another_before_that_cpu_folds() {
         for acknowledged in [true, false] {
-            let mut state = enabled(GicVersion::V3, 2);
-            state.spi_routes[1] = 0;
-            state.set_line_level(vcpu(0), 33, true);
-            let (mut shadow0, mut cpu0) = (ListRegisterShadow::new(), FakeRegisters::new(4));
-            let (mut shadow1, mut cpu1) = (ListRegisterShadow::new(), FakeRegisters::new(4));
+            let (mut state, (mut shadow0, mut cpu0), (mut shadow1, mut cpu1)) =
+                spi_33_high_on_vcpu_0_of_two();
             sync(&mut state, vcpu(0), &mut shadow0, &mut cpu0);
             if acknowledged {
                 assert_eq!(cpu0.acknowledge().map(|entry| entry.intid), Some(33));

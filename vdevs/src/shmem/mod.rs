@@ -757,14 +757,9 @@ impl Shmem {
         width: AccessWidth,
         services: &mut impl ShmemServices,
     ) -> Result<u64, AccessRefused> {
-        if area == Area::Window
-            && width == AccessWidth::Word
-            && offset % PAGE_SIZE == control::STATUS
-        {
+        if Self::is_whole_control_word(area, offset, width, control::STATUS) {
             let d = device.index();
-            let slot = self.devices[d]
-                .connection_at(offset / PAGE_SIZE)
-                .ok_or(AccessRefused::NothingThere)?;
+            let slot = self.connection_for(d, offset)?;
             let piece = Piece {
                 field: ControlField::Status,
                 first: 0,
@@ -774,6 +769,23 @@ impl Shmem {
             return Ok(self.read_control(d, slot, piece, services));
         }
         self.read_fields(device, area, offset, width, services)
+    }
+
+    /// Whether an access is a whole-word one to control-page field
+    /// `field`: the fast cases of [`read`](Self::read) and
+    /// [`write`](Self::write).
+    #[inline(always)]
+    fn is_whole_control_word(area: Area, offset: u64, width: AccessWidth, field: u64) -> bool {
+        area == Area::Window && width == AccessWidth::Word && offset % PAGE_SIZE == field
+    }
+
+    /// The live connection of device `d` whose control page holds window
+    /// offset `offset`.
+    #[inline(always)]
+    fn connection_for(&self, d: usize, offset: u64) -> Result<usize, AccessRefused> {
+        self.devices[d]
+            .connection_at(offset / PAGE_SIZE)
+            .ok_or(AccessRefused::NothingThere)
     }
 
     /// [`read`](Self::read), field by field.
@@ -824,14 +836,9 @@ impl Shmem {
         value: u64,
         services: &mut impl ShmemServices,
     ) -> Result<(), AccessRefused> {
-        if area == Area::Window
-            && width == AccessWidth::Word
-            && offset % PAGE_SIZE == control::NOTIFY
-        {
+        if Self::is_whole_control_word(area, offset, width, control::NOTIFY) {
             let d = device.index();
-            let slot = self.devices[d]
-                .connection_at(offset / PAGE_SIZE)
-                .ok_or(AccessRefused::NothingThere)?;
+            let slot = self.connection_for(d, offset)?;
             self.notify(d, slot, value as u32, services);
             return Ok(());
         }
