@@ -272,8 +272,9 @@ guest_synchronous:
     //   the priority (the physical interrupt stays active until the
     //   guest's deactivation ends it) and return;
     // - the doorbell SGI, if the doorbell holds the armed signalled SPI
-    //   and its list register is empty: take the doorbell, write the
-    //   prepared entry, end the SGI (drop and deactivate) and return.
+    //   and its list register is empty: take the doorbell, then, if the
+    //   SPI's line is high, write the prepared entry; end the SGI (drop
+    //   and deactivate) and return.
     // Anything else goes the ordinary way. x0..x3 only; requests always
     // come with their own SGI, taken as soon as the guest resumes.
 guest_irq:
@@ -327,12 +328,24 @@ guest_irq:
     lsr     x2, x2, x1
     tbz     x2, #0, 3f
     // Taken: other CPUs only ever set it from 0, so a plain store of 0
-    // loses no other ring. The SGI is this CPU's own: dropped and
-    // deactivated (EOImode = 1).
+    // loses no other ring. Then the line (`SignalledLines`), read after
+    // the take (DMB): a raiser that found the doorbell still full raised
+    // the line before, so it is seen here; one that comes later finds the
+    // doorbell empty and rings again. A line already low again (it fell
+    // after the ring) shows nothing. The SGI is this CPU's own: dropped
+    // and deactivated (EOImode = 1).
     str     wzr, [x3, #32]
-    ldr     x2, [x3, #24]
+    dmb     ish
+    ldr     x2, [x3, #40]
+    ldr     w2, [x2]
+    ldr     w1, [x3, #20]
+    // Bit intid % 32 (a register shift takes the amount modulo 32).
+    lsr     w2, w2, w1
     msr     icc_eoir1_el1, x0
     msr     icc_dir_el1, x0
+    tbz     w2, #0, 5b
+    ldrb    w1, [x3, #17]
+    ldr     x2, [x3, #24]
     b       7b
     // Not armed: the ordinary path, nothing acknowledged yet.
 2:  ldp     x2, x3, [sp, #16]

@@ -113,8 +113,10 @@ pub fn reset(id: VmId) {
     let mut vgic = devices.vgic.lock();
     guest_interrupts::quiesce_passthrough(&vgic);
     vgic.reset();
-    // The guest's routing is back to its reset state: so is the physical.
+    // The guest's routing is back to its reset state: so is the physical,
+    // and where its signalled SPIs ring.
     guest_interrupts::follow_guest_routing(id, &vgic);
+    vgic.publish_targets(&devices.vgic.lines);
 }
 
 /// Carries out a trapped `access` of `vm`; the caller then steps the
@@ -324,8 +326,10 @@ fn write_gic_or_shmem(
         return false;
     };
     if slot == GICD_SLOT && routes_spis(offset) {
-        // The guest moved an SPI: its passed-through ones follow physically.
+        // The guest moved an SPI: its passed-through ones follow
+        // physically, and its signalled ones ring their new vCPU's CPU.
         guest_interrupts::follow_guest_routing(id, &vgic);
+        vgic.publish_targets(&vm.device_state.vgic.lines);
     }
     if folded.is_some() {
         // A linked interrupt whose pending or active state the guest

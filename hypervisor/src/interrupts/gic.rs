@@ -319,14 +319,15 @@ pub const DOORBELL_SGI: u32 = 2;
 
 /// Sends `REQUEST_SGI` to the CPU with logical `index` and MPIDR `affinity`.
 pub fn send_request_sgi(index: usize, affinity: u64) {
-    send_sgi(REQUEST_SGI, index, affinity);
+    send_sgi(REQUEST_SGI, index, || affinity);
 }
 
-/// Sends `DOORBELL_SGI` to the CPU with logical `index` and MPIDR
-/// `affinity` (inline: the notify path's send).
+/// Sends `DOORBELL_SGI` to the CPU with logical `index` (inline: the
+/// notify path's send; its MPIDR is looked up only if its SGI target
+/// fields are not known yet).
 #[inline(always)]
-pub fn send_doorbell_sgi(index: usize, affinity: u64) {
-    send_sgi(DOORBELL_SGI, index, affinity);
+pub fn send_doorbell_sgi(index: usize) {
+    send_sgi(DOORBELL_SGI, index, || crate::vm::cpu_affinity(index));
 }
 
 /// Each CPU's ICC_SGI1R_EL1 target fields (GICv3), worked out once from
@@ -356,10 +357,11 @@ pub fn learn_sgi_targets(affinities: &[u64]) {
     }
 }
 
-/// Sends SGI `intid` to the CPU with logical `index` and MPIDR `affinity`,
-/// after every earlier store (its mailbox or doorbell) is visible.
+/// Sends SGI `intid` to the CPU with logical `index` and MPIDR
+/// `affinity()` (asked only when needed), after every earlier store (its
+/// mailbox or doorbell) is visible.
 #[inline(always)]
-fn send_sgi(intid: u32, index: usize, affinity: u64) {
+fn send_sgi(intid: u32, index: usize, affinity: impl FnOnce() -> u64) {
     match version() {
         3 => {
             let target = match SGI_TARGETS
@@ -367,7 +369,7 @@ fn send_sgi(intid: u32, index: usize, affinity: u64) {
                 .map(|slot| slot.load(Ordering::Relaxed))
             {
                 Some(target) if target != 0 => target,
-                _ => sgi_target(affinity),
+                _ => sgi_target(affinity()),
             };
             let value = target | u64::from(intid & 0xF) << 24;
             // SAFETY: DSB ISHST orders the mailbox or doorbell store before

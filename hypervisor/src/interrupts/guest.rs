@@ -18,20 +18,35 @@ use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use spin::Mutex;
-use tessera_hypervisor::vgic::interrupts::VmInterrupts;
+use tessera_hypervisor::vgic::interrupts::{SignalledLines, VmInterrupts};
 use tessera_hypervisor::vgic::list_registers::ListEntry;
 use tessera_hypervisor::vgic::state::{Effects, GicVersion, SpiSet};
 use tessera_hypervisor::vm::ids::{VcpuId, VmId};
 
 use crate::boot::board::BOARD;
 use crate::interrupts::gic::{self, Interrupt};
-use crate::interrupts::virtual_interface::VirtualInterface;
+use crate::interrupts::virtual_interface::{self, VirtualInterface};
 use crate::vm::{self, RunningVm};
 
-/// A VM's vGIC behind its lock (`vgic` in the lock order of
+/// A VM's vGIC: its model behind its lock (`vgic` in the lock order of
 /// `tessera_hypervisor::vm::system`: after a device's lock is released,
-/// before the request queues and the physical GIC's).
-pub type VmVgic = Mutex<&'static mut VmInterrupts>;
+/// before the request queues and the physical GIC's), and the lines of
+/// its signalled SPIs, which peers raise without the lock.
+pub struct VmVgic {
+    model: Mutex<&'static mut VmInterrupts>,
+    pub lines: SignalledLines,
+}
+
+impl VmVgic {
+    /// Locks the model, which first absorbs every signalled line changed
+    /// since it was last locked (`VmInterrupts::absorb`).
+    #[inline(always)]
+    pub fn lock(&self) -> spin::MutexGuard<'_, &'static mut VmInterrupts> {
+        let mut model = self.model.lock();
+        model.absorb(&self.lines);
+        model
+    }
+}
 
 /// One fast path's arming (`arch::vectors`, slot 9): whether it may act,
 /// the INTID it acts for, the list register and the GICv3 entry to write.
@@ -78,6 +93,11 @@ impl FastEntry {
 ///   CPU), shown when the doorbell interrupt brings its INTID;
 /// - `doorbell`: that INTID, or 0. Other CPUs set it from 0 (a
 ///   compare-and-swap, [`ring_doorbell`]); only this CPU clears it.
+/// - `injection_line`: the word of the armed SPI's line
+///   (`SignalledLines`): the assembly shows the SPI only while its line
+///   is high, read after it cleared the doorbell, so a ring is never lost
+///   and a stale one (the line fell before the doorbell was taken) shows
+///   nothing.
 ///
 /// The two entries are written only by their own CPU, under its vCPU's
 /// vGIC lock, after every change to that vCPU's list registers
@@ -88,6 +108,7 @@ pub struct CpuFastPaths {
     linked: UnsafeCell<FastEntry>,
     injection: UnsafeCell<FastEntry>,
     doorbell: AtomicU32,
+    injection_line: UnsafeCell<*const AtomicU32>,
 }
 
 // SAFETY: each CPU's entries are touched by that CPU alone (see the type's
@@ -103,33 +124,41 @@ impl CpuFastPaths {
         unsafe { self.linked.get().write(linked) };
     }
 
-    /// Arms the injection's entry, or disarms it. A doorbell that still
-    /// holds the armed SPI is stale (the model has it idle: its line fell
-    /// after the ring, before the doorbell interrupt was taken) and is
-    /// cleared, so it cannot show an interrupt whose cause is gone. Only
-    /// for this CPU's own slot.
+    /// Arms the injection's entry with the word holding its SPI's line
+    /// (from the VM running here), or disarms it. Only for this CPU's own
+    /// slot.
     fn set_injection(&self, injection: Option<(usize, ListEntry)>) {
-        if let Some((_, entry)) = injection {
-            let _ = self.doorbell.compare_exchange(
-                entry.intid,
-                0,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
-        }
+        let line = injection.and_then(|(_, entry)| signalled_line_word(entry.intid));
+        let injection = if line.is_some() { injection } else { None };
+        // SAFETY: as in `set_linked` (both fields).
+        unsafe {
+            self.injection_line
+                .get()
+                .write(line.map_or(core::ptr::null(), core::ptr::from_ref));
+        };
         // SAFETY: as in `set_linked`.
         unsafe { self.injection.get().write(FastEntry::of(injection)) };
+    }
+
+    /// The injection's arming (its INTID is `u32::MAX` when disarmed).
+    /// Only for this CPU's own slot.
+    fn armed_injection(&self) -> FastEntry {
+        // SAFETY: as in `set_linked`; reading the entry races with nothing.
+        unsafe { self.injection.get().read() }
     }
 
     /// Disarms the injection's entry if it is armed for `intid`. Only for
     /// this CPU's own slot.
     fn disarm_injection_of(&self, intid: u32) {
-        // SAFETY: as in `set_linked`; reading the entry races with nothing.
-        let armed_for = unsafe { self.injection.get().read() }.intid;
-        if armed_for == intid {
+        if self.armed_injection().intid == intid {
             self.set_injection(None);
         }
     }
+}
+
+/// The word of signalled SPI `intid`'s line in the VM running here.
+fn signalled_line_word(intid: u32) -> Option<&'static AtomicU32> {
+    vm::running_vm()?.device_state.vgic.lines.level_word(intid)
 }
 
 /// One per CPU, all disarmed at start.
@@ -139,6 +168,7 @@ pub static TESSERA_FAST_PATHS: [CpuFastPaths; tessera_hypervisor::MAX_CPUS] = [c
         linked: UnsafeCell::new(FastEntry::DISARMED),
         injection: UnsafeCell::new(FastEntry::DISARMED),
         doorbell: AtomicU32::new(0),
+        injection_line: UnsafeCell::new(core::ptr::null()),
     }
 };
     tessera_hypervisor::MAX_CPUS];
@@ -154,6 +184,7 @@ const _: () = {
     assert!(offset_of!(CpuFastPaths, linked) == 0);
     assert!(offset_of!(CpuFastPaths, injection) == 16);
     assert!(offset_of!(CpuFastPaths, doorbell) == 32);
+    assert!(offset_of!(CpuFastPaths, injection_line) == 40);
 };
 
 /// Sets this CPU's fast paths from `vgic`'s view of `vcpu` (running here),
@@ -212,14 +243,16 @@ fn disarm_fast_paths() {
 /// Rings `cpu`'s injection doorbell with SPI `intid` (see
 /// [`CpuFastPaths`]): true when it now holds `intid` (it was empty, or
 /// already held it), false when it holds another SPI. The caller sends the
-/// doorbell interrupt.
+/// doorbell interrupt. Sequentially consistent, after the raise of the
+/// line (`SignalledLines::raise`): either this finds the doorbell cleared
+/// or the CPU that cleared it sees the line high.
 pub fn ring_doorbell(cpu: usize, intid: u32) -> bool {
     let Some(fast) = TESSERA_FAST_PATHS.get(cpu) else {
         return false;
     };
     match fast
         .doorbell
-        .compare_exchange(0, intid, Ordering::Relaxed, Ordering::Relaxed)
+        .compare_exchange(0, intid, Ordering::SeqCst, Ordering::SeqCst)
     {
         Ok(_) => true,
         Err(held) => held == intid,
@@ -232,7 +265,9 @@ pub fn take_doorbell() -> Option<u32> {
     if doorbell.load(Ordering::Relaxed) == 0 {
         return None;
     }
-    match doorbell.swap(0, Ordering::Relaxed) {
+    // Before the line is read (under the vGIC's lock): as in
+    // `ring_doorbell`.
+    match doorbell.swap(0, Ordering::SeqCst) {
         0 => None,
         intid => Some(intid),
     }
@@ -291,7 +326,12 @@ pub fn new_vgic(
     let interrupts = unsafe { &mut *(memory.0 as *mut VmInterrupts) };
     interrupts.initialise_zeroed(version, vcpu_count, owned, hardware_ppis(), passthrough);
     interrupts.set_signalled_spis(signalled);
-    Some(Box::leak(Box::new(Mutex::new(interrupts))))
+    let vgic: &'static VmVgic = Box::leak(Box::new(VmVgic {
+        model: Mutex::new(interrupts),
+        lines: SignalledLines::new(),
+    }));
+    vgic.lock().publish_targets(&vgic.lines);
+    Some(vgic)
 }
 
 /// Acts on `effects` of a change to VM `id`'s interrupts, made by its
@@ -313,13 +353,23 @@ pub fn resync(vgic: &mut VmInterrupts, vcpu: VcpuId) {
     after_change(vgic, vcpu);
 }
 
-/// SPI `intid` of the VM running here became pending for its vCPU `vcpu`
-/// on another CPU, which asked this one to show it: into a free list
-/// register if that is all that changed, else by a whole sync.
+/// Signalled SPI `intid` of the VM running here was raised on another
+/// CPU for its vCPU `vcpu` (the doorbell or an injection request): the
+/// lock absorbs the rise, and the SPI goes into a free list register if
+/// that is all that changed, else by a whole sync. Routed elsewhere since
+/// the raiser looked (or nowhere), it concerns the vCPUs it does now.
 pub fn show_injected(vm: &RunningVm, vcpu: VcpuId, intid: u32) {
     let mut vgic = vm.device_state.vgic.lock();
-    vgic.show_pending_spi(vcpu, intid, &mut VirtualInterface::this_cpu());
-    after_change(&mut vgic, vcpu);
+    if vgic.state.spi_target(intid) == Some(vcpu) {
+        vgic.show_pending_spi(vcpu, intid, &mut VirtualInterface::this_cpu());
+        after_change(&mut vgic, vcpu);
+    } else {
+        let effects = Effects {
+            reevaluate: vgic.state.spi_concerns(intid),
+            sgi: None,
+        };
+        sync_concerned(vm.description.id, &mut vgic, effects);
+    }
 }
 
 /// Brings the list registers of the vCPU running here in step with its
@@ -346,7 +396,8 @@ pub fn vcpu_starting(vm: &RunningVm, vcpu: VcpuId) {
     interface.reset(true);
     let mut vgic = vm.device_state.vgic.lock();
     // A ring while this CPU idled (a peer signalled the vCPU before it
-    // started) is in the model, which the sync below shows.
+    // started) is in the signalled lines, which the lock absorbed: the
+    // sync below shows it.
     TESSERA_FAST_PATHS[crate::arch::cpu_index()]
         .doorbell
         .store(0, Ordering::Relaxed);
@@ -441,34 +492,53 @@ pub fn set_spi_level(id: VmId, intid: u32, level: bool) {
     }
 }
 
-/// One SPI became pending: the CPUs concerned may show just it (another
-/// CPU's through its doorbell).
+/// A signalled SPI's line rose: without the vGIC's lock, its bit in the
+/// VM's signalled lines is set, and the CPU of the vCPU it is routed to
+/// (as last published) is rung (doorbell and SGI, or an injection request
+/// when that CPU has others waiting). That CPU absorbs the rise and shows
+/// it, or its assembly shows it at once. The sender's half of
+/// `shmem.notify_oneway`.
 #[inline(never)]
 fn raise_spi(id: VmId, intid: u32) {
-    let mut vgic = vm::vm(id).device_state.vgic.lock();
-    let effects = vgic.state.set_spi_line(intid, true);
-    if !effects.reevaluate.is_empty()
-        && vm::request_interrupt_injection(id, effects.reevaluate, intid)
-    {
-        sync_running_here_cold(id, &mut vgic, effects);
+    let vgic = vm::vm(id).device_state.vgic;
+    if !vgic.lines.raise(intid) {
+        return;
     }
+    if let Some(target) = vgic.lines.target(intid)
+        && !vm::request_interrupt_injection(id, target, intid)
+    {
+        return;
+    }
+    raise_spi_slowly(id, vgic, intid);
 }
 
-/// [`sync_running_here`] off the notify path's frame: a raise reaches a
-/// vCPU of the raising CPU only when a VM signals itself.
+/// A rise for the vCPU running here (a VM signalling itself) or for an
+/// SPI routed nowhere: absorbed under the lock, and looked at by every
+/// vCPU it concerns.
 #[cold]
 #[inline(never)]
-fn sync_running_here_cold(id: VmId, vgic: &mut VmInterrupts, effects: Effects) {
-    sync_running_here(id, vgic, effects);
+fn raise_spi_slowly(id: VmId, vgic: &VmVgic, intid: u32) {
+    let mut model = vgic.lock();
+    let effects = Effects {
+        reevaluate: model.state.spi_concerns(intid),
+        sgi: None,
+    };
+    sync_concerned(id, &mut model, effects);
 }
 
-/// The usual fall: the handler of the vCPU running here lowered it, and
-/// the list register keeps the instance it is handling; anything else
-/// syncs the vCPUs concerned.
+/// A signalled SPI's line fell. Usually the handler of the vCPU running
+/// here lowered it (its status read), and the list register keeps the
+/// instance it is handling: on the fast path, without the lock; else under
+/// it, where anything but that syncs the vCPUs concerned.
 #[inline(never)]
 fn lower_spi(id: VmId, intid: u32) {
-    let mut vgic = vm::vm(id).device_state.vgic.lock();
-    let effects = vgic.state.set_spi_line(intid, false);
+    let vgic = vm::vm(id).device_state.vgic;
+    if lower_while_handled_here(id, vgic, intid) {
+        return;
+    }
+    let lines = &vgic.lines;
+    let mut vgic = vgic.lock();
+    let effects = vgic.lower_signalled(lines, intid);
     if vm::running_vm().is_some_and(|running| running.description.id == id) {
         let vcpu = vm::running_vcpu();
         if effects.reevaluate.has_none_but(vcpu)
@@ -489,6 +559,40 @@ fn lower_spi(id: VmId, intid: u32) {
         }
     }
     sync_concerned(id, &mut vgic, effects);
+}
+
+/// The fall of signalled SPI `intid` of VM `id` on the fast path: when the
+/// injection fast path here is armed for it (so the last sync, or the
+/// model's view of it absorbed since, has it idle but for the instance in
+/// the armed register) and that register holds the armed entry, active
+/// now, the guest is handling the instance the assembly showed. Its line
+/// is lowered and the register's EOI maintenance dropped, which is all a
+/// sync would do: the model, which absorbs the fall at its next lock,
+/// never needs to have seen the rise. The arming stays: the next rise may
+/// go into the same register once the guest completes this instance.
+/// False, changing nothing, in every other case. GICv3 only, as the
+/// arming (the register is compared as the raw value the assembly wrote).
+#[inline(always)]
+fn lower_while_handled_here(id: VmId, vgic: &VmVgic, intid: u32) -> bool {
+    // ICH_LR<n>_EL2.State [63:62], Priority [55:48] (whose unimplemented
+    // low bits read as zero) and, without HW, EOI [41].
+    const STATE: u64 = 0b11 << 62;
+    const ACTIVE: u64 = 0b10 << 62;
+    const PRIORITY: u64 = 0xFF << 48;
+    const EOI_MAINTENANCE: u64 = 1 << 41;
+    let armed = TESSERA_FAST_PATHS[crate::arch::cpu_index()].armed_injection();
+    if armed.intid != intid || vm::running_vm().is_none_or(|running| running.description.id != id) {
+        return false;
+    }
+    let index = usize::from(armed.index);
+    let handled = (armed.entry & !STATE) | ACTIVE;
+    let now = virtual_interface::read_gicv3_list_register(index);
+    if (now ^ handled) & !PRIORITY != 0 {
+        return false;
+    }
+    virtual_interface::write_gicv3_list_register(index, now & !EOI_MAINTENANCE);
+    vgic.lines.lower(intid);
+    true
 }
 
 /// Acts on `effects` of a change to VM `id`'s interrupts made from any

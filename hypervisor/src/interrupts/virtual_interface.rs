@@ -84,6 +84,20 @@ macro_rules! list_register_access {
     }};
 }
 
+/// ICH_LR<index>_EL2 of this CPU as it stands, on GICv3 (the caller
+/// knows the GIC is one: the injection fast path is armed on GICv3 only).
+#[inline(always)]
+pub fn read_gicv3_list_register(index: usize) -> u64 {
+    list_register_access!(index, true, 0u64)
+}
+
+/// Writes ICH_LR<index>_EL2 of this CPU with `value`, on GICv3 (as
+/// [`read_gicv3_list_register`]).
+#[inline(always)]
+pub fn write_gicv3_list_register(index: usize, value: u64) {
+    let _ = list_register_access!(index, false, value);
+}
+
 /// This CPU's virtual CPU interface.
 pub struct VirtualInterface {
     count: usize,

@@ -6,9 +6,97 @@
 
 #![forbid(unsafe_code)]
 
+use core::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+
 use super::list_registers::{self, ListRegisterShadow, ListRegisters};
-use super::state::{GicVersion, MAX_VCPUS, SpiSet, VgicState};
+use super::state::{
+    Effects, GicVersion, MAX_VCPUS, SPI_COUNT, SPI_WORDS, SpiSet, VgicState, spi_index,
+};
 use crate::vm::ids::VcpuId;
+
+/// The lines of a VM's signalled SPIs (its vdev-shmem vectors), kept
+/// outside the vGIC's lock so that a peer on another CPU raises one
+/// without taking it: the raise is an atomic bit, the doorbell of the CPU
+/// the SPI is routed to, and an SGI (docs/ARCHITECTURE.md, "Signalled
+/// lines"). The model learns the level when the lock is next taken
+/// ([`VmInterrupts::absorb`]); until then a rise is shown, if at all,
+/// only by the injection fast path, which writes exactly what a sync
+/// after absorbing would.
+///
+/// Raises and falls of one SPI come from the vdev-shmem model, under its
+/// registry lock, so they never race each other; a fall is made under the
+/// vGIC's lock (absorbing first) or, on the fast path, by the receiving
+/// CPU for an instance its guest is handling.
+#[derive(Debug)]
+pub struct SignalledLines {
+    /// Bit `n` of word `w`: the line of SPI `32 + 32w + n`.
+    levels: [AtomicU32; SPI_WORDS],
+    /// Per SPI, the vCPU its routing names, plus one (0: none), as of the
+    /// last [`VmInterrupts::publish_targets`]: where a raise rings.
+    targets: [AtomicU8; SPI_COUNT],
+}
+
+impl SignalledLines {
+    /// Every line low, no targets.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self {
+            levels: [const { AtomicU32::new(0) }; SPI_WORDS],
+            targets: [const { AtomicU8::new(0) }; SPI_COUNT],
+        }
+    }
+
+    /// Raises SPI `intid`'s line; true when it was low. Sequentially
+    /// consistent: a CPU that clears the doorbell and then reads the line
+    /// sees this rise, or the raiser's doorbell ring finds the doorbell
+    /// cleared (see `arch::vectors`).
+    #[inline(always)]
+    pub fn raise(&self, intid: u32) -> bool {
+        let Some(index) = spi_index(intid) else {
+            return false;
+        };
+        let bit = 1 << (index % 32);
+        self.levels[index / 32].fetch_or(bit, Ordering::SeqCst) & bit == 0
+    }
+
+    /// Lowers SPI `intid`'s line.
+    #[inline(always)]
+    pub fn lower(&self, intid: u32) {
+        if let Some(index) = spi_index(intid) {
+            self.levels[index / 32].fetch_and(!(1 << (index % 32)), Ordering::SeqCst);
+        }
+    }
+
+    /// Whether SPI `intid`'s line is high.
+    #[must_use]
+    pub fn level(&self, intid: u32) -> bool {
+        spi_index(intid).is_some_and(|index| {
+            self.levels[index / 32].load(Ordering::SeqCst) & (1 << (index % 32)) != 0
+        })
+    }
+
+    /// The word of levels that holds SPI `intid`'s (the injection fast
+    /// path reads it: the bit is `intid % 32`).
+    #[must_use]
+    pub fn level_word(&self, intid: u32) -> Option<&AtomicU32> {
+        spi_index(intid).map(|index| &self.levels[index / 32])
+    }
+
+    /// The vCPU a rise of SPI `intid` rings, as last published.
+    #[inline(always)]
+    #[must_use]
+    pub fn target(&self, intid: u32) -> Option<VcpuId> {
+        let index = spi_index(intid)?;
+        let target = self.targets[index].load(Ordering::Relaxed);
+        VcpuId::new(usize::from(target).checked_sub(1)?)
+    }
+}
+
+impl Default for SignalledLines {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// A VM's virtual GIC.
 ///
@@ -24,9 +112,17 @@ pub struct VmInterrupts {
     pub state: VgicState,
     shadows: [ListRegisterShadow; MAX_VCPUS],
     /// The SPIs other CPUs raise (vdev-shmem vectors), kept ready for the
-    /// injection fast path ([`Self::injection_slot`]).
+    /// injection fast path ([`Self::injection_slot`]); their lines are a
+    /// [`SignalledLines`].
     signalled: SpiSet,
+    /// Which words of `signalled` have any SPI (bit `w` for word `w`), so
+    /// that absorbing costs a VM without signalled SPIs one test.
+    signalled_words: u8,
+    /// The signalled lines as the model last absorbed them.
+    absorbed: [u32; SPI_WORDS],
 }
+
+const _: () = assert!(SPI_WORDS <= 8, "signalled_words has a bit per word");
 
 impl VmInterrupts {
     /// The all-zero value (see the type's documentation).
@@ -34,6 +130,8 @@ impl VmInterrupts {
         state: VgicState::ZERO,
         shadows: [ListRegisterShadow::new(); MAX_VCPUS],
         signalled: SpiSet::EMPTY,
+        signalled_words: 0,
+        absorbed: [0; SPI_WORDS],
     };
 
     /// Turns [`ZERO`](Self::ZERO) into the reset state `new` describes,
@@ -139,6 +237,69 @@ impl VmInterrupts {
     /// Names the SPIs other CPUs raise (kept across resets).
     pub fn set_signalled_spis(&mut self, spis: SpiSet) {
         self.signalled = spis;
+        self.signalled_words = (0..SPI_WORDS)
+            .filter(|&word| spis.word(word) != 0)
+            .fold(0, |words, word| words | 1 << word);
+    }
+
+    /// Brings the model's lines of the signalled SPIs in step with
+    /// `lines`: every rise and fall made since the last call reaches the
+    /// model, as if made under the lock. Called first thing whenever the
+    /// lock is taken, so nothing under it sees a line older than the lock.
+    ///
+    /// What the changes concern is not acted on here: a rise is delivered
+    /// by its raiser's doorbell or request, which the CPU it rings serves
+    /// after absorbing; a fall absorbed here was made on the receiver's
+    /// fast path, which left its list register as a sync would.
+    #[inline(always)]
+    pub fn absorb(&mut self, lines: &SignalledLines) {
+        if self.signalled_words != 0 {
+            self.absorb_words(lines);
+        }
+    }
+
+    fn absorb_words(&mut self, lines: &SignalledLines) {
+        for word in 0..SPI_WORDS {
+            if self.signalled_words & (1 << word) == 0 {
+                continue;
+            }
+            let now = lines.levels[word].load(Ordering::SeqCst) & self.signalled.word(word);
+            let mut changed = now ^ self.absorbed[word];
+            self.absorbed[word] = now;
+            while changed != 0 {
+                let bit = changed.trailing_zeros();
+                changed &= changed - 1;
+                let intid = super::state::SPI_BASE + word as u32 * 32 + bit;
+                let _ = self.state.set_spi_line(intid, now & (1 << bit) != 0);
+            }
+        }
+    }
+
+    /// Lowers signalled SPI `intid`'s line in `lines` and in the model
+    /// (already absorbed: the lock was taken), returning what the fall
+    /// concerns.
+    pub fn lower_signalled(&mut self, lines: &SignalledLines, intid: u32) -> Effects {
+        lines.lower(intid);
+        if let Some(index) = spi_index(intid) {
+            self.absorbed[index / 32] &= !(1 << (index % 32));
+        }
+        self.state.set_spi_line(intid, false)
+    }
+
+    /// Tells `lines` where a rise of each signalled SPI should ring: the
+    /// vCPU its routing names now. After every change to the routing (and
+    /// at build and reset); a raiser that read the old target rings a CPU
+    /// that forwards it (`interrupts::guest::show_injected`).
+    pub fn publish_targets(&self, lines: &SignalledLines) {
+        for intid in self.signalled.iter() {
+            if let Some(index) = spi_index(intid) {
+                let target = self
+                    .state
+                    .spi_target(intid)
+                    .map_or(0, |vcpu| vcpu.index() as u8 + 1);
+                lines.targets[index].store(target, Ordering::Relaxed);
+            }
+        }
     }
 
     /// See `list_registers::injection_slot`: where the next instance of a
@@ -187,14 +348,175 @@ impl VmInterrupts {
         // The hardware-linked PPIs and SPIs are kept by the model's reset.
         self.state.reset_in_place(version, vcpu_count, owned);
         self.shadows = [ListRegisterShadow::new(); MAX_VCPUS];
+        // The model's lines are low again; the next absorb raises those
+        // the devices still drive high.
+        self.absorbed = [0; SPI_WORDS];
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::list_registers::ListEntry;
+    use super::super::list_registers::tests::FakeRegisters;
+    use super::super::list_registers::{ListEntry, LrState};
     use super::super::state::tests::{owned, vcpu};
     use super::*;
+
+    /// One vCPU, SPI 33 signalled: level, enabled, group 1, priority
+    /// 0x50, routed to vCPU 0; its targets published.
+    fn signalled_vm() -> (VmInterrupts, SignalledLines, FakeRegisters) {
+        let mut vgic = VmInterrupts::new(GicVersion::V3, 1, owned(), 0);
+        vgic.state.enable_group1 = true;
+        let _ = vgic.state.update(vcpu(0), 33, |irq| {
+            irq.enabled = true;
+            irq.group1 = true;
+            irq.priority = 0x50;
+        });
+        let mut signalled = SpiSet::EMPTY;
+        signalled.insert(33);
+        vgic.set_signalled_spis(signalled);
+        let lines = SignalledLines::new();
+        vgic.publish_targets(&lines);
+        (vgic, lines, FakeRegisters::new(4))
+    }
+
+    /// What the model and registers become from here if the lock is taken
+    /// now (absorbing) and the vCPU synced.
+    fn synced(
+        vgic: &VmInterrupts,
+        lines: &SignalledLines,
+        registers: &FakeRegisters,
+    ) -> Vec<ListEntry> {
+        let (mut vgic, mut registers) = (vgic.clone(), registers.clone());
+        vgic.absorb(lines);
+        vgic.sync(vcpu(0), &mut registers);
+        registers.entries
+    }
+
+    #[test]
+    fn rises_and_falls_the_model_absorbs_late_agree_with_the_fast_paths() {
+        let (mut vgic, lines, mut registers) = signalled_vm();
+        assert_eq!(lines.target(33), Some(vcpu(0)));
+        vgic.sync(vcpu(0), &mut registers);
+        // The first signal: the receiving CPU's lock absorbs the rise and
+        // shows it (`show_injected`); the guest takes it, and its status
+        // read lowers the line under the lock, which arms the fast path.
+        assert!(lines.raise(33));
+        assert!(!lines.raise(33), "already high");
+        vgic.absorb(&lines);
+        assert!(!vgic.is_idle(vcpu(0), 33));
+        vgic.show_pending_spi(vcpu(0), 33, &mut registers);
+        assert_eq!(registers.acknowledge().map(|entry| entry.intid), Some(33));
+        vgic.absorb(&lines);
+        let _ = vgic.lower_signalled(&lines, 33);
+        assert!(!lines.level(33));
+        let (index, entry) = vgic
+            .line_fell_then_injection_slot(vcpu(0), 33, &mut registers)
+            .flatten()
+            .expect("armed by the status read");
+        registers.complete(33);
+        assert!(!registers.maintenance());
+        for _ in 0..3 {
+            // A peer's rise: only the bit and the doorbell; the assembly
+            // finds the line high and its register free, and writes the
+            // armed entry: what a sync after absorbing shows.
+            assert!(lines.raise(33));
+            let expected = synced(&vgic, &lines, &registers);
+            assert!(lines.level(33));
+            assert_ne!(registers.empty() & (1 << index), 0);
+            registers.write(index, entry);
+            assert_eq!(registers.entries, expected);
+            // The guest takes it; its status read lowers the line on the
+            // fast path (the register holds the armed entry, active):
+            // the register's EOI maintenance goes, as a sync after
+            // absorbing the fall would leave it.
+            assert_eq!(registers.acknowledge().map(|entry| entry.intid), Some(33));
+            let handled = registers.read(index);
+            assert_eq!(
+                handled,
+                ListEntry {
+                    state: LrState::Active,
+                    ..entry
+                }
+            );
+            lines.lower(33);
+            registers.write(
+                index,
+                ListEntry {
+                    eoi_maintenance: false,
+                    ..handled
+                },
+            );
+            assert_eq!(registers.entries, synced(&vgic, &lines, &registers));
+            registers.complete(33);
+            assert!(!registers.maintenance(), "no exit at the EOI");
+            // The model never saw either; the arming still stands.
+            assert_eq!(vgic.injection_slot(vcpu(0)), Some((index, entry)));
+        }
+        // A rise whose line fell again before its doorbell was taken (a
+        // stale ring): the assembly finds the line low and shows nothing,
+        // and the model, absorbing, agrees.
+        assert!(lines.raise(33));
+        vgic.absorb(&lines);
+        let _ = vgic.lower_signalled(&lines, 33);
+        assert!(!lines.level(33));
+        assert!(registers.entries.iter().all(|entry| !entry.state.pending()));
+        assert!(
+            synced(&vgic, &lines, &registers)
+                .iter()
+                .all(|entry| !entry.state.pending())
+        );
+        // Folded at last, the model agrees with all of it.
+        vgic.absorb(&lines);
+        vgic.sync(vcpu(0), &mut registers);
+        assert!(vgic.is_idle(vcpu(0), 33));
+    }
+
+    #[test]
+    fn a_line_still_high_across_a_reset_is_absorbed_again() {
+        let (mut vgic, lines, _) = signalled_vm();
+        assert!(lines.raise(33));
+        vgic.absorb(&lines);
+        assert!(!vgic.is_idle(vcpu(0), 33));
+        vgic.reset();
+        assert!(vgic.is_idle(vcpu(0), 33), "the model's line is low again");
+        vgic.absorb(&lines);
+        let _ = vgic.state.update(vcpu(0), 33, |irq| irq.enabled = true);
+        assert!(!vgic.is_idle(vcpu(0), 33), "the device still drives it");
+    }
+
+    #[test]
+    fn targets_follow_the_routing_and_only_signalled_lines_are_absorbed() {
+        let mut vgic = VmInterrupts::new(GicVersion::V3, 2, owned(), 0);
+        let mut signalled = SpiSet::EMPTY;
+        signalled.insert(33);
+        vgic.set_signalled_spis(signalled);
+        let lines = SignalledLines::new();
+        vgic.publish_targets(&lines);
+        assert_eq!(lines.target(33), Some(vcpu(0)), "reset routing: vCPU 0");
+        assert_eq!(lines.target(40), None, "not signalled: never published");
+        let _ = vgic.state.distributor_write(
+            vcpu(0),
+            0x6108,
+            tessera_vdevs::AccessWidth::DoubleWord,
+            1,
+        );
+        vgic.publish_targets(&lines);
+        assert_eq!(lines.target(33), Some(vcpu(1)));
+        // Routed to a vCPU the VM does not have: nowhere.
+        let _ = vgic.state.distributor_write(
+            vcpu(0),
+            0x6108,
+            tessera_vdevs::AccessWidth::DoubleWord,
+            7,
+        );
+        vgic.publish_targets(&lines);
+        assert_eq!(lines.target(33), None);
+        // A bit set for an SPI that is not signalled is not the model's
+        // line.
+        assert!(lines.raise(40));
+        vgic.absorb(&lines);
+        assert!(vgic.is_idle(vcpu(0), 40));
+    }
 
     struct Registers([ListEntry; 4]);
 

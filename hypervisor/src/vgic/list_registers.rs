@@ -903,7 +903,7 @@ fn injection_entry(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::state::tests::{owned, vcpu};
     use super::super::state::{GicVersion, SpiSet};
     use super::*;
@@ -911,15 +911,15 @@ mod tests {
     /// A CPU interface with `count` list registers that plays the guest:
     /// it acknowledges and completes interrupts as the hardware would.
     #[derive(Clone)]
-    struct FakeRegisters {
-        entries: Vec<ListEntry>,
+    pub(in crate::vgic) struct FakeRegisters {
+        pub(in crate::vgic) entries: Vec<ListEntry>,
         no_pending_maintenance: bool,
         /// Physical INTIDs deactivated through a hardware-linked register.
         physically_deactivated: Vec<u32>,
     }
 
     impl FakeRegisters {
-        fn new(count: usize) -> Self {
+        pub(in crate::vgic) fn new(count: usize) -> Self {
             Self {
                 entries: vec![ListEntry::EMPTY; count],
                 no_pending_maintenance: false,
@@ -930,7 +930,7 @@ mod tests {
         /// The guest's acknowledge: the highest-priority pending register
         /// (lowest value; equal priorities, the lowest INTID) becomes
         /// active, as the virtual CPU interface picks it.
-        fn acknowledge(&mut self) -> Option<ListEntry> {
+        pub(in crate::vgic) fn acknowledge(&mut self) -> Option<ListEntry> {
             let index = self
                 .entries
                 .iter()
@@ -944,7 +944,7 @@ mod tests {
         }
 
         /// The guest's EOI (drop and deactivate) of `intid`.
-        fn complete(&mut self, intid: u32) {
+        pub(in crate::vgic) fn complete(&mut self, intid: u32) {
             let entry = self
                 .entries
                 .iter_mut()
@@ -957,7 +957,7 @@ mod tests {
         }
 
         /// Whether the hardware would raise the maintenance interrupt.
-        fn maintenance(&self) -> bool {
+        pub(in crate::vgic) fn maintenance(&self) -> bool {
             let eoi = self
                 .entries
                 .iter()

@@ -133,6 +133,12 @@ impl SpiSet {
         }
     }
 
+    /// Bits 32w..32w+31 of the set (SPI index order), 0 past the end.
+    #[must_use]
+    pub const fn word(&self, word: usize) -> u32 {
+        if word < SPI_WORDS { self.0[word] } else { 0 }
+    }
+
     /// The INTIDs in the set, in order.
     pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
         self.0.iter().enumerate().flat_map(|(word, bits)| {
@@ -745,6 +751,13 @@ impl VgicState {
             }
         }
         set
+    }
+
+    /// The vCPUs a change to SPI `intid` concerns: the one it is routed
+    /// to and the one that shows it (see [`affected`](Self::affected)).
+    #[must_use]
+    pub fn spi_concerns(&self, intid: u32) -> VcpuSet {
+        self.affected(VcpuId::FIRST, intid)
     }
 
     /// Applies `change` to `intid` (banked to `vcpu`), if owned, and

@@ -100,11 +100,12 @@ impl Hardware for Aarch64 {
         gic::send_request_sgi(cpu.index(), affinity);
     }
 
+    #[inline(always)]
     fn ring_doorbell(&self, cpu: CpuId, intid: u32) -> bool {
         if !interrupts::guest::ring_doorbell(cpu.index(), intid) {
             return false;
         }
-        gic::send_doorbell_sgi(cpu.index(), cpu_affinity(cpu.index()));
+        gic::send_doorbell_sgi(cpu.index());
         true
     }
 
@@ -488,11 +489,12 @@ pub fn cpu_affinity(index: usize) -> u64 {
         .map_or(index as u64, |affinities| affinities[index % MAX_CPUS])
 }
 
-/// Asks the CPUs running `vcpus` of VM `id` to show SPI `intid`, which
-/// became pending for them; true when this CPU runs one of them (the
-/// caller syncs it).
-pub fn request_interrupt_injection(id: VmId, vcpus: VcpuSet, intid: u32) -> bool {
-    SYSTEM.request_interrupt_injection(id, vcpus, intid, &Aarch64)
+/// Asks the CPU running `vcpu` of VM `id` to show SPI `intid`, which
+/// became pending for it; true when this CPU runs it (the caller shows
+/// it).
+#[inline(always)]
+pub fn request_interrupt_injection(id: VmId, vcpu: VcpuId, intid: u32) -> bool {
+    SYSTEM.request_interrupt_injection(id, vcpu, intid, &Aarch64)
 }
 
 /// Asks the CPUs running `vcpus` of VM `id` to sync their list registers;

@@ -424,31 +424,40 @@ impl<T, D> VmSystem<T, D> {
     }
 
     /// As [`Self::request_interrupt_sync`], for one SPI `intid` that
-    /// became pending for `vcpus`: each other CPU's doorbell is rung with
-    /// it (its CPU may show just that one, without a request at all: the
+    /// became pending for `vcpu`: its CPU's doorbell is rung with it (the
+    /// CPU may show just that one, without a request at all: the
     /// `shmem.notify_oneway` path), or, when that CPU has requests waiting
     /// or its doorbell already holds another SPI, the CPU gets a
     /// [`Request::InjectInterrupt`] naming it (or, with its ring full, a
-    /// sync), behind what waits. The doorbell needs no VM or vCPU:
-    /// each CPU runs one vCPU of one VM, and an injection is only a hint
-    /// (the receiving CPU shows what the model holds).
+    /// sync), behind what waits. The doorbell needs no VM or vCPU: each
+    /// CPU runs one vCPU of one VM, and an injection is only a hint (the
+    /// receiving CPU shows what the model holds). Returns whether `vcpu`
+    /// is this CPU's own (nothing is sent; the caller shows it). One vCPU,
+    /// no loop: this is the notify path.
+    #[inline(always)]
     pub fn request_interrupt_injection(
         &self,
         vm: VmId,
-        vcpus: VcpuSet,
+        vcpu: VcpuId,
         intid: u32,
         hardware: &impl Hardware,
     ) -> bool {
-        self.for_other_cpus(vm, vcpus, hardware, |cpu, vcpu| {
-            // Only past an empty queue: a request posted before (a sync
-            // after the guest disabled or reconfigured this SPI, under the
-            // same lock the caller holds) must be taken first, and the
-            // doorbell SGI could overtake the request SGI.
-            if !(self.queues[cpu.index()].is_empty() && hardware.ring_doorbell(cpu, intid)) {
-                // Never refused: a full ring makes it a coalesced sync.
-                let _ = self.post(cpu, Request::InjectInterrupt { vm, vcpu, intid }, hardware);
-            }
-        })
+        let the_vm = self.vm(vm);
+        if vcpu.index() >= the_vm.description.vcpu_count {
+            return false;
+        }
+        let cpu = the_vm.cpu_of(vcpu);
+        if cpu == hardware.this_cpu() {
+            return true;
+        }
+        // Only past an empty queue: a request posted before (a sync after
+        // the guest disabled or reconfigured this SPI) must be taken
+        // first, and the doorbell SGI could overtake the request SGI.
+        if !(self.queues[cpu.index()].is_empty() && hardware.ring_doorbell(cpu, intid)) {
+            // Never refused: a full ring makes it a coalesced sync.
+            let _ = self.post(cpu, Request::InjectInterrupt { vm, vcpu, intid }, hardware);
+        }
+        false
     }
 
     /// Posts `request(vcpu)` to the CPU of each of VM `vm`'s `vcpus` that
@@ -982,41 +991,19 @@ pub(crate) mod tests {
     fn an_interrupt_sync_goes_to_the_cpus_of_the_vcpus_it_concerns() {
         let hardware = FakeHardware::default();
         let system = system(&[&[1], &[2, 3, 0]]);
-        let mut vcpus = VcpuSet::EMPTY;
-        for index in [0, 1, 2, 5] {
-            vcpus.insert(vcpu(index));
-        }
-        // CPU 0 runs VM 1's vCPU 2 itself: it syncs at once, no request.
-        assert!(system.request_interrupt_sync(vm(1), vcpus, hardware.on(0)));
-        assert_eq!(*hardware.interrupts_sent.borrow(), [2, 3]);
-        assert_eq!(drain(&system, 2), [Request::SyncInterrupts { vm: vm(1) }]);
-        assert_eq!(drain(&system, 3), [Request::SyncInterrupts { vm: vm(1) }]);
-        assert!(drain(&system, 0).is_empty());
-        // vCPU 5 does not exist; asked again, CPU 2 still has one request.
-        assert!(!system.request_interrupt_sync(vm(1), vcpus, hardware.on(1)));
-        assert!(!system.request_interrupt_sync(vm(1), vcpus, hardware.on(1)));
-        assert_eq!(drain(&system, 2), [Request::SyncInterrupts { vm: vm(1) }]);
-    }
-
-    #[test]
-    fn an_injection_rings_each_other_cpus_doorbell_or_else_names_the_interrupt() {
-        let hardware = FakeHardware::default();
-        let system = system(&[&[1], &[2, 3, 0]]);
-        let mut vcpus = VcpuSet::EMPTY;
-        for index in [0, 2] {
-            vcpus.insert(vcpu(index));
-        }
-        // CPU 0 runs VM 1's vCPU 2 itself: it shows it at once. CPU 2's
-        // doorbell is rung: no request.
-        assert!(system.request_interrupt_injection(vm(1), vcpus, 40, hardware.on(0)));
+        // CPU 0 runs VM 1's vCPU 2 itself: the caller shows it at once.
+        assert!(system.request_interrupt_injection(vm(1), vcpu(2), 40, hardware.on(0)));
+        assert!(hardware.doorbells_rung.borrow().is_empty());
+        // CPU 2's doorbell is rung for vCPU 0: no request.
+        assert!(!system.request_interrupt_injection(vm(1), vcpu(0), 40, hardware.on(0)));
         assert_eq!(*hardware.doorbells_rung.borrow(), [(2, 40)]);
         assert!(hardware.interrupts_sent.borrow().is_empty());
         assert!(drain(&system, 2).is_empty());
         // The same SPI again, not taken yet: rung again (one more SGI).
-        assert!(system.request_interrupt_injection(vm(1), vcpus, 40, hardware.on(0)));
+        assert!(!system.request_interrupt_injection(vm(1), vcpu(0), 40, hardware.on(0)));
         assert_eq!(*hardware.doorbells_rung.borrow(), [(2, 40), (2, 40)]);
         // Another SPI while CPU 2's doorbell holds 40: a request naming it.
-        assert!(system.request_interrupt_injection(vm(1), vcpus, 41, hardware.on(0)));
+        assert!(!system.request_interrupt_injection(vm(1), vcpu(0), 41, hardware.on(0)));
         assert_eq!(*hardware.interrupts_sent.borrow(), [2]);
         assert_eq!(
             drain(&system, 2),
@@ -1027,13 +1014,16 @@ pub(crate) mod tests {
             }]
         );
         assert!(drain(&system, 0).is_empty());
+        // A vCPU the VM does not have: nothing.
+        assert!(!system.request_interrupt_injection(vm(1), vcpu(3), 40, hardware.on(0)));
+        assert_eq!(hardware.doorbells_rung.borrow().len(), 2);
         // A sync waiting on CPU 2 (the guest reconfigured the SPI): the
         // injection queues behind it, the doorbell is not rung.
         hardware.doorbells.borrow_mut()[2] = 0;
         let mut only_vcpu0 = VcpuSet::EMPTY;
         only_vcpu0.insert(vcpu(0));
         assert!(!system.request_interrupt_sync(vm(1), only_vcpu0, hardware.on(0)));
-        assert!(system.request_interrupt_injection(vm(1), vcpus, 40, hardware.on(0)));
+        assert!(!system.request_interrupt_injection(vm(1), vcpu(0), 40, hardware.on(0)));
         assert_eq!(hardware.doorbells_rung.borrow().len(), 2, "not rung again");
         assert_eq!(
             drain(&system, 2),
