@@ -343,7 +343,7 @@ pub fn init_from_device_tree() -> Result<Layout, GicError> {
 /// As [`init_this_cpu`]; `Timeout` if GICD_CTLR writes do not complete.
 pub fn init(layout: &Layout) -> Result<(), GicError> {
     #[cfg(target_os = "none")]
-    crate::rt::set_interrupt_hooks(handle_irq, || {
+    crate::rt::set_interrupt_hooks(dispatch_irq, || {
         init_this_cpu().map_err(report_setup_error).is_ok()
     });
     DISTRIBUTOR.store(layout.distributor as usize, Ordering::Relaxed);
@@ -939,10 +939,6 @@ pub fn set_priority_mask(mask: u8) -> Result<(), GicError> {
     Ok(())
 }
 
-/// The IRQ vector's work: acknowledges one interrupt, runs its handler,
-/// ends it. An interrupt without a handler is disabled and counted (see
-/// [`unhandled`]) so a level one cannot storm. Returns false when the GIC
-/// is not set up (the IRQ is then a real surprise).
 /// A secondary vCPU's interface set-up failed: said on the console before
 /// the runtime stops the VM.
 #[cfg(target_os = "none")]
@@ -953,6 +949,18 @@ fn report_setup_error(error: GicError) -> GicError {
     error
 }
 
+/// The IRQ entry's dispatcher (`rt::set_interrupt_hooks`): one interrupt,
+/// as [`handle_irq`].
+#[cfg(target_os = "none")]
+extern "C" fn dispatch_irq() -> bool {
+    handle_irq()
+}
+
+/// The IRQ vector's work: acknowledges one interrupt, runs its handler,
+/// ends it. An interrupt without a handler is disabled and counted (see
+/// [`unhandled`]) so a level one cannot storm. Returns false when the GIC
+/// is not set up (the IRQ is then a real surprise).
+#[inline(always)]
 pub(crate) fn handle_irq() -> bool {
     let Some(version) = version() else {
         return false;

@@ -214,15 +214,15 @@ tessera_stacks:
     // An IRQ taken at EL1 (vectors 1 and 5) has a shorter path: nothing
     // looks at the interrupted registers, so of the general registers only
     // what a Rust call may clobber is saved (x0..x18, x30, ELR, SPSR), and
-    // the dispatcher is called directly. All of q0..q31 are saved, with
-    // FPCR and FPSR: a call keeps only the low halves of v8..v15, and the
-    // interrupted code may hold whole values there. This is the guest's
-    // half of `shmem.notify_oneway`.
-    .macro  tessera_irq_vector index
+    // the GIC support's dispatcher (`IRQ_DISPATCH`) is called straight
+    // from the entry. All of q0..q31 are saved, with FPCR and FPSR: a call
+    // keeps only the low halves of v8..v15, and the interrupted code may
+    // hold whole values there. This is the guest's half of
+    // `shmem.notify_oneway`.
+    .macro  tessera_irq_vector
     .balign 0x80
     sub     sp, sp, #{irq_frame_size}
     stp     x0, x1, [sp]
-    mov     x1, #\index
     b       tessera_irq_entry
     .endm
 
@@ -231,11 +231,11 @@ tessera_stacks:
     .global tessera_vectors
 tessera_vectors:
     tessera_vector 0
-    tessera_irq_vector 1
+    tessera_irq_vector
     tessera_vector 2
     tessera_vector 3
     tessera_vector 4
-    tessera_irq_vector 5
+    tessera_irq_vector
     tessera_vector 6
     tessera_vector 7
     tessera_vector 8
@@ -258,9 +258,16 @@ tessera_irq_entry:
     mrs     x2, fpcr
     mrs     x3, fpsr
     stp     x2, x3, [sp, #176]
-    mov     x0, x1
+    // The dispatcher, if the GIC support set one (before any IRQ was
+    // unmasked); without one, or if it declines, the report.
+    adrp    x2, {irq_dispatch}
+    ldr     x2, [x2, :lo12:{irq_dispatch}]
+    cbz     x2, 1f
+    blr     x2
+    tbnz    w0, #0, 2f
+1:  ldr     x0, [sp, #168]
     bl      {irq_handler}
-    ldp     x2, x3, [sp, #176]
+2:  ldp     x2, x3, [sp, #176]
     msr     fpcr, x2
     msr     fpsr, x3
     restore_fp_simd 192
@@ -331,6 +338,7 @@ tessera_exception_entry:
     secondary_main = sym secondary_main,
     handler = sym handle_exception,
     irq_handler = sym handle_irq_exception,
+    irq_dispatch = sym IRQ_DISPATCH,
     irq_frame_size = const IRQ_FRAME_SIZE,
 );
 
@@ -350,15 +358,16 @@ extern "C" fn primary_main(device_tree: usize) -> ! {
 }
 
 /// What the runtime calls into the GIC support for, set by `gic::init`:
-/// the IRQ dispatcher and a secondary vCPU's interface set-up. Through
+/// the IRQ dispatcher (an `extern "C" fn() -> bool`, called by the IRQ
+/// entry's assembly) and a secondary vCPU's interface set-up. Through
 /// these (not direct calls) a guest that never sets up its GIC does not
 /// link the GIC support at all, which keeps such guests small (the
 /// hypervisor copies and checks every byte of a guest image at boot).
 static IRQ_DISPATCH: AtomicUsize = AtomicUsize::new(0);
 static CPU_INTERRUPT_SETUP: AtomicUsize = AtomicUsize::new(0);
 
-/// Called by `gic::init`.
-pub(crate) fn set_interrupt_hooks(dispatch: fn() -> bool, setup_this_cpu: fn() -> bool) {
+/// Called by `gic::init`, before any IRQ is unmasked.
+pub(crate) fn set_interrupt_hooks(dispatch: extern "C" fn() -> bool, setup_this_cpu: fn() -> bool) {
     IRQ_DISPATCH.store(dispatch as usize, Ordering::Release);
     CPU_INTERRUPT_SETUP.store(setup_this_cpu as usize, Ordering::Release);
 }
@@ -394,19 +403,20 @@ extern "C" fn secondary_main(slot: usize) -> ! {
     }
 }
 
-/// An IRQ taken at EL1 (vector 1 or 5, `tessera_irq_entry`): the GIC
-/// support's dispatcher handles one interrupt and the vector resumes the
-/// interrupted code; without it, the IRQ is reported as unexpected and
-/// the VM stops.
-extern "C" fn handle_irq_exception(vector: u64) {
-    if hook(&IRQ_DISPATCH).is_some_and(|dispatch| dispatch()) {
-        return;
-    }
+/// An IRQ taken at EL1 (vector 1 or 5, `tessera_irq_entry`) that the
+/// GIC support's dispatcher did not handle (there is none, or it
+/// declined): reported as unexpected, and the VM stops. `saved_state` is
+/// the interrupted SPSR_EL1, whose SPSel says which vector it was.
+extern "C" fn handle_irq_exception(saved_state: u64) -> ! {
     let report = ExceptionReport {
-        kind: VectorKind::from_index(vector).unwrap_or(VectorKind {
-            origin: ExceptionOrigin::CurrentElSpx,
+        kind: VectorKind {
+            origin: if saved_state & 1 == 0 {
+                ExceptionOrigin::CurrentElSp0
+            } else {
+                ExceptionOrigin::CurrentElSpx
+            },
             exception_type: ExceptionType::Irq,
-        }),
+        },
         syndrome: Syndrome(esr_el1()),
         fault_address: far_el1(),
         return_address: elr_el1(),

@@ -229,6 +229,18 @@ fn read_gic_or_shmem(
     if shmem::is_shmem_slot(slot) {
         return shmem::read(vm, slot, offset, width);
     }
+    read_gic(vm, slot, offset, width)
+}
+
+/// [`read_gic_or_shmem`] for a register that needs the vGIC's lock, in a
+/// frame of its own (the constants and vdev-shmem do not pay for it).
+#[inline(never)]
+fn read_gic(
+    vm: &RunningVm,
+    slot: tessera_hypervisor::devices::map::DeviceSlot,
+    offset: u64,
+    width: tessera_vdevs::AccessWidth,
+) -> Option<u64> {
     let vcpu = vm::running_vcpu();
     let mut vgic = vm.device_state.vgic.lock();
     let state_register = reaches_interrupt_state(slot, offset);

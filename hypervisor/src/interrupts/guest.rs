@@ -500,12 +500,13 @@ pub fn set_spi_level(id: VmId, intid: u32, level: bool) {
 /// `shmem.notify_oneway`.
 #[inline(never)]
 fn raise_spi(id: VmId, intid: u32) {
-    let vgic = vm::vm(id).device_state.vgic;
+    let the_vm = vm::vm(id);
+    let vgic = the_vm.device_state.vgic;
     if !vgic.lines.raise(intid) {
         return;
     }
     if let Some(target) = vgic.lines.target(intid)
-        && !vm::request_interrupt_injection(id, target, intid)
+        && !vm::request_interrupt_injection(the_vm, target, intid)
     {
         return;
     }
@@ -532,10 +533,19 @@ fn raise_spi_slowly(id: VmId, vgic: &VmVgic, intid: u32) {
 /// it, where anything but that syncs the vCPUs concerned.
 #[inline(never)]
 fn lower_spi(id: VmId, intid: u32) {
-    let vgic = vm::vm(id).device_state.vgic;
-    if lower_while_handled_here(id, vgic, intid) {
+    if let Some(running) = vm::running_vm()
+        && running.description.id == id
+        && lower_while_handled_here(running.device_state.vgic, intid)
+    {
         return;
     }
+    lower_spi_locked(id, intid);
+}
+
+/// [`lower_spi`] under the lock, off the fast path's frame.
+#[inline(never)]
+fn lower_spi_locked(id: VmId, intid: u32) {
+    let vgic = vm::vm(id).device_state.vgic;
     let lines = &vgic.lines;
     let mut vgic = vgic.lock();
     let effects = vgic.lower_signalled(lines, intid);
@@ -561,8 +571,9 @@ fn lower_spi(id: VmId, intid: u32) {
     sync_concerned(id, &mut vgic, effects);
 }
 
-/// The fall of signalled SPI `intid` of VM `id` on the fast path: when the
-/// injection fast path here is armed for it (so the last sync, or the
+/// The fall of signalled SPI `intid` of the VM running here (`vgic` is its
+/// vGIC) on the fast path: when the injection fast path here is armed for
+/// it (so the last sync, or the
 /// model's view of it absorbed since, has it idle but for the instance in
 /// the armed register) and that register holds the armed entry, active
 /// now, the guest is handling the instance the assembly showed. Its line
@@ -573,7 +584,7 @@ fn lower_spi(id: VmId, intid: u32) {
 /// False, changing nothing, in every other case. GICv3 only, as the
 /// arming (the register is compared as the raw value the assembly wrote).
 #[inline(always)]
-fn lower_while_handled_here(id: VmId, vgic: &VmVgic, intid: u32) -> bool {
+fn lower_while_handled_here(vgic: &VmVgic, intid: u32) -> bool {
     // ICH_LR<n>_EL2.State [63:62], Priority [55:48] (whose unimplemented
     // low bits read as zero) and, without HW, EOI [41].
     const STATE: u64 = 0b11 << 62;
@@ -581,7 +592,7 @@ fn lower_while_handled_here(id: VmId, vgic: &VmVgic, intid: u32) -> bool {
     const PRIORITY: u64 = 0xFF << 48;
     const EOI_MAINTENANCE: u64 = 1 << 41;
     let armed = TESSERA_FAST_PATHS[crate::arch::cpu_index()].armed_injection();
-    if armed.intid != intid || vm::running_vm().is_none_or(|running| running.description.id != id) {
+    if armed.intid != intid {
         return false;
     }
     let index = usize::from(armed.index);

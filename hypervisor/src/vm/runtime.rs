@@ -489,12 +489,12 @@ pub fn cpu_affinity(index: usize) -> u64 {
         .map_or(index as u64, |affinities| affinities[index % MAX_CPUS])
 }
 
-/// Asks the CPU running `vcpu` of VM `id` to show SPI `intid`, which
+/// Asks the CPU running `vcpu` of `vm` to show SPI `intid`, which
 /// became pending for it; true when this CPU runs it (the caller shows
 /// it).
 #[inline(always)]
-pub fn request_interrupt_injection(id: VmId, vcpu: VcpuId, intid: u32) -> bool {
-    SYSTEM.request_interrupt_injection(id, vcpu, intid, &Aarch64)
+pub fn request_interrupt_injection(vm: &RunningVm, vcpu: VcpuId, intid: u32) -> bool {
+    SYSTEM.request_interrupt_injection(vm, vcpu, intid, &Aarch64)
 }
 
 /// Asks the CPUs running `vcpus` of VM `id` to sync their list registers;

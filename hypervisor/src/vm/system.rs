@@ -434,15 +434,16 @@ impl<T, D> VmSystem<T, D> {
     /// receiving CPU shows what the model holds). Returns whether `vcpu`
     /// is this CPU's own (nothing is sent; the caller shows it). One vCPU,
     /// no loop: this is the notify path.
+    /// `the_vm` is the VM (the caller has it at hand: one lookup less).
     #[inline(always)]
     pub fn request_interrupt_injection(
         &self,
-        vm: VmId,
+        the_vm: &Vm<T, D>,
         vcpu: VcpuId,
         intid: u32,
         hardware: &impl Hardware,
     ) -> bool {
-        let the_vm = self.vm(vm);
+        let vm = the_vm.description.id;
         if vcpu.index() >= the_vm.description.vcpu_count {
             return false;
         }
@@ -992,18 +993,18 @@ pub(crate) mod tests {
         let hardware = FakeHardware::default();
         let system = system(&[&[1], &[2, 3, 0]]);
         // CPU 0 runs VM 1's vCPU 2 itself: the caller shows it at once.
-        assert!(system.request_interrupt_injection(vm(1), vcpu(2), 40, hardware.on(0)));
+        assert!(system.request_interrupt_injection(system.vm(vm(1)), vcpu(2), 40, hardware.on(0)));
         assert!(hardware.doorbells_rung.borrow().is_empty());
         // CPU 2's doorbell is rung for vCPU 0: no request.
-        assert!(!system.request_interrupt_injection(vm(1), vcpu(0), 40, hardware.on(0)));
+        assert!(!system.request_interrupt_injection(system.vm(vm(1)), vcpu(0), 40, hardware.on(0)));
         assert_eq!(*hardware.doorbells_rung.borrow(), [(2, 40)]);
         assert!(hardware.interrupts_sent.borrow().is_empty());
         assert!(drain(&system, 2).is_empty());
         // The same SPI again, not taken yet: rung again (one more SGI).
-        assert!(!system.request_interrupt_injection(vm(1), vcpu(0), 40, hardware.on(0)));
+        assert!(!system.request_interrupt_injection(system.vm(vm(1)), vcpu(0), 40, hardware.on(0)));
         assert_eq!(*hardware.doorbells_rung.borrow(), [(2, 40), (2, 40)]);
         // Another SPI while CPU 2's doorbell holds 40: a request naming it.
-        assert!(!system.request_interrupt_injection(vm(1), vcpu(0), 41, hardware.on(0)));
+        assert!(!system.request_interrupt_injection(system.vm(vm(1)), vcpu(0), 41, hardware.on(0)));
         assert_eq!(*hardware.interrupts_sent.borrow(), [2]);
         assert_eq!(
             drain(&system, 2),
@@ -1015,7 +1016,7 @@ pub(crate) mod tests {
         );
         assert!(drain(&system, 0).is_empty());
         // A vCPU the VM does not have: nothing.
-        assert!(!system.request_interrupt_injection(vm(1), vcpu(3), 40, hardware.on(0)));
+        assert!(!system.request_interrupt_injection(system.vm(vm(1)), vcpu(3), 40, hardware.on(0)));
         assert_eq!(hardware.doorbells_rung.borrow().len(), 2);
         // A sync waiting on CPU 2 (the guest reconfigured the SPI): the
         // injection queues behind it, the doorbell is not rung.
@@ -1023,7 +1024,7 @@ pub(crate) mod tests {
         let mut only_vcpu0 = VcpuSet::EMPTY;
         only_vcpu0.insert(vcpu(0));
         assert!(!system.request_interrupt_sync(vm(1), only_vcpu0, hardware.on(0)));
-        assert!(!system.request_interrupt_injection(vm(1), vcpu(0), 40, hardware.on(0)));
+        assert!(!system.request_interrupt_injection(system.vm(vm(1)), vcpu(0), 40, hardware.on(0)));
         assert_eq!(hardware.doorbells_rung.borrow().len(), 2, "not rung again");
         assert_eq!(
             drain(&system, 2),

@@ -760,13 +760,7 @@ impl Shmem {
         if Self::is_whole_control_word(area, offset, width, control::STATUS) {
             let d = device.index();
             let slot = self.connection_for(d, offset)?;
-            let piece = Piece {
-                field: ControlField::Status,
-                first: 0,
-                count: 4,
-                shift: 0,
-            };
-            return Ok(self.read_control(d, slot, piece, services));
+            return Ok(u64::from(self.read_whole_status(d, slot, services)));
         }
         self.read_fields(device, area, offset, width, services)
     }
@@ -1005,6 +999,24 @@ impl Shmem {
             FactoryField::Find if piece.whole_word() => self.request(d, Request::Find, services),
             _ => {} // read-only, or a command written too narrowly
         }
+    }
+
+    /// A whole-word status read by connection `slot` of device `d` (the
+    /// receiver's read in `shmem.pingpong_roundtrip`): what
+    /// [`read_control`](Self::read_control) does for all four bytes.
+    #[inline(always)]
+    fn read_whole_status(
+        &mut self,
+        d: usize,
+        slot: usize,
+        services: &mut impl ShmemServices,
+    ) -> u32 {
+        let connection = self.devices[d].connections[slot];
+        let attached = self.regions[usize::from(connection.region)].attached;
+        let status = (connection.unread & 0xffff) | u32::from(attached) << 16;
+        // Every byte is read: all its unread bits clear.
+        self.devices[d].clear_unread(slot, u32::MAX, services);
+        status
     }
 
     fn read_control(
