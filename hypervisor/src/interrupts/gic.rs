@@ -350,8 +350,12 @@ const fn sgi_target(affinity: u64) -> u64 {
 }
 
 /// Records each CPU's SGI target fields from the MPIDRs of all CPUs, so a
-/// send is one load and one register write (the notify path's).
+/// send is one load and one register write (the notify path's). GICv3
+/// only: a value recorded says the GIC is one (after `init`).
 pub fn learn_sgi_targets(affinities: &[u64]) {
+    if version() != 3 {
+        return;
+    }
     for (slot, &affinity) in SGI_TARGETS.iter().zip(affinities) {
         slot.store(sgi_target(affinity), Ordering::Relaxed);
     }
@@ -362,30 +366,40 @@ pub fn learn_sgi_targets(affinities: &[u64]) {
 /// mailbox or doorbell) is visible.
 #[inline(always)]
 fn send_sgi(intid: u32, index: usize, affinity: impl FnOnce() -> u64) {
+    // Learned target fields say GICv3 (`learn_sgi_targets`).
+    match SGI_TARGETS
+        .get(index)
+        .map(|slot| slot.load(Ordering::Relaxed))
+    {
+        Some(target) if target != 0 => send_gicv3_sgi(intid, target),
+        _ => send_sgi_unlearned(intid, index, affinity()),
+    }
+}
+
+/// [`send_sgi`] on GICv3 to the CPU whose ICC_SGI1R_EL1 target fields are
+/// `target`.
+#[inline(always)]
+fn send_gicv3_sgi(intid: u32, target: u64) {
+    let value = target | u64::from(intid & 0xF) << 24;
+    // SAFETY: DSB ISHST orders the mailbox or doorbell store before the
+    // SGI can be seen (the SGI register write is no memory access); the
+    // write sends one SGI to one CPU and touches no memory.
+    unsafe {
+        core::arch::asm!(
+            "dsb ishst",
+            "msr icc_sgi1r_el1, {value}",
+            "isb",
+            value = in(reg) value,
+            options(nostack, preserves_flags)
+        );
+    }
+}
+
+/// [`send_sgi`] before the targets are learned (GICv3), or on GICv2.
+#[inline(never)]
+fn send_sgi_unlearned(intid: u32, index: usize, affinity: u64) {
     match version() {
-        3 => {
-            let target = match SGI_TARGETS
-                .get(index)
-                .map(|slot| slot.load(Ordering::Relaxed))
-            {
-                Some(target) if target != 0 => target,
-                _ => sgi_target(affinity()),
-            };
-            let value = target | u64::from(intid & 0xF) << 24;
-            // SAFETY: DSB ISHST orders the mailbox or doorbell store before
-            // the SGI can be seen (the SGI register write is no memory
-            // access); the write sends one SGI to one CPU and touches no
-            // memory.
-            unsafe {
-                core::arch::asm!(
-                    "dsb ishst",
-                    "msr icc_sgi1r_el1, {value}",
-                    "isb",
-                    value = in(reg) value,
-                    options(nostack, preserves_flags)
-                );
-            }
-        }
+        3 => send_gicv3_sgi(intid, sgi_target(affinity)),
         _ => {
             // Make the store visible before the interrupt can be seen.
             arch::send_event();

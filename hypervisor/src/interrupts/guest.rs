@@ -394,13 +394,16 @@ pub fn vcpu_starting(vm: &RunningVm, vcpu: VcpuId) {
     }
     let mut interface = VirtualInterface::this_cpu();
     interface.reset(true);
-    let mut vgic = vm.device_state.vgic.lock();
     // A ring while this CPU idled (a peer signalled the vCPU before it
-    // started) is in the signalled lines, which the lock absorbed: the
-    // sync below shows it.
+    // started) is in the signalled lines, which the lock below absorbs,
+    // and the sync shows it. The doorbell is cleared first, as the
+    // assembly takes it (sequentially consistent, then the lines are
+    // read): a rise that found it still full is absorbed; a later one
+    // rings again.
     TESSERA_FAST_PATHS[crate::arch::cpu_index()]
         .doorbell
-        .store(0, Ordering::Relaxed);
+        .swap(0, Ordering::SeqCst);
+    let mut vgic = vm.device_state.vgic.lock();
     vgic.forget_list_registers(vcpu);
     vgic.sync(vcpu, &mut interface);
     after_change(&mut vgic, vcpu);

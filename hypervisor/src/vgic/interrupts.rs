@@ -82,12 +82,15 @@ impl SignalledLines {
         spi_index(intid).map(|index| &self.levels[index / 32])
     }
 
-    /// The vCPU a rise of SPI `intid` rings, as last published.
+    /// The vCPU a rise of SPI `intid` rings, as last published. Read after
+    /// the raise (sequentially consistent, so not before it: a publish
+    /// this misses came after the raise, and the absorb under the
+    /// publisher's lock, or the sync it asks for, sees the rise).
     #[inline(always)]
     #[must_use]
     pub fn target(&self, intid: u32) -> Option<VcpuId> {
         let index = spi_index(intid)?;
-        let target = self.targets[index].load(Ordering::Relaxed);
+        let target = self.targets[index].load(Ordering::SeqCst);
         VcpuId::new(usize::from(target).checked_sub(1)?)
     }
 }
@@ -297,7 +300,7 @@ impl VmInterrupts {
                     .state
                     .spi_target(intid)
                     .map_or(0, |vcpu| vcpu.index() as u8 + 1);
-                lines.targets[index].store(target, Ordering::Relaxed);
+                lines.targets[index].store(target, Ordering::SeqCst);
             }
         }
     }
@@ -453,17 +456,31 @@ mod tests {
             assert_eq!(vgic.injection_slot(vcpu(0)), Some((index, entry)));
         }
         // A rise whose line fell again before its doorbell was taken (a
-        // stale ring): the assembly finds the line low and shows nothing,
-        // and the model, absorbing, agrees.
+        // stale ring): the assembly reads the line after taking the
+        // doorbell, finds it low and writes nothing; the model, absorbing,
+        // agrees that nothing is to be shown. Had it written the armed
+        // entry, the guest would take an interrupt with no cause (the
+        // next sync withdraws it).
         assert!(lines.raise(33));
         vgic.absorb(&lines);
         let _ = vgic.lower_signalled(&lines, 33);
-        assert!(!lines.level(33));
-        assert!(registers.entries.iter().all(|entry| !entry.state.pending()));
+        let stale = registers.clone();
+        if lines.level(33) {
+            registers.write(index, entry);
+        }
+        assert_eq!(registers.entries, stale.entries, "nothing written");
         assert!(
             synced(&vgic, &lines, &registers)
                 .iter()
                 .all(|entry| !entry.state.pending())
+        );
+        let mut written = registers.clone();
+        written.write(index, entry);
+        assert!(
+            !synced(&vgic, &lines, &written)
+                .iter()
+                .any(|entry| entry.intid == 33 && entry.state.pending()),
+            "a sync withdraws an instance written for a low line"
         );
         // Folded at last, the model agrees with all of it.
         vgic.absorb(&lines);

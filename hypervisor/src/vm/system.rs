@@ -992,6 +992,26 @@ pub(crate) mod tests {
     fn an_interrupt_sync_goes_to_the_cpus_of_the_vcpus_it_concerns() {
         let hardware = FakeHardware::default();
         let system = system(&[&[1], &[2, 3, 0]]);
+        let mut vcpus = VcpuSet::EMPTY;
+        for index in [0, 1, 2, 5] {
+            vcpus.insert(vcpu(index));
+        }
+        // CPU 0 runs VM 1's vCPU 2 itself: it syncs at once, no request.
+        assert!(system.request_interrupt_sync(vm(1), vcpus, hardware.on(0)));
+        assert_eq!(*hardware.interrupts_sent.borrow(), [2, 3]);
+        assert_eq!(drain(&system, 2), [Request::SyncInterrupts { vm: vm(1) }]);
+        assert_eq!(drain(&system, 3), [Request::SyncInterrupts { vm: vm(1) }]);
+        assert!(drain(&system, 0).is_empty());
+        // vCPU 5 does not exist; asked again, CPU 2 still has one request.
+        assert!(!system.request_interrupt_sync(vm(1), vcpus, hardware.on(1)));
+        assert!(!system.request_interrupt_sync(vm(1), vcpus, hardware.on(1)));
+        assert_eq!(drain(&system, 2), [Request::SyncInterrupts { vm: vm(1) }]);
+    }
+
+    #[test]
+    fn an_injection_rings_the_doorbell_of_its_vcpus_cpu_or_else_names_the_interrupt() {
+        let hardware = FakeHardware::default();
+        let system = system(&[&[1], &[2, 3, 0]]);
         // CPU 0 runs VM 1's vCPU 2 itself: the caller shows it at once.
         assert!(system.request_interrupt_injection(system.vm(vm(1)), vcpu(2), 40, hardware.on(0)));
         assert!(hardware.doorbells_rung.borrow().is_empty());

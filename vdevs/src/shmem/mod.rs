@@ -1257,7 +1257,9 @@ impl Shmem {
 
     /// An acted notify write of `mask` by connection `slot` of device `d`.
     /// This is the sender's half of `shmem.notify_oneway`: indices, not
-    /// copies, and one step per target.
+    /// copies, and one step per target; inline, into the whole-word case of
+    /// [`write`](Self::write).
+    #[inline]
     fn notify(&mut self, d: usize, slot: usize, mask: u32, services: &mut impl ShmemServices) {
         let connection = self.devices[d].connections[slot];
         let region = usize::from(connection.region);
