@@ -1259,7 +1259,7 @@ impl Shmem {
     /// This is the sender's half of `shmem.notify_oneway`: indices, not
     /// copies, and one step per target; inline, into the whole-word case of
     /// [`write`](Self::write).
-    #[inline]
+    #[inline(always)]
     fn notify(&mut self, d: usize, slot: usize, mask: u32, services: &mut impl ShmemServices) {
         let connection = self.devices[d].connections[slot];
         let region = usize::from(connection.region);
