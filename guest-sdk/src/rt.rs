@@ -5,7 +5,9 @@
 //! Every vCPU, before any Rust runs: masks DAIF, selects SP_EL1, enables
 //! FP/SIMD at EL1 (CPACR_EL1.FPEN = 0b11: the compiler may use NEON
 //! anywhere), takes the stack of its MPIDR affinity 0, and points VBAR_EL1 at
-//! the SDK's vectors. A secondary vCPU first turns its MMU and caches on
+//! the SDK's vectors. An IRQ handler runs with FP/SIMD off until it first
+//! uses it, when the interrupted code's FP/SIMD state is saved (the lazy
+//! save in the vectors below; TPIDR_EL1 is the SDK's for that). A secondary vCPU first turns its MMU and caches on
 //! with the tables another vCPU enabled, if one did ([`crate::mmu`]).
 //! vCPU 0 also checks it runs at its link address (it is
 //! not relocatable) and zeroes the BSS, then calls the guest's `main` via
@@ -172,24 +174,24 @@ tessera_stacks:
     ldp     x2, x3, [sp, #16]
     .endm
 
-    // q0..q31 at `base` bytes above SP (512 bytes), for both entries.
-    .macro  save_fp_simd base
-    stp     q0, q1, [sp, #\base + 0]
-    stp     q2, q3, [sp, #\base + 32]
-    stp     q4, q5, [sp, #\base + 64]
-    stp     q6, q7, [sp, #\base + 96]
-    stp     q8, q9, [sp, #\base + 128]
-    stp     q10, q11, [sp, #\base + 160]
-    stp     q12, q13, [sp, #\base + 192]
-    stp     q14, q15, [sp, #\base + 224]
-    stp     q16, q17, [sp, #\base + 256]
-    stp     q18, q19, [sp, #\base + 288]
-    stp     q20, q21, [sp, #\base + 320]
-    stp     q22, q23, [sp, #\base + 352]
-    stp     q24, q25, [sp, #\base + 384]
-    stp     q26, q27, [sp, #\base + 416]
-    stp     q28, q29, [sp, #\base + 448]
-    stp     q30, q31, [sp, #\base + 480]
+    // q0..q31 at `base` bytes above `reg` (512 bytes), for both entries.
+    .macro  save_fp_simd base, reg=sp
+    stp     q0, q1, [\reg, #\base + 0]
+    stp     q2, q3, [\reg, #\base + 32]
+    stp     q4, q5, [\reg, #\base + 64]
+    stp     q6, q7, [\reg, #\base + 96]
+    stp     q8, q9, [\reg, #\base + 128]
+    stp     q10, q11, [\reg, #\base + 160]
+    stp     q12, q13, [\reg, #\base + 192]
+    stp     q14, q15, [\reg, #\base + 224]
+    stp     q16, q17, [\reg, #\base + 256]
+    stp     q18, q19, [\reg, #\base + 288]
+    stp     q20, q21, [\reg, #\base + 320]
+    stp     q22, q23, [\reg, #\base + 352]
+    stp     q24, q25, [\reg, #\base + 384]
+    stp     q26, q27, [\reg, #\base + 416]
+    stp     q28, q29, [\reg, #\base + 448]
+    stp     q30, q31, [\reg, #\base + 480]
     .endm
 
     .macro  restore_fp_simd base
@@ -215,9 +217,16 @@ tessera_stacks:
     // looks at the interrupted registers, so of the general registers only
     // what a Rust call may clobber is saved (x0..x18, x30, ELR, SPSR), and
     // the GIC support's dispatcher (`IRQ_DISPATCH`) is called straight
-    // from the entry. All of q0..q31 are saved, with FPCR and FPSR: a call
-    // keeps only the low halves of v8..v15, and the interrupted code may
-    // hold whole values there. This is the guest's half of
+    // from the entry. The FP/SIMD state (q0..q31, FPCR, FPSR: a call keeps
+    // only the low halves of v8..v15, and the interrupted code may hold
+    // whole values there) is saved lazily: the handler runs with FP/SIMD
+    // off (CPACR_EL1.FPEN = 0b00) and TPIDR_EL1 pointing at this frame;
+    // its first FP/SIMD instruction traps, and the synchronous entry saves
+    // the state into this frame and turns FP/SIMD back on
+    // (`tessera_exception_entry`). On the way out the state is restored
+    // only if it was saved. Most handlers never touch FP/SIMD, and pay
+    // nothing for it. This relies on handlers running with IRQs masked
+    // (the SDK's contract: no nesting). This is the guest's half of
     // `shmem.notify_oneway`.
     .macro  tessera_irq_vector
     .balign 0x80
@@ -254,10 +263,10 @@ tessera_irq_entry:
     mrs     x2, elr_el1
     mrs     x3, spsr_el1
     stp     x2, x3, [sp, #160]
-    save_fp_simd 192
-    mrs     x2, fpcr
-    mrs     x3, fpsr
-    stp     x2, x3, [sp, #176]
+    mov     x2, sp
+    msr     tpidr_el1, x2
+    msr     cpacr_el1, xzr
+    isb
     // The dispatcher, if the GIC support set one (before any IRQ was
     // unmasked); without one, or if it declines, the report.
     adrp    x2, {irq_dispatch}
@@ -267,11 +276,20 @@ tessera_irq_entry:
     tbnz    w0, #0, 2f
 1:  ldr     x0, [sp, #168]
     bl      {irq_handler}
-2:  ldp     x2, x3, [sp, #176]
+    // FP/SIMD still off: the handler never used it, the interrupted
+    // code's state is in the registers untouched; turned back on (the
+    // ERET below synchronises the write). On: restore what the trap
+    // saved.
+2:  mrs     x2, cpacr_el1
+    cbnz    x2, 3f
+    mov     x2, #{cpacr}
+    msr     cpacr_el1, x2
+    b       4f
+3:  ldp     x2, x3, [sp, #176]
     msr     fpcr, x2
     msr     fpsr, x3
     restore_fp_simd 192
-    ldp     x2, x3, [sp, #160]
+4:  ldp     x2, x3, [sp, #160]
     msr     elr_el1, x2
     msr     spsr_el1, x3
     ldp     x18, x30, [sp, #144]
@@ -283,7 +301,30 @@ tessera_irq_entry:
     .balign 0x80
 tessera_exception_entry:
     save_x2_x17
-    stp     x18, x19, [sp, #144]
+    // FP/SIMD off means an IRQ handler is running (`tessera_irq_entry`):
+    // turn it on and save the interrupted code's state into the IRQ's
+    // frame (TPIDR_EL1), whatever this exception is. An FP/SIMD access
+    // trap (EC 0x07) is then done: the instruction runs again. Anything
+    // else goes on as usual, FP/SIMD now on.
+    mrs     x2, cpacr_el1
+    cbnz    x2, 6f
+    mov     x2, #{cpacr}
+    msr     cpacr_el1, x2
+    isb
+    mrs     x2, tpidr_el1
+    save_fp_simd 192, x2
+    mrs     x3, fpcr
+    mrs     x4, fpsr
+    stp     x3, x4, [x2, #176]
+    mrs     x2, esr_el1
+    ubfx    x2, x2, #26, #6
+    cmp     x2, #0x07
+    b.ne    6f
+    restore_x2_x17
+    ldp     x0, x1, [sp]
+    add     sp, sp, #{frame_size}
+    eret
+6:  stp     x18, x19, [sp, #144]
     stp     x20, x21, [sp, #160]
     stp     x22, x23, [sp, #176]
     stp     x24, x25, [sp, #192]
