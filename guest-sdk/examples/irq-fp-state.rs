@@ -65,6 +65,53 @@ fn main(_device_tree: usize) -> ! {
         println!("irq-fp-state: FAIL: cannot start the timer: {error}");
         exit(exit_status::FAILURE)
     }
+    let fpcr_seen = load_wait_and_read_back(&loaded, &mut seen);
+    timer::stop(Timer::Virtual);
+    println!(
+        "irq-fp-state: taken {}: {} without FP/SIMD, {} with, {} with a probe first (aborted {})",
+        TAKEN.load(Ordering::Acquire),
+        PLAIN.load(Ordering::Relaxed),
+        WITH_FP.load(Ordering::Relaxed),
+        WITH_PROBE.load(Ordering::Relaxed),
+        ABORTED.load(Ordering::Relaxed),
+    );
+    let mut passed = true;
+    for register in 0..32 {
+        let range = register * 16..register * 16 + 16;
+        if seen[range.clone()] != loaded[range.clone()] {
+            println!(
+                "irq-fp-state: FAIL: q{register} is {:02x?}, loaded {:02x?}",
+                &seen[range.clone()],
+                &loaded[range]
+            );
+            passed = false;
+        }
+    }
+    if fpcr_seen != FPCR_PATTERN {
+        println!("irq-fp-state: FAIL: FPCR is {fpcr_seen:#x}, loaded {FPCR_PATTERN:#x}");
+        passed = false;
+    }
+    let each = ROUNDS / 3;
+    let counts =
+        [&PLAIN, &WITH_FP, &WITH_PROBE, &ABORTED].map(|count| count.load(Ordering::Relaxed));
+    if counts.iter().any(|&count| count < each) {
+        println!("irq-fp-state: FAIL: a kind of handler ran fewer than {each} times");
+        passed = false;
+    }
+    if !passed {
+        exit(exit_status::FAILURE)
+    }
+    println!("irq-fp-state: q0..q31 and FPCR as loaded: PASS");
+    exit(exit_status::SUCCESS)
+}
+
+/// Loads `loaded` into q0..q31 and [`FPCR_PATTERN`] into FPCR, waits with
+/// IRQs unmasked until [`ROUNDS`] ticks were taken, stores q0..q31 into
+/// `seen` and returns FPCR as it then is (FPCR is put back afterwards).
+/// One assembly block: nothing but the interrupts touches the registers
+/// in between.
+#[cfg(target_os = "none")]
+fn load_wait_and_read_back(loaded: &[u8; 512], seen: &mut [u8; 512]) -> u64 {
     let fpcr_seen: u64;
     // SAFETY: loads and stores only the two 512-byte buffers it is given;
     // every vector register, FPCR and x9..x10 are declared clobbered;
@@ -133,43 +180,13 @@ fn main(_device_tree: usize) -> ! {
             out("v28") _, out("v29") _, out("v30") _, out("v31") _,
         );
     }
-    timer::stop(Timer::Virtual);
-    println!(
-        "irq-fp-state: taken {}: {} without FP/SIMD, {} with, {} with a probe first (aborted {})",
-        TAKEN.load(Ordering::Acquire),
-        PLAIN.load(Ordering::Relaxed),
-        WITH_FP.load(Ordering::Relaxed),
-        WITH_PROBE.load(Ordering::Relaxed),
-        ABORTED.load(Ordering::Relaxed),
-    );
-    let mut passed = true;
-    for register in 0..32 {
-        let range = register * 16..register * 16 + 16;
-        if seen[range.clone()] != loaded[range.clone()] {
-            println!(
-                "irq-fp-state: FAIL: q{register} is {:02x?}, loaded {:02x?}",
-                &seen[range.clone()],
-                &loaded[range]
-            );
-            passed = false;
-        }
-    }
-    if fpcr_seen != FPCR_PATTERN {
-        println!("irq-fp-state: FAIL: FPCR is {fpcr_seen:#x}, loaded {FPCR_PATTERN:#x}");
-        passed = false;
-    }
-    let each = ROUNDS / 3;
-    let counts =
-        [&PLAIN, &WITH_FP, &WITH_PROBE, &ABORTED].map(|count| count.load(Ordering::Relaxed));
-    if counts.iter().any(|&count| count < each) {
-        println!("irq-fp-state: FAIL: a kind of handler ran fewer than {each} times");
-        passed = false;
-    }
-    if !passed {
-        exit(exit_status::FAILURE)
-    }
-    println!("irq-fp-state: q0..q31 and FPCR as loaded: PASS");
-    exit(exit_status::SUCCESS)
+    fpcr_seen
+}
+
+// The host only compiles the examples (`entry!` never calls `main` there).
+#[cfg(not(target_os = "none"))]
+fn load_wait_and_read_back(_loaded: &[u8; 512], _seen: &mut [u8; 512]) -> u64 {
+    unreachable!("a guest runs only on aarch64-unknown-none")
 }
 
 fn on_tick(_tick: Tick) {
@@ -196,6 +213,7 @@ fn on_tick(_tick: Tick) {
 }
 
 /// Writes every vector register (the whole 128 bits) with another pattern.
+#[cfg(target_os = "none")]
 #[inline(never)]
 fn clobber_vector_registers() {
     // SAFETY: writes only registers declared clobbered (the compiler keeps
@@ -221,4 +239,9 @@ fn clobber_vector_registers() {
             options(nomem, nostack, preserves_flags),
         );
     }
+}
+
+#[cfg(not(target_os = "none"))]
+fn clobber_vector_registers() {
+    unreachable!("a guest runs only on aarch64-unknown-none")
 }

@@ -962,8 +962,11 @@ extern "C" fn dispatch_irq() -> bool {
 /// is not set up (the IRQ is then a real surprise).
 #[inline(always)]
 pub(crate) fn handle_irq() -> bool {
-    let Some(version) = version() else {
-        return false;
+    // GICv3 first, with one test (the notify path's receiver).
+    let version = match VERSION.load(Ordering::Relaxed) {
+        3 => Version::V3,
+        2 => Version::V2,
+        _ => return false,
     };
     let iar = match version {
         Version::V3 => arch::icc_iar1_read() as u32,

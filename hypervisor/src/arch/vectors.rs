@@ -265,16 +265,16 @@ guest_synchronous:
 
     // Slot 9: an IRQ while a guest ran. First the fast paths
     // (`interrupts::guest::CpuFastPaths`, 64 bytes per CPU, armed by the
-    // vGIC for this CPU on GICv3 only): if either is armed, acknowledge;
-    // then
-    // - the guest's virtual-timer interrupt, if it is the armed INTID and
-    //   its list register is empty: write the prepared entry there, drop
-    //   the priority (the physical interrupt stays active until the
-    //   guest's deactivation ends it) and return;
+    // vGIC for this CPU on GICv3 only): if either is armed (`any_armed`),
+    // acknowledge; then
     // - the doorbell SGI, if the doorbell holds the armed signalled SPI
     //   and its list register is empty: take the doorbell, then, if the
     //   SPI's line is high, write the prepared entry; end the SGI (drop
-    //   and deactivate) and return.
+    //   and deactivate) and return;
+    // - the guest's virtual-timer interrupt, if it is the armed INTID and
+    //   its list register is empty: write the prepared entry there, drop
+    //   the priority (the physical interrupt stays active until the
+    //   guest's deactivation ends it) and return.
     // Anything else goes the ordinary way. x0..x3 only; requests always
     // come with their own SGI, taken as soon as the guest resumes.
 guest_irq:
@@ -284,16 +284,16 @@ guest_irq:
     adrp    x3, TESSERA_FAST_PATHS
     add     x3, x3, :lo12:TESSERA_FAST_PATHS
     add     x3, x3, x2, lsl #6
-    ldrb    w0, [x3]
-    ldrb    w1, [x3, #16]
-    orr     w0, w0, w1
+    ldrb    w0, [x3, #36]
     cbz     w0, 2f
     mrs     x0, icc_iar1_el1
     and     w1, w0, #0xffffff
+    cmp     w1, #{doorbell_sgi}
+    b.eq    6f
     // A disarmed entry's INTID matches no IAR value.
     ldr     w2, [x3, #4]
     cmp     w1, w2
-    b.ne    6f
+    b.ne    3f
     // Only into a register the guest is done with (ICH_ELRSR_EL2): a
     // previous instance it has not completed goes the ordinary way.
     ldrb    w1, [x3, #1]
@@ -317,9 +317,7 @@ guest_irq:
     eret
     // The doorbell SGI, holding the armed signalled SPI, whose register
     // is empty.
-6:  cmp     w1, #{doorbell_sgi}
-    b.ne    3f
-    ldr     w1, [x3, #32]
+6:  ldr     w1, [x3, #32]
     ldr     w2, [x3, #20]
     cmp     w1, w2
     b.ne    3f

@@ -93,6 +93,8 @@ impl FastEntry {
 ///   CPU), shown when the doorbell interrupt brings its INTID;
 /// - `doorbell`: that INTID, or 0. Other CPUs set it from 0 (a
 ///   compare-and-swap, [`ring_doorbell`]); only this CPU clears it.
+/// - `any_armed`: whether either entry is armed (one test for the
+///   assembly, which reads the IAR only then: on GICv3);
 /// - `injection_line`: the word of the armed SPI's line
 ///   (`SignalledLines`): the assembly shows the SPI only while its line
 ///   is high, read after it cleared the doorbell, so a ring is never lost
@@ -108,6 +110,7 @@ pub struct CpuFastPaths {
     linked: UnsafeCell<FastEntry>,
     injection: UnsafeCell<FastEntry>,
     doorbell: AtomicU32,
+    any_armed: UnsafeCell<u8>,
     injection_line: UnsafeCell<*const AtomicU32>,
 }
 
@@ -122,6 +125,19 @@ impl CpuFastPaths {
         // reader, cannot run now (EL2 runs with IRQs masked), and no other
         // CPU touches the entries.
         unsafe { self.linked.get().write(linked) };
+        self.note_armed();
+    }
+
+    /// Brings `any_armed` in step with the two entries. Only for this
+    /// CPU's own slot.
+    fn note_armed(&self) {
+        // SAFETY: as in `set_linked` (reading the entries races with
+        // nothing either).
+        let linked = unsafe { self.linked.get().read() }.armed;
+        // SAFETY: as above.
+        let injection = unsafe { self.injection.get().read() }.armed;
+        // SAFETY: as in `set_linked`.
+        unsafe { self.any_armed.get().write(linked | injection) };
     }
 
     /// Arms the injection's entry with the word holding its SPI's line
@@ -138,6 +154,7 @@ impl CpuFastPaths {
         };
         // SAFETY: as in `set_linked`.
         unsafe { self.injection.get().write(FastEntry::of(injection)) };
+        self.note_armed();
     }
 
     /// The injection's arming (its INTID is `u32::MAX` when disarmed).
@@ -168,6 +185,7 @@ pub static TESSERA_FAST_PATHS: [CpuFastPaths; tessera_hypervisor::MAX_CPUS] = [c
         linked: UnsafeCell::new(FastEntry::DISARMED),
         injection: UnsafeCell::new(FastEntry::DISARMED),
         doorbell: AtomicU32::new(0),
+        any_armed: UnsafeCell::new(0),
         injection_line: UnsafeCell::new(core::ptr::null()),
     }
 };
@@ -184,6 +202,7 @@ const _: () = {
     assert!(offset_of!(CpuFastPaths, linked) == 0);
     assert!(offset_of!(CpuFastPaths, injection) == 16);
     assert!(offset_of!(CpuFastPaths, doorbell) == 32);
+    assert!(offset_of!(CpuFastPaths, any_armed) == 36);
     assert!(offset_of!(CpuFastPaths, injection_line) == 40);
 };
 

@@ -101,7 +101,7 @@
 
 use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
-use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::boot::manifest::MAX_VMS;
 use crate::memory::address::GuestPhysAddr;
@@ -174,15 +174,20 @@ pub enum Posted {
 /// `N` slots. See the module documentation for the protocol.
 pub struct RequestQueue<const N: usize> {
     ring: RequestRing<Request, N>,
-    /// Bit `vm`: a [`Request::StopVcpu`] for that VM is pending.
-    stops: AtomicU32,
-    /// Bit `vm`: a [`Request::SyncInterrupts`] for that VM is pending.
-    interrupt_syncs: AtomicU32,
+    /// Bit `vm`: a [`Request::StopVcpu`] for that VM is pending. Bit
+    /// `SYNCS + vm`: a [`Request::SyncInterrupts`] for it. One word, so
+    /// that [`is_empty`](Self::is_empty) (the notify path asks it) reads
+    /// one.
+    coalesced: AtomicU64,
 }
 
-const fn vm_bit(vm: VmId) -> u32 {
+const fn vm_bit(vm: VmId) -> u64 {
     1 << vm.index()
 }
+
+/// Where the interrupt syncs start in `RequestQueue::coalesced`.
+const SYNCS: u32 = 32;
+const _: () = assert!(MAX_VMS <= SYNCS as usize);
 
 impl<const N: usize> RequestQueue<N> {
     /// An empty queue, all zero bytes.
@@ -190,8 +195,7 @@ impl<const N: usize> RequestQueue<N> {
     pub const fn new() -> Self {
         Self {
             ring: RequestRing::new(),
-            stops: AtomicU32::new(0),
-            interrupt_syncs: AtomicU32::new(0),
+            coalesced: AtomicU64::new(0),
         }
     }
 
@@ -208,11 +212,12 @@ impl<const N: usize> RequestQueue<N> {
         match request {
             Request::StopVcpu { vm } => {
                 // Release: pairs with the owner's acquire in `pop`.
-                self.stops.fetch_or(vm_bit(vm), Ordering::Release);
+                self.coalesced.fetch_or(vm_bit(vm), Ordering::Release);
                 Ok(Posted::Coalesced)
             }
             Request::SyncInterrupts { vm } => {
-                self.interrupt_syncs.fetch_or(vm_bit(vm), Ordering::Release);
+                self.coalesced
+                    .fetch_or(vm_bit(vm) << SYNCS, Ordering::Release);
                 Ok(Posted::Coalesced)
             }
             Request::InjectInterrupt { vm, .. } => match self.ring.push(request) {
@@ -220,7 +225,8 @@ impl<const N: usize> RequestQueue<N> {
                 Err(_) => {
                     // The vGIC holds the interrupt pending already: a sync
                     // makes the owner find it (module documentation).
-                    self.interrupt_syncs.fetch_or(vm_bit(vm), Ordering::Release);
+                    self.coalesced
+                        .fetch_or(vm_bit(vm) << SYNCS, Ordering::Release);
                     Ok(Posted::Coalesced)
                 }
             },
@@ -231,13 +237,22 @@ impl<const N: usize> RequestQueue<N> {
     /// Takes the next request: pending stops first, then interrupt syncs,
     /// then the ring's oldest. `None` when nothing is visible.
     pub fn pop(&self) -> Option<Request> {
-        if let Some(vm) = take_lowest_bit(&self.stops) {
+        if let Some(vm) = take_lowest_bit(&self.coalesced, 0) {
             return Some(Request::StopVcpu { vm });
         }
-        if let Some(vm) = take_lowest_bit(&self.interrupt_syncs) {
+        if let Some(vm) = take_lowest_bit(&self.coalesced, SYNCS) {
             return Some(Request::SyncInterrupts { vm });
         }
         self.ring.pop()
+    }
+
+    /// Whether nothing waits: checked before a drain on the interrupt
+    /// exit path, which most interrupts (a guest's timer) take with no
+    /// request at all, and before a doorbell is rung.
+    #[inline]
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.coalesced.load(Ordering::Acquire) == 0 && self.ring.is_empty()
     }
 
     /// Hands `handle` the pending coalesced requests and at most `N` slot
@@ -247,24 +262,13 @@ impl<const N: usize> RequestQueue<N> {
     /// was acknowledged) is within it. A request is taken out only just
     /// before `handle` gets it, so when `handle` does not return (it parks
     /// the vCPU and idles) the rest stay queued.
-    /// Whether nothing waits: checked before a drain on the interrupt
-    /// exit path, which most interrupts (a guest's timer) take with no
-    /// request at all.
-    #[inline]
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.stops.load(Ordering::Acquire) == 0
-            && self.interrupt_syncs.load(Ordering::Acquire) == 0
-            && self.ring.is_empty()
-    }
-
     pub fn drain(&self, mut handle: impl FnMut(Request)) -> usize {
         let mut handed = 0;
-        while let Some(vm) = take_lowest_bit(&self.stops) {
+        while let Some(vm) = take_lowest_bit(&self.coalesced, 0) {
             handle(Request::StopVcpu { vm });
             handed += 1;
         }
-        while let Some(vm) = take_lowest_bit(&self.interrupt_syncs) {
+        while let Some(vm) = take_lowest_bit(&self.coalesced, SYNCS) {
             handle(Request::SyncInterrupts { vm });
             handed += 1;
         }
@@ -285,18 +289,18 @@ impl<const N: usize> Default for RequestQueue<N> {
     }
 }
 
-/// Clears the lowest set bit of `word` and returns its VM; `None` when no
-/// bit is set. Only consumers clear bits, so the loop only repeats when
-/// another consumer took the same bit.
-fn take_lowest_bit(word: &AtomicU32) -> Option<VmId> {
+/// Clears the lowest set bit of the 32 from `shift` of `word` and returns
+/// its VM; `None` when none is set. Only consumers clear bits, so the loop
+/// only repeats when another consumer took the same bit.
+fn take_lowest_bit(word: &AtomicU64, shift: u32) -> Option<VmId> {
     loop {
         // Acquire: pairs with the producer's release `fetch_or`.
-        let bits = word.load(Ordering::Acquire);
+        let bits = (word.load(Ordering::Acquire) >> shift) & u64::from(u32::MAX);
         if bits == 0 {
             return None;
         }
         let bit = bits & bits.wrapping_neg();
-        if word.fetch_and(!bit, Ordering::AcqRel) & bit != 0 {
+        if word.fetch_and(!(bit << shift), Ordering::AcqRel) & (bit << shift) != 0 {
             // Set bits are below MAX_VMS: only `VmId`s are posted.
             return VmId::new(bit.trailing_zeros() as usize);
         }
