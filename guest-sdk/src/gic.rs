@@ -962,12 +962,26 @@ extern "C" fn dispatch_irq() -> bool {
 /// is not set up (the IRQ is then a real surprise).
 #[inline(always)]
 pub(crate) fn handle_irq() -> bool {
-    // GICv3 first, with one test (the notify path's receiver).
-    let version = match VERSION.load(Ordering::Relaxed) {
-        3 => Version::V3,
-        2 => Version::V2,
-        _ => return false,
-    };
+    // GICv3 with one test (the notify path's receiver); the rest apart.
+    if VERSION.load(Ordering::Relaxed) != 3 {
+        return handle_irq_unless_v3();
+    }
+    handle_irq_of(Version::V3)
+}
+
+/// [`handle_irq`] on GICv2, or before the GIC support is set up.
+#[cold]
+#[inline(never)]
+fn handle_irq_unless_v3() -> bool {
+    match version() {
+        Some(version) => handle_irq_of(version),
+        None => false,
+    }
+}
+
+/// [`handle_irq`] on a GIC of `version`.
+#[inline(always)]
+fn handle_irq_of(version: Version) -> bool {
     let iar = match version {
         Version::V3 => arch::icc_iar1_read() as u32,
         Version::V2 => read32(CPU_INTERFACE.load(Ordering::Relaxed) + reg::GICC_IAR),

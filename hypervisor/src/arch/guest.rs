@@ -424,25 +424,6 @@ pub fn trap_virtual_memory_registers(trap: bool) {
     }
 }
 
-/// Moves the running vCPU past the instruction it trapped on, in ELR_EL2
-/// itself: the device fast path's way, whose frame holds no SPSR. SPSR.SS
-/// needs no clearing there, since a single-stepping guest's exits take the
-/// full path (see `TrapFrame::step_over_trapped_instruction`).
-#[inline(always)]
-pub fn step_over_trapped_instruction() {
-    // SAFETY: ELR_EL2 holds the guest's return address, which this moves
-    // to the next instruction; EL2's own execution is unaffected.
-    unsafe {
-        asm!(
-            "mrs {pc}, elr_el2",
-            "add {pc}, {pc}, #4",
-            "msr elr_el2, {pc}",
-            pc = out(reg) _,
-            options(nomem, nostack, preserves_flags)
-        );
-    }
-}
-
 /// Whether the running vCPU's writes to its virtual-memory control
 /// registers trap (HCR_EL2.TVM), as the hardware has it.
 pub fn virtual_memory_registers_trapped() -> bool {

@@ -240,25 +240,34 @@ exception_return:
     add     sp, sp, #{frame_size}
     eret
 
-    // Slot 8, step one: the caller-saved registers and ELR/ESR/FAR.
+    // Slot 8, step one: the caller-saved registers; ESR and FAR go to the
+    // device access in registers (step two, which needs them and ELR in
+    // the frame, reads them again: nothing here changes them).
 guest_synchronous:
     save_caller_saved
-    save_exception_registers
     // A guest single-stepping (SPSR_EL2.SS) takes the full path, which
     // ends the step when it carries out the trapped instruction.
     mrs     x2, spsr_el2
     tbnz    x2, #21, 1f
     mov     x0, sp
+    mrs     x1, esr_el2
+    mrs     x2, far_el2
     bl      {device_access}
     // A Rust `bool` is defined in bit 0 only.
     tbz     w0, #0, 1f
-    // Done: back to the guest with what step one saved (the handler moved
-    // ELR_EL2 on in place).
+    // Done: the guest is moved past the instruction in ELR_EL2 itself
+    // (this frame holds no SPSR; SPSR.SS needs no clearing, as a
+    // single-stepping guest takes the full path), and back with what step
+    // one saved.
+    mrs     x2, elr_el2
+    add     x2, x2, #4
+    msr     elr_el2, x2
     restore_caller_saved
     add     sp, sp, #{frame_size}
     eret
     // Step two: complete the frame and take the full dispatcher.
-1:  save_rest_of_frame
+1:  save_exception_registers
+    save_rest_of_frame
     mov     x0, sp
     bl      {guest_exit}
     b       exception_return

@@ -192,25 +192,14 @@ enum SavedRegisters {
     CallerSaved,
 }
 
-/// The frame of the device-access fast path: only x0..x18, x30, ELR, ESR
-/// and FAR hold the guest's values; x19..x29, SP and SPSR are stale. The
-/// type lets code read only what is there.
+/// The frame of the device-access fast path: only x0..x18 and x30 hold
+/// the guest's values; x19..x29, SP, ELR, SPSR, ESR and FAR are stale (ESR
+/// and FAR come to the fast path in registers). The type lets code read
+/// only what is there.
 #[repr(transparent)]
 pub struct CallerSavedFrame(TrapFrame);
 
 impl CallerSavedFrame {
-    /// ESR_EL2 of the exit.
-    #[must_use]
-    pub const fn syndrome(&self) -> u64 {
-        self.0.syndrome
-    }
-
-    /// FAR_EL2 of the exit.
-    #[must_use]
-    pub const fn fault_address(&self) -> u64 {
-        self.0.fault_address
-    }
-
     /// The registers a device access may use.
     pub const fn access(&mut self) -> AccessFrame<'_> {
         AccessFrame {

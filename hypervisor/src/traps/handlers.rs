@@ -28,23 +28,28 @@ const AARCH32_LOWER_EL_SERROR: u64 = 15;
 /// far, and returns true; returns false, having changed nothing, for any
 /// other exit, which then goes to [`handle_guest_synchronous`].
 ///
-/// Only x0..x18, x30, ELR, ESR and FAR are saved here, which is all
-/// `CallerSavedFrame` lets this code see: an access through x19..x29 is
-/// left to the full path, where they are.
-pub extern "C" fn handle_device_access(frame: &mut CallerSavedFrame) -> bool {
+/// Only x0..x18 and x30 are saved here, which is all `CallerSavedFrame`
+/// lets this code see: an access through x19..x29 is left to the full
+/// path, where they are. `syndrome` and `fault_address` are the exit's
+/// ESR_EL2 and FAR_EL2.
+pub extern "C" fn handle_device_access(
+    frame: &mut CallerSavedFrame,
+    syndrome: u64,
+    fault_address: u64,
+) -> bool {
     if let Some(access) = guest_exit::decode_emulated_mmio(
-        ExceptionSyndrome(frame.syndrome()),
-        frame.fault_address(),
+        ExceptionSyndrome(syndrome),
+        fault_address,
         guest::faulting_guest_page(),
     ) && let Some(vm) = vm::running_vm()
-        && devices::emulate(vm, &mut frame.access(), &access)
     {
-        // Straight in ELR_EL2, which the fast return leaves as it is.
-        guest::step_over_trapped_instruction();
-        // No stop-request check here: every stop request comes with an SGI
-        // to this CPU, which routed to EL2 (HCR_EL2.IMO) is taken as soon
-        // as the guest resumes, and the interrupt exit honours it.
-        return true;
+        // The device's answer is the last thing done here, so it is a
+        // tail call with no frame of this function's own; the vector's
+        // fast return steps the guest past the instruction when it is
+        // true. No stop-request check: every stop request comes with an
+        // SGI to this CPU, which routed to EL2 (HCR_EL2.IMO) is taken as
+        // soon as the guest resumes, and the interrupt exit honours it.
+        return devices::emulate(vm, &mut frame.access(), &access);
     }
     false
 }
