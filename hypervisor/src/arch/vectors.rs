@@ -324,39 +324,42 @@ guest_irq:
     ldp     x0, x1, [sp, #0]
     add     sp, sp, #{frame_size}
     eret
-    // The doorbell SGI, holding the armed signalled SPI, whose register
-    // is empty.
-6:  ldr     w1, [x3, #32]
+    // The doorbell SGI. It is this CPU's own and carries nothing but the
+    // prompt: ended at once (dropped and deactivated, EOImode = 1), so
+    // that x0 is free and a doorbell this path does not take goes the
+    // ordinary way as if nothing was acknowledged (that way takes the
+    // doorbell after whatever interrupt it finds). Taken here when it
+    // holds the armed signalled SPI and that SPI's register is empty.
+6:  msr     icc_eoir1_el1, x0
+    msr     icc_dir_el1, x0
     ldr     w2, [x3, #20]
+    ldr     w1, [x3, #32]
     cmp     w1, w2
-    b.ne    3f
+    b.ne    8f
     ldrb    w1, [x3, #17]
-    mrs     x2, ich_elrsr_el2
-    lsr     x2, x2, x1
-    tbz     x2, #0, 3f
+    mrs     x0, ich_elrsr_el2
+    lsr     x0, x0, x1
+    tbz     x0, #0, 8f
     // Taken: other CPUs only ever set it from 0, so a plain store of 0
     // loses no other ring. Then the line (`SignalledLines`), read after
     // the take (DMB): a raiser that found the doorbell still full raised
     // the line before, so it is seen here; one that comes later finds the
     // doorbell empty and rings again. A line already low again (it fell
-    // after the ring) shows nothing. The SGI is this CPU's own: dropped
-    // and deactivated (EOImode = 1).
+    // after the ring) shows nothing.
     str     wzr, [x3, #32]
     dmb     ish
-    ldr     x2, [x3, #40]
-    ldr     w2, [x2]
-    ldr     w1, [x3, #20]
+    ldr     x0, [x3, #40]
+    ldr     w0, [x0]
     // Bit intid % 32 (a register shift takes the amount modulo 32).
-    lsr     w2, w2, w1
-    msr     icc_eoir1_el1, x0
-    msr     icc_dir_el1, x0
-    tbz     w2, #0, 5b
-    ldrb    w1, [x3, #17]
+    lsr     w0, w0, w2
+    tbz     w0, #0, 5b
     ldr     x2, [x3, #24]
     b       7b
+8:  ldp     x2, x3, [sp, #16]
+    b       9f
     // Not armed: the ordinary path, nothing acknowledged yet.
 2:  ldp     x2, x3, [sp, #16]
-    save_caller_saved
+9:  save_caller_saved
     mov     x0, #{no_interrupt}
     bl      {guest_irq}
     restore_caller_saved

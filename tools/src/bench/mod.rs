@@ -296,7 +296,8 @@ fn figures(measured: &Measured<'_>) -> Result<Vec<Figure>> {
             what: "from the sender's reading of the physical counter (CNTPCT_EL0 after \
                    an ISB), the instruction before its notify store, to the receiver's \
                    interrupt handler, whose first act is to read the counter (after the \
-                   6-instruction prologue of the function); 201 rounds of the \
+                   two instructions of its frame record; the rest of the handler is a tail \
+                   call); 201 rounds of the \
                    `bench-shmem` guests (bench/systems/shmem.toml: virt GICv3, 3 CPUs, \
                    CPU 0 without a VM, the sender on CPU 1 and the receiver on CPU 2, one \
                    vdev-shmem instance each, a one-page region; the guests drive the \
@@ -311,8 +312,9 @@ fn figures(measured: &Measured<'_>) -> Result<Vec<Figure>> {
                    model's notify, the peer's line in its vGIC, the receiving CPU's \
                    doorbell and SGI), its way back into WFI, the receiver's exit, which \
                    writes the list register in assembly, and the guest's own path to the \
-                   handler (the SDK's IRQ entry, acknowledge and dispatch, about 80 \
-                   instructions). Before each round \
+                   handler (the SDK's IRQ entry, acknowledge and dispatch, about 50 \
+                   instructions; the interrupted code's FP/SIMD state is saved only if the \
+                   handler uses FP/SIMD). Before each round \
                    the sender waits 20,000 ticks in WFI on its virtual timer, so that the \
                    receiver is back in WFI (with IRQs masked, woken by the pending \
                    interrupt, then unmasked); nobody polls. The trapped control-page \
