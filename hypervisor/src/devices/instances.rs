@@ -7,7 +7,8 @@
 //! lock and nothing else (lock order: `tessera_hypervisor::vm::system`).
 
 use spin::Mutex;
-use tessera_hypervisor::traps::guest_exit::{AccessFrame, DataRegister, MmioAccess};
+use tessera_hypervisor::devices::map::DeviceSlot;
+use tessera_hypervisor::traps::guest_exit::{AccessFrame, DataRegister, LoadShape, MmioAccess};
 use tessera_hypervisor::vm::ids::{VcpuId, VmId};
 use tessera_platform::guest::UART_SPI;
 
@@ -126,33 +127,88 @@ pub fn reset(id: VmId) {
 /// takes the full path, where it is).
 ///
 /// This is the most frequent guest exit; it stays free of logging and
-/// allocation. A UART store that completes a line copies it into the
-/// console queue and moves queued output to the UART if that is free,
-/// without waiting for it.
+/// allocation. Every device is reached by a tail call with the access in
+/// registers, so the trap handler that inlines this keeps no frame. A
+/// UART store that completes a line copies it into the console queue and
+/// moves queued output to the UART if that is free, without waiting for
+/// it.
 #[inline(always)]
 pub fn emulate(vm: &RunningVm, frame: &mut AccessFrame<'_>, access: &MmioAccess) -> bool {
-    let Some((slot, offset)) = vm.devices.route(access.address, access.width) else {
-        return false;
-    };
     let Some(data) = frame.data_register(access) else {
         return false;
     };
-    if slot != UART_SLOT {
-        // By value: a reference would make the fast path spill the access
-        // to the stack just in case.
-        return emulate_gic_or_shmem(vm, slot, offset, data, *access);
+    let shape = access.load_shape();
+    match vm.devices.route_at_hint(access.address, access.width) {
+        Some((slot, offset)) => emulate_at(vm, slot, offset, data, access.is_write, shape),
+        None => emulate_past_hint(vm, access.address, data, access.is_write, shape),
     }
+}
+
+/// [`emulate`] for an access outside the window that answered last.
+#[inline(never)]
+fn emulate_past_hint(
+    vm: &RunningVm,
+    address: tessera_hypervisor::memory::address::GuestPhysAddr,
+    data: DataRegister<'_>,
+    is_write: bool,
+    shape: LoadShape,
+) -> bool {
+    match vm.devices.route_past_hint(address, shape.width) {
+        Some((slot, offset)) => emulate_at(vm, slot, offset, data, is_write, shape),
+        None => false,
+    }
+}
+
+/// [`emulate`] once routed: to `offset` in the device at `slot`.
+#[inline(always)]
+fn emulate_at(
+    vm: &RunningVm,
+    slot: DeviceSlot,
+    offset: u64,
+    data: DataRegister<'_>,
+    is_write: bool,
+    shape: LoadShape,
+) -> bool {
+    if slot == UART_SLOT {
+        return if is_write {
+            uart_write(vm, offset, shape.width, data.stored_value())
+        } else {
+            uart_read(vm, offset, data, shape)
+        };
+    }
+    if !is_write {
+        return read_gic_or_shmem(vm, slot, offset, data, shape);
+    }
+    let value = data.stored_value();
+    // vdev-shmem first: a notify is the measured write
+    // (`shmem.notify_oneway`), and the GIC's write path keeps a large
+    // frame.
+    if shmem::is_shmem_slot(slot) {
+        return shmem::write(vm, slot, offset, shape.width, value);
+    }
+    write_gic_or_shmem(vm, slot, offset, shape.width, value)
+}
+
+/// A trapped load from the VM's UART (a leaf: no frame to speak of; the
+/// frequent one, `mmio.vuart_read`).
+#[inline(never)]
+fn uart_read(vm: &RunningVm, offset: u64, data: DataRegister<'_>, shape: LoadShape) -> bool {
+    // Reads of what Tessera models never move the interrupt line.
+    let value = vm.device_state.uart.lock().read(offset, shape.width);
+    data.complete_load_as(shape, value);
+    true
+}
+
+/// A trapped store to the VM's UART.
+#[inline(never)]
+fn uart_write(vm: &RunningVm, offset: u64, width: tessera_vdevs::AccessWidth, value: u64) -> bool {
     let mut uart = vm.device_state.uart.lock();
-    if access.is_write {
-        uart.write(offset, access.width, data.stored_value());
-        // A write (a mask, a clear, a character) may move the UART's
-        // interrupt line; reads of what Tessera models never do.
-        if let Some(level) = uart.take_line_change() {
-            drop(uart);
-            set_uart_line(vm, level);
-        }
-    } else {
-        data.complete_load(access, uart.read(offset, access.width));
+    uart.write(offset, width, value);
+    // A write (a mask, a clear, a character) may move the UART's
+    // interrupt line.
+    if let Some(level) = uart.take_line_change() {
+        drop(uart);
+        set_uart_line(vm, level);
     }
     true
 }
@@ -182,54 +238,35 @@ fn set_uart_line(vm: &RunningVm, level: bool) {
     guest_interrupts::deliver(id, vcpu, &mut vgic, effects);
 }
 
-/// A trapped access to the VM's distributor, redistributors or vdev-shmem
-/// pages (`devices::shmem`), by the vCPU running here. Reads and writes go
-/// separate ways: a read (the frequent one, `mmio.gicd_read`) keeps a
-/// small frame. vdev-shmem is told apart after the distributor's
-/// constants, so that the measured GIC read pays nothing for it.
-#[inline(always)]
-fn emulate_gic_or_shmem(
-    vm: &RunningVm,
-    slot: tessera_hypervisor::devices::map::DeviceSlot,
-    offset: u64,
-    data: DataRegister<'_>,
-    access: MmioAccess,
-) -> bool {
-    if access.is_write {
-        // vdev-shmem first: a notify is the measured write
-        // (`shmem.notify_oneway`), and the GIC's write path keeps a large
-        // frame.
-        if shmem::is_shmem_slot(slot) {
-            return shmem::write(vm, slot, offset, access.width, data.stored_value());
-        }
-        write_gic_or_shmem(vm, slot, offset, access.width, data.stored_value())
-    } else {
-        match read_gic_or_shmem(vm, slot, offset, access.width) {
-            Some(value) => {
-                data.complete_load(&access, value);
-                true
-            }
-            None => false,
-        }
-    }
-}
-
+/// A trapped read of the VM's distributor, redistributors or vdev-shmem
+/// pages (`devices::shmem`), by the vCPU running here, into its register:
+/// false when nothing answers there. vdev-shmem is told apart after the
+/// distributor's constants, so that the measured GIC read
+/// (`mmio.gicd_read`) pays nothing for it.
 #[inline(never)]
 fn read_gic_or_shmem(
     vm: &RunningVm,
-    slot: tessera_hypervisor::devices::map::DeviceSlot,
+    slot: DeviceSlot,
     offset: u64,
-    width: tessera_vdevs::AccessWidth,
-) -> Option<u64> {
-    if slot == GICD_SLOT
-        && let Some(value) = vm.device_state.gicd_constants.read(offset, width)
+    data: DataRegister<'_>,
+    shape: LoadShape,
+) -> bool {
+    let value = if slot == GICD_SLOT
+        && let Some(value) = vm.device_state.gicd_constants.read(offset, shape.width)
     {
-        return Some(value);
+        Some(value)
+    } else if shmem::is_shmem_slot(slot) {
+        shmem::read(vm, slot, offset, shape.width)
+    } else {
+        read_gic(vm, slot, offset, shape.width)
+    };
+    match value {
+        Some(value) => {
+            data.complete_load_as(shape, value);
+            true
+        }
+        None => false,
     }
-    if shmem::is_shmem_slot(slot) {
-        return shmem::read(vm, slot, offset, width);
-    }
-    read_gic(vm, slot, offset, width)
 }
 
 /// [`read_gic_or_shmem`] for a register that needs the vGIC's lock, in a
@@ -237,7 +274,7 @@ fn read_gic_or_shmem(
 #[inline(never)]
 fn read_gic(
     vm: &RunningVm,
-    slot: tessera_hypervisor::devices::map::DeviceSlot,
+    slot: DeviceSlot,
     offset: u64,
     width: tessera_vdevs::AccessWidth,
 ) -> Option<u64> {

@@ -140,25 +140,35 @@ impl DeviceMap {
     #[must_use]
     #[inline]
     pub fn route(&self, address: GuestPhysAddr, width: AccessWidth) -> Option<(DeviceSlot, u64)> {
-        let last_byte = u64::from(width.bytes()) - 1;
-        // One unsigned compare: an address below the window wraps to a huge
-        // offset and fails it like one above. Windows are at least 8 bytes,
-        // so `size - 1 - last_byte` cannot wrap.
-        let answers = |Entry(window, _): &Entry| {
-            let offset = address.0.wrapping_sub(window.base.0);
-            (offset <= window.size - 1 - last_byte).then_some(offset)
-        };
-        // Any index is a real or an unused entry: no count check needed.
-        let hint = &self.windows[usize::from(self.last_hit.load(Ordering::Relaxed)) % MAX_WINDOWS];
-        if let Some(offset) = answers(hint) {
-            return Some((hint.1, offset));
-        }
-        self.route_slowly(&answers)
+        self.route_at_hint(address, width)
+            .or_else(|| self.route_past_hint(address, width))
     }
 
-    /// The search past the hint, kept out of line so the hit stays short.
+    /// [`route`](Self::route) when the access is in the window that
+    /// answered last (the hint); `None` when it is not, and
+    /// [`route_past_hint`](Self::route_past_hint) searches the rest.
+    #[must_use]
+    #[inline(always)]
+    pub fn route_at_hint(
+        &self,
+        address: GuestPhysAddr,
+        width: AccessWidth,
+    ) -> Option<(DeviceSlot, u64)> {
+        // Any index is a real or an unused entry: no count check needed.
+        let hint = &self.windows[usize::from(self.last_hit.load(Ordering::Relaxed)) % MAX_WINDOWS];
+        answer(hint, address, width).map(|offset| (hint.1, offset))
+    }
+
+    /// The search past the hint, kept out of line so the hit stays short;
+    /// the window found becomes the hint.
+    #[must_use]
     #[inline(never)]
-    fn route_slowly(&self, answers: &impl Fn(&Entry) -> Option<u64>) -> Option<(DeviceSlot, u64)> {
+    pub fn route_past_hint(
+        &self,
+        address: GuestPhysAddr,
+        width: AccessWidth,
+    ) -> Option<(DeviceSlot, u64)> {
+        let answers = |entry: &Entry| answer(entry, address, width);
         let windows = &self.windows[..self.count.min(MAX_WINDOWS)];
         let (index, offset) = windows
             .iter()
@@ -174,6 +184,17 @@ impl DeviceMap {
             .iter()
             .map(|Entry(window, slot)| (*window, *slot))
     }
+}
+
+/// The offset of an access of `width` at `address` in `entry`'s window,
+/// if it lies wholly inside. One unsigned compare: an address below the
+/// window wraps to a huge offset and fails it like one above. Windows are
+/// at least 8 bytes, so `size - 1 - last_byte` cannot wrap.
+#[inline(always)]
+fn answer(Entry(window, _): &Entry, address: GuestPhysAddr, width: AccessWidth) -> Option<u64> {
+    let last_byte = u64::from(width.bytes()) - 1;
+    let offset = address.0.wrapping_sub(window.base.0);
+    (offset <= window.size - 1 - last_byte).then_some(offset)
 }
 
 #[cfg(test)]

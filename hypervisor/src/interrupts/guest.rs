@@ -269,13 +269,12 @@ pub fn ring_doorbell(cpu: usize, intid: u32) -> bool {
     let Some(fast) = TESSERA_FAST_PATHS.get(cpu) else {
         return false;
     };
-    match fast
+    // What it held before: empty (now rung) or this SPI already.
+    let held = fast
         .doorbell
         .compare_exchange(0, intid, Ordering::SeqCst, Ordering::SeqCst)
-    {
-        Ok(_) => true,
-        Err(held) => held == intid,
-    }
+        .unwrap_or_else(|held| held);
+    held == 0 || held == intid
 }
 
 /// Takes this CPU's doorbell: the SPI it held, if any.

@@ -264,8 +264,53 @@ impl DataRegister<'_> {
     /// asks, goes to the register (nowhere for XZR).
     #[inline]
     pub fn complete_load(self, access: &MmioAccess, value: u64) {
+        self.complete_load_as(access.load_shape(), value);
+    }
+
+    /// [`complete_load`](Self::complete_load) with only what the
+    /// extension needs of the access.
+    #[inline]
+    pub fn complete_load_as(self, shape: LoadShape, value: u64) {
         if let Some(slot) = self.slot {
-            *slot = extend_loaded_value(access, value);
+            *slot = extend_loaded_value(&shape.access(), value);
+        }
+    }
+}
+
+/// What extending a loaded value needs of an access (its width and
+/// extension), three bytes that travel in one register: the device fast
+/// path hands it to each device's out-of-line function, where the whole
+/// `MmioAccess` would go through memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadShape {
+    pub width: AccessWidth,
+    sign_extend: bool,
+    sixty_four_bit_register: bool,
+}
+
+impl LoadShape {
+    /// An access of this shape (address and register do not matter to
+    /// the extension).
+    const fn access(self) -> MmioAccess {
+        MmioAccess {
+            address: GuestPhysAddr(0),
+            width: self.width,
+            is_write: false,
+            register: 0,
+            sign_extend: self.sign_extend,
+            sixty_four_bit_register: self.sixty_four_bit_register,
+        }
+    }
+}
+
+impl MmioAccess {
+    /// Its width and extension.
+    #[must_use]
+    pub const fn load_shape(&self) -> LoadShape {
+        LoadShape {
+            width: self.width,
+            sign_extend: self.sign_extend,
+            sixty_four_bit_register: self.sixty_four_bit_register,
         }
     }
 }
