@@ -588,22 +588,67 @@ impl<'a> SystemManifest<'a> {
     }
 }
 
-/// The VM node being read, before its properties are checked.
-#[derive(Clone, Copy, Default)]
-struct VmFields<'a> {
-    name: Option<&'a [u8]>,
-    ram_base: Option<&'a [u8]>,
-    ram_size: Option<&'a [u8]>,
-    cpus: Option<&'a [u8]>,
-    image: Option<&'a [u8]>,
-    image_load_offset: Option<&'a [u8]>,
-    device_tree: Option<&'a [u8]>,
-    start_delay_us: Option<&'a [u8]>,
-    passthrough_reg: Option<&'a [u8]>,
-    passthrough_spis: Option<&'a [u8]>,
-    shmem: Option<&'a [u8]>,
-    shmem_rules: Option<&'a [u8]>,
+/// The names of the root properties the reader keeps, indexed by the
+/// constants below.
+const ROOT_PROPERTIES: [&str; 7] = [
+    "compatible",
+    "tessera,format-version",
+    "board",
+    "gic-version",
+    "shmem-page-limit",
+    "shmem-regions",
+    "shmem-region-pages",
+];
+const COMPATIBLE: usize = 0;
+const FORMAT_VERSION_PROPERTY: usize = 1;
+const BOARD: usize = 2;
+const GIC_VERSION: usize = 3;
+const SHMEM_PAGE_LIMIT: usize = 4;
+const SHMEM_REGIONS: usize = 5;
+const SHMEM_REGION_PAGES: usize = 6;
+
+/// The names of the properties of a VM node the reader keeps, indexed by
+/// the constants below.
+const VM_PROPERTIES: [&str; 12] = [
+    "name",
+    "ram-base",
+    "ram-size",
+    "cpus",
+    "image",
+    "image-load-offset",
+    "device-tree",
+    "start-delay-us",
+    "passthrough-reg",
+    "passthrough-spis",
+    "vdev-shmem",
+    "vdev-shmem-rules",
+];
+const NAME: usize = 0;
+const RAM_BASE: usize = 1;
+const RAM_SIZE: usize = 2;
+const CPUS: usize = 3;
+const IMAGE: usize = 4;
+const IMAGE_LOAD_OFFSET: usize = 5;
+const DEVICE_TREE: usize = 6;
+const START_DELAY_US: usize = 7;
+const PASSTHROUGH_REG: usize = 8;
+const PASSTHROUGH_SPIS: usize = 9;
+const SHMEM: usize = 10;
+const SHMEM_RULES: usize = 11;
+
+/// The index of `name` in `names`. A lookup in a table, out of line: a
+/// `match` on the names as byte-string literals compiled to a compare and
+/// a branch per character, 16 bytes of code each (about 5 KiB of image
+/// for these names).
+#[inline(never)]
+fn property_index(names: &[&str], name: &[u8]) -> Option<usize> {
+    names.iter().position(|known| known.as_bytes() == name)
 }
+
+/// The VM node being read, before its properties are checked: each of
+/// `VM_PROPERTIES`, if present.
+#[derive(Clone, Copy, Default)]
+struct VmFields<'a>([Option<&'a [u8]>; VM_PROPERTIES.len()]);
 
 /// A number of exactly `cells` big-endian 32-bit cells.
 fn cells(value: &[u8], cells: usize) -> Option<u64> {
@@ -643,29 +688,17 @@ fn read<'a, T>(
 
 impl<'a> VmFields<'a> {
     fn set(&mut self, name: &[u8], value: &'a [u8]) {
-        match name {
-            b"name" => self.name = Some(value),
-            b"ram-base" => self.ram_base = Some(value),
-            b"ram-size" => self.ram_size = Some(value),
-            b"cpus" => self.cpus = Some(value),
-            b"image" => self.image = Some(value),
-            b"image-load-offset" => self.image_load_offset = Some(value),
-            b"device-tree" => self.device_tree = Some(value),
-            b"start-delay-us" => self.start_delay_us = Some(value),
-            b"passthrough-reg" => self.passthrough_reg = Some(value),
-            b"passthrough-spis" => self.passthrough_spis = Some(value),
-            b"vdev-shmem" => self.shmem = Some(value),
-            b"vdev-shmem-rules" => self.shmem_rules = Some(value),
-            _ => {}
+        if let Some(index) = property_index(&VM_PROPERTIES, name) {
+            self.0[index] = Some(value);
         }
     }
 
     fn finish(self, index: usize) -> Result<VmManifest<'a>, ManifestError<'a>> {
         let mut at = VmRef { index, name: None };
-        let name = read(Some(at), "name", self.name, strict_string)?;
+        let name = read(Some(at), "name", self.0[NAME], strict_string)?;
         at.name = Some(name);
         let vm = Some(at);
-        let cpus = read(vm, "cpus", self.cpus, |cpus| {
+        let cpus = read(vm, "cpus", self.0[CPUS], |cpus| {
             (cpus.len() % 4 == 0).then_some(cpus)
         })?;
         let vcpu_count = cpus.len() / 4;
@@ -682,7 +715,7 @@ impl<'a> VmFields<'a> {
         let u64_value = |value| cells(value, 2);
         // Optional (a VM that starts at once has none); when present, a
         // u64 within the rule.
-        let start_delay_us = match self.start_delay_us {
+        let start_delay_us = match self.0[START_DELAY_US] {
             None => 0,
             Some(value) => read(vm, "start-delay-us", Some(value), u64_value)?,
         };
@@ -694,13 +727,13 @@ impl<'a> VmFields<'a> {
         })?;
         // Both optional (a VM without devices has neither); when present,
         // whole entries: four cells per range, one per SPI.
-        let reg = match self.passthrough_reg {
+        let reg = match self.0[PASSTHROUGH_REG] {
             None => &[][..],
             Some(value) => read(vm, "passthrough-reg", Some(value), |reg| {
                 (reg.len() % 16 == 0).then_some(reg)
             })?,
         };
-        let spis = match self.passthrough_spis {
+        let spis = match self.0[PASSTHROUGH_SPIS] {
             None => &[][..],
             Some(value) => read(vm, "passthrough-spis", Some(value), |spis| {
                 (spis.len() % 4 == 0).then_some(spis)
@@ -723,14 +756,14 @@ impl<'a> VmFields<'a> {
         // Both optional (a VM without instances has neither); when
         // present, whole entries, and rules only for instances there are,
         // each one well-formed with a pattern the model takes.
-        let shmem = match self.shmem {
+        let shmem = match self.0[SHMEM] {
             None => &[][..],
             Some(value) => read(vm, "vdev-shmem", Some(value), |cells| {
                 (!cells.is_empty() && cells.len() % SHMEM_ENTRY_BYTES == 0).then_some(cells)
             })?,
         };
         let instances = shmem.len() / SHMEM_ENTRY_BYTES;
-        let shmem_rules = match self.shmem_rules {
+        let shmem_rules = match self.0[SHMEM_RULES] {
             None => &[][..],
             Some(value) => read(vm, "vdev-shmem-rules", Some(value), |list| {
                 let (last, entries) = list.split_last()?;
@@ -763,13 +796,18 @@ impl<'a> VmFields<'a> {
         }
         Ok(VmManifest {
             name,
-            ram_base: read(vm, "ram-base", self.ram_base, u64_value)?,
-            ram_size: read(vm, "ram-size", self.ram_size, u64_value)?,
+            ram_base: read(vm, "ram-base", self.0[RAM_BASE], u64_value)?,
+            ram_size: read(vm, "ram-size", self.0[RAM_SIZE], u64_value)?,
             physical_cpus,
             vcpu_count,
-            image: read(vm, "image", self.image, strict_string)?,
-            image_load_offset: read(vm, "image-load-offset", self.image_load_offset, u64_value)?,
-            device_tree: read(vm, "device-tree", self.device_tree, strict_string)?,
+            image: read(vm, "image", self.0[IMAGE], strict_string)?,
+            image_load_offset: read(
+                vm,
+                "image-load-offset",
+                self.0[IMAGE_LOAD_OFFSET],
+                u64_value,
+            )?,
+            device_tree: read(vm, "device-tree", self.0[DEVICE_TREE], strict_string)?,
             start_delay_us,
             passthrough_reg: reg,
             passthrough_spis: spis,
@@ -787,12 +825,8 @@ impl<'a> VmFields<'a> {
 pub fn parse(blob: &[u8]) -> Result<SystemManifest<'_>, ManifestError<'_>> {
     let tree = FlatTree::new(blob).map_err(|_| ManifestError::NotAManifest)?;
     let mut is_manifest = false;
-    let mut version = None;
-    let mut board = None;
-    let mut gic_version = None;
-    let mut shmem_page_limit = None;
-    let mut shmem_regions = None;
-    let mut shmem_region_pages = None;
+    // Each of `ROOT_PROPERTIES` but `compatible`, if present.
+    let mut root = [None; ROOT_PROPERTIES.len()];
     let mut saw_vms = false;
     let mut vms = [None; MAX_VMS];
     // Every VM node, also those past `MAX_VMS`, so the count is reported.
@@ -812,15 +846,15 @@ pub fn parse(blob: &[u8]) -> Result<SystemManifest<'_>, ManifestError<'_>> {
                     current = VmFields::default();
                 }
             }
-            Token::Property { name, value } => match (depth, name.bytes()) {
-                (1, b"compatible") => is_manifest = string_list_contains(value, b"tessera,system"),
-                (1, b"tessera,format-version") => version = Some(value),
-                (1, b"board") => board = Some(value),
-                (1, b"gic-version") => gic_version = Some(value),
-                (1, b"shmem-page-limit") => shmem_page_limit = Some(value),
-                (1, b"shmem-regions") => shmem_regions = Some(value),
-                (1, b"shmem-region-pages") => shmem_region_pages = Some(value),
-                (3, name) if in_vms => current.set(name, value),
+            Token::Property { name, value } => match depth {
+                1 => match property_index(&ROOT_PROPERTIES, name.bytes()) {
+                    Some(COMPATIBLE) => {
+                        is_manifest = string_list_contains(value, b"tessera,system");
+                    }
+                    Some(index) => root[index] = Some(value),
+                    None => {}
+                },
+                3 if in_vms => current.set(name.bytes(), value),
                 _ => {}
             },
             Token::EndNode => {
@@ -839,7 +873,12 @@ pub fn parse(blob: &[u8]) -> Result<SystemManifest<'_>, ManifestError<'_>> {
         return Err(ManifestError::NotAManifest);
     }
     let one_cell = |value| cells(value, 1).map(|value| value as u32);
-    let version = read(None, "tessera,format-version", version, one_cell)?;
+    let version = read(
+        None,
+        "tessera,format-version",
+        root[FORMAT_VERSION_PROPERTY],
+        one_cell,
+    )?;
     if version != FORMAT_VERSION {
         return Err(ManifestError::UnsupportedVersion(version));
     }
@@ -849,32 +888,33 @@ pub fn parse(blob: &[u8]) -> Result<SystemManifest<'_>, ManifestError<'_>> {
             property: "vms",
         });
     }
-    let shmem_page_limit = match shmem_page_limit {
+    let shmem_page_limit = match root[SHMEM_PAGE_LIMIT] {
         None => rules::DEFAULT_SHMEM_LIMIT_PAGES,
         Some(value) => read(None, "shmem-page-limit", Some(value), |value| {
             cells(value, 2)
         })?,
     };
     // Both or neither; names as NUL-terminated strings, one u32 each.
-    let (shmem_region_names, shmem_region_pages) = match (shmem_regions, shmem_region_pages) {
-        (None, None) => (&[][..], &[][..]),
-        (names, pages) => {
-            let names = read(None, "shmem-regions", names, |names| {
-                (names.last() == Some(&0)
-                    && !names.starts_with(&[0])
-                    && !names.windows(2).any(|pair| pair == [0, 0]))
-                .then_some(names)
-            })?;
-            let count = names.iter().filter(|&&byte| byte == 0).count();
-            let pages = read(None, "shmem-region-pages", pages, |pages| {
-                (pages.len() == count * 4).then_some(pages)
-            })?;
-            (names, pages)
-        }
-    };
+    let (shmem_region_names, shmem_region_pages) =
+        match (root[SHMEM_REGIONS], root[SHMEM_REGION_PAGES]) {
+            (None, None) => (&[][..], &[][..]),
+            (names, pages) => {
+                let names = read(None, "shmem-regions", names, |names| {
+                    (names.last() == Some(&0)
+                        && !names.starts_with(&[0])
+                        && !names.windows(2).any(|pair| pair == [0, 0]))
+                    .then_some(names)
+                })?;
+                let count = names.iter().filter(|&&byte| byte == 0).count();
+                let pages = read(None, "shmem-region-pages", pages, |pages| {
+                    (pages.len() == count * 4).then_some(pages)
+                })?;
+                (names, pages)
+            }
+        };
     let manifest = SystemManifest {
-        board: read(None, "board", board, strict_string)?,
-        gic_version: read(None, "gic-version", gic_version, one_cell)?,
+        board: read(None, "board", root[BOARD], strict_string)?,
+        gic_version: read(None, "gic-version", root[GIC_VERSION], one_cell)?,
         vms,
         vm_count,
         shmem_page_limit,
