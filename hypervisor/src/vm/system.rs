@@ -276,13 +276,37 @@ pub enum FirstStart {
 
 /// `microseconds` in ticks of a counter running at `frequency` Hz,
 /// rounded up so a delay never ends early, and saturating.
+///
+/// Exact in 64-bit arithmetic: with each operand split into millions and
+/// a remainder (`m = a·10⁶ + b`, `f = c·10⁶ + d`), `m·f / 10⁶` is
+/// `a·c·10⁶ + a·d + b·c + b·d / 10⁶`, where only the last term (below
+/// 10¹²) needs rounding. A 128-bit product would bring in the 128-bit
+/// division routines (about 800 bytes of image) for this one boot step.
 #[must_use]
 pub const fn counter_ticks(microseconds: u64, frequency: u64) -> u64 {
-    let ticks = (microseconds as u128 * frequency as u128).div_ceil(1_000_000);
-    if ticks > u64::MAX as u128 {
-        u64::MAX
-    } else {
-        ticks as u64
+    const MILLION: u64 = 1_000_000;
+    let (a, b) = (microseconds / MILLION, microseconds % MILLION);
+    let (c, d) = (frequency / MILLION, frequency % MILLION);
+    // Every term is at least zero: if any step overflows, so does the
+    // whole, and the answer saturates.
+    let Some(whole) = a.checked_mul(c) else {
+        return u64::MAX;
+    };
+    let Some(whole) = whole.checked_mul(MILLION) else {
+        return u64::MAX;
+    };
+    let Some(cross) = a.checked_mul(d) else {
+        return u64::MAX;
+    };
+    let Some(cross) = cross.checked_add(b * c) else {
+        return u64::MAX;
+    };
+    match whole.checked_add(cross) {
+        Some(sum) => match sum.checked_add((b * d).div_ceil(MILLION)) {
+            Some(ticks) => ticks,
+            None => u64::MAX,
+        },
+        None => u64::MAX,
     }
 }
 
@@ -1187,6 +1211,46 @@ pub(crate) mod tests {
         assert_eq!(counter_ticks(0, 62_500_000), 0);
         assert_eq!(counter_ticks(60_000_000, 1_000_000_000), 60_000_000_000);
         assert_eq!(counter_ticks(u64::MAX, u64::MAX), u64::MAX);
+        // The 64-bit steps agree with the exact 128-bit product, rounding
+        // and saturation included.
+        let exact = |microseconds: u64, frequency: u64| {
+            let ticks = (u128::from(microseconds) * u128::from(frequency)).div_ceil(1_000_000);
+            u64::try_from(ticks).unwrap_or(u64::MAX)
+        };
+        let values = [
+            0,
+            1,
+            999_999,
+            1_000_000,
+            1_000_001,
+            54_000_000,
+            62_500_000,
+            tessera_package::rules::MAX_START_DELAY_US,
+            u64::from(u32::MAX),
+            1 << 44,
+            (1 << 44) + 999_999,
+            u64::MAX / 1_000_000,
+            u64::MAX - 1,
+            u64::MAX,
+        ];
+        for microseconds in values {
+            for frequency in values {
+                assert_eq!(
+                    counter_ticks(microseconds, frequency),
+                    exact(microseconds, frequency),
+                    "{microseconds} us at {frequency} Hz"
+                );
+            }
+        }
+        // Near the saturation point: the largest product that fits.
+        let frequency = 1_000_000_007;
+        let edge = u64::MAX / frequency * 1_000_000;
+        for microseconds in edge - 3..edge + 3 {
+            assert_eq!(
+                counter_ticks(microseconds, frequency),
+                exact(microseconds, frequency)
+            );
+        }
     }
 
     #[test]
