@@ -244,7 +244,7 @@ pub extern "C" fn primary_entry(device_tree_address: u64, run_address: u64) -> !
     }
 
     if let Err(error) = gic::init_boot_cpu(machine.gic, machine.cpu_count) {
-        log::error!("GIC initialisation failed: {error:?}");
+        log::error!("GIC initialisation failed: {error}");
         power::power_off(1);
     }
 
@@ -254,7 +254,7 @@ pub extern "C" fn primary_entry(device_tree_address: u64, run_address: u64) -> !
     let mut start_failures = 0;
     for index in 1..machine.cpu_count {
         if let Err(error) = smp::start_cpu(index, machine.cpu_affinities[index]) {
-            log::error!("cpu {index} did not start: {error:?}");
+            log::error!("cpu {index} did not start: {error}");
             start_failures += 1;
         }
     }
@@ -409,7 +409,7 @@ fn announce_online(index: usize) {
 /// `TICKS_TO_PROVE` of them.
 fn prove_timer_ticks(index: usize) {
     if let Err(error) = timer::start_on_this_cpu() {
-        log::error!("cpu {index}: timer interrupt not enabled: {error:?}");
+        log::error!("cpu {index}: timer interrupt not enabled: {error}");
         return;
     }
     arch::enable_interrupts();

@@ -21,6 +21,17 @@ pub enum StartError {
     NoReleaseAddress,
 }
 
+// Written out rather than derived `Debug`: the image then carries none of
+// the `Debug` builders (about 3 KiB with every such report).
+impl core::fmt::Display for StartError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Psci(code) => write!(f, "PSCI CPU_ON returned {code}"),
+            Self::NoReleaseAddress => f.write_str("the spin table has no release address for it"),
+        }
+    }
+}
+
 /// Publishes what secondaries need to find their index and turn on their
 /// MMU, then cleans it to memory: they read it with caches off.
 pub fn publish_boot_parameters(affinities: &[u64], translation_table: u64) {

@@ -106,11 +106,11 @@ impl core::fmt::Display for SetupError {
         match self {
             Self::Region { name, error } => write!(
                 f,
-                "vdev-shmem region {}: {error:?}",
+                "vdev-shmem region {}: {error}",
                 tessera_hypervisor::console::escape::Escaped(name)
             ),
             Self::Pattern => f.write_str("a vdev-shmem allow or deny pattern is malformed"),
-            Self::Device(error) => write!(f, "a vdev-shmem instance is refused: {error:?}"),
+            Self::Device(error) => write!(f, "a vdev-shmem instance is refused: {error}"),
             Self::Windows => f.write_str("a vdev-shmem window overlaps another device"),
         }
     }

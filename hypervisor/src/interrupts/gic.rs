@@ -109,6 +109,21 @@ pub enum GicError {
     InvalidInterrupt(u32),
 }
 
+// Written out rather than derived `Debug`: the image then carries none of
+// the `Debug` builders.
+impl core::fmt::Display for GicError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Redistributors => {
+                f.write_str("the redistributor region does not describe one frame per CPU")
+            }
+            Self::InvalidInterrupt(intid) => {
+                write!(f, "INTID {intid} is outside what the GIC implements")
+            }
+        }
+    }
+}
+
 /// Runs `action` on the shared driver with IRQs masked on this CPU.
 fn with_controller<R>(action: impl FnOnce(&mut Controller) -> R) -> Option<R> {
     let were_enabled = arch::disable_interrupts();

@@ -76,6 +76,19 @@ pub struct SystemRegisterEncoding {
     pub op2: u8,
 }
 
+/// The architecture's generic name, `S<op0>_<op1>_C<n>_C<m>_<op2>`, which
+/// assemblers accept for any register (written out rather than derived
+/// `Debug`: the image then carries none of the `Debug` builders).
+impl core::fmt::Display for SystemRegisterEncoding {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "S{}_{}_C{}_C{}_{}",
+            self.op0, self.op1, self.crn, self.crm, self.op2
+        )
+    }
+}
+
 /// The guest-physical address of a stage-2 abort: HPFAR_EL2.FIPA gives the
 /// page (bits 47:12, in HPFAR bits 43:4), FAR_EL2 the offset in it.
 #[must_use]

@@ -33,6 +33,18 @@ pub enum LoadError {
     RamSize,
 }
 
+// Written out rather than derived `Debug`: the image then carries none of
+// the `Debug` builders.
+impl core::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::ImageTooLarge => "the image runs into the device tree's 64 KiB or past RAM",
+            Self::DeviceTreeTooLarge => "the device tree is larger than its 64 KiB",
+            Self::RamSize => "RAM is not a whole number of MiB",
+        })
+    }
+}
+
 impl PristineImage {
     /// The guest-physical address of the device tree, passed in x0.
     #[must_use]

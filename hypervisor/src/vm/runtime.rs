@@ -320,13 +320,13 @@ pub fn build_all(
         })?;
         build_vm(id, description, files, guest_ram[index])?;
         println!(
-            "tessera: vm {}: {} MiB RAM at guest {} (host {}), {} vCPU(s) on CPU(s) {:?}",
+            "tessera: vm {}: {} MiB RAM at guest {} (host {}), {} vCPU(s) on CPU(s) {}",
             description.name,
             description.ram_size >> 20,
             GuestPhysAddr(description.ram_base),
             guest_ram[index],
             description.vcpu_count,
-            description.physical_cpus()
+            CpuList(description.physical_cpus())
         );
     }
     Ok(SYSTEM.count())
@@ -344,6 +344,23 @@ fn guest_files(
         .file(manifest.device_tree)
         .map_err(|_| BuildError::Package(manifest.device_tree))?;
     Ok((image, device_tree))
+}
+
+/// CPU numbers as `[0, 1]`: the `Debug` text of the list, without the
+/// `Debug` builders in the image.
+struct CpuList<'a>(&'a [u32]);
+
+impl core::fmt::Display for CpuList<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("[")?;
+        for (index, cpu) in self.0.iter().enumerate() {
+            if index > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{cpu}")?;
+        }
+        f.write_str("]")
+    }
 }
 
 fn build_vm(
@@ -849,7 +866,7 @@ pub fn handle_guest_exit(frame: &mut TrapFrame) {
                 id,
                 frame,
                 format_args!(
-                    "write to system register {encoding:?}, trapped while following set/way \
+                    "write to system register {encoding}, trapped while following set/way \
                      maintenance, which Tessera does not emulate"
                 ),
             );
@@ -862,7 +879,7 @@ pub fn handle_guest_exit(frame: &mut TrapFrame) {
             // Other trapped registers (performance monitors, implementation
             // defined) read as zero and ignore writes, as if not implemented.
             log::debug!(
-                "vm {}: system register {encoding:?} emulated as RAZ/WI",
+                "vm {}: system register {encoding} emulated as RAZ/WI",
                 Escaped::str(name(id))
             );
             if is_read && register < 31 {
@@ -1014,7 +1031,7 @@ fn reset_vm(id: VmId, vcpu: VcpuId) -> ! {
     if let Err(error) = unsafe { SYSTEM.reload(id, &Aarch64) } {
         // The image fitted at boot; it cannot stop fitting.
         println!(
-            "tessera: vm {}: cannot reload its image ({error:?})",
+            "tessera: vm {}: cannot reload its image ({error})",
             name(id)
         );
         if let StopOrder::Ended(outcome) = SYSTEM.stop(id, Outcome::Fault, None, &Aarch64) {

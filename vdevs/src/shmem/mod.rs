@@ -224,6 +224,28 @@ pub enum ConfigError {
     NoMemory,
 }
 
+// Written out rather than derived `Debug`: the hypervisor's image then
+// carries none of the `Debug` builders.
+impl core::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::TooManyDevices => "more instances than the model holds",
+            Self::TooManyRules => "more allow and deny rules than the model holds",
+            Self::FactoryMisaligned => "the factory page is not page aligned, or wraps",
+            Self::BadWindow => "the window is empty, not in whole pages, or wraps",
+            Self::NotAnSpi => "the interrupt is not an SPI (INTIDs 32 to 1019)",
+            Self::Overlap => "the factory page or window overlaps another of the VM's",
+            Self::SharedInterrupt => "another instance of the VM uses the same interrupt",
+            Self::IllegalName => "not a legal region name",
+            Self::DuplicateName => "another boot region has the same name",
+            Self::BadSize => "a boot region of no pages, or of more than a u32 count of pages",
+            Self::OverLimit => "the boot regions together exceed the page limit",
+            Self::TooManyRegions => "more boot regions than the model holds",
+            Self::NoMemory => "no host memory for it",
+        })
+    }
+}
+
 /// A region's counters, for the power-off report.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RegionCounters {
