@@ -505,20 +505,25 @@ impl<'a> SystemManifest<'a> {
             rules::check_image_fit(vm.ram_base, vm.ram_size, vm.image_load_offset, 0).map_err(
                 |rule| fail("image-load-offset", Value::Hex(vm.image_load_offset), rule),
             )?;
-            for (base, size) in vm.passthrough_ranges() {
+            if !vm.passthrough_reg.is_empty() || !vm.passthrough_spis.is_empty() {
+                // One place makes the table (it is large: inlined at each
+                // use, its set-up cost image space twice).
                 let claims = claims.get_or_insert_with(PassthroughClaims::default);
-                rules::check_passthrough_range(board, base, size)
-                    .and_then(|()| {
-                        rules::check_passthrough_ram(base, size, vm.ram_base, vm.ram_size)
-                    })
-                    .and_then(|()| claims.claim_range(index, base, size))
-                    .map_err(|rule| fail("passthrough-reg", Value::Hex(base), rule))?;
-            }
-            for spi in vm.passthrough_spis() {
-                let claims = claims.get_or_insert_with(PassthroughClaims::default);
-                rules::check_passthrough_spi(board, spi)
-                    .and_then(|()| claims.claim_spi(index, spi))
-                    .map_err(|rule| fail("passthrough-spis", Value::Number(spi.into()), rule))?;
+                for (base, size) in vm.passthrough_ranges() {
+                    rules::check_passthrough_range(board, base, size)
+                        .and_then(|()| {
+                            rules::check_passthrough_ram(base, size, vm.ram_base, vm.ram_size)
+                        })
+                        .and_then(|()| claims.claim_range(index, base, size))
+                        .map_err(|rule| fail("passthrough-reg", Value::Hex(base), rule))?;
+                }
+                for spi in vm.passthrough_spis() {
+                    rules::check_passthrough_spi(board, spi)
+                        .and_then(|()| claims.claim_spi(index, spi))
+                        .map_err(|rule| {
+                            fail("passthrough-spis", Value::Number(spi.into()), rule)
+                        })?;
+                }
             }
             if vm.shmem.is_empty() {
                 continue;
