@@ -229,19 +229,19 @@ pub enum ConfigError {
 impl core::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(match self {
-            Self::TooManyDevices => "more instances than the model holds",
-            Self::TooManyRules => "more allow and deny rules than the model holds",
-            Self::FactoryMisaligned => "the factory page is not page aligned, or wraps",
-            Self::BadWindow => "the window is empty, not in whole pages, or wraps",
-            Self::NotAnSpi => "the interrupt is not an SPI (INTIDs 32 to 1019)",
-            Self::Overlap => "the factory page or window overlaps another of the VM's",
-            Self::SharedInterrupt => "another instance of the VM uses the same interrupt",
-            Self::IllegalName => "not a legal region name",
-            Self::DuplicateName => "another boot region has the same name",
-            Self::BadSize => "a boot region of no pages, or of more than a u32 count of pages",
-            Self::OverLimit => "the boot regions together exceed the page limit",
-            Self::TooManyRegions => "more boot regions than the model holds",
-            Self::NoMemory => "no host memory for it",
+            Self::TooManyDevices => "too many instances",
+            Self::TooManyRules => "too many allow and deny rules",
+            Self::FactoryMisaligned => "factory page not page aligned, or wrapping",
+            Self::BadWindow => "window empty, not whole pages, or wrapping",
+            Self::NotAnSpi => "interrupt not an SPI (INTID 32 to 1019)",
+            Self::Overlap => "overlaps another instance of the VM",
+            Self::SharedInterrupt => "interrupt used by another instance of the VM",
+            Self::IllegalName => "illegal name",
+            Self::DuplicateName => "name used by another boot region",
+            Self::BadSize => "no pages, or too many",
+            Self::OverLimit => "over the page limit",
+            Self::TooManyRegions => "too many boot regions",
+            Self::NoMemory => "out of host memory",
         })
     }
 }
