@@ -16,12 +16,16 @@
 //!   exception while FP/SIMD is off: its entry saves the state, and the
 //!   probe resumes), then overwrites every vector register.
 //!
+//! The handlers that use FP/SIMD also leave FPCR and FPSR changed. The
+//! SDK's count of lazy saves must be exactly the number of handlers that
+//! used FP/SIMD or took the probe's exception: none for the others.
+//!
 //! Output:
 //!
 //! ```text
 //! irq-fp-state: GICv3, 60 ticks
-//! irq-fp-state: taken 60: 20 without FP/SIMD, 20 with, 20 with a probe first (aborted 20)
-//! irq-fp-state: q0..q31 and FPCR as loaded: PASS
+//! irq-fp-state: taken 60: 20 without FP/SIMD, 20 with, 20 with a probe first (aborted 20), 40 lazy saves
+//! irq-fp-state: q0..q31, FPCR and FPSR as loaded: PASS
 //! ```
 #![cfg_attr(target_os = "none", no_std)]
 #![no_main]
@@ -30,7 +34,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use tessera_guest_sdk::gic;
 use tessera_guest_sdk::timer::{self, Tick, Timer};
-use tessera_guest_sdk::{entry, exit, exit_status, println, probe_read, time};
+use tessera_guest_sdk::{entry, exit, exit_status, interrupts, println, probe_read, time};
 
 entry!(main);
 
@@ -42,6 +46,9 @@ const HOLE: u64 = 0x0a00_0000;
 /// FPCR.DN (default NaN) and RMode = 0b01 (towards plus infinity): not
 /// the reset value, so a restore that wrote anything else shows.
 const FPCR_PATTERN: u64 = 1 << 25 | 0b01 << 22;
+/// FPSR.QC (saturation) and IXC (inexact): cumulative flags the
+/// interrupted code has raised and expects to find.
+const FPSR_PATTERN: u64 = 1 << 27 | 1 << 4;
 
 static TAKEN: AtomicU64 = AtomicU64::new(0);
 static PLAIN: AtomicU64 = AtomicU64::new(0);
@@ -65,10 +72,12 @@ fn main(_device_tree: usize) -> ! {
         println!("irq-fp-state: FAIL: cannot start the timer: {error}");
         exit(exit_status::FAILURE)
     }
-    let fpcr_seen = load_wait_and_read_back(&loaded, &mut seen);
+    let saves_before = interrupts::fp_state_saves();
+    let (fpcr_seen, fpsr_seen) = load_wait_and_read_back(&loaded, &mut seen);
+    let saves = interrupts::fp_state_saves() - saves_before;
     timer::stop(Timer::Virtual);
     println!(
-        "irq-fp-state: taken {}: {} without FP/SIMD, {} with, {} with a probe first (aborted {})",
+        "irq-fp-state: taken {}: {} without FP/SIMD, {} with, {} with a probe first (aborted {}), {saves} lazy saves",
         TAKEN.load(Ordering::Acquire),
         PLAIN.load(Ordering::Relaxed),
         WITH_FP.load(Ordering::Relaxed),
@@ -91,6 +100,15 @@ fn main(_device_tree: usize) -> ! {
         println!("irq-fp-state: FAIL: FPCR is {fpcr_seen:#x}, loaded {FPCR_PATTERN:#x}");
         passed = false;
     }
+    if fpsr_seen != FPSR_PATTERN {
+        println!("irq-fp-state: FAIL: FPSR is {fpsr_seen:#x}, loaded {FPSR_PATTERN:#x}");
+        passed = false;
+    }
+    let used = WITH_FP.load(Ordering::Relaxed) + WITH_PROBE.load(Ordering::Relaxed);
+    if saves != used {
+        println!("irq-fp-state: FAIL: {saves} lazy saves, but {used} handlers used FP/SIMD");
+        passed = false;
+    }
     let each = ROUNDS / 3;
     let counts =
         [&PLAIN, &WITH_FP, &WITH_PROBE, &ABORTED].map(|count| count.load(Ordering::Relaxed));
@@ -101,18 +119,19 @@ fn main(_device_tree: usize) -> ! {
     if !passed {
         exit(exit_status::FAILURE)
     }
-    println!("irq-fp-state: q0..q31 and FPCR as loaded: PASS");
+    println!("irq-fp-state: q0..q31, FPCR and FPSR as loaded: PASS");
     exit(exit_status::SUCCESS)
 }
 
-/// Loads `loaded` into q0..q31 and [`FPCR_PATTERN`] into FPCR, waits with
-/// IRQs unmasked until [`ROUNDS`] ticks were taken, stores q0..q31 into
-/// `seen` and returns FPCR as it then is (FPCR is put back afterwards).
-/// One assembly block: nothing but the interrupts touches the registers
-/// in between.
+/// Loads `loaded` into q0..q31, [`FPCR_PATTERN`] into FPCR and
+/// [`FPSR_PATTERN`] into FPSR, waits with IRQs unmasked until [`ROUNDS`]
+/// ticks were taken, stores q0..q31 into `seen` and returns FPCR and FPSR
+/// as they then are (both are put back afterwards). One assembly block:
+/// nothing but the interrupts touches the registers in between.
 #[cfg(target_os = "none")]
-fn load_wait_and_read_back(loaded: &[u8; 512], seen: &mut [u8; 512]) -> u64 {
+fn load_wait_and_read_back(loaded: &[u8; 512], seen: &mut [u8; 512]) -> (u64, u64) {
     let fpcr_seen: u64;
+    let fpsr_seen: u64;
     // SAFETY: loads and stores only the two 512-byte buffers it is given;
     // every vector register, FPCR and x9..x10 are declared clobbered;
     // FPCR is put back to its value before the block; IRQs are unmasked
@@ -121,7 +140,9 @@ fn load_wait_and_read_back(loaded: &[u8; 512], seen: &mut [u8; 512]) -> u64 {
     unsafe {
         core::arch::asm!(
             "mrs x10, fpcr",
+            "mrs x11, fpsr",
             "msr fpcr, {fpcr}",
+            "msr fpsr, {fpsr}",
             "ldp q0, q1, [{loaded}, #0]",
             "ldp q2, q3, [{loaded}, #32]",
             "ldp q4, q5, [{loaded}, #64]",
@@ -162,14 +183,18 @@ fn load_wait_and_read_back(loaded: &[u8; 512], seen: &mut [u8; 512]) -> u64 {
             "stp q28, q29, [{seen}, #448]",
             "stp q30, q31, [{seen}, #480]",
             "mrs {fpcr_seen}, fpcr",
+            "mrs {fpsr_seen}, fpsr",
             "msr fpcr, x10",
+            "msr fpsr, x11",
             fpcr = in(reg) FPCR_PATTERN,
+            fpsr = in(reg) FPSR_PATTERN,
             loaded = in(reg) loaded.as_ptr(),
             seen = in(reg) seen.as_mut_ptr(),
             taken = in(reg) TAKEN.as_ptr(),
             rounds = in(reg) ROUNDS,
             fpcr_seen = out(reg) fpcr_seen,
-            out("x9") _, out("x10") _,
+            fpsr_seen = out(reg) fpsr_seen,
+            out("x9") _, out("x10") _, out("x11") _,
             out("v0") _, out("v1") _, out("v2") _, out("v3") _,
             out("v4") _, out("v5") _, out("v6") _, out("v7") _,
             out("v8") _, out("v9") _, out("v10") _, out("v11") _,
@@ -180,12 +205,12 @@ fn load_wait_and_read_back(loaded: &[u8; 512], seen: &mut [u8; 512]) -> u64 {
             out("v28") _, out("v29") _, out("v30") _, out("v31") _,
         );
     }
-    fpcr_seen
+    (fpcr_seen, fpsr_seen)
 }
 
 // The host only compiles the examples (`entry!` never calls `main` there).
 #[cfg(not(target_os = "none"))]
-fn load_wait_and_read_back(_loaded: &[u8; 512], _seen: &mut [u8; 512]) -> u64 {
+fn load_wait_and_read_back(_loaded: &[u8; 512], _seen: &mut [u8; 512]) -> (u64, u64) {
     unreachable!("a guest runs only on aarch64-unknown-none")
 }
 
@@ -212,14 +237,23 @@ fn on_tick(_tick: Tick) {
     }
 }
 
-/// Writes every vector register (the whole 128 bits) with another pattern.
+/// Writes every vector register (the whole 128 bits) with another pattern,
+/// and leaves FPCR rounding towards zero and FPSR clear: what the
+/// interrupted code finds must be its own all the same. (Leaving FPCR
+/// changed is what this test is about; the handler does no floating-point
+/// arithmetic after it.)
 #[cfg(target_os = "none")]
 #[inline(never)]
 fn clobber_vector_registers() {
+    /// What it leaves in FPCR: RMode = 0b11 (towards zero).
+    const FPCR_CLOBBER: u64 = 0b11 << 22;
     // SAFETY: writes only registers declared clobbered (the compiler keeps
-    // what it needs of v8..v15 across the block); no memory is touched.
+    // what it needs of v8..v15 across the block), FPCR and FPSR; no memory
+    // is touched.
     unsafe {
         core::arch::asm!(
+            "msr fpcr, {fpcr}",
+            "msr fpsr, xzr",
             "movi v0.16b, #0xa5", "movi v1.16b, #0xa5", "movi v2.16b, #0xa5", "movi v3.16b, #0xa5",
             "movi v4.16b, #0xa5", "movi v5.16b, #0xa5", "movi v6.16b, #0xa5", "movi v7.16b, #0xa5",
             "movi v8.16b, #0xa5", "movi v9.16b, #0xa5", "movi v10.16b, #0xa5", "movi v11.16b, #0xa5",
@@ -236,6 +270,7 @@ fn clobber_vector_registers() {
             out("v20") _, out("v21") _, out("v22") _, out("v23") _,
             out("v24") _, out("v25") _, out("v26") _, out("v27") _,
             out("v28") _, out("v29") _, out("v30") _, out("v31") _,
+            fpcr = in(reg) FPCR_CLOBBER,
             options(nomem, nostack, preserves_flags),
         );
     }

@@ -19,7 +19,7 @@ use core::mem::offset_of;
 use crate::exception::{
     ExceptionOrigin, ExceptionReport, ExceptionType, Syndrome, TrapFrame, VectorKind,
 };
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::{arch, console, cpu, device_tree, probe, tessera};
 
@@ -93,6 +93,8 @@ tessera_vcpu_setup:
     msr     spsel, #1
     mov     x0, #{cpacr}
     msr     cpacr_el1, x0
+    // No IRQ handler runs yet (the IRQ path's marker, below).
+    msr     tpidr_el1, xzr
     mrs     x0, mpidr_el1
     and     x0, x0, #0xff
     cmp     x0, #{max_vcpus}
@@ -224,10 +226,11 @@ tessera_stacks:
     // its first FP/SIMD instruction traps, and the synchronous entry saves
     // the state into this frame and turns FP/SIMD back on
     // (`tessera_exception_entry`). On the way out the state is restored
-    // only if it was saved. Most handlers never touch FP/SIMD, and pay
-    // nothing for it. This relies on handlers running with IRQs masked
-    // (the SDK's contract: no nesting). This is the guest's half of
-    // `shmem.notify_oneway`.
+    // only if it was saved, and TPIDR_EL1 is zero again. Most handlers
+    // never touch FP/SIMD, and pay nothing for it. This relies on handlers
+    // running with IRQs masked (the SDK's contract: no nesting;
+    // `interrupts::enable` refuses while TPIDR_EL1 says a handler runs).
+    // This is the guest's half of `shmem.notify_oneway`.
     .macro  tessera_irq_vector
     .balign 0x80
     sub     sp, sp, #{irq_frame_size}
@@ -280,7 +283,8 @@ tessera_irq_entry:
     // code's state is in the registers untouched; turned back on (the
     // ERET below synchronises the write). On: restore what the trap
     // saved.
-2:  mrs     x2, cpacr_el1
+2:  msr     tpidr_el1, xzr
+    mrs     x2, cpacr_el1
     cbnz    x2, 3f
     mov     x2, #{cpacr}
     msr     cpacr_el1, x2
@@ -316,6 +320,13 @@ tessera_exception_entry:
     mrs     x3, fpcr
     mrs     x4, fpsr
     stp     x3, x4, [x2, #176]
+    // Counted (`interrupts::fp_state_saves`), for tests.
+    adrp    x3, {fp_saves}
+    add     x3, x3, :lo12:{fp_saves}
+7:  ldxr    x4, [x3]
+    add     x4, x4, #1
+    stxr    w5, x4, [x3]
+    cbnz    w5, 7b
     mrs     x2, esr_el1
     ubfx    x2, x2, #26, #6
     cmp     x2, #0x07
@@ -380,6 +391,7 @@ tessera_exception_entry:
     handler = sym handle_exception,
     irq_handler = sym handle_irq_exception,
     irq_dispatch = sym IRQ_DISPATCH,
+    fp_saves = sym FP_STATE_SAVES,
     irq_frame_size = const IRQ_FRAME_SIZE,
 );
 
@@ -405,6 +417,10 @@ extern "C" fn primary_main(device_tree: usize) -> ! {
 /// link the GIC support at all, which keeps such guests small (the
 /// hypervisor copies and checks every byte of a guest image at boot).
 static IRQ_DISPATCH: AtomicUsize = AtomicUsize::new(0);
+
+/// How many times an IRQ handler's first FP/SIMD use (or a synchronous
+/// exception inside one) saved the interrupted code's FP/SIMD state.
+pub(crate) static FP_STATE_SAVES: AtomicU64 = AtomicU64::new(0);
 static CPU_INTERRUPT_SETUP: AtomicUsize = AtomicUsize::new(0);
 
 /// Called by `gic::init`, before any IRQ is unmasked.

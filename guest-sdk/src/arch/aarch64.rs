@@ -856,6 +856,18 @@ pub fn irq_mask() {
 }
 
 /// Clears PSTATE.I: pending IRQs are taken from here on.
+/// Whether an IRQ handler of the SDK is running on this vCPU (the IRQ
+/// path keeps TPIDR_EL1 non-zero meanwhile: the lazy FP/SIMD save's frame).
+#[must_use]
+pub fn in_irq_handler() -> bool {
+    let value: u64;
+    // SAFETY: reading TPIDR_EL1 has no side effects.
+    unsafe {
+        asm!("mrs {v}, tpidr_el1", v = out(reg) value, options(nomem, nostack, preserves_flags))
+    };
+    value != 0
+}
+
 pub fn irq_unmask() {
     // SAFETY: unmasking runs the SDK's IRQ handler, which saves and
     // restores everything it touches. Not `nomem`: memory the handler

@@ -245,4 +245,10 @@ pub fn irq_mask() {}
 
 pub fn irq_unmask() {}
 
+/// The host runs no IRQ handlers.
+#[must_use]
+pub fn in_irq_handler() -> bool {
+    false
+}
+
 pub fn wait_for_interrupt() {}

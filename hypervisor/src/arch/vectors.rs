@@ -246,9 +246,12 @@ exception_return:
 guest_synchronous:
     save_caller_saved
     // A guest single-stepping (SPSR_EL2.SS) takes the full path, which
-    // ends the step when it carries out the trapped instruction.
+    // ends the step when it carries out the trapped instruction; so does
+    // AArch32 code at its EL0 (M[4]: not A64, which the fast path assumes
+    // when it steps ELR by 4).
     mrs     x2, spsr_el2
     tbnz    x2, #21, 1f
+    tbnz    x2, #4, 1f
     mov     x0, sp
     mrs     x1, esr_el2
     mrs     x2, far_el2

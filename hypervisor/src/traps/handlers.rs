@@ -68,9 +68,16 @@ pub extern "C" fn handle_guest_irq(acknowledged: u64) {
     );
 }
 
-/// Step two of a synchronous exit from an AArch64 guest, with the whole
-/// frame saved: every exit the device fast path did not take.
+/// Step two of a synchronous exit from a guest, with the whole frame
+/// saved: every exit the device fast path did not take. One from AArch32
+/// code at the guest's EL0 (SPSR_EL2.M[4]) stops its VM, as Tessera
+/// emulates nothing for AArch32 (its instructions are not A64: a T32 one
+/// may be 2 bytes long).
 pub extern "C" fn handle_guest_synchronous(frame: &mut TrapFrame) {
+    const AARCH32: u64 = 1 << 4;
+    if frame.saved_state & AARCH32 != 0 {
+        vm::handle_guest_aarch32_exit(frame);
+    }
     vm::handle_guest_exit(frame);
 }
 
@@ -78,8 +85,11 @@ pub extern "C" fn handle_guest_synchronous(frame: &mut TrapFrame) {
 pub extern "C" fn handle_exception(frame: &mut TrapFrame, slot: u64) {
     match slot {
         CURRENT_EL_SPX_IRQ => return interrupts::handle_irq(),
-        // Interrupts while a guest ran, whichever state it was in (EL1 is
-        // always AArch64, but a guest may run AArch32 code at EL0).
+        // Interrupts while a guest ran, whichever state it was in. (EL1 is
+        // always AArch64, so exceptions from AArch32 code at the guest's EL0
+        // come to the lower-EL AArch64 slots too: the vector is chosen by
+        // the state of the EL just below EL2. Slot 8's paths look at
+        // SPSR_EL2.M[4] for them; the AArch32 slots are only a backstop.)
         LOWER_EL_IRQ | LOWER_EL_FIQ | AARCH32_LOWER_EL_IRQ | AARCH32_LOWER_EL_FIQ => {
             return vm::handle_guest_interrupt(None);
         }

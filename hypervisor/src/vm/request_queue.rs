@@ -491,7 +491,7 @@ const _: () = {
     assert!(size_of::<Slot<Request>>() == slot);
     let ring = 2 * size_of::<usize>() + CPU_QUEUE_CAPACITY * slot;
     assert!(size_of::<RequestRing<Request, CPU_QUEUE_CAPACITY>>() == ring);
-    assert!(size_of::<CpuRequestQueue>() == ring + 2 * size_of::<u32>());
+    assert!(size_of::<CpuRequestQueue>() == ring + size_of::<u64>());
 };
 
 #[cfg(test)]
@@ -585,6 +585,43 @@ mod tests {
         assert_eq!(queue.post(stop(3)), Ok(Posted::Coalesced));
         assert_eq!(queue.post(stop(1)), Ok(Posted::Coalesced));
         assert_eq!(drained(&queue), [stop(1), stop(3), start(2, 7)]);
+        assert_eq!(queue.pop(), None);
+    }
+
+    #[test]
+    fn stops_and_syncs_share_a_word_but_keep_their_order_and_their_vms() {
+        let queue = RequestQueue::<4>::new();
+        let stop = |index| Request::StopVcpu { vm: vm(index) };
+        let sync = |index| Request::SyncInterrupts { vm: vm(index) };
+        // The same VM in both halves, and the highest VM index in each.
+        for request in [
+            sync(3),
+            stop(3),
+            sync(0),
+            stop(MAX_VMS - 1),
+            sync(MAX_VMS - 1),
+        ] {
+            assert_eq!(queue.post(request), Ok(Posted::Coalesced));
+        }
+        assert_eq!(queue.post(start(2, 7)), Ok(Posted::Queued));
+        assert_eq!(
+            drained(&queue),
+            [
+                stop(3),
+                stop(MAX_VMS - 1),
+                sync(0),
+                sync(3),
+                sync(MAX_VMS - 1),
+                start(2, 7)
+            ]
+        );
+        assert!(queue.is_empty());
+        // Taking a stop leaves the same VM's sync pending, and back.
+        queue.post(stop(1)).unwrap();
+        queue.post(sync(1)).unwrap();
+        assert_eq!(queue.pop(), Some(stop(1)));
+        assert!(!queue.is_empty());
+        assert_eq!(queue.pop(), Some(sync(1)));
         assert_eq!(queue.pop(), None);
     }
 
