@@ -24,6 +24,9 @@ use arm_gic::gicv3::{GicCpuInterface, GicV3};
 use arm_gic::{IntId, InterruptGroup, UniqueMmioPointer};
 use spin::Mutex;
 use tessera_platform::GicLayout;
+use tock_registers::interfaces::{Readable, Writeable};
+use tock_registers::register_structs;
+use tock_registers::registers::{ReadWrite, WriteOnly};
 
 use crate::arch;
 
@@ -47,9 +50,69 @@ static LAYOUT: spin::Once<GicLayout> = spin::Once::new();
 /// GICC_CTLR.EOImodeNS (GICv2, IHI 0048B §4.4.1; bit 9 in the Non-secure
 /// view and in a GIC without the Security Extensions).
 const GICC_CTLR_EOI_MODE: u32 = 1 << 9;
-/// GICC_CTLR at offset 0, GICC_DIR at 0x1000 (IHI 0048B §4.4).
-const GICC_CTLR: usize = 0x0;
-const GICC_DIR: usize = 0x1000;
+
+register_structs! {
+    /// The GICv2 CPU interface registers the driver's own code uses beside
+    /// `arm-gic` (IHI 0048B §4.4, table 4-2); banked per CPU.
+    GiccRegisters {
+        (0x0000 => ctlr: ReadWrite<u32>),
+        (0x0004 => _reserved0),
+        (0x1000 => dir: WriteOnly<u32>),
+        (0x1004 => @END),
+    }
+}
+
+register_structs! {
+    /// The distributor registers, present in both generations, that the
+    /// driver's own code uses (IHI 0048B §4.3 table 4-1, IHI 0069H §12.9):
+    /// clear-pending and clear-active by bit, and GICv2's byte-wide CPU
+    /// targets. Within the 4 KiB every distributor has.
+    GicdRegisters {
+        (0x000 => _reserved0),
+        (0x280 => icpendr: [WriteOnly<u32>; 32]),
+        (0x300 => _reserved1),
+        (0x380 => icactiver: [WriteOnly<u32>; 32]),
+        (0x400 => _reserved2),
+        (0x800 => itargetsr: [ReadWrite<u8>; 1020]),
+        (0xBFC => _reserved3),
+        (0x1000 => @END),
+    }
+}
+
+register_structs! {
+    /// GICv3 GICD_IROUTER<n> for the SPIs, n = 32..1019, at 0x6100 + 8(n -
+    /// 32) in the distributor (IHI 0069H §12.9.22).
+    GicdRouting {
+        (0x000 => irouter: [ReadWrite<u64>; 988]),
+        (0x1EE0 => @END),
+    }
+}
+
+register_structs! {
+    /// The GICv3 redistributor SGI_base frame's register the driver's own
+    /// code uses (IHI 0069H §12.10): clear-active for SGIs and PPIs.
+    GicrSgiFrame {
+        (0x000 => _reserved0),
+        (0x380 => icactiver0: WriteOnly<u32>),
+        (0x384 => @END),
+    }
+}
+
+/// GICD_IROUTER<32>'s offset in the distributor.
+const GICD_IROUTER_SPIS: u64 = 0x6100;
+/// A redistributor's SGI_base frame is 64 KiB after its RD_base, and each
+/// CPU has both (128 KiB).
+const GICR_SGI_FRAME: u64 = 0x1_0000;
+const GICR_FRAMES_PER_CPU: u64 = 0x2_0000;
+
+/// The distributor's registers, once the GIC is known.
+fn distributor_registers() -> Option<&'static GicdRegisters> {
+    let base = LAYOUT.get()?.distributor().base;
+    // SAFETY: the distributor frame (at least 4 KiB in both generations),
+    // mapped as device memory in the EL2 map for the whole run; its
+    // registers are reached through volatile accesses only.
+    Some(unsafe { &*(base as usize as *const GicdRegisters) })
+}
 /// ICC_CTLR_EL1.EOImode (IHI 0069H §12.2.6).
 const ICC_CTLR_EOI_MODE: u64 = 1 << 1;
 
@@ -58,12 +121,15 @@ pub fn layout() -> Option<GicLayout> {
     LAYOUT.get().copied()
 }
 
-/// This CPU's GICv2 CPU interface register at `offset` (the frame is
-/// banked per CPU, so no lock is needed to reach the caller's own).
-fn gicc_register(offset: usize) -> Option<*mut u32> {
+/// This CPU's GICv2 CPU interface (the frame is banked per CPU, so no
+/// lock is needed to reach the caller's own); none on GICv3.
+fn gicc_registers() -> Option<&'static GiccRegisters> {
     match LAYOUT.get()? {
         GicLayout::V2 { cpu_interface, .. } => {
-            Some((cpu_interface.base as usize + offset) as *mut u32)
+            // SAFETY: the GICv2 CPU interface frame (8 KiB: GICC_DIR is at
+            // 0x1000), mapped as device memory in the EL2 map for the
+            // whole run; each CPU sees its own banked registers.
+            Some(unsafe { &*(cpu_interface.base as usize as *const GiccRegisters) })
         }
         GicLayout::V3 { .. } => None,
     }
@@ -89,12 +155,9 @@ fn set_split_eoi_mode() {
             }
         }
         _ => {
-            if let Some(ctlr) = gicc_register(GICC_CTLR) {
-                // SAFETY: this CPU's banked GICC_CTLR, mapped as device
-                // memory in the EL2 map; reading it has no side effects.
-                let value = unsafe { ctlr.read_volatile() };
-                // SAFETY: as above; only the EOI mode bit changes.
-                unsafe { ctlr.write_volatile(value | GICC_CTLR_EOI_MODE) };
+            if let Some(gicc) = gicc_registers() {
+                // Only the EOI mode bit changes.
+                gicc.ctlr.set(gicc.ctlr.get() | GICC_CTLR_EOI_MODE);
             }
         }
     }
@@ -298,10 +361,8 @@ pub fn deactivate(intid: u32) {
             }
         }
         _ => {
-            if let Some(dir) = gicc_register(GICC_DIR) {
-                // SAFETY: this CPU's banked GICC_DIR, device memory in the
-                // EL2 map.
-                unsafe { dir.write_volatile(intid) };
+            if let Some(gicc) = gicc_registers() {
+                gicc.dir.set(intid);
             }
         }
     }
@@ -438,26 +499,28 @@ fn send_sgi_unlearned(intid: u32, index: usize, affinity: u64) {
 /// banked GICD_ICACTIVER0 (GICv2): for a linked guest interrupt left active
 /// when its vCPU stops. Clearing one that is not active changes nothing.
 pub fn clear_active_private(intid: u32) {
-    /// GICD_ICACTIVER0 and GICR_ICACTIVER0 (in the SGI_base frame, 64 KiB
-    /// after RD_base) share the offset.
-    const ICACTIVER0: u64 = 0x380;
-    const SGI_FRAME: u64 = 0x1_0000;
-    const FRAMES_PER_CPU: u64 = 0x2_0000;
     if intid >= 32 {
         return;
     }
-    let register = match LAYOUT.get() {
+    match LAYOUT.get() {
         Some(GicLayout::V3 { redistributors, .. }) => {
-            redistributors.base + arch::cpu_index() as u64 * FRAMES_PER_CPU + SGI_FRAME + ICACTIVER0
+            let frame = redistributors.base
+                + arch::cpu_index() as u64 * GICR_FRAMES_PER_CPU
+                + GICR_SGI_FRAME;
+            // SAFETY: this CPU's own redistributor SGI_base frame (the
+            // driver indexes them by CPU the same way), device memory in
+            // the EL2 map for the whole run.
+            let sgi_frame = unsafe { &*(frame as usize as *const GicrSgiFrame) };
+            sgi_frame.icactiver0.set(1 << intid);
         }
-        Some(GicLayout::V2 { distributor, .. }) => distributor.base + ICACTIVER0,
-        None => return,
-    };
-    // SAFETY: this CPU's own redistributor frame (the driver indexes them
-    // by CPU the same way) or its banked distributor register, device
-    // memory in the EL2 map; the write clears one bit of this CPU's
-    // private interrupts and nothing else.
-    unsafe { (register as *mut u32).write_volatile(1 << intid) };
+        // GICD_ICACTIVER0 is banked: this CPU's private interrupts.
+        Some(GicLayout::V2 { .. }) => {
+            if let Some(gicd) = distributor_registers() {
+                gicd.icactiver[0].set(1 << intid);
+            }
+        }
+        None => {}
+    }
 }
 
 /// Sets a passed-through device's SPI `intid` up at the hypervisor's
@@ -493,10 +556,11 @@ static CPU_TARGET_BITS: [AtomicU8; tessera_hypervisor::MAX_CPUS] =
 
 /// Records the calling CPU's GICv2 target bit (see `CPU_TARGET_BITS`).
 pub fn learn_cpu_target() {
-    if let Some(GicLayout::V2 { distributor, .. }) = LAYOUT.get() {
-        // SAFETY: the first byte of the banked GICD_ITARGETSR0, device
-        // memory in the EL2 map; reading it has no side effects.
-        let own = unsafe { ((distributor.base + 0x800) as *const u8).read_volatile() };
+    if let Some(GicLayout::V2 { .. }) = LAYOUT.get()
+        && let Some(gicd) = distributor_registers()
+    {
+        // The first byte of the banked GICD_ITARGETSR0.
+        let own = gicd.itargetsr[0].get();
         CPU_TARGET_BITS[arch::cpu_index()].store(own, Ordering::Relaxed);
     }
 }
@@ -516,8 +580,6 @@ fn cpu_target_bit(index: usize) -> u8 {
 /// `affinity`: GICD_IROUTER (GICv3, affinity routing) or the byte of
 /// GICD_ITARGETSR (GICv2), with that CPU's own target bit.
 pub fn route_spi(intid: u32, index: usize, affinity: u64) {
-    const ITARGETSR: u64 = 0x800;
-    const IROUTER: u64 = 0x6000;
     if !(32..1020).contains(&intid) {
         return;
     }
@@ -525,19 +587,18 @@ pub fn route_spi(intid: u32, index: usize, affinity: u64) {
         Some(GicLayout::V3 { distributor, .. }) => {
             // Aff3 in [39:32], Aff2.Aff1.Aff0 in [23:0]; IRM 0.
             let route = (affinity & 0xFF_FFFF) | ((affinity >> 32) & 0xFF) << 32;
-            let register = distributor.base + IROUTER + 8 * u64::from(intid);
-            // SAFETY: the distributor's GICD_IROUTER<intid>, device memory
-            // in the EL2 map; it routes only this SPI, which the
-            // hypervisor owns.
-            unsafe { (register as *mut u64).write_volatile(route) };
+            let routing = distributor.base + GICD_IROUTER_SPIS;
+            // SAFETY: the GICv3 distributor's IROUTER registers (its frame
+            // is 64 KiB), device memory in the EL2 map for the whole run.
+            let routing = unsafe { &*(routing as usize as *const GicdRouting) };
+            routing.irouter[(intid - 32) as usize].set(route);
         }
-        Some(GicLayout::V2 { distributor, .. }) => {
-            let register = distributor.base + ITARGETSR + u64::from(intid);
-            let target = cpu_target_bit(index);
-            // SAFETY: the byte of GICD_ITARGETSR for this SPI (byte
-            // accesses are allowed, IHI 0048B §4.3.12), device memory in the
-            // EL2 map.
-            unsafe { (register as *mut u8).write_volatile(target) };
+        Some(GicLayout::V2 { .. }) => {
+            // Byte accesses to GICD_ITARGETSR are allowed (IHI 0048B
+            // §4.3.12).
+            if let Some(gicd) = distributor_registers() {
+                gicd.itargetsr[intid as usize].set(cpu_target_bit(index));
+            }
         }
         None => {}
     }
@@ -547,39 +608,29 @@ pub fn route_spi(intid: u32, index: usize, affinity: u64) {
 /// redistributor's or banked GICD_ICACTIVER0), or an SPI (GICD_ICACTIVER).
 /// One that is not active is left as it is.
 pub fn deactivate_physical(intid: u32) {
-    const ICACTIVER: u64 = 0x380;
     if intid < 32 {
         return clear_active_private(intid);
     }
     if intid >= 1020 {
         return;
     }
-    let Some(layout) = LAYOUT.get() else {
-        return;
-    };
-    let register = layout.distributor().base + ICACTIVER + u64::from(intid / 32) * 4;
-    // SAFETY: a word of GICD_ICACTIVER, device memory in the EL2 map; the
-    // one bit written touches only this SPI.
-    unsafe { (register as *mut u32).write_volatile(1 << (intid % 32)) };
+    if let Some(gicd) = distributor_registers() {
+        // One bit: only this SPI.
+        gicd.icactiver[(intid / 32) as usize].set(1 << (intid % 32));
+    }
 }
 
 /// Clears the pending and active state of SPI `intid` (GICD_ICPENDR,
 /// GICD_ICACTIVER): a passed-through device's interrupt left over from a
 /// VM run that ended or restarted.
 pub fn clear_spi(intid: u32) {
-    const ICPENDR: u64 = 0x280;
-    const ICACTIVER: u64 = 0x380;
     if !(32..1020).contains(&intid) {
         return;
     }
-    let Some(layout) = LAYOUT.get() else {
-        return;
-    };
-    let word = u64::from(intid / 32) * 4;
-    for offset in [ICPENDR, ICACTIVER] {
-        let register = layout.distributor().base + offset + word;
-        // SAFETY: a word of GICD_ICPENDR/ICACTIVER, device memory in the
-        // EL2 map; the one bit written touches only this SPI.
-        unsafe { (register as *mut u32).write_volatile(1 << (intid % 32)) };
+    if let Some(gicd) = distributor_registers() {
+        // One bit each: only this SPI.
+        let (word, bit) = ((intid / 32) as usize, 1 << (intid % 32));
+        gicd.icpendr[word].set(bit);
+        gicd.icactiver[word].set(bit);
     }
 }

@@ -14,6 +14,9 @@ use core::sync::atomic::{AtomicU8, Ordering};
 use tessera_hypervisor::MAX_CPUS;
 use tessera_hypervisor::vgic::list_registers::{ListEntry, ListRegisters, MAX_LIST_REGISTERS};
 use tessera_platform::GicLayout;
+use tock_registers::interfaces::{Readable, Writeable};
+use tock_registers::register_structs;
+use tock_registers::registers::{ReadOnly, ReadWrite};
 
 use crate::{arch, interrupts::gic};
 
@@ -23,15 +26,25 @@ use crate::{arch, interrupts::gic};
 const HCR_ENABLE: u64 = 1 << 0;
 const HCR_NO_PENDING_MAINTENANCE: u64 = 1 << 3;
 
-/// GICH register offsets (IHI 0048B §5.3).
-mod gich {
-    pub const HCR: usize = 0x000;
-    pub const VTR: usize = 0x004;
-    pub const VMCR: usize = 0x008;
-    pub const ELRSR0: usize = 0x030;
-    pub const APR: usize = 0x0F0;
-    pub const LR: usize = 0x100;
+register_structs! {
+    /// The GICv2 virtual interface control registers this code uses
+    /// (GICH, IHI 0048B §5.3, table 5-1); each CPU sees its own frame at
+    /// the architected address.
+    GichRegisters {
+        (0x000 => hcr: ReadWrite<u32>),
+        (0x004 => vtr: ReadOnly<u32>),
+        (0x008 => vmcr: ReadWrite<u32>),
+        (0x00C => _reserved0),
+        (0x030 => elrsr0: ReadOnly<u32>),
+        (0x034 => _reserved1),
+        (0x0F0 => apr: ReadWrite<u32>),
+        (0x0F4 => _reserved2),
+        (0x100 => lr: [ReadWrite<u32>; MAX_LIST_REGISTERS]),
+        (0x140 => @END),
+    }
 }
+
+const _: () = assert!(MAX_LIST_REGISTERS == 16, "GICH_LR<n> are at 0x100 + 4n");
 
 /// The list-register count of each CPU, read once at its bring-up (0
 /// until then: no list register is touched).
@@ -103,7 +116,7 @@ pub struct VirtualInterface {
     count: usize,
     /// GICv2: this CPU's (banked) GICH frame; GICv3: none, the ICH_*
     /// system registers are used.
-    gich: Option<usize>,
+    gich: Option<&'static GichRegisters>,
 }
 
 impl VirtualInterface {
@@ -115,26 +128,22 @@ impl VirtualInterface {
             Some(GicLayout::V2 {
                 hypervisor_interface,
                 ..
-            }) => Some(hypervisor_interface.base as usize),
+            }) => {
+                let registers = hypervisor_interface.base as usize as *const GichRegisters;
+                // SAFETY: the board's GICH frame, mapped as device memory in
+                // the EL2 map for the whole run; each CPU sees its own
+                // (banked) registers there, and only this CPU's code uses
+                // them, so no two writers share a register.
+                Some(unsafe { &*registers })
+            }
             _ => None,
         };
         Self { count, gich }
     }
 
-    fn gich_read(base: usize, offset: usize) -> u32 {
-        // SAFETY: this CPU's banked GICH frame, mapped as device memory in
-        // the EL2 map; the offsets are GICH registers.
-        unsafe { ((base + offset) as *const u32).read_volatile() }
-    }
-
-    fn gich_write(base: usize, offset: usize, value: u32) {
-        // SAFETY: as for `gich_read`; GICH only affects this CPU's guest.
-        unsafe { ((base + offset) as *mut u32).write_volatile(value) }
-    }
-
     fn hcr(&self) -> u64 {
         match self.gich {
-            Some(base) => u64::from(Self::gich_read(base, gich::HCR)),
+            Some(gich) => u64::from(gich.hcr.get()),
             None => {
                 let value: u64;
                 // SAFETY: reading ICH_HCR_EL2 has no side effects.
@@ -149,7 +158,7 @@ impl VirtualInterface {
 
     fn set_hcr(&self, value: u64) {
         match self.gich {
-            Some(base) => Self::gich_write(base, gich::HCR, value as u32),
+            Some(gich) => gich.hcr.set(value as u32),
             None => {
                 // SAFETY: ICH_HCR_EL2 controls this CPU's virtual CPU
                 // interface only.
@@ -166,7 +175,8 @@ impl VirtualInterface {
     pub fn init_this_cpu() {
         let gich = Self::this_cpu().gich;
         let count = match gich {
-            Some(base) => (Self::gich_read(base, gich::VTR) & 0x3F) as usize + 1,
+            // GICH_VTR.ListRegs [5:0]: the count less one.
+            Some(gich) => (gich.vtr.get() & 0x3F) as usize + 1,
             None => {
                 let vtr: u64;
                 // SAFETY: reading ICH_VTR_EL2 has no side effects.
@@ -193,9 +203,9 @@ impl VirtualInterface {
         }
         let hcr = if enable { HCR_ENABLE } else { 0 };
         match self.gich {
-            Some(base) => {
-                Self::gich_write(base, gich::VMCR, 0);
-                Self::gich_write(base, gich::APR, 0);
+            Some(gich) => {
+                gich.vmcr.set(0);
+                gich.apr.set(0);
             }
             None => {
                 // SAFETY: zeroing this CPU's virtual interface controls
@@ -255,7 +265,7 @@ impl ListRegisters for VirtualInterface {
 
     fn read(&self, index: usize) -> ListEntry {
         match self.gich {
-            Some(base) => ListEntry::from_gicv2(Self::gich_read(base, gich::LR + 4 * index)),
+            Some(gich) => ListEntry::from_gicv2(gich.lr[index].get()),
             None => ListEntry::from_gicv3(list_register_access!(index, true, 0u64)),
         }
     }
@@ -263,7 +273,7 @@ impl ListRegisters for VirtualInterface {
     #[inline(always)]
     fn write(&mut self, index: usize, entry: ListEntry) {
         match self.gich {
-            Some(base) => Self::gich_write(base, gich::LR + 4 * index, entry.to_gicv2()),
+            Some(gich) => gich.lr[index].set(entry.to_gicv2()),
             None => {
                 let value = entry.to_gicv3();
                 let _ = list_register_access!(index, false, value);
@@ -273,7 +283,7 @@ impl ListRegisters for VirtualInterface {
 
     fn empty(&self) -> u32 {
         match self.gich {
-            Some(base) => Self::gich_read(base, gich::ELRSR0),
+            Some(gich) => gich.elrsr0.get(),
             None => {
                 let value: u64;
                 // SAFETY: reading ICH_ELRSR_EL2 has no side effects.
