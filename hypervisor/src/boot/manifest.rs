@@ -660,7 +660,10 @@ fn cells(value: &[u8], cells: usize) -> Option<u64> {
     read_cells(value, cells).filter(|_| value.len() == cells * 4)
 }
 
-/// A big-endian u64 from exactly eight bytes.
+/// A big-endian u64 from exactly eight bytes. Out of line: the bytes are
+/// loaded one at a time (the target does no unaligned loads), and each of
+/// the entry readers' copies inlined that sequence several times over.
+#[inline(never)]
 fn be64(bytes: &[u8]) -> u64 {
     let mut value = [0; 8];
     value.copy_from_slice(bytes);
