@@ -11,7 +11,11 @@
 //! the HW bit, and the guest's own deactivation ends the physical one. A
 //! change made on one CPU for a vCPU running on another (an SGI, a device
 //! line, a distributor write) reaches it as a `SyncInterrupts` request and
-//! the request SGI; that CPU syncs its own list registers.
+//! the request SGI; that CPU syncs its own list registers. A signalled SPI
+//! (a vdev-shmem vector) is the exception: its line is an atomic bit
+//! outside the lock, raised with the receiving CPU's doorbell
+//! (`raise_spi`) and absorbed by the model whenever the lock is taken
+//! (`VmVgic::lock`).
 
 use alloc::boxed::Box;
 use core::cell::UnsafeCell;

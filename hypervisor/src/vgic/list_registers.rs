@@ -527,8 +527,9 @@ fn prepare_linked(state: &VgicState, vcpu: VcpuId, shadow: &mut ListRegisterShad
     }
 }
 
-/// SPI `intid` became pending for `vcpu` (running here; another CPU
-/// changed the model and asked this one to show it): written into a free
+/// SPI `intid` became pending for `vcpu` (running here; raised from
+/// another CPU, which asked this one to show it, and in the model now):
+/// written into a free
 /// list register, exactly as a sync would, when nothing waited for a
 /// register at the last sync (then every deliverable interrupt is shown,
 /// and so it is with this one too) and it is in none yet, or only in one
