@@ -15,6 +15,13 @@
 //! default 1), `name=REGION` (default `pingpong`), `delay_ms=N` (wait
 //! before connecting, default 0), `timeout_ms=N` (default 60000).
 //!
+//! `hop_every=N` (pong only, which then needs 2 vCPUs): the vector is
+//! routed to vCPU 1 at first, and every N rounds the handler moves it to
+//! the other vCPU (while the interrupt it is handling is still active),
+//! before it replies; so rounds 1..N are handled on vCPU 1, N+1..2N on
+//! vCPU 0, and so on, and the pong side also prints
+//! `pong: handled on vCPU 0: A, vCPU 1: B, hops H`.
+//!
 //! Output (ping; the pong side prints the same with `pong`):
 //!
 //! ```text
@@ -36,8 +43,9 @@ use tessera_guest_sdk::bootargs::{self, Bootargs};
 use tessera_guest_sdk::device_tree::DeviceTree;
 use tessera_guest_sdk::gic::{self, Interrupt};
 use tessera_guest_sdk::shmem::{self, Connection, Factory, PeerSet};
+use tessera_guest_sdk::smp::{self, Vcpus};
 use tessera_guest_sdk::time::{self, Deadline};
-use tessera_guest_sdk::{entry, exit, exit_status, interrupts, println};
+use tessera_guest_sdk::{cpu, entry, exit, exit_status, interrupts, println};
 
 entry!(main);
 
@@ -58,6 +66,13 @@ static SENDERS_SEEN: AtomicU32 = AtomicU32::new(0);
 static DATA_ERRORS: AtomicU32 = AtomicU32::new(0);
 static OTHER_WAKEUPS: AtomicU32 = AtomicU32::new(0);
 static DONE: AtomicBool = AtomicBool::new(false);
+/// Pong with `hop_every`: the rounds between hops (0: no hops), the
+/// vector, the rounds handled on each vCPU, the hops made, vCPU 1 up.
+static HOP_EVERY: AtomicU32 = AtomicU32::new(0);
+static VECTOR: AtomicU32 = AtomicU32::new(0);
+static HANDLED_ON: [AtomicU32; 2] = [AtomicU32::new(0), AtomicU32::new(0)];
+static HOPS: AtomicU32 = AtomicU32::new(0);
+static SECONDARY_READY: AtomicBool = AtomicBool::new(false);
 
 fn main(_device_tree: usize) -> ! {
     let tree = DeviceTree::boot()
@@ -78,6 +93,10 @@ fn main(_device_tree: usize) -> ! {
     let delay_ms = number("delay_ms", 0);
     let timeout_ms = number("timeout_ms", 60_000);
     let name = args.get("name").unwrap_or("pingpong");
+    let hop_every = number("hop_every", 0).min(u64::from(u32::MAX)) as u32;
+    if hop_every != 0 && role != "pong" {
+        fail(role, format_args!("hop_every is for the pong side"));
+    }
     IS_PING.store(role == "ping", Ordering::Relaxed);
     ROUNDS.store(rounds, Ordering::Relaxed);
 
@@ -94,6 +113,10 @@ fn main(_device_tree: usize) -> ! {
     device
         .enable_interrupt(on_vector, PRIORITY)
         .unwrap_or_else(|error| fail(role, format_args!("vector: {error}")));
+    if hop_every != 0 {
+        start_second_vcpu(&tree, device.intid());
+        HOP_EVERY.store(hop_every, Ordering::Relaxed);
+    }
     let mut factory =
         Factory::open(device).unwrap_or_else(|error| fail(role, format_args!("{error}")));
     time::delay_ms(delay_ms);
@@ -111,7 +134,11 @@ fn main(_device_tree: usize) -> ! {
 
     // Peers attached before this connection raised nothing here: look once
     // (with IRQs masked, as the handler runs), then let the handler work.
-    service();
+    // Not with hops: the vector already goes to vCPU 1, whose handler
+    // takes whatever comes, and the two must not run `service` at once.
+    if hop_every == 0 {
+        service();
+    }
     interrupts::enable();
     let deadline = Deadline::after_ms(timeout_ms);
     let attached = shmem::wait_until(Some(deadline), || connection.attached().len() >= 2)
@@ -142,12 +169,30 @@ fn main(_device_tree: usize) -> ! {
         connection.delivered(),
         OTHER_WAKEUPS.load(Ordering::Relaxed)
     );
+    let hops = HOPS.load(Ordering::Relaxed);
+    let handled = HANDLED_ON
+        .each_ref()
+        .map(|count| count.load(Ordering::Relaxed));
+    if hop_every != 0 {
+        println!(
+            "shmem-pingpong: {role}: handled on vCPU 0: {}, vCPU 1: {}, hops {hops}",
+            handled[0], handled[1]
+        );
+    }
+    // Rounds 1..N on vCPU 1, the next N on vCPU 0, and so on.
+    let expected_on = |vcpu: u32| {
+        (1..=rounds)
+            .filter(|round| ((round - 1) / hop_every.max(1)) % 2 == 1 - vcpu)
+            .count() as u32
+    };
     let problem = if !finished {
         Some("timed out: a notification was lost or the peer stopped")
     } else if errors != 0 {
         Some("data did not match its notification")
     } else if received != rounds || sent != rounds || round != rounds {
         Some("the counts are not the round count")
+    } else if hop_every != 0 && (handled[0] != expected_on(0) || handled[1] != expected_on(1)) {
+        Some("a round was handled on a vCPU the vector was not routed to")
     } else {
         None
     };
@@ -166,6 +211,41 @@ fn main(_device_tree: usize) -> ! {
 /// The vector's handler: reading the status lowers the line.
 fn on_vector(_: Interrupt) {
     service();
+}
+
+/// Pong with `hop_every`: starts vCPU 1 and routes the vector there.
+fn start_second_vcpu(tree: &DeviceTree<'_>, vector: u32) {
+    let vcpus = Vcpus::from_device_tree(tree);
+    if vcpus.count() < 2 || cpu::index() != 0 {
+        fail(
+            "pong",
+            format_args!("hop_every needs 2 vCPUs, booting on vCPU 0"),
+        );
+    }
+    VECTOR.store(vector, Ordering::Relaxed);
+    for mpidr in vcpus.others().take(1) {
+        if let Err(error) = smp::start(mpidr, secondary, 0) {
+            fail("pong", format_args!("CPU_ON({mpidr:#x}) = {error}"));
+        }
+    }
+    let deadline = Deadline::after_ms(2000);
+    while !SECONDARY_READY.load(Ordering::Acquire) {
+        if deadline.has_passed() {
+            fail("pong", format_args!("vCPU 1 did not come up"));
+        }
+        core::hint::spin_loop();
+    }
+    gic::route_spi(vector, 1).unwrap_or_else(|error| fail("pong", format_args!("route: {error}")));
+}
+
+/// vCPU 1: its GIC interface is up (`smp::start`); it takes the vector
+/// while it is routed here, until the run is done.
+fn secondary(_: usize) -> ! {
+    interrupts::enable();
+    SECONDARY_READY.store(true, Ordering::Release);
+    loop {
+        interrupts::wait();
+    }
 }
 
 /// Reads the status and answers the peer's notify, if there is one. Runs
@@ -203,6 +283,20 @@ fn service() {
             DATA_ERRORS.fetch_add(1, Ordering::Relaxed);
         }
         ROUND.store(round, Ordering::Relaxed);
+        let hop_every = HOP_EVERY.load(Ordering::Relaxed);
+        if hop_every != 0 {
+            let me = cpu::index().min(1);
+            HANDLED_ON[me].fetch_add(1, Ordering::Relaxed);
+            // The last round of a stretch moves the vector to the other
+            // vCPU before the reply, with this instance still active here.
+            if round.is_multiple_of(hop_every) && round < rounds {
+                let vector = VECTOR.load(Ordering::Relaxed);
+                if gic::route_spi(vector, 1 - me).is_err() {
+                    DATA_ERRORS.fetch_add(1, Ordering::Relaxed);
+                }
+                HOPS.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         let _ = data.write_u32(PONG_WORD, round);
         SENT.fetch_add(1, Ordering::Relaxed);
         connection.notify(senders);
