@@ -211,11 +211,16 @@ pub fn init_boot_cpu(layout: GicLayout, cpu_count: usize) -> Result<(), GicError
             let redistributor_frames = NonNull::new(redistributors.base as *mut GicrSgi)
                 .ok_or(GicError::Redistributors)?;
             // SAFETY: the board description gives the distributor frame,
-            // mapped as device memory in the EL2 map, and this is the only
-            // pointer to it.
+            // mapped as device memory in the EL2 map, and this is the
+            // driver's only pointer to it. The driver's own code beside it
+            // (`GicdRegisters`, `GicdRouting`) reaches only registers the
+            // driver leaves alone after its set-up: clear-pending and
+            // clear-active bits, and the routing of SPIs passed through or
+            // used by the hypervisor, each write one whole register.
             let distributor_pointer = unsafe { UniqueMmioPointer::new(distributor_frame) };
-            // SAFETY: likewise for the redistributor frames; this is the only
-            // driver instance for them.
+            // SAFETY: likewise for the redistributor frames (the driver's
+            // own code writes only GICR_ICACTIVER0, `GicrSgiFrame`); this is
+            // the only driver instance for them.
             let mut gic =
                 unsafe { GicV3::new(distributor_pointer, redistributor_frames, cpu_count) }
                     .map_err(|_| GicError::Redistributors)?;
