@@ -133,8 +133,8 @@ fn load_wait_and_read_back(loaded: &[u8; 512], seen: &mut [u8; 512]) -> (u64, u6
     let fpcr_seen: u64;
     let fpsr_seen: u64;
     // SAFETY: loads and stores only the two 512-byte buffers it is given;
-    // every vector register, FPCR and x9..x10 are declared clobbered;
-    // FPCR is put back to its value before the block; IRQs are unmasked
+    // every vector register and x9..x11 are declared clobbered; FPCR and
+    // FPSR are put back to their values before the block; IRQs are unmasked
     // only inside (the SDK's handlers run meanwhile, which is the test) and
     // masked again before the block ends, as they were before it.
     unsafe {
