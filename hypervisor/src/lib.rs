@@ -58,6 +58,8 @@ pub mod vgic {
     pub mod redistributor;
     pub mod state;
 }
+/// The spin lock every hypervisor lock is.
+pub mod sync;
 /// The VM core: typed identifiers, VM lifecycle, the per-CPU request
 /// queues, stage 2, loading, vCPU state, PSCI and set/way decisions.
 pub mod vm {

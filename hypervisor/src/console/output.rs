@@ -17,10 +17,10 @@
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use spin::Mutex;
 use tessera_hypervisor::boot::manifest::MAX_VMS;
 use tessera_hypervisor::console::escape::Escaped;
 use tessera_hypervisor::console::queue::{CAPACITY, ConsoleQueue, DrainStop};
+use tessera_hypervisor::sync::Mutex;
 use tock_registers::interfaces::{Readable, Writeable};
 use tock_registers::register_bitfields;
 use tock_registers::register_structs;

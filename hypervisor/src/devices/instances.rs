@@ -6,8 +6,8 @@
 //! from the VM's vCPU bookkeeping, so a device access takes one uncontended
 //! lock and nothing else (lock order: `tessera_hypervisor::vm::system`).
 
-use spin::Mutex;
 use tessera_hypervisor::devices::map::DeviceSlot;
+use tessera_hypervisor::sync::Mutex;
 use tessera_hypervisor::traps::guest_exit::{AccessFrame, DataRegister, LoadShape, MmioAccess};
 use tessera_hypervisor::vm::ids::{VcpuId, VmId};
 use tessera_platform::guest::UART_SPI;

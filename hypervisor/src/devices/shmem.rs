@@ -18,10 +18,10 @@
 //! VM's stage 2 and drives other VMs' lines (lock order:
 //! `tessera_hypervisor::vm::system`).
 
-use spin::Mutex;
 use tessera_hypervisor::boot::manifest::{SystemManifest, VmManifest};
 use tessera_hypervisor::devices::map::{DeviceMap, DeviceSlot, Window};
 use tessera_hypervisor::memory::address::{GuestPhysAddr, PAGE_SIZE, PhysAddr};
+use tessera_hypervisor::sync::Mutex;
 use tessera_hypervisor::traps::crash_report::TrapFrame;
 use tessera_hypervisor::traps::guest_exit::AccessFrame;
 use tessera_hypervisor::traps::instruction::{self, Plan};

@@ -22,7 +22,7 @@ use arm_gic::gicv2::GicV2;
 use arm_gic::gicv3::registers::{Gicd, GicrSgi};
 use arm_gic::gicv3::{GicCpuInterface, GicV3};
 use arm_gic::{IntId, InterruptGroup, UniqueMmioPointer};
-use spin::Mutex;
+use tessera_hypervisor::sync::Mutex;
 use tessera_platform::GicLayout;
 use tock_registers::interfaces::{Readable, Writeable};
 use tock_registers::register_structs;

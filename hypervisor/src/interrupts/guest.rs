@@ -21,7 +21,7 @@ use alloc::boxed::Box;
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use spin::Mutex;
+use tessera_hypervisor::sync::Mutex;
 use tessera_hypervisor::vgic::interrupts::{SignalledLines, VmInterrupts};
 use tessera_hypervisor::vgic::list_registers::ListEntry;
 use tessera_hypervisor::vgic::state::{Effects, GicVersion, SpiSet};
@@ -45,7 +45,7 @@ impl VmVgic {
     /// Locks the model, which first absorbs every signalled line changed
     /// since it was last locked (`VmInterrupts::absorb`).
     #[inline(always)]
-    pub fn lock(&self) -> spin::MutexGuard<'_, &'static mut VmInterrupts> {
+    pub fn lock(&self) -> tessera_hypervisor::sync::MutexGuard<'_, &'static mut VmInterrupts> {
         let mut model = self.model.lock();
         model.absorb(&self.lines);
         model

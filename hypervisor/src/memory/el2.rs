@@ -5,12 +5,12 @@
 use core::alloc::Layout;
 
 use buddy_system_allocator::{Heap, LockedHeap};
-use spin::Mutex;
 use tessera_hypervisor::memory::address::{PAGE_SIZE, PhysAddr, PhysRange};
 use tessera_hypervisor::memory::map::RangeSet;
 use tessera_hypervisor::memory::page_table::{
     MapAttributes, MapError, PageTable, Regime, Table, TableStore,
 };
+use tessera_hypervisor::sync::Mutex;
 
 use crate::boot::board::BOARD;
 

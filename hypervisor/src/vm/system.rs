@@ -44,7 +44,7 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-use spin::{Mutex, Once};
+use spin::Once;
 
 use super::ids::{CpuId, VcpuId, VcpuSet, VmId};
 use super::image::{LoadError, PristineImage};
@@ -57,6 +57,7 @@ use crate::MAX_CPUS;
 use crate::boot::manifest::MAX_VMS;
 use crate::devices::map::DeviceMap;
 use crate::memory::address::{GuestPhysAddr, PhysAddr};
+use crate::sync::{Mutex, MutexGuard};
 use crate::vgic::state::SpiSet;
 use crate::vm::psci::status;
 use crate::vm::set_way::SetWayTracker;
@@ -201,18 +202,18 @@ impl<T, D> Vm<T, D> {
     }
 
     /// The lifecycle, for reads that decide nothing (reports, AFFINITY_INFO).
-    pub fn lifecycle(&self) -> spin::MutexGuard<'_, VmLifecycle> {
+    pub fn lifecycle(&self) -> MutexGuard<'_, VmLifecycle> {
         self.lifecycle.lock()
     }
 
     /// The state of `vcpu`; call only on the CPU that runs it.
-    pub fn vcpu(&self, vcpu: VcpuId) -> spin::MutexGuard<'_, Vcpu> {
+    pub fn vcpu(&self, vcpu: VcpuId) -> MutexGuard<'_, Vcpu> {
         self.vcpus[vcpu.index()].lock()
     }
 
     /// The VM's stage 2, to map or unmap pages (lock order: after the
     /// lifecycle and vCPU locks).
-    pub fn stage2(&self) -> spin::MutexGuard<'_, Stage2<T>> {
+    pub fn stage2(&self) -> MutexGuard<'_, Stage2<T>> {
         self.stage2.lock()
     }
 

@@ -1,0 +1,157 @@
+//! The hypervisor's spin lock.
+//!
+//! The same lock as `spin::Mutex` (a flag taken with an acquiring
+//! compare-and-swap, released with a releasing store), but its waiting is
+//! out of line. The CPUs Tessera runs on lack the LSE atomics, so each
+//! compare-and-swap is a load-exclusive/store-exclusive sequence, and
+//! `spin::Mutex::lock` inlines the whole wait loop (its retries and the
+//! spin on the flag) at every one of the ~80 places a lock is taken. Here
+//! a lock site holds only the one attempt that succeeds when nobody holds
+//! the lock, the same instructions as before, and a call to the one shared
+//! wait loop for when someone does.
+
+use core::cell::UnsafeCell;
+use core::ops::{Deref, DerefMut};
+use core::sync::atomic::{AtomicBool, Ordering};
+
+/// A spin lock around a `T`.
+pub struct Mutex<T> {
+    locked: AtomicBool,
+    data: UnsafeCell<T>,
+}
+
+// SAFETY: the lock hands out the data to one holder at a time, so sharing
+// the lock between CPUs moves the `T` between them, which `T: Send` allows.
+unsafe impl<T: Send> Sync for Mutex<T> {}
+
+/// Access to a [`Mutex`]'s data while it is held; dropping it releases
+/// the lock.
+pub struct MutexGuard<'a, T> {
+    locked: &'a AtomicBool,
+    data: &'a mut T,
+}
+
+impl<T> Mutex<T> {
+    pub const fn new(value: T) -> Self {
+        Self {
+            locked: AtomicBool::new(false),
+            data: UnsafeCell::new(value),
+        }
+    }
+
+    /// Takes the lock, spinning while another CPU holds it.
+    #[inline(always)]
+    pub fn lock(&self) -> MutexGuard<'_, T> {
+        if self
+            .locked
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            wait_and_take(&self.locked);
+        }
+        self.guard()
+    }
+
+    /// Takes the lock if nobody holds it.
+    #[inline(always)]
+    pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
+        // Strong, so that a spurious failure does not read as "held".
+        self.locked
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+            .then(|| self.guard())
+    }
+
+    /// The guard of a lock this CPU has just taken.
+    #[inline(always)]
+    fn guard(&self) -> MutexGuard<'_, T> {
+        MutexGuard {
+            locked: &self.locked,
+            // SAFETY: the caller has just taken the lock, so until the
+            // guard releases it this is the only reference to the data.
+            data: unsafe { &mut *self.data.get() },
+        }
+    }
+}
+
+/// Spins until `locked` is clear, then takes it; again if another CPU was
+/// faster. Out of line and shared by every lock (see the module comment);
+/// only taken when the lock was held (or, rarely, when the exclusive store
+/// of the first attempt failed).
+#[cold]
+#[inline(never)]
+fn wait_and_take(locked: &AtomicBool) {
+    loop {
+        // Wait with plain loads, which do not take the cache line from
+        // the holder, before trying again.
+        while locked.load(Ordering::Relaxed) {
+            core::hint::spin_loop();
+        }
+        if locked
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return;
+        }
+    }
+}
+
+impl<T> Deref for MutexGuard<'_, T> {
+    type Target = T;
+
+    #[inline(always)]
+    fn deref(&self) -> &T {
+        self.data
+    }
+}
+
+impl<T> DerefMut for MutexGuard<'_, T> {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut T {
+        self.data
+    }
+}
+
+impl<T> Drop for MutexGuard<'_, T> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        self.locked.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::thread;
+
+    #[test]
+    fn a_held_lock_cannot_be_taken_again_until_released() {
+        let lock = Mutex::new(1);
+        let mut guard = lock.lock();
+        *guard += 1;
+        assert!(lock.try_lock().is_none());
+        drop(guard);
+        assert_eq!(*lock.try_lock().expect("released"), 2);
+        assert_eq!(*lock.lock(), 2);
+    }
+
+    #[test]
+    fn contending_threads_each_get_the_lock_in_turn() {
+        let lock = Arc::new(Mutex::new(0u64));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let lock = Arc::clone(&lock);
+                thread::spawn(move || {
+                    for _ in 0..10_000 {
+                        *lock.lock() += 1;
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert_eq!(*lock.lock(), 40_000);
+    }
+}
