@@ -120,8 +120,11 @@ pub struct VirtualInterface {
 }
 
 impl VirtualInterface {
-    /// The calling CPU's interface.
-    #[inline(always)]
+    /// The calling CPU's interface. Out of line: a dozen exits and
+    /// maintenance paths make one, none of them a measured fast path (those
+    /// touch the list registers in assembly or through
+    /// [`write_gicv3_list_register`]), and each inlined copy was ~100 bytes.
+    #[inline(never)]
     pub fn this_cpu() -> Self {
         let count = usize::from(COUNTS[arch::cpu_index()].load(Ordering::Relaxed));
         let gich = match gic::layout() {
@@ -270,7 +273,9 @@ impl ListRegisters for VirtualInterface {
         }
     }
 
-    #[inline(always)]
+    /// Out of line, as [`VirtualInterface::this_cpu`]: the 16-way register
+    /// select and its jump table came to ~250 bytes per caller.
+    #[inline(never)]
     fn write(&mut self, index: usize, entry: ListEntry) {
         match self.gich {
             Some(gich) => gich.lr[index].set(entry.to_gicv2()),
