@@ -321,9 +321,11 @@ fn carry_out(
         let Some(data) = frame.data_register(&access) else {
             return false;
         };
+        // Field by field: `read` and `write` inline their measured
+        // whole-word cases, which need no second copy here.
         let done = if access.is_write {
             registry
-                .write(
+                .write_by_fields(
                     device,
                     area,
                     offset,
@@ -333,7 +335,7 @@ fn carry_out(
                 )
                 .is_ok()
         } else {
-            match registry.read(device, area, offset, access.width, &mut core) {
+            match registry.read_by_fields(device, area, offset, access.width, &mut core) {
                 Ok(value) => {
                     data.complete_load(&access, value);
                     true

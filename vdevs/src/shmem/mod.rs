@@ -804,6 +804,25 @@ impl Shmem {
             .ok_or(AccessRefused::NothingThere)
     }
 
+    /// [`read`](Self::read) without its inline status case, for callers
+    /// off the measured paths (an access without a syndrome): the fields
+    /// give the same answer, from the one copy of them.
+    ///
+    /// # Errors
+    ///
+    /// As [`read`](Self::read).
+    #[inline(always)]
+    pub fn read_by_fields(
+        &mut self,
+        device: DeviceId,
+        area: Area,
+        offset: u64,
+        width: AccessWidth,
+        services: &mut impl ShmemServices,
+    ) -> Result<u64, AccessRefused> {
+        self.read_fields(device, area, offset, width, services)
+    }
+
     /// [`read`](Self::read), field by field.
     #[inline(never)]
     fn read_fields(
@@ -858,6 +877,25 @@ impl Shmem {
             self.notify(d, slot, value as u32, services);
             return Ok(());
         }
+        self.write_fields(device, area, offset, width, value, services)
+    }
+
+    /// [`write`](Self::write) without its inline notify case, as
+    /// [`read_by_fields`](Self::read_by_fields).
+    ///
+    /// # Errors
+    ///
+    /// As [`write`](Self::write).
+    #[inline(always)]
+    pub fn write_by_fields(
+        &mut self,
+        device: DeviceId,
+        area: Area,
+        offset: u64,
+        width: AccessWidth,
+        value: u64,
+        services: &mut impl ShmemServices,
+    ) -> Result<(), AccessRefused> {
         self.write_fields(device, area, offset, width, value, services)
     }
 

@@ -1117,6 +1117,60 @@ fn the_control_page_reads_the_same_at_every_offset_and_width() {
 }
 
 #[test]
+fn the_field_by_field_entry_points_do_what_the_fast_cases_do() {
+    // `read_by_fields` and `write_by_fields` (the core's way for accesses
+    // without a syndrome) leave out `read`'s whole-word status case and
+    // `write`'s whole-word notify case: the fields must do the same.
+    let mut fast = System::new(3, 64);
+    let mut fields = System::new(3, 64);
+    let mut controls = [0; 3];
+    for system in [&mut fast, &mut fields] {
+        for (vm, control) in controls.iter_mut().enumerate() {
+            *control = system.connect(vm as u8, b"same", 1);
+        }
+        system.core.take_calls();
+    }
+    let by_fields = |system: &mut System, vm: u8, address: u64, store: Option<u64>| {
+        system.core.acting = vm;
+        let (device, area, offset) = system.shmem.route(VmIndex(vm), address).unwrap();
+        match store {
+            Some(value) => system
+                .shmem
+                .write_by_fields(device, area, offset, Word, value, &mut system.core)
+                .map(|()| 0),
+            None => system
+                .shmem
+                .read_by_fields(device, area, offset, Word, &mut system.core),
+        }
+    };
+    for (sender, mask) in [(0, 1 << 1), (1, NOTIFY_ALL_BUT_ME), (2, 0b011), (0, 0)] {
+        let notify = controls[usize::from(sender)] + control::NOTIFY;
+        assert_eq!(
+            fast.write(sender, notify, Word, u64::from(mask)),
+            by_fields(&mut fields, sender, notify, Some(u64::from(mask))).map(drop)
+        );
+        assert_eq!(fast.core.take_calls(), fields.core.take_calls());
+        for (vm, control) in controls.iter().enumerate() {
+            let status = control + control::STATUS;
+            assert_eq!(
+                fast.read(vm as u8, status, Word),
+                by_fields(&mut fields, vm as u8, status, None)
+            );
+            assert_eq!(fast.core.take_calls(), fields.core.take_calls());
+            let delivered = control + control::NOTIFY;
+            assert_eq!(
+                fast.read(vm as u8, delivered, Word),
+                by_fields(&mut fields, vm as u8, delivered, None)
+            );
+        }
+    }
+    assert_eq!(
+        fast.report(b"same").counters,
+        fields.report(b"same").counters
+    );
+}
+
+#[test]
 fn a_doubleword_write_at_notify_notifies_then_detaches() {
     let mut system = System::new(2, 64);
     let zero = system.connect(0, b"last-word", 1);
