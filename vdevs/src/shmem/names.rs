@@ -51,7 +51,9 @@ impl Name {
     }
 
     /// `bytes` as a name (no NUL), or `None` when they do not form one.
+    /// Out of line: boot and the factory's requests each had a copy.
     #[must_use]
+    #[inline(never)]
     pub fn new(bytes: &[u8]) -> Option<Self> {
         if bytes.is_empty()
             || bytes.len() > MAX_NAME_BYTES
