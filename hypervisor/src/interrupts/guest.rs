@@ -525,7 +525,7 @@ pub fn set_spi_level(id: VmId, intid: u32, level: bool) {
 /// `shmem.notify_oneway`.
 #[inline(never)]
 fn raise_spi(id: VmId, intid: u32) {
-    let the_vm = vm::vm(id);
+    let the_vm = vm::vm_inline(id);
     let vgic = the_vm.device_state.vgic;
     if !vgic.lines.raise(intid) {
         return;
