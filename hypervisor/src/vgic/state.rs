@@ -622,8 +622,12 @@ impl VgicState {
     /// interrupt in one list register). GICv3: the vCPU whose affinity
     /// IROUTER names (vCPU n has Aff0 = n, higher levels 0); one that names
     /// no vCPU is not forwarded (IHI 0069H §12.9).
+    ///
+    /// Out of line: syncs, folds, routing changes and the doorbell's
+    /// forwarding each had a copy; the measured raise reads the published
+    /// target instead (`SignalledLines::target`).
     #[must_use]
-    #[inline]
+    #[inline(never)]
     pub fn spi_target(&self, intid: u32) -> Option<VcpuId> {
         let index = spi_index(intid)?;
         if !self.owned.contains(intid) {
