@@ -590,6 +590,10 @@ impl VgicState {
     /// own SGI or PPI, or an owned SPI. Every register access and device
     /// signal goes through here, so nothing reaches an interrupt the VM
     /// does not own.
+    ///
+    /// Out of line, as [`slot_mut`](Self::slot_mut): every register handler
+    /// and line change had its own copy of the check.
+    #[inline(never)]
     pub(super) fn slot(&self, vcpu: VcpuId, intid: u32) -> Option<&IrqState> {
         if (intid as usize) < PRIVATE_COUNT {
             return self
@@ -600,6 +604,8 @@ impl VgicState {
         self.owned.contains(intid).then(|| &self.spis[index])
     }
 
+    /// [`slot`](Self::slot), to change the state.
+    #[inline(never)]
     pub(super) fn slot_mut(&mut self, vcpu: VcpuId, intid: u32) -> Option<&mut IrqState> {
         if (intid as usize) < PRIVATE_COUNT {
             return if self.vcpu_in_range(vcpu) {
