@@ -503,7 +503,9 @@ impl VgicState {
     }
 
     /// Notes that `intid` (banked to `vcpu` if private) may be pending or
-    /// active, for the scans.
+    /// active, for the scans. Out of line: each change of state marks, and
+    /// every register handler had a copy.
+    #[inline(never)]
     pub(super) fn mark(&mut self, vcpu: VcpuId, intid: u32) {
         if (intid as usize) < PRIVATE_COUNT {
             if let Some(marks) = self.private_marks.get_mut(vcpu.index()) {
