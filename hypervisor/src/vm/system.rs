@@ -206,7 +206,10 @@ impl<T, D> Vm<T, D> {
         self.lifecycle.lock()
     }
 
-    /// The state of `vcpu`; call only on the CPU that runs it.
+    /// The state of `vcpu`; call only on the CPU that runs it. Out of line:
+    /// entry, parking, resets and the set/way tracking each had a copy of
+    /// the lookup and the lock.
+    #[inline(never)]
     pub fn vcpu(&self, vcpu: VcpuId) -> MutexGuard<'_, Vcpu> {
         self.vcpus[vcpu.index()].lock()
     }
