@@ -2,6 +2,7 @@
 //! tree, build the EL2 map and turn on the MMU, console, allocators, GIC,
 //! the other CPUs, the timer tick on each; then report and power off.
 
+use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tessera_hypervisor::boot::device_tree::{self, MachineDescription};
@@ -43,6 +44,22 @@ fn early_message(message: &str) {
         uart.write_byte(byte);
     }
     uart.flush();
+}
+
+/// Logs why bring-up cannot go on and powers off with failure. Every
+/// refusal after the console is up comes through here: each `log::error!`
+/// site carries its own record metadata and set-up code, one shared site
+/// keeps a single copy.
+#[inline(never)]
+fn fail(reason: fmt::Arguments<'_>) -> ! {
+    report_error(reason);
+    power::power_off(1)
+}
+
+/// Logs a bring-up error that does not end the boot (see [`fail`]).
+#[inline(never)]
+fn report_error(reason: fmt::Arguments<'_>) {
+    log::error!("{reason}");
 }
 
 /// The facts about this machine: from the device tree, or the board's
@@ -239,13 +256,11 @@ pub extern "C" fn primary_entry(device_tree_address: u64, run_address: u64) -> !
     };
     print_banner(&machine, &image, &allocators);
     if !memory::self_check() {
-        log::error!("allocator self-check failed");
-        power::power_off(1);
+        fail(format_args!("allocator self-check failed"));
     }
 
     if let Err(error) = gic::init_boot_cpu(machine.gic, machine.cpu_count) {
-        log::error!("GIC initialisation failed: {error}");
-        power::power_off(1);
+        fail(format_args!("GIC initialisation failed: {error}"));
     }
 
     PROVE_TICKS.store(system.is_none(), Ordering::Release);
@@ -254,7 +269,7 @@ pub extern "C" fn primary_entry(device_tree_address: u64, run_address: u64) -> !
     let mut start_failures = 0;
     for index in 1..machine.cpu_count {
         if let Err(error) = smp::start_cpu(index, machine.cpu_affinities[index]) {
-            log::error!("cpu {index} did not start: {error}");
+            report_error(format_args!("cpu {index} did not start: {error}"));
             start_failures += 1;
         }
     }
@@ -269,11 +284,10 @@ pub extern "C" fn primary_entry(device_tree_address: u64, run_address: u64) -> !
     let online = smp::online_count();
     let ticking = TICKING.load(Ordering::Acquire);
     if online != machine.cpu_count || ticking != machine.cpu_count {
-        log::error!(
+        fail(format_args!(
             "only {online} of {} CPUs came online and {ticking} have a ticking timer",
             machine.cpu_count
-        );
-        power::power_off(1);
+        ));
     }
     if PROVE_TICKS.load(Ordering::Acquire) {
         println!("tessera: all {online} CPUs online, EL2 timer ticking on every CPU");
@@ -311,21 +325,12 @@ fn load_system(initrd: PhysRange, machine: &Machine, free: &mut RangeSet) -> &'s
     // the package has been checked.
     let package = match Package::parse(archive) {
         Ok(package) => package,
-        Err(error) => {
-            log::error!("system package at {}: {error}", initrd.start);
-            power::power_off(1)
-        }
+        Err(error) => fail(format_args!("system package at {}: {error}", initrd.start)),
     };
     let manifest = match package.file(manifest::MANIFEST_ENTRY).map(manifest::parse) {
         Ok(Ok(manifest)) => manifest,
-        Ok(Err(error)) => {
-            log::error!("system package: {error}");
-            power::power_off(1)
-        }
-        Err(error) => {
-            log::error!("system package: {error}");
-            power::power_off(1)
-        }
+        Ok(Err(error)) => fail(format_args!("system package: {error}")),
+        Err(error) => fail(format_args!("system package: {error}")),
     };
     // The images' sizes against their VMs' RAM (`check_package`) are left
     // to the VM builder, which checks them before it copies anything:
@@ -337,22 +342,18 @@ fn load_system(initrd: PhysRange, machine: &Machine, free: &mut RangeSet) -> &'s
         machine.cpu_count,
     );
     if let Err(error) = checked {
-        log::error!("system package: {error}");
-        power::power_off(1)
+        fail(format_args!("system package: {error}"));
     }
     let mut guest_ram = [PhysAddr(0); manifest::MAX_VMS];
     for (slot, vm) in guest_ram.iter_mut().zip(manifest.vms()) {
         // 2 MiB alignment lets stage 2 map the RAM with blocks.
         match free.take(vm.ram_size, 0x20_0000) {
             Some(range) => *slot = range.start,
-            None => {
-                log::error!(
-                    "vm {}: no contiguous free RAM for its {} MiB",
-                    Escaped::str(vm.name),
-                    vm.ram_size >> 20
-                );
-                power::power_off(1)
-            }
+            None => fail(format_args!(
+                "vm {}: no contiguous free RAM for its {} MiB",
+                Escaped::str(vm.name),
+                vm.ram_size >> 20
+            )),
         }
     }
     // Kept in a static: it lives for the whole run, and moving it (about a
@@ -376,10 +377,7 @@ fn start_system(system: &'static System, machine: &Machine) -> ! {
         &machine.cpu_affinities[..machine.cpu_count],
     ) {
         Ok(count) => println!("tessera: {count} VM(s) built; starting them"),
-        Err(error) => {
-            log::error!("could not build the VMs: {error}");
-            power::power_off(1)
-        }
+        Err(error) => fail(format_args!("could not build the VMs: {error}")),
     }
     vm::start_all(&system.manifest);
     vm::idle_loop()
@@ -409,7 +407,9 @@ fn announce_online(index: usize) {
 /// `TICKS_TO_PROVE` of them.
 fn prove_timer_ticks(index: usize) {
     if let Err(error) = timer::start_on_this_cpu() {
-        log::error!("cpu {index}: timer interrupt not enabled: {error}");
+        report_error(format_args!(
+            "cpu {index}: timer interrupt not enabled: {error}"
+        ));
         return;
     }
     arch::enable_interrupts();
