@@ -255,67 +255,59 @@ const REBUILD: &str = "rebuild the package with `tessera package`";
 
 impl fmt::Display for ReadError<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Where, what, then what to do: the place and the advice are the
+        // same for many cases, so each is written once rather than in
+        // every case's format string.
         match *self {
-            Self::BadMagic { entry, offset } => write!(
+            Self::BadMagic { entry, offset }
+            | Self::BadField { entry, offset, .. }
+            | Self::Truncated { entry, offset }
+            | Self::TooLarge { entry, offset, .. }
+            | Self::BadName { entry, offset } => {
+                write!(f, "entry {entry} at offset {offset:#x}: ")?;
+            }
+            Self::NotAFile { entry, .. } | Self::Checksum { entry, .. } => {
+                write!(f, "{}: ", Escaped(entry.as_bytes()))?;
+            }
+            Self::NoTrailer | Self::DataAfterTrailer { .. } | Self::Missing { .. } => {}
+        }
+        match *self {
+            Self::BadMagic { .. } => {
+                f.write_str("no \"070702\" cpio header (not a package, or corrupted)")
+            }
+            Self::BadField { field, digits, .. } => write!(
                 f,
-                "entry {entry} at offset {offset:#x}: no \"070702\" cpio header (not a package, \
-                 or corrupted); {REBUILD}"
-            ),
-            Self::BadField {
-                entry,
-                offset,
-                field,
-                digits,
-            } => write!(
-                f,
-                "entry {entry} at offset {offset:#x}: field {field}: \"{}\" is not 8 hex digits; \
-                 {REBUILD}",
+                "field {field}: \"{}\" is not 8 hex digits",
                 Escaped(&digits)
             ),
-            Self::Truncated { entry, offset } => write!(
+            Self::Truncated { .. } => f.write_str("the archive ends inside its header"),
+            Self::TooLarge { field, value, .. } => write!(
                 f,
-                "entry {entry} at offset {offset:#x}: the archive ends inside its header; {REBUILD}"
+                "field {field}: {value:#x} bytes run past the end of the archive"
             ),
-            Self::TooLarge {
-                entry,
-                offset,
-                field,
-                value,
-            } => write!(
-                f,
-                "entry {entry} at offset {offset:#x}: field {field}: {value:#x} bytes run past the \
-                 end of the archive; {REBUILD}"
-            ),
-            Self::BadName { entry, offset } => write!(
-                f,
-                "entry {entry} at offset {offset:#x}: field namesize: its name is not \
-                 NUL-terminated UTF-8; {REBUILD}"
-            ),
-            Self::NoTrailer => write!(f, "the archive ends without {TRAILER}; {REBUILD}"),
-            Self::DataAfterTrailer { offset } => {
-                write!(f, "data after {TRAILER}, at offset {offset:#x}; {REBUILD}")
+            Self::BadName { .. } => {
+                f.write_str("field namesize: its name is not NUL-terminated UTF-8")
             }
-            Self::NotAFile { entry, mode } => write!(
-                f,
-                "{}: field mode: {mode:#o} is not a regular file; {REBUILD}",
-                Escaped(entry.as_bytes())
-            ),
+            Self::NoTrailer => write!(f, "the archive ends without {TRAILER}"),
+            Self::DataAfterTrailer { offset } => {
+                write!(f, "data after {TRAILER}, at offset {offset:#x}")
+            }
+            Self::NotAFile { mode, .. } => {
+                write!(f, "field mode: {mode:#o} is not a regular file")
+            }
             Self::Checksum {
-                entry,
-                expected,
-                actual,
+                expected, actual, ..
             } => write!(
                 f,
-                "{}: field check: {expected:#010x} in its header, but its data sums to \
-                 {actual:#010x}; {REBUILD}",
-                Escaped(entry.as_bytes())
+                "field check: {expected:#010x} in its header, but its data sums to \
+                 {actual:#010x}"
             ),
-            Self::Missing { entry } => write!(
-                f,
-                "the archive has no entry {}; {REBUILD}",
-                Escaped(entry.as_bytes())
-            ),
-        }
+            Self::Missing { entry } => {
+                write!(f, "the archive has no entry {}", Escaped(entry.as_bytes()))
+            }
+        }?;
+        f.write_str("; ")?;
+        f.write_str(REBUILD)
     }
 }
 
