@@ -125,67 +125,65 @@ fn write_place(f: &mut fmt::Formatter<'_>, vm: Option<VmRef<'_>>) -> fmt::Result
 
 impl fmt::Display for ManifestError<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The place (entry, VM, field) and the advice are the same for
+        // most cases: each is written once, not in every case's format.
+        let (vm, property) = match *self {
+            Self::Missing { vm, property }
+            | Self::Malformed { vm, property, .. }
+            | Self::Rule { vm, property, .. } => (vm, Some(property)),
+            Self::MissingEntry { vm, .. } => (Some(vm), None),
+            Self::NotAManifest | Self::UnsupportedVersion(_) | Self::WrongMachine { .. } => {
+                (None, None)
+            }
+        };
+        write_place(f, vm)?;
+        if let Some(property) = property {
+            write!(f, "field {property}: ")?;
+        }
         match *self {
-            Self::NotAManifest => write!(
-                f,
-                "{MANIFEST_ENTRY}: not a device tree with compatible \"tessera,system\"; {REBUILD}"
-            ),
+            Self::NotAManifest => {
+                f.write_str("not a device tree with compatible \"tessera,system\"")?;
+            }
             Self::UnsupportedVersion(version) => write!(
                 f,
-                "{MANIFEST_ENTRY}: field tessera,format-version: {version}, but this hypervisor \
-                 reads version {FORMAT_VERSION}; {REBUILD} of the same release"
-            ),
-            Self::Missing { vm, property } => {
-                write_place(f, vm)?;
-                write!(f, "field {property}: missing; {REBUILD}")
+                "field tessera,format-version: {version}, but this hypervisor reads version \
+                 {FORMAT_VERSION}"
+            )?,
+            Self::Missing { .. } => f.write_str("missing")?,
+            Self::Malformed { value, .. } => write!(
+                f,
+                "{} ({} bytes) is not a value of its type",
+                Value::Bytes(value),
+                value.len()
+            )?,
+            Self::Rule { value, rule, .. } => {
+                let separator = if rule.has_subject() { " " } else { ": " };
+                write!(f, "{value}{separator}{rule}")?;
             }
-            Self::Malformed {
-                vm,
-                property,
-                value,
-            } => {
-                write_place(f, vm)?;
-                write!(
-                    f,
-                    "field {property}: {} ({} bytes) is not a value of its type; {REBUILD}",
-                    Value::Bytes(value),
-                    value.len()
-                )
-            }
-            Self::Rule {
-                vm,
-                property,
-                value,
-                rule,
-            } => {
-                write_place(f, vm)?;
-                if rule.has_subject() {
-                    write!(f, "field {property}: {value} {rule}; {REBUILD}")
-                } else {
-                    write!(f, "field {property}: {value}: {rule}; {REBUILD}")
-                }
-            }
-            Self::MissingEntry { vm, entry } => {
-                write_place(f, Some(vm))?;
-                write!(
-                    f,
-                    "the package has no entry \"{}\"; {REBUILD}",
-                    Escaped::str(entry)
-                )
+            Self::MissingEntry { entry, .. } => {
+                write!(f, "the package has no entry \"{}\"", Escaped::str(entry))?
             }
             Self::WrongMachine {
                 board,
                 gic_version,
                 this_board,
                 this_gic_version,
-            } => write!(
-                f,
-                "{MANIFEST_ENTRY}: fields board, gic-version: it was built for {} with GICv{gic_version}, \
-                 this is {this_board} with GICv{this_gic_version}; run it there, or rebuild it for \
-                 this machine with `tessera package`",
-                Value::Bytes(board.as_bytes())
-            ),
+            } => {
+                return write!(
+                    f,
+                    "fields board, gic-version: it was built for {} with GICv{gic_version}, \
+                     this is {this_board} with GICv{this_gic_version}; run it there, or rebuild \
+                     it for this machine with `tessera package`",
+                    Value::Bytes(board.as_bytes())
+                );
+            }
         }
+        f.write_str("; ")?;
+        f.write_str(REBUILD)?;
+        if let Self::UnsupportedVersion(_) = self {
+            f.write_str(" of the same release")?;
+        }
+        Ok(())
     }
 }
 
