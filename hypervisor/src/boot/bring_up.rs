@@ -433,8 +433,6 @@ fn print_banner(
     image: &memory::ImageLayout,
     allocators: &memory::AllocatorSummary,
 ) {
-    let mib = |bytes: u64| bytes >> 20;
-    let kib = |bytes: u64| bytes >> 10;
     println!(
         "Tessera {VERSION} (EL2 hypervisor) on {}, GICv{}, {} CPUs",
         BOARD.name,
@@ -459,33 +457,17 @@ fn print_banner(
     }
     println!("tessera: memory map:");
     for range in machine.memory.ranges() {
-        println!(
-            "tessera:   RAM              {range} {} MiB",
-            mib(range.size())
-        );
+        map_line("RAM             ", *range, 20);
     }
-    println!(
-        "tessera:   hypervisor image {} {} KiB",
-        image.whole(),
-        kib(image.whole().size())
-    );
+    map_line("hypervisor image", image.whole(), 10);
     if let Some(tree) = machine.device_tree {
-        println!(
-            "tessera:   device tree      {tree} {} KiB",
-            kib(tree.size())
-        );
+        map_line("device tree     ", tree, 10);
     }
     if let Some(initrd) = machine.initrd {
-        println!(
-            "tessera:   package (initrd) {initrd} {} KiB",
-            kib(initrd.size())
-        );
+        map_line("package (initrd)", initrd, 10);
     }
     for range in machine.reserved.ranges() {
-        println!(
-            "tessera:   reserved         {range} {} KiB",
-            kib(range.size())
-        );
+        map_line("reserved        ", *range, 10);
     }
     // The board's own firmware areas, unless the device tree reserved
     // them already (the Pi firmware's tree does).
@@ -499,20 +481,24 @@ fn print_banner(
         {
             continue;
         }
-        println!(
-            "tessera:   firmware         {range} {} KiB",
-            kib(range.size())
-        );
+        map_line("firmware        ", range, 10);
     }
-    println!(
-        "tessera:   heap             {} {} MiB",
-        allocators.heap,
-        mib(allocators.heap.size())
-    );
+    map_line("heap            ", allocators.heap, 20);
     println!(
         "tessera:   page allocator   {} free pages ({} MiB)",
         allocators.free_pages,
-        mib(allocators.free_pages * 4096)
+        (allocators.free_pages * 4096) >> 20
+    );
+}
+
+/// One line of the banner's memory map: `label` (padded to the column),
+/// the range and its size in MiB (`shift` 20) or KiB (10). One format for
+/// every line, where each had its own.
+fn map_line(label: &str, range: PhysRange, shift: u32) {
+    let unit = if shift == 20 { "MiB" } else { "KiB" };
+    println!(
+        "tessera:   {label} {range} {} {unit}",
+        range.size() >> shift
     );
 }
 
