@@ -281,20 +281,37 @@ fn finish_node(
     {
         machine.gic_version = gic_version_of(compatible);
     }
-    // Only the depth-2 checks need the parent's name: scanning it for every
-    // node (most of them a bus's many children) cost boot thousands of
-    // instructions.
-    let parent_name = || unit_name(parent.name);
-    if depth == 1 && (node.is_memory || unit_name(node.name) == b"memory") {
-        if let Some(reg) = node.reg {
-            add_reg_ranges(
-                &mut machine.memory,
-                reg,
-                parent.address_cells,
-                parent.size_cells,
-            )?;
+    // Only nodes at depths 1 and 2 tell anything more: the names of the
+    // others (most of them a bus's many children) are never scanned.
+    if depth > 2 {
+        return Ok(());
+    }
+    // Each name is scanned once: only the depth-2 checks need the
+    // parent's.
+    let name = unit_name(node.name);
+    if depth == 1 {
+        if node.is_memory || name == b"memory" {
+            if let Some(reg) = node.reg {
+                add_reg_ranges(
+                    &mut machine.memory,
+                    reg,
+                    parent.address_cells,
+                    parent.size_cells,
+                )?;
+            }
+        } else if name == b"chosen"
+            && let (Some(start), Some(end)) = (node.initrd_start, node.initrd_end)
+            && end > start
+        {
+            machine.initrd = Some(PhysRange {
+                start: PhysAddr(start),
+                end: PhysAddr(end),
+            });
         }
-    } else if depth == 2 && parent_name() == b"reserved-memory" {
+        return Ok(());
+    }
+    let parent_name = unit_name(parent.name);
+    if parent_name == b"reserved-memory" {
         if let Some(reg) = node.reg {
             add_reg_ranges(
                 &mut machine.reserved,
@@ -303,10 +320,7 @@ fn finish_node(
                 parent.size_cells,
             )?;
         }
-    } else if depth == 2
-        && parent_name() == b"cpus"
-        && (node.is_cpu || unit_name(node.name) == b"cpu")
-    {
+    } else if parent_name == b"cpus" && (node.is_cpu || name == b"cpu") {
         let affinity = node
             .reg
             .and_then(|reg| read_cells(reg, parent.address_cells.min(2)));
@@ -318,15 +332,6 @@ fn finish_node(
                 machine.cpus_ignored += 1;
             }
         }
-    } else if depth == 1
-        && unit_name(node.name) == b"chosen"
-        && let (Some(start), Some(end)) = (node.initrd_start, node.initrd_end)
-        && end > start
-    {
-        machine.initrd = Some(PhysRange {
-            start: PhysAddr(start),
-            end: PhysAddr(end),
-        });
     }
     Ok(())
 }
