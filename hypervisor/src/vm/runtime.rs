@@ -744,11 +744,19 @@ pub fn handle_guest_interrupt(acknowledged: Option<u32>) {
     }
 }
 
+/// A guest's exception (`what`) on a CPU that runs no VM: a bug, so the
+/// machine stops. One log site for the three entries that can meet it.
+#[cold]
+#[inline(never)]
+fn no_vm_here(what: &str) -> ! {
+    log::error!("{what} on a CPU that runs no VM");
+    power::fail_stop()
+}
+
 /// An SError taken while a guest ran: stop its VM with a report.
 pub fn handle_guest_serror(frame: &TrapFrame) -> ! {
     let Some((id, _)) = current() else {
-        log::error!("SError from a lower EL on a CPU that runs no VM");
-        power::fail_stop();
+        no_vm_here("SError from a lower EL");
     };
     stop_with_fault(id, frame, format_args!("SError (asynchronous abort)"))
 }
@@ -757,8 +765,7 @@ pub fn handle_guest_serror(frame: &TrapFrame) -> ! {
 /// emulates nothing for AArch32, so the VM stops with a report.
 pub fn handle_guest_aarch32_exit(frame: &TrapFrame) -> ! {
     let Some((id, _)) = current() else {
-        log::error!("AArch32 exit on a CPU that runs no VM");
-        power::fail_stop();
+        no_vm_here("AArch32 exit");
     };
     stop_with_fault(
         id,
@@ -772,8 +779,7 @@ pub fn handle_guest_aarch32_exit(frame: &TrapFrame) -> ! {
 pub fn handle_guest_exit(frame: &mut TrapFrame) {
     let Some((id, vcpu)) = current() else {
         // A CPU without a VM cannot take guest exits; treat as a bug.
-        log::error!("guest exit on a CPU that runs no VM");
-        power::fail_stop();
+        no_vm_here("guest exit");
     };
     let syndrome = ExceptionSyndrome(frame.syndrome);
     let exit = guest_exit::decode(syndrome, frame.fault_address, guest::faulting_guest_page());
