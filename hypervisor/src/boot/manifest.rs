@@ -489,8 +489,7 @@ impl<'a> SystemManifest<'a> {
             rules::check_vm_name(vm.name).map_err(|rule| fail("name", name, rule))?;
             let earlier = self.vms().take(index).map(|other| other.name);
             rules::check_unique_name(vm.name, earlier).map_err(|rule| fail("name", name, rule))?;
-            rules::check_vcpu_count(vm.vcpu_count)
-                .map_err(|rule| fail("cpus", Value::Number(vm.vcpu_count as u64), rule))?;
+            // The vCPU count was checked as `cpus` was read (`finish`).
             rules::check_ram(vm.ram_base, vm.ram_size).map_err(|(base, rule)| {
                 if base {
                     fail("ram-base", Value::Hex(vm.ram_base), rule)
