@@ -358,7 +358,9 @@ impl<'a> SystemManifest<'a> {
     }
 
     pub fn vms(&self) -> impl Iterator<Item = &VmManifest<'a>> {
-        self.vms.iter().take(self.vm_count).flatten()
+        // `parse` fills the slots from the first: the VMs end at the first
+        // empty one. (A `flatten` expanded to far more code at each use.)
+        self.vms.iter().map_while(Option::as_ref)
     }
 
     #[must_use]
