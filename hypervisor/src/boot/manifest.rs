@@ -572,10 +572,13 @@ impl<'a> SystemManifest<'a> {
         for (index, (name, pages)) in self.shmem_regions().enumerate() {
             rules::check_shmem_region_name(name)
                 .and_then(|()| {
+                    // The earlier names alone: the whole region walk
+                    // again (names zipped with pages) was twice the code.
                     if self
-                        .shmem_regions()
+                        .shmem_region_names
+                        .split(|&byte| byte == 0)
                         .take(index)
-                        .any(|(other, _)| other == name)
+                        .any(|other| other == name)
                     {
                         Err(RuleError::ShmemRegionTwice)
                     } else {
