@@ -1,9 +1,9 @@
 //! The first instructions: the arm64 Image header, the boot CPU's entry and
 //! the secondary CPUs' entry. Everything here runs with the MMU off.
 //!
-//! The boot CPU zeroes the BSS, takes the first boot stack and calls
-//! `boot::primary_entry`, which checks the exception level and load address
-//! before anything else. Secondary CPUs find their logical index by looking
+//! The boot CPU copies the data to its page, zeroes the BSS, takes the
+//! first boot stack and calls `boot::primary_entry`, which checks the
+//! exception level and load address before anything else. Secondary CPUs find their logical index by looking
 //! their MPIDR up in `SECONDARY_BOOT` (written and cleaned to memory by the
 //! boot CPU), turn on the MMU with the boot CPU's tables before touching
 //! their stack, and call `boot::secondary_entry`.
@@ -55,6 +55,26 @@ pub static mut SECONDARY_BOOT: SecondaryBoot = SecondaryBoot {
     sctlr: 0,
 };
 
+/// What [`DATA_COPY_PROOF`] holds once the data is in place: a value that
+/// neither zeroed nor unwritten memory is likely to hold.
+const DATA_COPY_MARK: u64 = 0x7465_7373_6572_6121;
+
+/// A word of the data (its section is named so that it cannot move to the
+/// read-only data) that proves the boot CPU's first instructions copied
+/// the data from where the file carries it to its own page (see the
+/// linker script). Only the entry assembly reads it.
+#[unsafe(link_section = ".data.tessera_copy_proof")]
+static mut DATA_COPY_PROOF: u64 = DATA_COPY_MARK;
+
+/// The boot CPU's entry found no proof of the data copy: stop with a
+/// message instead of running on stale memory.
+extern "C" fn data_not_copied() -> ! {
+    crate::boot::bring_up::early_message(
+        "tessera: refusing to start: the image's data was not copied to its page\n",
+    );
+    crate::boot::power::fail_stop()
+}
+
 unsafe extern "C" {
     /// The secondary CPUs' entry point, handed to PSCI CPU_ON or the spin table.
     pub fn secondary_entry();
@@ -78,29 +98,56 @@ _start:
 primary_entry_asm:
     msr     daifset, #0xf
     mov     x19, x0                     // the device tree, from the boot loader
-    adrp    x1, __bss_start
+    // The data, from where the file carries it (just after the read-only
+    // data) to its own page (linker script). The page is above, and the
+    // two may overlap when the read-only data ends near a page boundary,
+    // so the copy runs downwards, 16 bytes a round (16-aligned bounds).
+    adrp    x1, __data_load_start
+    add     x1, x1, :lo12:__data_load_start
+    adrp    x2, __data_start
+    add     x2, x2, :lo12:__data_start
+    adrp    x3, __data_end
+    add     x3, x3, :lo12:__data_end
+    sub     x4, x3, x2
+    add     x1, x1, x4
+    cmp     x3, x2
+    b.ls    2f
+1:  ldp     x4, x5, [x1, #-16]!
+    stp     x4, x5, [x3, #-16]!
+    cmp     x3, x2
+    b.hi    1b
+2:  adrp    x1, __bss_start
     add     x1, x1, :lo12:__bss_start
     adrp    x2, __bss_end
     add     x2, x2, :lo12:__bss_end
     // 64-byte aligned bounds (linker script): a block per round, so
     // zeroing costs six instructions per 64 bytes of statics.
     cmp     x1, x2
-    b.hs    2f
-1:  stp     xzr, xzr, [x1], #16
+    b.hs    4f
+3:  stp     xzr, xzr, [x1], #16
     stp     xzr, xzr, [x1], #16
     stp     xzr, xzr, [x1], #16
     stp     xzr, xzr, [x1], #16
     cmp     x1, x2
-    b.lo    1b
-2:  adrp    x1, BOOT_STACKS
+    b.lo    3b
+4:  adrp    x1, BOOT_STACKS
     add     x1, x1, :lo12:BOOT_STACKS
     mov     x2, #{stack_size}
     add     sp, x1, x2
+    // Proof that the data copy above worked, before anything relies on it.
+    adrp    x1, {copy_proof}
+    ldr     x1, [x1, :lo12:{copy_proof}]
+    movz    x2, #{mark_0}
+    movk    x2, #{mark_1}, lsl #16
+    movk    x2, #{mark_2}, lsl #32
+    movk    x2, #{mark_3}, lsl #48
+    cmp     x1, x2
+    b.ne    {data_not_copied}
     mov     x0, x19
     adr     x1, _start                  // where the image really runs
     bl      {primary_entry}
-3:  wfe
-    b       3b
+5:  wfe
+    b       5b
 
     .global secondary_entry
 secondary_entry:
@@ -151,6 +198,12 @@ secondary_entry:
     tcr_offset = const offset_of!(SecondaryBoot, tcr),
     table_offset = const offset_of!(SecondaryBoot, translation_table),
     sctlr_offset = const offset_of!(SecondaryBoot, sctlr),
+    copy_proof = sym DATA_COPY_PROOF,
+    mark_0 = const DATA_COPY_MARK & 0xffff,
+    mark_1 = const (DATA_COPY_MARK >> 16) & 0xffff,
+    mark_2 = const (DATA_COPY_MARK >> 32) & 0xffff,
+    mark_3 = const DATA_COPY_MARK >> 48,
+    data_not_copied = sym data_not_copied,
     primary_entry = sym crate::boot::bring_up::primary_entry,
     secondary_entry = sym crate::boot::bring_up::secondary_entry,
 );

@@ -35,7 +35,7 @@ static PROVE_TICKS: AtomicBool = AtomicBool::new(false);
 /// Writes a fixed message straight to the board UART, before (or instead
 /// of) the normal console. Uses no formatting: in the wrong-address case
 /// the image's absolute pointers are wrong and only PC-relative code works.
-fn early_message(message: &str) {
+pub(crate) fn early_message(message: &str) {
     let uart = console::emergency_writer(BOARD.console_uart.base as usize);
     for byte in message.bytes() {
         if byte == b'\n' {

@@ -54,7 +54,7 @@ unsafe extern "C" {
     static __image_start: u8;
     static __rodata_start: u8;
     static __data_start: u8;
-    static __image_file_end: u8;
+    static __data_end: u8;
     static __bss_start: u8;
     static __bss_end: u8;
     static __image_end: u8;
@@ -165,7 +165,7 @@ pub fn written_with_mmu_off(map: &El2Map) -> [PhysRange; 3] {
     [
         PhysRange {
             start: address(&raw const __data_start),
-            end: address(&raw const __image_file_end),
+            end: address(&raw const __data_end),
         },
         PhysRange {
             start: address(&raw const __bss_start),
