@@ -6,9 +6,12 @@
 //! compare-and-swap is a load-exclusive/store-exclusive sequence, and
 //! `spin::Mutex::lock` inlines the whole wait loop (its retries and the
 //! spin on the flag) at every one of the ~80 places a lock is taken. Here
-//! a lock site holds only the one attempt that succeeds when nobody holds
-//! the lock, the same instructions as before, and a call to the one shared
-//! wait loop for when someone does.
+//! a lock site holds only a call to one shared assembly routine that
+//! changes just three scratch registers, so the registers the site has
+//! live stay where they are (a call to a Rust function would clobber all
+//! the caller-saved ones and make each site spill around it).
+//! [`Mutex::lock_inline`] keeps the first attempt at the site, for paths
+//! measured to the instruction.
 
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
@@ -42,6 +45,19 @@ impl<T> Mutex<T> {
     /// Takes the lock, spinning while another CPU holds it.
     #[inline(always)]
     pub fn lock(&self) -> MutexGuard<'_, T> {
+        take(&self.locked);
+        self.guard()
+    }
+
+    /// The same as [`Mutex::lock`], with the first attempt inline: the
+    /// compare-and-swap that takes a free lock, and a call to the shared
+    /// Rust wait loop when it fails. For paths measured to the instruction
+    /// (the call to `tessera_lock_take` costs a branch and a return more),
+    /// and for functions with a `match` compiled to a jump table: LLVM
+    /// cannot size inline assembly, so a function holding the call keeps
+    /// its jump tables at four bytes an entry instead of one.
+    #[inline(always)]
+    pub fn lock_inline(&self) -> MutexGuard<'_, T> {
         if self
             .locked
             .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
@@ -74,10 +90,65 @@ impl<T> Mutex<T> {
     }
 }
 
+/// Takes `locked`, spinning while another CPU holds it: a call to the one
+/// shared routine `tessera_lock_take` below. The routine uses only x15-x17
+/// (and the link register), so the call leaves every other register live
+/// across it, where a call to a Rust function would clobber all the
+/// caller-saved ones and make each lock site spill around it.
+#[cfg(target_os = "none")]
+#[inline(always)]
+fn take(locked: &AtomicBool) {
+    // SAFETY: `tessera_lock_take` takes the flag at x17 with an acquiring
+    // exclusive load and store, and changes only x15, x16 and the link
+    // register, as declared; it uses no stack and leaves the flags alone.
+    unsafe {
+        core::arch::asm!(
+            "bl tessera_lock_take",
+            in("x17") locked.as_ptr(),
+            out("x15") _,
+            out("x16") _,
+            out("lr") _,
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
+// The lock routine: one acquiring compare-and-swap of 0 to 1 on the byte at
+// x17, which is all a free lock needs; when it is held, wait with plain
+// loads (which do not take the cache line from the holder) until it is
+// clear, and try again. Also again when the exclusive store fails.
+#[cfg(target_os = "none")]
+core::arch::global_asm!(
+    r#"
+    .section .text.tessera_lock_take, "ax"
+    .p2align 2
+    .global tessera_lock_take
+    .hidden tessera_lock_take
+tessera_lock_take:
+1:  ldaxrb  w16, [x17]
+    cbnz    w16, 2f
+    mov     w15, #1
+    stxrb   w16, w15, [x17]
+    cbnz    w16, 1b
+    ret
+2:  clrex
+3:  ldrb    w16, [x17]
+    cbz     w16, 1b
+    isb
+    b       3b
+"#
+);
+
+/// The same for host tests, in Rust.
+#[cfg(not(target_os = "none"))]
+fn take(locked: &AtomicBool) {
+    wait_and_take(locked);
+}
+
 /// Spins until `locked` is clear, then takes it; again if another CPU was
-/// faster. Out of line and shared by every lock (see the module comment);
-/// only taken when the lock was held (or, rarely, when the exclusive store
-/// of the first attempt failed).
+/// faster. [`Mutex::lock_inline`]'s wait, out of line and shared; only
+/// taken when the lock was held (or, rarely, when the exclusive store of
+/// the first attempt failed).
 #[cold]
 #[inline(never)]
 fn wait_and_take(locked: &AtomicBool) {

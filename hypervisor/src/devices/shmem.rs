@@ -228,8 +228,10 @@ pub fn write(
         return false;
     };
     let mut core = Core::acting_for(vm.description.id);
+    // The lock taken inline: the sender's half of `shmem.notify_oneway`,
+    // measured to the instruction.
     REGISTRY
-        .lock()
+        .lock_inline()
         .write(device, area, offset, width, value, &mut core)
         .is_ok()
 }
