@@ -162,6 +162,14 @@ impl BitRegister {
     }
 }
 
+/// A new delivery for an SPI: its GICv2 GICD_ITARGETSR byte or its GICv3
+/// GICD_IROUTER affinity.
+#[derive(Clone, Copy, Debug)]
+enum Delivery {
+    Targets(u8),
+    Route(u32),
+}
+
 /// Whether an access of `width` at `offset` is one the register allows:
 /// one of `allowed`, naturally aligned.
 #[inline(always)]
@@ -469,9 +477,7 @@ impl VgicState {
                 let mut effects = Effects::NONE;
                 for lane in 0..u32::from(width.bytes()) {
                     let targets = (value >> (8 * lane)) as u8 & self.implemented_targets();
-                    effects.merge(self.set_spi_delivery(first + lane, |state, index| {
-                        state.spi_targets[index] = targets;
-                    }));
+                    effects.merge(self.set_spi_delivery(first + lane, Delivery::Targets(targets)));
                 }
                 effects
             }
@@ -505,15 +511,17 @@ impl VgicState {
                 let intid = ((offset - offset::IROUTER) / 8) as u32;
                 // Aff2.Aff1.Aff0; IRM (bit 31) and Aff3 are RAZ/WI.
                 let route = value as u32 & 0x00FF_FFFF;
-                self.set_spi_delivery(intid, |state, index| state.spi_routes[index] = route)
+                self.set_spi_delivery(intid, Delivery::Route(route))
             }
             _ => Effects::NONE,
         }
     }
 
     /// Changes where owned SPI `intid` is delivered; the vCPUs it left and
-    /// joined re-evaluate.
-    fn set_spi_delivery(&mut self, intid: u32, change: impl FnOnce(&mut Self, usize)) -> Effects {
+    /// joined re-evaluate. One copy for both GIC versions (a closure for
+    /// the change made one per register, the GICv2 one inlined).
+    #[inline(never)]
+    fn set_spi_delivery(&mut self, intid: u32, change: Delivery) -> Effects {
         let Some(index) = spi_index(intid) else {
             return Effects::NONE;
         };
@@ -521,7 +529,10 @@ impl VgicState {
             return Effects::NONE;
         }
         let before = self.spi_target(intid);
-        change(self, index);
+        match change {
+            Delivery::Targets(targets) => self.spi_targets[index] = targets,
+            Delivery::Route(route) => self.spi_routes[index] = route,
+        }
         let after = self.spi_target(intid);
         let mut reevaluate = VcpuSet::EMPTY;
         if before != after {
