@@ -574,10 +574,12 @@ impl PassthroughClaims {
                 _ => {}
             }
         }
-        let slot = free.ok_or(RuleError::TooManyPassthroughRanges {
-            count: MAX_PASSTHROUGH_RANGES + 1,
-        })?;
-        self.ranges[slot] = Some((base, end, vm));
+        let slot = free.and_then(|index| self.ranges.get_mut(index)).ok_or(
+            RuleError::TooManyPassthroughRanges {
+                count: MAX_PASSTHROUGH_RANGES + 1,
+            },
+        )?;
+        *slot = Some((base, end, vm));
         Ok(())
     }
 
@@ -822,10 +824,12 @@ impl ShmemClaims {
                 _ => {}
             }
         }
-        let slot = free.ok_or(RuleError::TooManyShmemDevices {
-            count: MAX_SHMEM_DEVICES + 1,
-        })?;
-        self.areas[slot] = Some((base, end, area));
+        let slot = free.and_then(|index| self.areas.get_mut(index)).ok_or(
+            RuleError::TooManyShmemDevices {
+                count: MAX_SHMEM_DEVICES + 1,
+            },
+        )?;
+        *slot = Some((base, end, area));
         Ok(())
     }
 
@@ -835,7 +839,9 @@ impl ShmemClaims {
     /// `IntidTwice` when the VM uses it already; `TooManyShmemDevices`
     /// past the table's room.
     pub fn claim_intid(&mut self, intid: u32) -> Result<(), RuleError> {
-        if self.intids[..self.intid_count].contains(&intid) {
+        // `get`: a count past the table (never) fails below, not here.
+        let used = self.intids.get(..self.intid_count).unwrap_or_default();
+        if used.contains(&intid) {
             return Err(RuleError::IntidTwice { intid });
         }
         let slot = self

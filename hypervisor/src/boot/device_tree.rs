@@ -129,8 +129,10 @@ fn add_reg_ranges(
     }
     for pair in reg.chunks_exact(entry) {
         let base = read_cells(pair, address_cells).ok_or(DeviceTreeError::Malformed)?;
-        let size =
-            read_cells(&pair[address_cells * 4..], size_cells).ok_or(DeviceTreeError::Malformed)?;
+        let size = pair
+            .get(address_cells * 4..)
+            .and_then(|size| read_cells(size, size_cells))
+            .ok_or(DeviceTreeError::Malformed)?;
         if let Some(range) = PhysRange::from_base_size(base, size) {
             set.add(range)?;
         }
@@ -246,8 +248,12 @@ pub fn read_machine(blob: &'static [u8]) -> Result<MachineDescription, DeviceTre
             }
             Token::EndNode => {
                 depth = depth.checked_sub(1).ok_or(DeviceTreeError::Malformed)?;
+                // `get`, not indexing: the start-node arm bounds `depth` by
+                // the stack already, and a check that cannot fail is better
+                // taken to the existing error than to a panic site.
+                let node = stack.get(depth).ok_or(DeviceTreeError::Malformed)?;
                 let parent = depth.checked_sub(1).map(|parent| &stack[parent]);
-                finish_node(&mut machine, &stack[depth], parent, depth)?;
+                finish_node(&mut machine, node, parent, depth)?;
             }
         }
         Ok(())

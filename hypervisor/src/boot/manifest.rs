@@ -662,14 +662,16 @@ fn cells(value: &[u8], cells: usize) -> Option<u64> {
     read_cells(value, cells).filter(|_| value.len() == cells * 4)
 }
 
-/// A big-endian u64 from exactly eight bytes. Out of line: the bytes are
-/// loaded one at a time (the target does no unaligned loads), and each of
-/// the entry readers' copies inlined that sequence several times over.
+/// A big-endian u64 from its eight bytes (the callers' slices are all
+/// eight long). Out of line: the bytes are loaded one at a time (the
+/// target does no unaligned loads), and each of the entry readers' copies
+/// inlined that sequence several times over. A fold rather than
+/// `copy_from_slice`, whose length check could never fail here.
 #[inline(never)]
 fn be64(bytes: &[u8]) -> u64 {
-    let mut value = [0; 8];
-    value.copy_from_slice(bytes);
-    u64::from_be_bytes(value)
+    bytes
+        .iter()
+        .fold(0, |value, &byte| (value << 8) | u64::from(byte))
 }
 
 /// Exactly one NUL-terminated UTF-8 string, without a NUL inside.

@@ -167,6 +167,11 @@ pub fn add_vm(
             };
             count += 1;
         }
+        // `get`: `count` is at most the table's length (the loop's
+        // `get_mut` stops it there), so this takes the same error if ever.
+        let rules = rules
+            .get(..count)
+            .ok_or(SetupError::Device(ConfigError::TooManyRules))?;
         let device = registry
             .add_device(&DeviceConfig {
                 vm: VmIndex(id.index() as u8),
@@ -174,7 +179,7 @@ pub fn add_vm(
                 intid: entry.intid,
                 window_base: entry.window_base,
                 window_size: entry.window_size,
-                rules: &rules[..count],
+                rules,
             })
             .map_err(SetupError::Device)?;
         let slot = instances
