@@ -1130,9 +1130,7 @@ impl fmt::Display for RuleError {
             ),
             Self::NameTaken { first } => write!(f, "is also the name of vm[{first}]"),
             Self::NoCpus => f.write_str("empty; a VM needs at least one CPU"),
-            Self::TooManyCpus { count } => {
-                write!(f, "{count} CPUs, more than the {MAX_CPUS} a VM may have")
-            }
+            Self::TooManyCpus { count } => too_many(f, count, "CPUs", MAX_CPUS, A_VM_MAY_HAVE),
             Self::CpuMissing { cpu, count: 0 } => {
                 write!(f, "CPU {cpu} does not exist; the board has no CPUs")
             }
@@ -1177,9 +1175,12 @@ impl fmt::Display for RuleError {
                 }
             }
             Self::NoVms => f.write_str("a system with no VMs; it needs at least one"),
-            Self::TooManyVms { count } => write!(
+            Self::TooManyVms { count } => too_many(
                 f,
-                "{count} VMs, more than the {MAX_VMS} a system may have (one per CPU)"
+                count,
+                "VMs",
+                MAX_VMS,
+                "a system may have (one per CPU)",
             ),
             Self::PassthroughEmpty { base } => {
                 write!(f, "the range at {} is empty", Address(base))
@@ -1266,13 +1267,19 @@ impl fmt::Display for RuleError {
                 Address(other_base),
                 Address(other_end)
             ),
-            Self::TooManyPassthroughRanges { count } => write!(
+            Self::TooManyPassthroughRanges { count } => too_many(
                 f,
-                "{count} passthrough ranges, more than the {MAX_PASSTHROUGH_RANGES} a VM may have"
+                count,
+                "passthrough ranges",
+                MAX_PASSTHROUGH_RANGES,
+                A_VM_MAY_HAVE,
             ),
-            Self::TooManyPassthroughSpis { count } => write!(
+            Self::TooManyPassthroughSpis { count } => too_many(
                 f,
-                "{count} passthrough SPIs, more than the {MAX_PASSTHROUGH_SPIS} a VM may have"
+                count,
+                "passthrough SPIs",
+                MAX_PASSTHROUGH_SPIS,
+                A_VM_MAY_HAVE,
             ),
             Self::NotAnSpi { spi } => write!(
                 f,
@@ -1357,17 +1364,26 @@ impl fmt::Display for RuleError {
                      name can hold it"
                 ),
             },
-            Self::TooManyShmemRules { count } => write!(
+            Self::TooManyShmemRules { count } => too_many(
                 f,
-                "{count} allow and deny patterns, more than the {MAX_SHMEM_RULES} an instance may have"
+                count,
+                "allow and deny patterns",
+                MAX_SHMEM_RULES,
+                "an instance may have",
             ),
-            Self::TooManyShmemDevices { count } => write!(
+            Self::TooManyShmemDevices { count } => too_many(
                 f,
-                "{count} vdev-shmem instances, more than the {MAX_SHMEM_DEVICES} a system may have"
+                count,
+                SHMEM_INSTANCES,
+                MAX_SHMEM_DEVICES,
+                "a system may have",
             ),
-            Self::TooManyVmShmemDevices { count } => write!(
+            Self::TooManyVmShmemDevices { count } => too_many(
                 f,
-                "{count} vdev-shmem instances, more than the {MAX_SHMEM_DEVICES_PER_VM} a VM may have"
+                count,
+                SHMEM_INSTANCES,
+                MAX_SHMEM_DEVICES_PER_VM,
+                A_VM_MAY_HAVE,
             ),
             Self::ShmemRegionName => f.write_str(
                 "is not a region name (1 to 31 bytes of printable ASCII without space, 0x21 to 0x7e)",
@@ -1378,9 +1394,12 @@ impl fmt::Display for RuleError {
                 "{} bytes is not a whole number of 4 KiB pages from 1 to 2^32 - 1",
                 Hex(size)
             ),
-            Self::TooManyShmemRegions { count } => write!(
+            Self::TooManyShmemRegions { count } => too_many(
                 f,
-                "{count} boot regions, more than the {MAX_SHMEM_REGIONS} the region table holds"
+                count,
+                "boot regions",
+                MAX_SHMEM_REGIONS,
+                "the region table holds",
             ),
             Self::ShmemOverLimit { total, limit } => write!(
                 f,
@@ -1398,6 +1417,24 @@ impl fmt::Display for RuleError {
 }
 
 impl core::error::Error for RuleError {}
+
+// The wording every too-many error shares, written by one helper so the
+// hypervisor image holds it once rather than once per message (the
+// messages read as before).
+
+const A_VM_MAY_HAVE: &str = "a VM may have";
+const SHMEM_INSTANCES: &str = "vdev-shmem instances";
+
+/// `{count} {what}, more than the {max} {holder}`.
+fn too_many(
+    f: &mut fmt::Formatter<'_>,
+    count: usize,
+    what: &str,
+    max: usize,
+    holder: &str,
+) -> fmt::Result {
+    write!(f, "{count} {what}, more than the {max} {holder}")
+}
 
 /// A number in hex, digits grouped by four: `0x8_0000`.
 #[derive(Clone, Copy, Debug)]
