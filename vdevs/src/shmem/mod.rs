@@ -795,11 +795,32 @@ impl Shmem {
         area == Area::Window && width == AccessWidth::Word && offset % PAGE_SIZE == field
     }
 
+    // Device and region lookups by index go through these accessors so
+    // the image holds one bounds-check panic location for each table
+    // rather than one per use. The indices come from `DeviceId`s and the
+    // tables themselves; one past the table is a bug, and panics as before.
+
+    fn device(&self, d: usize) -> &Device {
+        &self.devices[d]
+    }
+
+    fn device_mut(&mut self, d: usize) -> &mut Device {
+        &mut self.devices[d]
+    }
+
+    fn region(&self, r: usize) -> &Region {
+        &self.regions[r]
+    }
+
+    fn region_mut(&mut self, r: usize) -> &mut Region {
+        &mut self.regions[r]
+    }
+
     /// The live connection of device `d` whose control page holds window
     /// offset `offset`.
     #[inline(always)]
     fn connection_for(&self, d: usize, offset: u64) -> Result<usize, AccessRefused> {
-        self.devices[d]
+        self.device(d)
             .connection_at(offset / PAGE_SIZE)
             .ok_or(AccessRefused::NothingThere)
     }
@@ -925,7 +946,7 @@ impl Shmem {
             Area::Window => {
                 let (slot, offset) = self.control_page(d, offset, bytes)?;
                 for piece in pieces(&CONTROL_FIELDS, offset, bytes) {
-                    if !self.devices[d].connections[slot].live {
+                    if !self.device(d).connections[slot].live {
                         break; // detached by an earlier piece
                     }
                     let part = (value >> piece.shift) & byte_mask(0, piece.count);
@@ -943,15 +964,15 @@ impl Shmem {
     /// `vm`.
     pub fn detach_vm(&mut self, vm: VmIndex, services: &mut impl ShmemServices) {
         for d in 0..self.device_count {
-            if self.devices[d].vm != vm {
+            if self.device(d).vm != vm {
                 continue;
             }
             for slot in 0..MAX_DEVICE_CONNECTIONS {
-                if self.devices[d].connections[slot].live {
+                if self.device(d).connections[slot].live {
                     self.detach(d, slot, services);
                 }
             }
-            self.devices[d].reset_factory();
+            self.device_mut(d).reset_factory();
         }
     }
 
@@ -1006,14 +1027,15 @@ impl Shmem {
         if page_offset + bytes > PAGE_SIZE {
             return Err(AccessRefused::CrossesPage);
         }
-        let slot = self.devices[d]
+        let slot = self
+            .device(d)
             .connection_at(offset / PAGE_SIZE)
             .ok_or(AccessRefused::NothingThere)?;
         Ok((slot, page_offset))
     }
 
     fn read_factory(&self, d: usize, offset: u64, bytes: u64) -> u64 {
-        let device = &self.devices[d];
+        let device = self.device(d);
         let mut value = 0;
         for piece in pieces(&FACTORY_FIELDS, offset, bytes) {
             let part = match piece.field {
@@ -1046,7 +1068,7 @@ impl Shmem {
         match piece.field {
             FactoryField::Name => {
                 let first = piece.first as usize;
-                for (at, byte) in self.devices[d].name[first..first + piece.count as usize]
+                for (at, byte) in self.device_mut(d).name[first..first + piece.count as usize]
                     .iter_mut()
                     .enumerate()
                 {
@@ -1071,11 +1093,11 @@ impl Shmem {
         slot: usize,
         services: &mut impl ShmemServices,
     ) -> u32 {
-        let connection = self.devices[d].connections[slot];
-        let attached = self.regions[usize::from(connection.region)].attached;
+        let connection = self.device(d).connections[slot];
+        let attached = self.region(usize::from(connection.region)).attached;
         let status = (connection.unread & 0xffff) | u32::from(attached) << 16;
         // Every byte is read: all its unread bits clear.
-        self.devices[d].clear_unread(slot, u32::MAX, services);
+        self.device_mut(d).clear_unread(slot, u32::MAX, services);
         status
     }
 
@@ -1086,14 +1108,14 @@ impl Shmem {
         piece: Piece<ControlField>,
         services: &mut impl ShmemServices,
     ) -> u64 {
-        let connection = self.devices[d].connections[slot];
+        let connection = self.device(d).connections[slot];
         let field = match piece.field {
             ControlField::Status => {
-                let attached = self.regions[usize::from(connection.region)].attached;
+                let attached = self.region(usize::from(connection.region)).attached;
                 let status = (connection.unread & 0xffff) | u32::from(attached) << 16;
                 // The bytes returned are read: their unread bits clear.
                 let returned = byte_mask(piece.first, piece.count) as u32;
-                self.devices[d].clear_unread(slot, returned, services);
+                self.device_mut(d).clear_unread(slot, returned, services);
                 u64::from(status)
             }
             ControlField::Index => connection.index.into(),
@@ -1125,12 +1147,12 @@ impl Shmem {
     fn request(&mut self, d: usize, request: Request, services: &mut impl ShmemServices) {
         match self.try_request(d, request, services) {
             Ok((shmem, size)) => {
-                let device = &mut self.devices[d];
+                let device = self.device_mut(d);
                 device.shmem = shmem;
                 device.size = size;
                 device.status = Status::Ok;
             }
-            Err(status) => self.devices[d].status = status,
+            Err(status) => self.device_mut(d).status = status,
         }
     }
 
@@ -1142,12 +1164,12 @@ impl Shmem {
         request: Request,
         services: &mut impl ShmemServices,
     ) -> Result<(u64, u32), Status> {
-        let name = Name::from_field(&self.devices[d].name).ok_or(Status::IllegalName)?;
-        if !self.devices[d].rules.permit(&name) {
+        let name = Name::from_field(&self.device(d).name).ok_or(Status::IllegalName)?;
+        if !self.device(d).rules.permit(&name) {
             return Err(Status::NoPermission);
         }
         if let Some(region) = self.live_region(&name) {
-            if self.regions[region].attached == u16::MAX {
+            if self.region(region).attached == u16::MAX {
                 return Err(Status::ClientMax);
             }
             return self.attach(d, region, services);
@@ -1161,7 +1183,7 @@ impl Shmem {
         }
         // Room in the window before taking memory, so that a full window
         // costs nothing.
-        self.devices[d].place(pages + 1).ok_or(Status::NoMemory)?;
+        self.device(d).place(pages + 1).ok_or(Status::NoMemory)?;
         let slot = self.free_region_slot(&name).ok_or(Status::NoMemory)?;
         let host_address = services.allocate_pages(pages).ok_or(Status::NoMemory)?;
         services.zero_pages(host_address, pages);
@@ -1196,7 +1218,7 @@ impl Shmem {
     }
 
     fn open_region(&mut self, slot: usize, name: Name, pages: u64, host_address: u64, boot: bool) {
-        let region = &mut self.regions[slot];
+        let region = self.region_mut(slot);
         let counters = if region.state == RegionState::Retired && region.name == name {
             region.counters
         } else {
@@ -1235,11 +1257,12 @@ impl Shmem {
         r: usize,
         services: &mut impl ShmemServices,
     ) -> Result<(u64, u32), Status> {
-        let region = self.regions[r];
-        let (slot, first_page) = self.devices[d]
+        let region = *self.region(r);
+        let (slot, first_page) = self
+            .device(d)
             .place(region.pages + 1)
             .ok_or(Status::NoMemory)?;
-        let control_address = self.devices[d].window_base + first_page * PAGE_SIZE;
+        let control_address = self.device(d).window_base + first_page * PAGE_SIZE;
         if let Err(refused) = services.map_pages(
             control_address + PAGE_SIZE,
             region.host_address,
@@ -1254,7 +1277,7 @@ impl Shmem {
         }
         // Not full (checked by the caller), so there is a zero bit.
         let index = (!region.attached).trailing_zeros() as usize;
-        self.devices[d].connections[slot] = Connection {
+        self.device_mut(d).connections[slot] = Connection {
             live: true,
             region: r as u8,
             index: index as u8,
@@ -1262,7 +1285,7 @@ impl Shmem {
             pages: region.pages + 1,
             ..Connection::NONE
         };
-        let region = &mut self.regions[r];
+        let region = self.region_mut(r);
         region.attached |= 1 << index;
         region.members[index] = Member {
             device: d as u8,
@@ -1278,24 +1301,25 @@ impl Shmem {
     /// its index freed, its peers told; the region is freed if it was the
     /// last connection of a guest-made region.
     fn detach(&mut self, d: usize, slot: usize, services: &mut impl ShmemServices) {
-        let connection = self.devices[d].connections[slot];
-        let data_address = self.devices[d].window_base + (connection.first_page + 1) * PAGE_SIZE;
+        let connection = self.device(d).connections[slot];
+        let data_address = self.device(d).window_base + (connection.first_page + 1) * PAGE_SIZE;
         if services
             .unmap_pages(data_address, (connection.pages - 1) * PAGE_SIZE)
             .is_err()
         {
             self.core_refusals += 1;
-            self.regions[usize::from(connection.region)].unmap_refused = true;
+            self.region_mut(usize::from(connection.region))
+                .unmap_refused = true;
         }
-        let device = &mut self.devices[d];
+        let device = self.device_mut(d);
         device.clear_unread(slot, u32::MAX, services);
         device.connections[slot] = Connection::NONE;
         let r = usize::from(connection.region);
         let index = usize::from(connection.index);
-        let region = &mut self.regions[r];
+        let region = self.region_mut(r);
         region.attached &= !(1 << index);
         self.tell_peers(r, index, services);
-        let region = &self.regions[r];
+        let region = self.region(r);
         if region.attached == 0 && !region.boot {
             self.close_region(r, services);
         }
@@ -1304,10 +1328,10 @@ impl Shmem {
     /// Every attached connection of region `r` but `changed` gets an unread
     /// attach change for index `changed`.
     fn tell_peers(&mut self, r: usize, changed: usize, services: &mut impl ShmemServices) {
-        let region = self.regions[r];
+        let region = *self.region(r);
         for peer in indices(region.attached & !(1 << changed)) {
             let member = region.members[peer];
-            self.devices[usize::from(member.device)].add_unread(
+            self.device_mut(usize::from(member.device)).add_unread(
                 usize::from(member.slot),
                 1 << (16 + changed),
                 services,
@@ -1321,7 +1345,7 @@ impl Shmem {
     /// [`write`](Self::write).
     #[inline(always)]
     fn notify(&mut self, d: usize, slot: usize, mask: u32, services: &mut impl ShmemServices) {
-        let connection = self.devices[d].connections[slot];
+        let connection = self.device(d).connections[slot];
         let region = usize::from(connection.region);
         let asked = if mask == NOTIFY_ALL_BUT_ME {
             u16::MAX
@@ -1329,9 +1353,9 @@ impl Shmem {
             mask as u16 // bits 16..31 name nobody
         };
         let sender = 1u16 << connection.index;
-        let targets = asked & self.regions[region].attached & !sender;
-        self.regions[region].counters.notifications_sent += 1;
-        self.devices[d].connections[slot].delivered = targets;
+        let targets = asked & self.region(region).attached & !sender;
+        self.region_mut(region).counters.notifications_sent += 1;
+        self.device_mut(d).connections[slot].delivered = targets;
         if targets == 0 {
             return;
         }
@@ -1340,9 +1364,9 @@ impl Shmem {
         while rest != 0 {
             let target = rest.trailing_zeros() as usize;
             rest &= rest - 1;
-            let member = self.regions[region].members[target];
-            self.regions[region].counters.notifications_delivered += 1;
-            self.devices[usize::from(member.device)].add_unread(
+            let member = self.region(region).members[target];
+            self.region_mut(region).counters.notifications_delivered += 1;
+            self.device_mut(usize::from(member.device)).add_unread(
                 usize::from(member.slot),
                 u32::from(sender),
                 services,
