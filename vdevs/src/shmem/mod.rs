@@ -648,9 +648,14 @@ impl Shmem {
     ///
     /// When the instance breaks a rule listed in [`ConfigError`].
     pub fn add_device(&mut self, config: &DeviceConfig<'_>) -> Result<DeviceId, ConfigError> {
-        if self.device_count == MAX_DEVICES {
-            return Err(ConfigError::TooManyDevices);
-        }
+        let id = self.device_count;
+        // The instances so far, and the slot for this one: none left means
+        // the table is full.
+        let (added, free) = self
+            .devices
+            .split_at_mut_checked(id)
+            .ok_or(ConfigError::TooManyDevices)?;
+        let slot = free.first_mut().ok_or(ConfigError::TooManyDevices)?;
         let rules = Rules::new(config.rules).ok_or(ConfigError::TooManyRules)?;
         if !config.factory.is_multiple_of(PAGE_SIZE)
             || config.factory.checked_add(PAGE_SIZE).is_none()
@@ -675,10 +680,7 @@ impl Shmem {
         if overlaps(config.factory, PAGE_SIZE, window_base, window_size) {
             return Err(ConfigError::Overlap);
         }
-        for other in self.devices[..self.device_count]
-            .iter()
-            .filter(|other| other.vm == config.vm)
-        {
+        for other in added.iter().filter(|other| other.vm == config.vm) {
             let other_window = other.window_pages * PAGE_SIZE;
             let ranges = [(config.factory, PAGE_SIZE), (window_base, window_size)];
             let other_ranges = [
@@ -696,8 +698,7 @@ impl Shmem {
                 return Err(ConfigError::SharedInterrupt);
             }
         }
-        let id = self.device_count;
-        self.devices[id] = Device {
+        *slot = Device {
             vm: config.vm,
             factory: config.factory,
             intid: config.intid,
@@ -1240,13 +1241,14 @@ impl Shmem {
     /// core may still have mapped somewhere (an unmap it refused) are kept
     /// instead: never handed to anyone again, still counted in use.
     fn close_region(&mut self, slot: usize, services: &mut impl ShmemServices) {
-        let region = &mut self.regions[slot];
-        if !region.unmap_refused {
-            services.free_pages(region.host_address, region.pages);
-            self.pages_in_use -= region.pages;
-        }
+        let region = self.region_mut(slot);
+        let freed = (!region.unmap_refused).then_some((region.host_address, region.pages));
         region.state = RegionState::Retired;
         region.host_address = 0;
+        if let Some((host_address, pages)) = freed {
+            services.free_pages(host_address, pages);
+            self.pages_in_use -= pages;
+        }
     }
 
     /// Makes a connection from device `d` to region `r`: window place,
