@@ -7,14 +7,16 @@
 //! `spin::Mutex::lock` inlines the whole wait loop (its retries and the
 //! spin on the flag) at every one of the ~80 places a lock is taken. Here
 //! a lock site holds only a call to one shared assembly routine that
-//! changes just three scratch registers, so the registers the site has
+//! changes just two scratch registers and the link register, so the registers the site has
 //! live stay where they are (a call to a Rust function would clobber all
 //! the caller-saved ones and make each site spill around it).
 //! [`Mutex::lock_inline`] keeps the first attempt at the site, for paths
 //! measured to the instruction.
 
 use core::cell::UnsafeCell;
+use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
+use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 /// A spin lock around a `T`.
@@ -28,10 +30,15 @@ pub struct Mutex<T> {
 unsafe impl<T: Send> Sync for Mutex<T> {}
 
 /// Access to a [`Mutex`]'s data while it is held; dropping it releases
-/// the lock.
+/// the lock. The data is held by pointer, not as `&mut T`: a reference
+/// passed into a function promises the compiler that nobody else touches
+/// the data until that function returns, which a guard dropped inside it
+/// would break (std's guards do the same). Not `Send`: a lock is released
+/// by the CPU that took it.
 pub struct MutexGuard<'a, T> {
     locked: &'a AtomicBool,
-    data: &'a mut T,
+    data: NonNull<T>,
+    _data: PhantomData<&'a mut T>,
 }
 
 impl<T> Mutex<T> {
@@ -83,30 +90,32 @@ impl<T> Mutex<T> {
     fn guard(&self) -> MutexGuard<'_, T> {
         MutexGuard {
             locked: &self.locked,
-            // SAFETY: the caller has just taken the lock, so until the
-            // guard releases it this is the only reference to the data.
-            data: unsafe { &mut *self.data.get() },
+            // An `UnsafeCell`'s pointer is never null.
+            data: NonNull::from(&self.data).cast(),
+            _data: PhantomData,
         }
     }
 }
 
 /// Takes `locked`, spinning while another CPU holds it: a call to the one
-/// shared routine `tessera_lock_take` below. The routine uses only x15-x17
-/// (and the link register), so the call leaves every other register live
+/// shared routine `tessera_lock_take` below. The routine changes only x16,
+/// x17 and the link register, so the call leaves every other register live
 /// across it, where a call to a Rust function would clobber all the
 /// caller-saved ones and make each lock site spill around it.
 #[cfg(target_os = "none")]
 #[inline(always)]
 fn take(locked: &AtomicBool) {
-    // SAFETY: `tessera_lock_take` takes the flag at x17 with an acquiring
-    // exclusive load and store, and changes only x15, x16 and the link
+    // SAFETY: `tessera_lock_take` takes the flag at x15 with an acquiring
+    // exclusive load and store, and changes only x16, x17 and the link
     // register, as declared; it uses no stack and leaves the flags alone.
+    // (The address is not in x16 or x17, which a linker veneer on the way
+    // to a `bl` target may change.)
     unsafe {
         core::arch::asm!(
             "bl tessera_lock_take",
-            in("x17") locked.as_ptr(),
-            out("x15") _,
+            in("x15") locked.as_ptr(),
             out("x16") _,
+            out("x17") _,
             out("lr") _,
             options(nostack, preserves_flags),
         );
@@ -114,7 +123,7 @@ fn take(locked: &AtomicBool) {
 }
 
 // The lock routine: one acquiring compare-and-swap of 0 to 1 on the byte at
-// x17, which is all a free lock needs; when it is held, wait with plain
+// x15, which is all a free lock needs; when it is held, wait with plain
 // loads (which do not take the cache line from the holder) until it is
 // clear, and try again. Also again when the exclusive store fails.
 #[cfg(target_os = "none")]
@@ -125,14 +134,14 @@ core::arch::global_asm!(
     .global tessera_lock_take
     .hidden tessera_lock_take
 tessera_lock_take:
-1:  ldaxrb  w16, [x17]
+1:  ldaxrb  w16, [x15]
     cbnz    w16, 2f
-    mov     w15, #1
-    stxrb   w16, w15, [x17]
+    mov     w17, #1
+    stxrb   w16, w17, [x15]
     cbnz    w16, 1b
     ret
 2:  clrex
-3:  ldrb    w16, [x17]
+3:  ldrb    w16, [x15]
     cbz     w16, 1b
     isb
     b       3b
@@ -172,14 +181,18 @@ impl<T> Deref for MutexGuard<'_, T> {
 
     #[inline(always)]
     fn deref(&self) -> &T {
-        self.data
+        // SAFETY: the guard holds the lock, so nothing else reaches the
+        // data until it is dropped, and this borrow of the guard ends first.
+        unsafe { self.data.as_ref() }
     }
 }
 
 impl<T> DerefMut for MutexGuard<'_, T> {
     #[inline(always)]
     fn deref_mut(&mut self) -> &mut T {
-        self.data
+        // SAFETY: as for `deref`; the `&mut self` borrow makes this the
+        // only reference made through the guard meanwhile.
+        unsafe { self.data.as_mut() }
     }
 }
 

@@ -108,6 +108,23 @@ primary_entry_asm:
     add     x2, x2, :lo12:__data_start
     adrp    x3, __data_end
     add     x3, x3, :lo12:__data_end
+    // First discard what the data cache holds for the data's page: these
+    // stores go straight to memory (MMU and caches off), and a dirty line
+    // that firmware or a boot loader left there could otherwise be
+    // written back over them later. The loaded file, which the source may
+    // share a line with, is clean to the point of coherency by the boot
+    // protocol, so dropping its lines loses nothing.
+    mrs     x4, ctr_el0
+    ubfx    x4, x4, #16, #4             // DminLine: log2 of the line in words
+    mov     x5, #4
+    lsl     x5, x5, x4
+    mov     x6, x2
+7:  cmp     x6, x3
+    b.hs    8f
+    dc      ivac, x6
+    add     x6, x6, x5
+    b       7b
+8:  dsb     sy
     sub     x4, x3, x2
     add     x1, x1, x4
     cmp     x3, x2

@@ -165,6 +165,24 @@ fn discover_machine(device_tree_address: u64) -> Machine {
     }
 }
 
+/// Refuses to start if the device tree or the package lies inside the
+/// hypervisor's memory, BSS and stacks included (`whole`: the Image
+/// header's image_size), which boot has already written: a boot loader
+/// that put one right after the file would have had it overwritten. Out
+/// of line, so as not to change how the compiler lays out
+/// `primary_entry`, which is the boot budget's.
+#[inline(never)]
+fn refuse_inputs_inside(machine: &Machine, whole: PhysRange) {
+    let inside = |range: Option<PhysRange>| range.is_some_and(|range| range.overlaps(&whole));
+    if inside(machine.device_tree) || inside(machine.initrd) {
+        early_message(
+            "tessera: refusing to start: the device tree or the package lies inside the hypervisor's \
+             memory; the boot loader must place them beyond the Image header's image_size\n",
+        );
+        power::fail_stop();
+    }
+}
+
 /// The boot CPU's first Rust code. MMU off; BSS zeroed; on the first stack.
 pub extern "C" fn primary_entry(device_tree_address: u64, run_address: u64) -> ! {
     if arch::current_exception_level() != 2 {
@@ -187,6 +205,7 @@ pub extern "C" fn primary_entry(device_tree_address: u64, run_address: u64) -> !
 
     let machine = discover_machine(device_tree_address);
     let image = memory::image_layout();
+    refuse_inputs_inside(&machine, image.whole());
 
     let mut free = machine.memory.clone();
     let mut holes = RangeSet::new();
