@@ -19,8 +19,7 @@
 #![cfg_attr(target_os = "none", no_std)]
 #![no_main]
 
-use tessera_guest_sdk::bootargs::{self, Bootargs};
-use tessera_guest_sdk::device_tree::DeviceTree;
+use tessera_guest_sdk::bootargs;
 use tessera_guest_sdk::{entry, exit, exit_status, println};
 
 entry!(main);
@@ -34,14 +33,12 @@ const DEFAULT_ADDRESS: u64 = 0x0900_0000;
 static A32_PROGRAM: [u32; 2] = [0xe591_0000, 0xeaff_fffe];
 
 fn main(_device_tree: usize) -> ! {
-    let address = DeviceTree::boot()
-        .ok()
-        .and_then(|tree| Bootargs::new(tree.bootargs()?).get("address"))
-        .map_or(Ok(DEFAULT_ADDRESS), bootargs::parse_number)
+    let address = bootargs::boot_number("address")
         .unwrap_or_else(|error| {
             println!("aarch32-el0: bad address: {error}");
             exit(exit_status::FAILURE)
-        });
+        })
+        .unwrap_or(DEFAULT_ADDRESS);
     if address > u64::from(u32::MAX) {
         println!("aarch32-el0: {address:#x} is out of an A32 register's reach");
         exit(exit_status::FAILURE)

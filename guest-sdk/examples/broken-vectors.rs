@@ -14,8 +14,7 @@
 #![cfg_attr(target_os = "none", no_std)]
 #![no_main]
 
-use tessera_guest_sdk::bootargs::{self, Bootargs};
-use tessera_guest_sdk::device_tree::DeviceTree;
+use tessera_guest_sdk::bootargs;
 use tessera_guest_sdk::exception::set_vector_base;
 use tessera_guest_sdk::{entry, exit, exit_status, println, probe_read};
 
@@ -25,14 +24,12 @@ entry!(main);
 const DEFAULT_ADDRESS: u64 = 0x2000_0000;
 
 fn main(_device_tree: usize) -> ! {
-    let address = DeviceTree::boot()
-        .ok()
-        .and_then(|tree| Bootargs::new(tree.bootargs()?).get("address"))
-        .map_or(Ok(DEFAULT_ADDRESS), bootargs::parse_number)
+    let address = bootargs::boot_number("address")
         .unwrap_or_else(|error| {
             println!("broken-vectors: bad address: {error}");
             exit(exit_status::FAILURE)
-        });
+        })
+        .unwrap_or(DEFAULT_ADDRESS);
     println!("broken-vectors: about to fault");
     // SAFETY: deliberately no vector table: the next exception cannot be
     // taken by this guest, which is what the test is about. Nothing but the

@@ -14,8 +14,7 @@
 #![cfg_attr(target_os = "none", no_std)]
 #![no_main]
 
-use tessera_guest_sdk::bootargs::{self, Bootargs};
-use tessera_guest_sdk::device_tree::DeviceTree;
+use tessera_guest_sdk::bootargs;
 use tessera_guest_sdk::{cpu, entry, exit, exit_status, println, time};
 
 entry!(main);
@@ -31,15 +30,10 @@ fn main(_device_tree: usize) -> ! {
         cpu::index(),
         time::ticks_to_ms(machine, frequency)
     );
-    let wanted = DeviceTree::boot()
-        .ok()
-        .and_then(|tree| Bootargs::new(tree.bootargs()?).get("after-ms"))
-        .map(bootargs::parse_number)
-        .transpose()
-        .unwrap_or_else(|error| {
-            println!("start-order: bad after-ms: {error}");
-            exit(exit_status::FAILURE)
-        });
+    let wanted = bootargs::boot_number("after-ms").unwrap_or_else(|error| {
+        println!("start-order: bad after-ms: {error}");
+        exit(exit_status::FAILURE)
+    });
     if let Some(wanted) = wanted {
         if started_ms < wanted {
             println!("start-order: started before {wanted} ms (TOO EARLY)");

@@ -62,6 +62,20 @@ impl fmt::Display for BootargError<'_> {
     }
 }
 
+/// The number the boot device tree's bootargs give for `key`: `None`
+/// without a device tree, bootargs or `key` (the examples' settings, each
+/// with its default).
+///
+/// # Errors
+/// The value does not parse (see [`parse_number`]).
+pub fn boot_number(key: &str) -> Result<Option<u64>, BootargError<'static>> {
+    crate::device_tree::DeviceTree::boot()
+        .ok()
+        .and_then(|tree| Bootargs::new(tree.bootargs()?).get(key))
+        .map(parse_number)
+        .transpose()
+}
+
 /// Parses a decimal or `0x` hexadecimal number; `_` may separate digits.
 ///
 /// # Errors
@@ -133,6 +147,12 @@ mod tests {
     use std::vec::Vec;
 
     use super::*;
+
+    #[test]
+    fn without_a_boot_device_tree_no_setting_is_given() {
+        // On the host the runtime has recorded no device tree.
+        assert_eq!(boot_number("wait_ms"), Ok(None));
+    }
 
     #[test]
     fn words_are_found_by_key() {
