@@ -785,7 +785,7 @@ impl Shmem {
             let slot = self.connection_for(d, offset)?;
             return Ok(u64::from(self.read_whole_status(d, slot, services)));
         }
-        self.read_fields(device, area, offset, width, services)
+        self.read_by_fields(device, area, offset, width, services)
     }
 
     /// Whether an access is a whole-word one to control-page field
@@ -826,28 +826,16 @@ impl Shmem {
             .ok_or(AccessRefused::NothingThere)
     }
 
-    /// [`read`](Self::read) without its inline status case, for callers
-    /// off the measured paths (an access without a syndrome): the fields
-    /// give the same answer, from the one copy of them.
+    /// [`read`](Self::read), field by field, without its inline status
+    /// case: also for callers off the measured paths (an access without a
+    /// syndrome), where the fields give the same answer from the one copy
+    /// of them.
     ///
     /// # Errors
     ///
     /// As [`read`](Self::read).
-    #[inline(always)]
-    pub fn read_by_fields(
-        &mut self,
-        device: DeviceId,
-        area: Area,
-        offset: u64,
-        width: AccessWidth,
-        services: &mut impl ShmemServices,
-    ) -> Result<u64, AccessRefused> {
-        self.read_fields(device, area, offset, width, services)
-    }
-
-    /// [`read`](Self::read), field by field.
     #[inline(never)]
-    fn read_fields(
+    pub fn read_by_fields(
         &mut self,
         device: DeviceId,
         area: Area,
@@ -899,31 +887,17 @@ impl Shmem {
             self.notify(d, slot, value as u32, services);
             return Ok(());
         }
-        self.write_fields(device, area, offset, width, value, services)
+        self.write_by_fields(device, area, offset, width, value, services)
     }
 
-    /// [`write`](Self::write) without its inline notify case, as
-    /// [`read_by_fields`](Self::read_by_fields).
+    /// [`write`](Self::write), field by field, without its inline notify
+    /// case (as [`read_by_fields`](Self::read_by_fields)).
     ///
     /// # Errors
     ///
     /// As [`write`](Self::write).
-    #[inline(always)]
-    pub fn write_by_fields(
-        &mut self,
-        device: DeviceId,
-        area: Area,
-        offset: u64,
-        width: AccessWidth,
-        value: u64,
-        services: &mut impl ShmemServices,
-    ) -> Result<(), AccessRefused> {
-        self.write_fields(device, area, offset, width, value, services)
-    }
-
-    /// [`write`](Self::write), field by field.
     #[inline(never)]
-    fn write_fields(
+    pub fn write_by_fields(
         &mut self,
         device: DeviceId,
         area: Area,
