@@ -395,8 +395,7 @@ pub fn sync(
     // free one, until one finds no room. The guest so always sees a prefix
     // of the pending order: never a pending interrupt while a better one
     // waits outside.
-    let actives = state.active_for(vcpu);
-    let pending = state.pending_for(vcpu);
+    let (actives, pending) = state.active_and_pending_for(vcpu);
     let mut plan = [(PendingIrq::NONE, false); MAX_LIST_REGISTERS];
     let mut planned = 0;
     for irq in actives.as_slice().iter().take(count) {

@@ -519,43 +519,30 @@ impl VgicState {
     /// Drops the marks of `vcpu`'s private interrupts and of the SPIs that
     /// are neither pending nor active any more.
     pub fn prune_marks(&mut self, vcpu: VcpuId) {
-        if self.vcpu_in_range(vcpu) {
-            let bank = &self.private[vcpu.index()];
-            let marks = &mut self.private_marks[vcpu.index()];
-            for intid in set_bits(*marks) {
-                let irq = &bank[intid as usize];
-                if !irq.pending() && !irq.active {
-                    *marks &= !(1 << intid);
+        // 32 at a time, private first, as `active_and_pending_for` walks.
+        for block in 0..SPI_WORDS + 1 {
+            let (marks, states) = if block == 0 {
+                if !self.vcpu_in_range(vcpu) {
+                    continue;
                 }
-            }
-        }
-        for (word, marks) in self.spi_marks.iter_mut().enumerate() {
-            for bit in set_bits(*marks) {
-                let irq = &self.spis[word * 32 + bit as usize];
+                let index = vcpu.index();
+                (&mut self.private_marks[index], &self.private[index][..])
+            } else {
+                (
+                    &mut self.spi_marks[block - 1],
+                    &self.spis[(block - 1) * 32..][..32],
+                )
+            };
+            let mut rest = *marks;
+            while rest != 0 {
+                let bit = rest.trailing_zeros();
+                rest &= rest - 1;
+                let irq = &states[bit as usize];
                 if !irq.pending() && !irq.active {
                     *marks &= !(1 << bit);
                 }
             }
         }
-    }
-
-    /// The marked interrupts `vcpu` may be shown, in INTID order: its own
-    /// SGIs and PPIs, then the SPIs (whose target the caller checks).
-    fn marked(&self, vcpu: VcpuId) -> impl Iterator<Item = (u32, &IrqState)> + '_ {
-        let bank = &self.private[vcpu.index()];
-        let private = set_bits(self.private_marks[vcpu.index()])
-            .map(move |intid| (intid, &bank[intid as usize]));
-        let spis = self
-            .spi_marks
-            .iter()
-            .enumerate()
-            .flat_map(move |(word, marks)| {
-                set_bits(*marks).map(move |bit| {
-                    let index = word * 32 + bit as usize;
-                    (SPI_BASE + index as u32, &self.spis[index])
-                })
-            });
-        private.chain(spis)
     }
 
     #[must_use]
@@ -940,25 +927,7 @@ impl VgicState {
     /// of the list-register allocation.
     #[must_use]
     pub fn pending_for(&self, vcpu: VcpuId) -> PendingList {
-        let mut list = PendingList::new();
-        if !self.vcpu_in_range(vcpu) {
-            return list;
-        }
-        for (intid, irq) in self.marked(vcpu) {
-            let deliverable = irq.pending() && irq.enabled && self.group_enabled(irq.group1);
-            if !deliverable || (intid >= SPI_BASE && self.spi_vcpu(intid) != Some(vcpu)) {
-                continue;
-            }
-            list.offer(PendingIrq {
-                intid,
-                priority: irq.priority,
-                group1: irq.group1,
-                active: irq.active,
-                deliverable: true,
-                source: self.first_sgi_source(vcpu, intid),
-            });
-        }
-        list
+        self.active_and_pending_for(vcpu).1
     }
 
     /// SPI `intid` as [`Self::pending_for`] would list it for `vcpu`:
@@ -1033,24 +1002,65 @@ impl VgicState {
     /// says whether one is also pending and forwarded.
     #[must_use]
     pub fn active_for(&self, vcpu: VcpuId) -> PendingList {
-        let mut list = PendingList::new();
+        self.active_and_pending_for(vcpu).0
+    }
+
+    /// [`active_for`](Self::active_for) and
+    /// [`pending_for`](Self::pending_for) together, from one walk of the
+    /// marked interrupts: a sync needs both, and each walk is a sizeable
+    /// loop.
+    #[must_use]
+    pub fn active_and_pending_for(&self, vcpu: VcpuId) -> (PendingList, PendingList) {
+        let mut actives = PendingList::new();
+        let mut pending = PendingList::new();
         if !self.vcpu_in_range(vcpu) {
-            return list;
+            return (actives, pending);
         }
-        for (intid, irq) in self.marked(vcpu) {
-            if !irq.active || (intid >= SPI_BASE && self.spi_vcpu(intid) != Some(vcpu)) {
-                continue;
+        // The marked interrupts in INTID order, 32 at a time: `vcpu`'s own
+        // SGIs and PPIs, then the SPIs (whose vCPU is checked). One loop
+        // body for both kinds, which an iterator chain would expand twice.
+        for block in 0..SPI_WORDS + 1 {
+            let (mut marks, states) = if block == 0 {
+                let index = vcpu.index();
+                (self.private_marks[index], &self.private[index][..])
+            } else {
+                (
+                    self.spi_marks[block - 1],
+                    &self.spis[(block - 1) * 32..][..32],
+                )
+            };
+            while marks != 0 {
+                let bit = marks.trailing_zeros();
+                marks &= marks - 1;
+                let intid = block as u32 * 32 + bit;
+                let irq = &states[bit as usize];
+                if intid >= SPI_BASE && self.spi_vcpu(intid) != Some(vcpu) {
+                    continue;
+                }
+                let deliverable = irq.pending() && irq.enabled && self.group_enabled(irq.group1);
+                let entry = PendingIrq {
+                    intid,
+                    priority: irq.priority,
+                    group1: irq.group1,
+                    active: irq.active,
+                    deliverable,
+                    source: None,
+                };
+                if irq.active {
+                    actives.offer(PendingIrq {
+                        source: self.active_source(vcpu, intid),
+                        ..entry
+                    });
+                }
+                if deliverable {
+                    pending.offer(PendingIrq {
+                        source: self.first_sgi_source(vcpu, intid),
+                        ..entry
+                    });
+                }
             }
-            list.offer(PendingIrq {
-                intid,
-                priority: irq.priority,
-                group1: irq.group1,
-                active: true,
-                deliverable: irq.pending() && irq.enabled && self.group_enabled(irq.group1),
-                source: self.active_source(vcpu, intid),
-            });
         }
-        list
+        (actives, pending)
     }
 }
 
