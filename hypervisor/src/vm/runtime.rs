@@ -214,10 +214,10 @@ fn this_cpu() -> CpuId {
     CpuId::new(arch::cpu_index()).unwrap_or(CpuId::new(0).expect("CPU 0 exists"))
 }
 
-/// VM `id`. Out of line: a lookup (its bounds check and `Once` read)
-/// was inlined into a dozen cold paths; [`vm_inline`] is for the one
-/// measured path that needs it.
-#[inline(never)]
+/// VM `id` (a call: `VmSystem::vm` is out of line, as a lookup inlined
+/// into a dozen cold paths cost more; [`vm_inline`] is for the one
+/// measured path that needs it).
+#[inline(always)]
 pub fn vm(id: VmId) -> &'static RunningVm {
     SYSTEM.vm(id)
 }
@@ -226,7 +226,7 @@ pub fn vm(id: VmId) -> &'static RunningVm {
 /// (`interrupts::guest::raise_spi`).
 #[inline(always)]
 pub fn vm_inline(id: VmId) -> &'static RunningVm {
-    SYSTEM.vm(id)
+    SYSTEM.vm_inline(id)
 }
 
 fn name(id: VmId) -> &'static str {

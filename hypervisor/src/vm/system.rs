@@ -409,9 +409,20 @@ impl<T, D> VmSystem<T, D> {
     }
 
     /// The VM `id`. Ids come from this table, so it exists.
+    ///
+    /// Out of line: its bounds check and `Once` read were inlined into
+    /// each of the table's operations and the runtime's cold paths;
+    /// [`vm_inline`](Self::vm_inline) is for a measured path.
     #[must_use]
-    #[inline]
+    #[inline(never)]
     pub fn vm(&self, id: VmId) -> &Vm<T, D> {
+        self.vm_inline(id)
+    }
+
+    /// [`vm`](Self::vm), inline.
+    #[must_use]
+    #[inline(always)]
+    pub fn vm_inline(&self, id: VmId) -> &Vm<T, D> {
         match self.vms[id.index()].get() {
             Some(vm) => vm,
             None => no_such_vm(),
