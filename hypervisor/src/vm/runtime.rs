@@ -17,7 +17,6 @@ use tessera_hypervisor::boot::package::Package;
 use tessera_hypervisor::console::escape::Escaped;
 use tessera_hypervisor::devices::map::{DeviceMap, DeviceSlot, Window};
 use tessera_hypervisor::memory::address::{GuestPhysAddr, PhysAddr};
-use tessera_hypervisor::memory::fast_copy;
 use tessera_hypervisor::memory::page_table::{Table, TableStore, TlbMaintenance};
 use tessera_hypervisor::traps::crash_report::TrapFrame;
 use tessera_hypervisor::traps::exception_syndrome::ExceptionSyndrome;
@@ -140,7 +139,10 @@ impl Hardware for Aarch64 {
         // SAFETY: `target` and `bytes` are distinct Normal memory (the VM's
         // RAM, the package), both mapped at EL2.
         let done = unsafe { arch::copy_blocks(target.as_mut_ptr(), bytes.as_ptr(), bytes.len()) };
-        fast_copy::copy_bytes(&mut target[done..], &bytes[done..]);
+        // Fewer than 32 bytes are left: a plain copy, not the word copy
+        // (`memory::fast_copy`), whose alignment cases would cost more
+        // code than they save time here.
+        target[done..].copy_from_slice(&bytes[done..]);
         // The guest starts with its MMU and caches off: what was copied
         // must be in memory, not only in this CPU's cache.
         arch::clean_to_point_of_coherency(host.0 as usize, bytes.len());
