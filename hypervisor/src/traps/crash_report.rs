@@ -106,23 +106,20 @@ pub fn write_crash_report(
         describe_mode(frame.saved_state),
         (frame.saved_state >> 6) & 0xF
     )?;
-    for pair in 0..16 {
-        let first = pair * 2;
-        if first == 30 {
-            writeln!(
-                out,
-                "x30 {:#018x}  sp  {:#018x}",
-                frame.registers[30], frame.stack_pointer
-            )?;
+    // Two a line: x0..x30, then sp (one format for all of them).
+    for index in 0..32 {
+        let value = frame
+            .registers
+            .get(index)
+            .copied()
+            .unwrap_or(frame.stack_pointer);
+        if index < 31 {
+            write!(out, "x{index:<2}")?;
         } else {
-            writeln!(
-                out,
-                "x{first:<2} {:#018x}  x{:<2} {:#018x}",
-                frame.registers[first],
-                first + 1,
-                frame.registers[first + 1]
-            )?;
+            out.write_str("sp ")?;
         }
+        write!(out, " {value:#018x}")?;
+        out.write_str(if index % 2 == 0 { "  " } else { "\n" })?;
     }
     writeln!(out, "==== end of crash report ====")
 }
