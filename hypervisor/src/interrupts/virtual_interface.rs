@@ -50,65 +50,65 @@ const _: () = assert!(MAX_LIST_REGISTERS == 16, "GICH_LR<n> are at 0x100 + 4n");
 /// until then: no list register is touched).
 static COUNTS: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(0) }; MAX_CPUS];
 
-/// Reads ICH_LR<n>_EL2 or writes it, for `n` known only at run time.
-macro_rules! list_register_access {
-    ($index:expr, $read:ident, $value:expr) => {{
-        macro_rules! one {
-                            ($name:literal) => {{
-                                if $read {
-                                    let value: u64;
-                                    // SAFETY: reading a list register of this CPU's
-                                    // virtual CPU interface has no side effects.
-                                    unsafe {
-                                        asm!(concat!("mrs {v}, ", $name), v = out(reg) value,
-                                            options(nomem, nostack, preserves_flags));
-                                    }
-                                    value
-                                } else {
-                                    // SAFETY: the list registers only affect what this
-                                    // CPU's guest is shown; the policy keeps them in step
-                                    // with the VM's interrupt model.
-                                    unsafe {
-                                        asm!(concat!("msr ", $name, ", {v}"), v = in(reg) $value,
-                                            options(nomem, nostack, preserves_flags));
-                                    }
-                                    0
-                                }
-                            }};
-                        }
-        match $index {
-            0 => one!("ich_lr0_el2"),
-            1 => one!("ich_lr1_el2"),
-            2 => one!("ich_lr2_el2"),
-            3 => one!("ich_lr3_el2"),
-            4 => one!("ich_lr4_el2"),
-            5 => one!("ich_lr5_el2"),
-            6 => one!("ich_lr6_el2"),
-            7 => one!("ich_lr7_el2"),
-            8 => one!("ich_lr8_el2"),
-            9 => one!("ich_lr9_el2"),
-            10 => one!("ich_lr10_el2"),
-            11 => one!("ich_lr11_el2"),
-            12 => one!("ich_lr12_el2"),
-            13 => one!("ich_lr13_el2"),
-            14 => one!("ich_lr14_el2"),
-            _ => one!("ich_lr15_el2"),
-        }
-    }};
-}
-
 /// ICH_LR<index>_EL2 of this CPU as it stands, on GICv3 (the caller
 /// knows the GIC is one: the injection fast path is armed on GICv3 only).
+///
+/// The register is named in the instruction, so `index` picks one of 16
+/// `mrs`: by a branch into a table of instruction pairs, as the vectors'
+/// fast path does (`arch::vectors`), not a `match`, whose jump table was
+/// 60 bytes of rodata in each function holding a copy. An index past 15
+/// reads ICH_LR15_EL2.
 #[inline(always)]
 pub fn read_gicv3_list_register(index: usize) -> u64 {
-    list_register_access!(index, true, 0u64)
+    let value: u64;
+    // SAFETY: reading a list register of this CPU's virtual CPU interface
+    // has no side effects; the branch lands on one of the 16 `mrs, b`
+    // pairs (the index is at most 15), each of which leaves at label 3.
+    unsafe {
+        asm!(
+            "adr {target}, 2f",
+            "add {target}, {target}, {index}, lsl #3",
+            "br {target}",
+            "2:",
+            ".irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15",
+            "mrs {value}, ich_lr\\n\\()_el2",
+            "b 3f",
+            ".endr",
+            "3:",
+            index = in(reg) index.min(15),
+            target = out(reg) _,
+            value = out(reg) value,
+            options(nomem, nostack, preserves_flags)
+        );
+    }
+    value
 }
 
 /// Writes ICH_LR<index>_EL2 of this CPU with `value`, on GICv3 (as
-/// [`read_gicv3_list_register`]).
+/// [`read_gicv3_list_register`]; an index past 15 writes ICH_LR15_EL2).
 #[inline(always)]
 pub fn write_gicv3_list_register(index: usize, value: u64) {
-    let _ = list_register_access!(index, false, value);
+    // SAFETY: the list registers only affect what this CPU's guest is
+    // shown; the policy keeps them in step with the VM's interrupt model.
+    // The branch lands on one of the 16 `msr, b` pairs, as in
+    // `read_gicv3_list_register`.
+    unsafe {
+        asm!(
+            "adr {target}, 2f",
+            "add {target}, {target}, {index}, lsl #3",
+            "br {target}",
+            "2:",
+            ".irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15",
+            "msr ich_lr\\n\\()_el2, {value}",
+            "b 3f",
+            ".endr",
+            "3:",
+            index = in(reg) index.min(15),
+            target = out(reg) _,
+            value = in(reg) value,
+            options(nomem, nostack, preserves_flags)
+        );
+    }
 }
 
 /// This CPU's virtual CPU interface.
@@ -269,7 +269,7 @@ impl ListRegisters for VirtualInterface {
     fn read(&self, index: usize) -> ListEntry {
         match self.gich {
             Some(gich) => ListEntry::from_gicv2(gich.lr[index].get()),
-            None => ListEntry::from_gicv3(list_register_access!(index, true, 0u64)),
+            None => ListEntry::from_gicv3(read_gicv3_list_register(index)),
         }
     }
 
@@ -279,10 +279,7 @@ impl ListRegisters for VirtualInterface {
     fn write(&mut self, index: usize, entry: ListEntry) {
         match self.gich {
             Some(gich) => gich.lr[index].set(entry.to_gicv2()),
-            None => {
-                let value = entry.to_gicv3();
-                let _ = list_register_access!(index, false, value);
-            }
+            None => write_gicv3_list_register(index, entry.to_gicv3()),
         }
     }
 
