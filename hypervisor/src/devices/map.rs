@@ -170,12 +170,12 @@ impl DeviceMap {
     ) -> Option<(DeviceSlot, u64)> {
         let answers = |entry: &Entry| answer(entry, address, width);
         let windows = &self.windows[..self.count.min(MAX_WINDOWS)];
-        let (index, offset) = windows
+        let (index, slot, offset) = windows
             .iter()
             .enumerate()
-            .find_map(|(index, entry)| answers(entry).map(|offset| (index, offset)))?;
+            .find_map(|(index, entry)| answers(entry).map(|offset| (index, entry.1, offset)))?;
         self.last_hit.store(index as u8, Ordering::Relaxed);
-        Some((windows[index].1, offset))
+        Some((slot, offset))
     }
 
     /// Every window with its slot, by base.

@@ -268,7 +268,8 @@ impl ListRegisters for VirtualInterface {
 
     fn read(&self, index: usize) -> ListEntry {
         match self.gich {
-            Some(gich) => ListEntry::from_gicv2(gich.lr[index].get()),
+            // Past 15 is GICH_LR15, as ICH_LR15_EL2 on GICv3.
+            Some(gich) => ListEntry::from_gicv2(gich.lr[index.min(MAX_LIST_REGISTERS - 1)].get()),
             None => ListEntry::from_gicv3(read_gicv3_list_register(index)),
         }
     }
@@ -278,7 +279,7 @@ impl ListRegisters for VirtualInterface {
     #[inline(never)]
     fn write(&mut self, index: usize, entry: ListEntry) {
         match self.gich {
-            Some(gich) => gich.lr[index].set(entry.to_gicv2()),
+            Some(gich) => gich.lr[index.min(MAX_LIST_REGISTERS - 1)].set(entry.to_gicv2()),
             None => write_gicv3_list_register(index, entry.to_gicv3()),
         }
     }

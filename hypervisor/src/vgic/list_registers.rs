@@ -404,7 +404,8 @@ pub fn sync(
     }
     let mut overflow = actives.as_slice().len() > count;
     for irq in pending.as_slice() {
-        if let Some(entry) = plan[..planned]
+        // `planned` never passes `count`; the `min` shows the compiler.
+        if let Some(entry) = plan[..planned.min(MAX_LIST_REGISTERS)]
             .iter_mut()
             .find(|(planned_irq, _)| planned_irq.intid == irq.intid)
         {
@@ -443,7 +444,8 @@ pub fn sync(
         }
     }
     let mut any_pending = false;
-    for (index, &(irq, pending)) in plan.iter().enumerate().take(count) {
+    for index in 0..count {
+        let (irq, pending) = plan[index];
         if index >= planned {
             if was_in_use[index] {
                 registers.write(index, ListEntry::EMPTY);
@@ -504,25 +506,26 @@ fn prepare_linked(state: &VgicState, vcpu: VcpuId, shadow: &mut ListRegisterShad
     if shadow.overflow {
         return;
     }
-    let mut slot = 0;
+    // The linked PPIs in INTID order, one entry each, until the entries
+    // run out.
+    let mut entries = shadow.linked_entries.iter_mut();
     for intid in 16..32 {
-        if slot == LINKED_FAST_SLOTS {
-            break;
-        }
         if !state.is_hardware_linked(vcpu, intid) {
             continue;
         }
+        let Some(slot) = entries.next() else {
+            break;
+        };
         if let Some(entry) = state.forwarded_entry(vcpu, intid) {
-            shadow.linked_entries[slot] = ListEntry {
+            *slot = ListEntry {
                 state: LrState::Pending,
                 physical: Some(intid),
                 ..entry
             };
             shadow.linked_ready |= 1 << intid;
         } else {
-            shadow.linked_entries[slot] = ListEntry::EMPTY;
+            *slot = ListEntry::EMPTY;
         }
-        slot += 1;
     }
 }
 
@@ -798,8 +801,12 @@ pub fn fold_all(
         }
         let entry = registers.read(index);
         state.fold(vcpu, *resident, entry.state);
-        if entry.physical.is_some() && entry.state != LrState::Invalid {
-            linked.intids[linked.count] = resident.intid;
+        // At most one per register, so there is always room.
+        if entry.physical.is_some()
+            && entry.state != LrState::Invalid
+            && let Some(slot) = linked.intids.get_mut(linked.count)
+        {
+            *slot = resident.intid;
             linked.count += 1;
         }
         registers.write(index, ListEntry::EMPTY);

@@ -258,14 +258,16 @@ impl PendingList {
 
     #[must_use]
     pub fn as_slice(&self) -> &[PendingIrq] {
-        &self.entries[..self.len]
+        // `len` never passes the capacity; the `min` shows the compiler.
+        &self.entries[..self.len.min(PENDING_LIST_LEN)]
     }
 
     /// Inserts `irq` in order, keeping the best `PENDING_LIST_LEN`. Callers
     /// offer INTIDs in ascending order, so placing `irq` after every entry
     /// of equal priority keeps equal priorities in INTID order.
     fn offer(&mut self, irq: PendingIrq) {
-        let position = self.entries[..self.len]
+        let position = self
+            .as_slice()
             .iter()
             .position(|entry| entry.priority > irq.priority)
             .unwrap_or(self.len);

@@ -102,6 +102,12 @@ pub struct VmLifecycle {
 }
 
 impl VmLifecycle {
+    /// The power states of the VM's vCPUs. `new` keeps `vcpu_count` within
+    /// the array; the `min` shows the compiler, so there is no panic path.
+    fn vcpus_of_vm(&self) -> &[VcpuPower] {
+        &self.vcpus[..self.vcpu_count.min(MAX_CPUS)]
+    }
+
     /// A VM of `vcpu_count` vCPUs, all off, not yet started.
     #[must_use]
     pub const fn new(vcpu_count: usize) -> Self {
@@ -240,7 +246,8 @@ impl VmLifecycle {
         if self.power(vcpu) == Some(VcpuPower::On) {
             self.vcpus[vcpu.index()] = VcpuPower::Off;
         }
-        let all_off = self.vcpus[..self.vcpu_count]
+        let all_off = self
+            .vcpus_of_vm()
             .iter()
             .all(|power| *power == VcpuPower::Off);
         if !all_off {
@@ -287,7 +294,7 @@ impl VmLifecycle {
     /// none to be before it rewrites RAM).
     #[must_use]
     pub fn any_vcpu_on(&self) -> bool {
-        self.vcpus[..self.vcpu_count].contains(&VcpuPower::On)
+        self.vcpus_of_vm().contains(&VcpuPower::On)
     }
 
     /// Whether a reset is still under way (no stop has overtaken it).
