@@ -388,8 +388,10 @@ impl VgicState {
                     return 0;
                 }
                 let sources = &self.sgi_sources[vcpu.index()];
+                // Aligned (checked above), so every lane is an SGI's.
                 (0..usize::from(width.bytes())).fold(0, |value, lane| {
-                    value | u64::from(sources[first + lane]) << (8 * lane)
+                    let lane_sources = sources.get(first + lane).copied().unwrap_or(0);
+                    value | u64::from(lane_sources) << (8 * lane)
                 })
             }
             offset::IROUTER..offset::IROUTER_END

@@ -266,18 +266,23 @@ impl PendingList {
     /// offer INTIDs in ascending order, so placing `irq` after every entry
     /// of equal priority keeps equal priorities in INTID order.
     fn offer(&mut self, irq: PendingIrq) {
-        let position = self
-            .as_slice()
+        let len = self.len.min(PENDING_LIST_LEN);
+        let position = self.entries[..len]
             .iter()
             .position(|entry| entry.priority > irq.priority)
-            .unwrap_or(self.len);
+            .unwrap_or(len);
         if position >= PENDING_LIST_LEN {
             return;
         }
-        let last = self.len.min(PENDING_LIST_LEN - 1);
-        self.entries.copy_within(position..last, position + 1);
+        // The entries from `position` move up one; a full list drops its
+        // last. (A loop whose bounds the compiler sees: no panic path.)
+        let mut index = len.min(PENDING_LIST_LEN - 1);
+        while index > position {
+            self.entries[index] = self.entries[index - 1];
+            index -= 1;
+        }
         self.entries[position] = irq;
-        self.len = (self.len + 1).min(PENDING_LIST_LEN);
+        self.len = (len + 1).min(PENDING_LIST_LEN);
     }
 }
 
