@@ -112,7 +112,8 @@ impl DeviceMap {
         if window.size < 8 || window.base.0.checked_add(window.size).is_none() {
             return Err(MapError::BadWindow(window));
         }
-        if let Some(&Entry(other, other_slot)) = self.windows[..self.count]
+        if let Some(&Entry(other, other_slot)) = self
+            .entries()
             .iter()
             .find(|Entry(other, _)| window.base.0 < other.end() && other.base.0 < window.end())
         {
@@ -124,14 +125,28 @@ impl DeviceMap {
         if self.count == MAX_WINDOWS {
             return Err(MapError::Full);
         }
-        let position = self.windows[..self.count]
+        let entries = self.entries();
+        let count = entries.len();
+        let position = entries
             .iter()
             .position(|Entry(other, _)| other.base.0 > window.base.0)
-            .unwrap_or(self.count);
-        self.windows.copy_within(position..self.count, position + 1);
+            .unwrap_or(count);
+        // The entries from `position` move up one (there is room: the map
+        // is not full; the second bound only shows the compiler so).
+        let mut index = count;
+        while index > position && index < MAX_WINDOWS {
+            self.windows[index] = self.windows[index - 1];
+            index -= 1;
+        }
         self.windows[position] = Entry(window, slot);
-        self.count += 1;
+        self.count = count + 1;
         Ok(())
+    }
+
+    /// The entries in use. `count` never passes the array; the `min`
+    /// shows the compiler, so there is no panic path.
+    fn entries(&self) -> &[Entry] {
+        &self.windows[..self.count.min(MAX_WINDOWS)]
     }
 
     /// The slot an access of `width` at `address` targets, and the offset
@@ -169,7 +184,7 @@ impl DeviceMap {
         width: AccessWidth,
     ) -> Option<(DeviceSlot, u64)> {
         let answers = |entry: &Entry| answer(entry, address, width);
-        let windows = &self.windows[..self.count.min(MAX_WINDOWS)];
+        let windows = self.entries();
         let (index, slot, offset) = windows
             .iter()
             .enumerate()
@@ -180,7 +195,7 @@ impl DeviceMap {
 
     /// Every window with its slot, by base.
     pub fn windows(&self) -> impl Iterator<Item = (Window, DeviceSlot)> + '_ {
-        self.windows[..self.count]
+        self.entries()
             .iter()
             .map(|Entry(window, slot)| (*window, *slot))
     }
