@@ -736,16 +736,19 @@ pub fn show_linked(
             chosen = Some(index);
         }
     }
-    let Some(index) = chosen else {
+    // (`chosen` is a register's index: `get_mut` always finds it.)
+    let Some((index, resident)) =
+        chosen.and_then(|index| Some((index, shadow.resident.get_mut(index)?)))
+    else {
         return false;
     };
-    if shadow.resident[index].in_use {
+    if resident.in_use {
         // The completed instance's fold: it is no longer active (a
         // hardware-linked interrupt has no latch to give back).
         state.clear_active(vcpu, intid);
     }
     registers.write(index, entry);
-    shadow.resident[index] = Resident {
+    *resident = Resident {
         in_use: true,
         intid,
         moved_latch: true,
