@@ -78,6 +78,16 @@ struct Machine {
     cpus_ignored: usize,
 }
 
+impl Machine {
+    /// The CPUs' affinities, in device-tree order. `cpu_count` never
+    /// exceeds `MAX_CPUS` (both sources cap it); the `min` lets the
+    /// compiler see so, where a slice to `cpu_count` kept a panic path in
+    /// each caller.
+    fn cpu_affinities(&self) -> &[u64] {
+        &self.cpu_affinities[..self.cpu_count.min(MAX_CPUS)]
+    }
+}
+
 fn gic_layout_for(version: Option<u8>) -> GicLayout {
     match (version, BOARD.default_gic) {
         // QEMU virt: the same board carries GICv2 or GICv3 by command line.
@@ -283,11 +293,11 @@ pub extern "C" fn primary_entry(device_tree_address: u64, run_address: u64) -> !
     }
 
     PROVE_TICKS.store(system.is_none(), Ordering::Release);
-    smp::publish_boot_parameters(&machine.cpu_affinities[..machine.cpu_count], el2_map.root);
+    smp::publish_boot_parameters(machine.cpu_affinities(), el2_map.root);
     announce_online(0);
     let mut start_failures = 0;
-    for index in 1..machine.cpu_count {
-        if let Err(error) = smp::start_cpu(index, machine.cpu_affinities[index]) {
+    for (index, &affinity) in machine.cpu_affinities().iter().enumerate().skip(1) {
+        if let Err(error) = smp::start_cpu(index, affinity) {
             report_error(format_args!("cpu {index} did not start: {error}"));
             start_failures += 1;
         }
@@ -393,7 +403,7 @@ fn start_system(system: &'static System, machine: &Machine) -> ! {
         &system.package,
         &system.manifest,
         &system.guest_ram,
-        &machine.cpu_affinities[..machine.cpu_count],
+        machine.cpu_affinities(),
     ) {
         Ok(count) => println!("tessera: {count} VM(s) built; starting them"),
         Err(error) => fail(format_args!("could not build the VMs: {error}")),

@@ -294,7 +294,9 @@ impl<'a> VmManifest<'a> {
 impl VmManifest<'_> {
     #[must_use]
     pub fn physical_cpus(&self) -> &[u32] {
-        &self.physical_cpus[..self.vcpu_count]
+        // `finish` checked the count against MAX_CPUS; the `min` lets the
+        // compiler see so, rather than keep a panic path at each caller.
+        &self.physical_cpus[..self.vcpu_count.min(MAX_CPUS)]
     }
 
     /// `(base, size)` of each passthrough range.
@@ -863,7 +865,14 @@ pub fn parse(blob: &[u8]) -> Result<SystemManifest<'_>, ManifestError<'_>> {
                     Some(COMPATIBLE) => {
                         is_manifest = string_list_contains(value, b"tessera,system");
                     }
-                    Some(index) => root[index] = Some(value),
+                    // `get_mut`: the index is one of ROOT_PROPERTIES', so
+                    // always in range, but the compiler cannot see it
+                    // through the out-of-line look-up.
+                    Some(index) => {
+                        if let Some(slot) = root.get_mut(index) {
+                            *slot = Some(value);
+                        }
+                    }
                     None => {}
                 },
                 3 if in_vms => current.set(name.bytes(), value),
