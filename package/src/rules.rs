@@ -1081,20 +1081,19 @@ impl RuleError {
 
 impl fmt::Display for RuleError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let limit = Address(GUEST_PHYSICAL_LIMIT);
         match *self {
             Self::RamZero => f.write_str("is zero; a VM needs at least 2 MiB"),
             Self::RamNotGranule => f.write_str("is not a multiple of 2 MiB"),
             Self::RamBaseUnaligned => f.write_str("is not 2 MiB aligned"),
             Self::RamPast2To64 { base, size } => write!(
                 f,
-                "guest RAM of {} at {} ends past 2^64, so past the 39-bit guest-physical space ({limit})",
+                "guest RAM of {} at {} ends past 2^64, so {PAST_GUEST_SPACE}",
                 Size(size),
                 Address(base),
             ),
             Self::RamPastLimit { base, end } => write!(
                 f,
-                "guest RAM {}..{} ends past the 39-bit guest-physical space ({limit})",
+                "guest RAM {}..{} ends {PAST_GUEST_SPACE}",
                 Address(base),
                 Address(end),
             ),
@@ -1124,9 +1123,8 @@ impl fmt::Display for RuleError {
                 Address(end),
                 Address(device_tree)
             ),
-            Self::BadName => write!(
-                f,
-                "is not a VM name (1 to {MAX_NAME_LEN} of a-z, 0-9 and -, starting with a letter)"
+            Self::BadName => f.write_str(
+                "is not a VM name (1 to 15 of a-z, 0-9 and -, starting with a letter)",
             ),
             Self::NameTaken { first } => write!(f, "is also the name of vm[{first}]"),
             Self::NoCpus => f.write_str("empty; a VM needs at least one CPU"),
@@ -1230,15 +1228,14 @@ impl fmt::Display for RuleError {
             ),
             Self::PassthroughPastLimit { base, end } => write!(
                 f,
-                "the range {}..{} ends past the 39-bit guest-physical space ({limit}) it is \
+                "the range {}..{} ends {PAST_GUEST_SPACE} it is \
                  mapped into at the same address",
                 Address(base),
                 Address(end)
             ),
             Self::PassthroughGuestDevice { base, end, device } => write!(
                 f,
-                "the range {}..{} overlaps {} at {}..{}; a passthrough device appears at its \
-                 own address",
+                "the range {}..{} overlaps {} at {}..{}; a passthrough device appears at its own address",
                 Address(base),
                 Address(end),
                 device.name,
@@ -1251,8 +1248,7 @@ impl fmt::Display for RuleError {
                 ram_end,
             } => write!(
                 f,
-                "the range at {} overlaps the VM's RAM {}..{}; a passthrough device appears \
-                 at its own address",
+                "the range at {} overlaps the VM's RAM {}..{}; a passthrough device appears at its own address",
                 Address(base),
                 Address(ram_base),
                 Address(ram_end)
@@ -1283,9 +1279,7 @@ impl fmt::Display for RuleError {
             ),
             Self::NotAnSpi { spi } => write!(
                 f,
-                "SPI {spi} is not an SPI the virtual GIC has (SPIs 0 to {}, INTIDs 32 to {})",
-                SPI_COUNT - 1,
-                SPI_COUNT + 31
+                "SPI {spi} is not an SPI the virtual GIC has (SPIs 0 to 223, INTIDs 32 to 255)"
             ),
             Self::SpiReserved { used } => write!(
                 f,
@@ -1307,7 +1301,7 @@ impl fmt::Display for RuleError {
             ),
             Self::ShmemPastLimit { base, end } => write!(
                 f,
-                "{}..{} ends past the 39-bit guest-physical space ({limit})",
+                "{}..{} ends {PAST_GUEST_SPACE}",
                 Address(base),
                 Address(end)
             ),
@@ -1343,8 +1337,7 @@ impl fmt::Display for RuleError {
             ),
             Self::ShmemNotAnSpi { intid } => write!(
                 f,
-                "INTID {intid} is not an SPI the virtual GIC has (INTIDs 32 to {})",
-                SPI_COUNT + 31
+                "INTID {intid} is not an SPI the virtual GIC has (INTIDs 32 to 255)"
             ),
             Self::IntidTwice { intid } => write!(
                 f,
@@ -1353,11 +1346,9 @@ impl fmt::Display for RuleError {
             ),
             Self::ShmemPattern { error } => match error {
                 PatternError::Empty => f.write_str("is empty; a pattern has 1 to 31 bytes"),
-                PatternError::TooLong => write!(
-                    f,
-                    "is longer than the {} bytes a pattern may have",
-                    tessera_vdevs::shmem::MAX_PATTERN_BYTES
-                ),
+                PatternError::TooLong => {
+                    f.write_str("is longer than the 31 bytes a pattern may have")
+                }
                 PatternError::BadByte { index } => write!(
                     f,
                     "byte {index} is not printable ASCII without space (0x21 to 0x7e), so no \
@@ -1407,22 +1398,33 @@ impl fmt::Display for RuleError {
                 Size(total.saturating_mul(SHMEM_PAGE)),
                 Size(limit.saturating_mul(SHMEM_PAGE))
             ),
-            Self::StartDelayTooLong => write!(
-                f,
-                "is longer than the {} s a VM's start may be delayed",
-                MAX_START_DELAY_US / 1_000_000
-            ),
+            Self::StartDelayTooLong => {
+                f.write_str("is longer than the 60 s a VM's start may be delayed")
+            }
         }
     }
 }
 
 impl core::error::Error for RuleError {}
 
-// The wording every too-many error shares, written by one helper so the
-// hypervisor image holds it once rather than once per message (the
-// messages read as before).
+// The wording several errors share, written once so the hypervisor image
+// holds it once rather than once per message (the messages read as
+// before).
 
 const A_VM_MAY_HAVE: &str = "a VM may have";
+const PAST_GUEST_SPACE: &str = "past the 39-bit guest-physical space (0x80_0000_0000)";
+
+// Messages that give a limit spell it out, rather than format it at every
+// use (where each was an argument more to set up): these hold them to the
+// constants.
+const _: () = assert!(
+    GUEST_PHYSICAL_LIMIT == 0x80_0000_0000
+        && MAX_NAME_LEN == 15
+        && SPI_COUNT == 224
+        && tessera_vdevs::shmem::MAX_PATTERN_BYTES == 31
+        && MAX_START_DELAY_US == 60 * 1_000_000,
+    "a limit changed: change the messages that spell it out"
+);
 const SHMEM_INSTANCES: &str = "vdev-shmem instances";
 
 /// `{count} {what}, more than the {max} {holder}`.
