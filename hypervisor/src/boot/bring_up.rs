@@ -46,6 +46,17 @@ pub(crate) fn early_message(message: &str) {
     uart.flush();
 }
 
+/// Refuses to start on what the boot loader handed over, before the
+/// console is up: writes `tessera: refusing to start: ` and `reason` with
+/// [`early_message`], then fails. The beginning every such refusal shares
+/// is stored once, here.
+#[inline(never)]
+fn refuse_to_start(reason: &str) -> ! {
+    early_message("tessera: refusing to start: ");
+    early_message(reason);
+    power::fail_stop()
+}
+
 /// Logs why bring-up cannot go on and powers off with failure. Every
 /// refusal after the console is up comes through here: each `log::error!`
 /// site carries its own record metadata and set-up code, one shared site
@@ -141,11 +152,9 @@ fn discover_machine(device_tree_address: u64) -> Machine {
             // would leave reservations out: running on the fallback layout
             // could then hand the tree, the initrd or firmware memory out.
             Err(device_tree::DeviceTreeError::MemoryMap(_)) => {
-                early_message(
-                    "tessera: refusing to start: the device tree has more memory or reserved \
-                     ranges than Tessera can track\n",
+                refuse_to_start(
+                    "the device tree has more memory or reserved ranges than Tessera can track\n",
                 );
-                power::fail_stop();
             }
             Err(_) => {
                 early_message("tessera: device tree unusable, using the board's fallback layout\n")
@@ -185,29 +194,26 @@ fn discover_machine(device_tree_address: u64) -> Machine {
 fn refuse_inputs_inside(machine: &Machine, whole: PhysRange) {
     let inside = |range: Option<PhysRange>| range.is_some_and(|range| range.overlaps(&whole));
     if inside(machine.device_tree) || inside(machine.initrd) {
-        early_message(
-            "tessera: refusing to start: the device tree or the package lies inside the hypervisor's \
-             memory; the boot loader must place them beyond the Image header's image_size\n",
+        refuse_to_start(
+            "the device tree or the package lies inside the hypervisor's memory; the boot \
+             loader must place them beyond the Image header's image_size\n",
         );
-        power::fail_stop();
     }
 }
 
 /// The boot CPU's first Rust code. MMU off; BSS zeroed; on the first stack.
 pub extern "C" fn primary_entry(device_tree_address: u64, run_address: u64) -> ! {
     if arch::current_exception_level() != 2 {
-        early_message(
-            "tessera: refusing to start: not entered at EL2. Tessera is a hypervisor and \
-             must be started at EL2 (QEMU: -M virt,virtualization=on).\n",
+        refuse_to_start(
+            "not entered at EL2. Tessera is a hypervisor and must be started at EL2 \
+             (QEMU: -M virt,virtualization=on).\n",
         );
-        power::fail_stop();
     }
     if run_address != BOARD.load_address {
-        early_message(
-            "tessera: refusing to start: loaded at the wrong address for this board image \
-             (the boot loader must honour the Image header's text_offset)\n",
+        refuse_to_start(
+            "loaded at the wrong address for this board image (the boot loader must honour \
+             the Image header's text_offset)\n",
         );
-        power::fail_stop();
     }
     arch::set_cpu_index(0);
     arch::configure_hypervisor_traps();
