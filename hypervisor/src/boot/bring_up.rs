@@ -324,11 +324,14 @@ pub extern "C" fn primary_entry(device_tree_address: u64, run_address: u64) -> !
             machine.cpu_count
         ));
     }
-    if PROVE_TICKS.load(Ordering::Acquire) {
-        println!("tessera: all {online} CPUs online, EL2 timer ticking on every CPU");
+    // One sentence with the word that differs filled in: two whole
+    // sentences stored the rest twice.
+    let timer = if PROVE_TICKS.load(Ordering::Acquire) {
+        "ticking"
     } else {
-        println!("tessera: all {online} CPUs online, EL2 timer armed on every CPU");
-    }
+        "armed"
+    };
+    println!("tessera: all {online} CPUs online, EL2 timer {timer} on every CPU");
 
     #[cfg(feature = "selftest-fault")]
     selftest_fault();
