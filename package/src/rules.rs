@@ -1151,16 +1151,14 @@ impl fmt::Display for RuleError {
             }
             Self::GicVersion { board, version } => {
                 write!(f, "{} supports GIC version ", board.name)?;
-                match board.gic_versions {
-                    [only] => write!(f, "{only} only")?,
-                    versions => {
-                        for (index, version) in versions.iter().enumerate() {
-                            if index > 0 {
-                                f.write_str(" or ")?;
-                            }
-                            write!(f, "{version}")?;
-                        }
+                for (index, supported) in board.gic_versions.iter().enumerate() {
+                    if index > 0 {
+                        f.write_str(" or ")?;
                     }
+                    write!(f, "{supported}")?;
+                }
+                if board.gic_versions.len() == 1 {
+                    f.write_str(" only")?;
                 }
                 write!(f, ", not {version}")
             }
