@@ -64,8 +64,10 @@ pub enum Value<'a> {
 impl fmt::Display for Value<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Self::Hex(value) => write!(f, "{}", Hex(value)),
-            Self::Number(value) => write!(f, "{value}"),
+            // Straight to the number's own `fmt`: a `write!` of one
+            // argument would set up a whole format for it.
+            Self::Hex(value) => fmt::Display::fmt(&Hex(value), f),
+            Self::Number(value) => fmt::Display::fmt(&value, f),
             Self::Bytes(bytes) => write!(f, "\"{}\"", Escaped(bytes)),
         }
     }
