@@ -1155,7 +1155,7 @@ impl fmt::Display for RuleError {
                     if index > 0 {
                         f.write_str(" or ")?;
                     }
-                    write!(f, "{supported}")?;
+                    fmt::Display::fmt(supported, f)?;
                 }
                 if board.gic_versions.len() == 1 {
                     f.write_str(" only")?;
@@ -1450,8 +1450,10 @@ fn grouped(f: &mut fmt::Formatter<'_>, value: u64, min_digits: usize) -> fmt::Re
     let digits = significant.max(min_digits);
     f.write_str("0x")?;
     for position in (0..digits).rev() {
-        let nibble = (value >> (4 * position)) & 0xF;
-        write!(f, "{nibble:x}")?;
+        let nibble = ((value >> (4 * position)) & 0xF) as usize;
+        // A digit from the table: a `{:x}` format per digit set up the
+        // integer formatter for each.
+        fmt::Write::write_char(f, char::from(b"0123456789abcdef"[nibble]))?;
         if position > 0 && position % 4 == 0 {
             f.write_str("_")?;
         }
