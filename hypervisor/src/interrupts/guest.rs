@@ -77,6 +77,15 @@ impl FastEntry {
         entry: 0,
     };
 
+    /// Before its CPU's bring-up (see [`TESSERA_FAST_PATHS`]).
+    const ZEROED: Self = Self {
+        armed: 0,
+        index: 0,
+        _reserved: [0; 2],
+        intid: 0,
+        entry: 0,
+    };
+
     /// Armed for `slot`'s register and entry, or disarmed.
     fn of(slot: Option<(usize, ListEntry)>) -> Self {
         slot.map_or(Self::DISARMED, |(index, entry)| Self {
@@ -184,12 +193,17 @@ fn signalled_line_word(intid: u32) -> Option<&'static AtomicU32> {
     vm::running_vm()?.device_state.vgic.lines.level_word(intid)
 }
 
-/// One per CPU, all disarmed at start.
+/// One per CPU. All zero here, so that the table sits in `.bss` and takes
+/// no room in the image: with `any_armed` zero the assembly reads neither
+/// entry, and each CPU disarms its slot properly at bring-up
+/// ([`disarm_fast_paths`], from `timer::start_on_this_cpu`, before it takes
+/// interrupts). A zeroed entry is not `DISARMED`: its INTID, 0, could
+/// match an empty doorbell.
 #[unsafe(no_mangle)]
 pub static TESSERA_FAST_PATHS: [CpuFastPaths; tessera_hypervisor::MAX_CPUS] = [const {
     CpuFastPaths {
-        linked: UnsafeCell::new(FastEntry::DISARMED),
-        injection: UnsafeCell::new(FastEntry::DISARMED),
+        linked: UnsafeCell::new(FastEntry::ZEROED),
+        injection: UnsafeCell::new(FastEntry::ZEROED),
         doorbell: AtomicU32::new(0),
         any_armed: UnsafeCell::new(0),
         injection_line: UnsafeCell::new(core::ptr::null()),
@@ -256,9 +270,10 @@ fn hand_off(vgic: &mut VmInterrupts) {
     }
 }
 
-/// Disarms this CPU's fast paths (its vCPU leaves) and drops whatever its
-/// doorbell held: the vCPU shows what the model holds when it starts.
-fn disarm_fast_paths() {
+/// Disarms this CPU's fast paths (at its bring-up, and when its vCPU
+/// leaves) and drops whatever its doorbell held: the vCPU shows what the
+/// model holds when it starts.
+pub fn disarm_fast_paths() {
     let fast = &TESSERA_FAST_PATHS[crate::arch::cpu_index()];
     fast.set_linked(FastEntry::DISARMED);
     fast.set_injection(None);

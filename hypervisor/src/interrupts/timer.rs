@@ -26,6 +26,8 @@ fn tick_interval() -> u64 {
 /// Enables the tick on the calling CPU.
 pub fn start_on_this_cpu() -> Result<(), gic::GicError> {
     let cpu = arch::cpu_index();
+    // First, so that no early return leaves them merely zeroed.
+    crate::interrupts::guest::disarm_fast_paths();
     gic::enable_private_interrupt(BOARD.timer_interrupts.hypervisor_physical, cpu)?;
     gic::enable_private_interrupt(gic::REQUEST_SGI, cpu)?;
     gic::enable_private_interrupt(gic::DOORBELL_SGI, cpu)?;
