@@ -73,32 +73,100 @@ impl ExceptionClass {
         }
     }
 
+    /// Its place in [`CLASS_DESCRIPTIONS`]: its place in the declaration,
+    /// so the compiler needs no table to find it.
+    const fn description_index(self) -> usize {
+        match self {
+            Self::Unknown => 0,
+            Self::WfiWfe => 1,
+            Self::SimdFpAccess => 2,
+            Self::IllegalExecutionState => 3,
+            Self::Svc64 => 4,
+            Self::Hvc64 => 5,
+            Self::Smc64 => 6,
+            Self::SystemRegister => 7,
+            Self::SveAccess => 8,
+            Self::InstructionAbortLowerEl => 9,
+            Self::InstructionAbortSameEl => 10,
+            Self::PcAlignment => 11,
+            Self::DataAbortLowerEl => 12,
+            Self::DataAbortSameEl => 13,
+            Self::SpAlignment => 14,
+            Self::FpException64 => 15,
+            Self::SError => 16,
+            Self::BreakpointLowerEl => 17,
+            Self::BreakpointSameEl => 18,
+            Self::SoftwareStepLowerEl => 19,
+            Self::SoftwareStepSameEl => 20,
+            Self::WatchpointLowerEl => 21,
+            Self::WatchpointSameEl => 22,
+            Self::Brk64 => 23,
+            Self::Other(_) => 24,
+        }
+    }
+
     #[must_use]
     pub const fn description(self) -> &'static str {
-        match self {
-            Self::Unknown => "unknown reason (undefined instruction)",
-            Self::WfiWfe => "WFI or WFE",
-            Self::SimdFpAccess => "SIMD/FP access trapped",
-            Self::IllegalExecutionState => "illegal execution state",
-            Self::Svc64 => "SVC (AArch64)",
-            Self::Hvc64 => "HVC (AArch64)",
-            Self::Smc64 => "SMC (AArch64)",
-            Self::SystemRegister => "MSR/MRS/system instruction trapped",
-            Self::SveAccess => "SVE access trapped",
-            Self::InstructionAbortLowerEl => "instruction abort from a lower EL",
-            Self::InstructionAbortSameEl => "instruction abort from the same EL",
-            Self::PcAlignment => "PC alignment fault",
-            Self::DataAbortLowerEl => "data abort from a lower EL",
-            Self::DataAbortSameEl => "data abort from the same EL",
-            Self::SpAlignment => "SP alignment fault",
-            Self::FpException64 => "floating-point exception (AArch64)",
-            Self::SError => "SError interrupt",
-            Self::BreakpointLowerEl | Self::BreakpointSameEl => "breakpoint",
-            Self::SoftwareStepLowerEl | Self::SoftwareStepSameEl => "software step",
-            Self::WatchpointLowerEl | Self::WatchpointSameEl => "watchpoint",
-            Self::Brk64 => "BRK instruction",
-            Self::Other(_) => "unrecognised exception class",
+        nul_ended_entry(CLASS_DESCRIPTIONS, self.description_index())
+    }
+}
+
+/// The class descriptions in [`ExceptionClass::description_index`] order
+/// (declaration order), each ended by a NUL. One string rather than a `match` yielding a `&str`
+/// per class: such a match compiles to a table of a pointer and a length
+/// per class (16 bytes each), and LTO copies that table into every caller
+/// it inlines the match into.
+const CLASS_DESCRIPTIONS: &str = concat!(
+    "unknown reason (undefined instruction)\0",
+    "WFI or WFE\0",
+    "SIMD/FP access trapped\0",
+    "illegal execution state\0",
+    "SVC (AArch64)\0",
+    "HVC (AArch64)\0",
+    "SMC (AArch64)\0",
+    "MSR/MRS/system instruction trapped\0",
+    "SVE access trapped\0",
+    "instruction abort from a lower EL\0",
+    "instruction abort from the same EL\0",
+    "PC alignment fault\0",
+    "data abort from a lower EL\0",
+    "data abort from the same EL\0",
+    "SP alignment fault\0",
+    "floating-point exception (AArch64)\0",
+    "SError interrupt\0",
+    "breakpoint\0",
+    "breakpoint\0",
+    "software step\0",
+    "software step\0",
+    "watchpoint\0",
+    "watchpoint\0",
+    "BRK instruction\0",
+    "unrecognised exception class\0",
+);
+
+/// Entry `index` of `list`, a run of NUL-ended strings; empty past the end.
+const fn nul_ended_entry(list: &'static str, index: usize) -> &'static str {
+    let bytes = list.as_bytes();
+    let mut start = 0;
+    let mut end = 0;
+    let mut seen = 0;
+    while end < bytes.len() {
+        if bytes[end] == 0 {
+            if seen == index {
+                break;
+            }
+            seen += 1;
+            start = end + 1;
         }
+        end += 1;
+    }
+    // A NUL is a whole character, so both splits are at boundaries.
+    match list.split_at_checked(end) {
+        Some((up_to_end, _)) => match up_to_end.split_at_checked(start) {
+            Some((_, entry)) => entry,
+            None => "",
+        },
+        None => "",
     }
 }
 
@@ -328,6 +396,46 @@ mod tests {
             FaultStatus::from_code(0x18).to_string(),
             "synchronous parity or ECC error"
         );
+    }
+
+    #[test]
+    fn describes_every_class() {
+        let expected = [
+            (0x00, "unknown reason (undefined instruction)"),
+            (0x01, "WFI or WFE"),
+            (0x07, "SIMD/FP access trapped"),
+            (0x0E, "illegal execution state"),
+            (0x15, "SVC (AArch64)"),
+            (0x16, "HVC (AArch64)"),
+            (0x17, "SMC (AArch64)"),
+            (0x18, "MSR/MRS/system instruction trapped"),
+            (0x19, "SVE access trapped"),
+            (0x20, "instruction abort from a lower EL"),
+            (0x21, "instruction abort from the same EL"),
+            (0x22, "PC alignment fault"),
+            (0x24, "data abort from a lower EL"),
+            (0x25, "data abort from the same EL"),
+            (0x26, "SP alignment fault"),
+            (0x2C, "floating-point exception (AArch64)"),
+            (0x2F, "SError interrupt"),
+            (0x30, "breakpoint"),
+            (0x31, "breakpoint"),
+            (0x32, "software step"),
+            (0x33, "software step"),
+            (0x34, "watchpoint"),
+            (0x35, "watchpoint"),
+            (0x3C, "BRK instruction"),
+            (0x3E, "unrecognised exception class"),
+        ];
+        for (code, description) in expected {
+            assert_eq!(
+                ExceptionClass::from_code(code).description(),
+                description,
+                "EC {code:#04x}"
+            );
+        }
+        assert_eq!(nul_ended_entry(CLASS_DESCRIPTIONS, 25), "");
+        assert_eq!(nul_ended_entry(CLASS_DESCRIPTIONS, 99), "");
     }
 
     #[test]
