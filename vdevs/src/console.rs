@@ -67,8 +67,11 @@ impl LineBuffer {
     pub fn push(&mut self, byte: u8, sink: &mut impl ConsoleSink) {
         if byte == b'\n' {
             let line = self.pending();
-            let ending = line.iter().rev().take_while(|&&byte| byte == b'\r').count();
-            let text = &line[..line.len() - ending];
+            let mut text = line;
+            while let [rest @ .., b'\r'] = text {
+                text = rest;
+            }
+            let ending = line.len() - text.len();
             // Only carriage returns after a full buffer handed over: they
             // ended that line, which has no rest to hand over.
             if !(self.split && text.is_empty() && ending > 0) {
@@ -78,7 +81,9 @@ impl LineBuffer {
             self.split = false;
             return;
         }
-        if self.len == LINE_CAPACITY {
+        // `>=`, though `len` never passes the capacity: it shows the
+        // compiler that the store below is in bounds.
+        if self.len >= LINE_CAPACITY {
             sink.write_line(self.pending());
             self.len = 0;
             self.split = true;
@@ -100,7 +105,8 @@ impl LineBuffer {
     /// The bytes of the line not yet handed over.
     #[must_use]
     pub fn pending(&self) -> &[u8] {
-        &self.bytes[..self.len]
+        // `len` never passes the capacity; the `min` shows the compiler so.
+        &self.bytes[..self.len.min(LINE_CAPACITY)]
     }
 }
 

@@ -176,7 +176,8 @@ impl<'a> ConsoleQueue<'a> {
         {
             notice.len = 0;
         }
-        let notice = &notice.bytes[..notice.len];
+        // `write_str` keeps `len` within `bytes`.
+        let notice = notice.bytes.get(..notice.len).unwrap_or_default();
         let (name, text) = (Escaped::str(name), Escaped(text));
         let line_bytes = 1 + name.len() + 2 + text.len() + 2;
         let notice_needed = if notice.is_empty() {
@@ -237,8 +238,15 @@ impl<'a> ConsoleQueue<'a> {
         self.queued_by_vm[vm] += 1;
     }
 
+    /// The byte at `head`. `head` is always below `CAPACITY`; taking it
+    /// modulo `CAPACITY` (a mask) shows the compiler so, which drops a
+    /// bounds check and its panic.
+    fn head_byte(&self) -> u8 {
+        self.bytes[self.head % CAPACITY]
+    }
+
     fn pop_byte(&mut self) -> u8 {
-        let byte = self.bytes[self.head];
+        let byte = self.head_byte();
         self.head = (self.head + 1) % CAPACITY;
         self.len -= 1;
         byte
@@ -276,13 +284,16 @@ impl<'a> ConsoleQueue<'a> {
                 self.record_left = usize::from(length);
                 continue;
             }
-            if !write(self.bytes[self.head]) {
+            if !write(self.head_byte()) {
                 return DrainStop::WriterFull;
             }
             self.pop_byte();
             written += 1;
             self.record_left -= 1;
-            self.queued_by_vm[self.record_vm] -= 1;
+            // `record_vm` was checked when its record's header was read.
+            if let Some(queued) = self.queued_by_vm.get_mut(self.record_vm) {
+                *queued -= 1;
+            }
         }
         DrainStop::Empty
     }

@@ -47,7 +47,9 @@ impl RangeSet {
     /// The ranges, sorted by address.
     #[must_use]
     pub fn ranges(&self) -> &[PhysRange] {
-        &self.ranges[..self.len]
+        // `len` never exceeds `MAX_RANGES` (every writer checks); the `min`
+        // shows the compiler so, which drops a bounds check and its panic.
+        &self.ranges[..self.len.min(MAX_RANGES)]
     }
 
     /// Total bytes covered.
@@ -72,19 +74,27 @@ impl RangeSet {
                 merged.start = merged.start.min(existing.start);
                 merged.end = merged.end.max(existing.end);
             } else {
-                kept[kept_len] = *existing;
+                // `kept` has room for every range the set holds.
+                let Some(slot) = kept.get_mut(kept_len) else {
+                    return Err(MemoryMapError::TooManyRanges);
+                };
+                *slot = *existing;
                 kept_len += 1;
             }
         }
-        if kept_len == MAX_RANGES {
+        if kept_len >= MAX_RANGES {
             return Err(MemoryMapError::TooManyRanges);
         }
         let position = kept[..kept_len]
             .iter()
             .position(|existing| existing.start > merged.start)
             .unwrap_or(kept_len);
-        kept.copy_within(position..kept_len, position + 1);
-        kept[position] = merged;
+        // The merged range goes in at `position`; each range from there on
+        // moves up one place.
+        let mut carried = merged;
+        for slot in kept[..=kept_len].iter_mut().skip(position) {
+            carried = core::mem::replace(slot, carried);
+        }
         self.ranges = kept;
         self.len = kept_len + 1;
         Ok(())
@@ -113,10 +123,10 @@ impl RangeSet {
                 },
             ];
             for piece in pieces.into_iter().filter(|piece| !piece.is_empty()) {
-                if result_len == MAX_RANGES {
+                let Some(slot) = result.get_mut(result_len) else {
                     return Err(MemoryMapError::TooManyRanges);
-                }
-                result[result_len] = piece;
+                };
+                *slot = piece;
                 result_len += 1;
             }
         }
@@ -127,18 +137,18 @@ impl RangeSet {
 
     /// Shrinks every range to whole pages and drops the ones left empty.
     pub fn trim_to_pages(&mut self) {
-        let mut kept = 0;
-        for index in 0..self.len {
-            let range = self.ranges[index];
-            let Some(start) = range.start.checked_align_up(PAGE_SIZE) else {
-                continue;
-            };
+        let whole_pages = self.ranges().iter().filter_map(|range| {
+            let start = range.start.checked_align_up(PAGE_SIZE)?;
             let end = range.end.align_down(PAGE_SIZE);
-            if start < end {
-                self.ranges[kept] = PhysRange { start, end };
-                kept += 1;
-            }
+            (start < end).then_some(PhysRange { start, end })
+        });
+        let mut trimmed = [PhysRange::default(); MAX_RANGES];
+        let mut kept = 0;
+        for (slot, range) in trimmed.iter_mut().zip(whole_pages) {
+            *slot = range;
+            kept += 1;
         }
+        self.ranges = trimmed;
         self.len = kept;
     }
 

@@ -304,16 +304,24 @@ enum FactoryField {
     Find,
 }
 
-/// Start, length and field, in ascending order.
-const FACTORY_FIELDS: [(u64, u64, FactoryField); 7] = [
-    (factory::SIGNATURE, 8, FactoryField::Signature),
-    (factory::SHMEM, 8, FactoryField::Shmem),
-    (factory::VECTOR, 4, FactoryField::Vector),
-    (factory::STATUS, 4, FactoryField::Status),
-    (factory::SIZE, 4, FactoryField::Size),
-    (factory::NAME, NAME_FIELD_BYTES as u64, FactoryField::Name),
-    (factory::FIND, 4, FactoryField::Find),
+/// Start, length and field, in ascending order. Starts and lengths are
+/// bytes (every field lies in the first 256 bytes of its page), so the
+/// table takes 3 bytes a field in the image rather than 24.
+const FACTORY_FIELDS: [(u8, u8, FactoryField); 7] = [
+    (factory::SIGNATURE as u8, 8, FactoryField::Signature),
+    (factory::SHMEM as u8, 8, FactoryField::Shmem),
+    (factory::VECTOR as u8, 4, FactoryField::Vector),
+    (factory::STATUS as u8, 4, FactoryField::Status),
+    (factory::SIZE as u8, 4, FactoryField::Size),
+    (
+        factory::NAME as u8,
+        NAME_FIELD_BYTES as u8,
+        FactoryField::Name,
+    ),
+    (factory::FIND as u8, 4, FactoryField::Find),
 ];
+const _: () =
+    assert!(factory::FIND + 4 <= 0x100 && factory::NAME + NAME_FIELD_BYTES as u64 <= 0x100);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ControlField {
@@ -323,12 +331,14 @@ enum ControlField {
     Detach,
 }
 
-const CONTROL_FIELDS: [(u64, u64, ControlField); 4] = [
-    (control::STATUS, 4, ControlField::Status),
-    (control::INDEX, 4, ControlField::Index),
-    (control::NOTIFY, 4, ControlField::Notify),
-    (control::DETACH, 4, ControlField::Detach),
+/// As [`FACTORY_FIELDS`].
+const CONTROL_FIELDS: [(u8, u8, ControlField); 4] = [
+    (control::STATUS as u8, 4, ControlField::Status),
+    (control::INDEX as u8, 4, ControlField::Index),
+    (control::NOTIFY as u8, 4, ControlField::Notify),
+    (control::DETACH as u8, 4, ControlField::Detach),
 ];
+const _: () = assert!(control::DETACH + 4 <= 0x100);
 
 /// The part of one field an access covers.
 #[derive(Clone, Copy, Debug)]
@@ -351,12 +361,13 @@ impl<F> Piece<F> {
 
 /// The pieces of an access of `bytes` at `offset`, in ascending order.
 fn pieces<F: Copy>(
-    fields: &'static [(u64, u64, F)],
+    fields: &'static [(u8, u8, F)],
     offset: u64,
     bytes: u64,
 ) -> impl Iterator<Item = Piece<F>> {
     let end = offset + bytes;
     fields.iter().filter_map(move |&(start, length, field)| {
+        let (start, length) = (u64::from(start), u64::from(length));
         let low = offset.max(start);
         let high = end.min(start + length);
         (low < high).then(|| Piece {
