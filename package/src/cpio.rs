@@ -13,6 +13,7 @@
 use core::fmt;
 
 use crate::escape::Escaped;
+use tessera_vdevs::text::nul_ended_entry;
 
 use zerocopy::FromBytes;
 
@@ -68,24 +69,28 @@ impl Field {
         Self::Check,
     ];
 
+    /// The names cpio documentation gives them, in header order, for
+    /// [`nul_ended_entry`].
+    const NAMES: &'static str = concat!(
+        "ino\0",
+        "mode\0",
+        "uid\0",
+        "gid\0",
+        "nlink\0",
+        "mtime\0",
+        "filesize\0",
+        "devmajor\0",
+        "devminor\0",
+        "rdevmajor\0",
+        "rdevminor\0",
+        "namesize\0",
+        "check\0",
+    );
+
     /// The name cpio documentation gives it.
     #[must_use]
     pub const fn name(self) -> &'static str {
-        match self {
-            Self::Ino => "ino",
-            Self::Mode => "mode",
-            Self::Uid => "uid",
-            Self::Gid => "gid",
-            Self::Nlink => "nlink",
-            Self::Mtime => "mtime",
-            Self::FileSize => "filesize",
-            Self::DevMajor => "devmajor",
-            Self::DevMinor => "devminor",
-            Self::RdevMajor => "rdevmajor",
-            Self::RdevMinor => "rdevminor",
-            Self::NameSize => "namesize",
-            Self::Check => "check",
-        }
+        nul_ended_entry(Self::NAMES, self as usize)
     }
 
     /// Where its digits start, from the start of the header.
@@ -800,6 +805,29 @@ mod tests {
             }
         );
         assert_eq!(Archive::parse(&[]).unwrap_err(), ReadError::NoTrailer);
+    }
+
+    #[test]
+    fn every_field_has_its_cpio_name() {
+        let names: Vec<_> = Field::ALL.iter().map(|field| field.to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                "ino",
+                "mode",
+                "uid",
+                "gid",
+                "nlink",
+                "mtime",
+                "filesize",
+                "devmajor",
+                "devminor",
+                "rdevmajor",
+                "rdevminor",
+                "namesize",
+                "check"
+            ]
+        );
     }
 
     #[test]

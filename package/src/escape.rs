@@ -18,6 +18,7 @@
 //! queue.
 
 use core::fmt;
+use core::fmt::Write;
 
 /// The most bytes one input byte becomes (`\xNN`).
 pub const MAX_EXPANSION: usize = 4;
@@ -58,10 +59,6 @@ impl EscapedByte {
                 len: 4,
             }
         }
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
     }
 }
 
@@ -112,24 +109,11 @@ impl<'a> Escaped<'a> {
 
 impl fmt::Display for Escaped<'_> {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Runs of bytes that pass go out in one call; each other byte in
-        // one call of its own.
-        let mut rest = self.0;
-        while !rest.is_empty() {
-            let plain = rest
-                .iter()
-                .position(|&byte| !passes(byte))
-                .unwrap_or(rest.len());
-            let (run, after) = rest.split_at(plain);
-            // Only printable ASCII passes, so the run is valid UTF-8.
-            formatter.write_str(core::str::from_utf8(run).map_err(|_| fmt::Error)?)?;
-            rest = after;
-            if let Some((&byte, after)) = rest.split_first() {
-                let escaped = EscapedByte::new(byte);
-                formatter
-                    .write_str(core::str::from_utf8(escaped.as_bytes()).map_err(|_| fmt::Error)?)?;
-                rest = after;
-            }
+        // Byte by byte: every escaped byte is ASCII, so each is a `char`
+        // of its own, and no run of bytes needs checking as UTF-8 (the
+        // UTF-8 validator is code and a 256-byte table in the image).
+        for byte in self.bytes() {
+            formatter.write_char(char::from(byte))?;
         }
         Ok(())
     }

@@ -9,6 +9,8 @@
 //! - [`pl011`]: the virtual UART, one per VM.
 //! - [`shmem`]: vdev-shmem, named shared regions with selective signalling;
 //!   one model for the whole system.
+//! - [`text`]: fixed texts kept compact (the shmem refusal reasons, the
+//!   package reader's field names).
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -21,6 +23,7 @@ pub mod mmio;
 pub mod pl011;
 pub mod services;
 pub mod shmem;
+pub mod text;
 
 pub use console::ConsoleSink;
 pub use interrupt::{InterruptLine, VmLines};

@@ -224,25 +224,34 @@ pub enum ConfigError {
     NoMemory,
 }
 
+impl ConfigError {
+    /// The descriptions in declaration order, for
+    /// [`nul_ended_entry`](crate::text::nul_ended_entry).
+    const DESCRIPTIONS: &'static str = concat!(
+        "too many instances\0",
+        "too many allow and deny rules\0",
+        "factory page not page aligned, or wrapping\0",
+        "window empty, not whole pages, or wrapping\0",
+        "interrupt not an SPI (INTID 32 to 1019)\0",
+        "overlaps another instance of the VM\0",
+        "interrupt used by another instance of the VM\0",
+        "illegal name\0",
+        "name used by another boot region\0",
+        "no pages, or too many\0",
+        "over the page limit\0",
+        "too many boot regions\0",
+        "out of host memory\0",
+    );
+}
+
 // Written out rather than derived `Debug`: the hypervisor's image then
 // carries none of the `Debug` builders.
 impl core::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(match self {
-            Self::TooManyDevices => "too many instances",
-            Self::TooManyRules => "too many allow and deny rules",
-            Self::FactoryMisaligned => "factory page not page aligned, or wrapping",
-            Self::BadWindow => "window empty, not whole pages, or wrapping",
-            Self::NotAnSpi => "interrupt not an SPI (INTID 32 to 1019)",
-            Self::Overlap => "overlaps another instance of the VM",
-            Self::SharedInterrupt => "interrupt used by another instance of the VM",
-            Self::IllegalName => "illegal name",
-            Self::DuplicateName => "name used by another boot region",
-            Self::BadSize => "no pages, or too many",
-            Self::OverLimit => "over the page limit",
-            Self::TooManyRegions => "too many boot regions",
-            Self::NoMemory => "out of host memory",
-        })
+        f.write_str(crate::text::nul_ended_entry(
+            Self::DESCRIPTIONS,
+            *self as usize,
+        ))
     }
 }
 

@@ -1764,3 +1764,40 @@ fn checks_run_in_the_abi_order() {
     assert_eq!(system.find(0, b"full").0, NO_PERMISSION);
     system.check_invariants();
 }
+
+#[test]
+fn every_config_error_has_its_description() {
+    let expected = [
+        (ConfigError::TooManyDevices, "too many instances"),
+        (ConfigError::TooManyRules, "too many allow and deny rules"),
+        (
+            ConfigError::FactoryMisaligned,
+            "factory page not page aligned, or wrapping",
+        ),
+        (
+            ConfigError::BadWindow,
+            "window empty, not whole pages, or wrapping",
+        ),
+        (
+            ConfigError::NotAnSpi,
+            "interrupt not an SPI (INTID 32 to 1019)",
+        ),
+        (ConfigError::Overlap, "overlaps another instance of the VM"),
+        (
+            ConfigError::SharedInterrupt,
+            "interrupt used by another instance of the VM",
+        ),
+        (ConfigError::IllegalName, "illegal name"),
+        (
+            ConfigError::DuplicateName,
+            "name used by another boot region",
+        ),
+        (ConfigError::BadSize, "no pages, or too many"),
+        (ConfigError::OverLimit, "over the page limit"),
+        (ConfigError::TooManyRegions, "too many boot regions"),
+        (ConfigError::NoMemory, "out of host memory"),
+    ];
+    for (error, description) in expected {
+        assert_eq!(std::format!("{error}"), description, "{error:?}");
+    }
+}
