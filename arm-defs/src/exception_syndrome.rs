@@ -107,7 +107,7 @@ impl ExceptionClass {
 
     #[must_use]
     pub const fn description(self) -> &'static str {
-        nul_ended_entry(CLASS_DESCRIPTIONS, self.description_index())
+        crate::text::nul_ended_entry(CLASS_DESCRIPTIONS, self.description_index())
     }
 }
 
@@ -143,32 +143,6 @@ const CLASS_DESCRIPTIONS: &str = concat!(
     "BRK instruction\0",
     "unrecognised exception class\0",
 );
-
-/// Entry `index` of `list`, a run of NUL-ended strings; empty past the end.
-const fn nul_ended_entry(list: &'static str, index: usize) -> &'static str {
-    let bytes = list.as_bytes();
-    let mut start = 0;
-    let mut end = 0;
-    let mut seen = 0;
-    while end < bytes.len() {
-        if bytes[end] == 0 {
-            if seen == index {
-                break;
-            }
-            seen += 1;
-            start = end + 1;
-        }
-        end += 1;
-    }
-    // A NUL is a whole character, so both splits are at boundaries.
-    match list.split_at_checked(end) {
-        Some((up_to_end, _)) => match up_to_end.split_at_checked(start) {
-            Some((_, entry)) => entry,
-            None => "",
-        },
-        None => "",
-    }
-}
 
 /// Fault status code of an abort (DFSC/IFSC, bits 5:0 of the ISS).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -434,8 +408,8 @@ mod tests {
                 "EC {code:#04x}"
             );
         }
-        assert_eq!(nul_ended_entry(CLASS_DESCRIPTIONS, 25), "");
-        assert_eq!(nul_ended_entry(CLASS_DESCRIPTIONS, 99), "");
+        assert_eq!(crate::text::nul_ended_entry(CLASS_DESCRIPTIONS, 25), "");
+        assert_eq!(crate::text::nul_ended_entry(CLASS_DESCRIPTIONS, 99), "");
     }
 
     #[test]

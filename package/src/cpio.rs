@@ -13,7 +13,7 @@
 use core::fmt;
 
 use crate::escape::Escaped;
-use tessera_vdevs::text::nul_ended_entry;
+use tessera_arm_defs::text::nul_ended_entry;
 
 use zerocopy::FromBytes;
 

@@ -23,7 +23,6 @@ pub mod mmio;
 pub mod pl011;
 pub mod services;
 pub mod shmem;
-pub mod text;
 
 pub use console::ConsoleSink;
 pub use interrupt::{InterruptLine, VmLines};

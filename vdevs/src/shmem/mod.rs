@@ -226,7 +226,7 @@ pub enum ConfigError {
 
 impl ConfigError {
     /// The descriptions in declaration order, for
-    /// [`nul_ended_entry`](crate::text::nul_ended_entry).
+    /// [`nul_ended_entry`](tessera_arm_defs::text::nul_ended_entry).
     const DESCRIPTIONS: &'static str = concat!(
         "too many instances\0",
         "too many allow and deny rules\0",
@@ -248,7 +248,7 @@ impl ConfigError {
 // carries none of the `Debug` builders.
 impl core::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(crate::text::nul_ended_entry(
+        f.write_str(tessera_arm_defs::text::nul_ended_entry(
             Self::DESCRIPTIONS,
             *self as usize,
         ))
