@@ -143,6 +143,10 @@ const CLASS_DESCRIPTIONS: &str = concat!(
     "BRK instruction\0",
     "unrecognised exception class\0",
 );
+const _: () = assert!(crate::text::holds_nul_ended_entries(
+    CLASS_DESCRIPTIONS,
+    ExceptionClass::Other(0).description_index() + 1
+));
 
 /// Fault status code of an abort (DFSC/IFSC, bits 5:0 of the ISS).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,6 +5,24 @@
 //! list costs one byte per entry. For texts that are many and short and
 //! printed off the measured paths (a lookup walks the list).
 
+/// Whether `list` is exactly `entries` NUL-ended strings: each list is
+/// held to its cases by a compile-time assertion, so that a case added
+/// without its text, or a text without its NUL, fails the build rather
+/// than printing nothing or the wrong entry.
+#[must_use]
+pub const fn holds_nul_ended_entries(list: &str, entries: usize) -> bool {
+    let bytes = list.as_bytes();
+    let mut ends = 0;
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == 0 {
+            ends += 1;
+        }
+        index += 1;
+    }
+    ends == entries && (bytes.is_empty() || bytes[bytes.len() - 1] == 0)
+}
+
 /// Entry `index` of `list`, a run of NUL-ended strings; empty past the end.
 #[must_use]
 pub const fn nul_ended_entry(list: &'static str, index: usize) -> &'static str {
@@ -35,6 +53,15 @@ pub const fn nul_ended_entry(list: &'static str, index: usize) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_list_holds_its_entries_only_when_every_one_is_ended() {
+        assert!(holds_nul_ended_entries("one\0\0three\0", 3));
+        assert!(!holds_nul_ended_entries("one\0\0three\0", 2));
+        assert!(!holds_nul_ended_entries("one\0three", 2));
+        assert!(!holds_nul_ended_entries("one\0three", 1));
+        assert!(holds_nul_ended_entries("", 0));
+    }
 
     #[test]
     fn finds_each_entry_and_nothing_past_the_end() {

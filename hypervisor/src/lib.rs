@@ -36,7 +36,6 @@ pub mod devices {
 /// translation tables of EL2 and stage 2.
 pub mod memory {
     pub mod address;
-    pub mod fast_copy;
     pub mod map;
     pub mod page_table;
 }

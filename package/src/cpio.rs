@@ -100,6 +100,11 @@ impl Field {
     }
 }
 
+const _: () = assert!(tessera_arm_defs::text::holds_nul_ended_entries(
+    Field::NAMES,
+    Field::ALL.len()
+));
+
 impl fmt::Display for Field {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())

@@ -9,8 +9,6 @@
 //! - [`pl011`]: the virtual UART, one per VM.
 //! - [`shmem`]: vdev-shmem, named shared regions with selective signalling;
 //!   one model for the whole system.
-//! - [`text`]: fixed texts kept compact (the shmem refusal reasons, the
-//!   package reader's field names).
 #![no_std]
 #![forbid(unsafe_code)]
 

@@ -335,6 +335,9 @@ guest_irq:
     // holds the armed signalled SPI and that SPI's register is empty.
 6:  msr     icc_eoir1_el1, x0
     msr     icc_dir_el1, x0
+    // A disarmed injection's INTID (u32::MAX) matches no doorbell, not
+    // even an empty one (0); with `any_armed` set, both entries are armed
+    // or disarmed, never merely zeroed (`TESSERA_FAST_PATHS`).
     ldr     w2, [x3, #20]
     ldr     w1, [x3, #32]
     cmp     w1, w2

@@ -116,10 +116,14 @@ impl FastEntry {
 ///   and a stale one (the line fell before the doorbell was taken) shows
 ///   nothing.
 ///
-/// The two entries are written only by their own CPU, under its vCPU's
-/// vGIC lock, after every change to that vCPU's list registers
-/// (`after_change`), and read only by the same CPU's IRQ entry, which
-/// runs with IRQs masked, so never while they are being written.
+/// The two entries are written only by their own CPU, with IRQs masked:
+/// under its vCPU's vGIC lock after every change to that vCPU's list
+/// registers (`after_change`), and without it when its vCPU leaves or the
+/// CPU comes up, when no vCPU runs there (`disarm_fast_paths`). They are
+/// read only by the same CPU's IRQ entry, which runs with IRQs masked, so
+/// never while they are being written. Both entries hold an armed or a
+/// `DISARMED` value before `any_armed` is ever set: a merely zeroed entry
+/// (see [`TESSERA_FAST_PATHS`]) would match an empty doorbell.
 #[repr(C, align(64))]
 pub struct CpuFastPaths {
     linked: UnsafeCell<FastEntry>,
@@ -272,7 +276,7 @@ fn hand_off(vgic: &mut VmInterrupts) {
 
 /// Disarms this CPU's fast paths (at its bring-up, and when its vCPU
 /// leaves) and drops whatever its doorbell held: the vCPU shows what the
-/// model holds when it starts.
+/// model holds when it starts. Call with IRQs masked.
 pub fn disarm_fast_paths() {
     let fast = &TESSERA_FAST_PATHS[crate::arch::cpu_index()];
     fast.set_linked(FastEntry::DISARMED);

@@ -56,8 +56,11 @@ static COUNTS: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(0) }; MAX_CPUS];
 /// The register is named in the instruction, so `index` picks one of 16
 /// `mrs`: by a branch into a table of instruction pairs, as the vectors'
 /// fast path does (`arch::vectors`), not a `match`, whose jump table was
-/// 60 bytes of rodata in each function holding a copy. An index past 15
-/// reads ICH_LR15_EL2.
+/// 60 bytes of rodata in each function holding a copy. Callers pass an
+/// index below the implemented count (ICH_VTR_EL2.ListRegs + 1): a
+/// register past it is UNDEFINED and would trap at EL2. The `min` only
+/// keeps the branch inside the table (an index past 15 reads
+/// ICH_LR15_EL2).
 #[inline(always)]
 pub fn read_gicv3_list_register(index: usize) -> u64 {
     let value: u64;
@@ -267,17 +270,21 @@ impl ListRegisters for VirtualInterface {
     }
 
     fn read(&self, index: usize) -> ListEntry {
+        debug_assert!(index < self.count, "list register {index} not implemented");
         match self.gich {
-            // Past 15 is GICH_LR15, as ICH_LR15_EL2 on GICv3.
+            // The policy stays below `count`; the `min` only spares the
+            // bounds check's panic (past 15 is GICH_LR15, as on GICv3).
             Some(gich) => ListEntry::from_gicv2(gich.lr[index.min(MAX_LIST_REGISTERS - 1)].get()),
             None => ListEntry::from_gicv3(read_gicv3_list_register(index)),
         }
     }
 
-    /// Out of line, as [`VirtualInterface::this_cpu`]: the 16-way register
-    /// select and its jump table came to ~250 bytes per caller.
+    /// Out of line, as [`VirtualInterface::this_cpu`]: the two
+    /// generations' register selects together are too large to copy into
+    /// every caller.
     #[inline(never)]
     fn write(&mut self, index: usize, entry: ListEntry) {
+        debug_assert!(index < self.count, "list register {index} not implemented");
         match self.gich {
             Some(gich) => gich.lr[index.min(MAX_LIST_REGISTERS - 1)].set(entry.to_gicv2()),
             None => write_gicv3_list_register(index, entry.to_gicv3()),

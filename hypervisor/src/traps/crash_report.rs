@@ -108,6 +108,7 @@ pub fn write_crash_report(
     )?;
     // Two a line: x0..x30, then sp (one format for all of them).
     for index in 0..32 {
+        // Entry 31 is sp (the frame holds x0..x30).
         let value = frame
             .registers
             .get(index)

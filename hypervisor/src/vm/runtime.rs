@@ -139,9 +139,8 @@ impl Hardware for Aarch64 {
         // SAFETY: `target` and `bytes` are distinct Normal memory (the VM's
         // RAM, the package), both mapped at EL2.
         let done = unsafe { arch::copy_blocks(target.as_mut_ptr(), bytes.as_ptr(), bytes.len()) };
-        // Fewer than 32 bytes are left: a plain copy, not the word copy
-        // (`memory::fast_copy`), whose alignment cases would cost more
-        // code than they save time here.
+        // Fewer than 32 bytes are left: a plain copy, too short for a
+        // faster one to matter.
         target[done..].copy_from_slice(&bytes[done..]);
         // The guest starts with its MMU and caches off: what was copied
         // must be in memory, not only in this CPU's cache.

@@ -122,9 +122,15 @@ impl Vcpu {
     /// zeroed, then SCTLR_EL1's reset value, the one that is not 0. (An
     /// assignment of `RESET` copied a 224-byte template from rodata.)
     fn reset(&mut self) {
-        self.context = El1Context::default();
-        self.context.sctlr = vcpu_state::SCTLR_EL1_RESET;
-        self.set_way.trapping_vm_registers = false;
+        // Written out in full, so that a field added to either type must
+        // be given its reset value here.
+        self.context = El1Context {
+            sctlr: vcpu_state::SCTLR_EL1_RESET,
+            ..El1Context::default()
+        };
+        self.set_way = SetWayTracker {
+            trapping_vm_registers: false,
+        };
     }
 }
 

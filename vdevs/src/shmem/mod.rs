@@ -220,7 +220,8 @@ pub enum ConfigError {
     OverLimit,
     /// More than [`MAX_REGIONS`] boot regions.
     TooManyRegions,
-    /// No host memory for a boot region.
+    /// No host memory for a boot region. The last case: `DESCRIPTIONS`
+    /// is held to the count through it.
     NoMemory,
 }
 
@@ -243,6 +244,11 @@ impl ConfigError {
         "out of host memory\0",
     );
 }
+
+const _: () = assert!(tessera_arm_defs::text::holds_nul_ended_entries(
+    ConfigError::DESCRIPTIONS,
+    ConfigError::NoMemory as usize + 1
+));
 
 // Written out rather than derived `Debug`: the hypervisor's image then
 // carries none of the `Debug` builders.
