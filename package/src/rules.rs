@@ -1233,7 +1233,8 @@ impl fmt::Display for RuleError {
             ),
             Self::PassthroughGuestDevice { base, end, device } => write!(
                 f,
-                "the range {}..{} overlaps {} at {}..{}; a passthrough device appears at its own address",
+                "the range {}..{} overlaps {} at {}..{}; a passthrough device appears at its \
+                 own address",
                 Address(base),
                 Address(end),
                 device.name,
@@ -1246,7 +1247,8 @@ impl fmt::Display for RuleError {
                 ram_end,
             } => write!(
                 f,
-                "the range at {} overlaps the VM's RAM {}..{}; a passthrough device appears at its own address",
+                "the range at {} overlaps the VM's RAM {}..{}; a passthrough device appears \
+                 at its own address",
                 Address(base),
                 Address(ram_base),
                 Address(ram_end)
