@@ -41,6 +41,13 @@ pub mod function {
     /// feature): the guest exits to EL2 taken so far on the calling vCPU's
     /// physical CPU, this call included. Other images answer NOT_SUPPORTED.
     pub const TESSERA_BENCH_EXIT_COUNT: u32 = 0x8600_0081;
+    /// Tessera, test builds only (`semihosting`): sets the calling vCPU's
+    /// CPU's PMU overflow SPI pending in the physical distributor, as the
+    /// BCM2711 raises it when a counter overflows, so that tests under QEMU
+    /// (whose `raspi4b` raises the PPI instead) follow that path. Returns
+    /// the SPI's INTID; NOT_SUPPORTED on a board without one and in
+    /// production images.
+    pub const TESSERA_TEST_RAISE_PMU_SPI: u32 = 0x8600_0082;
 }
 
 /// PSCI return codes. PSCI defines them as 32-bit signed values in w0; they
@@ -101,6 +108,7 @@ mod tests {
             TESSERA_RESET_COUNT,
             TESSERA_TEST_VCPU_TRAPS,
             TESSERA_BENCH_EXIT_COUNT,
+            TESSERA_TEST_RAISE_PMU_SPI,
         ] {
             assert!(fast(id) && owner(id) == 6, "{id:#x}");
             assert_eq!(id & SMC64, 0, "{id:#x}: an SMC32 call");

@@ -14,6 +14,12 @@
 //! - the cycle counter's overflow interrupt, PPI 23 (the `pmu` node of the
 //!   device tree), is taken exactly once when the counter, preset near the
 //!   top of its 64 bits, wraps, and its handler finds the overflow flag;
+//! - on a board that signals each core's PMU overflow on an SPI of its own
+//!   (the BCM2711), that SPI reaches the guest as PPI 23 too: Tessera's
+//!   test images raise it on request (QEMU raises the PPI instead), and
+//!   the guest takes PPI 23 once per raise, with no overflow flag (the
+//!   counters are off), which it can only do three times over if its
+//!   deactivation of each ended the physical SPI;
 //! - under Tessera, the first boot leaves the PMU counting with an
 //!   overflow flag, EL0 access, PMSELR_EL0 and an event type set, and asks
 //!   for SYSTEM_RESET; the second boot must find it quiet again.
@@ -28,20 +34,22 @@
 //! pmu: CPU_CYCLES event counter advanced by 412345
 //! pmu: INST_RETIRED not implemented (PMCEID0_EL0 bit 8 clear)
 //! pmu: overflow interrupt INTID 23 taken 1 time(s), overflow flag set in the handler
+//! pmu: this core's PMU SPI, INTID 49, raised 3 time(s): PPI 23 taken 3 time(s), no overflow flag
 //! pmu: leaving the PMU counting and flagged, requesting SYSTEM_RESET
 //! pmu: boot 1
 //! ...
 //! pmu: PASS
 //! ```
 //!
-//! (or `pmu: INST_RETIRED counted N, at least 200000`). Each check that
+//! (or `pmu: INST_RETIRED counted N, at least 200000`; `pmu: no per-core
+//! PMU SPI on this board` on QEMU `virt`). Each check that
 //! fails prints `pmu: FAIL: ...` and the VM exits with status 1. Natively
 //! (no reset count) it runs one boot's checks and exits 0.
 #![cfg_attr(target_os = "none", no_std)]
 #![no_main]
 
 use core::sync::atomic::{AtomicU32, Ordering};
-use tessera_guest_sdk::tessera::reset_count;
+use tessera_guest_sdk::tessera::{reset_count, test_raise_pmu_spi};
 
 use tessera_guest_sdk::gic::{self, Config, Interrupt};
 use tessera_guest_sdk::{entry, exit, exit_status, interrupts, println, psci};
@@ -123,6 +131,7 @@ fn main(_device_tree: usize) -> ! {
     check_quiet_start(counters);
     check_counting(counters);
     check_overflow_interrupt();
+    check_core_spi();
     if boot == Some(0) {
         leave_dirty();
         println!("pmu: leaving the PMU counting and flagged, requesting SYSTEM_RESET");
@@ -203,6 +212,55 @@ fn check_overflow_interrupt() {
     }
     println!(
         "pmu: overflow interrupt INTID {PMU_INTID} taken {taken} time(s), overflow flag set in the handler"
+    );
+}
+
+/// How often [`check_core_spi`] raises the SPI.
+const SPI_RAISES: u32 = 3;
+
+/// This core's PMU SPI, raised by the hypervisor on request, is taken as
+/// PPI 23 each time (see the module's documentation). The PMU interrupt
+/// stays enabled from [`check_overflow_interrupt`], its counters off.
+fn check_core_spi() {
+    let flagged_before = FLAGGED.load(Ordering::Relaxed);
+    let mut spi = None;
+    for raise in 0..SPI_RAISES {
+        let before = OVERFLOWS.load(Ordering::Relaxed);
+        match test_raise_pmu_spi() {
+            Ok(intid) => spi = Some(intid),
+            Err(_) if raise == 0 => {
+                println!("pmu: no per-core PMU SPI on this board");
+                return;
+            }
+            Err(error) => fail(format_args!(
+                "raise {raise} of the PMU SPI refused: {error}"
+            )),
+        }
+        interrupts::enable();
+        let mut spins = 0_u64;
+        while OVERFLOWS.load(Ordering::Relaxed) == before && spins < 50_000_000 {
+            spins += 1;
+            core::hint::spin_loop();
+        }
+        // Time for a second, which must not come.
+        counted_loop(10_000);
+        interrupts::disable();
+        let taken = OVERFLOWS.load(Ordering::Relaxed) - before;
+        if taken != 1 {
+            fail(format_args!(
+                "raise {raise} of the PMU SPI: PPI {PMU_INTID} taken {taken} time(s), expected 1"
+            ));
+        }
+    }
+    let flagged = FLAGGED.load(Ordering::Relaxed) - flagged_before;
+    if flagged != 0 {
+        fail(format_args!(
+            "{flagged} overflow flag(s) with the counters off"
+        ));
+    }
+    let intid = spi.unwrap_or_default();
+    println!(
+        "pmu: this core's PMU SPI, INTID {intid}, raised {SPI_RAISES} time(s): PPI {PMU_INTID} taken {SPI_RAISES} time(s), no overflow flag"
     );
 }
 

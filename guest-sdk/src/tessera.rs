@@ -70,6 +70,18 @@ pub fn test_vcpu_traps() -> Result<u64, PsciError> {
     decode_count(arch::hvc(function::TESSERA_TEST_VCPU_TRAPS, 0, 0, 0))
 }
 
+/// TESSERA_TEST_RAISE_PMU_SPI: the hypervisor sets this vCPU's CPU's PMU
+/// overflow SPI pending, as the BCM2711 raises it, and returns its INTID;
+/// the guest then takes its PMU interrupt (PPI 23). Only Tessera's test
+/// images on a board with such SPIs answer it.
+///
+/// # Errors
+/// `NotSupported` on any other board or image, or when not running under
+/// Tessera.
+pub fn test_raise_pmu_spi() -> Result<u64, PsciError> {
+    decode_count(arch::hvc(function::TESSERA_TEST_RAISE_PMU_SPI, 0, 0, 0))
+}
+
 /// TESSERA_BENCH_EXIT_COUNT: the guest exits to EL2 taken so far on this
 /// vCPU's physical CPU, this call's own included. Only Tessera's benchmark
 /// images (the `exit-counting` feature) answer it.

@@ -112,10 +112,30 @@ pub const RPI4: BoardRules = BoardRules {
             range: PhysRange::new(0xFF84_0000, 0x8000),
         },
     ],
-    hypervisor_spis: &[NamedSpi {
-        name: "the console UART",
-        spi: 121,
-    }],
+    // The console UART's, and each core's PMU overflow (SPIs 16-19), which
+    // the hypervisor links to that core's vCPU (`Board::pmu_core_spis`).
+    hypervisor_spis: &[
+        NamedSpi {
+            name: "the console UART",
+            spi: 121,
+        },
+        NamedSpi {
+            name: "CPU 0's PMU",
+            spi: 16,
+        },
+        NamedSpi {
+            name: "CPU 1's PMU",
+            spi: 17,
+        },
+        NamedSpi {
+            name: "CPU 2's PMU",
+            spi: 18,
+        },
+        NamedSpi {
+            name: "CPU 3's PMU",
+            spi: 19,
+        },
+    ],
 };
 
 /// Every board, in the order messages list them.
@@ -1951,6 +1971,17 @@ mod tests {
             check_passthrough_spi(&RPI4, 1),
             Err(RuleError::SpiReserved { used }) if used.name == "the guest's virtual UART"
         ));
+        // Each core's PMU SPI on the Pi is the hypervisor's (linked to
+        // that core's vCPU).
+        let first_pmu_spi = RASPBERRY_PI_4.pmu_core_spis.unwrap() - 32;
+        for core in 0..4 {
+            let spi = first_pmu_spi + core;
+            assert!(matches!(
+                check_passthrough_spi(&RPI4, spi),
+                Err(RuleError::SpiReserved { used }) if used.name.ends_with("'s PMU")
+            ));
+        }
+        assert_eq!(check_passthrough_spi(&RPI4, first_pmu_spi + 4), Ok(()));
         let mut claims = PassthroughClaims::default();
         assert_eq!(claims.claim_spi(0, 2), Ok(()));
         assert_eq!(claims.claim_spi(0, 2), Err(RuleError::SpiTwice { spi: 2 }));

@@ -147,6 +147,12 @@ pub struct Board {
     /// The PMU's overflow interrupt as each CPU sees it, if it is a PPI:
     /// the hypervisor links it to the guest's PPI 23.
     pub pmu_interrupt: Option<u32>,
+    /// The PMU's overflow interrupts, if the board signals them as one SPI
+    /// per core: the INTID of the core whose MPIDR Aff0 is 0; core n's is
+    /// n above it. The hypervisor links each core's to the guest's PPI 23
+    /// too, routed to that core, so a guest gets its overflow interrupt
+    /// whichever way the board raises it.
+    pub pmu_core_spis: Option<u32>,
     /// Number of CPUs assumed when there is no device tree.
     pub fallback_cpu_count: usize,
 }
@@ -175,6 +181,7 @@ pub const QEMU_VIRT: Board = Board {
     gic_maintenance_interrupt: 25,
     // PPI 7 (the `pmu` node of QEMU's device tree).
     pmu_interrupt: Some(23),
+    pmu_core_spis: None,
     fallback_cpu_count: 1,
 };
 
@@ -209,10 +216,11 @@ pub const RASPBERRY_PI_4: Board = Board {
     // PPI 9 in the BCM2711 device tree (`interrupts` of the GIC-400 node).
     gic_maintenance_interrupt: 25,
     // QEMU's raspi4b wires each core's PMU to PPI 7 (INTID 23). The real
-    // BCM2711 signals it on SPIs 16-19 (INTIDs 48-51), one per core, which
-    // Tessera does not link yet: on the board the guest's PMU counts but
-    // raises no overflow interrupt.
+    // BCM2711 signals core n's on SPI 16 + n (INTIDs 48-51: the
+    // `arm,cortex-a72-pmu` node of its device tree, `interrupt-affinity`
+    // cpu0-cpu3, level). Both are linked to the guest's PPI 23.
     pmu_interrupt: Some(23),
+    pmu_core_spis: Some(48),
     fallback_cpu_count: 4,
 };
 
@@ -292,6 +300,25 @@ mod tests {
         }
     }
 
+    /// The hypervisor links a board's PMU PPI to the guest's of the same
+    /// number, and each core's PMU SPI to it too.
+    #[test]
+    fn pmu_interrupts_are_the_guests_ppi_or_one_spi_per_core() {
+        for board in ALL_BOARDS {
+            assert!(
+                matches!(board.pmu_interrupt, None | Some(guest::PMU_INTID)),
+                "{}",
+                board.name
+            );
+            if let Some(first) = board.pmu_core_spis {
+                let last = first + board.fallback_cpu_count as u32 - 1;
+                assert!(first >= 32 && last < 1020, "{}", board.name);
+            }
+        }
+        assert_eq!(RASPBERRY_PI_4.pmu_core_spis, Some(48));
+        assert_eq!(QEMU_VIRT.pmu_core_spis, None);
+    }
+
     #[test]
     fn boards_are_found_by_name() {
         assert_eq!(board_by_name("rpi4"), Some(&RASPBERRY_PI_4));
@@ -311,6 +338,8 @@ pub mod guest {
     pub const UART: PhysRange = PhysRange::new(0x0900_0000, 0x1000);
     /// The UART's interrupt: SPI 1 (INTID 33), level-high.
     pub const UART_SPI: u32 = 1;
+    /// The PMU's overflow interrupt: PPI 7 (INTID 23), on every vCPU.
+    pub const PMU_INTID: u32 = 23;
     /// GIC distributor (both versions).
     pub const GIC_DISTRIBUTOR: PhysRange = PhysRange::new(0x0800_0000, 0x1_0000);
     /// GICv2 CPU interface.

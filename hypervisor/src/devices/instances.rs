@@ -395,13 +395,10 @@ fn write_gic_or_shmem(
         if let Some((first, bits)) = cleared_interrupts(slot, offset, width, value, vcpu) {
             for bit in (0..32).filter(|bit| bits & (1 << bit) != 0) {
                 let intid = first + bit;
-                let linked = if intid < 32 {
-                    guest_interrupts::is_linked(intid)
-                } else {
-                    vgic.state.hardware_spis().contains(intid)
-                };
-                if linked && vgic.is_idle(vcpu, intid) {
-                    crate::interrupts::gic::deactivate_physical(intid);
+                if let Some(physical) = vgic.state.linked_physical(vcpu, intid)
+                    && vgic.is_idle(vcpu, intid)
+                {
+                    crate::interrupts::gic::deactivate_physical(physical);
                 }
             }
         }

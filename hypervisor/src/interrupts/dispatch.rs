@@ -2,8 +2,8 @@
 //! hands it to its owner — the EL2 tick (`interrupts::timer`), the request
 //! and doorbell SGIs (whose requests and doorbell the caller takes
 //! afterwards, see `vm`), the vGIC's maintenance
-//! interrupt, and the physical interrupts linked to a guest's (its timers;
-//! `interrupts::guest`). No lock is held while an owner runs, so an owner
+//! interrupt, and the physical interrupts linked to a guest's (its timers
+//! and PMU; `interrupts::guest`). No lock is held while an owner runs, so an owner
 //! may send SGIs, log or take the console.
 
 use crate::interrupts::guest;
@@ -16,7 +16,8 @@ enum Owner {
     Request,
     Doorbell,
     VgicMaintenance,
-    /// Linked to the running vCPU's interrupt of the same number.
+    /// Linked to the running vCPU's interrupt of the same number, or this
+    /// core's PMU SPI, linked to its PMU PPI.
     Guest,
     /// A passed-through device's SPI, linked to its VM's.
     Passthrough(tessera_hypervisor::vm::ids::VmId),
@@ -37,6 +38,8 @@ fn owner(intid: u32) -> Owner {
         Owner::Doorbell
     } else if intid == BOARD.gic_maintenance_interrupt {
         Owner::VgicMaintenance
+    } else if Some(intid) == guest::pmu_spi_of_this_cpu() {
+        Owner::Guest
     } else if let Some(vm) = guest::passthrough_owner(intid) {
         Owner::Passthrough(vm)
     } else {

@@ -65,10 +65,12 @@ register_structs! {
 register_structs! {
     /// The distributor registers, present in both generations, that the
     /// driver's own code uses (IHI 0048B §4.3 table 4-1, IHI 0069H §12.9):
-    /// clear-pending and clear-active by bit, and GICv2's byte-wide CPU
-    /// targets. Within the 4 KiB every distributor has.
+    /// set-pending (test images), clear-pending and clear-active by bit,
+    /// and GICv2's byte-wide CPU targets. Within the 4 KiB every
+    /// distributor has.
     GicdRegisters {
         (0x000 => _reserved0),
+        (0x200 => ispendr: [WriteOnly<u32>; 32]),
         (0x280 => icpendr: [WriteOnly<u32>; 32]),
         (0x300 => _reserved1),
         (0x380 => icactiver: [WriteOnly<u32>; 32]),
@@ -622,6 +624,19 @@ pub fn deactivate_physical(intid: u32) {
     if let Some(gicd) = distributor_registers() {
         // One bit: only this SPI.
         gicd.icactiver[(intid / 32) as usize].set(1 << (intid % 32));
+    }
+}
+
+/// Sets SPI `intid` pending (GICD_ISPENDR), as its device would: test
+/// images only (`TESSERA_TEST_RAISE_PMU_SPI`), for a path QEMU's devices
+/// never take.
+pub fn set_spi_pending(intid: u32) {
+    if !(32..1020).contains(&intid) {
+        return;
+    }
+    if let Some(gicd) = distributor_registers() {
+        // One bit: only this SPI.
+        gicd.ispendr[(intid / 32) as usize].set(1 << (intid % 32));
     }
 }
 

@@ -316,15 +316,45 @@ pub fn take_doorbell() -> Option<u32> {
     }
 }
 
-/// The PPIs linked to the physical PPI of the same number on the vCPU's
-/// CPU: the virtual timer, the EL1 physical timer and the PMU's overflow
-/// interrupt (the guest owns its CPU's PMU).
+/// The guest's PMU overflow interrupt, on every board (a board's own PMU
+/// PPI, `Board::pmu_interrupt`, is this one too; platform tests hold them
+/// to it).
+const GUEST_PMU_INTID: u32 = tessera_platform::guest::PMU_INTID;
+
+/// The PPIs linked to physical interrupts of the vCPU's CPU: the virtual
+/// timer, the EL1 physical timer and the PMU's overflow interrupt (the
+/// guest owns its CPU's PMU), each to the physical PPI of the same
+/// number, and the PMU's also to the core's own SPI where the board has
+/// one ([`pmu_spi_of_this_cpu`]).
 pub fn hardware_ppis() -> u32 {
-    let pmu = match BOARD.pmu_interrupt {
-        Some(intid) if intid < 32 => 1 << intid,
-        _ => 0,
+    let pmu = if BOARD.pmu_interrupt.is_some() || BOARD.pmu_core_spis.is_some() {
+        1 << GUEST_PMU_INTID
+    } else {
+        0
     };
     (1 << BOARD.timer_interrupts.virtual_timer) | (1 << BOARD.timer_interrupts.physical) | pmu
+}
+
+/// This CPU's PMU overflow SPI, on a board that signals each core's on an
+/// SPI of its own (`Board::pmu_core_spis`, the BCM2711): the one of the
+/// core whose number is this CPU's MPIDR Aff0, as the board's device tree
+/// pairs them (`interrupt-affinity`).
+pub fn pmu_spi_of_this_cpu() -> Option<u32> {
+    let first = BOARD.pmu_core_spis?;
+    let core = vm::cpu_affinity(crate::arch::cpu_index()) & 0xFF;
+    Some(first + core as u32)
+}
+
+/// Makes every physical interrupt linked to a guest's on this CPU
+/// inactive, as a vCPU starts or leaves: nothing of the last one is left
+/// active for the next to inherit, or to keep its source silent.
+fn clear_linked_active() {
+    for intid in linked_ppis() {
+        gic::clear_active_private(intid);
+    }
+    if let Some(spi) = pmu_spi_of_this_cpu() {
+        gic::deactivate_physical(spi);
+    }
 }
 
 /// The linked PPIs, in INTID order.
@@ -432,9 +462,7 @@ pub fn vcpu_starting(vm: &RunningVm, vcpu: VcpuId) {
     crate::arch::guest::reset_guest_pmu();
     // Whatever ran here before, no linked physical interrupt is left
     // active for this vCPU to inherit.
-    for intid in linked_ppis() {
-        gic::clear_active_private(intid);
-    }
+    clear_linked_active();
     let mut interface = VirtualInterface::this_cpu();
     interface.reset(true);
     // A ring while this CPU idled (a peer signalled the vCPU before it
@@ -474,9 +502,7 @@ pub fn vcpu_leaving(leaving: Option<(&RunningVm, VcpuId)>) {
     crate::arch::guest::stop_guest_timers();
     crate::arch::guest::reset_guest_pmu();
     VirtualInterface::this_cpu().reset(false);
-    for intid in linked_ppis() {
-        gic::clear_active_private(intid);
-    }
+    clear_linked_active();
 }
 
 /// Which VM each physical SPI is passed through to: the VM's index plus
@@ -705,7 +731,8 @@ pub fn virtual_interrupt_pending() -> bool {
     (0..interface.count()).any(|index| interface.read(index).state.pending())
 }
 
-/// A physical interrupt linked to a guest's (a timer) was acknowledged.
+/// A physical interrupt linked to a guest's (a timer, the PMU's PPI or
+/// this core's PMU SPI) was acknowledged.
 #[inline(always)]
 pub fn linked_interrupt(interrupt: Interrupt) {
     let Some(vm) = vm::running_vm() else {
@@ -719,10 +746,17 @@ pub fn linked_interrupt(interrupt: Interrupt) {
     // Left active: the guest's deactivation, through the HW list
     // register, ends it, so the timer cannot fire again before that.
     gic::drop_priority(interrupt);
-    let intid = interrupt.id();
+    let physical = interrupt.id();
+    // A PPI raises the guest's of the same number; an SPI is this core's
+    // PMU's (the dispatcher sends no other here).
+    let intid = if physical < 32 {
+        physical
+    } else {
+        GUEST_PMU_INTID
+    };
     let vcpu = vm::running_vcpu();
     let mut vgic = vm.device_state.vgic.lock();
-    vgic.linked_fired(vcpu, intid, &mut VirtualInterface::this_cpu());
+    vgic.linked_fired(vcpu, intid, physical, &mut VirtualInterface::this_cpu());
     after_change(&mut vgic, vcpu);
 }
 

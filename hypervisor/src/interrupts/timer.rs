@@ -40,6 +40,11 @@ pub fn start_on_this_cpu() -> Result<(), gic::GicError> {
     }
     crate::interrupts::virtual_interface::VirtualInterface::init_this_cpu();
     gic::learn_cpu_target();
+    // And this core's PMU SPI, on a board with one, routed here (after the
+    // target bit is known).
+    if let Some(spi) = crate::interrupts::guest::pmu_spi_of_this_cpu() {
+        gic::enable_spi(spi, cpu, crate::vm::cpu_affinity(cpu))?;
+    }
     arm(tick_interval());
     Ok(())
 }

@@ -171,18 +171,29 @@ impl VmInterrupts {
         }
     }
 
-    /// The physical interrupt linked to `intid` of `vcpu` fired (and was
-    /// left active): shown at once through the fast path when the last sync
-    /// allows, else marked pending in the model and synced.
+    /// The physical interrupt `physical`, linked to the PPI `intid` of
+    /// `vcpu`, fired (and was left active): shown at once through the fast
+    /// path when the last sync allows and prepared an entry naming that
+    /// physical interrupt, else marked pending in the model (which now
+    /// links it to `physical`, see `VgicState::linked_fired_from`) and
+    /// synced.
     #[inline]
-    pub fn linked_fired(&mut self, vcpu: VcpuId, intid: u32, registers: &mut impl ListRegisters) {
+    pub fn linked_fired(
+        &mut self,
+        vcpu: VcpuId,
+        intid: u32,
+        physical: u32,
+        registers: &mut impl ListRegisters,
+    ) {
         let Some(shadow) = self.shadows.get_mut(vcpu.index()) else {
             return;
         };
-        if list_registers::show_linked(intid, shadow, registers, &mut self.state, vcpu) {
+        if self.state.linked_physical(vcpu, intid) == Some(physical)
+            && list_registers::show_linked(intid, shadow, registers, &mut self.state, vcpu)
+        {
             return;
         }
-        let _ = self.state.hardware_fired(vcpu, intid);
+        let _ = self.state.linked_fired_from(vcpu, intid, physical);
         list_registers::sync(&mut self.state, vcpu, shadow, registers);
     }
 
@@ -549,6 +560,59 @@ mod tests {
             0
         }
         fn set_no_pending_maintenance(&mut self, _enabled: bool) {}
+    }
+
+    /// The BCM2711's PMU overflow comes as an SPI per core, linked to the
+    /// guest's PPI 23 beside the physical PPI 23 (QEMU's raspi4b): the
+    /// list register names the physical interrupt that fired, so the
+    /// guest's deactivation ends that one, and the fast path, prepared for
+    /// the other, is not taken for it.
+    #[test]
+    fn a_ppi_raised_by_an_spi_names_that_spi_in_its_list_register() {
+        let mut vgic = VmInterrupts::new(GicVersion::V2, 2, owned(), 1 << 23);
+        vgic.state.enable_group0 = true;
+        for vcpu_index in 0..2 {
+            let _ = vgic
+                .state
+                .update(vcpu(vcpu_index), 23, |irq| irq.enabled = true);
+        }
+        let mut registers = FakeRegisters::new(4);
+        vgic.sync(vcpu(1), &mut registers);
+        assert_eq!(vgic.state.linked_physical(vcpu(1), 23), Some(23));
+        for _ in 0..2 {
+            vgic.linked_fired(vcpu(1), 23, 49, &mut registers);
+            let entry = registers.entries[0];
+            assert_eq!(
+                (entry.intid, entry.physical, entry.state),
+                (23, Some(49), LrState::Pending)
+            );
+            assert_eq!(registers.acknowledge().map(|entry| entry.intid), Some(23));
+            registers.complete(23);
+            assert_eq!(registers.physically_deactivated.last(), Some(&49));
+            vgic.sync(vcpu(1), &mut registers);
+            assert!(vgic.is_idle(vcpu(1), 23));
+        }
+        assert_eq!(registers.physically_deactivated, [49, 49]);
+        // Only that vCPU's PPI: its other linked ones and the other
+        // vCPU's keep their own numbers.
+        assert_eq!(vgic.state.linked_physical(vcpu(0), 23), Some(23));
+        assert_eq!(vgic.state.linked_physical(vcpu(1), 27), None, "not linked");
+        // The PPI itself raising it again names the PPI.
+        vgic.linked_fired(vcpu(1), 23, 23, &mut registers);
+        assert_eq!(registers.entries[0].physical, Some(23));
+        registers.acknowledge();
+        registers.complete(23);
+        assert_eq!(registers.physically_deactivated, [49, 49, 23]);
+        // A reset forgets the SPI.
+        vgic.linked_fired(vcpu(1), 23, 49, &mut registers);
+        vgic.reset();
+        assert_eq!(vgic.state.linked_physical(vcpu(1), 23), Some(23));
+        // An interrupt that is not a linked PPI is not linked by firing.
+        let _ = vgic.state.linked_fired_from(vcpu(1), 27, 49);
+        let _ = vgic.state.linked_fired_from(vcpu(1), 40, 49);
+        assert_eq!(vgic.state.linked_physical(vcpu(1), 27), None);
+        assert_eq!(vgic.state.linked_physical(vcpu(1), 40), None);
+        assert!(vgic.is_idle(vcpu(1), 27) && vgic.is_idle(vcpu(1), 40));
     }
 
     #[test]

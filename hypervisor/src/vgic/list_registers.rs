@@ -452,9 +452,7 @@ pub fn sync(
             }
             continue;
         }
-        let physical = state
-            .is_hardware_linked(vcpu, irq.intid)
-            .then_some(irq.intid);
+        let physical = state.linked_physical(vcpu, irq.intid);
         let moved_latch = pending && state.take_pending(vcpu, &irq);
         let level = !moved_latch && physical.is_none();
         // An SPI the guest moved to another vCPU while this one handles
@@ -519,7 +517,7 @@ fn prepare_linked(state: &VgicState, vcpu: VcpuId, shadow: &mut ListRegisterShad
         if let Some(entry) = state.forwarded_entry(vcpu, intid) {
             *slot = ListEntry {
                 state: LrState::Pending,
-                physical: Some(intid),
+                physical: state.linked_physical(vcpu, intid),
                 ..entry
             };
             shadow.linked_ready |= 1 << intid;
@@ -714,7 +712,7 @@ pub fn show_linked(
     let entry = shadow
         .linked_entries
         .iter()
-        .find(|entry| entry.physical == Some(intid));
+        .find(|entry| entry.intid == intid && entry.physical.is_some());
     let Some(&entry) = entry else {
         return false;
     };
@@ -835,7 +833,7 @@ pub fn linked_slot(shadow: &ListRegisterShadow, intid: u32) -> Option<(usize, Li
     let entry = *shadow
         .linked_entries
         .iter()
-        .find(|entry| entry.physical == Some(intid))?;
+        .find(|entry| entry.intid == intid && entry.physical.is_some())?;
     let index = shadow
         .resident
         .iter()
@@ -925,7 +923,7 @@ pub(super) mod tests {
         pub(in crate::vgic) entries: Vec<ListEntry>,
         no_pending_maintenance: bool,
         /// Physical INTIDs deactivated through a hardware-linked register.
-        physically_deactivated: Vec<u32>,
+        pub(in crate::vgic) physically_deactivated: Vec<u32>,
     }
 
     impl FakeRegisters {

@@ -287,6 +287,22 @@ impl PendingList {
 }
 
 /// The whole interrupt state of one VM.
+/// Which physical interrupt raised a vCPU's hardware-linked PPI `ppi`
+/// (`VgicState::linked_sources`); `ppi` 0 (an SGI, never linked) when
+/// every linked PPI comes from the physical PPI of the same number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkedSource {
+    ppi: u8,
+    physical: u16,
+}
+
+impl LinkedSource {
+    pub const SAME_NUMBER: Self = Self {
+        ppi: 0,
+        physical: 0,
+    };
+}
+
 #[derive(Clone, Debug)]
 pub struct VgicState {
     pub(super) version: GicVersion,
@@ -330,6 +346,15 @@ pub struct VgicState {
     /// SPIs linked to the physical SPI of the same number (passed-through
     /// devices'), in the list registers with the HW bit like the PPIs.
     pub(super) hardware_spis: SpiSet,
+    /// Per vCPU, the physical interrupt that last raised one of its
+    /// hardware-linked PPIs when that was not the physical PPI of the same
+    /// number. The BCM2711 signals each core's PMU overflow on an SPI of
+    /// its own, which the hypervisor links to the guest's PPI 23 beside
+    /// the PPI itself (QEMU's `raspi4b` raises the PPI): a list register
+    /// must name the physical INTID that fired, so that the guest's
+    /// deactivation ends that one. A board raises one of the two, never
+    /// both.
+    pub(super) linked_sources: [LinkedSource; MAX_VCPUS],
     /// Per vCPU, the SGIs and PPIs that may be pending or active; for the
     /// VM, the SPIs that may be. Set whenever an interrupt becomes pending
     /// or active, pruned by [`prune_marks`](Self::prune_marks): the scans
@@ -370,6 +395,7 @@ impl VgicState {
         owned: SpiSet::EMPTY,
         hardware_ppis: 0,
         hardware_spis: SpiSet::EMPTY,
+        linked_sources: [LinkedSource::SAME_NUMBER; MAX_VCPUS],
         private_marks: [0; MAX_VCPUS],
         spi_marks: [0; SPI_WORDS],
         handoffs: VcpuSet::EMPTY,
@@ -426,6 +452,7 @@ impl VgicState {
         self.spi_active_on = [0; SPI_COUNT];
         self.spi_resident_on = [0; SPI_COUNT];
         self.owned = owned;
+        self.linked_sources = [LinkedSource::SAME_NUMBER; MAX_VCPUS];
         self.private_marks = [0; MAX_VCPUS];
         self.spi_marks = [0; SPI_WORDS];
         self.handoffs = VcpuSet::EMPTY;
@@ -461,6 +488,40 @@ impl VgicState {
         } else {
             self.hardware_spis.contains(intid)
         }
+    }
+
+    /// The physical INTID a list register links `intid` of `vcpu` to, if
+    /// it is hardware-linked: the one that last raised it (see
+    /// `linked_sources`), else the interrupt of the same number.
+    #[must_use]
+    pub fn linked_physical(&self, vcpu: VcpuId, intid: u32) -> Option<u32> {
+        if !self.is_hardware_linked(vcpu, intid) {
+            return None;
+        }
+        match self.linked_sources.get(vcpu.index()) {
+            Some(source) if u32::from(source.ppi) == intid => Some(u32::from(source.physical)),
+            _ => Some(intid),
+        }
+    }
+
+    /// The physical interrupt `physical` raised the hardware-linked PPI
+    /// `intid` of `vcpu` and was left active: as
+    /// [`hardware_fired`](Self::hardware_fired), and list registers now
+    /// name `physical` for it (see `linked_sources`).
+    pub fn linked_fired_from(&mut self, vcpu: VcpuId, intid: u32, physical: u32) -> Effects {
+        if intid >= 32 || !self.is_hardware_linked(vcpu, intid) {
+            return Effects::NONE;
+        }
+        if let Some(source) = self.linked_sources.get_mut(vcpu.index()) {
+            *source = match u16::try_from(physical) {
+                Ok(physical) if u32::from(physical) != intid => LinkedSource {
+                    ppi: intid as u8,
+                    physical,
+                },
+                _ => LinkedSource::SAME_NUMBER,
+            };
+        }
+        self.hardware_fired(vcpu, intid)
     }
 
     /// The SPIs linked to physical ones.

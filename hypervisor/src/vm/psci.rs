@@ -31,13 +31,18 @@ pub enum Call {
     /// treated as standby, which PSCI allows).
     CpuSuspend,
     /// Report whether the vCPU `target` is on.
-    AffinityInfo { target: u64, lowest_level: u64 },
+    AffinityInfo {
+        target: u64,
+        lowest_level: u64,
+    },
     /// Stop the VM (status 0).
     SystemOff,
     /// Restart the VM from its pristine image.
     SystemReset,
     /// Stop the VM with a status (Tessera call).
-    VmExit { status: u32 },
+    VmExit {
+        status: u32,
+    },
     /// How often the VM has been reset (Tessera call).
     ResetCount,
     /// Which optional traps are on for this vCPU (Tessera call, test
@@ -46,6 +51,7 @@ pub enum Call {
     /// How many guest exits this CPU has taken (Tessera call, benchmark
     /// builds only).
     BenchExitCount,
+    TestRaisePmuSpi,
 }
 
 /// Decodes a call from the guest's x0..x3. 32-bit calling-convention
@@ -87,6 +93,7 @@ pub fn decode(x0: u64, x1: u64, x2: u64, x3: u64) -> Call {
         TESSERA_RESET_COUNT => Call::ResetCount,
         TESSERA_TEST_VCPU_TRAPS => Call::TestVcpuTraps,
         TESSERA_BENCH_EXIT_COUNT => Call::BenchExitCount,
+        TESSERA_TEST_RAISE_PMU_SPI => Call::TestRaisePmuSpi,
         // Everything else is not implemented.
         _ => Call::Return(status::NOT_SUPPORTED),
     }
@@ -167,6 +174,7 @@ mod tests {
         assert_eq!(decode(0x8600_0002, 0, 0, 0), Call::ResetCount);
         assert_eq!(decode(0x8600_0080, 0, 0, 0), Call::TestVcpuTraps);
         assert_eq!(decode(0x8600_0081, 0, 0, 0), Call::BenchExitCount);
+        assert_eq!(decode(0x8600_0082, 0, 0, 0), Call::TestRaisePmuSpi);
         assert_eq!(
             decode(0xC400_0004, 1, 0, 0),
             Call::AffinityInfo {

@@ -1111,6 +1111,15 @@ fn handle_firmware_call(id: VmId, vcpu: VcpuId, frame: &mut TrapFrame) {
             i64::from(guest::virtual_memory_registers_trapped())
         }
         Call::TestVcpuTraps => status::NOT_SUPPORTED,
+        // The SPI path of a PMU overflow, which QEMU never takes (test
+        // images only, as above).
+        Call::TestRaisePmuSpi if cfg!(feature = "semihosting") => {
+            interrupts::guest::pmu_spi_of_this_cpu().map_or(status::NOT_SUPPORTED, |spi| {
+                crate::interrupts::gic::set_spi_pending(spi);
+                i64::from(spi)
+            })
+        }
+        Call::TestRaisePmuSpi => status::NOT_SUPPORTED,
         // Benchmark images only (`exit-counting`): the vectors' count.
         Call::BenchExitCount => {
             vectors::guest_exits_on_this_cpu().map_or(status::NOT_SUPPORTED, |count| count as i64)

@@ -38,7 +38,7 @@ const UART_SPI: u32 = guest::UART_SPI;
 /// the arm,armv8-timer binding lists them.
 const TIMER_PPIS: [u32; 4] = [13, 14, 11, 10];
 /// The PMU overflow interrupt, PPI 7 (INTID 23), as on QEMU `virt`.
-const PMU_PPI: u32 = 7;
+const PMU_PPI: u32 = guest::PMU_INTID - 16;
 
 /// The device tree blob for `vm` on a GIC of `gic_version`, with the
 /// physical devices `devices` given to it; `pmu` when the board's CPUs
