@@ -218,7 +218,8 @@ pub const RASPBERRY_PI_4: Board = Board {
     // QEMU's raspi4b wires each core's PMU to PPI 7 (INTID 23). The real
     // BCM2711 signals core n's on SPI 16 + n (INTIDs 48-51: the
     // `arm,cortex-a72-pmu` node of its device tree, `interrupt-affinity`
-    // cpu0-cpu3, level). Both are linked to the guest's PPI 23.
+    // cpu0-cpu3, level); its GIC-400 has no PPI 23 (PPIs 25-31 only).
+    // Both are linked to the guest's PPI 23.
     pmu_interrupt: Some(23),
     pmu_core_spis: Some(48),
     fallback_cpu_count: 4,

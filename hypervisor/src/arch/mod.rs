@@ -20,7 +20,8 @@ pub fn current_exception_level() -> u64 {
     CurrentEL.read(CurrentEL::EL)
 }
 
-/// The raw MPIDR_EL1, for reports.
+/// The raw MPIDR_EL1: for reports, and for what the board pairs with a
+/// core by its affinity (its PMU SPI).
 pub fn current_mpidr() -> u64 {
     MPIDR_EL1.get()
 }

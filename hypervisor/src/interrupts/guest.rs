@@ -338,11 +338,31 @@ pub fn hardware_ppis() -> u32 {
 /// This CPU's PMU overflow SPI, on a board that signals each core's on an
 /// SPI of its own (`Board::pmu_core_spis`, the BCM2711): the one of the
 /// core whose number is this CPU's MPIDR Aff0, as the board's device tree
-/// pairs them (`interrupt-affinity`).
+/// pairs them (`interrupt-affinity`). Read from MPIDR_EL1 itself, so
+/// bring-up and the dispatcher always agree.
 pub fn pmu_spi_of_this_cpu() -> Option<u32> {
     let first = BOARD.pmu_core_spis?;
-    let core = vm::cpu_affinity(crate::arch::cpu_index()) & 0xFF;
+    let core = crate::arch::current_mpidr() & 0xFF;
     Some(first + core as u32)
+}
+
+/// Enables, on this CPU, the physical interrupts linked to a guest's: the
+/// core's PMU SPI where the board has one (routed here: call after
+/// `gic::learn_cpu_target`), and the linked PPIs. The PMU's PPI may not
+/// exist where the board signals the PMU by SPIs: the real BCM2711's
+/// GIC-400 implements PPIs 25-31 only (QEMU's model has all 16), so
+/// there it cannot be enabled and is done without.
+pub fn enable_linked_on_this_cpu(cpu: usize) -> Result<(), gic::GicError> {
+    if let Some(spi) = pmu_spi_of_this_cpu() {
+        gic::enable_spi(spi, cpu, crate::arch::current_mpidr())?;
+    }
+    for intid in linked_ppis() {
+        match gic::enable_private_interrupt(intid, cpu) {
+            Err(_) if intid == GUEST_PMU_INTID && BOARD.pmu_core_spis.is_some() => {}
+            result => result?,
+        }
+    }
+    Ok(())
 }
 
 /// Makes every physical interrupt linked to a guest's on this CPU

@@ -31,20 +31,13 @@ pub fn start_on_this_cpu() -> Result<(), gic::GicError> {
     gic::enable_private_interrupt(BOARD.timer_interrupts.hypervisor_physical, cpu)?;
     gic::enable_private_interrupt(gic::REQUEST_SGI, cpu)?;
     gic::enable_private_interrupt(gic::DOORBELL_SGI, cpu)?;
-    // The vGIC's: its maintenance interrupt, and the PPIs linked to the
-    // guest's (its timers, its PMU), taken here and passed to the vCPU
-    // running on this CPU.
-    gic::enable_private_interrupt(BOARD.gic_maintenance_interrupt, cpu)?;
-    for intid in crate::interrupts::guest::linked_ppis() {
-        gic::enable_private_interrupt(intid, cpu)?;
-    }
-    crate::interrupts::virtual_interface::VirtualInterface::init_this_cpu();
     gic::learn_cpu_target();
-    // And this core's PMU SPI, on a board with one, routed here (after the
-    // target bit is known).
-    if let Some(spi) = crate::interrupts::guest::pmu_spi_of_this_cpu() {
-        gic::enable_spi(spi, cpu, crate::vm::cpu_affinity(cpu))?;
-    }
+    // The vGIC's: its maintenance interrupt, and the physical interrupts
+    // linked to the guest's (its timers, its PMU), taken here and passed
+    // to the vCPU running on this CPU.
+    gic::enable_private_interrupt(BOARD.gic_maintenance_interrupt, cpu)?;
+    crate::interrupts::guest::enable_linked_on_this_cpu(cpu)?;
+    crate::interrupts::virtual_interface::VirtualInterface::init_this_cpu();
     arm(tick_interval());
     Ok(())
 }

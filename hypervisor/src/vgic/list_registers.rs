@@ -767,7 +767,8 @@ pub fn forget(state: &mut VgicState, vcpu: VcpuId, shadow: &mut ListRegisterShad
 }
 
 /// The hardware-linked interrupts a [`fold_all`] took out of the list
-/// registers.
+/// registers, by the guest's INTID (`VgicState::linked_physical` names
+/// each one's physical interrupt).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FoldedLinked {
     intids: [u32; MAX_LIST_REGISTERS],
@@ -785,7 +786,7 @@ impl FoldedLinked {
 /// that reads or changes pending or active state (ISPENDR, ICACTIVER, ...),
 /// which would otherwise miss what sits in the registers. The caller syncs
 /// afterwards. Returns the hardware-linked interrupts that were in a
-/// register: their physical interrupt is still active, and if the access
+/// register (the guest's INTIDs): their physical interrupt is still active, and if the access
 /// leaves one neither pending nor active, the caller must deactivate the
 /// physical one too (as a deactivation through the register would have).
 pub fn fold_all(

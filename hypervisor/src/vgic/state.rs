@@ -286,7 +286,6 @@ impl PendingList {
     }
 }
 
-/// The whole interrupt state of one VM.
 /// Which physical interrupt raised a vCPU's hardware-linked PPI `ppi`
 /// (`VgicState::linked_sources`); `ppi` 0 (an SGI, never linked) when
 /// every linked PPI comes from the physical PPI of the same number.
@@ -303,6 +302,7 @@ impl LinkedSource {
     };
 }
 
+/// The whole interrupt state of one VM.
 #[derive(Clone, Debug)]
 pub struct VgicState {
     pub(super) version: GicVersion,
@@ -507,19 +507,26 @@ impl VgicState {
     /// The physical interrupt `physical` raised the hardware-linked PPI
     /// `intid` of `vcpu` and was left active: as
     /// [`hardware_fired`](Self::hardware_fired), and list registers now
-    /// name `physical` for it (see `linked_sources`).
+    /// name `physical` for it (see `linked_sources`). Only that PPI's
+    /// record changes: another linked PPI firing (a timer) leaves the
+    /// PMU's SPI in place.
     pub fn linked_fired_from(&mut self, vcpu: VcpuId, intid: u32, physical: u32) -> Effects {
         if intid >= 32 || !self.is_hardware_linked(vcpu, intid) {
             return Effects::NONE;
         }
         if let Some(source) = self.linked_sources.get_mut(vcpu.index()) {
-            *source = match u16::try_from(physical) {
-                Ok(physical) if u32::from(physical) != intid => LinkedSource {
-                    ppi: intid as u8,
-                    physical,
-                },
-                _ => LinkedSource::SAME_NUMBER,
-            };
+            match u16::try_from(physical) {
+                Ok(physical) if u32::from(physical) != intid => {
+                    *source = LinkedSource {
+                        ppi: intid as u8,
+                        physical,
+                    };
+                }
+                // The PPI of the same number: this PPI's record, if it has
+                // one, goes.
+                _ if u32::from(source.ppi) == intid => *source = LinkedSource::SAME_NUMBER,
+                _ => {}
+            }
         }
         self.hardware_fired(vcpu, intid)
     }

@@ -31,18 +31,13 @@ pub enum Call {
     /// treated as standby, which PSCI allows).
     CpuSuspend,
     /// Report whether the vCPU `target` is on.
-    AffinityInfo {
-        target: u64,
-        lowest_level: u64,
-    },
+    AffinityInfo { target: u64, lowest_level: u64 },
     /// Stop the VM (status 0).
     SystemOff,
     /// Restart the VM from its pristine image.
     SystemReset,
     /// Stop the VM with a status (Tessera call).
-    VmExit {
-        status: u32,
-    },
+    VmExit { status: u32 },
     /// How often the VM has been reset (Tessera call).
     ResetCount,
     /// Which optional traps are on for this vCPU (Tessera call, test
@@ -51,6 +46,7 @@ pub enum Call {
     /// How many guest exits this CPU has taken (Tessera call, benchmark
     /// builds only).
     BenchExitCount,
+    /// Raise this CPU's PMU overflow SPI (Tessera call, test builds only).
     TestRaisePmuSpi,
 }
 
