@@ -1,9 +1,9 @@
 //! Physical interrupts taken at EL2: one dispatcher acknowledges each and
 //! hands it to its owner — the EL2 tick (`interrupts::timer`), the request
 //! and doorbell SGIs (whose requests and doorbell the caller takes
-//! afterwards, see `vm`), the vGIC's maintenance
-//! interrupt, and the physical interrupts linked to a guest's (its timers
-//! and PMU; `interrupts::guest`). No lock is held while an owner runs, so an owner
+//! afterwards, see `vm`), the vGIC's maintenance interrupt, and the
+//! physical interrupts linked to a guest's (its timers and PMU;
+//! `interrupts::guest`). No lock is held while an owner runs, so an owner
 //! may send SGIs, log or take the console.
 
 use crate::interrupts::guest;

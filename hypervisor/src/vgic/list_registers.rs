@@ -786,9 +786,10 @@ impl FoldedLinked {
 /// that reads or changes pending or active state (ISPENDR, ICACTIVER, ...),
 /// which would otherwise miss what sits in the registers. The caller syncs
 /// afterwards. Returns the hardware-linked interrupts that were in a
-/// register (the guest's INTIDs): their physical interrupt is still active, and if the access
-/// leaves one neither pending nor active, the caller must deactivate the
-/// physical one too (as a deactivation through the register would have).
+/// register (the guest's INTIDs): their physical interrupt is still
+/// active, and if the access leaves one neither pending nor active, the
+/// caller must deactivate the physical one too (as a deactivation through
+/// the register would have).
 pub fn fold_all(
     state: &mut VgicState,
     vcpu: VcpuId,
